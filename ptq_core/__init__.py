@@ -1,0 +1,71 @@
+"""ptq-hub core: data-free quantization of safetensors checkpoints into compressed-tensors.
+
+Public names are listed here once and imported lazily, so ``import ptq_core``
+(and ``ptq --help``) stays cheap: torch and compressed-tensors load only when a
+quantization entry point is first touched.
+
+Example:
+    >>> from ptq_core import model_free_ptq
+    >>> model_free_ptq("meta-llama/Llama-3.2-1B", "Llama-3.2-1B-FP8-BLOCK", scheme="FP8_BLOCK",
+    ...                ignore=["lm_head"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .errors import *  # noqa: F401,F403  (errors are a leaf module: cheap to import)
+from .errors import __all__ as _error_names
+
+__version__ = "0.1.0"
+
+_LAZY: dict[str, str] = {
+    # quantize a local folder or a Hub id into a local folder (llm-compressor drop-in)
+    "model_free_ptq": "pipeline",
+    "QuantizeResult": "pipeline",
+    # rewrite shards so every fused group sits in one file
+    "reindex_fused_weights": "reindex",
+    "ReindexResult": "reindex",
+    # dry run from safetensors headers only
+    "plan_checkpoint": "plan",
+    "Plan": "plan",
+    "suggest_ignore": "plan",
+    # schemes
+    "list_schemes": "schemes",
+    "SchemeInfo": "schemes",
+    "DEFAULT_IGNORE": "schemes",
+    "scheme_repo_suffix": "schemes",
+    # the one call the front ends make
+    "quantize_to_hub": "hub",
+    "plan_hub_model": "hub",
+    "default_target_repo": "hub",
+    "HubResult": "hub",
+    # recipes (Action / CLI)
+    "load_recipe": "recipe",
+    "RecipeJob": "recipe",
+}
+
+__all__ = sorted([*_LAZY, *_error_names, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ptq_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from .hub import HubResult, default_target_repo, plan_hub_model, quantize_to_hub
+    from .pipeline import QuantizeResult, model_free_ptq
+    from .plan import Plan, plan_checkpoint, suggest_ignore
+    from .recipe import RecipeJob, load_recipe
+    from .reindex import ReindexResult, reindex_fused_weights
+    from .schemes import DEFAULT_IGNORE, SchemeInfo, list_schemes, scheme_repo_suffix

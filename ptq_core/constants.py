@@ -1,0 +1,62 @@
+"""Environment, read once.
+
+Every environment variable ptq-hub honours is read here and nowhere else. An
+explicit argument always beats the variable. ``HF_TOKEN`` and ``HF_ENDPOINT``
+are also read by ``huggingface_hub`` itself; we read them only to decide
+defaults and never log them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def parse_bool(value: str | bool | None, *, name: str = "value") -> bool:
+    """Parse a boolean written as text: 1/true/yes/on or 0/false/no/off.
+
+    Raises:
+        ValueError: the text is none of those (a typo must not silently mean false).
+    """
+    if isinstance(value, bool):
+        return value
+    text = (value or "").strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"{name}={value!r} is not a boolean; use true or false.")
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        return parse_bool(raw, name=name)
+    except ValueError:
+        return default
+
+
+HF_ENDPOINT: str = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+"""Hub base URL; the tests point it at a loopback server."""
+
+PTQ_HUB_CACHE: Path = Path(os.environ.get("PTQ_HUB_CACHE", Path.home() / ".cache" / "ptq-hub"))
+"""Where downloads and temporary work folders go when the caller gives none."""
+
+PTQ_DISABLE_PROGRESS: bool = _env_bool("PTQ_DISABLE_PROGRESS", False)
+"""Mute terminal progress bars (CI logs); callbacks still run."""
+
+
+def hf_token_from_env() -> str | None:
+    """The token from ``HF_TOKEN`` (read at call time so tests and the Space can set it)."""
+    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    return token or None
+
+
+# Files a quantized repo needs besides the weights. Everything else (``*.bin``,
+# ``*.pt``, ``*.gguf``, ``*.onnx``, ``original/``) duplicates the weights.
+WEIGHT_FILE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".gguf", ".onnx", ".h5", ".msgpack", ".tflite")

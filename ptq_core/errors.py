@@ -1,0 +1,104 @@
+"""Typed errors of ptq-hub.
+
+Every error raised on purpose is a :class:`PtqError`, and each class also
+subclasses the builtin it refines, so callers can catch ``ValueError`` or
+``FileNotFoundError`` as they would with any library. Messages name the value,
+the reason and the fix; front ends show them verbatim.
+"""
+
+from __future__ import annotations
+
+
+class PtqError(Exception):
+    """Root of every error that ptq-hub raises deliberately."""
+
+
+# --- schemes and options -----------------------------------------------------
+class SchemeNotSupportedError(PtqError, ValueError):
+    """Unknown scheme name, or a scheme that cannot be produced data-free."""
+
+
+class CalibrationRequiredError(SchemeNotSupportedError):
+    """The scheme needs calibration data (static activations, input global scale)."""
+
+
+class InvalidIgnoreError(PtqError, ValueError):
+    """An ``ignore`` entry is not a valid exact name or ``re:`` regular expression."""
+
+
+class InvalidOptionError(PtqError, ValueError):
+    """An option has a value outside what the pipeline accepts (device, workers...)."""
+
+
+# --- checkpoints -------------------------------------------------------------
+class CheckpointError(PtqError, ValueError):
+    """The source checkpoint cannot be quantized as it is."""
+
+
+class NoSafetensorsError(CheckpointError):
+    """The source has no ``*.safetensors`` weights (only ``*.bin``, ``*.gguf``...)."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A safetensors file is truncated or its header is not valid."""
+
+
+class MissingShardError(CheckpointError, FileNotFoundError):
+    """The index names a shard file, or a tensor, that is not there."""
+
+
+class TensorShapeError(CheckpointError):
+    """A tensor's shape does not fit the scheme (not divisible by the group size...)."""
+
+
+class NonFiniteWeightError(CheckpointError):
+    """A weight that would be quantized holds NaN or Inf."""
+
+
+# --- output ------------------------------------------------------------------
+class OutputExistsError(PtqError, FileExistsError):
+    """The output folder is not empty and ``overwrite`` was not given."""
+
+
+class OutputLocationError(PtqError, ValueError):
+    """The output folder is the input folder or lies inside it."""
+
+
+class DiskSpaceError(PtqError, OSError):
+    """Not enough free disk space for the download or the output."""
+
+
+# --- Hub ---------------------------------------------------------------------
+class HubError(PtqError):
+    """A Hub operation failed; the message says which and what to do."""
+
+
+class RepoNotFoundError(HubError, LookupError):
+    """The source repo does not exist, or is private and the token cannot see it."""
+
+
+class GatedRepoError(HubError, PermissionError):
+    """The source repo is gated and the token's user has not been granted access."""
+
+
+class TokenError(HubError, PermissionError):
+    """No token, or an invalid one, where the operation needs one."""
+
+
+class TargetRepoExistsError(HubError, FileExistsError):
+    """The target repo already holds files and ``overwrite`` was not given."""
+
+
+class HubPermissionError(HubError, PermissionError):
+    """The token may not create or write the target repo in that namespace."""
+
+
+class HubNetworkError(HubError, ConnectionError):
+    """The Hub could not be reached, or a transfer broke off after retries."""
+
+
+class RecipeError(PtqError, ValueError):
+    """A YAML recipe (Action / CLI) has an unknown key or an invalid value."""
+
+
+__all__ = [name for name, obj in globals().items() if isinstance(obj, type) and issubclass(obj, PtqError)]
