@@ -1,0 +1,298 @@
+"""``model_free_ptq``: quantize a safetensors checkpoint folder (or Hub repo) into a new folder.
+
+Flow: resolve the scheme (fail fast, before any I/O) -> open and validate every
+header -> plan -> build shards in a hidden work folder, one work unit (a weight,
+or a whole fused group) per task on ``max_workers`` threads -> index and
+config.json -> atomic rename. Tensors are read one unit at a time with
+``pread`` and written in place, so memory is bounded by a few units, never by
+shard size.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from itertools import cycle
+from pathlib import Path
+from threading import Lock
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+from .checkpoint import ShardReader, open_checkpoint
+from .errors import InvalidOptionError, NonFiniteWeightError
+from .numerics import global_scale_from_absmax, quantize_weight, tensor_absmax
+from .plan import ST_TO_TORCH, Plan, PlannedWeight, plan_checkpoint
+from .schemes import resolve_config
+from .writer import ShardWriter, prepare_output, publish_output, write_config, write_index
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ProgressCallback", "QuantizeResult", "model_free_ptq", "resolve_devices"]
+
+ProgressCallback = Callable[[str, int, int], None]
+"""``progress(stage, done, total)``; stages: download, validate, quantize, write."""
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    """What ``model_free_ptq`` produced."""
+
+    save_directory: Path
+    plan: Plan
+    size_before: int
+    size_after: int
+    seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        return self.size_before / self.size_after if self.size_after else 0.0
+
+
+def resolve_devices(device: str | torch.device | Sequence[str | torch.device] | None) -> list[torch.device]:
+    """``None`` -> every CUDA device if present, else CPU; a list -> those devices.
+
+    Raises:
+        InvalidOptionError: an unknown device string, or a CUDA device that is absent.
+    """
+    if device is None:
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return [torch.device("cuda", i) for i in range(count)] or [torch.device("cpu")]
+    items = list(device) if isinstance(device, (list, tuple)) else [device]
+    if not items:
+        raise InvalidOptionError("The device list is empty; pass e.g. 'cpu' or 'cuda:0'.")
+    devices = []
+    for item in items:
+        try:
+            dev = torch.device(item)
+        except (RuntimeError, TypeError) as err:
+            raise InvalidOptionError(f"Unknown device {item!r}; use 'cpu', 'cuda' or 'cuda:N'.") from err
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise InvalidOptionError(f"Device {item!r} asked for, but no CUDA GPU is available; use 'cpu'.")
+            dev = torch.device("cuda", dev.index or 0)
+            if dev.index >= torch.cuda.device_count():
+                raise InvalidOptionError(f"Device {item!r} does not exist ({torch.cuda.device_count()} GPU(s)).")
+        devices.append(dev)
+    return devices
+
+
+@contextmanager
+def _torch_threads(workers: int):
+    """Split the cores between workers so parallel tensors don't oversubscribe them."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _resolve_source(model_stub, revision, token, progress) -> Path:
+    path = Path(model_stub).expanduser()
+    if path.is_dir():
+        return path
+    from .hub import download_checkpoint  # only hub.py talks to the Hub
+
+    return download_checkpoint(str(model_stub), revision=revision, token=token, progress=progress)
+
+
+def model_free_ptq(
+    model_stub: str | os.PathLike,
+    save_directory: str | os.PathLike,
+    scheme=None,
+    config=None,
+    ignore: Iterable[str] = (),
+    max_workers: int = 1,
+    device: str | torch.device | Sequence[str | torch.device] | None = None,
+    *,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+    revision: str | None = None,
+    token: str | None = None,
+) -> QuantizeResult:
+    """Quantize a checkpoint without a model definition (drop-in for llm-compressor's).
+
+    Args:
+        model_stub: a local folder with safetensors files, or a Hub repo id.
+        save_directory: output folder; created, must be empty unless ``overwrite``.
+        scheme: a preset name (``"FP8_BLOCK"``) or a ``QuantizationScheme``.
+        config: a ``QuantizationConfig`` with one or more groups (first match wins).
+        ignore: exact module names or ``re:`` regexes to keep unquantized; modules
+            ending in ``norm`` are always kept.
+        max_workers: threads; each quantizes one weight or fused group at a time.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a list (round-robin); default GPU if any.
+        overwrite: replace a non-empty ``save_directory``.
+        progress: ``progress(stage, done, total)`` callback.
+        revision, token: for a Hub ``model_stub``.
+
+    Returns:
+        ``QuantizeResult`` with the plan, sizes and timings.
+
+    Raises:
+        SchemeNotSupportedError, CalibrationRequiredError, InvalidIgnoreError: bad request.
+        NoSafetensorsError, CorruptCheckpointError, MissingShardError: bad checkpoint.
+        TensorShapeError, NonFiniteWeightError: a weight cannot be quantized.
+        OutputExistsError, OutputLocationError: bad output folder.
+        Nothing is left at ``save_directory`` when any of these is raised.
+
+    Example:
+        >>> model_free_ptq("./Llama-3.2-1B", "./Llama-3.2-1B-NVFP4A16", "NVFP4A16",
+        ...                ignore=["lm_head"], max_workers=2)  # doctest: +SKIP
+    """
+    start = time.perf_counter()
+    timings: dict[str, float] = {}
+    notify = progress or (lambda stage, done, total: None)
+    if not isinstance(max_workers, int) or max_workers < 1:
+        raise InvalidOptionError(f"max_workers must be a positive integer, got {max_workers!r}.")
+    resolved = resolve_config(scheme, config, ignore)
+    devices = resolve_devices(device)
+
+    t = time.perf_counter()
+    source = _resolve_source(model_stub, revision, token, progress)
+    timings["download"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    notify("validate", 0, 1)
+    checkpoint = open_checkpoint(source)
+    plan = plan_checkpoint(checkpoint=checkpoint, resolved=resolved)
+    for name in checkpoint.skipped_weight_files:
+        logger.warning("Not copying %s: it duplicates the safetensors weights in another format.", name)
+    work = prepare_output(source, Path(save_directory), overwrite=overwrite)
+    notify("validate", 1, 1)
+    timings["validate"] = time.perf_counter() - t
+    logger.info(
+        "Quantizing %d of %d tensors with %s on %s, %d worker(s)",
+        len(plan.quantized), len(plan.items), resolved.name, ", ".join(map(str, devices)), max_workers,
+    )
+
+    writers: dict[str, ShardWriter] = {}
+    try:
+        t = time.perf_counter()
+        for rel in checkpoint.extra_files:
+            (work / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / rel, work / rel)
+        writers = {shard: ShardWriter(work / shard, plan.shard_outputs(shard)) for shard in plan.shards}
+        with ShardReader(checkpoint) as reader, _torch_threads(max_workers):
+            _run_units(plan, reader, writers, devices, max_workers, notify)
+        for writer in writers.values():
+            writer.close()
+        timings["quantize"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        notify("write", 0, 1)
+        write_index(work, plan.weight_map(), plan.size_after)
+        write_config(work, resolved.quantization_config_dict())
+        publish_output(work, Path(save_directory))
+        notify("write", 1, 1)
+        timings["write"] = time.perf_counter() - t
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    seconds = time.perf_counter() - start
+    logger.info("Wrote %s in %.1f s (%.2fx smaller)", save_directory, seconds, plan.ratio)
+    return QuantizeResult(Path(save_directory), plan, plan.size_before, plan.size_after, seconds, timings)
+
+
+def _work_units(plan: Plan) -> list[list[PlannedWeight]]:
+    """One unit per weight, except that a fused group is one unit (its members share a scale)."""
+    units: list[list[PlannedWeight]] = []
+    by_group: dict[int, list[PlannedWeight]] = {}
+    for item in plan.items:
+        if item.fused is None:
+            units.append([item])
+        elif item.fused in by_group:
+            by_group[item.fused].append(item)
+        else:
+            by_group[item.fused] = [item]
+            units.append(by_group[item.fused])
+    # biggest first: better balance across workers, smallest tail
+    return sorted(units, key=lambda u: -sum(_numel(i.shape) for i in u))
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _run_units(plan, reader, writers, devices, max_workers, notify) -> None:
+    units = _work_units(plan)
+    total = len(units)
+    done = 0
+    lock = Lock()
+    device_for = cycle(devices)
+    notify("quantize", 0, total)
+
+    def run(unit, device):
+        nonlocal done
+        _process_unit(plan, unit, reader, writers, device)
+        with lock:
+            done += 1
+            notify("quantize", done, total)
+
+    if max_workers == 1:
+        for unit in units:
+            run(unit, next(device_for))
+        return
+    with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="ptq") as pool:
+        futures = [pool.submit(run, unit, next(device_for)) for unit in units]
+        finished, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for fut in pending:
+            fut.cancel()
+        for fut in finished:
+            fut.result()  # re-raise the first failure
+
+
+def _source_span(plan: Plan, reader: ShardReader, item: PlannedWeight) -> tuple[str, int, int]:
+    """(shard, absolute offset, nbytes) of an item's values; split experts are contiguous ranges."""
+    info = reader.checkpoint.tensors[item.source.tensor]
+    if item.source.expert is None:
+        return info.shard, info.offset, info.nbytes
+    per_expert = info.nbytes // info.shape[0]
+    per_part = per_expert // item.source.parts
+    return info.shard, info.offset + item.source.expert * per_expert + item.source.part * per_part, per_part
+
+
+def _load(plan, reader, item: PlannedWeight, device: torch.device) -> torch.Tensor:
+    shard, offset, nbytes = _source_span(plan, reader, item)
+    info = reader.checkpoint.tensors[item.source.tensor]
+    buf = reader.read_bytes(info, offset - info.offset, nbytes)
+    tensor = torch.frombuffer(buf, dtype=ST_TO_TORCH[item.dtype]).reshape(item.shape)
+    return tensor.to(device) if device.type != "cpu" else tensor
+
+
+def _process_unit(plan: Plan, unit: list[PlannedWeight], reader: ShardReader, writers, device) -> None:
+    quantized = [i for i in unit if i.group is not None]
+    for item in unit:
+        if item.group is None:  # copied as is, bytes never enter Python
+            shard, offset, _ = _source_span(plan, reader, item)
+            writers[item.shard].copy_from(item.outputs[0].name, reader.fd(shard), offset)
+    if not quantized:
+        return
+    weights = [_load(plan, reader, item, device) for item in quantized]
+    global_scale = None
+    if len(quantized) > 1:  # a fused group: one global scale from the whole group's max |w|
+        absmax = torch.stack([tensor_absmax(w) for w in weights]).amax()
+        global_scale = global_scale_from_absmax(absmax)
+    for item, weight in zip(quantized, weights):
+        try:
+            outputs = quantize_weight(weight, plan.specs[item.group], global_scale=global_scale)
+        except NonFiniteWeightError as err:
+            raise NonFiniteWeightError(
+                f"{item.name} (in {reader.checkpoint.tensors[item.source.tensor].shard}) holds NaN or Inf values; "
+                f"fix the checkpoint or add {item.module!r} to ignore."
+            ) from err
+        prefix = item.module + "."
+        for local, tensor in outputs.items():
+            writers[item.shard].write(prefix + local, tensor)
+        logger.debug("quantized %s -> %s", item.name, ", ".join(outputs))

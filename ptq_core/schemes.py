@@ -1,0 +1,352 @@
+"""Schemes: resolving what the caller asked for into compressed-tensors objects.
+
+This is the only module that imports ``compressed_tensors``. It turns a preset
+name, a ``QuantizationScheme`` or a ``QuantizationConfig`` into a validated
+*copy* (the caller's objects are never mutated), refuses schemes that need
+calibration data, and describes the presets for the front ends.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from compressed_tensors import __version__ as COMPRESSED_TENSORS_VERSION
+from compressed_tensors.compressors.format import infer_module_format
+from compressed_tensors.quantization import (
+    QuantizationArgs,
+    QuantizationConfig,
+    QuantizationScheme,
+    QuantizationStatus,
+    QuantizationStrategy,
+    QuantizationType,
+    preset_name_to_scheme,
+)
+from compressed_tensors.quantization.quant_args import DynamicType
+from compressed_tensors.quantization.quant_scheme import PRESET_SCHEMES
+
+from .errors import CalibrationRequiredError, InvalidIgnoreError, SchemeNotSupportedError
+
+__all__ = [
+    "COMPRESSED_TENSORS_VERSION",
+    "DEFAULT_IGNORE",
+    "ResolvedConfig",
+    "SchemeInfo",
+    "list_schemes",
+    "resolve_config",
+    "scheme_repo_suffix",
+    "validate_ignore",
+    "weight_spec",
+]
+
+DEFAULT_IGNORE: tuple[str, ...] = (
+    "lm_head",
+    r"re:.*embed_tokens$",
+    # MoE routers: vLLM loads them unquantized (Mixtral, Qwen-MoE, DeepSeek `mlp.gate`)
+    r"re:.*\.gate$",
+    r"re:.*\.router$",
+    r"re:.*shared_expert_gate$",
+)
+"""Loader-safe ignore list used by the CLI, the Action and the Space.
+
+The Python ``model_free_ptq`` keeps llm-compressor's semantics and ignores only
+what the caller passes (plus modules ending in ``norm``).
+"""
+
+# One line per preset for the Space's dropdown and the README table.
+_DESCRIPTIONS: dict[str, str] = {
+    "FP8_DYNAMIC": "FP8 weights, per-channel scales, dynamic per-token FP8 activations. Hopper/Ada+; ~2x smaller, near-lossless.",
+    "FP8_BLOCK": "FP8 weights in 128x128 blocks, dynamic FP8 activations (DeepSeek style). Hopper/Blackwell; ~2x smaller.",
+    "NVFP4A16": "NVFP4 weights (16-wide groups, FP8 scales + global scale), 16-bit activations. Blackwell native, Hopper via Marlin; ~3.5x smaller.",
+    "MXFP4A16": "MXFP4 weights (32-wide groups, power-of-two scales), 16-bit activations. Blackwell; ~3.8x smaller.",
+    "MXFP4": "MXFP4 weights and dynamic MXFP4 activations. Blackwell; ~3.8x smaller, lowest precision.",
+    "MXFP4XFP8": "MXFP4 weights with dynamic FP8 activations. Blackwell; ~3.8x smaller.",
+    "MXFP8A16": "MXFP8 weights (32-wide groups, power-of-two scales), 16-bit activations. Blackwell; ~2x smaller.",
+    "MXFP8": "MXFP8 weights and dynamic MXFP8 activations. Blackwell; ~2x smaller.",
+    "W4A16": "INT4 weights (groups of 128, symmetric), 16-bit activations. Any GPU via Marlin/Machete; ~3.5x smaller.",
+    "W4A16_ASYM": "INT4 weights (groups of 128, with zero points), 16-bit activations. Any GPU; ~3.5x smaller, better on outliers.",
+    "W8A16": "INT8 weights (groups of 128), 16-bit activations. Any GPU; ~2x smaller, near-lossless.",
+    "W8A8": "INT8 per-channel weights, dynamic per-token INT8 activations. Ampere+; ~2x smaller, fast GEMMs.",
+    "INT8": "Alias of W8A8.",
+    "W4AFP8": "INT4 weights (groups of 128), dynamic FP8 activations. Hopper; ~3.5x smaller.",
+}
+
+# What to offer instead of a scheme that needs calibration data.
+_DATA_FREE_ALTERNATIVE: dict[str, str] = {
+    "FP8": "FP8_DYNAMIC",
+    "NVFP4": "NVFP4A16",
+}
+
+
+@dataclass(frozen=True)
+class SchemeInfo:
+    """One preset as the front ends show it."""
+
+    name: str
+    description: str
+    format: str
+    data_free: bool
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    """A validated, private copy of the caller's quantization request.
+
+    Attributes:
+        config: the ``QuantizationConfig`` (status ``initialized``), groups in order.
+        name: a display / repo-suffix name (the preset name, or ``config_group_0``).
+        formats: compressed-tensors format of each config group, by group name.
+    """
+
+    config: QuantizationConfig
+    name: str
+    formats: dict[str, str]
+
+    @property
+    def groups(self) -> list[tuple[str, QuantizationScheme]]:
+        return list(self.config.config_groups.items())
+
+    @property
+    def ignore(self) -> list[str]:
+        return list(self.config.ignore or [])
+
+    @property
+    def needs_global_scale(self) -> bool:
+        """True when a group uses NVFP4's tensor-group strategy (fused groups matter)."""
+        return any(
+            s.weights is not None and s.weights.strategy == QuantizationStrategy.TENSOR_GROUP
+            for _, s in self.groups
+        )
+
+    def quantization_config_dict(self) -> dict[str, Any]:
+        """The ``quantization_config`` block of config.json, as the peer writes it."""
+        formats = set(self.formats.values())
+        fmt = formats.pop() if len(formats) == 1 else ("mixed-precision" if formats else "dense")
+        final = QuantizationConfig(
+            config_groups=self.config.config_groups,
+            kv_cache_scheme=self.config.kv_cache_scheme,
+            ignore=list(self.config.ignore or []),
+            quantization_status=QuantizationStatus.COMPRESSED,
+            format=fmt,
+        )
+        return {
+            "version": COMPRESSED_TENSORS_VERSION,
+            "quant_method": "compressed-tensors",
+            "transform_config": {},
+            **final.model_dump(),
+        }
+
+
+def _preset_is_data_free(name: str) -> bool:
+    preset = PRESET_SCHEMES[name]
+    if "weights" not in preset:
+        return False
+    try:
+        _check_data_free(preset_name_to_scheme(name, ["Linear"]), name)
+    except SchemeNotSupportedError:
+        return False
+    return True
+
+
+def list_schemes(*, data_free_only: bool = True) -> list[SchemeInfo]:
+    """Presets of the installed compressed-tensors, with one line each.
+
+    Args:
+        data_free_only: list only presets ptq-hub can produce (the default).
+    """
+    infos = []
+    for name in PRESET_SCHEMES:
+        free = _preset_is_data_free(name)
+        if data_free_only and not free:
+            continue
+        scheme = preset_name_to_scheme(name, ["Linear"])
+        fmt = infer_module_format(_LINEAR, scheme).value if scheme.weights else "dense"
+        description = _DESCRIPTIONS.get(name) or _describe(scheme.weights, scheme.input_activations)
+        infos.append(SchemeInfo(name=name, description=description, format=fmt, data_free=free))
+    return infos
+
+
+def _describe(weights: QuantizationArgs | None, inputs: QuantizationArgs | None) -> str:
+    if weights is None:
+        return "No quantization."
+    w = f"{weights.type.upper()}{weights.num_bits} weights ({weights.strategy}"
+    w += f", groups of {weights.group_size})" if weights.group_size else ")"
+    a = f", dynamic {inputs.type.upper()}{inputs.num_bits} activations" if inputs else ", 16-bit activations"
+    return w + a + "."
+
+
+def scheme_repo_suffix(scheme: str | QuantizationScheme | QuantizationConfig) -> str:
+    """Repo-name style of a scheme: ``FP8_BLOCK`` -> ``FP8-BLOCK``."""
+    name = scheme if isinstance(scheme, str) else "QUANTIZED"
+    return re.sub(r"[^A-Za-z0-9.]+", "-", name.upper()).strip("-")
+
+
+def validate_ignore(ignore: Iterable[str]) -> list[str]:
+    """Check every ``re:`` entry compiles; return the entries as a new list.
+
+    Raises:
+        InvalidIgnoreError: an entry is not a string or its regex does not compile.
+    """
+    entries = []
+    for entry in ignore:
+        if not isinstance(entry, str) or not entry:
+            raise InvalidIgnoreError(f"ignore entry {entry!r} must be a non-empty module name or 're:<regex>'.")
+        if entry.startswith("re:"):
+            try:
+                re.compile(entry[3:])
+            except re.error as err:
+                raise InvalidIgnoreError(
+                    f"ignore entry {entry!r} is not a valid regular expression ({err}); "
+                    "write it as 're:<python regex>', e.g. 're:.*mlp\\.gate$'."
+                ) from err
+        entries.append(entry)
+    return entries
+
+
+def resolve_config(
+    scheme: str | QuantizationScheme | None = None,
+    config: QuantizationConfig | None = None,
+    ignore: Iterable[str] = (),
+) -> ResolvedConfig:
+    """Validate the request and return a private copy ready for planning.
+
+    Mirrors llm-compressor's ``validate_config``: exactly one of ``scheme`` and
+    ``config``; a preset name or a ``QuantizationScheme``; ``ignore`` is appended
+    to the config's own ignore list; empty targets mean ``["Linear"]``.
+
+    Raises:
+        SchemeNotSupportedError: unknown preset, both or neither of scheme/config,
+            no weight quantization, or weights this tool cannot produce.
+        CalibrationRequiredError: static activations or an observer that needs data.
+        InvalidIgnoreError: an ignore regex that does not compile.
+    """
+    ignore = validate_ignore(ignore)
+    if config is not None and scheme is not None:
+        raise SchemeNotSupportedError("Give either `scheme` or `config`, not both.")
+    if config is None and scheme is None:
+        raise SchemeNotSupportedError(
+            "No scheme given; pass a preset such as scheme='FP8_BLOCK' (see `ptq schemes`)."
+        )
+    if scheme is not None:
+        if isinstance(scheme, str):
+            name = scheme
+            if name.upper() not in PRESET_SCHEMES:
+                known = ", ".join(s.name for s in list_schemes())
+                raise SchemeNotSupportedError(f"Unknown scheme {scheme!r}. Data-free presets: {known}.")
+            resolved_scheme = preset_name_to_scheme(name, [])
+        elif isinstance(scheme, QuantizationScheme):
+            name = "config_group_0"
+            resolved_scheme = scheme.model_copy(deep=True)
+        else:
+            raise SchemeNotSupportedError(
+                f"scheme must be a preset name or a QuantizationScheme, not {type(scheme).__name__}."
+            )
+        groups = {name: resolved_scheme}
+        base_ignore: list[str] = []
+        kv_cache = None
+    else:
+        if not isinstance(config, QuantizationConfig):
+            raise SchemeNotSupportedError(f"config must be a QuantizationConfig, not {type(config).__name__}.")
+        copy = config.model_copy(deep=True)
+        groups = {}
+        for group_name, group in copy.config_groups.items():
+            if not isinstance(group, QuantizationScheme):  # a bare list of targets means the default scheme
+                raise SchemeNotSupportedError(
+                    f"config group {group_name!r} is a bare target list; give a full QuantizationScheme."
+                )
+            groups[group_name] = group
+        base_ignore = list(copy.ignore or [])
+        kv_cache = copy.kv_cache_scheme
+        name = next(iter(groups)) if len(groups) == 1 else "mixed"
+        if kv_cache is not None:
+            raise CalibrationRequiredError(
+                "The config quantizes the KV cache, which needs calibration data; drop kv_cache_scheme "
+                "for a data-free run."
+            )
+
+    formats = {}
+    for group_name, group in groups.items():
+        _check_data_free(group, group_name)
+        if not group.targets:
+            group.targets.append("Linear")
+        # compress_module records the format on the scheme; the peer's config.json carries it
+        group.format = group.format or infer_module_format(_LINEAR, group)
+        formats[group_name] = getattr(group.format, "value", group.format)
+    final = QuantizationConfig(
+        config_groups=groups,
+        quantization_status=QuantizationStatus.INITIALIZED,
+        ignore=base_ignore + ignore,
+        kv_cache_scheme=kv_cache,
+    )
+    return ResolvedConfig(config=final, name=name, formats=formats)
+
+
+def _check_data_free(scheme: QuantizationScheme, name: str) -> None:
+    """Refuse what cannot be computed from the weights alone, saying what to pick instead."""
+    upper = name.upper()
+    alternative = _DATA_FREE_ALTERNATIVE.get(upper)
+    hint = f" Pick {alternative} for a data-free run." if alternative else ""
+    weights = scheme.weights
+    if weights is None:
+        raise SchemeNotSupportedError(f"{name} quantizes no weights; model_free_ptq only quantizes weights.{hint}")
+    for role, act in (("input", scheme.input_activations), ("output", scheme.output_activations)):
+        if act is None or act.dynamic is True:
+            continue
+        why = (
+            "a calibrated input global scale"
+            if act.dynamic == DynamicType.LOCAL
+            else f"static {role} activation scales"
+        )
+        raise CalibrationRequiredError(f"{name} needs {why}, which needs calibration data.{hint or ' Use llm-compressor oneshot.'}")
+    if weights.dynamic not in (False, None):
+        raise SchemeNotSupportedError(f"{name} has dynamic weights; weights must be statically quantized.")
+    if weights.observer not in (None, "minmax", "static_minmax", "memoryless_minmax"):
+        raise CalibrationRequiredError(
+            f"{name} uses the {weights.observer!r} weight observer; ptq-hub computes min/max scales only. "
+            "Drop the observer setting (min/max) or use llm-compressor."
+        )
+    if weights.actorder not in (None, False):
+        raise CalibrationRequiredError(f"{name} sets actorder, which is a GPTQ (calibration) option.")
+    if weights.type == QuantizationType.FLOAT and weights.num_bits not in (4, 8):
+        raise SchemeNotSupportedError(
+            f"{name}: {weights.num_bits}-bit float weights (e.g. MXFP6) are not supported yet; "
+            "pick MXFP4A16 or MXFP8A16."
+        )
+    if weights.type == QuantizationType.FLOAT and not weights.symmetric:
+        raise SchemeNotSupportedError(f"{name}: asymmetric float weights are not supported by compressed-tensors.")
+    if weights.type == QuantizationType.INT and not 2 <= weights.num_bits <= 8:
+        raise SchemeNotSupportedError(f"{name}: {weights.num_bits}-bit integer weights are not supported (2-8).")
+    if weights.strategy not in (
+        QuantizationStrategy.TENSOR,
+        QuantizationStrategy.CHANNEL,
+        QuantizationStrategy.GROUP,
+        QuantizationStrategy.TENSOR_GROUP,
+        QuantizationStrategy.BLOCK,
+    ):
+        raise SchemeNotSupportedError(f"{name}: weight strategy {weights.strategy!r} does not apply to weights.")
+    if weights.strategy == QuantizationStrategy.TENSOR_GROUP and not (
+        weights.type == QuantizationType.FLOAT and weights.num_bits == 4
+    ):
+        raise SchemeNotSupportedError(f"{name}: the tensor_group strategy is only defined for FP4 (NVFP4).")
+
+
+# formats are inferred for Linear modules (compressed_tensors already imported torch)
+_LINEAR = __import__("torch").nn.Linear
+
+
+def weight_spec(scheme: QuantizationScheme, fmt: str):
+    """The kernel-facing summary (``numerics.WeightSpec``) of a scheme's weight args."""
+    from .numerics import WeightSpec
+
+    w = scheme.weights
+    return WeightSpec(
+        kind=str(w.type),
+        num_bits=w.num_bits,
+        strategy=str(w.strategy),
+        symmetric=w.symmetric,
+        fmt=fmt,
+        group_size=w.group_size,
+        block=tuple(w.block_structure) if w.block_structure else None,
+        scale_dtype=w.scale_dtype,
+    )
