@@ -33,7 +33,7 @@ from .writer import ShardWriter, prepare_output, publish_output, write_config, w
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ProgressCallback", "QuantizeResult", "model_free_ptq", "resolve_devices"]
+__all__ = ["ProgressCallback", "QuantizeResult", "model_free_ptq", "resolve_devices", "resolve_source"]
 
 ProgressCallback = Callable[[str, int, int], None]
 """``progress(stage, done, total)``; stages: download, validate, quantize, write."""
@@ -94,7 +94,8 @@ def _torch_threads(workers: int):
         torch.set_num_threads(before)
 
 
-def _resolve_source(model_stub, revision, token, progress) -> Path:
+def resolve_source(model_stub, revision, token, progress) -> Path:
+    """A local folder as is; anything else is a Hub repo id, downloaded by ``hub``."""
     path = Path(model_stub).expanduser()
     if path.is_dir():
         return path
@@ -155,7 +156,7 @@ def model_free_ptq(
     devices = resolve_devices(device)
 
     t = time.perf_counter()
-    source = _resolve_source(model_stub, revision, token, progress)
+    source = resolve_source(model_stub, revision, token, progress)
     timings["download"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -19,7 +19,7 @@ from .errors import CheckpointError, TensorShapeError
 from .numerics import WeightSpec, output_layout
 from .schemes import DEFAULT_IGNORE, ResolvedConfig, resolve_config, weight_spec
 
-__all__ = ["FusedGroup", "OutputTensor", "Plan", "PlannedWeight", "WeightSource", "plan_checkpoint", "suggest_ignore"]
+__all__ = ["FusedGroup", "find_fused_sets", "OutputTensor", "Plan", "PlannedWeight", "WeightSource", "plan_checkpoint", "suggest_ignore"]
 
 TORCH_TO_ST: dict[torch.dtype, str] = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -344,34 +344,38 @@ def _check_shape(name: str, shape: tuple[int, ...], spec: WeightSpec) -> None:
         )
 
 
+def find_fused_sets(names: Iterable[str]) -> list[tuple[str, tuple[str, ...]]]:
+    """Sibling weights engines fuse into one GEMM: ``[(kind, members in canonical order)]``.
+
+    Only sets of two or more present members count; a weight belongs to one set.
+    """
+    found: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
+    for kind, pattern, _members in _FUSED_PATTERNS:
+        for name in names:
+            m = pattern.match(name)
+            if m:
+                found[(kind, m.group("p"))][m.group("m")] = name
+    canonical = {kind: members for kind, _, members in _FUSED_PATTERNS}
+    sets, seen = [], set()
+    for (kind, _prefix), by_member in found.items():
+        members = tuple(by_member[m] for m in canonical[kind] if m in by_member)
+        if len(members) >= 2 and not seen.intersection(members):
+            seen.update(members)
+            sets.append((kind, members))
+    return sets
+
+
 def _find_fused_groups(items: list[dict], specs: Mapping[str, WeightSpec]) -> tuple[list[FusedGroup], dict[str, int]]:
-    """Sibling weights quantized with a global scale that engines fuse into one GEMM."""
+    """Fused sets among the weights quantized with a global scale (NVFP4's tensor_group)."""
     candidates = {
         it["name"]: it for it in items if it["group"] is not None and specs[it["group"]].strategy == "tensor_group"
     }
-    if not candidates:
-        return [], {}
-    found: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
-    order: list[tuple[str, str]] = []
-    for kind, pattern, _members in _FUSED_PATTERNS:
-        for name in candidates:
-            m = pattern.match(name)
-            if m:
-                key = (kind, m.group("p"))
-                if key not in found:
-                    order.append(key)
-                found[key][m.group("m")] = name
     groups: list[FusedGroup] = []
     index: dict[str, int] = {}
-    canonical = {kind: members for kind, _, members in _FUSED_PATTERNS}
-    for key in order:
-        by_member = found[key]
-        names = tuple(by_member[m] for m in canonical[key[0]] if m in by_member)
-        if len(names) < 2 or any(n in index for n in names):
-            continue
-        for n in names:
+    for kind, members in find_fused_sets(candidates):
+        for n in members:
             index[n] = len(groups)
-        groups.append(FusedGroup(key[0], names, tuple(candidates[n]["shard"] for n in names)))
+        groups.append(FusedGroup(kind, members, tuple(candidates[n]["shard"] for n in members)))
     return groups, index
 
 

@@ -1,0 +1,222 @@
+"""``ptq``: the console script.
+
+Subcommands: ``quantize``, ``reindex``, ``plan`` (dry run from headers only),
+``run`` (Hub to Hub), ``schemes`` and ``demo`` (the embedded default job).
+Heavy modules (torch, compressed-tensors, huggingface_hub) are imported inside
+the commands, so ``ptq --help`` answers at once.
+
+Unlike the Python ``model_free_ptq`` (which keeps llm-compressor's semantics
+and ignores only what it is given), the CLI starts from a loader-safe ignore
+list (``lm_head``, embeddings, MoE routers) so its output loads in vLLM;
+``--no-default-ignore`` turns that off and the plan always shows the list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import __version__
+from .errors import PtqError
+
+# Kept in sync with schemes.DEFAULT_IGNORE by tests/test_cli.py; duplicated here
+# only so that `ptq --help` can show it without importing compressed-tensors.
+_DEFAULT_IGNORE_HELP = "lm_head, embeddings, MoE routers"
+
+
+def _progress_bars() -> Callable[[str, int, int], None]:
+    """A tqdm bar per stage, fed by the core's ``progress(stage, done, total)`` callback."""
+    from tqdm.auto import tqdm
+
+    from .constants import PTQ_DISABLE_PROGRESS
+
+    bars: dict[str, tqdm] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(total=total, desc=f"{stage:>9}", unit="step", disable=PTQ_DISABLE_PROGRESS, leave=True)
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    return progress
+
+
+def _ignore(args: argparse.Namespace) -> list[str]:
+    from .schemes import DEFAULT_IGNORE
+
+    base = [] if args.no_default_ignore else list(DEFAULT_IGNORE)
+    return base + [p for entry in args.ignore for p in entry.split(",") if p.strip()]
+
+
+def _device(value: str | None):
+    if value is None:
+        return None
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    return parts if len(parts) > 1 else parts[0]
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from .pipeline import model_free_ptq
+    from .plan import format_bytes
+
+    result = model_free_ptq(
+        args.source, args.output, scheme=args.scheme, ignore=_ignore(args), max_workers=args.workers,
+        device=_device(args.device), overwrite=args.overwrite, progress=_progress_bars(), revision=args.revision,
+    )
+    print(result.plan.to_markdown())
+    print(f"Wrote {result.save_directory}: {format_bytes(result.size_before)} -> {format_bytes(result.size_after)} "
+          f"({result.ratio:.2f}x smaller) in {result.seconds:.1f} s")
+    return 0
+
+
+def _cmd_reindex(args: argparse.Namespace) -> int:
+    from .reindex import reindex_fused_weights
+
+    result = reindex_fused_weights(args.source, args.output, num_workers=args.num_workers,
+                                   overwrite=args.overwrite, progress=_progress_bars())
+    print(f"Reindexed {result.fused_sets} fused sets into {result.save_directory}; moved {len(result.moved)} tensors.")
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    if Path(args.source).is_dir():
+        from .plan import plan_checkpoint
+
+        plan = plan_checkpoint(args.source, scheme=args.scheme, ignore=_ignore(args))
+    else:
+        from .hub import plan_hub_model
+
+        plan = plan_hub_model(args.source, args.scheme, ignore=_ignore(args), revision=args.revision)
+    print(plan.to_markdown())
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .hub import quantize_to_hub
+
+    result = quantize_to_hub(
+        args.source, args.scheme, target=args.to, private=args.private, revision=args.revision,
+        ignore=_ignore(args), device=_device(args.device), max_workers=args.workers,
+        overwrite=args.overwrite, progress=_progress_bars(),
+    )
+    print(result.to_markdown())
+    return 0
+
+
+def _cmd_schemes(args: argparse.Namespace) -> int:
+    from .schemes import list_schemes
+
+    print("| scheme | format | what it is for |\n|---|---|---|")
+    for info in list_schemes():
+        print(f"| {info.name} | {info.format} | {info.description} |")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import write_demo_checkpoint
+    from .pipeline import model_free_ptq
+    from .plan import format_bytes, plan_checkpoint
+
+    root = Path(args.workdir or tempfile.mkdtemp(prefix="ptq-demo-"))
+    source = write_demo_checkpoint(root / "tiny-llama")
+    output = root / f"tiny-llama-{args.scheme}"
+    print(f"Demo checkpoint (seeded, Llama-shaped): {source}\n")
+    print(plan_checkpoint(source, scheme=args.scheme, ignore=_ignore(args)).to_markdown())
+    result = model_free_ptq(source, output, args.scheme, ignore=_ignore(args), max_workers=args.workers,
+                            overwrite=True, progress=_progress_bars())
+    print("\n| file | size |\n|---|---:|")
+    for path in sorted(output.iterdir()):
+        print(f"| {path.name} | {format_bytes(path.stat().st_size)} |")
+    print(f"\nQuantized {len(result.plan.quantized)} tensors: {format_bytes(result.size_before)} -> "
+          f"{format_bytes(result.size_after)} ({result.ratio:.2f}x smaller) in {result.seconds:.2f} s -> {output}")
+    return 0
+
+
+def _add_common(p: argparse.ArgumentParser, *, scheme_default: str | None = None) -> None:
+    p.add_argument("--scheme", "-s", default=scheme_default, required=scheme_default is None,
+                   help="preset name, e.g. FP8_BLOCK, NVFP4A16, MXFP4A16, W4A16 (see `ptq schemes`)")
+    p.add_argument("--ignore", action="append", default=[], metavar="PATTERN",
+                   help="module name or 're:<regex>' to keep unquantized; repeatable or comma-separated; "
+                        f"added to the defaults ({_DEFAULT_IGNORE_HELP})")
+    p.add_argument("--no-default-ignore", action="store_true", help="start from an empty ignore list")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", "-j", type=int, default=1, help="parallel workers (tensors at a time)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N, or a comma-separated list (default: GPU if present)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output")
+    p.add_argument("--revision", help="Hub revision (branch, tag or commit) of the source")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ptq", description="Data-free quantization of Hugging Face checkpoints into compressed-tensors.")
+    parser.add_argument("--version", action="version", version=f"ptq-hub {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="-v for INFO logs, -vv for DEBUG")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("quantize", help="quantize a local folder or Hub repo into a local folder")
+    p.add_argument("source", help="checkpoint folder or Hub repo id")
+    p.add_argument("output", help="output folder")
+    _add_common(p)
+    _add_run_options(p)
+    p.set_defaults(func=_cmd_quantize)
+
+    p = sub.add_parser("reindex", help="move each fused group (q/k/v, gate/up, ...) into one shard")
+    p.add_argument("source")
+    p.add_argument("output")
+    p.add_argument("--num-workers", "--num_workers", type=int, default=1)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_reindex)
+
+    p = sub.add_parser("plan", help="dry run from safetensors headers: what gets quantized, sizes")
+    p.add_argument("source", help="checkpoint folder or Hub repo id")
+    _add_common(p)
+    p.add_argument("--revision")
+    p.set_defaults(func=_cmd_plan)
+
+    p = sub.add_parser("run", help="Hub repo -> quantized Hub repo with a model card (needs HF_TOKEN)")
+    p.add_argument("source", help="source Hub repo id")
+    p.add_argument("--to", help="target NAMESPACE/NAME (default: {user}/{name}-{SCHEME})")
+    p.add_argument("--private", action="store_true", help="create the target repo private")
+    _add_common(p)
+    _add_run_options(p)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("schemes", help="list the data-free presets")
+    p.set_defaults(func=_cmd_schemes)
+
+    p = sub.add_parser("demo", help="quantize an embedded tiny Llama-shaped checkpoint (no Hub needed)")
+    _add_common(p, scheme_default="FP8_BLOCK")
+    p.add_argument("--workers", "-j", type=int, default=2)
+    p.add_argument("--workdir", help="where to write the demo (default: a new temp folder)")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING if args.verbose == 0 else (logging.INFO if args.verbose == 1 else logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except PtqError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def reindex_main(argv: Sequence[str] | None = None) -> int:
+    """``ptq-reindex-fused-weights SRC DST [--num_workers N]`` (llm-compressor's script name)."""
+    return main(["reindex", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
