@@ -216,11 +216,14 @@ class ShardReader:
     def fd(self, shard: str) -> int:
         return self._fds[shard]
 
-    def read_bytes(self, info: TensorInfo, start: int = 0, length: int | None = None) -> bytearray:
-        """Bytes of a tensor (or a sub-range of it) in a fresh buffer."""
-        length = info.nbytes - start if length is None else length
-        buf = bytearray(length)
-        view = memoryview(buf)
+    def read_into(self, info: TensorInfo, out, start: int = 0) -> None:
+        """Fill ``out`` (a CPU uint8 tensor) with the tensor's bytes from ``start`` on.
+
+        Reading into a caller-owned, reused buffer avoids faulting in fresh pages
+        for every tensor.
+        """
+        view = memoryview(out.numpy())
+        length = len(view)
         done = 0
         fd = self._fds[info.shard]
         while done < length:
@@ -228,7 +231,6 @@ class ShardReader:
             if n <= 0:
                 raise CorruptCheckpointError(f"{info.shard}: unexpected end of file while reading {info.name!r}.")
             done += n
-        return buf
 
     def close(self) -> None:
         for fd in self._fds.values():

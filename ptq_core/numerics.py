@@ -24,10 +24,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
+from .errors import NonFiniteWeightError
+
 __all__ = [
+    "RowSink",
+    "Scratch",
     "WeightSpec",
     "global_scale_from_absmax",
     "output_layout",
@@ -132,22 +137,45 @@ def output_layout(spec: WeightSpec, shape: tuple[int, int], dtype: torch.dtype) 
     return out
 
 
-# --------------------------------------------------------------------------- statistics
+# --------------------------------------------------------------------------- buffers
+class Scratch:
+    """Per-thread reusable buffers.
+
+    A fresh multi-megabyte allocation is page-faulted in on first touch, which
+    costs more than the arithmetic; reusing a few grow-only buffers per worker
+    keeps the kernels compute bound and the memory flat.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[str, torch.device], torch.Tensor] = {}
+
+    def get(self, key: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        numel = math.prod(shape)
+        nbytes = numel * (torch.finfo(dtype).bits if dtype.is_floating_point else torch.iinfo(dtype).bits) // 8
+        buf = self._buffers.get((key, device))
+        if buf is None or buf.numel() < nbytes:
+            buf = self._buffers[(key, device)] = torch.empty(max(nbytes, 1), dtype=torch.uint8, device=device)
+        return buf[:nbytes].view(dtype).view(shape)
+
+
 def _row_chunks(rows: int, cols: int, multiple: int = 1):
     step = max(multiple, (_CHUNK_ELEMS // max(cols, 1)) // multiple * multiple)
     for start in range(0, rows, step):
         yield start, min(rows, start + step)
 
 
-def tensor_absmax(weight: torch.Tensor) -> torch.Tensor:
+# --------------------------------------------------------------------------- statistics
+def tensor_absmax(weight: torch.Tensor, scratch: Scratch | None = None) -> torch.Tensor:
     """max |w| over the whole tensor, in the weight's dtype (0-dim).
 
     For a fused group the global absmax is the max of its members' values,
     which equals the observer's ``max(max_vals.max(), -min_vals.min())``.
     """
+    scratch = scratch or Scratch()
     out = None
-    for r0, r1 in _row_chunks(weight.shape[0], weight.shape[1]):
-        m = weight[r0:r1].abs().amax()
+    for a, b in _row_chunks(weight.shape[0], weight.shape[1]):
+        chunk = weight[a:b]
+        m = torch.abs(chunk, out=scratch.get("abs", tuple(chunk.shape), chunk.dtype, chunk.device)).amax()
         out = m if out is None else torch.maximum(out, m)
     return out
 
@@ -168,51 +196,62 @@ def global_scale_from_absmax(absmax: torch.Tensor) -> torch.Tensor:
     return global_scale.to(torch.float32).reshape([1])
 
 
-def _minmax(weight: torch.Tensor, spec: WeightSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-scale-cell statistics: (absmax, None) when symmetric, else (min, max).
+def _padded(chunk: torch.Tensor, bh: int, bw: int, scratch: Scratch) -> torch.Tensor:
+    """A row chunk zero-padded to whole blocks (as the reference pads), viewed as blocks."""
+    r, c = chunk.shape
+    rp, cp = r + (-r) % bh, c + (-c) % bw
+    if (rp, cp) != (r, c):
+        padded = scratch.get("pad", (rp, cp), chunk.dtype, chunk.device)
+        padded.zero_()
+        padded[:r, :c].copy_(chunk)
+        chunk = padded
+    return chunk.view(rp // bh, bh, cp // bw, bw)
+
+
+def _cells(chunk: torch.Tensor, spec: WeightSpec, scratch: Scratch) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """The chunk viewed so that each scale cell's elements lie along ``dims``."""
+    r, c = chunk.shape
+    if spec.strategy == "block":
+        return _padded(chunk, *spec.block, scratch), (1, 3)
+    if spec.strategy in ("group", "tensor_group"):
+        return chunk.view(r, c // spec.group_size, spec.group_size), (-1,)
+    if spec.strategy == "channel":
+        return chunk, (1,)
+    return chunk, (0, 1)
+
+
+def _stats(chunk: torch.Tensor, spec: WeightSpec, scratch: Scratch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-scale-cell statistics of a row chunk: (absmax, None) when symmetric, else (min, max).
 
     Symmetric quantization only ever uses max(|min(min,0)|, |max(max,0)|), which
-    is exactly the cell's max |w|; one abs-max pass replaces two reductions.
+    is exactly the cell's max |w|: one abs-max pass replaces two reductions.
+    Zero padding (block strategy) changes neither statistic.
     """
-    rows, cols = weight.shape
-    sym = spec.symmetric
-    if spec.strategy == "tensor":
-        if sym:
-            return tensor_absmax(weight).reshape(1), None
-        return weight.amin().reshape(1), weight.amax().reshape(1)
-    if spec.strategy == "channel":
-        if sym:
-            return torch.cat([weight[a:b].abs().amax(dim=1, keepdim=True) for a, b in _row_chunks(rows, cols)]), None
-        return weight.amin(dim=1, keepdim=True), weight.amax(dim=1, keepdim=True)
-    if spec.strategy in ("group", "tensor_group"):
-        g = spec.group_size
-        if sym:
-            parts = [weight[a:b].view(b - a, cols // g, g).abs().amax(dim=-1) for a, b in _row_chunks(rows, cols)]
-            return torch.cat(parts), None
-        grouped = weight.view(rows, cols // g, g)
-        return grouped.amin(dim=-1), grouped.amax(dim=-1)
-    # block: zero padding (as the reference pads) cannot change a max |w| or a min(.,0)/max(.,0)
-    bh, bw = spec.block
-    parts_lo, parts_hi = [], []
-    for a, b in _row_chunks(rows, cols, multiple=bh):
-        blocks = _pad_blocks(weight[a:b], bh, bw)
-        if sym:
-            parts_hi.append(blocks.abs().amax(dim=(1, 3)))
+    cells, dims = _cells(chunk, spec, scratch)
+    keep = spec.strategy == "channel"
+    if spec.symmetric:
+        absval = torch.abs(cells, out=scratch.get("abs", tuple(cells.shape), cells.dtype, cells.device))
+        if dims == (-1,) and absval.shape[-1] in (16, 32):
+            lo, hi = _halving_max(absval), None
         else:
-            parts_lo.append(blocks.amin(dim=(1, 3)))
-            parts_hi.append(blocks.amax(dim=(1, 3)))
-    if sym:
-        return torch.cat(parts_hi), None
-    return torch.cat(parts_lo), torch.cat(parts_hi)
+            lo, hi = absval.amax(dim=dims, keepdim=keep), None
+    else:
+        lo, hi = cells.amin(dim=dims, keepdim=keep), cells.amax(dim=dims, keepdim=keep)
+    if spec.strategy == "tensor":
+        lo, hi = lo.reshape(1), (hi.reshape(1) if hi is not None else None)
+    return lo, hi
 
 
-def _pad_blocks(chunk: torch.Tensor, bh: int, bw: int) -> torch.Tensor:
-    """View a row chunk as ``[row_blocks, bh, col_blocks, bw]``, zero-padding edges."""
-    r, c = chunk.shape
-    pr, pc = (-r) % bh, (-c) % bw
-    if pr or pc:
-        chunk = torch.nn.functional.pad(chunk, (0, pc, 0, pr))
-    return chunk.reshape((r + pr) // bh, bh, (c + pc) // bw, bw)
+def _halving_max(t: torch.Tensor) -> torch.Tensor:
+    """max over a short last dim by pairwise maximum (exact, NaN-propagating).
+
+    Reductions over a last dim of 16 or 32 elements are several times slower in
+    torch than a few elementwise passes over halving views.
+    """
+    while t.shape[-1] > 1:
+        half = t.shape[-1] // 2
+        t = torch.maximum(t[..., :half], t[..., half:])
+    return t[..., 0]
 
 
 # --------------------------------------------------------------------------- qparams
@@ -299,9 +338,56 @@ def _fp4_codes(v: torch.Tensor) -> torch.Tensor:
     return idx
 
 
-def _pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
+_FP4_LUTS: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _fp4_lut(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """E2M1 codes for every bit pattern of a 16-bit float, or of a float32's top 16 bits.
+
+    float32 entries come in pairs: ``[2*hi]`` for a value whose low 16 bits are
+    zero (exactly the 16-bit prefix) and ``[2*hi+1]`` for anything above it.
+    No rounding threshold lies strictly between the two (every threshold is a
+    bf16 value), so the pair determines the code exactly.
+    """
+    key = (dtype, device)
+    if key not in _FP4_LUTS:
+        prefix = torch.arange(65536, dtype=torch.int32)
+        if dtype == torch.float32:
+            exact = (prefix << 16).view(torch.float32)
+            above = ((prefix << 16) | 1).view(torch.float32)
+            values = torch.stack([exact, above], dim=1).reshape(-1)
+        else:
+            values = prefix.to(torch.int16).view(dtype).to(torch.float32)
+        values = torch.nan_to_num(values, nan=0.0).clamp(-_FP4_MAX, _FP4_MAX)
+        _FP4_LUTS[key] = _fp4_codes(values).to(device)
+    return _FP4_LUTS[key]
+
+
+def _fp4_codes_lut(v: torch.Tensor, out: torch.Tensor, scratch: Scratch) -> torch.Tensor:
+    """``_fp4_codes`` by table lookup (3-4 passes over memory instead of ~15)."""
+    lut = _fp4_lut(v.dtype, v.device)
+    flat = v.reshape(-1)
+    idx = scratch.get("lut_idx", (flat.numel(),), torch.int32, v.device)
+    if v.dtype == torch.float32:
+        bits = flat.view(torch.int32)
+        low = scratch.get("lut_low", (flat.numel(),), torch.int32, v.device)
+        torch.bitwise_right_shift(bits, 16, out=idx)
+        idx.bitwise_and_(0xFFFF).mul_(2)
+        torch.bitwise_and(bits, 0xFFFF, out=low)
+        idx.add_(low.clamp_(max=1))
+    else:
+        idx.copy_(flat.view(torch.int16))
+        idx.bitwise_and_(0xFFFF)
+    return torch.index_select(lut, 0, idx, out=out.reshape(-1)).view(out.shape)
+
+
+def _pack_nibbles(codes: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Two FP4 codes per byte, low nibble first (``pack_fp4_to_uint8``)."""
     pairs = codes.view(codes.shape[0], -1, 2)
-    return pairs[..., 0] | (pairs[..., 1] << 4)
+    if out is None:
+        return pairs[..., 0] | (pairs[..., 1] << 4)
+    torch.bitwise_left_shift(pairs[..., 1], 4, out=out)
+    return out.bitwise_or_(pairs[..., 0])
 
 
 def _pack_int32(q: torch.Tensor, num_bits: int) -> torch.Tensor:
@@ -341,95 +427,148 @@ def _pack_int32(q: torch.Tensor, num_bits: int) -> torch.Tensor:
     return out.to(torch.int32).contiguous()
 
 
-def _quantize_chunk(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, spec: WeightSpec,
-                    global_scale: torch.Tensor | None) -> torch.Tensor:
-    """Quantize one row chunk whose scale already broadcasts against it.
+def _main_name(spec: WeightSpec) -> str:
+    return "weight_packed" if spec.fmt in _PACKED_FORMATS else "weight"
 
-    Returns int8 / fp8 values, or FP4 codes (uint8) for the FP4 formats.
+
+_PACKED_FORMATS = ("nvfp4-pack-quantized", "mxfp4-pack-quantized", "pack-quantized")
+
+
+def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, spec: WeightSpec,
+                   global_scale: torch.Tensor | None, scratch: Scratch) -> torch.Tensor:
+    """Quantize a row chunk with its scales; returns the chunk of the main stored tensor.
+
+    Same elementwise operations as the reference's ``_quantize``: divide (in the
+    weight's dtype, or float32 once a global scale is involved), add the zero
+    point, clamp, round to the target grid.
     """
+    rows, cols = x.shape
+    cells, _ = _cells(x, spec, scratch)
+    if spec.strategy == "block":
+        scale = scale[:, None, :, None]
+        zp = zp[:, None, :, None] if zp is not None else None
+    elif spec.strategy in ("group", "tensor_group"):
+        scale = scale[..., None]
+        zp = zp[..., None] if zp is not None else None
     if global_scale is not None:
         scale = scale / global_scale  # bf16 / f32 -> f32, as the reference
-    scaled = x / scale
+    work_dtype = torch.promote_types(x.dtype, scale.dtype)
+    tmp = torch.div(cells, scale, out=scratch.get("tmp", tuple(cells.shape), work_dtype, x.device))
     if zp is not None:
-        scaled += zp.to(x.dtype)
+        tmp += zp.to(x.dtype)
     q_min, q_max = spec.q_range
-    scaled = torch.clamp(scaled, q_min, q_max)
+    tmp.clamp_(q_min, q_max)
+    if spec.strategy == "block":  # back to rows x cols, dropping the padding
+        tmp = tmp.view(tmp.shape[0] * tmp.shape[1], -1)[:rows, :cols]
+    else:
+        tmp = tmp.view(rows, cols)
+    if spec.kind == "float" and spec.num_bits == 4:
+        codes = _fp4_codes_lut(tmp, scratch.get("codes", (rows, cols), torch.uint8, x.device), scratch)
+        return _pack_nibbles(codes, scratch.get("packed", (rows, cols // 2), torch.uint8, x.device))
     if spec.kind == "int":
-        return torch.round(scaled).to(torch.int8)
-    if spec.num_bits == 8:
-        return scaled.to(_FP8)
-    return _fp4_codes(scaled)
+        tmp.round_()
+        q = scratch.get("q", (rows, cols), torch.int8, x.device).copy_(tmp)
+        return _pack_int32(q, spec.num_bits) if spec.fmt == "pack-quantized" else q
+    if tmp.dtype != torch.float32:
+        # bf16/f16 -> f32 is exact and torch's f32 -> fp8 kernel is faster than
+        # the direct one; both round to nearest even from the same value
+        tmp = scratch.get("tmp32", (rows, cols), torch.float32, x.device).copy_(tmp)
+    return scratch.get("q", (rows, cols), _FP8, x.device).copy_(tmp)
+
+
+RowSink = Callable[[str, int, torch.Tensor], None]
+"""``sink(local_name, first_row, rows)``: receives the main stored tensor chunk by chunk."""
 
 
 def quantize_weight(
-    weight: torch.Tensor, spec: WeightSpec, *, global_scale: torch.Tensor | None = None
+    weight: torch.Tensor,
+    spec: WeightSpec,
+    *,
+    global_scale: torch.Tensor | None = None,
+    sink: RowSink | None = None,
+    scratch: Scratch | None = None,
 ) -> dict[str, torch.Tensor]:
     """Compress one 2-D weight; returns local names -> tensors (on the weight's device).
 
     Args:
-        weight: ``[N, K]`` float weight (bf16/fp16/fp32), NaN-free (checked upstream).
+        weight: ``[N, K]`` contiguous float weight (bf16/fp16/fp32).
         spec: the scheme's weight arguments.
-        global_scale: NVFP4 only: the fused group's ``global_scale_from_absmax``.
+        global_scale: NVFP4 only: the fused group's ``global_scale_from_absmax``
+            (computed from this weight alone when omitted).
+        sink: when given, the main stored tensor (``weight`` / ``weight_packed``)
+            is handed over in row chunks (each valid only during the call) and
+            left out of the result, so it never exists whole in memory.
+        scratch: reusable buffers (one per thread).
+
+    Raises:
+        NonFiniteWeightError: the weight holds NaN or Inf.
     """
+    scratch = scratch or Scratch()
     rows, cols = weight.shape
+    main = _main_name(spec)
     if spec.strategy == "tensor_group" and global_scale is None:
-        global_scale = global_scale_from_absmax(tensor_absmax(weight))
-    lo, hi = _minmax(weight, spec)
-    scales, zero_points = _qparams(lo, hi, spec, global_scale)
-    # the module's scale parameter has the weight's dtype: copy_ casts into it
-    param_scale = scales.to(_param_dtype(weight.dtype))
-    fp4 = spec.kind == "float" and spec.num_bits == 4
-    qdtype = torch.uint8 if fp4 else (_FP8 if spec.kind == "float" else torch.int8)
-    q = torch.empty(rows, cols, dtype=qdtype, device=weight.device)
-
-    if spec.strategy == "block":
-        bh, bw = spec.block
-        for a, b in _row_chunks(rows, cols, multiple=bh):
-            blocks = _pad_blocks(weight[a:b], bh, bw)
-            s = param_scale[a // bh : math.ceil(b / bh)]
-            z = zero_points[a // bh : math.ceil(b / bh)][:, None, :, None] if zero_points is not None else None
-            out = _quantize_chunk(blocks, s[:, None, :, None], z, spec, None)
-            q[a:b] = out.reshape(blocks.shape[0] * bh, -1)[: b - a, :cols]
-    elif spec.strategy in ("group", "tensor_group"):
-        g = spec.group_size
-        for a, b in _row_chunks(rows, cols):
-            x = weight[a:b].view(b - a, cols // g, g)
-            z = zero_points[a:b, :, None] if zero_points is not None else None
-            q[a:b] = _quantize_chunk(x, param_scale[a:b, :, None], z, spec, global_scale).view(b - a, cols)
-    else:  # tensor / channel: the scale broadcasts as stored
-        for a, b in _row_chunks(rows, cols):
-            s = param_scale if spec.strategy == "tensor" else param_scale[a:b]
-            z = None if zero_points is None else (zero_points if spec.strategy == "tensor" else zero_points[a:b])
-            q[a:b] = _quantize_chunk(weight[a:b], s, z, spec, global_scale)
-
-    return _compress(q, param_scale, zero_points, spec, weight.shape, global_scale)
-
-
-def _compress(q, param_scale, zero_points, spec: WeightSpec, shape, global_scale) -> dict[str, torch.Tensor]:
-    """Arrange quantized values and qparams as the format's compressor stores them."""
-    fmt = spec.fmt
-    if fmt in ("nvfp4-pack-quantized", "mxfp4-pack-quantized"):
-        out = {"weight_packed": _pack_nibbles(q)}
-        if fmt == "nvfp4-pack-quantized":
-            out["weight_scale"] = param_scale.to(spec.scale_dtype or _FP8)
-            out["weight_global_scale"] = global_scale
+        global_scale = global_scale_from_absmax(tensor_absmax(weight, scratch))
+    whole = None
+    if spec.strategy == "tensor":  # one scale from the whole tensor, before any chunk
+        lo, hi = _stats(weight, spec, scratch)
+        _check_finite(lo, hi)
+        whole = _qparams(lo, hi, spec, global_scale)
+    full = None
+    if sink is None:
+        (_, dtype, shape), *_ = output_layout(spec, (rows, cols), weight.dtype)
+        full = torch.empty(shape, dtype=dtype, device=weight.device)
+    pdt = _param_dtype(weight.dtype)
+    scale_parts, zp_parts = [], []
+    multiple = spec.block[0] if spec.strategy == "block" else 1
+    for a, b in _row_chunks(rows, cols, multiple):
+        x = weight[a:b]
+        if whole is None:
+            lo, hi = _stats(x, spec, scratch)
+            _check_finite(lo, hi)
+            scales, zps = _qparams(lo, hi, spec, global_scale)
+            # the module's scale parameter has the weight's dtype: copy_ casts into it
+            scales = scales.to(pdt)
+            scale_parts.append(scales)
+            zp_parts.append(zps)
         else:
-            out["weight_scale"] = _mx_exponent(param_scale, spec.scale_dtype or torch.uint8)
-        return out
+            scales, zps = whole[0].to(pdt), whole[1]
+        out = _quantize_rows(x, scales, zps, spec, global_scale, scratch)
+        if sink is None:
+            full[a:b] = out
+        else:
+            sink(main, a, out)
+    if whole is None:
+        param_scale = torch.cat(scale_parts)
+        zero_points = torch.cat(zp_parts) if zp_parts[0] is not None else None
+    else:
+        param_scale, zero_points = whole[0].to(pdt), whole[1]
+    result = _small_outputs(param_scale, zero_points, spec, (rows, cols), global_scale)
+    if full is not None:
+        result = {main: full, **result}
+    return result
+
+
+def _check_finite(lo: torch.Tensor, hi: torch.Tensor | None) -> None:
+    if not bool(torch.isfinite(lo).all()) or (hi is not None and not bool(torch.isfinite(hi).all())):
+        raise NonFiniteWeightError("the weight holds NaN or Inf values")
+
+
+def _small_outputs(param_scale, zero_points, spec: WeightSpec, shape, global_scale) -> dict[str, torch.Tensor]:
+    """Scales, zero points, shapes: everything but the main tensor, as the compressor stores them."""
+    fmt = spec.fmt
+    if fmt == "nvfp4-pack-quantized":
+        return {"weight_scale": param_scale.to(spec.scale_dtype or _FP8), "weight_global_scale": global_scale}
+    if fmt == "mxfp4-pack-quantized":
+        return {"weight_scale": _mx_exponent(param_scale, spec.scale_dtype or torch.uint8)}
     if fmt == "pack-quantized":
-        out = {
-            "weight_packed": _pack_int32(q, spec.num_bits),
-            "weight_scale": param_scale,
-            "weight_shape": torch.tensor(tuple(shape), device=q.device),
-        }
+        out = {"weight_scale": param_scale, "weight_shape": torch.tensor(tuple(shape), device=param_scale.device)}
         if not spec.symmetric:
             if spec.strategy in ("group", "channel"):
                 out["weight_zero_point"] = _pack_int32(zero_points.t().contiguous(), spec.num_bits).t().contiguous()
             else:
                 out["weight_zero_point"] = zero_points
         return out
-    scale = _mx_exponent(param_scale, torch.uint8) if fmt == "mxfp8-quantized" else param_scale
-    out = {"weight": q, "weight_scale": scale}
+    out = {"weight_scale": _mx_exponent(param_scale, torch.uint8) if fmt == "mxfp8-quantized" else param_scale}
     if not spec.symmetric:
         out["weight_zero_point"] = zero_points
     return out

@@ -19,14 +19,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import cycle
 from pathlib import Path
-from threading import Lock
+from threading import Lock, local
 from typing import Callable, Iterable, Sequence
 
 import torch
 
 from .checkpoint import ShardReader, open_checkpoint
 from .errors import InvalidOptionError, NonFiniteWeightError
-from .numerics import global_scale_from_absmax, quantize_weight, tensor_absmax
+from .numerics import Scratch, global_scale_from_absmax, quantize_weight, tensor_absmax
 from .plan import ST_TO_TORCH, Plan, PlannedWeight, plan_checkpoint
 from .schemes import resolve_config
 from .writer import ShardWriter, prepare_output, publish_output, write_config, write_index
@@ -264,36 +264,56 @@ def _source_span(plan: Plan, reader: ShardReader, item: PlannedWeight) -> tuple[
     return info.shard, info.offset + item.source.expert * per_expert + item.source.part * per_part, per_part
 
 
-def _load(plan, reader, item: PlannedWeight, device: torch.device) -> torch.Tensor:
-    shard, offset, nbytes = _source_span(plan, reader, item)
+def _load(plan, reader, item: PlannedWeight, device: torch.device, scratch: Scratch, slot: int) -> torch.Tensor:
+    """Read an item's values into this worker's input buffer ``slot`` (one per fused member)."""
+    _shard, offset, nbytes = _source_span(plan, reader, item)
     info = reader.checkpoint.tensors[item.source.tensor]
-    buf = reader.read_bytes(info, offset - info.offset, nbytes)
-    tensor = torch.frombuffer(buf, dtype=ST_TO_TORCH[item.dtype]).reshape(item.shape)
-    return tensor.to(device) if device.type != "cpu" else tensor
+    host = scratch.get(f"in{slot}", (nbytes,), torch.uint8, torch.device("cpu"))
+    reader.read_into(info, host, offset - info.offset)
+    tensor = host.view(ST_TO_TORCH[item.dtype]).view(item.shape)
+    if device.type == "cpu":
+        return tensor
+    return tensor.to(device)
+
+
+_THREAD = local()
+
+
+def _scratch() -> Scratch:
+    """This worker thread's reusable buffers."""
+    if not hasattr(_THREAD, "scratch"):
+        _THREAD.scratch = Scratch()
+    return _THREAD.scratch
 
 
 def _process_unit(plan: Plan, unit: list[PlannedWeight], reader: ShardReader, writers, device) -> None:
     quantized = [i for i in unit if i.group is not None]
+    scratch = _scratch()
     for item in unit:
         if item.group is None:  # copied as is, bytes never enter Python
             shard, offset, _ = _source_span(plan, reader, item)
             writers[item.shard].copy_from(item.outputs[0].name, reader.fd(shard), offset)
     if not quantized:
         return
-    weights = [_load(plan, reader, item, device) for item in quantized]
+    weights = [_load(plan, reader, item, device, scratch, slot) for slot, item in enumerate(quantized)]
     global_scale = None
     if len(quantized) > 1:  # a fused group: one global scale from the whole group's max |w|
-        absmax = torch.stack([tensor_absmax(w) for w in weights]).amax()
+        absmax = torch.stack([tensor_absmax(w, scratch) for w in weights]).amax()
         global_scale = global_scale_from_absmax(absmax)
     for item, weight in zip(quantized, weights):
+        writer = writers[item.shard]
+        prefix = item.module + "."
+
+        def sink(local_name: str, first_row: int, rows: torch.Tensor) -> None:
+            writer.write_rows(prefix + local_name, first_row, rows)
+
         try:
-            outputs = quantize_weight(weight, plan.specs[item.group], global_scale=global_scale)
+            outputs = quantize_weight(weight, plan.specs[item.group], global_scale=global_scale, sink=sink, scratch=scratch)
         except NonFiniteWeightError as err:
             raise NonFiniteWeightError(
                 f"{item.name} (in {reader.checkpoint.tensors[item.source.tensor].shard}) holds NaN or Inf values; "
                 f"fix the checkpoint or add {item.module!r} to ignore."
             ) from err
-        prefix = item.module + "."
         for local, tensor in outputs.items():
-            writers[item.shard].write(prefix + local, tensor)
+            writer.write(prefix + local, tensor)
         logger.debug("quantized %s -> %s", item.name, ", ".join(outputs))

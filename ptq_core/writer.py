@@ -42,9 +42,11 @@ class ShardWriter:
         header: dict[str, object] = {"__metadata__": metadata or {"format": "pt"}}
         offset = 0
         self._spans: dict[str, tuple[int, int]] = {}
+        self._row_bytes: dict[str, int] = {}
         for t in ordered:
             header[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
             self._spans[t.name] = (offset, t.nbytes)
+            self._row_bytes[t.name] = t.nbytes // t.shape[0] if t.shape and t.shape[0] else t.nbytes
             offset += t.nbytes
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * ((-len(raw)) % 8)
@@ -59,15 +61,23 @@ class ShardWriter:
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         """Write a whole tensor (any device; moved to CPU, made contiguous)."""
+        self._pwrite(name, 0, tensor, whole=True)
+
+    def write_rows(self, name: str, first_row: int, rows: torch.Tensor) -> None:
+        """Write a chunk of consecutive rows of a tensor (streamed quantizer output)."""
+        self._pwrite(name, first_row * self._row_bytes[name], rows, whole=False)
+
+    def _pwrite(self, name: str, rel: int, tensor: torch.Tensor, *, whole: bool) -> None:
         start, nbytes = self._spans[name]
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
-        if data.numel() != nbytes:
-            raise ValueError(f"{name}: {data.numel()} bytes computed, {nbytes} planned")
-        view = memoryview(data.numpy()) if nbytes else memoryview(b"")
+        size = data.numel()
+        if (whole and size != nbytes) or rel + size > nbytes:
+            raise ValueError(f"{name}: {size} bytes at {rel} do not fit the planned {nbytes}")
+        view = memoryview(data.numpy()) if size else memoryview(b"")
         done = 0
-        while done < nbytes:
-            done += os.pwrite(self._fd, view[done:], self._data_start + start + done)
-        self._mark(name, nbytes)
+        while done < size:
+            done += os.pwrite(self._fd, view[done:], self._data_start + start + rel + done)
+        self._mark(name, size)
 
     def copy_from(self, name: str, src_fd: int, src_offset: int) -> None:
         """Copy a tensor's bytes straight from an input shard (kernel-side when possible)."""
@@ -86,14 +96,14 @@ class ShardWriter:
 
     def _mark(self, name: str, nbytes: int) -> None:
         with self._lock:
-            self._written[name] = nbytes
+            self._written[name] = self._written.get(name, 0) + nbytes
 
     def close(self) -> None:
         """Close; raises if a planned tensor was never written (a bug, never silent)."""
         os.close(self._fd)
-        missing = set(self._spans) - set(self._written)
+        missing = [n for n, (_, nbytes) in self._spans.items() if self._written.get(n, 0) != nbytes]
         if missing:
-            raise RuntimeError(f"{self.path.name}: tensors never written: {sorted(missing)[:5]}")
+            raise RuntimeError(f"{self.path.name}: tensors not fully written: {sorted(missing)[:5]}")
 
     def abort(self) -> None:
         try:
