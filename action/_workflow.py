@@ -1,0 +1,131 @@
+"""GitHub Actions workflow commands and environment files, without a dependency.
+
+The runner reads commands from the step's stdout (``::add-mask::``, ``::group::``,
+``::error::``) and values from files it names in the environment (``GITHUB_OUTPUT``,
+``GITHUB_STEP_SUMMARY``). The escaping rules are the ones of ``@actions/core``
+(``toCommandValue``/``escapeData`` in ``command.ts``, ``prepareKeyValueMessage`` in
+``file-command.ts``).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TextIO
+
+
+def escape_data(text: str) -> str:
+    """Escape a command's message: ``%``, ``\\r`` and ``\\n`` would end or corrupt it.
+
+    The runner turns ``%0A`` back into a newline, so a multi-line message stays one
+    annotation.
+
+    Example:
+        >>> escape_data("50% done\\nnext line")
+        '50%25 done%0Anext line'
+    """
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def neutralize(text: str) -> str:
+    """Make log lines that look like workflow commands print as text instead of running.
+
+    Tensor names, file names and messages come from the checkpoint being quantized; a line
+    such as ``::add-mask::x`` or ``::stop-commands::x`` (or the older ``##[command]`` form)
+    in them must not reach the runner as a command. The runner trims a line before it looks
+    for the prefix; a zero-width space inside the prefix keeps the text readable.
+
+    Example:
+        >>> neutralize("  ::error::x") == "  :\u200b:error::x"
+        True
+    """
+    lines = []
+    for line in text.split("\n"):
+        body = line.lstrip()
+        if body.startswith(("::", "##[")):
+            indent = line[: len(line) - len(body)]
+            line = indent + body[0] + "\u200b" + body[1:]
+        lines.append(line)
+    return "\n".join(lines)
+
+
+class Console:
+    """The step's log: workflow commands and plain lines, flushed as they are written."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._group: str | None = None
+
+    def command(self, name: str, message: str = "") -> None:
+        self._stream.write(f"::{name}::{escape_data(message)}\n")
+        self._stream.flush()
+
+    def line(self, text: str = "") -> None:
+        self._stream.write(neutralize(text) + "\n")
+        self._stream.flush()
+
+    def add_mask(self, secret: str) -> None:
+        """Ask the runner to print ``***`` for ``secret``; each line separately, as the runner masks per line."""
+        for part in {secret, *secret.splitlines()}:
+            if part.strip():
+                self.command("add-mask", part)
+
+    def error(self, message: str) -> None:
+        self.end_group()
+        self.command("error", message)
+
+    def group(self, title: str) -> None:
+        """Open a collapsible log group, closing the open one (groups do not nest)."""
+        self.end_group()
+        self.command("group", title)
+        self._group = title
+
+    def end_group(self) -> None:
+        if self._group is not None:
+            self.command("endgroup")
+            self._group = None
+
+
+def format_outputs(outputs: Mapping[str, str]) -> str:
+    """``GITHUB_OUTPUT`` text: every value in the heredoc form ``name<<DELIM ... DELIM``.
+
+    The heredoc form keeps multi-line values intact; the delimiter is random and checked
+    against the value, so a value cannot end the block early and inject another output.
+    """
+    chunks = []
+    for name, value in outputs.items():
+        delimiter = f"ghadelimiter_{uuid.uuid4()}"
+        if delimiter in name or delimiter in value:  # pragma: no cover - a uuid collision
+            raise ValueError(f"output {name!r} contains its delimiter")
+        chunks.append(f"{name}<<{delimiter}\n{value}\n{delimiter}\n")
+    return "".join(chunks)
+
+
+def append_file(variable: str, text: str, environ: Mapping[str, str] = os.environ) -> bool:
+    """Append ``text`` to the file the runner named in ``variable``; False when it named none.
+
+    Run outside a runner (no variable), nothing is written and the caller prints instead.
+    """
+    path = environ.get(variable)
+    if not path:
+        return False
+    with Path(path).open("a", encoding="utf-8") as file:
+        file.write(text)
+    return True
+
+
+def split_list(text: str) -> list[str]:
+    """Split a list input: one entry per line, or comma-separated when it is one line.
+
+    A ``re:`` regex may contain commas (``re:.{1,3}``); written one per line, it stays whole.
+
+    Example:
+        >>> split_list("lm_head, re:.*embed_tokens$")
+        ['lm_head', 're:.*embed_tokens$']
+        >>> split_list("re:.*a{1,2}$\\nlm_head\\n")
+        ['re:.*a{1,2}$', 'lm_head']
+    """
+    parts: Iterable[str] = text.splitlines() if "\n" in text.strip() else text.split(",")
+    return [part.strip() for part in parts if part.strip()]

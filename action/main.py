@@ -1,0 +1,400 @@
+"""Entry point of the composite action: ``python -m action.main``.
+
+``action.yml`` hands every input over as an environment variable (``model`` ->
+``INPUT_MODEL``, ``hf-token`` -> ``INPUT_HF_TOKEN``...), never pasted into shell text.
+This module:
+
+1. masks the token (``::add-mask::``) before it prints anything else;
+2. parses and checks every input (booleans are exactly ``true``/``false``, a recipe is
+   loaded and validated whole); ``quantize_to_hub`` checks the scheme, the ignore list
+   and the repo ids before its first request, so bad input fails before any network call;
+3. calls ``ptq_core.quantize_to_hub`` once per job, one after another, folding the log
+   into ``::group::`` sections driven by the progress callback's stages;
+4. writes the outputs to ``$GITHUB_OUTPUT`` (JSON lists when the jobs come from a
+   recipe) and a Markdown job summary to ``$GITHUB_STEP_SUMMARY``;
+5. on failure writes the summary so far, one ``::error::`` annotation with the core's
+   message, and exits 1.
+
+Run outside a runner it prints the outputs and the summary instead of writing files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+from urllib.parse import quote
+
+import ptq_core
+from ptq_core.constants import hf_token_from_env
+from ptq_core.errors import DiskSpaceError, InvalidOptionError, PtqError, TargetRepoExistsError, TokenError
+
+from ._workflow import Console, append_file, format_outputs, split_list
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ptq_core import HubResult
+
+# Inputs a recipe replaces: giving one next to `config` is refused rather than ignored.
+_RECIPE_INPUTS = ("model", "ignore", "target-repo", "private", "revision")
+_DEFAULT_SCHEME = "FP8_BLOCK"
+
+# The progress callback's stages, folded into four log groups. Groups only move forward:
+# a late callback for an earlier stage logs its line in the group that is open.
+_STAGE_GROUPS = {
+    "download": "Download",
+    "validate": "Plan",
+    "quantize": "Quantize",
+    "write": "Quantize",
+    "card": "Push",
+    "upload": "Push",
+}
+_GROUP_ORDER = ("Download", "Plan", "Quantize", "Push")
+_BYTE_STAGES = ("download", "upload")  # the others count tensors, shards or files
+
+
+@dataclass(frozen=True)
+class Job:
+    """One ``quantize_to_hub`` call, as the inputs or a recipe job describe it."""
+
+    source: str
+    scheme: str
+    ignore: tuple[str, ...] | None = None
+    target: str | None = None
+    private: bool = False
+    revision: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.source} -> {self.scheme}"
+
+
+@dataclass(frozen=True)
+class Request:
+    """Everything the step was asked to do, checked."""
+
+    jobs: tuple[Job, ...]
+    from_recipe: bool
+    token: str | None
+    device: str | None
+    max_workers: int
+    overwrite: bool
+
+
+# --- inputs ------------------------------------------------------------------
+def read_input(environ: Mapping[str, str], name: str) -> str:
+    """The input ``name`` (kebab-case) as ``action.yml`` passed it: ``INPUT_<NAME>``, stripped."""
+    return environ.get("INPUT_" + name.upper().replace("-", "_"), "").strip()
+
+
+def parse_bool_input(name: str, text: str, *, default: bool = False) -> bool:
+    """Parse a boolean input: ``true`` or ``false`` (any case); empty means ``default``.
+
+    Raises:
+        InvalidOptionError: any other text; a typo such as ``ture`` must not mean false.
+    """
+    value = text.strip().lower()
+    if not value:
+        return default
+    if value in ("true", "false"):
+        return value == "true"
+    raise InvalidOptionError(f"Input `{name}` is {text!r}; write true or false.")
+
+
+def read_token(environ: Mapping[str, str]) -> str | None:
+    """The Hub token: the ``hf-token`` input, else ``HF_TOKEN`` in the step's environment."""
+    return read_input(environ, "hf-token") or hf_token_from_env()
+
+
+def read_request(environ: Mapping[str, str]) -> Request:
+    """Parse and check the inputs; nothing here touches the network.
+
+    The scheme, the ignore list and the repo ids of single-model inputs are checked by
+    ``quantize_to_hub`` itself, before its first request.
+
+    Raises:
+        InvalidOptionError: a bad boolean or ``max-workers``, no ``model`` and no ``config``,
+            or an input that a recipe replaces given next to ``config``.
+        RecipeError: the recipe file is missing or invalid (the message names line and key).
+    """
+    overwrite = parse_bool_input("overwrite", read_input(environ, "overwrite"))
+    private = parse_bool_input("private", read_input(environ, "private"))
+    max_workers = _parse_max_workers(read_input(environ, "max-workers"))
+    device = read_input(environ, "device") or None
+    config = read_input(environ, "config")
+    scheme = read_input(environ, "scheme").upper() or _DEFAULT_SCHEME
+
+    if config:
+        given = [name for name in _RECIPE_INPUTS if read_input(environ, name)]
+        if scheme != _DEFAULT_SCHEME:
+            given.append("scheme")
+        if given:
+            raise InvalidOptionError(
+                f"Inputs {', '.join(given)} are given next to `config`; a recipe sets them per job. "
+                "Move them into the recipe, or drop `config`."
+            )
+        jobs = tuple(
+            Job(job.model, job.scheme, job.ignore, job.target, job.private, job.revision)
+            for job in ptq_core.load_recipe(Path(config))
+        )
+    else:
+        source = read_input(environ, "model")
+        if not source:
+            raise InvalidOptionError(
+                "Input `model` is empty; give a Hub repo id (e.g. meta-llama/Llama-3.2-1B), "
+                "or a recipe file in `config`."
+            )
+        ignore_text = read_input(environ, "ignore")
+        job = Job(
+            source=source,
+            scheme=scheme,
+            ignore=tuple(split_list(ignore_text)) if ignore_text else None,
+            target=read_input(environ, "target-repo") or None,
+            private=private,
+            revision=read_input(environ, "revision") or None,
+        )
+        jobs = (job,)
+    return Request(jobs, bool(config), read_token(environ), device, max_workers, overwrite)
+
+
+def _parse_max_workers(text: str) -> int:
+    try:
+        value = int(text or "1")
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise InvalidOptionError(f"Input `max-workers` is {text!r}; give a whole number of at least 1.")
+    return value
+
+
+# --- progress and log --------------------------------------------------------
+class StageLog:
+    """The progress callback: a log group per stage group, about ten lines per stage."""
+
+    def __init__(self, console: Console, label: str) -> None:
+        self._console = console
+        self._label = label
+        self._rank = -1
+        self._shown: dict[str, int] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        title = _STAGE_GROUPS.get(stage)
+        rank = _GROUP_ORDER.index(title) if title else self._rank
+        if rank > self._rank:
+            self._rank = rank
+            self._console.group(f"{title}: {self._label}")
+        tenth = min(10, 10 * done // total) if total > 0 else 0
+        if tenth <= self._shown.get(stage, -1):
+            return
+        self._shown[stage] = tenth
+        unit = " bytes" if stage in _BYTE_STAGES else ""
+        self._console.line(f"{stage}: {done:,} of {total:,}{unit}" if total > 0 else f"{stage}: {done:,}{unit}")
+
+
+class _LogHandler(logging.Handler):
+    """Library log records into the step's log: secrets redacted, command lookalikes neutralized."""
+
+    def __init__(self, console: Console, secrets: Sequence[str]) -> None:
+        super().__init__()
+        self._console = console
+        self._secrets = secrets
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            if record.levelno >= logging.WARNING:
+                text = f"{record.levelname.lower()}: {text}"
+            self._console.line(redact(text, self._secrets))
+        except Exception:  # pragma: no cover - logging must never break the run
+            self.handleError(record)
+
+
+def redact(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _secret_forms(token: str | None) -> list[str]:
+    """The token and the forms derived from it that could reach a log (URL-encoded)."""
+    if not token:
+        return []
+    forms = [token, quote(token, safe="")]
+    return sorted(set(forms), key=len, reverse=True)
+
+
+# --- reporting ---------------------------------------------------------------
+def output_values(results: Sequence[HubResult], *, as_lists: bool) -> dict[str, str]:
+    """The step outputs: plain strings for one job, JSON lists for a recipe."""
+    columns: dict[str, list[str | int | float]] = {
+        "repo-id": [r.repo_id for r in results],
+        "repo-url": [r.repo_url for r in results],
+        "commit-sha": [r.commit_sha for r in results],
+        "size-before": [int(r.size_before) for r in results],
+        "size-after": [int(r.size_after) for r in results],
+        "compression-ratio": [round(float(r.ratio), 2) for r in results],
+    }
+    if as_lists:
+        return {name: json.dumps(values) for name, values in columns.items()}
+    if not results:
+        return {}
+    return {
+        name: f"{values[0]:.2f}" if name == "compression-ratio" else str(values[0])
+        for name, values in columns.items()
+    }
+
+
+def _code(text: str) -> str:
+    return "`" + text.replace("`", "'") + "`"
+
+
+def result_markdown(job: Job, result: HubResult) -> str:
+    """The summary section of one pushed repo: link, sizes, ratio, time per stage, then the plan."""
+    heading = f"### {_code(job.source)} -> {_code(result.scheme)}"
+    return f"{heading}\n\n{result.to_markdown()}\n{result.plan.to_markdown()}\n"
+
+
+def failure_markdown(label: str, message: str) -> str:
+    fence = "````" if "```" in message else "```"
+    return f"### Failed: {_code(label)}\n\n{fence}text\n{message}\n{fence}\n"
+
+
+# --- the step ----------------------------------------------------------------
+def run(environ: Mapping[str, str], stdout: TextIO) -> int:
+    """Run the step against ``environ``; return the exit status (0 or 1)."""
+    console = Console(stdout)
+    # Mask first: nothing the step prints may come before the runner knows the secrets.
+    secrets = _secret_forms(read_token(environ))
+    for secret in secrets:
+        console.add_mask(secret)
+    handler = _LogHandler(console, secrets)
+    _install_log_handler(handler)
+
+    results: list[HubResult] = []
+    sections: list[str] = []
+    request: Request | None = None
+    job: Job | None = None
+    index = 0
+    try:
+        request = read_request(environ)
+        for index, job in enumerate(request.jobs, start=1):
+            if len(request.jobs) > 1:
+                console.line(f"Job {index} of {len(request.jobs)}: {job.label}")
+            try:
+                result = ptq_core.quantize_to_hub(
+                    job.source,
+                    job.scheme,
+                    target=job.target,
+                    private=job.private,
+                    token=request.token,
+                    revision=job.revision,
+                    ignore=None if job.ignore is None else list(job.ignore),
+                    device=request.device,
+                    max_workers=request.max_workers,
+                    overwrite=request.overwrite,
+                    progress=StageLog(console, job.label),
+                    work_dir=_work_dir(environ),
+                )
+            finally:
+                console.end_group()
+            results.append(result)
+            sections.append(result_markdown(job, result))
+            console.line(f"Pushed {result.repo_url} (commit {result.commit_sha}), {result.ratio:.2f}x smaller.")
+    except PtqError as err:
+        message = redact(str(err), secrets)
+        hint = _action_hint(err, request)
+        if hint:
+            message += "\n" + hint
+        return _fail(console, environ, request, job, index, results, sections, message)
+    except Exception as err:  # a bug, not a user error: keep the traceback in the log
+        console.end_group()
+        console.line(redact(traceback.format_exc(), secrets))
+        message = redact(f"Unexpected {type(err).__name__}: {err}. This is a bug in ptq-hub; please report it.", secrets)
+        return _fail(console, environ, request, job, index, results, sections, message)
+    finally:
+        logging.getLogger().removeHandler(handler)
+
+    _write_outputs(console, environ, output_values(results, as_lists=request.from_recipe))
+    _write_summary(console, environ, _summary_header(results, failed=False) + "\n".join(sections))
+    return 0
+
+
+def _fail(
+    console: Console,
+    environ: Mapping[str, str],
+    request: Request | None,
+    job: Job | None,
+    index: int,
+    results: Sequence[HubResult],
+    sections: list[str],
+    message: str,
+) -> int:
+    if request is not None and job is not None and len(request.jobs) > 1:
+        message = f"Job {index} of {len(request.jobs)} ({job.label}): {message}"
+    if results and request is not None:  # what did get pushed stays visible to later steps
+        _write_outputs(console, environ, output_values(results, as_lists=request.from_recipe))
+    label = job.label if job is not None else "inputs"
+    sections.append(failure_markdown(label, message))
+    _write_summary(console, environ, _summary_header(results, failed=True) + "\n".join(sections))
+    console.error(message)
+    return 1
+
+
+def _action_hint(err: PtqError, request: Request | None) -> str | None:
+    """The step input that fixes ``err``: the core's messages name its keyword arguments."""
+    if isinstance(err, TargetRepoExistsError):
+        return "In the action: set `overwrite: true` to replace its files, or pick another `target-repo`."
+    if isinstance(err, TokenError) and (request is None or request.token is None):
+        return "In the action: set `hf-token: ${{ secrets.HF_TOKEN }}` with a token that has write access."
+    if isinstance(err, DiskSpaceError):
+        return "In the action: set PTQ_HUB_CACHE in the job's `env:` to a folder on a larger disk."
+    return None
+
+
+def _summary_header(results: Sequence[HubResult], *, failed: bool) -> str:
+    pushed = f"{len(results)} quantized repo{'s' if len(results) != 1 else ''} pushed"
+    return f"## ptq-hub: {pushed}{', then a failure' if failed else ''}\n\n"
+
+
+def _write_outputs(console: Console, environ: Mapping[str, str], outputs: Mapping[str, str]) -> None:
+    if outputs and not append_file("GITHUB_OUTPUT", format_outputs(outputs), environ):
+        for name, value in outputs.items():
+            console.line(f"output {name}: {value}")
+
+
+def _write_summary(console: Console, environ: Mapping[str, str], markdown: str) -> None:
+    if not append_file("GITHUB_STEP_SUMMARY", markdown, environ):
+        console.line(markdown)
+
+
+def _work_dir(environ: Mapping[str, str]) -> Path | None:
+    """Where the core puts each job's download and output (it removes them after the job).
+
+    ``PTQ_HUB_CACHE`` set on the job wins (a large disk on a self-hosted runner); otherwise
+    ``RUNNER_TEMP``, which the runner empties after each job even when the step was killed.
+    """
+    temp = environ.get("RUNNER_TEMP")
+    if "PTQ_HUB_CACHE" in environ or not temp:
+        return None
+    return Path(temp) / "ptq-hub"
+
+
+def _install_log_handler(handler: logging.Handler) -> None:
+    # ptq_core logs INFO per step; other libraries' records reach the handler from WARNING up.
+    logging.getLogger().addHandler(handler)
+    logging.getLogger("ptq_core").setLevel(logging.INFO)
+
+
+def main() -> None:
+    sys.exit(run(os.environ, sys.stdout))
+
+
+if __name__ == "__main__":
+    main()
