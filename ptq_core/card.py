@@ -1,0 +1,307 @@
+"""The model card (``README.md``) of a quantized repo.
+
+The card links to the source model instead of copying its body: the source card
+stays the reference for intended use, limitations and license terms. The front
+matter carries what the Hub indexes (``base_model``, ``base_model_relation:
+quantized``, the source's ``license``, ``library_name``, ``pipeline_tag``,
+``language``) plus tags for the format and the scheme.
+
+Example:
+    >>> text = render_model_card("org/Model", "me/Model-FP8-BLOCK", "FP8_BLOCK",
+    ...                          size_before=2_000, size_after=1_100)
+    >>> text.startswith("---")
+    True
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import yaml
+
+from .errors import InvalidOptionError
+
+logger = logging.getLogger(__name__)
+
+CARD_TAGS = ("compressed-tensors", "quantized", "ptq-hub")
+"""Tags every quantized repo gets, before the scheme tag and the source's tags."""
+
+_COPIED_KEYS = ("license", "license_name", "license_link", "language", "pipeline_tag")
+"""Front-matter keys copied verbatim from the source card when present."""
+
+# Used only when schemes.py cannot describe a scheme (it is the source of truth).
+_FALLBACK_DESCRIPTIONS = {
+    "FP8_DYNAMIC": "FP8 (E4M3) weights with one scale per output channel; activations quantized to FP8 at run time.",
+    "FP8_BLOCK": "FP8 (E4M3) weights with one scale per 128x128 block; activations quantized to FP8 at run time.",
+    "NVFP4A16": "NVFP4 weights (4-bit E2M1, FP8 scale per 16 values, one FP32 global scale); 16-bit activations.",
+    "MXFP4A16": "MXFP4 weights (4-bit E2M1, power-of-two scale per 32 values); 16-bit activations.",
+    "W4A16": "4-bit integer weights, symmetric, one scale per group of 128; 16-bit activations.",
+    "W8A16": "8-bit integer weights, one scale per output channel; 16-bit activations.",
+}
+
+
+def render_model_card(
+    source: str,
+    target: str,
+    scheme: str,
+    *,
+    size_before: int,
+    size_after: int,
+    ignore: Sequence[str] = (),
+    source_card_data: Mapping[str, Any] | None = None,
+    revision: str | None = None,
+    plan: Any | None = None,
+    scheme_description: str | None = None,
+    scheme_format: str | None = None,
+    tool_version: str | None = None,
+    date: _dt.date | None = None,
+    endpoint: str = "https://huggingface.co",
+) -> str:
+    """Render the ``README.md`` of a quantized repo.
+
+    Args:
+        source: The source repo id (``org/Model``); becomes ``base_model``.
+        target: The quantized repo id; used in the title and the run snippets.
+        scheme: The scheme name as resolved (``FP8_BLOCK``).
+        size_before: Bytes of the source safetensors weights.
+        size_after: Bytes of the quantized safetensors weights.
+        ignore: The ignore list the run used (exact names and ``re:`` patterns).
+        source_card_data: The source card's front matter (``ModelCardData.to_dict()``
+            or ``model_info().card_data``); ``license``, ``license_name``,
+            ``license_link``, ``library_name``, ``pipeline_tag``, ``language`` and
+            ``tags`` are carried over when present. Never mutated.
+        revision: The source commit the run read, shown in the card.
+        plan: The run's ``Plan``; its tensor counts and skip reasons go in the card.
+        scheme_description: One line in plain words; defaults to what
+            ``schemes.list_schemes()`` says about ``scheme``.
+        scheme_format: The compressed-tensors format (``float-quantized``...); same default.
+        tool_version: ptq-hub's version; defaults to the installed one.
+        date: The date shown; defaults to today (UTC).
+        endpoint: Hub base URL used for links to the source.
+
+    Returns:
+        The card text: YAML front matter, then Markdown. It parses with
+        ``huggingface_hub.ModelCard``.
+
+    Raises:
+        InvalidOptionError: sizes are negative, or ``source``/``target``/``scheme`` empty.
+
+    Example:
+        >>> card = render_model_card("org/M", "me/M-NVFP4A16", "NVFP4A16",
+        ...                          size_before=10, size_after=3, ignore=["lm_head"])
+        >>> "base_model_relation: quantized" in card
+        True
+    """
+    for name, value in (("source", source), ("target", target), ("scheme", scheme)):
+        if not isinstance(value, str) or not value.strip():
+            raise InvalidOptionError(f"render_model_card needs a non-empty {name}, got {value!r}.")
+    if size_before < 0 or size_after < 0:
+        raise InvalidOptionError(
+            f"Sizes must be byte counts >= 0, got size_before={size_before}, size_after={size_after}."
+        )
+    if tool_version is None:
+        from . import __version__ as tool_version
+    date = date or _dt.datetime.now(_dt.timezone.utc).date()
+    description, fmt = _describe_scheme(scheme)
+    scheme_description = scheme_description or description
+    scheme_format = scheme_format or fmt
+
+    front = _front_matter(source, scheme, dict(source_card_data or {}))
+    body = _body(
+        source=source,
+        target=target,
+        scheme=scheme,
+        size_before=size_before,
+        size_after=size_after,
+        ignore=list(ignore),
+        revision=revision,
+        plan=plan,
+        scheme_description=scheme_description,
+        scheme_format=scheme_format,
+        tool_version=str(tool_version),
+        date=date,
+        source_url=f"{endpoint.rstrip('/')}/{source}",
+    )
+    text = "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n\n" + body
+    _check_parses(text)
+    return text
+
+
+def scheme_tag(scheme: str) -> str:
+    """The Hub tag for a scheme: ``FP8_BLOCK`` -> ``fp8-block``."""
+    return scheme.strip().lower().replace("_", "-")
+
+
+def format_size(num_bytes: int) -> str:
+    """Human-readable size in decimal units: ``1_234_000_000`` -> ``1.23 GB``."""
+    value = float(num_bytes)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.2f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def compression_ratio(size_before: int, size_after: int) -> float:
+    """``size_before / size_after`` (2.0 means half the bytes); 0.0 when ``size_after`` is 0."""
+    return size_before / size_after if size_after else 0.0
+
+
+# --- helpers -----------------------------------------------------------------
+def _describe_scheme(scheme: str) -> tuple[str, str | None]:
+    """(plain-words description, format) from schemes.py, with a local fallback."""
+    try:
+        from .schemes import list_schemes
+
+        for info in list_schemes():
+            if info.name.upper() == scheme.upper():
+                return info.description, getattr(info, "format", None)
+    except ImportError as err:  # compressed-tensors missing: the card still renders
+        logger.debug("schemes.list_schemes() unavailable for the card: %s", err)
+    return _FALLBACK_DESCRIPTIONS.get(scheme.upper(), f"the {scheme} preset of compressed-tensors."), None
+
+
+def _front_matter(source: str, scheme: str, data: dict[str, Any]) -> dict[str, Any]:
+    front: dict[str, Any] = {"base_model": source, "base_model_relation": "quantized"}
+    for key in _COPIED_KEYS:
+        value = data.get(key)
+        if value not in (None, "", []):
+            front[key] = value
+    front["library_name"] = data.get("library_name") or "transformers"
+    tags: list[str] = [*CARD_TAGS, scheme_tag(scheme)]
+    source_tags = data.get("tags") or []
+    if isinstance(source_tags, str):
+        source_tags = [source_tags]
+    for tag in source_tags:
+        # Hub-computed tags (base_model:..., license:...) would point at the source.
+        if isinstance(tag, str) and ":" not in tag and tag not in tags:
+            tags.append(tag)
+    front["tags"] = tags
+    # Keep pipeline_tag/language order stable for readers: base_model first, tags last.
+    return front
+
+
+def _body(
+    *,
+    source: str,
+    target: str,
+    scheme: str,
+    size_before: int,
+    size_after: int,
+    ignore: list[str],
+    revision: str | None,
+    plan: Any | None,
+    scheme_description: str,
+    scheme_format: str | None,
+    tool_version: str,
+    date: _dt.date,
+    source_url: str,
+) -> str:
+    name = target.split("/")[-1]
+    ratio = compression_ratio(size_before, size_after)
+    saved = (1 - size_after / size_before) * 100 if size_before else 0.0
+    ignore_text = ", ".join(f"`{_md_cell(p)}`" for p in ignore) if ignore else "none"
+    revision_text = f"`{revision}`" if revision else "default branch"
+
+    lines = [
+        f"# {name}",
+        "",
+        (
+            f"This is [{source}]({source_url}) quantized to **{scheme}** in the "
+            "[compressed-tensors](https://github.com/neuralmagic/compressed-tensors) format "
+            "with ptq-hub, data-free: weights are quantized from their own "
+            "values, no calibration data was used."
+        ),
+        "",
+        (
+            "For what the model is, its intended use, limitations and license terms, see the "
+            f"[original model card]({source_url})."
+        ),
+        "",
+        "## Quantization",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| scheme | `{scheme}`: {_md_cell(scheme_description)} |",
+    ]
+    if scheme_format:
+        lines.append(f"| format | compressed-tensors `{_md_cell(scheme_format)}` |")
+    lines += [
+        f"| ignore list | {ignore_text} |",
+        f"| source revision | {revision_text} |",
+        f"| tool | ptq-hub {_md_cell(tool_version)} |",
+        f"| date | {date.isoformat()} |",
+    ]
+    lines += _plan_lines(plan)
+    lines += [
+        "",
+        "## Size",
+        "",
+        "| | size | bytes |",
+        "|---|---:|---:|",
+        f"| original | {format_size(size_before)} | {size_before:,} |",
+        f"| quantized | {format_size(size_after)} | {size_after:,} |",
+        f"| ratio | {ratio:.2f}x smaller | {saved:.1f}% saved |",
+        "",
+        "Sizes count the safetensors weights only.",
+        "",
+        "## How to use",
+        "",
+        "With [vLLM](https://docs.vllm.ai):",
+        "",
+        "```bash",
+        f"vllm serve {target}",
+        "```",
+        "",
+        "With transformers (`pip install transformers compressed-tensors`):",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        f'model_id = "{target}"',
+        "tokenizer = AutoTokenizer.from_pretrained(model_id)",
+        'model = AutoModelForCausalLM.from_pretrained(model_id, device_map="auto")',
+        'inputs = tokenizer("Hello, my name is", return_tensors="pt").to(model.device)',
+        "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=32)[0]))",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _plan_lines(plan: Any | None) -> list[str]:
+    """Tensor counts and skip reasons from a Plan, if one was given."""
+    if plan is None:
+        return []
+    lines: list[str] = []
+    quantized = getattr(plan, "quantized", None)
+    if quantized is not None:
+        lines.append(f"| quantized tensors | {len(quantized)} |")
+    skipped = getattr(plan, "skipped", None) or {}
+    if skipped:
+        reasons = Counter(str(reason) for reason in skipped.values())
+        kept = "; ".join(f"{_md_cell(reason)} ({count})" for reason, count in reasons.most_common())
+        lines.append(f"| kept in original precision | {kept} |")
+    return lines
+
+
+def _md_cell(text: str) -> str:
+    """Text safe inside a Markdown table cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _check_parses(text: str) -> None:
+    """Cheap parse check: the front matter must load as ModelCard metadata."""
+    from huggingface_hub import ModelCard
+
+    card = ModelCard(text, ignore_metadata_errors=False)
+    data = card.data.to_dict()
+    if data.get("base_model_relation") != "quantized":  # pragma: no cover - a bug here, not bad input
+        raise RuntimeError("the rendered model card lost its front matter")
+
+
+__all__ = ["CARD_TAGS", "compression_ratio", "format_size", "render_model_card", "scheme_tag"]

@@ -1,0 +1,374 @@
+"""YAML recipes: one or more quantization jobs in a file.
+
+A recipe lists jobs for ``quantize_to_hub``; the GitHub Action and ``ptq`` read
+it and make one call per job. The whole file is validated before any job runs:
+an unknown key, a wrong type, an invalid repo id or a scheme that cannot run
+data-free raises :class:`~ptq_core.errors.RecipeError` naming the line and key.
+
+Format
+------
+A single job is a mapping::
+
+    model: meta-llama/Llama-3.2-1B-Instruct   # source repo id (required)
+    scheme: FP8_BLOCK                          # preset name, or a list of them (required)
+
+Several jobs go under ``jobs:``; ``defaults:`` (optional) sets keys every job
+inherits unless it sets them itself::
+
+    defaults:
+      private: true
+      ignore: [lm_head, "re:.*embed_tokens$", "re:.*\\.gate$"]
+    jobs:
+      - model: Qwen/Qwen3-30B-A3B
+        scheme: [FP8_BLOCK, NVFP4A16]            # one job per scheme
+        target: my-org/Qwen3-30B-A3B-{scheme}    # {scheme} -> FP8-BLOCK, NVFP4A16
+      - model: meta-llama/Llama-3.2-1B-Instruct
+        scheme: W4A16
+        revision: main
+
+A top-level list of job mappings is accepted too. Keys of a job:
+
+=========== ======================= ===========================================================
+key         type                    meaning
+=========== ======================= ===========================================================
+model       string (required)       source Hub repo id, ``namespace/name``
+scheme      string or list          preset name(s), e.g. ``FP8_BLOCK``; a list expands to one
+                                    job per scheme
+ignore      list of strings         module names or ``re:`` regexes kept unquantized; absent or
+                                    ``null`` means the loader-safe default (``DEFAULT_IGNORE``),
+                                    ``[]`` means quantize everything quantizable
+target      string                  target repo id; default ``{you}/{name}-{SCHEME}``. With a
+                                    list of schemes it must contain ``{scheme}``
+private     boolean                 create the target repo private (default ``false``)
+revision    string                  source branch, tag or commit (default: the main branch)
+=========== ======================= ===========================================================
+
+Example:
+    >>> jobs = load_recipe("model: org/Model\\nscheme: [FP8_BLOCK, NVFP4A16]\\n")
+    >>> [job.scheme for job in jobs]
+    ['FP8_BLOCK', 'NVFP4A16']
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .constants import parse_bool
+from .errors import PtqError, RecipeError
+
+__all__ = ["JOB_KEYS", "RecipeJob", "load_recipe"]
+
+JOB_KEYS = ("model", "scheme", "ignore", "target", "private", "revision")
+"""Keys a job (and ``defaults:``) may set."""
+
+_TOP_KEYS = ("jobs", "defaults")
+
+
+@dataclass(frozen=True)
+class RecipeJob:
+    """One ``quantize_to_hub`` call, validated.
+
+    Attributes:
+        model: source repo id.
+        scheme: one preset name (a list in the file became one job each).
+        ignore: the ignore list, or ``None`` for ``DEFAULT_IGNORE``.
+        target: target repo id (``{scheme}`` already filled in), or ``None`` for the default name.
+        private: create the target private.
+        revision: source revision, or ``None`` for the main branch.
+        line: 1-based line of the job in the file (for messages; not part of equality).
+    """
+
+    model: str
+    scheme: str
+    ignore: tuple[str, ...] | None = None
+    target: str | None = None
+    private: bool = False
+    revision: str | None = None
+    line: int | None = field(default=None, compare=False)
+
+    def hub_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``quantize_to_hub(job.model, job.scheme, **job.hub_kwargs())``."""
+        return {
+            "target": self.target,
+            "private": self.private,
+            "revision": self.revision,
+            "ignore": None if self.ignore is None else list(self.ignore),
+        }
+
+
+def load_recipe(path_or_text: str | os.PathLike[str]) -> list[RecipeJob]:
+    """Read and validate a recipe; return its jobs, one per (model, scheme).
+
+    Args:
+        path_or_text: a path to a ``.yaml``/``.yml`` file (``Path`` or string), or the
+            YAML text itself (any string with a newline, or one that is not a file).
+
+    Returns:
+        The jobs in file order; a job with a list of schemes becomes one job per scheme.
+
+    Raises:
+        RecipeError: the file is missing or not valid YAML; an unknown key; a missing
+            ``model``/``scheme``; a value of the wrong type; an invalid repo id; an unknown
+            scheme or one that needs calibration data; an invalid ``ignore`` regex; a
+            fixed ``target`` shared by several schemes; two jobs with the same target.
+            The message names the line and the key.
+
+    Example:
+        >>> load_recipe("model: org/M\\nscheme: W4A16\\nprivate: true\\n")[0].private
+        True
+    """
+    text, origin = _read(path_or_text)
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            root = loader.get_single_node()
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise RecipeError(f"{origin}: not valid YAML{where}: {getattr(err, 'problem', err)}.") from err
+        return _Parser(loader, origin).jobs(root)
+    finally:
+        loader.dispose()
+
+
+# --- parsing -----------------------------------------------------------------
+def _read(path_or_text: str | os.PathLike[str]) -> tuple[str, str]:
+    """(text, origin name for messages)."""
+    if isinstance(path_or_text, os.PathLike):
+        path = Path(path_or_text)
+    elif isinstance(path_or_text, str):
+        if "\n" in path_or_text:
+            return path_or_text, "recipe"
+        path = Path(path_or_text)
+        if not path.is_file() and path.suffix.lower() not in (".yaml", ".yml"):
+            return path_or_text, "recipe"
+    else:
+        raise RecipeError(f"load_recipe takes a path or YAML text, not {type(path_or_text).__name__}.")
+    try:
+        return path.read_text(encoding="utf-8"), str(path)
+    except FileNotFoundError as err:
+        raise RecipeError(f"Recipe file {str(path)!r} does not exist.") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise RecipeError(f"Recipe file {str(path)!r} cannot be read: {err}.") from err
+
+
+class _Parser:
+    def __init__(self, loader: yaml.SafeLoader, origin: str) -> None:
+        self.loader = loader
+        self.origin = origin
+
+    # errors ------------------------------------------------------------------
+    def fail(self, node: yaml.Node | None, message: str) -> RecipeError:
+        where = f"{self.origin}, line {node.start_mark.line + 1}" if node is not None else self.origin
+        return RecipeError(f"{where}: {message}")
+
+    # structure ---------------------------------------------------------------
+    def jobs(self, root: yaml.Node | None) -> list[RecipeJob]:
+        if root is None:
+            raise RecipeError(f"{self.origin}: the recipe is empty; give at least `model:` and `scheme:`.")
+        defaults: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        if isinstance(root, yaml.SequenceNode):
+            job_nodes = list(root.value)
+        elif isinstance(root, yaml.MappingNode):
+            top = self.mapping(root)
+            if any(key in top for key in _TOP_KEYS):
+                extra = [k for k in top if k not in _TOP_KEYS]
+                if extra:
+                    key_node = top[extra[0]][0]
+                    raise self.fail(
+                        key_node,
+                        f"key {extra[0]!r} next to `jobs:`; put job keys inside a job or under `defaults:`.",
+                    )
+                if "defaults" in top:
+                    defaults_node = top["defaults"][1]
+                    if not isinstance(defaults_node, yaml.MappingNode):
+                        raise self.fail(defaults_node, "`defaults` must be a mapping of job keys.")
+                    defaults = self.mapping(defaults_node, allowed=JOB_KEYS)
+                if "jobs" not in top:
+                    raise self.fail(root, "`defaults:` given but no `jobs:` list.")
+                jobs_node = top["jobs"][1]
+                if not isinstance(jobs_node, yaml.SequenceNode):
+                    raise self.fail(jobs_node, "`jobs` must be a list of job mappings (`- model: ...`).")
+                job_nodes = list(jobs_node.value)
+            else:
+                job_nodes = [root]
+        else:
+            raise self.fail(root, "a recipe is a job mapping (`model:`, `scheme:`) or has a `jobs:` list.")
+        if not job_nodes:
+            raise self.fail(root, "the recipe lists no jobs.")
+
+        jobs: list[RecipeJob] = []
+        targets: dict[str, int] = {}
+        for node in job_nodes:
+            for job in self.job(node, defaults):
+                if job.target is not None:
+                    previous = targets.get(job.target)
+                    if previous is not None:
+                        raise self.fail(
+                            node,
+                            f"target {job.target!r} is also the target of the job at line {previous}; "
+                            "give each job its own target.",
+                        )
+                    targets[job.target] = job.line or 0
+                jobs.append(job)
+        return jobs
+
+    def mapping(
+        self, node: yaml.MappingNode, *, allowed: tuple[str, ...] | None = None
+    ) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for key_node, value_node in node.value:
+            key = self.loader.construct_object(key_node, deep=True)
+            if not isinstance(key, str):
+                raise self.fail(key_node, f"keys must be strings, got {key!r}.")
+            if key in out:
+                raise self.fail(key_node, f"key {key!r} is given twice.")
+            if allowed is not None and key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise self.fail(key_node, f"unknown key {key!r}.{hint} Allowed keys: {', '.join(allowed)}.")
+            out[key] = (key_node, value_node)
+        return out
+
+    def job(self, node: yaml.Node, defaults: Mapping[str, tuple[yaml.Node, yaml.Node]]) -> list[RecipeJob]:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.fail(node, "each job must be a mapping with `model:` and `scheme:`.")
+        fields = {**defaults, **self.mapping(node, allowed=JOB_KEYS)}
+        line = node.start_mark.line + 1
+        for required in ("model", "scheme"):
+            if required not in fields:
+                raise self.fail(node, f"the job has no `{required}:`.")
+
+        model = self.repo_id(fields["model"], "model")
+        schemes = self.schemes(fields["scheme"])
+        ignore = self.ignore(fields["ignore"]) if "ignore" in fields else None
+        private = self.boolean(fields["private"], "private") if "private" in fields else False
+        revision = self.revision(fields["revision"]) if "revision" in fields else None
+        target_template = self.string(fields["target"], "target", optional=True) if "target" in fields else None
+        if target_template is not None and len(schemes) > 1 and "{scheme}" not in target_template:
+            raise self.fail(
+                fields["target"][1],
+                f"target {target_template!r} would be shared by {len(schemes)} schemes; "
+                "put `{scheme}` in it (e.g. my-org/Model-{scheme}) or split the job.",
+            )
+
+        jobs = []
+        for scheme, _node in schemes:
+            target = None
+            if target_template is not None:
+                target = target_template.replace("{scheme}", _repo_suffix(scheme))
+                self.check_repo_id(fields["target"][1], target, "target")
+            jobs.append(
+                RecipeJob(
+                    model=model,
+                    scheme=scheme,
+                    ignore=ignore,
+                    target=target,
+                    private=private,
+                    revision=revision,
+                    line=line,
+                )
+            )
+        return jobs
+
+    # values ------------------------------------------------------------------
+    def value(self, pair: tuple[yaml.Node, yaml.Node]) -> Any:
+        return self.loader.construct_object(pair[1], deep=True)
+
+    def string(self, pair: tuple[yaml.Node, yaml.Node], key: str, *, optional: bool = False) -> str | None:
+        value = self.value(pair)
+        if value is None and optional:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(pair[1], f"`{key}` must be a non-empty string, got {value!r}.")
+        return value.strip()
+
+    def repo_id(self, pair: tuple[yaml.Node, yaml.Node], key: str) -> str:
+        value = self.string(pair, key) or ""
+        self.check_repo_id(pair[1], value, key)
+        return value
+
+    def check_repo_id(self, node: yaml.Node, value: str, key: str) -> None:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(value)
+        except HFValidationError as err:
+            raise self.fail(node, f"`{key}` {value!r} is not a valid repo id: {err}") from err
+        if value.count("/") != 1:
+            raise self.fail(node, f"`{key}` {value!r} must be `namespace/name`.")
+
+    def schemes(self, pair: tuple[yaml.Node, yaml.Node]) -> list[tuple[str, yaml.Node]]:
+        node = pair[1]
+        items = list(node.value) if isinstance(node, yaml.SequenceNode) else [node]
+        if not items:
+            raise self.fail(node, "`scheme` is an empty list; give at least one preset name.")
+        out: list[tuple[str, yaml.Node]] = []
+        for item in items:
+            name = self.loader.construct_object(item, deep=True)
+            if not isinstance(name, str) or not name.strip():
+                raise self.fail(item, f"`scheme` entries must be preset names like FP8_BLOCK, got {name!r}.")
+            name = name.strip().upper()
+            if any(name == seen for seen, _ in out):
+                raise self.fail(item, f"scheme {name!r} is listed twice.")
+            self.check_scheme(item, name)
+            out.append((name, item))
+        return out
+
+    def check_scheme(self, node: yaml.Node, name: str) -> None:
+        from .schemes import resolve_config
+
+        try:
+            resolve_config(scheme=name)
+        except PtqError as err:
+            raise self.fail(node, f"`scheme` {name}: {err}") from err
+
+    def ignore(self, pair: tuple[yaml.Node, yaml.Node]) -> tuple[str, ...] | None:
+        value = self.value(pair)
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self.fail(pair[1], f"`ignore` must be a list of module names or 're:' regexes, got {value!r}.")
+        from .schemes import validate_ignore
+
+        try:
+            return tuple(validate_ignore(value))
+        except PtqError as err:
+            raise self.fail(pair[1], f"`ignore`: {err}") from err
+
+    def boolean(self, pair: tuple[yaml.Node, yaml.Node], key: str) -> bool:
+        value = self.value(pair)
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return parse_bool(value, name=key)
+            except ValueError as err:
+                raise self.fail(pair[1], str(err)) from err
+        raise self.fail(pair[1], f"`{key}` must be true or false, got {value!r}.")
+
+    def revision(self, pair: tuple[yaml.Node, yaml.Node]) -> str | None:
+        value = self.value(pair)
+        if value is None:
+            return None
+        # An all-digit commit prefix or a numeric tag parses as a YAML int.
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(pair[1].value)
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(pair[1], f"`revision` must be a branch, tag or commit, got {value!r}.")
+        return value.strip()
+
+
+def _repo_suffix(scheme: str) -> str:
+    from .schemes import scheme_repo_suffix
+
+    return scheme_repo_suffix(scheme)
