@@ -390,7 +390,7 @@ def _pack_nibbles(codes: torch.Tensor, out: torch.Tensor | None = None) -> torch
     return out.bitwise_or_(pairs[..., 0])
 
 
-def _pack_int32(q: torch.Tensor, num_bits: int) -> torch.Tensor:
+def _pack_int32(q: torch.Tensor, num_bits: int, scratch: Scratch | None = None) -> torch.Tensor:
     """Dense little-endian bit packing of int8 values into int32 words along dim 1.
 
     Same bits as compressed-tensors' ``pack_to_int32``: element i of each
@@ -400,16 +400,21 @@ def _pack_int32(q: torch.Tensor, num_bits: int) -> torch.Tensor:
     offset = 1 << (num_bits - 1)
     packed_cols = math.ceil(cols * num_bits / 32)
     pad = (-cols) % 32
-    if num_bits == 4:  # nibbles never straddle a byte: build bytes, view as words
-        u = (q.to(torch.int16) + offset).to(torch.uint8)
-        if pad:
-            u = torch.nn.functional.pad(u, (0, pad))
-        return _pack_nibbles(u).view(torch.int32)[:, :packed_cols].contiguous()
-    if num_bits == 8:
-        u = (q.to(torch.int16) + offset).to(torch.uint8)
-        if pad:
-            u = torch.nn.functional.pad(u, (0, pad))
-        return u.view(torch.int32)[:, :packed_cols].contiguous()
+    if num_bits in (4, 8):  # whole bytes: build them, then view 4 bytes as a word
+        scratch = scratch or Scratch()
+        u = scratch.get("pack_u8", (rows, cols + pad), torch.uint8, q.device)
+        u[:, cols:] = 0  # the reference pads after adding the offset
+        unsigned = u[:, :cols]
+        if num_bits == 8:  # q + 128 (mod 256) is q's byte with the top bit flipped
+            torch.bitwise_xor(q.view(torch.uint8), 0x80, out=unsigned)
+        else:  # q + 8 fits int8 for q in [-8, 7]
+            torch.add(q, offset, out=unsigned.view(torch.int8))
+        if num_bits == 8:
+            packed = u
+        else:
+            packed = _pack_nibbles(u, scratch.get("pack_nib", (rows, (cols + pad) // 2), torch.uint8, q.device))
+        words = packed.view(torch.int32)
+        return words if not pad else words[:, :packed_cols].contiguous()
     v = q.to(torch.int64) + offset
     if pad:
         v = torch.nn.functional.pad(v, (0, pad))
@@ -468,7 +473,7 @@ def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None
     if spec.kind == "int":
         tmp.round_()
         q = scratch.get("q", (rows, cols), torch.int8, x.device).copy_(tmp)
-        return _pack_int32(q, spec.num_bits) if spec.fmt == "pack-quantized" else q
+        return _pack_int32(q, spec.num_bits, scratch) if spec.fmt == "pack-quantized" else q
     if tmp.dtype != torch.float32:
         # bf16/f16 -> f32 is exact and torch's f32 -> fp8 kernel is faster than
         # the direct one; both round to nearest even from the same value
