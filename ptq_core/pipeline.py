@@ -73,6 +73,8 @@ def resolve_devices(device: str | torch.device | Sequence[str | torch.device] | 
             dev = torch.device(item)
         except (RuntimeError, TypeError) as err:
             raise InvalidOptionError(f"Unknown device {item!r}; use 'cpu', 'cuda' or 'cuda:N'.") from err
+        if dev.type not in ("cpu", "cuda"):
+            raise InvalidOptionError(f"Device {item!r} is not supported; use 'cpu', 'cuda' or 'cuda:N'.")
         if dev.type == "cuda":
             if not torch.cuda.is_available():
                 raise InvalidOptionError(f"Device {item!r} asked for, but no CUDA GPU is available; use 'cpu'.")
