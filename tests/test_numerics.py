@@ -436,3 +436,25 @@ def test_cuda_nvfp4_fused_group(dname):
     gs = global_scale_from_absmax(torch.stack([tensor_absmax(w) for w in gpu.values()]).amax())
     for name, w in gpu.items():
         assert_same_outputs(quantize_weight(w, spec_for("NVFP4A16"), global_scale=gs), refs[name], f"cuda {name}")
+
+
+# --------------------------------------------------------------------------- custom schemes
+
+
+@pytest.mark.parametrize("num_bits", [2, 3, 4, 5, 8])
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("shape", [(64, 200), (33, 96), (130, 40)])
+def test_channel_int_schemes_match_reference(num_bits, symmetric, shape):
+    """Per-channel INT (no preset uses it with packing): columns and rows not multiples of 32
+    exercise the int32 packing's padding, of the weights and of the packed zero points."""
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+
+    scheme = QuantizationScheme(
+        targets=["Linear"],
+        weights=QuantizationArgs(num_bits=num_bits, type="int", strategy="channel", symmetric=symmetric),
+    )
+    resolved = resolve_config(scheme)
+    (group, resolved_scheme), = resolved.groups
+    weight = _randn(shape, seed=num_bits * 7 + shape[0], std=0.05).to(torch.bfloat16)
+    ours = quantize_weight(weight, weight_spec(resolved_scheme, resolved.formats[group]))
+    assert_same_outputs(ours, reference_quantize(weight, scheme), f"W{num_bits} channel sym={symmetric} {shape}")
