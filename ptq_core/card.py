@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from .errors import InvalidOptionError
+from .sizes import compression_ratio, format_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -136,21 +137,6 @@ def scheme_tag(scheme: str) -> str:
     return scheme.strip().lower().replace("_", "-")
 
 
-def format_size(num_bytes: int) -> str:
-    """Human-readable size in decimal units: ``1_234_000_000`` -> ``1.23 GB``."""
-    value = float(num_bytes)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.2f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def compression_ratio(size_before: int, size_after: int) -> float:
-    """``size_before / size_after`` (2.0 means half the bytes); 0.0 when ``size_after`` is 0."""
-    return size_before / size_after if size_after else 0.0
-
-
 # --- helpers -----------------------------------------------------------------
 def _describe_scheme(scheme: str) -> tuple[str, str | None]:
     """(plain-words description, format) from schemes.py, with a local fallback."""
@@ -243,8 +229,8 @@ def _body(
         "",
         "| | size | bytes |",
         "|---|---:|---:|",
-        f"| original | {format_size(size_before)} | {size_before:,} |",
-        f"| quantized | {format_size(size_after)} | {size_after:,} |",
+        f"| original | {format_bytes(size_before)} | {size_before:,} |",
+        f"| quantized | {format_bytes(size_after)} | {size_after:,} |",
         f"| ratio | {ratio:.2f}x smaller | {saved:.1f}% saved |",
         "",
         "Sizes count the safetensors weights only.",
@@ -304,4 +290,4 @@ def _check_parses(text: str) -> None:
         raise RuntimeError("the rendered model card lost its front matter")
 
 
-__all__ = ["CARD_TAGS", "compression_ratio", "format_size", "render_model_card", "scheme_tag"]
+__all__ = ["CARD_TAGS", "render_model_card", "scheme_tag"]

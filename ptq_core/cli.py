@@ -65,7 +65,7 @@ def _device(value: str | None):
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from .pipeline import model_free_ptq
-    from .plan import format_bytes
+    from .sizes import format_bytes
 
     result = model_free_ptq(
         args.source, args.output, scheme=args.scheme, ignore=_ignore(args), max_workers=args.workers,
@@ -123,7 +123,8 @@ def _cmd_schemes(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import write_demo_checkpoint
     from .pipeline import model_free_ptq
-    from .plan import format_bytes, plan_checkpoint
+    from .plan import plan_checkpoint
+    from .sizes import format_bytes
 
     root = Path(args.workdir or tempfile.mkdtemp(prefix="ptq-demo-"))
     source = write_demo_checkpoint(root / "tiny-llama")

@@ -131,13 +131,13 @@ class HubResult:
 
     def to_markdown(self) -> str:
         """A Markdown table (repo, scheme, sizes, ratio, time per stage) for job summaries."""
-        from .card import format_size
+        from .sizes import format_bytes
 
         rows = [
             ("repo", f"[{self.repo_id}]({self.repo_url})"),
             ("scheme", f"`{self.scheme}`"),
-            ("size before", format_size(self.size_before)),
-            ("size after", format_size(self.size_after)),
+            ("size before", format_bytes(self.size_before)),
+            ("size after", format_bytes(self.size_after)),
             ("ratio", f"{self.ratio:.2f}x smaller"),
             ("commit", f"`{self.commit_sha[:10]}`" if self.commit_sha else "-"),
         ]
@@ -400,7 +400,7 @@ def quantize_to_hub(
         shutil.rmtree(job_dir, ignore_errors=True)
     timings["total"] = time.monotonic() - started
 
-    from .card import compression_ratio
+    from .sizes import compression_ratio
 
     endpoint = constants.HF_ENDPOINT.rstrip("/")
     logger.info("Pushed %s/%s at commit %s", endpoint, target, commit_sha)
@@ -1001,11 +1001,11 @@ def _check_disk_space(root: Path, state: _SourceState) -> None:
     needed = download + output
     free = shutil.disk_usage(root).free
     if needed > free:
-        from .card import format_size
+        from .sizes import format_bytes
 
         raise DiskSpaceError(
-            f"Not enough free disk space in {root}: the job needs about {format_size(needed)} "
-            f"({format_size(download)} download + {format_size(output)} output), only {format_size(free)} "
+            f"Not enough free disk space in {root}: the job needs about {format_bytes(needed)} "
+            f"({format_bytes(download)} download + {format_bytes(output)} output), only {format_bytes(free)} "
             "is free. Free some space or pass work_dir= on a larger disk."
         )
 
@@ -1134,13 +1134,13 @@ def _render_card(
 
 
 def _commit_description(source: str, state: _SourceState, scheme: str, ignore: Sequence[str], result: Any) -> str:
-    from .card import compression_ratio, format_size
+    from .sizes import compression_ratio, format_bytes
 
     ratio = compression_ratio(int(result.size_before), int(result.size_after))
     return (
         f"Quantized {source} (revision {state.sha}) to {scheme} with ptq-hub {_version()}, data-free.\n\n"
         f"Ignore list: {', '.join(ignore) or 'none'}\n"
-        f"Size: {format_size(int(result.size_before))} -> {format_size(int(result.size_after))} "
+        f"Size: {format_bytes(int(result.size_before))} -> {format_bytes(int(result.size_after))} "
         f"({ratio:.2f}x smaller)"
     )
 

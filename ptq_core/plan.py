@@ -18,6 +18,7 @@ from .checkpoint import DTYPE_SIZES, FLOAT_WEIGHT_DTYPES, Checkpoint, headers_ch
 from .errors import CheckpointError, TensorShapeError
 from .numerics import WeightSpec, output_layout
 from .schemes import DEFAULT_IGNORE, ResolvedConfig, resolve_config, weight_spec
+from .sizes import format_bytes
 
 __all__ = ["FusedGroup", "find_fused_sets", "OutputTensor", "Plan", "PlannedWeight", "WeightSource", "plan_checkpoint", "suggest_ignore"]
 
@@ -206,16 +207,6 @@ def _nbytes(dtype: str, shape: Iterable[int]) -> int:
     for d in shape:
         n *= d
     return n
-
-
-def format_bytes(n: int) -> str:
-    """1536 -> '1.5 KB' (decimal units, as the Hub shows sizes)."""
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")
 
 
 def _split_name(name: str, key: str, expert: int, part_name: str) -> str:

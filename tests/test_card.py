@@ -12,7 +12,8 @@ from hub_server import _validate_card
 from huggingface_hub import ModelCard
 
 from ptq_core import __version__
-from ptq_core.card import compression_ratio, format_size, render_model_card, scheme_tag
+from ptq_core.card import render_model_card, scheme_tag
+from ptq_core.sizes import compression_ratio, format_bytes
 from ptq_core.errors import InvalidOptionError
 
 SOURCE_CARD = {
@@ -150,9 +151,9 @@ def test_empty_names():
 
 
 def test_helpers():
-    assert format_size(999) == "999 B"
-    assert format_size(1_234_000) == "1.23 MB"
-    assert format_size(1_234_000_000_000_000) == "1234.00 TB"
+    assert format_bytes(999) == "999 B"
+    assert format_bytes(1_234_000) == "1.23 MB"
+    assert format_bytes(1_234_000_000_000_000) == "1234.00 TB"
     assert compression_ratio(10, 4) == 2.5
     assert compression_ratio(10, 0) == 0.0
     assert scheme_tag("W4A16_ASYM") == "w4a16-asym"
