@@ -23,8 +23,7 @@ from typing import Callable, Sequence
 from . import __version__
 from .errors import PtqError
 
-# Kept in sync with schemes.DEFAULT_IGNORE by tests/test_cli.py; duplicated here
-# only so that `ptq --help` can show it without importing compressed-tensors.
+# Words for schemes.DEFAULT_IGNORE: `ptq --help` must not import compressed-tensors.
 _DEFAULT_IGNORE_HELP = "lm_head, embeddings, MoE routers"
 
 
