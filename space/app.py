@@ -1,0 +1,560 @@
+"""ptq-hub Space: sign in, pick a model and a scheme, get a quantized repo.
+
+Handlers come first: plain functions that ``tests/test_space.py`` calls directly.
+The ``gr.Blocks`` layout below them only wires components to handlers. A job is
+exactly one ``ptq_core.quantize_to_hub`` call; a preview is one
+``ptq_core.plan_hub_model`` call (safetensors headers only, no weight bytes).
+
+Local run (against huggingface.co or any Hub-compatible server)::
+
+    HF_TOKEN=hf_... [HF_ENDPOINT=http://127.0.0.1:8000] python space/app.py
+
+Outside a Space, Gradio mocks "Sign in with Hugging Face": at start-up it asks
+``whoami`` at ``HF_ENDPOINT`` with ``HF_TOKEN`` and, once the button is clicked,
+hands handlers a placeholder token; this app swaps the placeholder for
+``HF_TOKEN`` or the cached login (see ``_token_from``), so every Hub call uses a
+real token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextvars
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+try:
+    import ptq_core
+except ImportError:  # `python space/app.py` in a checkout; on the Space, ptq_core/ sits next to app.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import ptq_core
+
+from ptq_core import constants
+
+
+# --- the Space's own settings, read once (the core's are in ptq_core.constants) ---
+def _env_int(name: str, default: int) -> int:
+    try:
+        return max(1, int(os.environ.get(name, default)))
+    except ValueError:
+        return default
+
+
+def _env_flag(name: str) -> bool:
+    try:
+        return constants.parse_bool(os.environ.get(name, "false"), name=name)
+    except ValueError:
+        return False
+
+
+QUEUE_MAX_SIZE: int = _env_int("PTQ_SPACE_QUEUE_SIZE", 8)
+"""Jobs allowed to wait behind the running one; the next visitor is told the queue is full."""
+
+GPU_SECONDS: int = _env_int("PTQ_SPACE_GPU_SECONDS", 900)
+"""ZeroGPU time budget of one job (``spaces.GPU(duration=...)``)."""
+
+ON_ZERO_GPU: bool = _env_flag("SPACES_ZERO_GPU")
+"""Set by Hugging Face on ZeroGPU hardware."""
+
+spaces = None
+if ON_ZERO_GPU:  # pragma: no cover - only on Hugging Face ZeroGPU hardware
+    try:
+        import spaces  # before torch is imported: ZeroGPU patches CUDA initialisation
+    except ImportError:
+        spaces = None
+
+import gradio as gr
+from gradio.utils import get_space
+
+from ptq_core.errors import PtqError
+
+logger = logging.getLogger("ptq_space")
+
+DEFAULT_SCHEME = "FP8_BLOCK"
+SEARCH_LIMIT = 10
+RECENT_LIMIT = 20
+
+# gradio/oauth.py `_get_mocked_oauth_info`: the access token handed to handlers when
+# the sign-in is mocked (run outside a Space). It is not a Hub token.
+_MOCK_OAUTH_TOKEN = "mock-oauth-token-for-local-dev"
+
+NOT_SIGNED_IN = (
+    "Sign in with Hugging Face first (button at the top). The quantized repo is created in your "
+    "account with your own token; nothing was run."
+)
+
+_STAGES: dict[str, tuple[float, float, str]] = {
+    # stage: (start fraction, end fraction, label); download and upload dominate a CPU Space's time
+    "download": (0.00, 0.30, "Downloading"),
+    "validate": (0.30, 0.33, "Checking shards"),
+    "quantize": (0.33, 0.78, "Quantizing"),
+    "write": (0.78, 0.80, "Writing index and config"),
+    "card": (0.80, 0.82, "Writing the model card"),
+    "upload": (0.82, 1.00, "Uploading"),
+}
+_BYTE_STAGES = {"download", "upload"}
+
+
+# =============================================================================
+# Handlers
+# =============================================================================
+def scheme_choices() -> list[tuple[str, str]]:
+    """``(label, value)`` for the scheme dropdown: the name and one line on GPUs, size, quality."""
+    return [(f"{s.name} — {s.description}", s.name) for s in ptq_core.list_schemes()]
+
+
+def search_models(query: str, recent: list[str] | None = None, oauth_token: gr.OAuthToken | None = None) -> list[str]:
+    """Model ids matching ``query``: the Hub's search, then this browser's recent models.
+
+    A Hub without ``/api/models?search=`` (or an unreachable one) only narrows the
+    suggestions to recent models; typing a full id always works.
+    """
+    query = (query or "").strip()
+    if len(query) < 2:
+        return list(recent or [])[:SEARCH_LIMIT]
+    found: list[str] = []
+    try:
+        from huggingface_hub import HfApi
+
+        api = HfApi(endpoint=constants.HF_ENDPOINT, token=_token_from(oauth_token) or False)
+        found = [m.id for m in api.list_models(search=query, limit=SEARCH_LIMIT)]
+    except Exception as err:  # noqa: BLE001 - suggestions are a convenience: never fail the page over them
+        logger.info("Model search unavailable (%s); suggesting recent models only", type(err).__name__)
+    needle = query.lower()
+    found += [m for m in (recent or []) if needle in m.lower()]
+    return list(dict.fromkeys(found))[:SEARCH_LIMIT]
+
+
+def on_model_typed(recent: list[str] | None, key_up_data: gr.KeyUpData, oauth_token: gr.OAuthToken | None):
+    """Key-up in the model box: refresh its suggestions."""
+    query = key_up_data.input_value or ""
+    choices = search_models(query, recent, oauth_token)
+    if query.strip() and query.strip() not in choices:
+        choices = [query.strip(), *choices]  # keep what was typed selectable
+    return gr.Dropdown(choices=choices)
+
+
+def preview_model(model_id: str | None, scheme: str, recent: list[str] | None, oauth_token: gr.OAuthToken | None):
+    """A model was chosen: plan it from its headers, pre-fill the ignore list and the target.
+
+    Returns:
+        (plan Markdown, ignore text, target repo, run button, recent models)
+    """
+    model_id = (model_id or "").strip()
+    recent = list(recent or [])
+    if not model_id:
+        return _pick_a_model(), "", "", gr.Button(interactive=False), recent
+    token = _token_from(oauth_token)
+    try:
+        plan = ptq_core.plan_hub_model(model_id, scheme, token=token)
+    except PtqError as err:
+        # Keep the loader-safe defaults in the box: a later scheme change re-plans with them.
+        defaults = "\n".join(ptq_core.DEFAULT_IGNORE)
+        return _refusal(model_id, scheme, err, token), defaults, "", gr.Button(interactive=False), recent
+    ignore = ptq_core.suggest_ignore(item.name for item in plan.items)
+    recent = [model_id, *[m for m in recent if m != model_id]][:RECENT_LIMIT]
+    text, ok = _plan_markdown(model_id, plan)
+    return text, "\n".join(ignore), _default_target(model_id, scheme, token), gr.Button(interactive=ok), recent
+
+
+def preview_plan(model_id: str | None, scheme: str, ignore_text: str, oauth_token: gr.OAuthToken | None):
+    """The ignore list changed: plan again with it. Returns (plan Markdown, run button)."""
+    model_id = (model_id or "").strip()
+    if not model_id:
+        return _pick_a_model(), gr.Button(interactive=False)
+    token = _token_from(oauth_token)
+    try:
+        plan = ptq_core.plan_hub_model(model_id, scheme, ignore=parse_ignore(ignore_text), token=token)
+    except PtqError as err:
+        return _refusal(model_id, scheme, err, token), gr.Button(interactive=False)
+    text, ok = _plan_markdown(model_id, plan)
+    return text, gr.Button(interactive=ok)
+
+
+def change_scheme(model_id: str | None, scheme: str, ignore_text: str, target: str, oauth_token: gr.OAuthToken | None):
+    """The scheme changed: plan again; rename a default-looking target. Returns (plan, target, run button)."""
+    text, button = preview_plan(model_id, scheme, ignore_text, oauth_token)
+    model_id = (model_id or "").strip()
+    if model_id and (not (target or "").strip() or _is_default_target(target, model_id)):
+        target = _default_target(model_id, scheme, _token_from(oauth_token))
+    return text, target, button
+
+
+def run_job(
+    model_id: str | None,
+    scheme: str,
+    ignore_text: str,
+    target: str | None,
+    private: bool,
+    overwrite: bool,
+    oauth_token: gr.OAuthToken | None,
+    progress=gr.Progress(),  # noqa: B008 - Gradio's idiom: the default marks the progress argument
+):
+    """Quantize ``model_id`` and push it: one ``quantize_to_hub`` call in a per-job folder.
+
+    Returns:
+        (result Markdown with the link, the new repo's model card, the card accordion)
+
+    Raises:
+        gr.Error: not signed in, no model, or the core's ``PtqError`` message
+            (never a stack trace, never the token).
+    """
+    token = _token_from(oauth_token)
+    if token is None:
+        raise gr.Error(NOT_SIGNED_IN, title="Not signed in", print_exception=False)
+    model_id = (model_id or "").strip()
+    if not model_id:
+        raise gr.Error("Pick a model first: type a Hub id such as org/Model.", print_exception=False)
+    job = uuid.uuid4().hex[:8]
+    work_dir = Path(tempfile.mkdtemp(prefix=f"ptq-space-{job}-", dir=_jobs_root()))
+    logger.info(
+        "job %s: %s -> %s as %s (private=%s, overwrite=%s)",
+        job,
+        model_id,
+        target or "default",
+        scheme,
+        private,
+        overwrite,
+    )
+    try:
+        result = _quantize(
+            model_id,
+            scheme,
+            target=(target or "").strip() or None,
+            private=bool(private),
+            overwrite=bool(overwrite),
+            ignore=parse_ignore(ignore_text),
+            token=token,
+            work_dir=work_dir,
+            progress=progress,
+        )
+    except PtqError as err:
+        message = _redact(str(err), token)
+        logger.warning("job %s failed: %s: %s", job, type(err).__name__, message)
+        raise gr.Error(message, title=_error_title(err), duration=None, print_exception=False) from None
+    except Exception as err:  # noqa: BLE001 - a bug, not a refusal: say so without a trace or the token
+        logger.error("job %s crashed: %s: %s", job, type(err).__name__, _redact(str(err), token))
+        raise gr.Error(
+            f"Unexpected {type(err).__name__} while quantizing {model_id}; nothing was pushed. "
+            "Please retry, and report it if it happens again.",
+            title="Job failed",
+            duration=None,
+            print_exception=False,
+        ) from None
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    logger.info("job %s: pushed %s at %s", job, result.repo_id, result.commit_sha[:10])
+    return _result_markdown(result), _card_markdown(result.card), gr.Accordion(visible=True, open=False)
+
+
+def clear_result():
+    """A new job starts: drop the previous job's link and card."""
+    return "*Working… the link to the new repo appears here.*", gr.Accordion(visible=False)
+
+
+def show_failure():
+    """After a failed job: a lasting note next to the error pop-up."""
+    return "**The job did not finish.** The reason is in the red message; temporary files were removed."
+
+
+def parse_ignore(text: str | None) -> list[str]:
+    """One entry per line (``re:`` regexes may hold commas); blank lines and ``#`` comments dropped."""
+    lines = (line.strip() for line in (text or "").splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+# --- handler helpers ---------------------------------------------------------
+def _quantize(model_id: str, scheme: str, *, progress: Any, **kwargs: Any):
+    """The one core call, with progress forwarded to the page."""
+    return ptq_core.quantize_to_hub(model_id, scheme, progress=_progress_reporter(progress), **kwargs)
+
+
+if spaces is not None:  # pragma: no cover - ZeroGPU: a GPU is attached for the duration of each job
+    _quantize = spaces.GPU(duration=GPU_SECONDS)(_quantize)
+elif ON_ZERO_GPU:  # pragma: no cover
+    logger.warning("SPACES_ZERO_GPU is set but the `spaces` package is missing; jobs run on CPU")
+
+
+def _progress_reporter(progress: Any) -> Callable[[str, int, int], None]:
+    """``progress(stage, done, total)`` for the core, drawn as one bar on the page.
+
+    ``gr.Progress`` finds its job through context variables, which the core's worker
+    threads (parallel downloads, shard workers) do not inherit; each update therefore
+    runs in a copy of the handler's context, one at a time.
+    """
+    context = contextvars.copy_context()
+    lock = threading.Lock()
+
+    def report(stage: str, done: int, total: int) -> None:
+        start, end, label = _STAGES.get(stage, (0.0, 1.0, stage.capitalize()))
+        part = min(max(done / total, 0.0), 1.0) if total else 1.0
+        if stage in _BYTE_STAGES:
+            desc = f"{label} {_size(done)} / {_size(total)}"
+        elif stage == "quantize":
+            desc = f"{label} tensor {done}/{total}"
+        else:
+            desc = label
+        with lock:
+            context.run(progress, start + (end - start) * part, desc=desc)
+
+    return report
+
+
+def _token_from(oauth_token: gr.OAuthToken | None) -> str | None:
+    """The Hub token of the signed-in user; ``HF_TOKEN`` stands in for Gradio's local mock."""
+    if oauth_token is None or not oauth_token.token:
+        return None
+    if oauth_token.token == _MOCK_OAUTH_TOKEN and get_space() is None:
+        return _local_token()
+    return oauth_token.token
+
+
+def _local_token() -> str | None:
+    """The token Gradio's local sign-in mock stands for: ``HF_TOKEN``, then the cached login."""
+    from huggingface_hub import get_token
+
+    return constants.hf_token_from_env() or get_token()
+
+
+def _default_target(model_id: str, scheme: str, token: str | None) -> str:
+    """``{user}/{Model}-{SCHEME}`` when signed in; empty (the placeholder explains) otherwise."""
+    if token is None:
+        return ""
+    try:
+        return ptq_core.default_target_repo(model_id, scheme, token=token)
+    except PtqError as err:
+        logger.info("No default target for %s: %s", model_id, type(err).__name__)
+        return ""
+
+
+def _is_default_target(target: str, model_id: str) -> bool:
+    name = model_id.split("/")[-1]
+    suffixes = {ptq_core.scheme_repo_suffix(s.name) for s in ptq_core.list_schemes()}
+    tail = target.strip().split("/")[-1]
+    return any(tail == f"{name}-{suffix}" for suffix in suffixes)
+
+
+def _jobs_root() -> Path:
+    root = Path(constants.PTQ_HUB_CACHE) / "space-jobs"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def free_disk_bytes() -> int:
+    """Free bytes where jobs download and write (tests replace this)."""
+    return shutil.disk_usage(_jobs_root()).free
+
+
+def _plan_markdown(model_id: str, plan: Any) -> tuple[str, bool]:
+    """The plan table, the disk check, and whether the job can run."""
+    needed = plan.size_before + plan.size_after  # the download, then the output beside it
+    free = free_disk_bytes()
+    quantized = len(plan.quantized)
+    head = f"**Source:** `{model_id}` · {quantized} tensor(s) to quantize · {len(plan.skipped)} not quantized"
+    if not quantized:
+        return (
+            (
+                f"{head}\n\n{plan.to_markdown()}\n**Nothing to quantize** with this scheme and ignore list: "
+                "the new repo would be a copy. Shorten the ignore list or pick another model."
+            ),
+            False,
+        )
+    disk = f"**Disk:** needs about {_size(needed)} (download + output); {_size(free)} free on this Space."
+    if needed > free:
+        return (
+            (
+                f"{head}\n\n{plan.to_markdown()}\n**Too large for this Space.** {disk} "
+                "Run it on your own machine with `ptq quantize` or the GitHub Action."
+            ),
+            False,
+        )
+    return f"{head}\n\n{plan.to_markdown()}\n{disk} **Ready to run.**", True
+
+
+def _refusal(model_id: str, scheme: str, err: PtqError, token: str | None) -> str:
+    return f"**Cannot quantize `{model_id}` with {scheme}.** {_redact(str(err), token)}"
+
+
+def _pick_a_model() -> str:
+    return "*Type a model id (e.g. `org/Model`) and press Enter, or pick a suggestion, to see the plan.*"
+
+
+def _result_markdown(result: Any) -> str:
+    return (
+        f"### Done: [{result.repo_id}]({result.repo_url})\n\n"
+        f"{result.ratio:.2f}x smaller. The model card is below.\n\n{result.to_markdown()}"
+    )
+
+
+_FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*\n", re.DOTALL)
+
+
+def _card_markdown(card: str) -> str:
+    """The card as the Hub renders it: YAML metadata as a block, then the body."""
+    match = _FRONT_MATTER.match(card or "")
+    if not match:
+        return card or ""
+    return f"```yaml\n{match.group(1)}\n```\n\n{card[match.end() :]}"
+
+
+def _error_title(err: PtqError) -> str:
+    words = re.sub(r"(?<!^)(?=[A-Z])", " ", type(err).__name__.removesuffix("Error")).strip()
+    return words.capitalize() if words else "Error"
+
+
+def _redact(text: str, token: str | None) -> str:
+    return text.replace(token, "***") if token else text
+
+
+def _size(num_bytes: float) -> str:
+    value = float(num_bytes)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"  # pragma: no cover
+
+
+# =============================================================================
+# Layout: components and wiring only
+# =============================================================================
+INTRO = """\
+# ptq-hub: quantize a Hub model, data-free
+Pick a model and a scheme: the plan below is read from the safetensors headers only.
+One click downloads the model, quantizes it into the
+[compressed-tensors](https://github.com/neuralmagic/compressed-tensors) format (loads in vLLM and
+transformers), writes a model card and pushes a **new repo in your account**. No calibration data.
+"""
+
+CSS = """
+#plan table, #result table { font-size: 0.9em; }
+"""
+
+
+def build_demo() -> gr.Blocks:
+    with gr.Blocks(title="ptq-hub: quantize a Hub model") as demo:
+        gr.Markdown(INTRO)
+        gr.LoginButton()
+        recent = gr.BrowserState([], storage_key="ptq-hub-recent-models")
+        with gr.Row():
+            model_id = gr.Dropdown(
+                label="Model on the Hub",
+                info="Type to search, then press Enter or pick a suggestion.",
+                choices=[],
+                value=None,
+                allow_custom_value=True,
+                filterable=True,
+                scale=2,
+                elem_id="model-id",
+            )
+            scheme = gr.Dropdown(
+                label="Scheme",
+                info="Which GPUs run it, how much smaller, how close to the original.",
+                choices=scheme_choices(),
+                value=DEFAULT_SCHEME,
+                scale=3,
+                elem_id="scheme",
+            )
+        plan_md = gr.Markdown(_pick_a_model(), elem_id="plan")
+        with gr.Accordion("Options", open=True):
+            ignore = gr.Textbox(
+                label="Keep unquantized (ignore list)",
+                info="One module name or `re:<regex>` per line. Pre-filled with the loader-safe "
+                "defaults found in this model (lm_head, embeddings, MoE routers).",
+                lines=3,
+                elem_id="ignore",
+            )
+            target = gr.Textbox(
+                label="Target repo",
+                placeholder="your-name/Model-FP8-BLOCK (sign in to pre-fill)",
+                elem_id="target",
+            )
+            with gr.Row():
+                private = gr.Checkbox(label="Private repo", value=False, elem_id="private")
+                overwrite = gr.Checkbox(
+                    label="Overwrite the target repo if it already exists",
+                    info="Off: an existing repo with files is refused.",
+                    value=False,
+                    elem_id="overwrite",
+                )
+        run = gr.Button("Quantize and push", variant="primary", interactive=False, elem_id="run")
+        result_md = gr.Markdown("*The link to the new repo appears here.*", min_height=90, elem_id="result")
+        with gr.Accordion("Model card of the new repo", open=False, visible=False) as card_box:
+            card_md = gr.Markdown(elem_id="card")
+
+        previews = {"concurrency_limit": 4, "concurrency_id": "preview"}
+        model_id.key_up(
+            on_model_typed,
+            [recent],
+            model_id,
+            trigger_mode="always_last",
+            show_progress="hidden",
+            api_visibility="private",
+            **previews,
+        )
+        model_id.change(
+            preview_model,
+            [model_id, scheme, recent],
+            [plan_md, ignore, target, run, recent],
+            api_name="preview",
+            **previews,
+        )
+        scheme.change(
+            change_scheme,
+            [model_id, scheme, ignore, target],
+            [plan_md, target, run],
+            api_name="change_scheme",
+            **previews,
+        )
+        ignore.blur(preview_plan, [model_id, scheme, ignore], [plan_md, run], api_name="replan", **previews)
+        ignore.submit(preview_plan, [model_id, scheme, ignore], [plan_md, run], api_visibility="private", **previews)
+        job = run.click(clear_result, None, [result_md, card_box], queue=False, api_visibility="private").then(
+            run_job,
+            [model_id, scheme, ignore, target, private, overwrite],
+            [result_md, card_md, card_box],
+            concurrency_limit=1,
+            concurrency_id="quantize",
+            show_progress="full",
+            api_name="quantize",
+        )
+        job.failure(show_failure, None, result_md, queue=False, api_visibility="private")
+    # One job at a time (a Space has one disk and one GPU); a bounded line behind it.
+    demo.queue(default_concurrency_limit=1, max_size=QUEUE_MAX_SIZE)
+    return demo
+
+
+def __getattr__(name: str) -> Any:
+    # `demo` is built on first use, not at import: building a Blocks with a LoginButton
+    # outside a Space already asks whoami for the local sign-in mock (gradio 6), and the
+    # handlers must stay importable without a token (tests, tooling).
+    if name == "demo":
+        globals()["demo"] = value = build_demo()
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the ptq-hub Space locally.")
+    parser.add_argument("--host", default=None, help="default: GRADIO_SERVER_NAME or 127.0.0.1")
+    parser.add_argument("--port", type=int, default=None, help="default: GRADIO_SERVER_PORT or 7860")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpx2"):  # one line per HTTP request otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if get_space() is None and _local_token() is None:
+        # Gradio's local sign-in mock asks whoami with this token at start-up and fails without it.
+        parser.exit(2, "Set HF_TOKEN (or run `hf auth login`) to run the Space locally: sign-in is mocked with it.\n")
+    build_demo().launch(server_name=args.host, server_port=args.port, ssr_mode=False, css=CSS)
+
+
+if __name__ == "__main__":
+    main()
