@@ -70,6 +70,7 @@ __all__ = [
     "download_checkpoint",
     "plan_hub_model",
     "quantize_to_hub",
+    "search_models",
     "select_repo_files",
 ]
 
@@ -446,6 +447,19 @@ def download_checkpoint(
     _check_disk_space(root, state)
     hub.download(repo_id, state, root, _progress_reporter(progress))
     return root
+
+
+def search_models(query: str, *, limit: int = 20, token: str | None = None) -> list[str]:
+    """Model ids on the Hub matching ``query`` (the Space's suggestions).
+
+    Raises:
+        HubNetworkError / TokenError: as the other calls; callers treat search as optional.
+    """
+    hub = _Hub(_resolve_token(token, required=False))
+    models = hub.call(
+        "search models", lambda: list(hub.api.list_models(search=query, limit=limit)), role="source", repo_id=query
+    )
+    return [m.id for m in models]
 
 
 def select_repo_files(paths: Iterable[str]) -> list[str]:

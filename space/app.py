@@ -123,10 +123,9 @@ def search_models(query: str, recent: list[str] | None = None, oauth_token: gr.O
         return list(recent or [])[:SEARCH_LIMIT]
     found: list[str] = []
     try:
-        from huggingface_hub import HfApi
+        from ptq_core.hub import search_models as hub_search
 
-        api = HfApi(endpoint=constants.HF_ENDPOINT, token=_token_from(oauth_token) or False)
-        found = [m.id for m in api.list_models(search=query, limit=SEARCH_LIMIT)]
+        found = hub_search(query, limit=SEARCH_LIMIT, token=_token_from(oauth_token))
     except Exception as err:  # noqa: BLE001 - suggestions are a convenience: never fail the page over them
         logger.info("Model search unavailable (%s); suggesting recent models only", type(err).__name__)
     needle = query.lower()
