@@ -466,8 +466,9 @@ def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None
     tmp = torch.div(cells, scale, out=scratch.get("tmp", tuple(cells.shape), work_dtype, x.device))
     if zp is not None:
         tmp += zp.to(x.dtype)
-    q_min, q_max = spec.q_range
-    tmp.clamp_(q_min, q_max)
+    if not _clamp_is_identity(spec, scale, global_scale, zp):
+        q_min, q_max = spec.q_range
+        tmp.clamp_(q_min, q_max)
     if spec.strategy == "block":  # back to rows x cols, dropping the padding
         tmp = tmp.view(tmp.shape[0] * tmp.shape[1], -1)[:rows, :cols]
     else:
@@ -480,6 +481,24 @@ def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None
         q = scratch.get("q", (rows, cols), torch.int8, x.device).copy_(tmp)
         return _pack_int32(q, spec.num_bits, scratch) if spec.fmt == "pack-quantized" else q
     return scratch.get("q", (rows, cols), _FP8, x.device).copy_(tmp)
+
+
+def _clamp_is_identity(spec: WeightSpec, scale: torch.Tensor, global_scale, zp) -> bool:
+    """True when clamping to +-448 before the FP8 cast provably changes no output byte.
+
+    For symmetric FP8 with ``scale = round(amax / 448)`` in a float dtype whose
+    scales are all normal numbers, the rounding error of the scale is at most
+    2^-8 relative, so ``|x / scale| <= 448 / (1 - 2^-8) < 450``, which rounds
+    (again in the weight dtype) to at most 450. torch's FP8 e4m3fn cast rounds
+    anything below 464 to at most 448, exactly what clamp-then-cast gives. MX
+    scales are powers of two with ``amax / scale <= 448`` by construction.
+    Subnormal scales (weights near 1e-38) lose that bound, so they keep the clamp.
+    """
+    if spec.kind != "float" or spec.num_bits != 8 or global_scale is not None or zp is not None:
+        return False
+    if not scale.dtype.is_floating_point:
+        return False
+    return bool((scale >= torch.finfo(scale.dtype).tiny).all())
 
 
 RowSink = Callable[[str, int, torch.Tensor], None]

@@ -458,3 +458,25 @@ def test_channel_int_schemes_match_reference(num_bits, symmetric, shape):
     weight = _randn(shape, seed=num_bits * 7 + shape[0], std=0.05).to(torch.bfloat16)
     ours = quantize_weight(weight, weight_spec(resolved_scheme, resolved.formats[group]))
     assert_same_outputs(ours, reference_quantize(weight, scheme), f"W{num_bits} channel sym={symmetric} {shape}")
+
+
+@pytest.mark.parametrize("name", ["FP8_BLOCK", "FP8_DYNAMIC", "MXFP8A16", "W8A8"])
+@pytest.mark.parametrize("dname", list(DTYPES))
+@pytest.mark.parametrize("magnitude", ["normal", "subnormal"])
+def test_fp8_extremes_match_reference(name, dname, magnitude):
+    """Cells whose max |w| makes ``amax / 448`` round down as far as the dtype allows (the
+    quantized max then lands just above 448), and cells so small that the scale is subnormal:
+    the kernels skip the redundant clamp only where it provably changes nothing."""
+    dtype = DTYPES[dname]
+    gen = torch.Generator().manual_seed(5)
+    rows, cols = 256, 256
+    weight = torch.rand(rows, cols, generator=gen) * 2 - 1
+    exponents = torch.randint(-12, 12, (rows, 1), generator=gen).float()
+    if magnitude == "subnormal":
+        exponents = exponents - (140 if dtype != torch.float16 else 20)
+    mantissas = 1 + torch.rand(rows, 1, generator=gen)
+    peak = mantissas * torch.pow(2.0, exponents)
+    weight = (weight * peak).to(dtype)
+    weight[:, 0] = peak[:, 0].to(dtype)  # every row and block holds its own +max
+    weight[:, 1] = -peak[:, 0].to(dtype)
+    assert_same_outputs(quantize_weight(weight, spec_for(name)), reference_quantize(weight, preset(name)), name)
