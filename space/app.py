@@ -76,6 +76,7 @@ import gradio as gr
 from gradio.utils import get_space
 
 from ptq_core.errors import PtqError
+from ptq_core.hub import redact
 
 logger = logging.getLogger("ptq_space")
 
@@ -237,11 +238,11 @@ def run_job(
             progress=progress,
         )
     except PtqError as err:
-        message = _redact(str(err), token)
+        message = redact(str(err), token)
         logger.warning("job %s failed: %s: %s", job, type(err).__name__, message)
         raise gr.Error(message, title=_error_title(err), duration=None, print_exception=False) from None
     except Exception as err:  # noqa: BLE001 - a bug, not a refusal: say so without a trace or the token
-        logger.error("job %s crashed: %s: %s", job, type(err).__name__, _redact(str(err), token))
+        logger.error("job %s crashed: %s: %s", job, type(err).__name__, redact(str(err), token))
         raise gr.Error(
             f"Unexpected {type(err).__name__} while quantizing {model_id}; nothing was pushed. "
             "Please retry, and report it if it happens again.",
@@ -380,7 +381,7 @@ def _plan_markdown(model_id: str, plan: Any) -> tuple[str, bool]:
 
 
 def _refusal(model_id: str, scheme: str, err: PtqError, token: str | None) -> str:
-    return f"**Cannot quantize `{model_id}` with {scheme}.** {_redact(str(err), token)}"
+    return f"**Cannot quantize `{model_id}` with {scheme}.** {redact(str(err), token)}"
 
 
 def _pick_a_model() -> str:
@@ -408,10 +409,6 @@ def _card_markdown(card: str) -> str:
 def _error_title(err: PtqError) -> str:
     words = re.sub(r"(?<!^)(?=[A-Z])", " ", type(err).__name__.removesuffix("Error")).strip()
     return words.capitalize() if words else "Error"
-
-
-def _redact(text: str, token: str | None) -> str:
-    return text.replace(token, "***") if token else text
 
 
 def _size(num_bytes: float) -> str:

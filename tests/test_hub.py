@@ -20,6 +20,7 @@ from huggingface_hub import HfApi, ModelCard, snapshot_download
 from huggingface_hub.errors import RepositoryNotFoundError
 
 import ptq_core
+from ptq_core import _hub_client as hub_client
 from ptq_core import hub as hub_module
 from ptq_core.errors import (
     CalibrationRequiredError,
@@ -50,7 +51,7 @@ TARGET_FP8 = "alice/tiny-llama-FP8-BLOCK"
 @pytest.fixture(autouse=True)
 def _fast_retries(monkeypatch):
     """Keep the backoff schedule's length, drop its waits."""
-    monkeypatch.setattr(hub_module, "_RETRY_DELAYS", (0.0, 0.0, 0.0))
+    monkeypatch.setattr(hub_client, "_RETRY_DELAYS", (0.0, 0.0, 0.0))
 
 
 @pytest.fixture(scope="session")
@@ -451,9 +452,9 @@ def test_select_repo_files():
 
 
 def test_redaction():
-    assert hub_module._redact("token hf_test_alice leaked", "hf_test_alice") == "token *** leaked"
-    assert "hf_abcdefghijklmnopqrstuvwxyz12" not in hub_module._redact("x hf_abcdefghijklmnopqrstuvwxyz12 y", None)
-    assert hub_module._redact("Authorization: Bearer abc.def", None) == "Authorization: Bearer ***"
+    assert hub_module.redact("token hf_test_alice leaked", "hf_test_alice") == "token *** leaked"
+    assert "hf_abcdefghijklmnopqrstuvwxyz12" not in hub_module.redact("x hf_abcdefghijklmnopqrstuvwxyz12 y", None)
+    assert hub_module.redact("Authorization: Bearer abc.def", None) == "Authorization: Bearer ***"
 
 
 def test_hub_result_to_markdown():

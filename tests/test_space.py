@@ -33,7 +33,7 @@ from factory import make_checkpoint
 
 import ptq_core
 from ptq_core import constants
-from ptq_core import hub as hub_module
+from ptq_core import _hub_client as hub_client
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_FILE = ROOT / "space" / "app.py"
@@ -86,7 +86,7 @@ def odd_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch, tmp_path):
     monkeypatch.setattr(constants, "PTQ_HUB_CACHE", tmp_path / "cache")
-    monkeypatch.setattr(hub_module, "_RETRY_DELAYS", (0.0, 0.0, 0.0))
+    monkeypatch.setattr(hub_client, "_RETRY_DELAYS", (0.0, 0.0, 0.0))
 
 
 @pytest.fixture
