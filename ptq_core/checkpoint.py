@@ -32,6 +32,14 @@ DTYPE_SIZES: dict[str, int] = {
 FLOAT_WEIGHT_DTYPES = ("BF16", "F16", "F32", "F64")
 
 
+def tensor_nbytes(dtype: str, shape: Iterable[int]) -> int:
+    """Bytes of a tensor of safetensors ``dtype`` and ``shape``."""
+    n = DTYPE_SIZES[dtype]
+    for dim in shape:
+        n *= dim
+    return n
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """Where one tensor lives: shard file, absolute byte offset, dtype, shape."""
@@ -104,9 +112,7 @@ def read_header(path: Path) -> tuple[dict[str, dict], int, dict[str, str]]:
             raise CorruptCheckpointError(f"{path.name}: header entry for {name!r} is malformed.") from err
         if dtype not in DTYPE_SIZES:
             raise CorruptCheckpointError(f"{path.name}: tensor {name!r} has unknown dtype {dtype!r}.")
-        expected = DTYPE_SIZES[dtype]
-        for dim in shape:
-            expected *= dim
+        expected = tensor_nbytes(dtype, shape)
         if end - begin != expected or begin < 0:
             raise CorruptCheckpointError(
                 f"{path.name}: tensor {name!r} ({dtype}, shape {list(shape)}) spans {end - begin} bytes, expected {expected}."
@@ -196,10 +202,7 @@ def headers_checkpoint(headers: Mapping[str, Mapping[str, tuple[str, Iterable[in
     for shard, entries in headers.items():
         for name, (dtype, shape) in entries.items():
             shape = tuple(int(d) for d in shape)
-            nbytes = DTYPE_SIZES[dtype]
-            for dim in shape:
-                nbytes *= dim
-            tensors[name] = TensorInfo(name, shard, dtype, shape, -1, nbytes)
+            tensors[name] = TensorInfo(name, shard, dtype, shape, -1, tensor_nbytes(dtype, shape))
     return Checkpoint(root or Path("."), tuple(headers), tensors)
 
 

@@ -256,7 +256,7 @@ def _run_units(plan, reader, writers, devices, max_workers, notify) -> None:
             fut.result()  # re-raise the first failure
 
 
-def _source_span(plan: Plan, reader: ShardReader, item: PlannedWeight) -> tuple[str, int, int]:
+def _source_span(reader: ShardReader, item: PlannedWeight) -> tuple[str, int, int]:
     """(shard, absolute offset, nbytes) of an item's values; split experts are contiguous ranges."""
     info = reader.checkpoint.tensors[item.source.tensor]
     if item.source.expert is None:
@@ -266,9 +266,9 @@ def _source_span(plan: Plan, reader: ShardReader, item: PlannedWeight) -> tuple[
     return info.shard, info.offset + item.source.expert * per_expert + item.source.part * per_part, per_part
 
 
-def _load(plan, reader, item: PlannedWeight, device: torch.device, scratch: Scratch, slot: int) -> torch.Tensor:
+def _load(reader: ShardReader, item: PlannedWeight, device: torch.device, scratch: Scratch, slot: int) -> torch.Tensor:
     """Read an item's values into this worker's input buffer ``slot`` (one per fused member)."""
-    _shard, offset, nbytes = _source_span(plan, reader, item)
+    _shard, offset, nbytes = _source_span(reader, item)
     info = reader.checkpoint.tensors[item.source.tensor]
     host = scratch.get(f"in{slot}", (nbytes,), torch.uint8, torch.device("cpu"))
     reader.read_into(info, host, offset - info.offset)
@@ -293,11 +293,11 @@ def _process_unit(plan: Plan, unit: list[PlannedWeight], reader: ShardReader, wr
     scratch = _scratch()
     for item in unit:
         if item.group is None:  # copied as is, bytes never enter Python
-            shard, offset, _ = _source_span(plan, reader, item)
+            shard, offset, _ = _source_span(reader, item)
             writers[item.shard].copy_from(item.outputs[0].name, reader.fd(shard), offset)
     if not quantized:
         return
-    weights = [_load(plan, reader, item, device, scratch, slot) for slot, item in enumerate(quantized)]
+    weights = [_load(reader, item, device, scratch, slot) for slot, item in enumerate(quantized)]
     global_scale = None
     if len(quantized) > 1:  # a fused group: one global scale from the whole group's max |w|
         absmax = torch.stack([tensor_absmax(w, scratch) for w in weights]).amax()
@@ -316,6 +316,6 @@ def _process_unit(plan: Plan, unit: list[PlannedWeight], reader: ShardReader, wr
                 f"{item.name} (in {reader.checkpoint.tensors[item.source.tensor].shard}) holds NaN or Inf values; "
                 f"fix the checkpoint or add {item.module!r} to ignore."
             ) from err
-        for local, tensor in outputs.items():
-            writer.write(prefix + local, tensor)
+        for local_name, tensor in outputs.items():
+            writer.write(prefix + local_name, tensor)
         logger.debug("quantized %s -> %s", item.name, ", ".join(outputs))

@@ -14,7 +14,7 @@ from typing import Iterable, Mapping
 
 import torch
 
-from .checkpoint import DTYPE_SIZES, FLOAT_WEIGHT_DTYPES, Checkpoint, headers_checkpoint, open_checkpoint
+from .checkpoint import FLOAT_WEIGHT_DTYPES, Checkpoint, headers_checkpoint, open_checkpoint, tensor_nbytes
 from .errors import CheckpointError, TensorShapeError
 from .numerics import WeightSpec, output_layout
 from .schemes import DEFAULT_IGNORE, ResolvedConfig, resolve_config, weight_spec
@@ -73,10 +73,7 @@ class OutputTensor:
 
     @property
     def nbytes(self) -> int:
-        n = DTYPE_SIZES[self.dtype]
-        for d in self.shape:
-            n *= d
-        return n
+        return tensor_nbytes(self.dtype, self.shape)
 
 
 @dataclass(frozen=True)
@@ -172,7 +169,7 @@ class Plan:
         lines = [f"### Plan: {self.scheme_name}", "", "| | tensors | before | after |", "|---|---:|---:|---:|"]
         for group, count in Counter(i.group for i in self.quantized).items():
             members = [i for i in self.quantized if i.group == group]
-            before = sum(_nbytes(i.dtype, i.shape) for i in members)
+            before = sum(tensor_nbytes(i.dtype, i.shape) for i in members)
             after = sum(o.nbytes for i in members for o in i.outputs)
             lines.append(f"| quantized: {group} ({self.resolved.formats[group]}) | {count} | {format_bytes(before)} | {format_bytes(after)} |")
         copied = [i for i in self.items if i.group is None]
@@ -201,12 +198,6 @@ class Plan:
 def _reason_kind(reason: str) -> str:
     return reason.split(":")[0]
 
-
-def _nbytes(dtype: str, shape: Iterable[int]) -> int:
-    n = DTYPE_SIZES[dtype]
-    for d in shape:
-        n *= d
-    return n
 
 
 def _split_name(name: str, key: str, expert: int, part_name: str) -> str:
