@@ -27,12 +27,14 @@ from compressed_tensors.quantization.quant_args import DynamicType
 from compressed_tensors.quantization.quant_scheme import PRESET_SCHEMES
 
 from .errors import CalibrationRequiredError, InvalidIgnoreError, SchemeNotSupportedError
+from .numerics import WeightSpec
 
 __all__ = [
     "COMPRESSED_TENSORS_VERSION",
     "DEFAULT_IGNORE",
     "ResolvedConfig",
     "SchemeInfo",
+    "canonical_scheme_name",
     "list_schemes",
     "resolve_config",
     "scheme_repo_suffix",
@@ -111,14 +113,6 @@ class ResolvedConfig:
     def ignore(self) -> list[str]:
         return list(self.config.ignore or [])
 
-    @property
-    def needs_global_scale(self) -> bool:
-        """True when a group uses NVFP4's tensor-group strategy (fused groups matter)."""
-        return any(
-            s.weights is not None and s.weights.strategy == QuantizationStrategy.TENSOR_GROUP
-            for _, s in self.groups
-        )
-
     def quantization_config_dict(self) -> dict[str, Any]:
         """The ``quantization_config`` block of config.json, as the peer writes it."""
         formats = set(self.formats.values())
@@ -176,18 +170,40 @@ def _describe(weights: QuantizationArgs | None, inputs: QuantizationArgs | None)
     return w + a + "."
 
 
-def scheme_repo_suffix(scheme: str | QuantizationScheme | QuantizationConfig) -> str:
-    """Repo-name style of a scheme: ``FP8_BLOCK`` -> ``FP8-BLOCK``."""
-    name = scheme if isinstance(scheme, str) else "QUANTIZED"
-    return re.sub(r"[^A-Za-z0-9.]+", "-", name.upper()).strip("-")
+def canonical_scheme_name(name: str) -> str:
+    """The preset's own spelling: ``fp8_block`` / `` FP8_Block `` -> ``FP8_BLOCK``.
+
+    Every front end and every output (config group, plan, card, repo name) uses
+    this spelling, so the same request always gives the same bytes and names.
+
+    Raises:
+        SchemeNotSupportedError: not a preset of the installed compressed-tensors.
+    """
+    canonical = name.strip().upper() if isinstance(name, str) else ""
+    if canonical not in PRESET_SCHEMES:
+        known = ", ".join(s.name for s in list_schemes())
+        raise SchemeNotSupportedError(f"Unknown scheme {name!r}. Data-free presets: {known}.")
+    return canonical
+
+
+def scheme_repo_suffix(scheme: str) -> str:
+    """Repo-name style of a scheme name: ``FP8_BLOCK`` -> ``FP8-BLOCK``."""
+    return re.sub(r"[^A-Za-z0-9.]+", "-", scheme.upper()).strip("-")
 
 
 def validate_ignore(ignore: Iterable[str]) -> list[str]:
     """Check every ``re:`` entry compiles; return the entries as a new list.
 
     Raises:
-        InvalidIgnoreError: an entry is not a string or its regex does not compile.
+        InvalidIgnoreError: ``ignore`` is a single string or not a list, an entry is
+            not a non-empty string, or its regex does not compile.
     """
+    if isinstance(ignore, (str, bytes)) or not isinstance(ignore, Iterable):
+        # a bare string would be split into characters and match nothing the caller meant
+        raise InvalidIgnoreError(
+            f"ignore must be a list of module names or 're:' patterns, got {ignore!r}; "
+            "write ignore=['lm_head'] rather than ignore='lm_head', and () for none."
+        )
     entries = []
     for entry in ignore:
         if not isinstance(entry, str) or not entry:
@@ -230,10 +246,7 @@ def resolve_config(
         )
     if scheme is not None:
         if isinstance(scheme, str):
-            name = scheme
-            if name.upper() not in PRESET_SCHEMES:
-                known = ", ".join(s.name for s in list_schemes())
-                raise SchemeNotSupportedError(f"Unknown scheme {scheme!r}. Data-free presets: {known}.")
+            name = canonical_scheme_name(scheme)
             resolved_scheme = preset_name_to_scheme(name, [])
         elif isinstance(scheme, QuantizationScheme):
             name = "config_group_0"
@@ -337,8 +350,6 @@ _LINEAR = __import__("torch").nn.Linear
 
 def weight_spec(scheme: QuantizationScheme, fmt: str):
     """The kernel-facing summary (``numerics.WeightSpec``) of a scheme's weight args."""
-    from .numerics import WeightSpec
-
     w = scheme.weights
     return WeightSpec(
         kind=str(w.type),

@@ -1,0 +1,155 @@
+"""One request, resolved once: the frozen ``Job`` every layer below the front ends takes.
+
+Each front end (the ``ptq`` CLI, YAML recipes, the GitHub Action, the Space, the
+Python calls) turns its own inputs into a ``Job`` through :func:`make_job`, and
+nothing below re-parses a scheme string, an ignore list or a worker count.
+
+The ignore rule, the same for every front end: ``ignore`` **adds** to the
+loader-safe defaults (``schemes.DEFAULT_IGNORE``: ``lm_head``, embeddings, MoE
+routers); ``default_ignore=False`` (``--no-default-ignore``, ``default-ignore:
+false``) drops them. ``model_free_ptq`` is the one exception by design: as a
+drop-in for llm-compressor's function it ignores only what it is given.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InvalidOptionError
+from .schemes import DEFAULT_IGNORE, ResolvedConfig, resolve_config, scheme_repo_suffix, validate_ignore
+
+__all__ = ["Job", "make_job", "validate_workers"]
+
+
+@dataclass(frozen=True)
+class Job:
+    """A validated quantization request.
+
+    Attributes:
+        source: a local checkpoint folder or a Hub repo id (``org/Model``).
+        resolved: the scheme or config, resolved once, with the final ignore list.
+        revision: Hub branch, tag or commit of the source (``None``: main).
+        target: target Hub repo (``ns/name``, or a bare name under the token's
+            user); ``None`` means ``{user}/{model}-{SCHEME}``.
+        private: create the target repo private.
+        overwrite: replace an existing output folder or non-empty target repo.
+        device: devices for the kernels (``("cuda:0",)``); ``None`` means every GPU if any, else CPU.
+        workers: threads, each quantizing one weight or fused group at a time.
+    """
+
+    source: str
+    resolved: ResolvedConfig
+    revision: str | None = None
+    target: str | None = None
+    private: bool = False
+    overwrite: bool = False
+    device: tuple[str, ...] | None = None
+    workers: int = 1
+
+    @property
+    def scheme_name(self) -> str:
+        """The canonical scheme name (``FP8_BLOCK``), or the config group's name."""
+        return self.resolved.name
+
+    @property
+    def ignore(self) -> tuple[str, ...]:
+        """The final ignore list (defaults included when they apply)."""
+        return tuple(self.resolved.ignore)
+
+    @property
+    def repo_suffix(self) -> str:
+        """``FP8-BLOCK``: how the scheme appears in default repo and folder names."""
+        return scheme_repo_suffix(self.scheme_name)
+
+    @property
+    def label(self) -> str:
+        return f"{self.source} -> {self.scheme_name}"
+
+
+def validate_workers(workers: object, *, name: str = "max_workers") -> int:
+    """The one check of a worker count: a whole number >= 1 (``True`` is not a number here).
+
+    Raises:
+        InvalidOptionError: anything else.
+    """
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise InvalidOptionError(f"{name}={workers!r} must be a whole number >= 1.")
+    return workers
+
+
+def _device_tuple(device: str | object | Sequence[str | object] | None) -> tuple[str, ...] | None:
+    """``"cuda:0,cuda:1"``, a list, or a ``torch.device`` -> a tuple of device strings."""
+    if device is None:
+        return None
+    items: Iterable[object]
+    if isinstance(device, str):
+        items = [part.strip() for part in device.split(",") if part.strip()]
+    elif isinstance(device, (list, tuple)):
+        items = device
+    else:  # a torch.device
+        items = [device]
+    names = tuple(str(item) for item in items)
+    if not names:
+        raise InvalidOptionError("The device list is empty; pass e.g. 'cpu' or 'cuda:0'.")
+    return names
+
+
+def make_job(
+    source: str | os.PathLike[str],
+    scheme: object = None,
+    *,
+    config: object = None,
+    ignore: Iterable[str] = (),
+    default_ignore: bool = True,
+    revision: str | None = None,
+    target: str | None = None,
+    private: bool = False,
+    overwrite: bool = False,
+    device: str | object | Sequence[str | object] | None = None,
+    workers: int = 1,
+) -> Job:
+    """Validate a request once and return it as a ``Job``; no network, no file reads.
+
+    Args:
+        source: a checkpoint folder or a Hub repo id.
+        scheme: a preset name (any case: ``fp8_block`` is ``FP8_BLOCK``) or a ``QuantizationScheme``.
+        config: a ``QuantizationConfig`` instead of ``scheme``.
+        ignore: module names or ``re:`` regexes kept unquantized, added to the defaults.
+        default_ignore: start from ``DEFAULT_IGNORE`` (the loader-safe list).
+        revision, target, private, overwrite, device, workers: see :class:`Job`.
+
+    Raises:
+        SchemeNotSupportedError / CalibrationRequiredError: unknown or not data-free scheme.
+        InvalidIgnoreError: ``ignore`` is a single string, or an entry is invalid.
+        InvalidOptionError: an empty source or target, a bad worker count or device list.
+
+    Example:
+        >>> make_job("org/Model", "fp8_block").scheme_name
+        'FP8_BLOCK'
+    """
+    if isinstance(source, os.PathLike):
+        source = str(Path(source))
+    if not isinstance(source, str) or not source.strip():
+        raise InvalidOptionError(f"source must be a checkpoint folder or a Hub repo id, got {source!r}.")
+    extra = validate_ignore(ignore)
+    base = list(DEFAULT_IGNORE) if default_ignore else []
+    resolved = resolve_config(scheme, config, base + [p for p in extra if p not in base])
+    if target is not None:
+        if not isinstance(target, str) or not target.strip():
+            raise InvalidOptionError(f"target={target!r} is not a repo id; give 'namespace/name' or leave it out.")
+        target = target.strip()
+    if revision is not None and (not isinstance(revision, str) or not revision.strip()):
+        raise InvalidOptionError(f"revision={revision!r} must be a branch, tag or commit.")
+    return Job(
+        source=source.strip(),
+        resolved=resolved,
+        revision=revision.strip() if revision else None,
+        target=target,
+        private=bool(private),
+        overwrite=bool(overwrite),
+        device=_device_tuple(device),
+        workers=validate_workers(workers),
+    )

@@ -1,0 +1,84 @@
+"""The one request value: canonical names, the ignore rule, one validation of each option."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from factory import load_tensors, make_checkpoint
+from ptq_core import DEFAULT_IGNORE, make_job
+from ptq_core.cli import main
+from ptq_core.errors import InvalidIgnoreError, InvalidOptionError, SchemeNotSupportedError
+
+
+def test_scheme_spelling_is_canonical_everywhere():
+    for spelling in ("fp8_block", " FP8_Block ", "FP8_BLOCK"):
+        job = make_job("org/Model", spelling)
+        assert job.scheme_name == "FP8_BLOCK"
+        assert list(job.resolved.config.config_groups) == ["FP8_BLOCK"]
+        assert job.repo_suffix == "FP8-BLOCK"
+
+
+def test_unknown_scheme_names_the_presets():
+    with pytest.raises(SchemeNotSupportedError, match=r"Unknown scheme 'fp9'\. Data-free presets: .*FP8_BLOCK"):
+        make_job("org/Model", "fp9")
+
+
+def test_ignore_adds_to_the_defaults_unless_they_are_dropped():
+    assert make_job("o/m", "W4A16").ignore == DEFAULT_IGNORE
+    assert make_job("o/m", "W4A16", ignore=["re:.*o_proj$"]).ignore == (*DEFAULT_IGNORE, "re:.*o_proj$")
+    assert make_job("o/m", "W4A16", ignore=["lm_head"]).ignore == DEFAULT_IGNORE  # not listed twice
+    assert make_job("o/m", "W4A16", ignore=["x"], default_ignore=False).ignore == ("x",)
+
+
+@pytest.mark.parametrize("bad", ["lm_head", None, 5])
+def test_ignore_must_be_a_list(bad):
+    with pytest.raises(InvalidIgnoreError, match=r"ignore must be a list of module names or 're:' patterns"):
+        make_job("o/m", "W4A16", ignore=bad)
+
+
+@pytest.mark.parametrize("workers", [0, -1, 1.5, "2", None, True])
+def test_workers_are_checked_once_with_one_rule(workers):
+    with pytest.raises(InvalidOptionError, match=r"max_workers=.* must be a whole number >= 1"):
+        make_job("o/m", "W4A16", workers=workers)
+
+
+def test_devices_become_a_tuple_of_names():
+    assert make_job("o/m", "W4A16").device is None
+    assert make_job("o/m", "W4A16", device="cuda:0, cuda:1").device == ("cuda:0", "cuda:1")
+    assert make_job("o/m", "W4A16", device=["cpu"]).device == ("cpu",)
+    with pytest.raises(InvalidOptionError, match="device list is empty"):
+        make_job("o/m", "W4A16", device=" , ")
+
+
+def test_job_is_frozen_and_never_shares_the_callers_list():
+    ignore = ["x"]
+    job = make_job("o/m", "W4A16", ignore=ignore, default_ignore=False)
+    ignore.append("y")
+    assert job.ignore == ("x",)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        job.workers = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("bad", ["", "  ", None])
+def test_empty_source_or_target_is_refused(bad):
+    with pytest.raises(InvalidOptionError, match="source must be a checkpoint folder or a Hub repo id"):
+        make_job(bad, "W4A16")
+    if bad is not None:
+        with pytest.raises(InvalidOptionError, match="is not a repo id; give 'namespace/name'"):
+            make_job("o/m", "W4A16", target=bad)
+
+
+def test_cli_scheme_in_any_case_writes_the_same_checkpoint(tmp_path):
+    src = make_checkpoint(tmp_path / "src", "llama", shards=2)
+    for spelling in ("fp8_block", "FP8_BLOCK"):
+        assert main(["quantize", str(src), str(tmp_path / spelling), "--scheme", spelling]) == 0
+    lower, upper = load_tensors(tmp_path / "fp8_block"), load_tensors(tmp_path / "FP8_BLOCK")
+    assert lower.keys() == upper.keys()
+    for name, tensor in lower.items():
+        assert tensor.dtype == upper[name].dtype, name
+        assert tensor.reshape(-1).view(torch.uint8).equal(upper[name].reshape(-1).view(torch.uint8)), name
+    for name in ("config.json", "model.safetensors.index.json"):
+        assert (tmp_path / "fp8_block" / name).read_bytes() == (tmp_path / "FP8_BLOCK" / name).read_bytes(), name
