@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from .errors import InvalidOptionError
+from .schemes import list_schemes
 from .sizes import compression_ratio, format_bytes
 
 logger = logging.getLogger(__name__)
@@ -33,17 +34,6 @@ CARD_TAGS = ("compressed-tensors", "quantized", "ptq-hub")
 
 _COPIED_KEYS = ("license", "license_name", "license_link", "language", "pipeline_tag")
 """Front-matter keys copied verbatim from the source card when present."""
-
-# Used only when schemes.py cannot describe a scheme (it is the source of truth).
-_FALLBACK_DESCRIPTIONS = {
-    "FP8_DYNAMIC": "FP8 (E4M3) weights with one scale per output channel; activations quantized to FP8 at run time.",
-    "FP8_BLOCK": "FP8 (E4M3) weights with one scale per 128x128 block; activations quantized to FP8 at run time.",
-    "NVFP4A16": "NVFP4 weights (4-bit E2M1, FP8 scale per 16 values, one FP32 global scale); 16-bit activations.",
-    "MXFP4A16": "MXFP4 weights (4-bit E2M1, power-of-two scale per 32 values); 16-bit activations.",
-    "W4A16": "4-bit integer weights, symmetric, one scale per group of 128; 16-bit activations.",
-    "W8A16": "8-bit integer weights, one scale per output channel; 16-bit activations.",
-}
-
 
 def render_model_card(
     source: str,
@@ -139,16 +129,11 @@ def scheme_tag(scheme: str) -> str:
 
 # --- helpers -----------------------------------------------------------------
 def _describe_scheme(scheme: str) -> tuple[str, str | None]:
-    """(plain-words description, format) from schemes.py, with a local fallback."""
-    try:
-        from .schemes import list_schemes
-
-        for info in list_schemes():
-            if info.name.upper() == scheme.upper():
-                return info.description, getattr(info, "format", None)
-    except ImportError as err:  # compressed-tensors missing: the card still renders
-        logger.debug("schemes.list_schemes() unavailable for the card: %s", err)
-    return _FALLBACK_DESCRIPTIONS.get(scheme.upper(), f"the {scheme} preset of compressed-tensors."), None
+    """(plain-words description, format) of a preset, from ``schemes.list_schemes``."""
+    for info in list_schemes():
+        if info.name == scheme.upper():
+            return info.description, info.format
+    return f"the {scheme} scheme of compressed-tensors.", None
 
 
 def _front_matter(source: str, scheme: str, data: dict[str, Any]) -> dict[str, Any]:

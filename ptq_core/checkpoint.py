@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from .constants import WEIGHT_FILE_SUFFIXES
 from .errors import CorruptCheckpointError, MissingShardError, NoSafetensorsError
+from .repo_files import INDEX_NAME, WEIGHT_FILE_SUFFIXES, is_duplicate_weights, select_repo_files
 
 logger = logging.getLogger(__name__)
 
-INDEX_NAME = "model.safetensors.index.json"
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
 
 DTYPE_SIZES: dict[str, int] = {
@@ -60,8 +59,9 @@ class Checkpoint:
         root: the folder.
         shards: safetensors file names (relative), in index order.
         tensors: every tensor by name.
-        extra_files: non-weight files to copy (configs, tokenizer, code, license).
-        skipped_weight_files: ``*.bin`` / ``*.pt`` ... duplicates that are not copied.
+        extra_files: non-weight files to copy (``repo_files.select_repo_files``: configs,
+            tokenizer, code, license at the folder's root).
+        skipped_weight_files: ``*.bin`` / ``*.pt`` / subfolder duplicates that are not copied.
     """
 
     root: Path
@@ -184,13 +184,10 @@ def open_checkpoint(root: str | os.PathLike) -> Checkpoint:
                 raise MissingShardError(
                     f"{INDEX_NAME} maps tensor {name!r} to {shard}, but that shard does not contain it."
                 )
-    extra = tuple(f for f in files if not f.endswith(".safetensors") and f != INDEX_NAME and not _is_weight_file(f))
-    skipped = tuple(f for f in files if _is_weight_file(f))
+    # the same rule as a Hub download, so a repo gives the same side files from either place
+    extra = tuple(f for f in select_repo_files(files) if not f.endswith(".safetensors") and f != INDEX_NAME)
+    skipped = tuple(f for f in files if is_duplicate_weights(f))
     return Checkpoint(root, tuple(shards), tensors, extra, skipped, metadata)
-
-
-def _is_weight_file(rel: str) -> bool:
-    return rel.endswith(WEIGHT_FILE_SUFFIXES) or rel.startswith("original/")
 
 
 def headers_checkpoint(headers: Mapping[str, Mapping[str, tuple[str, Iterable[int]]]], root: Path | None = None) -> Checkpoint:

@@ -11,24 +11,32 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import InvalidOptionError
+
 _TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+_FALSE = {"0", "false", "no", "off"}
 
 
-def parse_bool(value: str | bool | None, *, name: str = "value") -> bool:
-    """Parse a boolean written as text: 1/true/yes/on or 0/false/no/off.
+def parse_bool(value: str | bool | None, *, name: str = "value", default: bool = False, strict: bool = False) -> bool:
+    """The one boolean parser: ``true``/``false`` (any case), plus 1/yes/on and 0/no/off unless ``strict``.
+
+    Empty text or ``None`` means ``default``. ``strict`` is for GitHub Actions inputs,
+    whose convention is exactly ``true``/``false``.
 
     Raises:
-        ValueError: the text is none of those (a typo must not silently mean false).
+        InvalidOptionError: any other text (a typo such as ``ture`` must not silently mean false).
     """
     if isinstance(value, bool):
         return value
     text = (value or "").strip().lower()
-    if text in _TRUE:
+    if not text:
+        return default
+    true, false = ({"true"}, {"false"}) if strict else (_TRUE, _FALSE)
+    if text in true:
         return True
-    if text in _FALSE:
+    if text in false:
         return False
-    raise ValueError(f"{name}={value!r} is not a boolean; use true or false.")
+    raise InvalidOptionError(f"{name} is {value!r}; write true or false.")
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -36,8 +44,8 @@ def _env_bool(name: str, default: bool) -> bool:
     if raw is None:
         return default
     try:
-        return parse_bool(raw, name=name)
-    except ValueError:
+        return parse_bool(raw, name=name, default=default)
+    except InvalidOptionError:
         return default
 
 
@@ -55,8 +63,3 @@ def hf_token_from_env() -> str | None:
     """The token from ``HF_TOKEN`` (read at call time so tests and the Space can set it)."""
     token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
     return token or None
-
-
-# Files a quantized repo needs besides the weights. Everything else (``*.bin``,
-# ``*.pt``, ``*.gguf``, ``*.onnx``, ``original/``) duplicates the weights.
-WEIGHT_FILE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".gguf", ".onnx", ".h5", ".msgpack", ".tflite")

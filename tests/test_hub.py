@@ -20,7 +20,7 @@ from huggingface_hub import HfApi, ModelCard, snapshot_download
 from huggingface_hub.errors import RepositoryNotFoundError
 
 import ptq_core
-from ptq_core import _hub_client as hub_client
+from ptq_core import _http as hub_http
 from ptq_core import hub as hub_module
 from ptq_core.errors import (
     CalibrationRequiredError,
@@ -51,7 +51,7 @@ TARGET_FP8 = "alice/tiny-llama-FP8-BLOCK"
 @pytest.fixture(autouse=True)
 def _fast_retries(monkeypatch):
     """Keep the backoff schedule's length, drop its waits."""
-    monkeypatch.setattr(hub_client, "_RETRY_DELAYS", (0.0, 0.0, 0.0))
+    monkeypatch.setattr(hub_http, "_RETRY_DELAYS", (0.0, 0.0, 0.0))
 
 
 @pytest.fixture(scope="session")
