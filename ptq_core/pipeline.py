@@ -20,23 +20,22 @@ from dataclasses import dataclass, field
 from itertools import cycle
 from pathlib import Path
 from threading import Lock, local
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import torch
 
 from .checkpoint import ShardReader, open_checkpoint
 from .errors import InvalidOptionError, NonFiniteWeightError
+from .job import Job, make_job
 from .numerics import Scratch, global_scale_from_absmax, quantize_weight, tensor_absmax
-from .plan import ST_TO_TORCH, Plan, PlannedWeight, plan_checkpoint
-from .schemes import resolve_config
+from .plan import ST_TO_TORCH, Plan, PlannedWeight, build_plan
+from .source import ProgressCallback, resolve_source
+from .sizes import compression_ratio
 from .writer import ShardWriter, prepare_output, publish_output, write_config, write_index
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ProgressCallback", "QuantizeResult", "model_free_ptq", "resolve_devices", "resolve_source"]
-
-ProgressCallback = Callable[[str, int, int], None]
-"""``progress(stage, done, total)``; stages: download, validate, quantize, write."""
+__all__ = ["ProgressCallback", "QuantizeResult", "model_free_ptq", "quantize_job", "resolve_devices"]
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,7 @@ class QuantizeResult:
 
     @property
     def ratio(self) -> float:
-        return self.size_before / self.size_after if self.size_after else 0.0
+        return compression_ratio(self.size_before, self.size_after)
 
 
 def resolve_devices(device: str | torch.device | Sequence[str | torch.device] | None) -> list[torch.device]:
@@ -94,16 +93,6 @@ def _torch_threads(workers: int):
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def resolve_source(model_stub, revision, token, progress) -> Path:
-    """A local folder as is; anything else is a Hub repo id, downloaded by ``hub``."""
-    path = Path(model_stub).expanduser()
-    if path.is_dir():
-        return path
-    from .hub import download_checkpoint  # only hub.py talks to the Hub
-
-    return download_checkpoint(str(model_stub), revision=revision, token=token, progress=progress)
 
 
 def model_free_ptq(
@@ -149,30 +138,46 @@ def model_free_ptq(
         >>> model_free_ptq("./Llama-3.2-1B", "./Llama-3.2-1B-NVFP4A16", "NVFP4A16",
         ...                ignore=["lm_head"], max_workers=2)  # doctest: +SKIP
     """
+    job = make_job(
+        model_stub, scheme, config=config, ignore=ignore, default_ignore=False, revision=revision,
+        overwrite=overwrite, device=device, workers=max_workers,
+    )
+    return quantize_job(job, save_directory, token=token, progress=progress)
+
+
+def quantize_job(
+    job: Job,
+    save_directory: str | os.PathLike,
+    *,
+    token: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> QuantizeResult:
+    """Quantize the checkpoint a ``Job`` names into ``save_directory`` (see ``model_free_ptq``).
+
+    Raises:
+        the checkpoint, output and device errors of ``model_free_ptq``.
+    """
     start = time.perf_counter()
     timings: dict[str, float] = {}
     notify = progress or (lambda stage, done, total: None)
-    if not isinstance(max_workers, int) or max_workers < 1:
-        raise InvalidOptionError(f"max_workers must be a positive integer, got {max_workers!r}.")
-    resolved = resolve_config(scheme, config, ignore)
-    devices = resolve_devices(device)
+    devices = resolve_devices(job.device)
 
     t = time.perf_counter()
-    source = resolve_source(model_stub, revision, token, progress)
+    source = resolve_source(job.source, revision=job.revision, token=token, progress=progress)
     timings["download"] = time.perf_counter() - t
 
     t = time.perf_counter()
     notify("validate", 0, 1)
     checkpoint = open_checkpoint(source)
-    plan = plan_checkpoint(checkpoint=checkpoint, resolved=resolved)
+    plan = build_plan(checkpoint, job.resolved)
     for name in checkpoint.skipped_weight_files:
         logger.warning("Not copying %s: it duplicates the safetensors weights in another format.", name)
-    work = prepare_output(source, Path(save_directory), overwrite=overwrite)
+    work = prepare_output(source, Path(save_directory), overwrite=job.overwrite)
     notify("validate", 1, 1)
     timings["validate"] = time.perf_counter() - t
     logger.info(
         "Quantizing %d of %d tensors with %s on %s, %d worker(s)",
-        len(plan.quantized), len(plan.items), resolved.name, ", ".join(map(str, devices)), max_workers,
+        len(plan.quantized), len(plan.items), job.scheme_name, ", ".join(map(str, devices)), job.workers,
     )
 
     writers: dict[str, ShardWriter] = {}
@@ -182,8 +187,8 @@ def model_free_ptq(
             (work / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source / rel, work / rel)
         writers = {shard: ShardWriter(work / shard, plan.shard_outputs(shard)) for shard in plan.shards}
-        with ShardReader(checkpoint) as reader, _torch_threads(max_workers):
-            _run_units(plan, reader, writers, devices, max_workers, notify)
+        with ShardReader(checkpoint) as reader, _torch_threads(job.workers):
+            _run_units(plan, reader, writers, devices, job.workers, notify)
         for writer in writers.values():
             writer.close()
         timings["quantize"] = time.perf_counter() - t
@@ -191,7 +196,7 @@ def model_free_ptq(
         t = time.perf_counter()
         notify("write", 0, 1)
         write_index(work, plan.weight_map(), plan.size_after)
-        write_config(work, resolved.quantization_config_dict())
+        write_config(work, job.resolved.quantization_config_dict())
         publish_output(work, Path(save_directory))
         notify("write", 1, 1)
         timings["write"] = time.perf_counter() - t

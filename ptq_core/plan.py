@@ -9,18 +9,32 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
+import os
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from functools import cached_property
+from typing import Any, NamedTuple
 
 import torch
 
 from .checkpoint import FLOAT_WEIGHT_DTYPES, Checkpoint, headers_checkpoint, open_checkpoint, tensor_nbytes
-from .errors import CheckpointError, TensorShapeError
+from .errors import CheckpointError, InvalidOptionError, TensorShapeError
 from .numerics import WeightSpec, output_layout
 from .schemes import DEFAULT_IGNORE, ResolvedConfig, resolve_config, weight_spec
-from .sizes import format_bytes
+from .sizes import compression_ratio, format_bytes
 
-__all__ = ["FusedGroup", "find_fused_sets", "OutputTensor", "Plan", "PlannedWeight", "WeightSource", "plan_checkpoint", "suggest_ignore"]
+__all__ = [
+    "FusedGroup",
+    "OutputTensor",
+    "Plan",
+    "PlannedWeight",
+    "WeightSource",
+    "build_plan",
+    "find_fused_sets",
+    "match_name",
+    "plan_checkpoint",
+    "suggest_ignore",
+]
 
 TORCH_TO_ST: dict[torch.dtype, str] = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -34,14 +48,16 @@ ST_TO_TORCH = {v: k for k, v in TORCH_TO_ST.items()}
 _EXPERT_SPLITS = {"gate_up_proj": ("gate_proj", "up_proj"), "down_proj": ("down_proj",)}
 
 # Weights that inference engines fuse into one GEMM and that must therefore share
-# one NVFP4 global scale. (kind, pattern with a common prefix, canonical member order)
-_FUSED_PATTERNS: tuple[tuple[str, re.Pattern, tuple[str, ...]], ...] = (
-    ("q/k/v", re.compile(r"^(?P<p>.+)\.(?P<m>q_proj|k_proj|v_proj)\.weight$"), ("q_proj", "k_proj", "v_proj")),
-    ("mla q_a/kv_a", re.compile(r"^(?P<p>.+)\.(?P<m>q_a_proj|kv_a_proj_with_mqa)\.weight$"), ("q_a_proj", "kv_a_proj_with_mqa")),
-    ("mla wq_a/wkv_a", re.compile(r"^(?P<p>.+)\.(?P<m>wq_a|wkv_a_with_mqa)\.weight$"), ("wq_a", "wkv_a_with_mqa")),
-    ("gate/up", re.compile(r"^(?P<p>.+)\.(?P<m>gate_proj|up_proj)\.weight$"), ("gate_proj", "up_proj")),
-    ("w1/w3", re.compile(r"^(?P<p>.+)\.(?P<m>w1|w3)\.weight$"), ("w1", "w3")),
-)
+# one NVFP4 global scale: kind -> member names in canonical order. Every member
+# name belongs to one kind, so a weight belongs to at most one set.
+_FUSED_KINDS: dict[str, tuple[str, ...]] = {
+    "q/k/v": ("q_proj", "k_proj", "v_proj"),
+    "mla q_a/kv_a": ("q_a_proj", "kv_a_proj_with_mqa"),
+    "mla wq_a/wkv_a": ("wq_a", "wkv_a_with_mqa"),
+    "gate/up": ("gate_proj", "up_proj"),
+    "w1/w3": ("w1", "w3"),
+}
+_FUSED_MEMBER_KIND = {member: kind for kind, members in _FUSED_KINDS.items() for member in members}
 
 
 def match_name(name: str, target: str) -> bool:
@@ -51,8 +67,9 @@ def match_name(name: str, target: str) -> bool:
     return target == name
 
 
-@dataclass(frozen=True)
-class WeightSource:
+# The per-tensor records are NamedTuples: a DeepSeek-sized plan makes ~300k of them,
+# and a tuple is built several times faster than a frozen dataclass.
+class WeightSource(NamedTuple):
     """Where a 2-D output weight's values come from.
 
     ``expert``/``part`` select ``tensor[expert].chunk(parts, dim=0)[part]`` of a
@@ -65,8 +82,9 @@ class WeightSource:
     parts: int = 1
 
 
-@dataclass(frozen=True)
-class OutputTensor:
+class OutputTensor(NamedTuple):
+    """One tensor of an output shard."""
+
     name: str
     dtype: str  # safetensors dtype
     shape: tuple[int, ...]
@@ -76,8 +94,7 @@ class OutputTensor:
         return tensor_nbytes(self.dtype, self.shape)
 
 
-@dataclass(frozen=True)
-class PlannedWeight:
+class PlannedWeight(NamedTuple):
     """One unit of output: a quantized weight, or a tensor copied as is."""
 
     name: str
@@ -133,18 +150,28 @@ class Plan:
     def scheme_name(self) -> str:
         return self.resolved.name
 
-    @property
-    def quantized(self) -> list[PlannedWeight]:
-        return [i for i in self.items if i.group is not None]
+    # Derived views are computed once per plan: a DeepSeek-sized plan has ~100k items.
+    @cached_property
+    def quantized(self) -> tuple[PlannedWeight, ...]:
+        return tuple(i for i in self.items if i.group is not None)
 
     @property
     def ratio(self) -> float:
-        return self.size_before / self.size_after if self.size_after else 0.0
+        return compression_ratio(self.size_before, self.size_after)
+
+    @cached_property
+    def _outputs_by_shard(self) -> dict[str, list[OutputTensor]]:
+        by_shard: dict[str, list[OutputTensor]] = {s: [] for s in self.shards}
+        for item in self.items:
+            by_shard[item.shard].extend(item.outputs)
+        return by_shard
 
     def shard_outputs(self, shard: str) -> list[OutputTensor]:
-        return [o for i in self.items if i.shard == shard for o in i.outputs]
+        """The tensors written into output shard ``shard``."""
+        return list(self._outputs_by_shard.get(shard, ()))
 
     def weight_map(self) -> dict[str, str]:
+        """Output tensor name -> output shard, as the index records it."""
         return {o.name: i.shard for i in self.items for o in i.outputs}
 
     def summary(self) -> dict:
@@ -167,10 +194,13 @@ class Plan:
     def to_markdown(self, *, max_examples: int = 3) -> str:
         """Tables a person reads at a glance: what gets quantized, what not and why, sizes."""
         lines = [f"### Plan: {self.scheme_name}", "", "| | tensors | before | after |", "|---|---:|---:|---:|"]
-        for group, count in Counter(i.group for i in self.quantized).items():
-            members = [i for i in self.quantized if i.group == group]
-            before = sum(tensor_nbytes(i.dtype, i.shape) for i in members)
-            after = sum(o.nbytes for i in members for o in i.outputs)
+        per_group: dict[str, list[int]] = {}  # group -> [tensors, bytes before, bytes after]
+        for i in self.quantized:
+            row = per_group.setdefault(i.group, [0, 0, 0])
+            row[0] += 1
+            row[1] += tensor_nbytes(i.dtype, i.shape)
+            row[2] += sum(o.nbytes for o in i.outputs)
+        for group, (count, before, after) in per_group.items():
             lines.append(f"| quantized: {group} ({self.resolved.formats[group]}) | {count} | {format_bytes(before)} | {format_bytes(after)} |")
         copied = [i for i in self.items if i.group is None]
         copied_bytes = sum(o.nbytes for i in copied for o in i.outputs)
@@ -199,20 +229,29 @@ def _reason_kind(reason: str) -> str:
     return reason.split(":")[0]
 
 
-
 def _split_name(name: str, key: str, expert: int, part_name: str) -> str:
     out = name.replace(key, f"{expert}.{part_name}")
     return out if out.endswith(".weight") else out + ".weight"
 
 
-def _expand_sources(ckpt: Checkpoint) -> list[tuple[str, WeightSource, str, tuple[int, ...], str]]:
-    """Every 2-D-or-other unit: (name, source, dtype, shape, input shard), 3-D experts split."""
-    units = []
+class _Unit(NamedTuple):
+    """One 2-D-or-other input unit before layout: a tensor, or one part of a 3-D expert tensor."""
+
+    name: str
+    source: WeightSource
+    dtype: str
+    shape: tuple[int, ...]
+    shard: str
+    group: str | None = None
+
+
+def _expand_sources(ckpt: Checkpoint) -> Iterator[tuple[str, WeightSource, str, tuple[int, ...], str]]:
+    """Every unit of the checkpoint, 3-D fused experts split per expert and part."""
     for info in ckpt.tensors.values():
-        keys = [k for k in _EXPERT_SPLITS if k in info.name]
+        keys = [k for k in _EXPERT_SPLITS if k in info.name] if len(info.shape) == 3 else []
         if len(keys) > 1:
             raise CheckpointError(f"Tensor {info.name!r} matches several fused-expert names {keys}.")
-        if keys and len(info.shape) == 3:
+        if keys:
             parts = _EXPERT_SPLITS[keys[0]]
             experts, rows, cols = info.shape
             if rows % len(parts):
@@ -222,29 +261,26 @@ def _expand_sources(ckpt: Checkpoint) -> list[tuple[str, WeightSource, str, tupl
             for e in range(experts):
                 for p, part_name in enumerate(parts):
                     src = WeightSource(info.name, e, p, len(parts))
-                    units.append((_split_name(info.name, keys[0], e, part_name), src, info.dtype, (rows // len(parts), cols), info.shard))
+                    yield _split_name(info.name, keys[0], e, part_name), src, info.dtype, (rows // len(parts), cols), info.shard
         else:
-            units.append((info.name, WeightSource(info.name), info.dtype, info.shape, info.shard))
-    return units
+            yield info.name, WeightSource(info.name), info.dtype, info.shape, info.shard
 
 
 def plan_checkpoint(
-    model_dir=None,
+    model_dir: str | os.PathLike[str] | None = None,
     scheme=None,
     config=None,
     ignore: Iterable[str] = (),
     *,
     headers: Mapping[str, Mapping[str, tuple[str, Iterable[int]]]] | None = None,
-    checkpoint: Checkpoint | None = None,
-    resolved: ResolvedConfig | None = None,
 ) -> Plan:
-    """Decide the whole job from headers.
+    """Decide the whole job from headers (dry run; no tensor data is read).
 
     Args:
         model_dir: a local checkpoint folder (headers are read and validated).
-        scheme, config, ignore: as for ``model_free_ptq``.
+        scheme, config, ignore: as for ``model_free_ptq`` (``ignore`` is exactly
+            what is given; the front ends add the loader-safe defaults through ``make_job``).
         headers: instead of a folder, ``{shard: {tensor: (dtype, shape)}}`` (Hub previews).
-        checkpoint, resolved: already-opened inputs (the pipeline passes them).
 
     Returns:
         the ``Plan``.
@@ -254,63 +290,98 @@ def plan_checkpoint(
         TensorShapeError: a targeted weight's columns are not divisible by the group size.
         CheckpointError: a targeted weight is not a 16/32-bit float tensor.
     """
-    resolved = resolved or resolve_config(scheme, config, ignore)
-    if checkpoint is None:
-        checkpoint = headers_checkpoint(headers) if headers is not None else open_checkpoint(model_dir)
+    if (model_dir is None) == (headers is None):
+        raise InvalidOptionError("plan_checkpoint takes a model folder or headers=, exactly one of them.")
+    resolved = resolve_config(scheme, config, ignore)
+    checkpoint = headers_checkpoint(headers) if headers is not None else open_checkpoint(model_dir)
+    return build_plan(checkpoint, resolved)
+
+
+def build_plan(checkpoint: Checkpoint, resolved: ResolvedConfig) -> Plan:
+    """The plan of an opened checkpoint for a resolved request, in one pass over its tensors.
+
+    Raises:
+        TensorShapeError / CheckpointError: as ``plan_checkpoint``.
+    """
     specs = {g: weight_spec(s, resolved.formats[g]) for g, s in resolved.groups}
     ignore_list = resolved.ignore
+    exact_ignore = {p for p in ignore_list if not p.startswith("re:")}
+    regex_ignore = [(p, re.compile(p[3:])) for p in ignore_list if p.startswith("re:")]
+    decided: dict[str, tuple[str | None, str]] = {}  # module -> (group, reason): many tensors share a module
 
-    items: list[dict] = []
+    units: list[_Unit] = []
     skipped: dict[str, str] = {}
-    for name, src, dtype, shape, shard in _expand_sources(checkpoint):
+    groups = resolved.groups
+    for name, source, dtype, shape, shard in _expand_sources(checkpoint):
+        unit = _Unit(name, source, dtype, shape, shard)  # named only for the checks below
         module, _, param = name.rpartition(".")
         group = None
         if module.endswith("norm"):
-            skipped[name] = "norm layer"
+            skipped[unit.name] = "norm layer"
         elif param != "weight":
             pass  # biases, buffers, scales: not weights, copied silently
         else:
-            group, reason = _match_group(module, resolved, ignore_list)
+            if module not in decided:
+                decided[module] = _match_group(module, groups, exact_ignore, regex_ignore)
+            group, reason = decided[module]
             if group is None:
-                skipped[name] = reason
-            elif len(shape) != 2:
-                skipped[name] = f"not 2-D: shape {list(shape)}"
+                skipped[unit.name] = reason
+            elif len(unit.shape) != 2:
+                skipped[unit.name] = f"not 2-D: shape {list(unit.shape)}"
                 group = None
-            elif dtype not in FLOAT_WEIGHT_DTYPES:
+            elif 0 in unit.shape:
+                skipped[unit.name] = f"empty: shape {list(unit.shape)}"
+                group = None
+            elif unit.dtype not in FLOAT_WEIGHT_DTYPES:
                 raise CheckpointError(
-                    f"{name} has dtype {dtype}; only BF16/F16/F32 weights can be quantized (is the checkpoint "
+                    f"{unit.name} has dtype {unit.dtype}; only BF16/F16/F32 weights can be quantized (is the checkpoint "
                     f"already quantized?). Add {module!r} to ignore to copy it as is."
                 )
             else:
-                _check_shape(name, shape, specs[group])
-        items.append(dict(name=name, source=src, dtype=dtype, shape=tuple(shape), shard=shard, group=group))
+                _check_shape(unit.name, unit.shape, specs[group])
+        units.append(_Unit(name, source, dtype, shape, shard, group) if group is not None else unit)
 
-    fused_groups, fused_index = _find_fused_groups(items, specs)
+    fused_groups, fused_index = _find_fused_groups(units, specs)
+    shard_of = {u.name: u.shard for u in units}
+    # Experts repeat a handful of shapes: lay each (group, shape, dtype) out once.
+    layouts: dict[tuple[str, tuple[int, ...], str], tuple[list[tuple[str, str, tuple[int, ...]]], int]] = {}
     planned = []
-    for it in items:
-        shard = it["shard"]
-        fused = fused_index.get(it["name"])
+    size_after = 0
+    for unit in units:
+        shard = unit.shard
+        fused = fused_index.get(unit.name)
         if fused is not None:  # a fused group is written whole into its first member's shard
-            first = fused_groups[fused].members[0]
-            shard = next(x["shard"] for x in items if x["name"] == first)
-        if it["group"] is not None:
-            layout = output_layout(specs[it["group"]], it["shape"], ST_TO_TORCH[it["dtype"]])
-            outputs = tuple(OutputTensor(f"{it['name'].rpartition('.')[0]}.{local}", TORCH_TO_ST[dt], tuple(shape)) for local, dt, shape in layout)
+            shard = shard_of[fused_groups[fused].members[0]]
+        if unit.group is not None:
+            key = (unit.group, unit.shape, unit.dtype)
+            if key not in layouts:
+                layout = [(local, TORCH_TO_ST[dt], tuple(shape))
+                          for local, dt, shape in output_layout(specs[unit.group], unit.shape, ST_TO_TORCH[unit.dtype])]
+                layouts[key] = (layout, sum(tensor_nbytes(dt, shape) for _, dt, shape in layout))
+            layout, nbytes = layouts[key]
+            prefix = unit.name.rpartition(".")[0]
+            outputs = tuple(OutputTensor(f"{prefix}.{local}", dt, shape) for local, dt, shape in layout)
         else:
-            outputs = (OutputTensor(it["name"], it["dtype"], it["shape"]),)
-        planned.append(PlannedWeight(it["name"], it["source"], it["dtype"], it["shape"], shard, outputs, it["group"], fused))
+            outputs = (OutputTensor(unit.name, unit.dtype, unit.shape),)
+            nbytes = tensor_nbytes(unit.dtype, unit.shape)
+        size_after += nbytes
+        planned.append(PlannedWeight(unit.name, unit.source, unit.dtype, unit.shape, shard, outputs, unit.group, fused))
 
-    shards = tuple(dict.fromkeys(s for s in checkpoint.shards if any(p.shard == s for p in planned)))
-    size_after = sum(o.nbytes for p in planned for o in p.outputs)
+    used = {p.shard for p in planned}
+    shards = tuple(s for s in checkpoint.shards if s in used)
     return Plan(resolved, tuple(planned), skipped, tuple(fused_groups), shards, checkpoint.total_bytes, size_after, specs)
 
 
-def _match_group(module: str, resolved: ResolvedConfig, ignore: list[str]) -> tuple[str | None, str]:
+def _match_group(
+    module: str, groups: list[tuple[str, Any]], exact: set[str], regexes: list[tuple[str, re.Pattern]]
+) -> tuple[str | None, str]:
     """First config group whose targets match and whose ignore list does not (peer semantics)."""
-    for pattern in ignore:
-        if match_name(module, pattern):
+    if module in exact:
+        return None, f"ignored: matches `{module}`"
+    for pattern, compiled in regexes:
+        if compiled.match(module) is not None:
             return None, f"ignored: matches `{pattern}`"
-    for group, scheme in resolved.groups:
+    for group, scheme in groups:
         targets = scheme.targets
         if not targets or "Linear" in targets or any(match_name(module, t) for t in targets):
             return group, ""
@@ -330,34 +401,34 @@ def find_fused_sets(names: Iterable[str]) -> list[tuple[str, tuple[str, ...]]]:
     """Sibling weights engines fuse into one GEMM: ``[(kind, members in canonical order)]``.
 
     Only sets of two or more present members count; a weight belongs to one set.
+    One pass: a fused member is ``<prefix>.<member>.weight`` with a known member name.
     """
-    found: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
-    for kind, pattern, _members in _FUSED_PATTERNS:
-        for name in names:
-            m = pattern.match(name)
-            if m:
-                found[(kind, m.group("p"))][m.group("m")] = name
-    canonical = {kind: members for kind, _, members in _FUSED_PATTERNS}
-    sets, seen = [], set()
+    found: dict[tuple[str, str], dict[str, str]] = {}
+    for name in names:
+        if not name.endswith(".weight"):
+            continue
+        prefix, _, member = name[: -len(".weight")].rpartition(".")
+        kind = _FUSED_MEMBER_KIND.get(member)
+        if kind is None or not prefix:
+            continue
+        found.setdefault((kind, prefix), {})[member] = name
+    sets = []
     for (kind, _prefix), by_member in found.items():
-        members = tuple(by_member[m] for m in canonical[kind] if m in by_member)
-        if len(members) >= 2 and not seen.intersection(members):
-            seen.update(members)
+        members = tuple(by_member[m] for m in _FUSED_KINDS[kind] if m in by_member)
+        if len(members) >= 2:
             sets.append((kind, members))
     return sets
 
 
-def _find_fused_groups(items: list[dict], specs: Mapping[str, WeightSpec]) -> tuple[list[FusedGroup], dict[str, int]]:
+def _find_fused_groups(units: list[_Unit], specs: Mapping[str, WeightSpec]) -> tuple[list[FusedGroup], dict[str, int]]:
     """Fused sets among the weights quantized with a global scale (NVFP4's tensor_group)."""
-    candidates = {
-        it["name"]: it for it in items if it["group"] is not None and specs[it["group"]].strategy == "tensor_group"
-    }
+    candidates = {u.name: u for u in units if u.group is not None and specs[u.group].strategy == "tensor_group"}
     groups: list[FusedGroup] = []
     index: dict[str, int] = {}
     for kind, members in find_fused_sets(candidates):
         for n in members:
             index[n] = len(groups)
-        groups.append(FusedGroup(kind, members, tuple(candidates[n]["shard"] for n in members)))
+        groups.append(FusedGroup(kind, members, tuple(candidates[n].shard for n in members)))
     return groups, index
 
 

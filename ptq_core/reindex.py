@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoint import ShardReader, open_checkpoint
-from .errors import InvalidOptionError
-from .pipeline import ProgressCallback, resolve_source
+from .job import validate_workers
 from .plan import OutputTensor, find_fused_sets
+from .source import ProgressCallback, resolve_source
 from .writer import ShardWriter, prepare_output, publish_output, write_index
 
 logger = logging.getLogger(__name__)
@@ -60,10 +60,9 @@ def reindex_fused_weights(
     Raises:
         the checkpoint and output errors of ``model_free_ptq``.
     """
-    if not isinstance(num_workers, int) or num_workers < 1:
-        raise InvalidOptionError(f"num_workers must be a positive integer, got {num_workers!r}.")
+    validate_workers(num_workers, name="num_workers")
     notify = progress or (lambda stage, done, total: None)
-    source = resolve_source(model_stub, revision, token, progress)
+    source = resolve_source(str(model_stub), revision=revision, token=token, progress=progress)
     ckpt = open_checkpoint(source)
     target_shard = {name: info.shard for name, info in ckpt.tensors.items()}
     moved: dict[str, tuple[str, str]] = {}

@@ -62,7 +62,9 @@ VARIANTS = {"llama": {}, "qwen3_moe": {}, "qwen3_moe_fused": {"fused_experts": T
             "deepseek_v3": {}, "mixtral": {}}
 LAYOUTS = {"single": dict(shards=1), "split": dict(shards=3, split_fused=True)}
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
-              "chat_template.jinja", "LICENSE", "README.md")
+              "chat_template.jinja", "LICENSE")
+# The source card describes the unquantized model: a folder drops it as a Hub download does.
+NOT_COPIED = ("README.md",)
 
 
 # --------------------------------------------------------------------------- the oracle
@@ -354,6 +356,8 @@ def test_side_files_copied_and_bin_not(tmp_path, caplog):
         assert (out / name).read_bytes() == (src / name).read_bytes(), name
     assert not (out / "pytorch_model.bin").exists()
     assert not (out / "original").exists()
+    for name in NOT_COPIED:
+        assert (src / name).exists() and not (out / name).exists(), name
     warned = [r for r in caplog.records if r.levelno == logging.WARNING and "pytorch_model.bin" in r.getMessage()]
     assert warned, [r.getMessage() for r in caplog.records]
     listed = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())

@@ -313,9 +313,9 @@ def test_empty_existing_output_is_fine(src, tmp_path):
 # --------------------------------------------------------------------------- options
 
 
-@pytest.mark.parametrize("workers", [0, -1, 1.5, "2", None])
+@pytest.mark.parametrize("workers", [0, -1, 1.5, "2", None, True])
 def test_bad_max_workers(src, tmp_path, workers):
-    fails(InvalidOptionError, rf"max_workers must be a positive integer, got {re.escape(repr(workers))}", src,
+    fails(InvalidOptionError, rf"max_workers={re.escape(repr(workers))} must be a whole number >= 1", src,
           tmp_path / "out", max_workers=workers)
 
 

@@ -1,0 +1,84 @@
+"""How long ``ptq plan`` takes on a DeepSeek-V3-sized header set (headers only, no data).
+
+The header set has DeepSeek-V3's names and shapes: 61 layers (3 dense, 58 MoE with 256
+routed experts and one shared expert), MLA attention, and a ``weight_scale_inv``
+companion for every 2-D weight as in the FP8 release (kept as bf16 weights here, so the
+planner sees ~91k tensors). The plan is built the way ``ptq plan`` builds it, for each
+scheme, and the table prints the seconds and peak RSS growth.
+
+    python bench/bench_plan.py            # issue target: under 2 s per plan
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ptq_core.checkpoint import headers_checkpoint  # noqa: E402
+from ptq_core.job import make_job  # noqa: E402
+from ptq_core.plan import build_plan  # noqa: E402
+
+HIDDEN, INTER, MOE_INTER, EXPERTS, LAYERS, DENSE, VOCAB = 7168, 18432, 2048, 256, 61, 3, 129280
+Q_LORA, KV_LORA, ROPE, HEADS, NOPE, V = 1536, 512, 64, 128, 128, 128
+
+
+def deepseek_v3_headers(shard_tensors: int = 1500) -> dict[str, dict[str, tuple[str, tuple[int, ...]]]]:
+    """``{shard: {tensor: (dtype, shape)}}`` with DeepSeek-V3's tensor names and shapes."""
+    tensors: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (VOCAB, HIDDEN))]
+    for layer in range(LAYERS):
+        p = f"model.layers.{layer}"
+        attn = {
+            "q_a_proj": (Q_LORA, HIDDEN), "q_b_proj": (HEADS * (NOPE + ROPE), Q_LORA),
+            "kv_a_proj_with_mqa": (KV_LORA + ROPE, HIDDEN), "kv_b_proj": (HEADS * (NOPE + V), KV_LORA),
+            "o_proj": (HIDDEN, HEADS * V),
+        }
+        tensors += [(f"{p}.self_attn.{n}.weight", s) for n, s in attn.items()]
+        tensors += [(f"{p}.self_attn.q_a_layernorm.weight", (Q_LORA,)), (f"{p}.self_attn.kv_a_layernorm.weight", (KV_LORA,))]
+        tensors += [(f"{p}.input_layernorm.weight", (HIDDEN,)), (f"{p}.post_attention_layernorm.weight", (HIDDEN,))]
+        if layer < DENSE:
+            mlps = {f"{p}.mlp": INTER}
+        else:
+            mlps = {f"{p}.mlp.experts.{e}": MOE_INTER for e in range(EXPERTS)} | {f"{p}.mlp.shared_experts": MOE_INTER}
+            tensors += [(f"{p}.mlp.gate.weight", (EXPERTS, HIDDEN)), (f"{p}.mlp.gate.e_score_correction_bias", (EXPERTS,))]
+        for prefix, inter in mlps.items():
+            tensors += [(f"{prefix}.gate_proj.weight", (inter, HIDDEN)), (f"{prefix}.up_proj.weight", (inter, HIDDEN)),
+                        (f"{prefix}.down_proj.weight", (HIDDEN, inter))]
+    tensors += [("model.norm.weight", (HIDDEN,)), ("lm_head.weight", (VOCAB, HIDDEN))]
+    with_scales: list[tuple[str, str, tuple[int, ...]]] = []
+    for name, shape in tensors:
+        with_scales.append((name, "BF16", shape))
+        if len(shape) == 2 and "embed" not in name and "lm_head" not in name and ".gate." not in name:
+            scale = (-(-shape[0] // 128), -(-shape[1] // 128))
+            with_scales.append((name.replace(".weight", ".weight_scale_inv"), "F32", scale))
+    headers: dict[str, dict[str, tuple[str, tuple[int, ...]]]] = {}
+    count = -(-len(with_scales) // shard_tensors)
+    for i in range(0, len(with_scales), shard_tensors):
+        shard = f"model-{i // shard_tensors + 1:05d}-of-{count:05d}.safetensors"
+        headers[shard] = {name: (dtype, shape) for name, dtype, shape in with_scales[i : i + shard_tensors]}
+    return headers
+
+
+def main() -> None:
+    headers = deepseek_v3_headers()
+    total = sum(len(v) for v in headers.values())
+    print(f"DeepSeek-V3-shaped header set: {total:,} tensors in {len(headers)} shards\n")
+    print("| scheme | plan s | markdown s | quantized | fused groups | peak RSS growth MB |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for scheme in ("FP8_BLOCK", "NVFP4A16", "W4A16"):
+        job = make_job("deepseek-ai/DeepSeek-V3", scheme)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t0 = time.perf_counter()
+        plan = build_plan(headers_checkpoint(headers), job.resolved)
+        t1 = time.perf_counter()
+        plan.to_markdown()
+        t2 = time.perf_counter()
+        grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+        print(f"| {scheme} | {t1 - t0:.2f} | {t2 - t1:.2f} | {len(plan.quantized):,} | {len(plan.fused_groups):,} | {grown:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
