@@ -29,20 +29,24 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
-from urllib.parse import quote
 
 import ptq_core
-from ptq_core.constants import hf_token_from_env
+from ptq_core.constants import parse_bool
+from ptq_core.hub import resolve_token
+from ptq_core.job import Job
+from ptq_core.redact import redact, secret_forms
 from ptq_core.errors import DiskSpaceError, InvalidOptionError, PtqError, TargetRepoExistsError, TokenError
 
 from ._workflow import Console, append_file, format_outputs, split_list
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ptq_core import HubResult
+    from ptq_core.hub import HubResult
 
 # Inputs a recipe replaces: giving one next to `config` is refused rather than ignored.
-_RECIPE_INPUTS = ("model", "ignore", "target-repo", "private", "revision")
+_RECIPE_INPUTS = ("model", "ignore", "default-ignore", "target-repo", "private", "revision")
 _DEFAULT_SCHEME = "FP8_BLOCK"
+# action.yml's defaults arrive as values: equal to these, an input counts as not given.
+_INPUT_DEFAULTS = {"scheme": _DEFAULT_SCHEME, "default-ignore": "true"}
 
 # The progress callback's stages, folded into four log groups. Groups only move forward:
 # a late callback for an earlier stage logs its line in the group that is open.
@@ -59,31 +63,12 @@ _BYTE_STAGES = ("download", "upload")  # the others count tensors, shards or fil
 
 
 @dataclass(frozen=True)
-class Job:
-    """One ``quantize_to_hub`` call, as the inputs or a recipe job describe it."""
-
-    source: str
-    scheme: str
-    ignore: tuple[str, ...] | None = None
-    target: str | None = None
-    private: bool = False
-    revision: str | None = None
-
-    @property
-    def label(self) -> str:
-        return f"{self.source} -> {self.scheme}"
-
-
-@dataclass(frozen=True)
 class Request:
     """Everything the step was asked to do, checked."""
 
     jobs: tuple[Job, ...]
     from_recipe: bool
     token: str | None
-    device: str | None
-    max_workers: int
-    overwrite: bool
 
 
 # --- inputs ------------------------------------------------------------------
@@ -93,22 +78,21 @@ def read_input(environ: Mapping[str, str], name: str) -> str:
 
 
 def parse_bool_input(name: str, text: str, *, default: bool = False) -> bool:
-    """Parse a boolean input: ``true`` or ``false`` (any case); empty means ``default``.
+    """A boolean input: exactly ``true`` or ``false`` (any case); empty means ``default``.
 
     Raises:
         InvalidOptionError: any other text; a typo such as ``ture`` must not mean false.
     """
-    value = text.strip().lower()
-    if not value:
-        return default
-    if value in ("true", "false"):
-        return value == "true"
-    raise InvalidOptionError(f"Input `{name}` is {text!r}; write true or false.")
+    return parse_bool(text, name=f"Input `{name}`", default=default, strict=True)
 
 
 def read_token(environ: Mapping[str, str]) -> str | None:
-    """The Hub token: the ``hf-token`` input, else ``HF_TOKEN`` in the step's environment."""
-    return read_input(environ, "hf-token") or hf_token_from_env()
+    """The token the core will use: the ``hf-token`` input, else ``HF_TOKEN``, else a cached login.
+
+    Resolving it here, exactly as the core does, lets the step mask every token it
+    might print, a cached ``hf auth login`` one included.
+    """
+    return resolve_token(read_input(environ, "hf-token") or None, required=False)
 
 
 def read_request(environ: Mapping[str, str]) -> Request:
@@ -124,23 +108,25 @@ def read_request(environ: Mapping[str, str]) -> Request:
     """
     overwrite = parse_bool_input("overwrite", read_input(environ, "overwrite"))
     private = parse_bool_input("private", read_input(environ, "private"))
-    max_workers = _parse_max_workers(read_input(environ, "max-workers"))
+    default_ignore = parse_bool_input("default-ignore", read_input(environ, "default-ignore"), default=True)
+    workers = _parse_max_workers(read_input(environ, "max-workers"))
     device = read_input(environ, "device") or None
     config = read_input(environ, "config")
-    scheme = read_input(environ, "scheme").upper() or _DEFAULT_SCHEME
+    scheme = read_input(environ, "scheme") or _DEFAULT_SCHEME
 
     if config:
-        given = [name for name in _RECIPE_INPUTS if read_input(environ, name)]
-        if scheme != _DEFAULT_SCHEME:
-            given.append("scheme")
+        given = [
+            name for name in (*_RECIPE_INPUTS, "scheme")
+            if read_input(environ, name).lower() not in ("", _INPUT_DEFAULTS.get(name, "").lower())
+        ]
         if given:
             raise InvalidOptionError(
                 f"Inputs {', '.join(given)} are given next to `config`; a recipe sets them per job. "
                 "Move them into the recipe, or drop `config`."
             )
         jobs = tuple(
-            Job(job.model, job.scheme, job.ignore, job.target, job.private, job.revision)
-            for job in ptq_core.load_recipe(Path(config))
+            entry.to_job(overwrite=overwrite, device=device, workers=workers)
+            for entry in ptq_core.load_recipe(Path(config))
         )
     else:
         source = read_input(environ, "model")
@@ -149,17 +135,20 @@ def read_request(environ: Mapping[str, str]) -> Request:
                 "Input `model` is empty; give a Hub repo id (e.g. meta-llama/Llama-3.2-1B), "
                 "or a recipe file in `config`."
             )
-        ignore_text = read_input(environ, "ignore")
-        job = Job(
-            source=source,
-            scheme=scheme,
-            ignore=tuple(split_list(ignore_text)) if ignore_text else None,
+        job = ptq_core.make_job(
+            source,
+            scheme,
+            ignore=split_list(read_input(environ, "ignore")),
+            default_ignore=default_ignore,
             target=read_input(environ, "target-repo") or None,
             private=private,
             revision=read_input(environ, "revision") or None,
+            overwrite=overwrite,
+            device=device,
+            workers=workers,
         )
         jobs = (job,)
-    return Request(jobs, bool(config), read_token(environ), device, max_workers, overwrite)
+    return Request(jobs, bool(config), read_token(environ))
 
 
 def _parse_max_workers(text: str) -> int:
@@ -199,10 +188,10 @@ class StageLog:
 class _LogHandler(logging.Handler):
     """Library log records into the step's log: secrets redacted, command lookalikes neutralized."""
 
-    def __init__(self, console: Console, secrets: Sequence[str]) -> None:
+    def __init__(self, console: Console, token: str | None) -> None:
         super().__init__()
         self._console = console
-        self._secrets = secrets
+        self._token = token
         self.setFormatter(logging.Formatter("%(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -210,24 +199,9 @@ class _LogHandler(logging.Handler):
             text = self.format(record)
             if record.levelno >= logging.WARNING:
                 text = f"{record.levelname.lower()}: {text}"
-            self._console.line(redact(text, self._secrets))
+            self._console.line(redact(text, self._token))
         except Exception:  # pragma: no cover - logging must never break the run
             self.handleError(record)
-
-
-def redact(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
-
-
-def _secret_forms(token: str | None) -> list[str]:
-    """The token and the forms derived from it that could reach a log (URL-encoded)."""
-    if not token:
-        return []
-    forms = [token, quote(token, safe="")]
-    return sorted(set(forms), key=len, reverse=True)
 
 
 # --- reporting ---------------------------------------------------------------
@@ -257,7 +231,7 @@ def _code(text: str) -> str:
 
 def result_markdown(job: Job, result: HubResult) -> str:
     """The summary section of one pushed repo: link, sizes, ratio, time per stage, then the plan."""
-    heading = f"### {_code(job.source)} -> {_code(result.scheme)}"
+    heading = f"### {_code(job.source)} -> {_code(job.scheme_name)}"
     return f"{heading}\n\n{result.to_markdown()}\n{result.plan.to_markdown()}\n"
 
 
@@ -271,10 +245,10 @@ def run(environ: Mapping[str, str], stdout: TextIO) -> int:
     """Run the step against ``environ``; return the exit status (0 or 1)."""
     console = Console(stdout)
     # Mask first: nothing the step prints may come before the runner knows the secrets.
-    secrets = _secret_forms(read_token(environ))
-    for secret in secrets:
+    token = read_token(environ)
+    for secret in secret_forms(token):
         console.add_mask(secret)
-    handler = _LogHandler(console, secrets)
+    handler = _LogHandler(console, token)
     _install_log_handler(handler)
 
     results: list[HubResult] = []
@@ -289,18 +263,7 @@ def run(environ: Mapping[str, str], stdout: TextIO) -> int:
                 console.line(f"Job {index} of {len(request.jobs)}: {job.label}")
             try:
                 result = ptq_core.quantize_to_hub(
-                    job.source,
-                    job.scheme,
-                    target=job.target,
-                    private=job.private,
-                    token=request.token,
-                    revision=job.revision,
-                    ignore=None if job.ignore is None else list(job.ignore),
-                    device=request.device,
-                    max_workers=request.max_workers,
-                    overwrite=request.overwrite,
-                    progress=StageLog(console, job.label),
-                    work_dir=_work_dir(environ),
+                    job, token=request.token, progress=StageLog(console, job.label), work_dir=_work_dir(environ)
                 )
             finally:
                 console.end_group()
@@ -308,15 +271,15 @@ def run(environ: Mapping[str, str], stdout: TextIO) -> int:
             sections.append(result_markdown(job, result))
             console.line(f"Pushed {result.repo_url} (commit {result.commit_sha}), {result.ratio:.2f}x smaller.")
     except PtqError as err:
-        message = redact(str(err), secrets)
+        message = redact(str(err), token)
         hint = _action_hint(err, request)
         if hint:
             message += "\n" + hint
         return _fail(console, environ, request, job, index, results, sections, message)
     except Exception as err:  # a bug, not a user error: keep the traceback in the log
         console.end_group()
-        console.line(redact(traceback.format_exc(), secrets))
-        message = redact(f"Unexpected {type(err).__name__}: {err}. This is a bug in ptq-hub; please report it.", secrets)
+        console.line(redact(traceback.format_exc(), token))
+        message = redact(f"Unexpected {type(err).__name__}: {err}. This is a bug in ptq-hub; please report it.", token)
         return _fail(console, environ, request, job, index, results, sections, message)
     finally:
         logging.getLogger().removeHandler(handler)

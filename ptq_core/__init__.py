@@ -21,25 +21,33 @@ from .errors import __all__ as _error_names
 __version__ = "0.1.0"
 
 _LAZY: dict[str, str] = {
+    # one request value, built once by every front end
+    "make_job": "job",
+    "Job": "job",
     # quantize a local folder or a Hub id into a local folder (llm-compressor drop-in)
     "model_free_ptq": "pipeline",
+    "quantize_job": "pipeline",
     "QuantizeResult": "pipeline",
     # rewrite shards so every fused group sits in one file
     "reindex_fused_weights": "reindex",
     "ReindexResult": "reindex",
     # dry run from safetensors headers only
     "plan_checkpoint": "plan",
+    "build_plan": "plan",
     "Plan": "plan",
     "suggest_ignore": "plan",
     # schemes
     "list_schemes": "schemes",
     "SchemeInfo": "schemes",
     "DEFAULT_IGNORE": "schemes",
+    "canonical_scheme_name": "schemes",
     "scheme_repo_suffix": "schemes",
     # the one call the front ends make
     "quantize_to_hub": "hub",
     "plan_hub_model": "hub",
     "default_target_repo": "hub",
+    "prepare_hub_job": "hub",
+    "run_hub_job": "hub",
     "HubResult": "hub",
     # recipes (Action / CLI)
     "load_recipe": "recipe",
@@ -63,9 +71,10 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from .hub import HubResult, default_target_repo, plan_hub_model, quantize_to_hub
-    from .pipeline import QuantizeResult, model_free_ptq
-    from .plan import Plan, plan_checkpoint, suggest_ignore
+    from .hub import HubResult, default_target_repo, plan_hub_model, prepare_hub_job, quantize_to_hub, run_hub_job
+    from .job import Job, make_job
+    from .pipeline import QuantizeResult, model_free_ptq, quantize_job
+    from .plan import Plan, build_plan, plan_checkpoint, suggest_ignore
     from .recipe import RecipeJob, load_recipe
     from .reindex import ReindexResult, reindex_fused_weights
-    from .schemes import DEFAULT_IGNORE, SchemeInfo, list_schemes, scheme_repo_suffix
+    from .schemes import DEFAULT_IGNORE, SchemeInfo, canonical_scheme_name, list_schemes, scheme_repo_suffix

@@ -5,10 +5,10 @@ Subcommands: ``quantize``, ``reindex``, ``plan`` (dry run from headers only),
 Heavy modules (torch, compressed-tensors, huggingface_hub) are imported inside
 the commands, so ``ptq --help`` answers at once.
 
-Unlike the Python ``model_free_ptq`` (which keeps llm-compressor's semantics
-and ignores only what it is given), the CLI starts from a loader-safe ignore
-list (``lm_head``, embeddings, MoE routers) so its output loads in vLLM;
-``--no-default-ignore`` turns that off and the plan always shows the list.
+Every command builds one ``Job`` (``job.make_job``) from its arguments. As in
+every front end, ``--ignore`` adds to the loader-safe ignore list (``lm_head``,
+embeddings, MoE routers) so the output loads in vLLM; ``--no-default-ignore``
+drops it, and the plan always shows the final list.
 """
 
 from __future__ import annotations
@@ -48,28 +48,29 @@ def _progress_bars() -> Callable[[str, int, int], None]:
     return progress
 
 
-def _ignore(args: argparse.Namespace) -> list[str]:
-    from .schemes import DEFAULT_IGNORE
+def _job(args: argparse.Namespace, source: str):
+    """The one request value, built from the command line (see ``job.make_job``)."""
+    from .job import make_job
 
-    base = [] if args.no_default_ignore else list(DEFAULT_IGNORE)
-    return base + [p for entry in args.ignore for p in entry.split(",") if p.strip()]
-
-
-def _device(value: str | None):
-    if value is None:
-        return None
-    parts = [p.strip() for p in value.split(",") if p.strip()]
-    return parts if len(parts) > 1 else parts[0]
+    return make_job(
+        source,
+        args.scheme,
+        ignore=[p.strip() for entry in args.ignore for p in entry.split(",") if p.strip()],
+        default_ignore=not args.no_default_ignore,
+        revision=getattr(args, "revision", None),
+        target=getattr(args, "to", None),
+        private=getattr(args, "private", False),
+        overwrite=getattr(args, "overwrite", False),
+        device=getattr(args, "device", None),
+        workers=getattr(args, "workers", 1),
+    )
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
-    from .pipeline import model_free_ptq
+    from .pipeline import quantize_job
     from .sizes import format_bytes
 
-    result = model_free_ptq(
-        args.source, args.output, scheme=args.scheme, ignore=_ignore(args), max_workers=args.workers,
-        device=_device(args.device), overwrite=args.overwrite, progress=_progress_bars(), revision=args.revision,
-    )
+    result = quantize_job(_job(args, args.source), args.output, progress=_progress_bars())
     print(result.plan.to_markdown())
     print(f"Wrote {result.save_directory}: {format_bytes(result.size_before)} -> {format_bytes(result.size_after)} "
           f"({result.ratio:.2f}x smaller) in {result.seconds:.1f} s")
@@ -86,14 +87,16 @@ def _cmd_reindex(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
+    job = _job(args, args.source)
     if Path(args.source).is_dir():
-        from .plan import plan_checkpoint
+        from .checkpoint import open_checkpoint
+        from .plan import build_plan
 
-        plan = plan_checkpoint(args.source, scheme=args.scheme, ignore=_ignore(args))
+        plan = build_plan(open_checkpoint(args.source), job.resolved)
     else:
         from .hub import plan_hub_model
 
-        plan = plan_hub_model(args.source, args.scheme, ignore=_ignore(args), revision=args.revision)
+        plan = plan_hub_model(job)
     print(plan.to_markdown())
     return 0
 
@@ -101,11 +104,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from .hub import quantize_to_hub
 
-    result = quantize_to_hub(
-        args.source, args.scheme, target=args.to, private=args.private, revision=args.revision,
-        ignore=_ignore(args), device=_device(args.device), max_workers=args.workers,
-        overwrite=args.overwrite, progress=_progress_bars(),
-    )
+    result = quantize_to_hub(_job(args, args.source), progress=_progress_bars())
     print(result.to_markdown())
     return 0
 
@@ -121,18 +120,18 @@ def _cmd_schemes(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import write_demo_checkpoint
-    from .pipeline import model_free_ptq
-    from .plan import plan_checkpoint
+    from .pipeline import quantize_job
     from .sizes import format_bytes
 
     root = Path(args.workdir or tempfile.mkdtemp(prefix="ptq-demo-"))
     source = write_demo_checkpoint(root / "tiny-llama")
-    output = root / f"tiny-llama-{args.scheme}"
+    args.overwrite = True  # the demo folder is ours: rerunning it replaces the last result
+    job = _job(args, str(source))
+    output = root / f"tiny-llama-{job.repo_suffix}"
     print(f"Demo checkpoint (seeded, Llama-shaped): {source}\n")
-    print(plan_checkpoint(source, scheme=args.scheme, ignore=_ignore(args)).to_markdown())
-    result = model_free_ptq(source, output, args.scheme, ignore=_ignore(args), max_workers=args.workers,
-                            overwrite=True, progress=_progress_bars())
-    print("\n| file | size |\n|---|---:|")
+    result = quantize_job(job, output, progress=_progress_bars())
+    print(result.plan.to_markdown())
+    print("| file | size |\n|---|---:|")
     for path in sorted(output.iterdir()):
         print(f"| {path.name} | {format_bytes(path.stat().st_size)} |")
     print(f"\nQuantized {len(result.plan.quantized)} tensors: {format_bytes(result.size_before)} -> "
@@ -150,7 +149,7 @@ def _add_common(p: argparse.ArgumentParser, *, scheme_default: str | None = None
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", "-j", type=int, default=1, help="parallel workers (tensors at a time)")
+    p.add_argument("--workers", "-j", type=int, default=1, help="threads, each quantizing one weight or fused group at a time")
     p.add_argument("--device", help="cpu, cuda, cuda:N, or a comma-separated list (default: GPU if present)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output")
     p.add_argument("--revision", help="Hub revision (branch, tag or commit) of the source")

@@ -34,9 +34,10 @@ key         type                    meaning
 model       string (required)       source Hub repo id, ``namespace/name``
 scheme      string or list          preset name(s), e.g. ``FP8_BLOCK``; a list expands to one
                                     job per scheme
-ignore      list of strings         module names or ``re:`` regexes kept unquantized; absent or
-                                    ``null`` means the loader-safe default (``DEFAULT_IGNORE``),
-                                    ``[]`` means quantize everything quantizable
+ignore      list of strings         module names or ``re:`` regexes kept unquantized, added to
+                                    the loader-safe defaults (``DEFAULT_IGNORE``)
+default_ignore boolean              start from ``DEFAULT_IGNORE`` (default ``true``); ``false``
+                                    keeps only ``ignore``
 target      string                  target repo id; default ``{you}/{name}-{SCHEME}``. With a
                                     list of schemes it must contain ``{scheme}``
 private     boolean                 create the target repo private (default ``false``)
@@ -62,10 +63,12 @@ import yaml
 
 from .constants import parse_bool
 from .errors import PtqError, RecipeError
+from .job import Job, make_job
+from .schemes import canonical_scheme_name, resolve_config, scheme_repo_suffix, validate_ignore
 
 __all__ = ["JOB_KEYS", "RecipeJob", "load_recipe"]
 
-JOB_KEYS = ("model", "scheme", "ignore", "target", "private", "revision")
+JOB_KEYS = ("model", "scheme", "ignore", "default_ignore", "target", "private", "revision")
 """Keys a job (and ``defaults:``) may set."""
 
 _TOP_KEYS = ("jobs", "defaults")
@@ -78,7 +81,8 @@ class RecipeJob:
     Attributes:
         model: source repo id.
         scheme: one preset name (a list in the file became one job each).
-        ignore: the ignore list, or ``None`` for ``DEFAULT_IGNORE``.
+        ignore: extra ignore entries (added to ``DEFAULT_IGNORE`` unless ``default_ignore`` is false).
+        default_ignore: start from the loader-safe defaults.
         target: target repo id (``{scheme}`` already filled in), or ``None`` for the default name.
         private: create the target private.
         revision: source revision, or ``None`` for the main branch.
@@ -87,20 +91,27 @@ class RecipeJob:
 
     model: str
     scheme: str
-    ignore: tuple[str, ...] | None = None
+    ignore: tuple[str, ...] = ()
+    default_ignore: bool = True
     target: str | None = None
     private: bool = False
     revision: str | None = None
     line: int | None = field(default=None, compare=False)
 
-    def hub_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``quantize_to_hub(job.model, job.scheme, **job.hub_kwargs())``."""
-        return {
-            "target": self.target,
-            "private": self.private,
-            "revision": self.revision,
-            "ignore": None if self.ignore is None else list(self.ignore),
-        }
+    def to_job(self, *, overwrite: bool = False, device: str | None = None, workers: int = 1) -> Job:
+        """The ``Job`` of this entry; the caller adds what a recipe does not set per job."""
+        return make_job(
+            self.model,
+            self.scheme,
+            ignore=self.ignore,
+            default_ignore=self.default_ignore,
+            revision=self.revision,
+            target=self.target,
+            private=self.private,
+            overwrite=overwrite,
+            device=device,
+            workers=workers,
+        )
 
 
 def load_recipe(path_or_text: str | os.PathLike[str]) -> list[RecipeJob]:
@@ -248,7 +259,8 @@ class _Parser:
 
         model = self.repo_id(fields["model"], "model")
         schemes = self.schemes(fields["scheme"])
-        ignore = self.ignore(fields["ignore"]) if "ignore" in fields else None
+        ignore = self.ignore(fields["ignore"]) if "ignore" in fields else ()
+        default_ignore = self.boolean(fields["default_ignore"], "default_ignore") if "default_ignore" in fields else True
         private = self.boolean(fields["private"], "private") if "private" in fields else False
         revision = self.revision(fields["revision"]) if "revision" in fields else None
         target_template = self.string(fields["target"], "target", optional=True) if "target" in fields else None
@@ -263,13 +275,14 @@ class _Parser:
         for scheme, _node in schemes:
             target = None
             if target_template is not None:
-                target = target_template.replace("{scheme}", _repo_suffix(scheme))
+                target = target_template.replace("{scheme}", scheme_repo_suffix(scheme))
                 self.check_repo_id(fields["target"][1], target, "target")
             jobs.append(
                 RecipeJob(
                     model=model,
                     scheme=scheme,
                     ignore=ignore,
+                    default_ignore=default_ignore,
                     target=target,
                     private=private,
                     revision=revision,
@@ -315,31 +328,29 @@ class _Parser:
             name = self.loader.construct_object(item, deep=True)
             if not isinstance(name, str) or not name.strip():
                 raise self.fail(item, f"`scheme` entries must be preset names like FP8_BLOCK, got {name!r}.")
-            name = name.strip().upper()
+            name = self.check_scheme(item, name)
             if any(name == seen for seen, _ in out):
                 raise self.fail(item, f"scheme {name!r} is listed twice.")
-            self.check_scheme(item, name)
             out.append((name, item))
         return out
 
-    def check_scheme(self, node: yaml.Node, name: str) -> None:
-        from .schemes import resolve_config
-
+    def check_scheme(self, node: yaml.Node, name: str) -> str:
+        """The canonical name of a data-free preset, or a RecipeError at the entry's line."""
         try:
-            resolve_config(scheme=name)
+            canonical = canonical_scheme_name(name)
+            resolve_config(scheme=canonical)
         except PtqError as err:
             raise self.fail(node, f"`scheme` {name}: {err}") from err
+        return canonical
 
-    def ignore(self, pair: tuple[yaml.Node, yaml.Node]) -> tuple[str, ...] | None:
+    def ignore(self, pair: tuple[yaml.Node, yaml.Node]) -> tuple[str, ...]:
         value = self.value(pair)
         if value is None:
-            return None
+            return ()
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise self.fail(pair[1], f"`ignore` must be a list of module names or 're:' regexes, got {value!r}.")
-        from .schemes import validate_ignore
-
         try:
             return tuple(validate_ignore(value))
         except PtqError as err:
@@ -367,8 +378,3 @@ class _Parser:
             raise self.fail(pair[1], f"`revision` must be a branch, tag or commit, got {value!r}.")
         return value.strip()
 
-
-def _repo_suffix(scheme: str) -> str:
-    from .schemes import scheme_repo_suffix
-
-    return scheme_repo_suffix(scheme)

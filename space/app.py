@@ -76,7 +76,9 @@ import gradio as gr
 from gradio.utils import get_space
 
 from ptq_core.errors import PtqError
-from ptq_core.hub import redact
+from ptq_core.redact import redact
+from ptq_core.sizes import format_bytes
+from ptq_core.source import disk_needed
 
 logger = logging.getLogger("ptq_space")
 
@@ -173,7 +175,10 @@ def preview_plan(model_id: str | None, scheme: str, ignore_text: str, oauth_toke
         return _pick_a_model(), gr.Button(interactive=False)
     token = _token_from(oauth_token)
     try:
-        plan = ptq_core.plan_hub_model(model_id, scheme, ignore=parse_ignore(ignore_text), token=token)
+        # The box holds the whole list (pre-filled with the defaults this model has), so it replaces them.
+        plan = ptq_core.plan_hub_model(
+            model_id, scheme, ignore=parse_ignore(ignore_text), default_ignore=False, token=token
+        )
     except PtqError as err:
         return _refusal(model_id, scheme, err, token), gr.Button(interactive=False)
     text, ok = _plan_markdown(model_id, plan)
@@ -226,17 +231,16 @@ def run_job(
         overwrite,
     )
     try:
-        result = _quantize(
+        request = ptq_core.make_job(
             model_id,
             scheme,
+            ignore=parse_ignore(ignore_text),
+            default_ignore=False,  # the box holds the whole list, defaults included
             target=(target or "").strip() or None,
             private=bool(private),
             overwrite=bool(overwrite),
-            ignore=parse_ignore(ignore_text),
-            token=token,
-            work_dir=work_dir,
-            progress=progress,
         )
+        result = _quantize(request, token=token, work_dir=work_dir, progress=progress)
     except PtqError as err:
         message = redact(str(err), token)
         logger.warning("job %s failed: %s: %s", job, type(err).__name__, message)
@@ -273,9 +277,9 @@ def parse_ignore(text: str | None) -> list[str]:
 
 
 # --- handler helpers ---------------------------------------------------------
-def _quantize(model_id: str, scheme: str, *, progress: Any, **kwargs: Any):
+def _quantize(job: Any, *, progress: Any, **kwargs: Any):
     """The one core call, with progress forwarded to the page."""
-    return ptq_core.quantize_to_hub(model_id, scheme, progress=_progress_reporter(progress), **kwargs)
+    return ptq_core.quantize_to_hub(job, progress=_progress_reporter(progress), **kwargs)
 
 
 if spaces is not None:  # pragma: no cover - ZeroGPU: a GPU is attached for the duration of each job
@@ -298,7 +302,7 @@ def _progress_reporter(progress: Any) -> Callable[[str, int, int], None]:
         start, end, label = _STAGES.get(stage, (0.0, 1.0, stage.capitalize()))
         part = min(max(done / total, 0.0), 1.0) if total else 1.0
         if stage in _BYTE_STAGES:
-            desc = f"{label} {_size(done)} / {_size(total)}"
+            desc = f"{label} {format_bytes(done)} / {format_bytes(total)}"
         elif stage == "quantize":
             desc = f"{label} tensor {done}/{total}"
         else:
@@ -320,9 +324,9 @@ def _token_from(oauth_token: gr.OAuthToken | None) -> str | None:
 
 def _local_token() -> str | None:
     """The token Gradio's local sign-in mock stands for: ``HF_TOKEN``, then the cached login."""
-    from huggingface_hub import get_token
+    from ptq_core.hub import resolve_token
 
-    return constants.hf_token_from_env() or get_token()
+    return resolve_token(None, required=False)
 
 
 def _default_target(model_id: str, scheme: str, token: str | None) -> str:
@@ -356,7 +360,7 @@ def free_disk_bytes() -> int:
 
 def _plan_markdown(model_id: str, plan: Any) -> tuple[str, bool]:
     """The plan table, the disk check, and whether the job can run."""
-    needed = plan.size_before + plan.size_after  # the download, then the output beside it
+    needed = disk_needed(plan.size_before, plan.size_after)
     free = free_disk_bytes()
     quantized = len(plan.quantized)
     head = f"**Source:** `{model_id}` · {quantized} tensor(s) to quantize · {len(plan.skipped)} not quantized"
@@ -368,7 +372,7 @@ def _plan_markdown(model_id: str, plan: Any) -> tuple[str, bool]:
             ),
             False,
         )
-    disk = f"**Disk:** needs about {_size(needed)} (download + output); {_size(free)} free on this Space."
+    disk = f"**Disk:** needs about {format_bytes(needed)} (download + output); {format_bytes(free)} free on this Space."
     if needed > free:
         return (
             (
@@ -409,15 +413,6 @@ def _card_markdown(card: str) -> str:
 def _error_title(err: PtqError) -> str:
     words = re.sub(r"(?<!^)(?=[A-Z])", " ", type(err).__name__.removesuffix("Error")).strip()
     return words.capitalize() if words else "Error"
-
-
-def _size(num_bytes: float) -> str:
-    value = float(num_bytes)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} TB"  # pragma: no cover
 
 
 # =============================================================================

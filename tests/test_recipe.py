@@ -9,6 +9,7 @@ import pytest
 
 from ptq_core import recipe as recipe_module
 from ptq_core.errors import RecipeError
+import ptq_core
 from ptq_core.recipe import JOB_KEYS, RecipeJob, load_recipe
 
 
@@ -23,7 +24,11 @@ def test_single_job():
     """)
     assert job == RecipeJob(model="meta-llama/Llama-3.2-1B", scheme="FP8_BLOCK")
     assert job.line == 1
-    assert job.hub_kwargs() == {"target": None, "private": False, "revision": None, "ignore": None}
+    built = job.to_job(workers=2)
+    assert (built.source, built.scheme_name, built.target, built.private, built.revision, built.workers) == (
+        "meta-llama/Llama-3.2-1B", "FP8_BLOCK", None, False, None, 2
+    )
+    assert built.ignore == ptq_core.DEFAULT_IGNORE  # no `ignore:` means the loader-safe defaults
 
 
 def test_jobs_defaults_and_scheme_lists():
@@ -47,10 +52,10 @@ def test_jobs_defaults_and_scheme_lists():
         ("meta-llama/Llama-3.2-1B", "W4A16", None),
     ]
     assert [j.private for j in jobs] == [True, True, False]
-    assert [j.ignore for j in jobs] == [("lm_head",), ("lm_head",), None]
+    assert [j.ignore for j in jobs] == [("lm_head",), ("lm_head",), ()]
     assert jobs[2].revision == "0123456"  # an all-digit commit prefix stays text, leading zero included
     assert [j.line for j in jobs] == [5, 5, 8]
-    assert jobs[0].hub_kwargs()["ignore"] == ["lm_head"]
+    assert jobs[0].to_job().ignore == ptq_core.DEFAULT_IGNORE  # lm_head is a default already: not repeated
 
 
 def test_top_level_list_and_quoted_booleans():
@@ -65,9 +70,12 @@ def test_top_level_list_and_quoted_booleans():
     assert jobs[1].ignore == ("re:.*gate$",)
 
 
-def test_empty_ignore_means_quantize_everything():
-    (job,) = _load("model: a/b\nscheme: FP8_DYNAMIC\nignore: []\n")
-    assert job.ignore == ()
+def test_ignore_adds_to_the_defaults_and_default_ignore_false_drops_them():
+    (job,) = _load("model: a/b\nscheme: FP8_DYNAMIC\nignore: [re:.*o_proj$]\n")
+    assert job.to_job().ignore == (*ptq_core.DEFAULT_IGNORE, "re:.*o_proj$")
+    (job,) = _load("model: a/b\nscheme: FP8_DYNAMIC\ndefault_ignore: false\nignore: []\n")
+    assert job.default_ignore is False
+    assert job.to_job().ignore == ()  # quantize everything quantizable
 
 
 def test_job_is_frozen_and_line_is_not_part_of_equality():
@@ -113,7 +121,7 @@ def test_error_messages_carry_the_file_name(tmp_path):
         ("model: a/b\nscheme: [W4A16, 3]\n", r"line 2: `scheme` entries must be preset names"),
         ("model: a/b\nscheme: W4A16\nignore: 5\n", r"line 3: `ignore` must be a list"),
         ("model: a/b\nscheme: W4A16\nignore: ['re:(']\n", r"line 3: `ignore`: .*not a valid regular expression"),
-        ("model: a/b\nscheme: W4A16\nprivate: maybe\n", r"line 3: private='maybe' is not a boolean"),
+        ("model: a/b\nscheme: W4A16\nprivate: maybe\n", r"line 3: private is 'maybe'; write true or false"),
         ("model: a/b\nscheme: W4A16\nprivate: 1\n", r"line 3: `private` must be true or false"),
         ("model: a/b\nscheme: W4A16\nrevision: ''\n", r"line 3: `revision` must be a branch"),
         ("model: a/b\nscheme: W4A16\ntarget: 'bad name/x'\n", r"line 3: `target` 'bad name/x' is not a valid"),

@@ -33,7 +33,7 @@ from factory import make_checkpoint
 
 import ptq_core
 from ptq_core import constants
-from ptq_core import _hub_client as hub_client
+from ptq_core import _http as hub_http
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_FILE = ROOT / "space" / "app.py"
@@ -86,7 +86,7 @@ def odd_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch, tmp_path):
     monkeypatch.setattr(constants, "PTQ_HUB_CACHE", tmp_path / "cache")
-    monkeypatch.setattr(hub_client, "_RETRY_DELAYS", (0.0, 0.0, 0.0))
+    monkeypatch.setattr(hub_http, "_RETRY_DELAYS", (0.0, 0.0, 0.0))
 
 
 @pytest.fixture
@@ -202,7 +202,7 @@ def test_preview_refuses_shapes_the_scheme_cannot_split(hub, odd_checkpoint):
 def test_preview_refuses_a_model_too_large_for_the_disk(hub, source, monkeypatch):
     monkeypatch.setattr(app, "free_disk_bytes", lambda: 1_000_000)
     plan_md, _, _, button, _ = app.preview_model(SOURCE, "FP8_BLOCK", [], _token())
-    assert "**Too large for this Space.**" in plan_md and "1.0 MB free" in plan_md
+    assert "**Too large for this Space.**" in plan_md and "1.00 MB free" in plan_md
     assert _interactive(button) is False
 
 
@@ -339,7 +339,7 @@ def test_run_refuses_an_existing_target_unless_overwrite(hub, source, tmp_path):
 def test_run_hides_an_unexpected_crash_and_still_cleans_up(hub, source, tmp_path, monkeypatch):
     seen: list[Path] = []
 
-    def crash(source, scheme, *, work_dir, token, **kwargs):
+    def crash(job, *, work_dir, token, **kwargs):
         seen.append(Path(work_dir))
         (Path(work_dir) / "partial.safetensors").write_bytes(b"x")
         raise RuntimeError(f"boom with {token} inside")
