@@ -16,7 +16,10 @@ if ! python -c "import torch" 2>/dev/null; then
   if command -v nvidia-smi >/dev/null 2>&1; then
     python -m pip install -q torch
   else
-    python -m pip install -q "torch==2.13.0" || python -m pip install -q torch
+    # The CPU build: a local wheel or mirror when the machine has one (torch==2.13.0+cpu),
+    # else PyTorch's own CPU index. Never the default index, whose Linux wheels are CUDA builds.
+    python -m pip install -q "torch==2.13.0+cpu" 2>/dev/null \
+      || python -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
 if [ -n "$extras" ]; then
