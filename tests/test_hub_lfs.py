@@ -15,12 +15,21 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from factory import make_checkpoint
-from hub_server import LFS_MIN_SIZE, LFS_UPLOAD_PATH
-from huggingface_hub import CommitOperationAdd, CommitOperationCopy, HfApi, hf_hub_download
+from hub_server import LFS_CDN_PATH, LFS_MIN_SIZE, LFS_UPLOAD_PATH
+from huggingface_hub import (
+    CommitOperationAdd,
+    CommitOperationCopy,
+    HfApi,
+    get_hf_file_metadata,
+    hf_hub_download,
+    hf_hub_url,
+)
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.lfs import UploadInfo, post_lfs_batch_info
 from huggingface_hub.utils import get_session
+from safetensors.torch import save
 
 import ptq_core
 from ptq_core import _hub_client as hub_client
@@ -290,3 +299,52 @@ def test_copy_an_lfs_file_from_another_branch_without_reupload(hub, api, tmp_pat
     assert hub.stats.commits == {(REPO, "staging/part-1"): 1, (REPO, "main"): 1}
     path = hf_hub_download(REPO, "model.safetensors", endpoint=hub.endpoint, token=ALICE, cache_dir=tmp_path)
     assert Path(path).read_bytes() == data
+
+
+# --- downloads of LFS files --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("redirect", [False, True], ids=["direct", "cdn-redirect"])
+def test_lfs_file_downloads_with_range_and_linked_headers(hub, api, tmp_path, redirect):
+    tensors = {"model.layers.0.mlp.up_proj.weight": torch.arange(64 * 64, dtype=torch.float32).reshape(64, 64)}
+    data = save(tensors, metadata={"format": "pt"})
+    assert len(data) >= THRESHOLD
+    commit = api.upload_file(path_or_fileobj=data, path_in_repo="model.safetensors", repo_id=REPO)
+    hub.configure(lfs_redirect=redirect)
+    hub.requests_log.clear()
+
+    url = hf_hub_url(REPO, "model.safetensors", endpoint=hub.endpoint)
+    meta = get_hf_file_metadata(url, token=ALICE)
+    assert (meta.etag, meta.size, meta.commit_hash) == (_sha256(data), len(data), commit.oid)
+    assert meta.location.startswith(f"{hub.storage_endpoint}{LFS_CDN_PATH}" if redirect else url)
+
+    path = hf_hub_download(REPO, "model.safetensors", endpoint=hub.endpoint, token=ALICE, cache_dir=tmp_path)
+    assert Path(path).read_bytes() == data
+
+    ranged = get_session().get(url, headers={"authorization": f"Bearer {ALICE}", "range": "bytes=100-199"})
+    assert ranged.status_code == 206 and ranged.content == data[100:200]
+    assert ranged.headers["content-range"] == f"bytes 100-199/{len(data)}"
+
+    meta_st = api.get_safetensors_metadata(REPO)
+    tensor = meta_st.files_metadata["model.safetensors"].tensors["model.layers.0.mlp.up_proj.weight"]
+    assert (tensor.dtype, tensor.shape) == ("F32", [64, 64])
+
+    cdn = [h for _, p, h in hub.requests_log if p.startswith(LFS_CDN_PATH)]
+    assert len(cdn) == (3 if redirect else 0)  # download, range, header read: each redirected once
+    assert all("authorization" not in h for h in cdn)  # the token stays on the Hub host
+
+
+def test_cdn_url_needs_its_signature(hub, api):
+    data = os.urandom(THRESHOLD)
+    api.upload_file(path_or_fileobj=data, path_in_repo="w.bin", repo_id=REPO)
+    hub.configure(lfs_redirect=True)
+    resolve = get_session().head(
+        hf_hub_url(REPO, "w.bin", endpoint=hub.endpoint),
+        headers={"authorization": f"Bearer {ALICE}"},
+        follow_redirects=False,
+    )
+    assert resolve.status_code == 302 and resolve.headers["x-linked-size"] == str(THRESHOLD)
+    location = resolve.headers["location"]
+    assert get_session().get(location).content == data
+    forged = location.split("?")[0] + "?sig=" + "0" * 32
+    assert get_session().get(forged).status_code == 403
