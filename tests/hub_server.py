@@ -39,12 +39,14 @@ Behaviour copied from the Hub (and relied on by the client):
   inline file of ``lfs_threshold`` bytes or more is refused. Upload URLs are on
   the "storage host" (``http://localhost:PORT``, another host for the client, as
   S3 is for the Hub): they take no token.
-* Files whose name matches the Hub's default ``.gitattributes`` patterns
-  (``*.safetensors``, ``*.bin``, ...) or that are ``lfs_threshold`` bytes or more
-  are reported as LFS files (``lfs`` in tree/paths-info/siblings,
-  ``X-Linked-Etag`` = sha256 and ``X-Linked-Size`` on resolve), however they were
-  uploaded. With ``lfs_redirect=True`` their resolve answers 302 to the storage
-  host, as the Hub redirects to its CDN (Range honoured there, no token needed).
+* Whether a file is LFS is decided when it is committed, as git-lfs does: files
+  committed as ``lfsFile``, files whose name matches the Hub's default
+  ``.gitattributes`` patterns (``*.safetensors``, ``*.bin``, ...) however they were
+  sent, and seeded files of ``lfs_threshold`` bytes or more. They are reported as
+  LFS (``lfs`` in tree/paths-info/siblings, ``X-Linked-Etag`` = sha256 and
+  ``X-Linked-Size`` on resolve) and sit in the repo's LFS storage. With
+  ``lfs_redirect=True`` their resolve answers 302 to the storage host, as the Hub
+  redirects to its CDN (Range honoured there, no token needed).
 * No Xet: no ``X-Xet-Hash`` header, no ``xetHash`` in listings, and the Xet
   token routes answer 501. The client (``huggingface_hub`` 2.x) picks Xet for
   uploads on its own side whenever ``hf_xet`` is installed, whatever the server
@@ -207,6 +209,7 @@ class _Commit:
     author: str
     date: datetime
     files: dict[str, _Blob]  # full snapshot of the tree at this commit
+    lfs: frozenset[str]  # paths stored as LFS pointers (decided when committed, as in git)
     changed: list[str]
     deleted: list[str]
 
@@ -409,7 +412,6 @@ class _Unset:
 
 
 _UNSET = _Unset()
-
 
 
 class HubServer:
@@ -698,6 +700,7 @@ class HubServer:
         return user
 
     def _is_lfs(self, path: str, size: int) -> bool:
+        """Whether content committed at ``path`` is stored as an LFS object (git-lfs's filter)."""
         return size >= self.lfs_threshold or _matches_lfs_pattern(path)
 
     def _append_commit(
@@ -710,13 +713,22 @@ class HubServer:
         author: str,
         changed: list[str],
         deleted: list[str],
+        lfs_added: frozenset[str] = frozenset(),
     ) -> _Commit:
+        """Add a commit on ``branch``; ``lfs_added`` are the paths committed by sha256 (``lfsFile``)."""
         parent = repo.branches.get(branch)
         digest = hashlib.sha1()
         digest.update(f"{repo.repo_type}/{repo.repo_id}\n{parent}\n{message}\n{next(self._counter)}\n".encode())
         files = {path: data if isinstance(data, _Blob) else _Blob(data) for path, data in files.items()}
         for path in sorted(files):
             digest.update(f"{path}\0{files[path].git_oid}\n".encode())
+        inherited = repo.commits[parent].lfs if parent else frozenset()
+        fresh = set(changed)
+        lfs = frozenset(
+            path
+            for path, data in files.items()
+            if path in lfs_added or (self._is_lfs(path, len(data)) if path in fresh else path in inherited)
+        )
         commit = _Commit(
             oid=digest.hexdigest(),
             parent=parent,
@@ -725,6 +737,7 @@ class HubServer:
             author=author,
             date=datetime.now(timezone.utc),
             files=files,
+            lfs=lfs,
             changed=changed,
             deleted=deleted,
         )
@@ -732,9 +745,8 @@ class HubServer:
         repo.branches[branch] = commit.oid
         # What the repo reports as LFS is in its LFS storage, so a commit can point at it
         # by sha256 (CommitOperationCopy sends an lfsFile for those).
-        for path in changed:
-            if self._is_lfs(path, len(files[path])):
-                repo.lfs.setdefault(files[path].sha256, files[path])
+        for path in fresh & lfs:
+            repo.lfs.setdefault(files[path].sha256, files[path])
         return commit
 
     def _url(self, repo: _Repo) -> str:
@@ -787,7 +799,7 @@ class HubServer:
         """A tree / paths-info entry (file) in the Hub's JSON shape."""
         data = commit.files[path]
         entry: dict[str, Any] = {"type": "file", "path": path, "size": len(data)}
-        if self._is_lfs(path, len(data)):
+        if path in commit.lfs:
             entry["oid"] = _git_blob_oid(data.lfs_pointer)
             entry["lfs"] = {"oid": data.sha256, "size": len(data), "pointerSize": len(data.lfs_pointer)}
         else:
@@ -1045,7 +1057,7 @@ class HubServer:
             if existing is not None:
                 # The client compares this with sha256 (lfs) or the git blob id (regular) of its
                 # local file to drop unchanged files from the commit.
-                oid = existing.sha256 if self._is_lfs(path, len(existing)) else existing.git_oid
+                oid = existing.sha256 if path in head.lfs else existing.git_oid
             files.append(
                 {
                     "path": path,
@@ -1172,6 +1184,7 @@ class HubServer:
         files = dict(head.files)  # built aside, swapped in only if every operation is valid
         changed: list[str] = []
         deleted: list[str] = []
+        lfs_added: set[str] = set()
         for item in lines:
             key, value = item.get("key"), item.get("value") or {}
             if key == "header":
@@ -1192,6 +1205,7 @@ class HubServer:
                     )
                 files[path] = data
                 changed.append(path)
+                lfs_added.discard(path)
             elif key == "lfsFile":
                 oid, size = value.get("oid"), value.get("size")
                 data = repo.lfs.get(oid) if isinstance(oid, str) else None
@@ -1205,6 +1219,7 @@ class HubServer:
                     raise _HubError(400, f"LFS object {oid} for {path} is {len(data)} bytes, the commit says {size}")
                 files[path] = data
                 changed.append(path)
+                lfs_added.add(path)
             elif key == "deletedFile":
                 if path not in files:
                     raise _HubError(404, f"A file with this name doesn't exist: {path}", "EntryNotFound")
@@ -1229,7 +1244,15 @@ class HubServer:
         changed = [p for p in dict.fromkeys(changed) if p in files]
         deleted = [p for p in dict.fromkeys(deleted) if p not in files]
         commit = self._append_commit(
-            repo, branch, files, header["summary"], header.get("description") or "", user.name, changed, deleted
+            repo,
+            branch,
+            files,
+            header["summary"],
+            header.get("description") or "",
+            user.name,
+            changed,
+            deleted,
+            frozenset(lfs_added),
         )
         key = (repo.repo_id, branch)
         self.stats.commits[key] = self.stats.commits.get(key, 0) + 1
@@ -1352,7 +1375,7 @@ class HubServer:
         """Count an LFS PUT and its body bytes, before any injected failure or check."""
         if method != "PUT" or not path.startswith(LFS_UPLOAD_PATH):
             return
-        upload = self._uploads.get(path[len(LFS_UPLOAD_PATH) :].split("/")[0].split("?")[0])
+        upload = self._uploads.get(path[len(LFS_UPLOAD_PATH) :].split("/")[0])
         self.stats.lfs_puts += 1
         if upload is not None:
             self.stats.lfs_bytes[upload.oid] = self.stats.lfs_bytes.get(upload.oid, 0) + nbytes
@@ -1372,7 +1395,7 @@ class HubServer:
         if data is None:
             raise _HubError(404, "Entry not found", "EntryNotFound", headers={"X-Repo-Commit": commit.oid})
         out = {"X-Repo-Commit": commit.oid}
-        if not self._is_lfs(filename, len(data)):
+        if filename not in commit.lfs:
             out["ETag"] = f'"{data.git_oid}"'
             return _serve(method, data, headers, out, filename)
         # The client reads an LFS file's sha256 and size from these, before any redirect.

@@ -348,3 +348,18 @@ def test_cdn_url_needs_its_signature(hub, api):
     assert get_session().get(location).content == data
     forged = location.split("?")[0] + "?sig=" + "0" * 32
     assert get_session().get(forged).status_code == 403
+
+
+def test_lfs_is_decided_at_commit_time(hub):
+    """Lowering the threshold later does not turn stored regular files into LFS ones."""
+    hub.seed_repo(REPO, {"notes.txt": os.urandom(2 * THRESHOLD), "seeded.dat": os.urandom(LFS_MIN_SIZE)})
+    hub.configure(lfs_threshold=THRESHOLD)
+    api = _api(hub)
+    infos = {f.path: f for f in api.get_paths_info(REPO, ["notes.txt", "seeded.dat"])}
+    assert infos["notes.txt"].lfs is None and infos["seeded.dat"].lfs.size == LFS_MIN_SIZE
+    # Each copies as on the Hub: the regular file re-sent inline (now too big for that), the LFS
+    # one by sha256, no upload.
+    with pytest.raises(HfHubHTTPError, match="must be uploaded with LFS"):
+        api.create_commit(REPO, [CommitOperationCopy("notes.txt", "n2.txt")], commit_message="copy")
+    api.create_commit(REPO, [CommitOperationCopy("seeded.dat", "s2.dat")], commit_message="copy")
+    assert hub.read_file(REPO, "s2.dat") == hub.read_file(REPO, "seeded.dat") and hub.stats.lfs_puts == 0
