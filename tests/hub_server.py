@@ -63,6 +63,8 @@ For tests and benchmarks: ``fail_requests`` injects errors (before or after the
 request is processed), ``stats`` counts bytes, LFS PUTs and commits, and
 ``upload_bandwidth``/``download_bandwidth`` cap the bytes per second of request
 and response bodies over all connections together (one token bucket each way).
+``python tests/hub_server.py --help`` serves in its own process (``main``), with
+the counters as JSON at ``STATS_PATH``.
 
 Not implemented (404 or 400): pull requests, tags, Xet transfers, cross-repo
 LFS duplication, buckets, spaces runtime.
@@ -70,6 +72,7 @@ LFS duplication, buckets, spaces runtime.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import functools
 import hashlib
@@ -80,6 +83,7 @@ import mimetypes
 import pathlib
 import re
 import secrets
+import signal
 import struct
 import threading
 import time
@@ -151,6 +155,8 @@ LFS_UPLOAD_PATH = "/lfs-upload/"
 """Path prefix of LFS upload URLs (basic PUT, multipart parts): ``fail_requests(LFS_UPLOAD_PATH, ...)``."""
 LFS_CDN_PATH = "/lfs-cdn/"
 """Path prefix of the redirect target of LFS downloads when ``lfs_redirect`` is on."""
+STATS_PATH = "/_test/stats"
+"""``GET`` it for ``stats`` as JSON: how a benchmark reads a server that runs in another process."""
 GITATTRIBUTES = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in LFS_PATTERNS).encode()
 
 _REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
@@ -501,10 +507,10 @@ class HubServer:
 
     # ---------------------------------------------------------------- lifecycle
 
-    def start(self) -> HubServer:
-        """Bind a free port on 127.0.0.1 and serve in a daemon thread; returns self."""
+    def start(self, port: int = 0) -> HubServer:
+        """Bind ``port`` (0: a free one) on 127.0.0.1 and serve in a daemon thread; returns self."""
         handler = type("_BoundHandler", (_Handler,), {"hub": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
         self._httpd.daemon_threads = True
         port = self._httpd.server_address[1]
         self.endpoint = f"http://127.0.0.1:{port}"
@@ -836,6 +842,18 @@ class HubServer:
     def _folders(files: dict[str, _Blob]) -> set[str]:
         return {"/".join(p.split("/")[:i]) for p in files for i in range(1, p.count("/") + 1)}
 
+    def _stats_json(self) -> dict:
+        stats = self.stats
+        return {
+            "bytes_in": stats.bytes_in,
+            "bytes_out": stats.bytes_out,
+            "lfs_puts": stats.lfs_puts,
+            "lfs_bytes": dict(stats.lfs_bytes),
+            "lfs_bytes_total": stats.lfs_bytes_total,
+            "lfs_stored": dict(stats.lfs_stored),
+            "commits": [{"repo_id": r, "branch": b, "count": n} for (r, b), n in sorted(stats.commits.items())],
+        }
+
     def _cdn_signature(self, oid: str) -> str:
         return hmac.new(self._secret, oid.encode(), hashlib.sha256).hexdigest()[:32]
 
@@ -851,6 +869,8 @@ class HubServer:
             return self._cdn(method, raw[1], query, headers)
         user = self._user_for(headers)
 
+        if path == STATS_PATH and method == "GET":
+            return _ok(self._stats_json())
         if path == "/api/whoami-v2" and method == "GET":
             return self._whoami(user)
         if path == "/api/validate-yaml" and method == "POST":
@@ -1590,3 +1610,54 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             with hub._lock:
                 hub.stats.bytes_out += len(payload)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve in the foreground, for benchmarks that keep the server out of the measured process.
+
+    Prints one JSON line (``endpoint``, ``storage_endpoint``, ``stats_url``) once serving, then
+    serves until SIGINT/SIGTERM. Tokens are ``DEFAULT_USERS``'. Example::
+
+        python tests/hub_server.py --seed bob/src=/data/model --download-bandwidth 100e6 --upload-bandwidth 100e6
+    """
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    parser.add_argument(
+        "--seed", action="append", default=[], metavar="REPO_ID=FOLDER", help="a repo holding FOLDER's files"
+    )
+    parser.add_argument("--lfs-threshold", type=int, default=LFS_MIN_SIZE)
+    parser.add_argument("--lfs-part-size", type=int, default=LFS_PART_SIZE)
+    parser.add_argument("--lfs-redirect", action="store_true")
+    parser.add_argument("--upload-bandwidth", type=float, default=None, metavar="BYTES_PER_S")
+    parser.add_argument("--download-bandwidth", type=float, default=None, metavar="BYTES_PER_S")
+    args = parser.parse_args(argv)
+    server = HubServer(
+        lfs_threshold=args.lfs_threshold,
+        lfs_part_size=args.lfs_part_size,
+        lfs_redirect=args.lfs_redirect,
+        upload_bandwidth=args.upload_bandwidth,
+        download_bandwidth=args.download_bandwidth,
+    )
+    for seed in args.seed:
+        repo_id, sep, folder = seed.partition("=")
+        root = pathlib.Path(folder)
+        if not sep or not root.is_dir():
+            parser.error(f"--seed takes REPO_ID=FOLDER with an existing folder, got {seed!r}")
+        files = {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
+        server.seed_repo(repo_id, files)  # type: ignore[arg-type]
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    server.start(args.port)
+    info = {
+        "endpoint": server.endpoint,
+        "storage_endpoint": server.storage_endpoint,
+        "stats_url": server.endpoint + STATS_PATH,
+    }
+    print(json.dumps(info), flush=True)
+    stop.wait()
+    server.stop()
+
+
+if __name__ == "__main__":
+    main()

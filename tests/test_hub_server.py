@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -436,3 +438,23 @@ def test_upload_bandwidth_caps_request_bodies(hub):
 
     _assert_rate(_timed_in_parallel(post, post), 2 * SIZE)
     assert hub.stats.bytes_in == 2 * SIZE
+
+
+def test_standalone_server_seeds_serves_and_reports_stats(tmp_path):
+    """``python tests/hub_server.py`` for benchmarks: the server in its own process."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text('{"model_type": "llama"}')
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("hub_server.py")), "--seed", f"bob/src={tmp_path / 'model'}"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        info = json.loads(proc.stdout.readline())
+        path = hf_hub_download("bob/src", "config.json", endpoint=info["endpoint"], token=BOB, cache_dir=tmp_path / "c")
+        assert Path(path).read_text() == '{"model_type": "llama"}'
+        stats = get_session().get(info["stats_url"]).json()
+        assert stats["bytes_out"] == len('{"model_type": "llama"}') and stats["lfs_puts"] == 0
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
