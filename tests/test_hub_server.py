@@ -312,7 +312,8 @@ def test_branches_take_commits_and_serve_downloads_apart_from_main(hub, tmp_path
     assert hub.branches("alice/branchy") == heads
 
     titles = [c.title for c in api.list_repo_commits("alice/branchy", revision="staging/part-1")]
-    assert titles == ["Upload p1.txt with huggingface_hub", *["Upload a.txt with huggingface_hub"] * 2, "initial commit"]
+    upload_a = "Upload a.txt with huggingface_hub"
+    assert titles == ["Upload p1.txt with huggingface_hub", upload_a, upload_a, "initial commit"]
     assert [c.commit_id for c in api.list_repo_commits("alice/branchy", revision="old")] == [
         first.oid,
         hub.commits("alice/branchy")[0]["oid"],
@@ -433,7 +434,8 @@ def test_upload_bandwidth_caps_request_bodies(hub):
     body = b"paths=a.txt&pad=" + b"x" * (SIZE - 16)
 
     def post():
-        response = get_session().post(f"{hub.endpoint}/api/models/alice/up/paths-info/main", headers=headers, content=body)
+        url = f"{hub.endpoint}/api/models/alice/up/paths-info/main"
+        response = get_session().post(url, headers=headers, content=body)
         assert response.status_code == 200 and response.json()[0]["path"] == "a.txt"
 
     _assert_rate(_timed_in_parallel(post, post), 2 * SIZE)
