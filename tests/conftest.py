@@ -54,6 +54,9 @@ def hub(hub_server: HubServer, monkeypatch: pytest.MonkeyPatch, tmp_path):
     monkeypatch.setattr(_hf_constants, "HF_XET_CACHE", str(hf_home / "xet"))
     monkeypatch.setattr(_hf_constants, "HF_TOKEN_PATH", str(hf_home / "token"))
     monkeypatch.setattr(_hf_constants, "HF_STORED_TOKENS_PATH", str(hf_home / "stored_tokens"))
+    # The server takes uploads through LFS only; the client picks Xet whenever hf_xet is installed.
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setattr(_hf_constants, "HF_HUB_DISABLE_XET", True)
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
         monkeypatch.delenv(name, raising=False)
     yield hub_server

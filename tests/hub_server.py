@@ -1,4 +1,4 @@
-"""A Hub-compatible HTTP server on 127.0.0.1, for tests.
+"""A Hub-compatible HTTP server on 127.0.0.1, for tests and benchmarks.
 
 It speaks the routes the real ``huggingface_hub`` client (2.x) calls, so tests
 drive ``HfApi(endpoint=server.endpoint, token=...)``, ``hf_hub_download`` and
@@ -11,8 +11,8 @@ drive ``HfApi(endpoint=server.endpoint, token=...)``, ``hf_hub_download`` and
     server.stop()
 
 State lives in memory: ``(repo_type, repo_id) -> repo`` with every commit's full
-file snapshot, so old commit ids stay resolvable (``snapshot_download`` pins the
-commit it read from ``model_info`` and fetches files at that commit).
+file snapshot (so old commit ids stay resolvable: ``snapshot_download`` pins the
+commit it read from ``model_info``), its branches, and its LFS storage.
 
 Behaviour copied from the Hub (and relied on by the client):
 
@@ -26,32 +26,67 @@ Behaviour copied from the Hub (and relied on by the client):
   ``GatedRepo``.
 * ``POST /api/repos/create`` makes an initial commit holding a ``.gitattributes``
   (as the Hub does); ``seed_repo`` stores exactly the files it is given.
-* Files whose name matches the Hub's default ``.gitattributes`` patterns
-  (``*.safetensors``, ``*.bin``, ...) or that are 10 MiB or more are reported as
-  LFS files (``lfs`` in tree/paths-info/siblings, ``X-Linked-Etag`` =
-  sha256 and ``X-Linked-Size`` on resolve), however they were uploaded.
-* ``preupload`` answers ``regular`` for every file, so the client sends all
-  content inline (base64 in the NDJSON commit); no LFS or Xet transfer is ever
-  needed. A commit is applied all-or-nothing.
+* LFS: ``preupload`` answers ``lfs`` for files of ``lfs_threshold`` bytes or more
+  (10 MiB, as the Hub) and ``regular`` for smaller ones (sent inline, base64, in
+  the NDJSON commit). The LFS batch endpoint
+  (``POST {repo}.git/info/lfs/objects/batch``) gives an upload action only for
+  objects this repo does not store yet (content-addressed by sha256: what makes
+  a re-run skip what already arrived), basic transfer up to ``lfs_part_size``,
+  multipart above it; the PUT (or the multipart completion) stores the object
+  only if its sha256 and size match; ``verify`` answers 404 for a missing
+  object. A commit's ``lfsFile`` must name an object this repo stores (uploaded,
+  or already in one of its commits: what ``CommitOperationCopy`` sends), and an
+  inline file of ``lfs_threshold`` bytes or more is refused. Upload URLs are on
+  the "storage host" (``http://localhost:PORT``, another host for the client, as
+  S3 is for the Hub): they take no token.
+* Whether a file is LFS is decided when it is committed, as git-lfs does: files
+  committed as ``lfsFile``, files whose name matches the Hub's default
+  ``.gitattributes`` patterns (``*.safetensors``, ``*.bin``, ...) however they were
+  sent, and seeded files of ``lfs_threshold`` bytes or more. They are reported as
+  LFS (``lfs`` in tree/paths-info/siblings, ``X-Linked-Etag`` = sha256 and
+  ``X-Linked-Size`` on resolve) and sit in the repo's LFS storage. With
+  ``lfs_redirect=True`` their resolve answers 302 to the storage host, as the Hub
+  redirects to its CDN (Range honoured there, no token needed).
+* No Xet: no ``X-Xet-Hash`` header, no ``xetHash`` in listings, and the Xet
+  token routes answer 501. The client (``huggingface_hub`` 2.x) picks Xet for
+  uploads on its own side whenever ``hf_xet`` is installed, whatever the server
+  says, so a test that uploads LFS files must set ``HF_HUB_DISABLE_XET`` (the
+  ``hub`` fixture in conftest.py does).
+* Branches: ``create_branch`` (from any revision), ``delete_branch`` (not
+  ``main``), commits and preuploads to a branch, downloads/listings/commit
+  history at a branch or commit, ``list_repo_refs``.
+* A commit is applied all-or-nothing; ``parentCommit`` must be the branch head.
 * A README.md with invalid YAML front matter is refused both by
   ``/api/validate-yaml`` and by the commit route (400), like the Hub.
 
-Not implemented (404 or 400): pull requests, branches other than ``main``,
-tags, LFS/Xet transfers, buckets, spaces runtime.
+For tests and benchmarks: ``fail_requests`` injects errors (before or after the
+request is processed), ``stats`` counts bytes, LFS PUTs and commits, and
+``upload_bandwidth``/``download_bandwidth`` cap the bytes per second of request
+and response bodies over all connections together (one token bucket each way).
+``python tests/hub_server.py --help`` serves in its own process (``main``), with
+the counters as JSON at ``STATS_PATH``.
+
+Not implemented (404 or 400): pull requests, tags, Xet transfers, cross-repo
+LFS duplication, buckets, spaces runtime.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import functools
 import hashlib
+import hmac
 import itertools
 import json
 import mimetypes
 import pathlib
 import re
+import secrets
+import signal
 import struct
 import threading
+import time
 import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -113,6 +148,15 @@ LFS_PATTERNS: tuple[str, ...] = (
     "*tfevents*",
 )
 LFS_MIN_SIZE = 10 * 1024 * 1024
+"""Default ``lfs_threshold``: the Hub refuses regular (git) files of 10 MiB or more."""
+LFS_PART_SIZE = 5 * 1024**3
+"""Default ``lfs_part_size``: objects above it use the multipart transfer (S3 takes at most 5 GiB per PUT)."""
+LFS_UPLOAD_PATH = "/lfs-upload/"
+"""Path prefix of LFS upload URLs (basic PUT, multipart parts): ``fail_requests(LFS_UPLOAD_PATH, ...)``."""
+LFS_CDN_PATH = "/lfs-cdn/"
+"""Path prefix of the redirect target of LFS downloads when ``lfs_redirect`` is on."""
+STATS_PATH = "/_test/stats"
+"""``GET`` it for ``stats`` as JSON: how a benchmark reads a server that runs in another process."""
 GITATTRIBUTES = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in LFS_PATTERNS).encode()
 
 _REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
@@ -124,6 +168,10 @@ _RANGE_RE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 _YAML_BLOCK_RE = re.compile(r"^(\s*---(?:\r\n|\r|\n))([\S\s]*?)((?:\r\n|\r|\n)---[ \t]*(\r\n|\n|$))")
 _BASE_MODEL_RELATIONS = ("adapter", "merge", "quantized", "finetune")
 _INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# Branch names the Hub accepts: git ref rules, minus what would clash with revision parsing.
+_BRANCH_RE = re.compile(r"^(?!refs/)(?!.*\.\.)(?!.*//)[A-Za-z0-9][A-Za-z0-9._/-]{0,199}(?<![./])$")
+_IO_CHUNK = 64 * 1024  # bytes per read/write (and per bandwidth-limiter step) of a body
 
 
 # --------------------------------------------------------------------------- state
@@ -149,9 +197,9 @@ class _Blob(bytes):
         return f"version https://git-lfs.github.com/spec/v1\noid sha256:{self.sha256}\nsize {len(self)}\n".encode()
 
 
-def _is_lfs(path: str, data: bytes) -> bool:
+def _matches_lfs_pattern(path: str) -> bool:
     name = path.rsplit("/", 1)[-1]
-    return len(data) >= LFS_MIN_SIZE or any(fnmatch(name, pattern) for pattern in LFS_PATTERNS)
+    return any(fnmatch(name, pattern) for pattern in LFS_PATTERNS)
 
 
 def _iso(moment: datetime) -> str:
@@ -161,11 +209,13 @@ def _iso(moment: datetime) -> str:
 @dataclass
 class _Commit:
     oid: str
+    parent: str | None  # oid of the previous commit on the branch it was made on
     message: str
     description: str
     author: str
     date: datetime
     files: dict[str, _Blob]  # full snapshot of the tree at this commit
+    lfs: frozenset[str]  # paths stored as LFS pointers (decided when committed, as in git)
     changed: list[str]
     deleted: list[str]
 
@@ -178,7 +228,9 @@ class _Repo:
     gated: str | bool  # False, "auto" or "manual"
     granted: set[str]
     created_at: datetime
-    commits: list[_Commit] = field(default_factory=list)  # oldest first; head of main is last
+    commits: dict[str, _Commit] = field(default_factory=dict)  # every commit by oid, oldest first
+    branches: dict[str, str] = field(default_factory=dict)  # branch name -> head commit oid
+    lfs: dict[str, _Blob] = field(default_factory=dict)  # this repo's LFS storage: sha256 -> content
 
     @property
     def owner(self) -> str:
@@ -186,7 +238,94 @@ class _Repo:
 
     @property
     def head(self) -> _Commit:
-        return self.commits[-1]
+        return self.commits[self.branches["main"]]
+
+    def history(self, commit: _Commit) -> list[_Commit]:
+        """``commit`` and its ancestors, oldest first."""
+        chain = [commit]
+        while chain[-1].parent:
+            chain.append(self.commits[chain[-1].parent])
+        return chain[::-1]
+
+
+@dataclass
+class HubStats:
+    """What the server received and sent since it started (or since ``reset``).
+
+    ``lfs_puts`` counts every PUT to an LFS upload URL (a basic upload or one
+    multipart part), failed and injected ones included; ``lfs_bytes`` the request
+    body bytes those PUTs carried, per object sha256 (what a resumed upload must
+    keep small); ``lfs_stored`` how many times each object was actually stored
+    (a PUT of an object the repo already holds stores nothing). ``commits`` counts
+    commits made through the commit API per ``(repo_id, branch)``.
+    """
+
+    bytes_in: int = 0  # request-body bytes read, every route
+    bytes_out: int = 0  # response-body bytes written, every route
+    lfs_puts: int = 0
+    lfs_bytes: dict[str, int] = field(default_factory=dict)
+    lfs_stored: dict[str, int] = field(default_factory=dict)
+    commits: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    @property
+    def lfs_bytes_total(self) -> int:
+        return sum(self.lfs_bytes.values())
+
+
+@dataclass
+class _Failure:
+    path_substring: str
+    remaining: int
+    status: int
+    method: str | None
+    after: bool  # process the request, then answer the error (a lost response)
+
+    def matches(self, method: str, path: str) -> bool:
+        return self.remaining > 0 and self.path_substring in path and self.method in (None, method)
+
+
+@dataclass
+class _LfsUpload:
+    """One upload action handed out by the batch endpoint (its URLs carry ``upload_id``)."""
+
+    repo_key: tuple[str, str]
+    oid: str
+    size: int
+    part_size: int | None  # None: basic transfer (one PUT)
+    parts: dict[int, bytes] = field(default_factory=dict)
+
+    @property
+    def part_count(self) -> int:
+        return -(-self.size // self.part_size) if self.part_size else 1
+
+
+class _TokenBucket:
+    """A bytes-per-second cap shared by every connection in one direction.
+
+    Each caller takes tokens before moving a chunk; the bucket may go into debt
+    and the caller then sleeps until it is paid back, so over any interval the
+    bytes moved are at most ``burst + rate * seconds`` whatever the number of
+    connections. ``burst`` (20 ms of traffic, at least one chunk) absorbs sleep
+    overshoot without letting a transfer run ahead of the rate.
+    """
+
+    def __init__(self, rate: float | None):
+        self.rate = rate
+        self._burst = max(float(_IO_CHUNK), rate / 50) if rate else 0.0
+        self._tokens = self._burst
+        self._stamp = time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> None:
+        if not self.rate:
+            return
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self.rate) - nbytes
+            self._stamp = now
+            wait = -self._tokens / self.rate
+        if wait > 0:
+            time.sleep(wait)
 
 
 @dataclass(frozen=True)
@@ -274,6 +413,13 @@ def _safetensors_header(data: bytes) -> dict | None:
 # -------------------------------------------------------------------------- server
 
 
+class _Unset:
+    """Marks a ``configure`` argument that was not given (``None`` there means "no cap")."""
+
+
+_UNSET = _Unset()
+
+
 class HubServer:
     """In-memory Hub for tests, served over HTTP on ``127.0.0.1`` (a free port).
 
@@ -282,13 +428,31 @@ class HubServer:
             ``hf_test_bob``, ``hf_test_readonly`` -> carol).
         orgs: org -> member usernames; defaults to ``DEFAULT_ORGS`` (alice in ``ptq-org``).
         read_only_tokens: tokens with the ``read`` role; defaults to ``{"hf_test_readonly"}``.
+        lfs_threshold: files of this many bytes or more go through LFS (``preupload``
+            answers ``lfs``; inline content that big is refused). Default 10 MiB, as the Hub;
+            lower it so tiny test files take the LFS path.
+        lfs_part_size: LFS objects larger than this are uploaded in parts of this size
+            (multipart transfer); smaller ones in one PUT (basic transfer).
+        lfs_redirect: resolve of an LFS file answers 302 to the storage host, as the
+            Hub redirects to its CDN (off by default: request logs then show one GET per
+            download).
+        upload_bandwidth: bytes/s cap on request bodies read, all connections together
+            (what clients upload); ``None`` = no cap.
+        download_bandwidth: bytes/s cap on response bodies written, all connections
+            together (what clients download); ``None`` = no cap.
+
+    The last five can be changed on a running server with ``configure``; ``reset``
+    restores the values given here.
 
     Attributes:
         endpoint: ``"http://127.0.0.1:PORT"`` once started.
+        storage_endpoint: ``"http://localhost:PORT"``: the same server under another host
+            name, where LFS upload and CDN URLs point (the client sends no token there).
         requests_log: ``(method, path_with_query, headers)`` per request received, in order;
             header names are lower-cased (``headers.get("authorization")``).
         server_errors: tracebacks of unexpected exceptions in this server (each answered 500);
             the ``hub`` fixture fails a test that leaves any.
+        stats: a ``HubStats`` of bytes, LFS PUTs and commits.
     """
 
     def __init__(
@@ -297,6 +461,11 @@ class HubServer:
         *,
         orgs: dict[str, tuple[str, ...]] | None = None,
         read_only_tokens: set[str] | frozenset[str] | None = None,
+        lfs_threshold: int = LFS_MIN_SIZE,
+        lfs_part_size: int = LFS_PART_SIZE,
+        lfs_redirect: bool = False,
+        upload_bandwidth: float | None = None,
+        download_bandwidth: float | None = None,
     ):
         users = DEFAULT_USERS if users is None else users
         orgs = DEFAULT_ORGS if orgs is None else orgs
@@ -310,24 +479,44 @@ class HubServer:
             )
             for token, name in users.items()
         }
+        self._defaults: dict[str, Any] = {
+            "lfs_threshold": lfs_threshold,
+            "lfs_part_size": lfs_part_size,
+            "lfs_redirect": lfs_redirect,
+            "upload_bandwidth": upload_bandwidth,
+            "download_bandwidth": download_bandwidth,
+        }
+        self.lfs_threshold = lfs_threshold
+        self.lfs_part_size = lfs_part_size
+        self.lfs_redirect = lfs_redirect
+        self._inbound = _TokenBucket(upload_bandwidth)
+        self._outbound = _TokenBucket(download_bandwidth)
         self._lock = threading.RLock()
         self._repos: dict[tuple[str, str], _Repo] = {}
-        self._failures: list[list[Any]] = []  # [path_substring, remaining, status]
+        self._failures: list[_Failure] = []
+        self._uploads: dict[str, _LfsUpload] = {}
+        self._secret = secrets.token_bytes(16)  # signs CDN URLs
         self._counter = itertools.count()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.endpoint = ""
+        self.storage_endpoint = ""
         self.requests_log: list[tuple[str, str, dict[str, str]]] = []
         self.server_errors: list[str] = []
+        self.stats = HubStats()
 
     # ---------------------------------------------------------------- lifecycle
 
-    def start(self) -> HubServer:
-        """Bind a free port on 127.0.0.1 and serve in a daemon thread; returns self."""
+    def start(self, port: int = 0) -> HubServer:
+        """Bind ``port`` (0: a free one) on 127.0.0.1 and serve in a daemon thread; returns self."""
         handler = type("_BoundHandler", (_Handler,), {"hub": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
         self._httpd.daemon_threads = True
-        self.endpoint = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        port = self._httpd.server_address[1]
+        self.endpoint = f"http://127.0.0.1:{port}"
+        # Another host name for the same socket: the client treats it as a foreign host
+        # (no redirect following on HEAD, no token sent), as it does S3 or the Hub's CDN.
+        self.storage_endpoint = f"http://localhost:{port}"
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="hub-server", daemon=True)
         self._thread.start()
         return self
@@ -351,12 +540,56 @@ class HubServer:
     # ------------------------------------------------------------- test helpers
 
     def reset(self) -> None:
-        """Drop every repo, the request log, server errors and pending injected failures."""
+        """Drop every repo, pending upload, the request log, server errors, injected
+        failures and stats, and restore the constructor's settings."""
         with self._lock:
             self.server_errors.clear()
             self._repos.clear()
             self._failures.clear()
+            self._uploads.clear()
             self.requests_log.clear()
+            self.stats = HubStats()
+            self.configure(**self._defaults)
+
+    def configure(
+        self,
+        *,
+        lfs_threshold: int | None = None,
+        lfs_part_size: int | None = None,
+        lfs_redirect: bool | None = None,
+        upload_bandwidth: float | None | _Unset = _UNSET,
+        download_bandwidth: float | None | _Unset = _UNSET,
+    ) -> None:
+        """Change settings on a running server (see the class docstring); omitted ones stay.
+
+        ``upload_bandwidth=None`` / ``download_bandwidth=None`` lift that cap.
+        """
+        if lfs_threshold is not None and lfs_threshold < 1:
+            raise ValueError(f"lfs_threshold must be at least 1 byte, got {lfs_threshold}")
+        if lfs_part_size is not None and lfs_part_size < 1:
+            raise ValueError(f"lfs_part_size must be at least 1 byte, got {lfs_part_size}")
+        for name, rate in (("upload_bandwidth", upload_bandwidth), ("download_bandwidth", download_bandwidth)):
+            if isinstance(rate, (int, float)) and rate <= 0:
+                raise ValueError(f"{name} must be a positive number of bytes/s or None, got {rate}")
+        with self._lock:
+            if lfs_threshold is not None:
+                self.lfs_threshold = lfs_threshold
+            if lfs_part_size is not None:
+                self.lfs_part_size = lfs_part_size
+            if lfs_redirect is not None:
+                self.lfs_redirect = lfs_redirect
+            if not isinstance(upload_bandwidth, _Unset):
+                self._inbound = _TokenBucket(upload_bandwidth)
+            if not isinstance(download_bandwidth, _Unset):
+                self._outbound = _TokenBucket(download_bandwidth)
+
+    @property
+    def upload_bandwidth(self) -> float | None:
+        return self._inbound.rate
+
+    @property
+    def download_bandwidth(self) -> float | None:
+        return self._outbound.rate
 
     def seed_repo(
         self,
@@ -373,6 +606,7 @@ class HubServer:
 
         ``files`` maps repo paths to bytes, text, or a local file to read. ``gated=True``
         means ``"auto"``; ``granted`` lists usernames allowed to download a gated repo.
+        Files reported as LFS are in the repo's LFS storage, as if uploaded.
         """
         namespace, _, name = repo_id.partition("/")
         if not namespace or not _NAME_RE.match(name) or not _NAME_RE.match(namespace):
@@ -398,29 +632,32 @@ class HubServer:
                 created_at=datetime.now(timezone.utc),
             )
             self._repos[(repo_type, repo_id)] = repo
-            self._append_commit(repo, contents, message, "", namespace, sorted(contents), [])
+            self._append_commit(repo, "main", contents, message, "", namespace, sorted(contents), [])
 
     def repo_exists(self, repo_id: str, *, repo_type: str = "model") -> bool:
         with self._lock:
             return (repo_type, repo_id) in self._repos
 
-    def list_files(self, repo_id: str, *, repo_type: str = "model") -> list[str]:
-        """Sorted paths on ``main`` (including ``.gitattributes`` for repos made by ``create_repo``)."""
+    def list_files(self, repo_id: str, *, revision: str = "main", repo_type: str = "model") -> list[str]:
+        """Sorted paths at ``revision`` (including ``.gitattributes`` for repos made by ``create_repo``)."""
         with self._lock:
-            return sorted(self._repos[(repo_type, repo_id)].head.files)
+            repo = self._repos[(repo_type, repo_id)]
+            return sorted(self._commit_at(repo, revision).files)
 
-    def read_file(self, repo_id: str, path: str, *, repo_type: str = "model") -> bytes:
-        """Content of ``path`` on ``main``; ``KeyError`` if absent."""
+    def read_file(self, repo_id: str, path: str, *, revision: str = "main", repo_type: str = "model") -> bytes:
+        """Content of ``path`` at ``revision``; ``KeyError`` if absent."""
         with self._lock:
-            return self._repos[(repo_type, repo_id)].head.files[path]
+            repo = self._repos[(repo_type, repo_id)]
+            return bytes(self._commit_at(repo, revision).files[path])
 
-    def commits(self, repo_id: str, *, repo_type: str = "model") -> list[dict]:
-        """Commits on ``main``, oldest first.
+    def commits(self, repo_id: str, *, revision: str = "main", repo_type: str = "model") -> list[dict]:
+        """Commits reachable from ``revision`` (a branch or commit id), oldest first.
 
         Each: ``oid``, ``message``, ``description``, ``author``, ``files`` (paths added or
         modified by this commit), ``deleted`` (paths it removed), ``tree`` (all paths after it).
         """
         with self._lock:
+            repo = self._repos[(repo_type, repo_id)]
             return [
                 {
                     "oid": c.oid,
@@ -431,13 +668,30 @@ class HubServer:
                     "deleted": list(c.deleted),
                     "tree": sorted(c.files),
                 }
-                for c in self._repos[(repo_type, repo_id)].commits
+                for c in repo.history(self._commit_at(repo, revision))
             ]
 
-    def fail_requests(self, path_substring: str, times: int, status: int = 503) -> None:
-        """Answer the next ``times`` requests whose path contains ``path_substring`` with ``status``."""
+    def branches(self, repo_id: str, *, repo_type: str = "model") -> dict[str, str]:
+        """Branch name -> head commit oid."""
         with self._lock:
-            self._failures.append([path_substring, times, status])
+            return dict(self._repos[(repo_type, repo_id)].branches)
+
+    def lfs_objects(self, repo_id: str, *, repo_type: str = "model") -> dict[str, int]:
+        """The repo's LFS storage: sha256 -> size (uploaded objects and LFS files of its commits)."""
+        with self._lock:
+            return {oid: len(data) for oid, data in self._repos[(repo_type, repo_id)].lfs.items()}
+
+    def fail_requests(
+        self, path_substring: str, times: int, status: int = 503, *, method: str | None = None, after: bool = False
+    ) -> None:
+        """Answer the next ``times`` requests whose path contains ``path_substring`` with ``status``.
+
+        ``method`` narrows the match (``"PUT"``). ``after=True`` processes the request
+        first (an upload is stored, a commit lands) and then answers the error: a
+        response lost on the way back. Use ``LFS_UPLOAD_PATH`` to hit LFS uploads.
+        """
+        with self._lock:
+            self._failures.append(_Failure(path_substring, times, status, method, after))
 
     # ------------------------------------------------------------------ helpers
 
@@ -451,43 +705,55 @@ class HubServer:
             raise _HubError(401, _INVALID_CREDENTIALS, headers={"X-Error-Message": _INVALID_CREDENTIALS})
         return user
 
+    def _is_lfs(self, path: str, size: int) -> bool:
+        """Whether content committed at ``path`` is stored as an LFS object (git-lfs's filter)."""
+        return size >= self.lfs_threshold or _matches_lfs_pattern(path)
+
     def _append_commit(
         self,
         repo: _Repo,
+        branch: str,
         files: dict[str, bytes],
         message: str,
         description: str,
         author: str,
         changed: list[str],
         deleted: list[str],
+        lfs_added: frozenset[str] = frozenset(),
     ) -> _Commit:
-        parent = repo.commits[-1].oid if repo.commits else ""
+        """Add a commit on ``branch``; ``lfs_added`` are the paths committed by sha256 (``lfsFile``)."""
+        parent = repo.branches.get(branch)
         digest = hashlib.sha1()
         digest.update(f"{repo.repo_type}/{repo.repo_id}\n{parent}\n{message}\n{next(self._counter)}\n".encode())
         files = {path: data if isinstance(data, _Blob) else _Blob(data) for path, data in files.items()}
         for path in sorted(files):
             digest.update(f"{path}\0{files[path].git_oid}\n".encode())
+        inherited = repo.commits[parent].lfs if parent else frozenset()
+        fresh = set(changed)
+        lfs = frozenset(
+            path
+            for path, data in files.items()
+            if path in lfs_added or (self._is_lfs(path, len(data)) if path in fresh else path in inherited)
+        )
         commit = _Commit(
             oid=digest.hexdigest(),
+            parent=parent,
             message=message,
             description=description,
             author=author,
             date=datetime.now(timezone.utc),
             files=files,
+            lfs=lfs,
             changed=changed,
             deleted=deleted,
         )
-        repo.commits.append(commit)
+        repo.commits[commit.oid] = commit
+        repo.branches[branch] = commit.oid
+        # What the repo reports as LFS is in its LFS storage, so a commit can point at it
+        # by sha256 (CommitOperationCopy sends an lfsFile for those).
+        for path in fresh & lfs:
+            repo.lfs.setdefault(files[path].sha256, files[path])
         return commit
-
-    def _find_blob(self, sha256: str) -> _Blob | None:
-        """Content already on the server with this sha256 (what an "lfsFile" commit entry points to)."""
-        for repo in self._repos.values():
-            for commit in repo.commits:
-                for data in commit.files.values():
-                    if data.sha256 == sha256:
-                        return data
-        return None
 
     def _url(self, repo: _Repo) -> str:
         return f"{self.endpoint}/{_URL_PREFIX[repo.repo_type]}{repo.repo_id}"
@@ -518,26 +784,28 @@ class HubServer:
 
     @staticmethod
     def _commit_at(repo: _Repo, revision: str) -> _Commit:
-        if revision in ("main", "refs/heads/main"):
-            return repo.head
+        name = revision.removeprefix("refs/heads/")
+        if name in repo.branches:
+            return repo.commits[repo.branches[name]]
         if _HEX_RE.match(revision):
-            for commit in reversed(repo.commits):
+            for commit in reversed(repo.commits.values()):
                 if commit.oid.startswith(revision):
                     return commit
         raise _HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
 
     @staticmethod
-    def _branch(repo: _Repo, revision: str) -> None:
-        if revision not in ("main", "refs/heads/main"):
-            raise _HubError(
-                404, f"Invalid rev id: {revision}: only the main branch can be committed to", "RevisionNotFound"
-            )
+    def _branch(repo: _Repo, revision: str) -> str:
+        """The branch a write to ``revision`` goes to; only branches take commits."""
+        name = revision.removeprefix("refs/heads/")
+        if name not in repo.branches:
+            raise _HubError(404, f"Invalid rev id: {revision}: not a branch of {repo.repo_id}", "RevisionNotFound")
+        return name
 
     def _entry(self, repo: _Repo, commit: _Commit, path: str, expand: bool) -> dict:
         """A tree / paths-info entry (file) in the Hub's JSON shape."""
         data = commit.files[path]
         entry: dict[str, Any] = {"type": "file", "path": path, "size": len(data)}
-        if _is_lfs(path, data):
+        if path in commit.lfs:
             entry["oid"] = _git_blob_oid(data.lfs_pointer)
             entry["lfs"] = {"oid": data.sha256, "size": len(data), "pointerSize": len(data.lfs_pointer)}
         else:
@@ -562,7 +830,7 @@ class HubServer:
 
     @staticmethod
     def _last_commit(repo: _Repo, commit: _Commit, view: Any) -> dict:
-        history = repo.commits[: repo.commits.index(commit) + 1]
+        history = repo.history(commit)
         last = history[-1]
         for older in reversed(history[:-1]):
             if view(older.files) != view(last.files):
@@ -574,13 +842,35 @@ class HubServer:
     def _folders(files: dict[str, _Blob]) -> set[str]:
         return {"/".join(p.split("/")[:i]) for p in files for i in range(1, p.count("/") + 1)}
 
+    def _stats_json(self) -> dict:
+        stats = self.stats
+        return {
+            "bytes_in": stats.bytes_in,
+            "bytes_out": stats.bytes_out,
+            "lfs_puts": stats.lfs_puts,
+            "lfs_bytes": dict(stats.lfs_bytes),
+            "lfs_bytes_total": stats.lfs_bytes_total,
+            "lfs_stored": dict(stats.lfs_stored),
+            "commits": [{"repo_id": r, "branch": b, "count": n} for (r, b), n in sorted(stats.commits.items())],
+        }
+
+    def _cdn_signature(self, oid: str) -> str:
+        return hmac.new(self._secret, oid.encode(), hashlib.sha256).hexdigest()[:32]
+
+
     # ------------------------------------------------------------------- routes
 
     def _handle(self, method: str, path: str, query: dict[str, list[str]], headers: Any, body: bytes) -> tuple:
         """Route one request; returns (status, headers, body bytes) or raises _HubError."""
         raw = path.split("/")[1:]
+        if path.startswith(LFS_UPLOAD_PATH):  # presigned-style URLs: no token, the id is the credential
+            return self._lfs_transfer(method, raw[1:], body)
+        if path.startswith(LFS_CDN_PATH) and method in ("GET", "HEAD") and len(raw) == 2:
+            return self._cdn(method, raw[1], query, headers)
         user = self._user_for(headers)
 
+        if path == STATS_PATH and method == "GET":
+            return _ok(self._stats_json())
         if path == "/api/whoami-v2" and method == "GET":
             return self._whoami(user)
         if path == "/api/validate-yaml" and method == "POST":
@@ -593,10 +883,18 @@ class HubServer:
             repo_type, repo_id = _REPO_TYPES[raw[1]], f"{unquote(raw[2])}/{unquote(raw[3])}"
             action, rest = (raw[4], raw[5:]) if len(raw) > 4 else ("", [])
             return self._repo_api(method, repo_type, repo_id, action, rest, query, user, body)
-        # Downloads: /{repo_id}/resolve/{rev}/{path} (models), /datasets/{repo_id}/resolve/... (others)
         repo_type = "model"
         if raw and raw[0] in ("datasets", "spaces"):
             repo_type, raw = _REPO_TYPES[raw[0]], raw[1:]
+        # LFS API (git-lfs batch protocol): /{repo_id}.git/info/lfs/objects/{batch,verify}
+        if method == "POST" and len(raw) == 6 and raw[1].endswith(".git") and raw[2:5] == ["info", "lfs", "objects"]:
+            repo_id = f"{unquote(raw[0])}/{unquote(raw[1][: -len('.git')])}"
+            repo = self._writable(repo_type, repo_id, user)
+            if raw[5] == "batch":
+                return self._lfs_batch(repo, _json(body))
+            if raw[5] == "verify":
+                return self._lfs_verify(repo, _json(body))
+        # Downloads: /{repo_id}/resolve/{rev}/{path} (models), /datasets/{repo_id}/resolve/... (others)
         if method in ("GET", "HEAD") and len(raw) >= 5 and raw[2] == "resolve":
             repo_id = f"{unquote(raw[0])}/{unquote(raw[1])}"
             filename = unquote("/".join(raw[4:]))
@@ -662,7 +960,7 @@ class HubServer:
         repo = _Repo(repo_type, repo_id, private, False, set(), datetime.now(timezone.utc))
         self._repos[(repo_type, repo_id)] = repo
         self._append_commit(
-            repo, {".gitattributes": GITATTRIBUTES}, "initial commit", "", user.name, [".gitattributes"], []
+            repo, "main", {".gitattributes": GITATTRIBUTES}, "initial commit", "", user.name, [".gitattributes"], []
         )
         return _ok({"url": self._url(repo), "name": repo_id, "id": hashlib.sha1(repo_id.encode()).hexdigest()[:24]})
 
@@ -719,29 +1017,18 @@ class HubServer:
             return _ok(entries)
         if method == "POST" and action == "preupload":
             repo = self._writable(repo_type, repo_id, user)
-            self._branch(repo, revision)
-            files = []
-            for item in _json(body).get("files", []):
-                existing = repo.head.files.get(item["path"])
-                files.append(
-                    {
-                        "path": item["path"],
-                        "uploadMode": "regular",  # inline base64 in the commit: no LFS / Xet transfer
-                        "shouldIgnore": False,
-                        "oid": existing.git_oid if existing is not None else None,
-                    }
-                )
-            return _ok({"files": files, "commitOid": repo.head.oid})
+            if query.get("create_pr"):
+                raise _HubError(400, "Pull requests are not supported by the test Hub server")
+            head = repo.commits[repo.branches[self._branch(repo, revision)]]
+            return self._preupload(repo, head, _json(body))
         if method == "POST" and action == "commit":
             repo = self._writable(repo_type, repo_id, user)
             if query.get("create_pr"):
                 raise _HubError(400, "Pull requests are not supported by the test Hub server")
-            self._branch(repo, revision)
-            return self._commit(repo, user, body)  # type: ignore[arg-type]
+            return self._commit(repo, self._branch(repo, revision), user, body)  # type: ignore[arg-type]
         if method == "GET" and action == "commits":
             repo = self._readable(repo_type, repo_id, user)
-            commit = self._commit_at(repo, revision)
-            history = repo.commits[: repo.commits.index(commit) + 1]
+            history = repo.history(self._commit_at(repo, revision))
             return _ok(
                 [
                     {
@@ -758,14 +1045,66 @@ class HubServer:
             return self._settings(user, repo_type, repo_id, _json(body))
         if method == "GET" and action == "refs":
             repo = self._readable(repo_type, repo_id, user)
-            main = {"name": "main", "ref": "refs/heads/main", "targetCommit": repo.head.oid}
-            return _ok({"branches": [main], "tags": [], "converts": [], "pullRequests": []})
+            names = ["main", *sorted(set(repo.branches) - {"main"})]
+            branches = [{"name": n, "ref": f"refs/heads/{n}", "targetCommit": repo.branches[n]} for n in names]
+            return _ok({"branches": branches, "tags": [], "converts": [], "pullRequests": []})
+        if action == "branch" and rest and method in ("POST", "DELETE"):
+            repo = self._writable(repo_type, repo_id, user)
+            if method == "POST":
+                return self._create_branch(repo, revision, _json(body))
+            return self._delete_branch(repo, revision)
+        if action in ("xet-write-token", "xet-read-token"):
+            raise _HubError(
+                501,
+                "The test Hub server does not speak Xet; it takes uploads through LFS. "
+                "Set HF_HUB_DISABLE_XET=1 (or huggingface_hub.constants.HF_HUB_DISABLE_XET = True) in the client.",
+            )
         if method == "GET" and action == "safetensors-metadata" and repo_type == "model":
             repo = self._readable(repo_type, repo_id, user)
             if not self._can_download(repo, user):
                 raise self._gated_error(user)
             return self._sharded_metadata(repo, unquote("/".join(rest)))
         raise _HubError(404, f"Route not found: {method} /api/{repo_type}s/{repo_id}/{action}")
+
+    def _preupload(self, repo: _Repo, head: _Commit, payload: dict) -> tuple:
+        files = []
+        for item in payload.get("files", []):
+            path, size = item.get("path"), item.get("size")
+            if not isinstance(path, str) or not isinstance(size, int) or size < 0:
+                raise _HubError(400, f"Each preupload file needs a 'path' and a 'size' in bytes, got {item!r}")
+            existing = head.files.get(path)
+            oid = None
+            if existing is not None:
+                # The client compares this with sha256 (lfs) or the git blob id (regular) of its
+                # local file to drop unchanged files from the commit.
+                oid = existing.sha256 if path in head.lfs else existing.git_oid
+            files.append(
+                {
+                    "path": path,
+                    "uploadMode": "lfs" if size >= self.lfs_threshold else "regular",
+                    "shouldIgnore": False,
+                    "oid": oid,
+                }
+            )
+        return _ok({"files": files, "commitOid": head.oid})
+
+    def _create_branch(self, repo: _Repo, branch: str, payload: dict) -> tuple:
+        if not _BRANCH_RE.match(branch):
+            raise _HubError(400, f"Invalid branch name {branch!r}: use letters, digits, '.', '_', '-' and '/'")
+        if branch in repo.branches:
+            raise _HubError(409, f"Reference already exists: refs/heads/{branch}")
+        start = payload.get("startingPoint") or "main"
+        repo.branches[branch] = self._commit_at(repo, str(start)).oid
+        return _ok({})
+
+    def _delete_branch(self, repo: _Repo, branch: str) -> tuple:
+        name = branch.removeprefix("refs/heads/")
+        if name == "main":
+            raise _HubError(403, "Cannot delete the default branch 'main'")
+        if name not in repo.branches:
+            raise _HubError(404, f"Invalid rev id: {branch}: no such branch in {repo.repo_id}", "RevisionNotFound")
+        del repo.branches[name]
+        return _ok({})
 
     def _info(self, repo_type: str, repo_id: str, revision: str, blobs: bool, user: _User | None) -> tuple:
         repo = self._readable(repo_type, repo_id, user)
@@ -850,7 +1189,7 @@ class HubServer:
                 entries.append(self._entry(repo, commit, file, expand))
         return _ok(entries)
 
-    def _commit(self, repo: _Repo, user: _User, body: bytes) -> tuple:
+    def _commit(self, repo: _Repo, branch: str, user: _User, body: bytes) -> tuple:
         try:
             lines = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
         except ValueError as err:
@@ -858,12 +1197,14 @@ class HubServer:
         header = next((item.get("value") or {} for item in lines if item.get("key") == "header"), None)
         if header is None or not header.get("summary"):
             raise _HubError(400, "Commit payload needs a header line with a summary")
+        head = repo.commits[repo.branches[branch]]
         parent = header.get("parentCommit")
-        if parent and not repo.head.oid.startswith(parent):
+        if parent and not head.oid.startswith(parent):
             raise _HubError(412, "A commit has happened since. Please refresh and try again.")
-        files = dict(repo.head.files)  # built aside, swapped in only if every operation is valid
+        files = dict(head.files)  # built aside, swapped in only if every operation is valid
         changed: list[str] = []
         deleted: list[str] = []
+        lfs_added: set[str] = set()
         for item in lines:
             key, value = item.get("key"), item.get("value") or {}
             if key == "header":
@@ -873,16 +1214,32 @@ class HubServer:
                 if value.get("encoding", "base64") != "base64":
                     raise _HubError(400, f"Unsupported encoding {value.get('encoding')!r} for {path}")
                 try:
-                    files[path] = base64.b64decode(value.get("content", ""), validate=True)
+                    data = base64.b64decode(value.get("content", ""), validate=True)
                 except ValueError as err:
                     raise _HubError(400, f"Invalid base64 content for {path}") from err
-                changed.append(path)
-            elif key == "lfsFile":
-                data = self._find_blob(value.get("oid", ""))
-                if data is None:
-                    raise _HubError(400, f"LFS object {value.get('oid')} for {path} was never uploaded")
+                if len(data) >= self.lfs_threshold:
+                    raise _HubError(
+                        400,
+                        f"{path} is {len(data)} bytes: files of {self.lfs_threshold} bytes or more must be "
+                        "uploaded with LFS (preupload answers 'lfs' for them), not inline in the commit",
+                    )
                 files[path] = data
                 changed.append(path)
+                lfs_added.discard(path)
+            elif key == "lfsFile":
+                oid, size = value.get("oid"), value.get("size")
+                data = repo.lfs.get(oid) if isinstance(oid, str) else None
+                if data is None:
+                    raise _HubError(
+                        400,
+                        f"LFS object {oid} for {path} is not in {repo.repo_id}'s LFS storage: "
+                        "upload it first (LFS batch + PUT, what preupload_lfs_files does)",
+                    )
+                if size is not None and size != len(data):
+                    raise _HubError(400, f"LFS object {oid} for {path} is {len(data)} bytes, the commit says {size}")
+                files[path] = data
+                changed.append(path)
+                lfs_added.add(path)
             elif key == "deletedFile":
                 if path not in files:
                     raise _HubError(404, f"A file with this name doesn't exist: {path}", "EntryNotFound")
@@ -907,8 +1264,18 @@ class HubServer:
         changed = [p for p in dict.fromkeys(changed) if p in files]
         deleted = [p for p in dict.fromkeys(deleted) if p not in files]
         commit = self._append_commit(
-            repo, files, header["summary"], header.get("description") or "", user.name, changed, deleted
+            repo,
+            branch,
+            files,
+            header["summary"],
+            header.get("description") or "",
+            user.name,
+            changed,
+            deleted,
+            frozenset(lfs_added),
         )
+        key = (repo.repo_id, branch)
+        self.stats.commits[key] = self.stats.commits.get(key, 0) + 1
         return _ok(
             {
                 "success": True,
@@ -918,6 +1285,120 @@ class HubServer:
                 "pullRequestUrl": None,
             }
         )
+
+    # ---------------------------------------------------------------------- LFS
+
+    def _lfs_batch(self, repo: _Repo, payload: dict) -> tuple:
+        """git-lfs batch API, upload only: an action for each object this repo does not store yet."""
+        if payload.get("operation") != "upload":
+            raise _HubError(400, f"Only the 'upload' operation is supported, got {payload.get('operation')!r}")
+        if payload.get("hash_algo", "sha256") != "sha256":
+            raise _HubError(400, f"Only sha256 object ids are supported, got {payload.get('hash_algo')!r}")
+        offered = payload.get("transfers") or ["basic"]
+        multipart_used = False
+        objects = []
+        for item in payload.get("objects", []):
+            oid, size = item.get("oid"), item.get("size")
+            entry: dict[str, Any] = {"oid": str(oid), "size": size if isinstance(size, int) else -1}
+            if not isinstance(oid, str) or not _SHA256_RE.match(oid) or not isinstance(size, int) or size < 0:
+                entry["error"] = {"code": 422, "message": f"Invalid object: oid {oid!r}, size {size!r}"}
+                objects.append(entry)
+                continue
+            stored = repo.lfs.get(oid)
+            if stored is not None:
+                if len(stored) != size:
+                    entry["error"] = {"code": 422, "message": f"Object {oid} is stored with size {len(stored)}"}
+                objects.append(entry)  # no "actions": already uploaded
+                continue
+            multipart = size > self.lfs_part_size and "multipart" in offered
+            upload_id = secrets.token_hex(12)
+            upload = _LfsUpload((repo.repo_type, repo.repo_id), oid, size, self.lfs_part_size if multipart else None)
+            self._uploads[upload_id] = upload
+            href = f"{self.storage_endpoint}{LFS_UPLOAD_PATH}{upload_id}"
+            action: dict[str, Any] = {"href": href}
+            if multipart:
+                multipart_used = True
+                # The client PUTs part N to header[str(N)] and POSTs the ETags to href.
+                action = {
+                    "href": href,
+                    "header": {
+                        "chunk_size": str(self.lfs_part_size),
+                        **{str(n): f"{href}/{n}" for n in range(1, upload.part_count + 1)},
+                    },
+                }
+            prefix = _URL_PREFIX[repo.repo_type]
+            verify = {"href": f"{self.endpoint}/{prefix}{repo.repo_id}.git/info/lfs/objects/verify"}
+            entry.update(authenticated=True, actions={"upload": action, "verify": verify})
+            objects.append(entry)
+        body = {"transfer": "multipart" if multipart_used else "basic", "objects": objects, "hash_algo": "sha256"}
+        return 200, {"Content-Type": "application/vnd.git-lfs+json"}, json.dumps(body).encode()
+
+    def _lfs_verify(self, repo: _Repo, payload: dict) -> tuple:
+        oid, size = payload.get("oid"), payload.get("size")
+        stored = repo.lfs.get(oid) if isinstance(oid, str) else None
+        if stored is None:
+            raise _HubError(404, f"LFS object {oid} is not in {repo.repo_id}'s LFS storage")
+        if size is not None and size != len(stored):
+            raise _HubError(422, f"LFS object {oid} is {len(stored)} bytes, not {size}")
+        return _ok({})
+
+    def _lfs_transfer(self, method: str, parts: list[str], body: bytes) -> tuple:
+        """The storage side of an upload action: basic PUT, multipart part PUT, multipart completion."""
+        upload = self._uploads.get(parts[0]) if parts else None
+        if upload is None:
+            raise _HubError(404, "Unknown or expired LFS upload URL")
+        repo = self._repos.get(upload.repo_key)
+        if repo is None:
+            raise _HubError(404, f"The repo of this LFS upload ({upload.repo_key[1]}) was deleted")
+        if method == "PUT" and len(parts) == 1 and upload.part_size is None:
+            self._store_lfs(repo, upload, body)
+            return 200, {"ETag": f'"{hashlib.md5(body).hexdigest()}"'}, b""
+        if method == "PUT" and len(parts) == 2 and upload.part_size is not None and parts[1].isdigit():
+            number = int(parts[1])
+            if not 1 <= number <= upload.part_count:
+                raise _HubError(400, f"Part {number} is out of range 1..{upload.part_count}")
+            expected = min(upload.part_size, upload.size - (number - 1) * upload.part_size)
+            if len(body) != expected:
+                raise _HubError(400, f"Part {number} of {upload.oid} must be {expected} bytes, got {len(body)}")
+            upload.parts[number] = body
+            return 200, {"ETag": f'"{hashlib.md5(body).hexdigest()}"'}, b""
+        if method == "POST" and len(parts) == 1 and upload.part_size is not None:
+            payload = _json(body)
+            if payload.get("oid") != upload.oid:
+                raise _HubError(400, f"Completion is for {payload.get('oid')!r}, this upload is {upload.oid}")
+            if upload.oid in repo.lfs:  # a retried completion after a lost response
+                return _ok({})
+            listed = {p.get("partNumber"): p.get("etag") for p in payload.get("parts", [])}
+            for number in range(1, upload.part_count + 1):
+                data = upload.parts.get(number)
+                if data is None:
+                    raise _HubError(400, f"Part {number} of {upload.oid} was never uploaded")
+                if listed.get(number) != f'"{hashlib.md5(data).hexdigest()}"':
+                    raise _HubError(400, f"Part {number} of {upload.oid}: ETag {listed.get(number)!r} does not match")
+            self._store_lfs(repo, upload, b"".join(upload.parts[n] for n in range(1, upload.part_count + 1)))
+            upload.parts.clear()
+            return _ok({})
+        raise _HubError(405, f"{method} is not allowed on this LFS upload URL")
+
+    def _store_lfs(self, repo: _Repo, upload: _LfsUpload, data: bytes) -> None:
+        if len(data) != upload.size:
+            raise _HubError(400, f"LFS object {upload.oid} must be {upload.size} bytes, got {len(data)}")
+        if upload.oid in repo.lfs:  # content-addressed: the same bytes again store nothing
+            return
+        blob = _Blob(data)
+        if blob.sha256 != upload.oid:
+            raise _HubError(400, f"sha256 mismatch: the batch announced {upload.oid}, the body hashes to {blob.sha256}")
+        repo.lfs[upload.oid] = blob
+        self.stats.lfs_stored[upload.oid] = self.stats.lfs_stored.get(upload.oid, 0) + 1
+
+    def _note_lfs_put(self, method: str, path: str, nbytes: int) -> None:
+        """Count an LFS PUT and its body bytes, before any injected failure or check."""
+        if method != "PUT" or not path.startswith(LFS_UPLOAD_PATH):
+            return
+        upload = self._uploads.get(path[len(LFS_UPLOAD_PATH) :].split("/")[0])
+        self.stats.lfs_puts += 1
+        if upload is not None:
+            self.stats.lfs_bytes[upload.oid] = self.stats.lfs_bytes.get(upload.oid, 0) + nbytes
 
     def _gated_error(self, user: _User | None) -> _HubError:
         message = "Access to this model is restricted: ask for access on its page, then use a token of a granted user."
@@ -933,32 +1414,26 @@ class HubServer:
         data = commit.files.get(filename)
         if data is None:
             raise _HubError(404, "Entry not found", "EntryNotFound", headers={"X-Repo-Commit": commit.oid})
-        out = {
-            "X-Repo-Commit": commit.oid,
-            "Accept-Ranges": "bytes",
-            "Content-Type": mimetypes.guess_type(filename)[0] or "application/octet-stream",
-        }
-        if _is_lfs(filename, data):
-            sha256 = data.sha256
-            out.update({"ETag": f'"{sha256}"', "X-Linked-Etag": f'"{sha256}"', "X-Linked-Size": str(len(data))})
-        else:
+        out = {"X-Repo-Commit": commit.oid}
+        if filename not in commit.lfs:
             out["ETag"] = f'"{data.git_oid}"'
-        range_header = headers.get("range")
-        if method == "GET" and range_header:
-            match = _RANGE_RE.match(range_header)
-            if match and (match.group(1) or match.group(2)):
-                first, last = match.groups()
-                if first:
-                    start, end = int(first), min(int(last), len(data) - 1) if last else len(data) - 1
-                else:
-                    start, end = max(len(data) - int(last), 0), len(data) - 1
-                if start >= len(data) or start > end:
-                    raise _HubError(
-                        416, "Requested range not satisfiable", headers={"Content-Range": f"bytes */{len(data)}"}
-                    )
-                out["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
-                return 206, out, data[start : end + 1]
-        return 200, out, data
+            return _serve(method, data, headers, out, filename)
+        # The client reads an LFS file's sha256 and size from these, before any redirect.
+        sha256 = data.sha256
+        out.update({"ETag": f'"{sha256}"', "X-Linked-Etag": f'"{sha256}"', "X-Linked-Size": str(len(data))})
+        if self.lfs_redirect:
+            location = f"{self.storage_endpoint}{LFS_CDN_PATH}{sha256}?sig={self._cdn_signature(sha256)}"
+            return 302, {**out, "Location": location}, b""
+        return _serve(method, data, headers, out, filename)
+
+    def _cdn(self, method: str, oid: str, query: dict[str, list[str]], headers: Any) -> tuple:
+        """Where ``lfs_redirect`` sends LFS downloads: a signed URL, no token, Range honoured."""
+        if not hmac.compare_digest((query.get("sig") or [""])[0], self._cdn_signature(oid)):
+            raise _HubError(403, "Invalid or missing signature on this CDN URL")
+        data = next((repo.lfs[oid] for repo in self._repos.values() if oid in repo.lfs), None)
+        if data is None:
+            raise _HubError(404, f"LFS object {oid} is gone")
+        return _serve(method, data, headers, {"ETag": f'"{oid}"'}, "")
 
     def _sharded_metadata(self, repo: _Repo, filename: str) -> tuple:
         commit = repo.head
@@ -973,6 +1448,31 @@ class HubServer:
                 raise _HubError(404, f"Shard {shard} is missing or is not a safetensors file", "EntryNotFound")
             headers[shard] = header
         return _ok({"index": index, "headers": headers})
+
+
+def _serve(method: str, data: bytes, headers: Any, out: dict[str, str], filename: str) -> tuple:
+    """200 with ``data``, or 206 with the slice a ``Range: bytes=...`` header asks for (GET only)."""
+    out = {
+        **out,
+        "Accept-Ranges": "bytes",
+        "Content-Type": mimetypes.guess_type(filename)[0] or "application/octet-stream",
+    }
+    range_header = headers.get("range")
+    if method == "GET" and range_header:
+        match = _RANGE_RE.match(range_header)
+        if match and (match.group(1) or match.group(2)):
+            first, last = match.groups()
+            if first:
+                start, end = int(first), min(int(last), len(data) - 1) if last else len(data) - 1
+            else:
+                start, end = max(len(data) - int(last), 0), len(data) - 1
+            if start >= len(data) or start > end:
+                raise _HubError(
+                    416, "Requested range not satisfiable", headers={"Content-Range": f"bytes */{len(data)}"}
+                )
+            out["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+            return 206, out, memoryview(data)[start : end + 1]
+    return 200, out, data
 
 
 def _check_path(path: str, *, folder: bool = False) -> str:
@@ -1023,41 +1523,74 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence stderr logging
         pass
 
-    def _read_body(self) -> bytes:
+    def _read(self, nbytes: int, into: bytearray) -> bool:
+        """Append ``nbytes`` of the request body to ``into``, paced by the upload cap; False on EOF."""
+        while nbytes > 0:
+            step = min(nbytes, _IO_CHUNK)
+            self.hub._inbound.take(step)
+            chunk = self.rfile.read(step)
+            into += chunk
+            if len(chunk) < step:
+                return False
+            nbytes -= step
+        return True
+
+    def _read_body(self) -> tuple[bytes, bool]:
+        """The request body and whether it arrived whole (a client killed mid-upload sends less)."""
+        body = bytearray()
         if self.headers.get("transfer-encoding", "").lower() == "chunked":
-            chunks = []
             while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                line = self.rfile.readline()
+                if not line:
+                    return bytes(body), False
+                size = int(line.split(b";")[0].strip() or b"0", 16)
                 if size == 0:
                     while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                         pass
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
+                    return bytes(body), True
+                if not self._read(size, body):
+                    return bytes(body), False
                 self.rfile.readline()
-        length = int(self.headers.get("content-length") or 0)
-        return self.rfile.read(length) if length else b""
+        complete = self._read(int(self.headers.get("content-length") or 0), body)
+        return bytes(body), complete
+
+    def _write_body(self, payload: bytes | memoryview) -> None:
+        view = memoryview(payload)
+        if not self.hub._outbound.rate:
+            self.wfile.write(view)
+            return
+        for start in range(0, len(view), _IO_CHUNK):
+            piece = view[start : start + _IO_CHUNK]
+            self.hub._outbound.take(len(piece))
+            self.wfile.write(piece)
 
     def _dispatch(self, method: str) -> None:
         hub = self.hub
-        body = self._read_body()
+        body, complete = self._read_body()
         split = urlsplit(self.path)
         with hub._lock:
+            hub.stats.bytes_in += len(body)
+            hub._note_lfs_put(method, split.path, len(body))
+            if not complete:  # the client went away mid-request: nothing to answer, nothing to apply
+                self.close_connection = True
+                return
             hub.requests_log.append((method, self.path, {k.lower(): v for k, v in self.headers.items()}))
-            injected = next((f for f in hub._failures if f[0] in self.path and f[1] > 0), None)
+            injected = next((f for f in hub._failures if f.matches(method, self.path)), None)
             if injected is not None:
-                injected[1] -= 1
-                error = _HubError(injected[2], f"Injected failure ({injected[2]})")
-            else:
+                injected.remaining -= 1
+            error = None
+            if injected is None or injected.after:
                 try:
                     status, headers, payload = hub._handle(
                         method, split.path, parse_qs(split.query), self.headers, body
                     )
-                    error = None
                 except _HubError as err:
                     error = err
                 except Exception as err:  # a bug in this server: answer 500 and keep it for the test to see
                     hub.server_errors.append(traceback.format_exc())
                     error = _HubError(500, f"Test Hub server error: {err!r}")
+            if injected is not None and error is None:
+                error = _HubError(injected.status, f"Injected failure ({injected.status})")
         if error is not None:
             status, payload = error.status, json.dumps(error.body).encode()
             headers = {"Content-Type": "application/json; charset=utf-8", **error.headers}
@@ -1069,5 +1602,62 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
-        if method != "HEAD":
-            self.wfile.write(payload)
+        if method != "HEAD" and len(payload):
+            try:
+                self._write_body(payload)
+            except (BrokenPipeError, ConnectionResetError):  # the client hung up mid-download
+                self.close_connection = True
+                return
+            with hub._lock:
+                hub.stats.bytes_out += len(payload)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve in the foreground, for benchmarks that keep the server out of the measured process.
+
+    Prints one JSON line (``endpoint``, ``storage_endpoint``, ``stats_url``) once serving, then
+    serves until SIGINT/SIGTERM. Tokens are ``DEFAULT_USERS``'. Example::
+
+        python tests/hub_server.py --seed bob/src=/data/model --download-bandwidth 100e6 --upload-bandwidth 100e6
+    """
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    parser.add_argument(
+        "--seed", action="append", default=[], metavar="REPO_ID=FOLDER", help="a repo holding FOLDER's files"
+    )
+    parser.add_argument("--lfs-threshold", type=int, default=LFS_MIN_SIZE)
+    parser.add_argument("--lfs-part-size", type=int, default=LFS_PART_SIZE)
+    parser.add_argument("--lfs-redirect", action="store_true")
+    parser.add_argument("--upload-bandwidth", type=float, default=None, metavar="BYTES_PER_S")
+    parser.add_argument("--download-bandwidth", type=float, default=None, metavar="BYTES_PER_S")
+    args = parser.parse_args(argv)
+    server = HubServer(
+        lfs_threshold=args.lfs_threshold,
+        lfs_part_size=args.lfs_part_size,
+        lfs_redirect=args.lfs_redirect,
+        upload_bandwidth=args.upload_bandwidth,
+        download_bandwidth=args.download_bandwidth,
+    )
+    for seed in args.seed:
+        repo_id, sep, folder = seed.partition("=")
+        root = pathlib.Path(folder)
+        if not sep or not root.is_dir():
+            parser.error(f"--seed takes REPO_ID=FOLDER with an existing folder, got {seed!r}")
+        files = {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
+        server.seed_repo(repo_id, files)  # type: ignore[arg-type]
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    server.start(args.port)
+    info = {
+        "endpoint": server.endpoint,
+        "storage_endpoint": server.storage_endpoint,
+        "stats_url": server.endpoint + STATS_PATH,
+    }
+    print(json.dumps(info), flush=True)
+    stop.wait()
+    server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -7,12 +7,18 @@ the ``hub`` fixture (tests/conftest.py) gives an empty server per test.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
 from huggingface_hub import (
     CommitOperationAdd,
+    CommitOperationCopy,
     CommitOperationDelete,
     HfApi,
     hf_hub_download,
@@ -25,6 +31,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.utils import get_session
 from safetensors.torch import save_file
 
 ALICE, BOB, CAROL = "hf_test_alice", "hf_test_bob", "hf_test_readonly"
@@ -269,3 +276,187 @@ def test_transient_503_retried_by_backoff_routes_raised_by_others(hub, tmp_path)
         api.whoami()
     assert err.value.response.status_code == 503
     assert api.whoami()["name"] == "alice"
+
+
+# --- branches, refs, commits per branch ----------------------------------------------------
+
+
+def test_branches_take_commits_and_serve_downloads_apart_from_main(hub, tmp_path):
+    api = _api(hub)
+    api.create_repo("alice/branchy")
+    first = api.upload_file(path_or_fileobj=b"v1", path_in_repo="a.txt", repo_id="alice/branchy")
+    api.upload_file(path_or_fileobj=b"v2", path_in_repo="a.txt", repo_id="alice/branchy")
+
+    api.create_branch("alice/branchy", branch="staging/part-1")  # from main's head
+    api.create_branch("alice/branchy", branch="old", revision=first.oid)  # from a commit id
+    api.create_branch("alice/branchy", branch="old", exist_ok=True)
+    with pytest.raises(HfHubHTTPError) as err:
+        api.create_branch("alice/branchy", branch="old")
+    assert err.value.response.status_code == 409
+    with pytest.raises(HfHubHTTPError, match="Invalid branch name") as err:
+        api.create_branch("alice/branchy", branch="bad..name")
+    with pytest.raises(RevisionNotFoundError):
+        api.create_branch("alice/branchy", branch="from-nowhere", revision="v9")
+
+    staged = api.upload_file(
+        path_or_fileobj=b"part", path_in_repo="p1.txt", repo_id="alice/branchy", revision="staging/part-1"
+    )
+    assert hub.list_files("alice/branchy") == [".gitattributes", "a.txt"]  # main untouched
+    assert hub.list_files("alice/branchy", revision="staging/part-1") == [".gitattributes", "a.txt", "p1.txt"]
+    assert hub.stats.commits == {("alice/branchy", "main"): 2, ("alice/branchy", "staging/part-1"): 1}
+
+    refs = api.list_repo_refs("alice/branchy")
+    heads = {ref.name: ref.target_commit for ref in refs.branches}
+    assert heads == {"main": hub.commits("alice/branchy")[-1]["oid"], "staging/part-1": staged.oid, "old": first.oid}
+    assert [ref.name for ref in refs.branches][0] == "main" and refs.tags == []
+    assert hub.branches("alice/branchy") == heads
+
+    titles = [c.title for c in api.list_repo_commits("alice/branchy", revision="staging/part-1")]
+    upload_a = "Upload a.txt with huggingface_hub"
+    assert titles == ["Upload p1.txt with huggingface_hub", upload_a, upload_a, "initial commit"]
+    assert [c.commit_id for c in api.list_repo_commits("alice/branchy", revision="old")] == [
+        first.oid,
+        hub.commits("alice/branchy")[0]["oid"],
+    ]
+    assert api.model_info("alice/branchy", revision="staging/part-1").sha == staged.oid
+    assert api.list_repo_files("alice/branchy", revision="old") == [".gitattributes", "a.txt"]
+    old = hf_hub_download("alice/branchy", "a.txt", revision="old", endpoint=hub.endpoint, token=ALICE)
+    assert Path(old).read_bytes() == b"v1"
+    part = hf_hub_download(
+        "alice/branchy", "p1.txt", revision="staging/part-1", endpoint=hub.endpoint, token=ALICE, cache_dir=tmp_path
+    )
+    assert Path(part).read_bytes() == b"part"
+    with pytest.raises(EntryNotFoundError):
+        hf_hub_download("alice/branchy", "p1.txt", endpoint=hub.endpoint, token=ALICE, cache_dir=tmp_path)
+
+
+def test_commit_to_a_branch_checks_its_own_head(hub):
+    api = _api(hub)
+    hub.seed_repo("alice/heads", {"a.txt": b"a"})
+    api.create_branch("alice/heads", branch="dev")
+    base = hub.branches("alice/heads")["dev"]
+    api.create_commit(
+        "alice/heads",
+        [CommitOperationAdd(path_in_repo="b.txt", path_or_fileobj=b"b")],
+        commit_message="on dev",
+        revision="dev",
+        parent_commit=base,
+    )
+    with pytest.raises(HfHubHTTPError) as err:  # dev moved since `base`
+        api.create_commit(
+            "alice/heads",
+            [CommitOperationAdd(path_in_repo="c.txt", path_or_fileobj=b"c")],
+            commit_message="stale",
+            revision="dev",
+            parent_commit=base,
+        )
+    assert err.value.response.status_code == 412
+    # main's head is still `base`: a commit there with that parent goes through.
+    api.create_commit(
+        "alice/heads",
+        [CommitOperationAdd(path_in_repo="m.txt", path_or_fileobj=b"m")],
+        commit_message="on main",
+        parent_commit=base,
+    )
+    assert hub.list_files("alice/heads") == ["a.txt", "m.txt"]
+    assert hub.list_files("alice/heads", revision="dev") == ["a.txt", "b.txt"]
+
+
+def test_copy_from_another_branch_and_delete_branches(hub):
+    api = _api(hub)
+    hub.seed_repo("alice/parts", {"config.json": b"{}"})
+    api.create_branch("alice/parts", branch="part-1")
+    api.upload_file(path_or_fileobj=b"notes", path_in_repo="notes.txt", repo_id="alice/parts", revision="part-1")
+    api.create_commit(
+        "alice/parts",
+        [CommitOperationCopy(src_path_in_repo="notes.txt", path_in_repo="NOTES.txt", src_revision="part-1")],
+        commit_message="finalize",
+    )
+    assert hub.read_file("alice/parts", "NOTES.txt") == b"notes"
+
+    api.delete_branch("alice/parts", branch="part-1")
+    assert hub.branches("alice/parts").keys() == {"main"}
+    with pytest.raises(RevisionNotFoundError):
+        api.delete_branch("alice/parts", branch="part-1")
+    with pytest.raises(RevisionNotFoundError):  # a deleted branch takes no commit
+        api.upload_file(path_or_fileobj=b"x", path_in_repo="x.txt", repo_id="alice/parts", revision="part-1")
+    with pytest.raises(HfHubHTTPError, match="default branch") as err:
+        api.delete_branch("alice/parts", branch="main")
+    assert err.value.response.status_code == 403
+    with pytest.raises(HfHubHTTPError) as err:  # bob may not touch alice's branches
+        _api(hub, BOB).create_branch("alice/parts", branch="bobs")
+    assert err.value.response.status_code == 403
+
+
+# --- bandwidth ---------------------------------------------------------------------------
+
+
+RATE = 2_000_000  # bytes/s: two 1 MB bodies take about a second together
+SIZE = 1_000_000
+
+
+def _timed_in_parallel(*calls) -> float:
+    with ThreadPoolExecutor(len(calls)) as pool:
+        start = time.monotonic()
+        for future in [pool.submit(call) for call in calls]:
+            future.result()
+        return time.monotonic() - start
+
+
+def _assert_rate(seconds: float, nbytes: int) -> None:
+    # The bucket lets at most one burst (64 KiB here) run ahead of the rate: a lower bound that
+    # two connections limited each on their own (0.5 s) would miss. The upper bound leaves room
+    # for a loaded machine.
+    floor = (nbytes - 64 * 1024) / RATE
+    assert floor * 0.97 <= seconds <= floor * 1.6, f"{nbytes} bytes in {seconds:.2f} s at {RATE} B/s"
+
+
+def test_download_bandwidth_is_shared_by_concurrent_downloads(hub):
+    hub.seed_repo("alice/big", {"a.bin": os.urandom(SIZE), "b.bin": os.urandom(SIZE)})
+    hub.configure(download_bandwidth=RATE)
+    headers = {"authorization": f"Bearer {ALICE}"}
+
+    def fetch(name: str):
+        return lambda: get_session().get(f"{hub.endpoint}/alice/big/resolve/main/{name}", headers=headers).content
+
+    before = hub.stats.bytes_out
+    _assert_rate(_timed_in_parallel(fetch("a.bin"), fetch("b.bin")), 2 * SIZE)
+    assert hub.stats.bytes_out - before == 2 * SIZE
+
+    hub.configure(download_bandwidth=None)  # lifted: the same bytes in a blink
+    assert _timed_in_parallel(fetch("a.bin"), fetch("b.bin")) < 0.3
+
+
+def test_upload_bandwidth_caps_request_bodies(hub):
+    hub.seed_repo("alice/up", {"a.txt": b"a"})
+    hub.configure(upload_bandwidth=RATE)
+    headers = {"authorization": f"Bearer {ALICE}", "content-type": "application/x-www-form-urlencoded"}
+    body = b"paths=a.txt&pad=" + b"x" * (SIZE - 16)
+
+    def post():
+        url = f"{hub.endpoint}/api/models/alice/up/paths-info/main"
+        response = get_session().post(url, headers=headers, content=body)
+        assert response.status_code == 200 and response.json()[0]["path"] == "a.txt"
+
+    _assert_rate(_timed_in_parallel(post, post), 2 * SIZE)
+    assert hub.stats.bytes_in == 2 * SIZE
+
+
+def test_standalone_server_seeds_serves_and_reports_stats(tmp_path):
+    """``python tests/hub_server.py`` for benchmarks: the server in its own process."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text('{"model_type": "llama"}')
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("hub_server.py")), "--seed", f"bob/src={tmp_path / 'model'}"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        info = json.loads(proc.stdout.readline())
+        path = hf_hub_download("bob/src", "config.json", endpoint=info["endpoint"], token=BOB, cache_dir=tmp_path / "c")
+        assert Path(path).read_text() == '{"model_type": "llama"}'
+        stats = get_session().get(info["stats_url"]).json()
+        assert stats["bytes_out"] == len('{"model_type": "llama"}') and stats["lfs_puts"] == 0
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
