@@ -32,7 +32,7 @@ from huggingface_hub.utils import get_session
 from safetensors.torch import save
 
 import ptq_core
-from ptq_core import _hub_client as hub_client
+from ptq_core import _http as hub_http
 
 ALICE, BOB = "hf_test_alice", "hf_test_bob"
 REPO = "alice/lfs"
@@ -246,7 +246,7 @@ def local_output(checkpoint, tmp_path_factory) -> Path:
 def test_quantize_to_hub_upload_failure_then_retry_lands_once(
     hub, checkpoint, local_output, tmp_path, monkeypatch, status, after, resent
 ):
-    monkeypatch.setattr(hub_client, "_RETRY_DELAYS", (0.0, 0.0, 0.0))
+    monkeypatch.setattr(hub_http, "_RETRY_DELAYS", (0.0, 0.0, 0.0))
     hub.configure(lfs_threshold=THRESHOLD)
     hub.seed_repo("bob/tiny-llama", {p.name: p for p in checkpoint.iterdir() if p.is_file()})
     hub.fail_requests(LFS_UPLOAD_PATH, times=1, status=status, method="PUT", after=after)
