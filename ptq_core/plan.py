@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 
@@ -304,42 +304,33 @@ def build_plan(checkpoint: Checkpoint, resolved: ResolvedConfig) -> Plan:
         TensorShapeError / CheckpointError: as ``plan_checkpoint``.
     """
     specs = {g: weight_spec(s, resolved.formats[g]) for g, s in resolved.groups}
-    ignore_list = resolved.ignore
-    exact_ignore = {p for p in ignore_list if not p.startswith("re:")}
-    regex_ignore = [(p, re.compile(p[3:])) for p in ignore_list if p.startswith("re:")]
-    decided: dict[str, tuple[str | None, str]] = {}  # module -> (group, reason): many tensors share a module
+    match_module = _module_matcher(resolved)
 
     units: list[_Unit] = []
     skipped: dict[str, str] = {}
-    groups = resolved.groups
     for name, source, dtype, shape, shard in _expand_sources(checkpoint):
-        unit = _Unit(name, source, dtype, shape, shard)  # named only for the checks below
         module, _, param = name.rpartition(".")
         group = None
         if module.endswith("norm"):
-            skipped[unit.name] = "norm layer"
-        elif param != "weight":
-            pass  # biases, buffers, scales: not weights, copied silently
-        else:
-            if module not in decided:
-                decided[module] = _match_group(module, groups, exact_ignore, regex_ignore)
-            group, reason = decided[module]
+            skipped[name] = "norm layer"
+        elif param == "weight":  # biases, buffers, scales: not weights, copied silently
+            group, reason = match_module(module)
             if group is None:
-                skipped[unit.name] = reason
-            elif len(unit.shape) != 2:
-                skipped[unit.name] = f"not 2-D: shape {list(unit.shape)}"
+                skipped[name] = reason
+            elif len(shape) != 2:
+                skipped[name] = f"not 2-D: shape {list(shape)}"
                 group = None
-            elif 0 in unit.shape:
-                skipped[unit.name] = f"empty: shape {list(unit.shape)}"
+            elif 0 in shape:
+                skipped[name] = f"empty: shape {list(shape)}"
                 group = None
-            elif unit.dtype not in FLOAT_WEIGHT_DTYPES:
+            elif dtype not in FLOAT_WEIGHT_DTYPES:
                 raise CheckpointError(
-                    f"{unit.name} has dtype {unit.dtype}; only BF16/F16/F32 weights can be quantized (is the checkpoint "
+                    f"{name} has dtype {dtype}; only BF16/F16/F32 weights can be quantized (is the checkpoint "
                     f"already quantized?). Add {module!r} to ignore to copy it as is."
                 )
             else:
-                _check_shape(unit.name, unit.shape, specs[group])
-        units.append(_Unit(name, source, dtype, shape, shard, group) if group is not None else unit)
+                _check_shape(name, shape, specs[group])
+        units.append(_Unit(name, source, dtype, shape, shard, group))
 
     fused_groups, fused_index = _find_fused_groups(units, specs)
     shard_of = {u.name: u.shard for u in units}
@@ -372,20 +363,31 @@ def build_plan(checkpoint: Checkpoint, resolved: ResolvedConfig) -> Plan:
     return Plan(resolved, tuple(planned), skipped, tuple(fused_groups), shards, checkpoint.total_bytes, size_after, specs)
 
 
-def _match_group(
-    module: str, groups: list[tuple[str, Any]], exact: set[str], regexes: list[tuple[str, re.Pattern]]
-) -> tuple[str | None, str]:
-    """First config group whose targets match and whose ignore list does not (peer semantics)."""
-    if module in exact:
-        return None, f"ignored: matches `{module}`"
-    for pattern, compiled in regexes:
-        if compiled.match(module) is not None:
-            return None, f"ignored: matches `{pattern}`"
-    for group, scheme in groups:
-        targets = scheme.targets
-        if not targets or "Linear" in targets or any(match_name(module, t) for t in targets):
-            return group, ""
-    return None, "not targeted by any config group"
+def _module_matcher(resolved: ResolvedConfig) -> Callable[[str], tuple[str | None, str]]:
+    """``module -> (config group, "")`` or ``(None, reason)``: first group whose targets match
+    and whose ignore list does not (the peer's semantics), compiled once for the whole plan.
+    """
+    exact = {p for p in resolved.ignore if not p.startswith("re:")}
+    regexes = [(p, re.compile(p[3:])) for p in resolved.ignore if p.startswith("re:")]
+    # One alternation rejects most modules in a single match; group numbers shift inside
+    # it, so patterns that refer back to a group are matched one by one instead.
+    combinable = regexes and not any(re.search(r"\\\d|\(\?P=", p) for p, _ in regexes)
+    any_regex = re.compile("|".join(f"(?:{p[3:]})" for p, _ in regexes)) if combinable else None
+    rules = [(group, None if not s.targets or "Linear" in s.targets else list(s.targets)) for group, s in resolved.groups]
+
+    def match(module: str) -> tuple[str | None, str]:
+        if module in exact:
+            return None, f"ignored: matches `{module}`"
+        if regexes and (any_regex is None or any_regex.match(module) is not None):
+            for pattern, compiled in regexes:
+                if compiled.match(module) is not None:
+                    return None, f"ignored: matches `{pattern}`"
+        for group, targets in rules:
+            if targets is None or any(match_name(module, t) for t in targets):
+                return group, ""
+        return None, "not targeted by any config group"
+
+    return match
 
 
 def _check_shape(name: str, shape: tuple[int, ...], spec: WeightSpec) -> None:
