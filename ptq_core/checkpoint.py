@@ -12,17 +12,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+import reprlib
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
 from .constants import WEIGHT_FILE_SUFFIXES
-from .errors import CorruptCheckpointError, MissingShardError, NoSafetensorsError
+from .errors import CorruptCheckpointError, MissingShardError, NoSafetensorsError, UnsafePathError
 
 logger = logging.getLogger(__name__)
 
 INDEX_NAME = "model.safetensors.index.json"
+SHARD_SUFFIX = ".safetensors"
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
 
 DTYPE_SIZES: dict[str, int] = {
@@ -30,6 +32,12 @@ DTYPE_SIZES: dict[str, int] = {
     "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
 }
 FLOAT_WEIGHT_DTYPES = ("BF16", "F16", "F32", "F64")
+
+# Values from a hostile file can be megabytes long or deeply nested: messages quote
+# them through this, which truncates and never recurses deeply.
+_short_repr = reprlib.Repr()
+_short_repr.maxlevel, _short_repr.maxstring, _short_repr.maxother = 2, 100, 60
+_quote = _short_repr.repr
 
 
 def tensor_nbytes(dtype: str, shape: Iterable[int]) -> int:
@@ -125,6 +133,69 @@ def read_header(path: Path) -> tuple[dict[str, dict], int, dict[str, str]]:
     return header, data_start, metadata
 
 
+def validate_shard_name(name: object, root: Path | None = None) -> str:
+    """Check that a shard name from an index is a plain file name inside the model folder.
+
+    Output shards are written under the same names, so a name such as
+    ``../other-model/model.safetensors`` or ``/abs/path.safetensors`` would make a run
+    read, and then overwrite, a file outside both folders. Shards in subfolders are not
+    supported (no checkpoint on the Hub uses them), which keeps the rule simple: one
+    path component, no separators at all.
+
+    Args:
+        name: the value from the index's ``weight_map`` (or a listed file name).
+        root: the model folder; when given, the name must also resolve inside it,
+            symlinks followed. A snapshot folder of the Hugging Face cache
+            (``models--org--name/snapshots/<rev>``) may link into its own ``blobs/``.
+
+    Returns:
+        ``name``, unchanged.
+
+    Raises:
+        UnsafePathError: not a string, empty, absolute, ``..``, NUL, a backslash or a
+            path separator, not a ``*.safetensors`` name, or resolving outside ``root``.
+
+    Example:
+        >>> validate_shard_name("model-00001-of-00002.safetensors")
+        'model-00001-of-00002.safetensors'
+    """
+    if not isinstance(name, str):
+        raise UnsafePathError(f"shard name {_quote(name)} is a {type(name).__name__}, not a file name string.")
+    reason = None
+    if not name:
+        reason = "is empty"
+    elif "\0" in name:
+        reason = "contains a NUL byte"
+    elif os.path.isabs(name) or name.startswith(("/", "\\")):
+        reason = "is an absolute path"
+    elif ".." in name:
+        reason = "contains '..'"
+    elif "/" in name or "\\" in name:
+        reason = "contains a path separator (shards in subfolders are not supported)"
+    elif not name.endswith(SHARD_SUFFIX):
+        reason = f"does not end in {SHARD_SUFFIX}"
+    if reason is not None:
+        raise UnsafePathError(
+            f"shard name {_quote(name)} {reason}; a shard must be a plain *{SHARD_SUFFIX} file name in the model folder."
+        )
+    if root is not None:
+        target = (root / name).resolve()
+        if not any(target.parent == allowed for allowed in _allowed_shard_folders(root)):
+            raise UnsafePathError(
+                f"shard {_quote(name)} resolves to {target}, outside the model folder {root}; "
+                "replace the symlink with the file itself."
+            )
+    return name
+
+
+def _allowed_shard_folders(root: Path) -> tuple[Path, ...]:
+    """Where a shard may really live: the folder, or the HF cache's ``blobs/`` of a snapshot."""
+    real = root.resolve()
+    if real.parent.name == "snapshots" and real.parent.parent.name.startswith("models--"):
+        return real, real.parent.parent / "blobs"
+    return (real,)
+
+
 def _list_files(root: Path) -> list[str]:
     files = []
     for path in sorted(root.rglob("*")):
@@ -134,26 +205,52 @@ def _list_files(root: Path) -> list[str]:
     return files
 
 
+def _read_weight_map(index_path: Path, root: Path) -> dict[str, str]:
+    """The index's ``weight_map``, its shape checked and every shard name validated."""
+    try:
+        index = json.loads(index_path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise CorruptCheckpointError(f"{INDEX_NAME} is not valid JSON ({err}); re-download it.") from err
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict):
+        raise CorruptCheckpointError(
+            f"{INDEX_NAME} has no weight_map mapping of tensor name -> shard file "
+            f"(found {type(weight_map).__name__}); re-download it or delete it to read the shards directly."
+        )
+    checked: set[str] = set()
+    for tensor, shard in weight_map.items():
+        if not isinstance(tensor, str):  # only possible with hand-built dicts; JSON keys are strings
+            raise CorruptCheckpointError(f"{INDEX_NAME}: weight_map key {_quote(tensor)} is not a tensor name.")
+        if isinstance(shard, str) and shard in checked:
+            continue
+        try:
+            checked.add(validate_shard_name(shard, root))
+        except UnsafePathError as err:
+            raise UnsafePathError(f"{INDEX_NAME} maps tensor {_quote(tensor)} to a bad shard: {err}") from None
+    return weight_map
+
+
 def open_checkpoint(root: str | os.PathLike) -> Checkpoint:
     """Read and validate every header of a checkpoint folder.
 
+    Shard names are checked before any shard is opened. Without an index, the
+    ``*.safetensors`` files at the top of the folder are the shards.
+
     Raises:
         NoSafetensorsError: no ``*.safetensors`` file.
+        UnsafePathError: the index names a shard outside the folder (see ``validate_shard_name``).
         MissingShardError: the index names a file or a tensor that is not there.
-        CorruptCheckpointError: a header is invalid (see ``read_header``).
+        CorruptCheckpointError: the index or a header is invalid (see ``read_header``).
     """
     root = Path(root)
     if not root.is_dir():
         raise MissingShardError(f"{root} is not a folder.")
     files = _list_files(root)
-    st_files = [f for f in files if f.endswith(".safetensors")]
+    st_files = [f for f in files if f.endswith(SHARD_SUFFIX)]
     index_path = root / INDEX_NAME
     weight_map: dict[str, str] | None = None
     if index_path.is_file():
-        try:
-            weight_map = json.loads(index_path.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise CorruptCheckpointError(f"{INDEX_NAME} is not a valid index (no weight_map): {err}.") from err
+        weight_map = _read_weight_map(index_path, root)
         shards = list(dict.fromkeys(weight_map.values()))
         missing = [s for s in shards if not (root / s).is_file()]
         if missing:
@@ -161,7 +258,11 @@ def open_checkpoint(root: str | os.PathLike) -> Checkpoint:
                 f"{INDEX_NAME} names shard(s) {', '.join(missing)} that are not in {root}; the download is incomplete."
             )
     else:
-        shards = st_files
+        shards = [validate_shard_name(f, root) for f in st_files if "/" not in f]
+    unused = [f for f in st_files if f not in shards]
+    if unused:
+        why = f"{INDEX_NAME} does not name them" if weight_map is not None else "shards in subfolders are not supported"
+        logger.warning("Not reading and not copying %s: %s.", ", ".join(unused), why)
     if not shards:
         others = [f for f in files if f.endswith(WEIGHT_FILE_SUFFIXES)]
         hint = f" (found {', '.join(others[:3])}: convert them to safetensors first)" if others else ""
@@ -184,7 +285,7 @@ def open_checkpoint(root: str | os.PathLike) -> Checkpoint:
                 raise MissingShardError(
                     f"{INDEX_NAME} maps tensor {name!r} to {shard}, but that shard does not contain it."
                 )
-    extra = tuple(f for f in files if not f.endswith(".safetensors") and f != INDEX_NAME and not _is_weight_file(f))
+    extra = tuple(f for f in files if not f.endswith(SHARD_SUFFIX) and f != INDEX_NAME and not _is_weight_file(f))
     skipped = tuple(f for f in files if _is_weight_file(f))
     return Checkpoint(root, tuple(shards), tensors, extra, skipped, metadata)
 

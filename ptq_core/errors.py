@@ -43,6 +43,10 @@ class CorruptCheckpointError(CheckpointError):
     """A safetensors file is truncated or its header is not valid."""
 
 
+class UnsafePathError(CheckpointError):
+    """The index names a shard by a path that could reach outside the model folder."""
+
+
 class MissingShardError(CheckpointError, FileNotFoundError):
     """The index names a shard file, or a tensor, that is not there."""
 
