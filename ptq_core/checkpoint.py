@@ -218,7 +218,9 @@ def _count_keys(header: object) -> int:
 
 def _validate_header(file: str, header: object, data_len: int) -> dict[str, dict]:
     if not isinstance(header, dict):
-        raise CorruptCheckpointError(f"{file}: the safetensors header is a JSON {type(header).__name__}, not an object.")
+        raise CorruptCheckpointError(
+            f"{file}: the safetensors header is a JSON {type(header).__name__}, not an object."
+        )
     if isinstance(header, _Duplicated):
         raise CorruptCheckpointError(f"{file}: the header lists {_quote(header.key)} twice.")
     entries = {}
@@ -311,7 +313,8 @@ def _validate_metadata(file: str, header: dict) -> dict[str, str]:
     if (not isinstance(metadata, dict) or isinstance(metadata, _Duplicated)
             or not all(isinstance(v, str) for v in metadata.values())):
         raise CorruptCheckpointError(
-            f"{file}: __metadata__ {_quote(metadata)} is not a mapping of unique keys to strings, as safetensors requires."
+            f"{file}: __metadata__ {_quote(metadata)} is not a mapping of unique keys to strings, "
+            "as safetensors requires."
         )
     return metadata
 
@@ -359,7 +362,8 @@ def validate_shard_name(name: object, root: Path | None = None) -> str:
         reason = f"does not end in {SHARD_SUFFIX}"
     if reason is not None:
         raise UnsafePathError(
-            f"shard name {_quote(name)} {reason}; a shard must be a plain *{SHARD_SUFFIX} file name in the model folder."
+            f"shard name {_quote(name)} {reason}; "
+            f"a shard must be a plain *{SHARD_SUFFIX} file name in the model folder."
         )
     if root is not None:
         target = (root / name).resolve()

@@ -68,6 +68,10 @@ class OutputLocationError(PtqError, ValueError):
     """The output folder is the input folder or lies inside it."""
 
 
+class OutputNotWritableError(OutputLocationError, PermissionError):
+    """The output folder (or its parent) is read-only or not ours to write (EROFS, EACCES, EPERM)."""
+
+
 class DiskSpaceError(PtqError, OSError):
     """Not enough free disk space for the download or the output."""
 

@@ -305,7 +305,8 @@ def test_strings_with_brackets_and_escapes_do_not_count_as_depth(tmp_path):
 
 def test_valid_edge_cases_are_accepted(tmp_path):
     header = {"__metadata__": None, "z": t(shape=(0, 5), offsets=(8, 8)), "y": t(shape=(), offsets=(4, 8)),
-              "x": t(shape=(1,), offsets=(0, 4)), "w": t(dtype="U8", shape=(0,), offsets=(8, 8)), "": t(offsets=(8, 16))}
+              "x": t(shape=(1,), offsets=(0, 4)), "w": t(dtype="U8", shape=(0,), offsets=(8, 8)),
+              "": t(offsets=(8, 16))}
     entries, _, metadata = read_header(write_shard(tmp_path / "ok.safetensors", header, 16))
     assert metadata == {} and set(entries) == {"z", "y", "x", "w", ""}
 
