@@ -66,6 +66,7 @@ import yaml
 
 from .constants import parse_bool
 from .errors import PtqError, RecipeError
+from .matching import validate_ignore
 
 __all__ = ["JOB_KEYS", "RecipeJob", "load_recipe"]
 
@@ -455,8 +456,6 @@ class _Parser:
             raise self.fail(
                 pair[1], f"`ignore` must be a list of module names or 're:' regexes, got {_describe(value)}."
             )
-        from .schemes import validate_ignore
-
         try:
             return tuple(validate_ignore(value))
         except PtqError as err:
