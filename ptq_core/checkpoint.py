@@ -29,7 +29,7 @@ SHARD_SUFFIX = ".safetensors"
 _MAX_HEADER = 100_000_000  # safetensors' MAX_HEADER_SIZE
 _MAX_INDEX = 100_000_000  # the index lists each tensor once, as a header does
 _MAX_JSON_DEPTH = 16  # a header needs 3 levels; serde_json (safetensors) stops at 128
-_MAX_DIMS = 64  # more than torch can hold; bounds the work per shape
+_MAX_DIMS = 64  # weights have at most 5; bounds the work per shape (safetensors has no limit)
 _USIZE = 1 << 64  # safetensors stores dims and offsets as u64 (usize)
 
 DTYPE_SIZES: dict[str, int] = {

@@ -81,6 +81,10 @@ def _output_error(err: OSError, path: Path, action: str) -> Exception:
         )
         error.errno = err.errno
         return error
+    if err.errno == errno.ENOTDIR:
+        return OutputLocationError(
+            f"Could not {action} {path}: a part of that path is a file, not a folder; choose another save_directory."
+        )
     if err.errno in _NOT_WRITABLE:
         error = OutputNotWritableError(
             f"Could not {action} {path}: {reason}. The location is read-only or not writable by this user; "

@@ -27,7 +27,13 @@ from factory import make_checkpoint
 
 import ptq_core.writer as writer
 from ptq_core import model_free_ptq
-from ptq_core.errors import DiskSpaceError, OutputExistsError, OutputNotWritableError, PtqError
+from ptq_core.errors import (
+    DiskSpaceError,
+    OutputExistsError,
+    OutputLocationError,
+    OutputNotWritableError,
+    PtqError,
+)
 from ptq_core.plan import OutputTensor
 from ptq_core.writer import (
     ShardWriter,
@@ -371,6 +377,14 @@ def test_read_only_location(src):
     with pytest.raises(OutputNotWritableError, match=r"Could not create /sys/ptq-hub-test: .*choose a "
                                                      "save_directory you can write to"):
         prepare_output(src, Path("/sys/ptq-hub-test/out"), overwrite=False)
+
+
+def test_output_below_a_file(src, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(OutputLocationError, match=r"Could not create .*file/\.out\.ptq-tmp-\d+-[0-9a-f]+: a part of "
+                                                  "that path is a file, not a folder"):
+        model_free_ptq(src, tmp_path / "file" / "out", "FP8_BLOCK")
+    assert (tmp_path / "file").read_text() == "not a folder"
 
 
 def test_check_free_space(tmp_path):
