@@ -34,7 +34,7 @@ import ptq_core
 from ptq_core.constants import parse_bool
 from ptq_core.hub import resolve_token
 from ptq_core.job import Job
-from ptq_core.redact import redact, secret_forms
+from ptq_core.redact import install_redaction, redact, secret_forms
 from ptq_core.errors import DiskSpaceError, InvalidOptionError, PtqError, TargetRepoExistsError, TokenError
 
 from ._workflow import Console, append_file, format_outputs, split_list
@@ -250,6 +250,7 @@ def run(environ: Mapping[str, str], stdout: TextIO) -> int:
         console.add_mask(secret)
     handler = _LogHandler(console, token)
     _install_log_handler(handler)
+    install_redaction(lambda: token)  # third-party records too, not only the ones this handler shows
 
     results: list[HubResult] = []
     sections: list[str] = []

@@ -49,6 +49,12 @@ _LAZY: dict[str, str] = {
     "prepare_hub_job": "hub",
     "run_hub_job": "hub",
     "HubResult": "hub",
+    # safety helpers the front ends share
+    "IgnoreMatcher": "matching",
+    "validate_ignore": "matching",
+    "redact": "redact",
+    "install_redaction": "redact",
+    "validate_shard_name": "checkpoint",
     # recipes (Action / CLI)
     "load_recipe": "recipe",
     "RecipeJob": "recipe",

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
+from .constants import PTQ_DISABLE_PROGRESS, hf_token_from_env
 from .errors import PtqError
+from .redact import install_redaction
 
 # Words for schemes.DEFAULT_IGNORE: `ptq --help` must not import compressed-tensors.
 _DEFAULT_IGNORE_HELP = "lm_head, embeddings, MoE routers"
@@ -31,7 +33,6 @@ def _progress_bars() -> Callable[[str, int, int], None]:
     """A tqdm bar per stage, fed by the core's ``progress(stage, done, total)`` callback."""
     from tqdm.auto import tqdm
 
-    from .constants import PTQ_DISABLE_PROGRESS
 
     bars: dict[str, tqdm] = {}
 
@@ -205,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.WARNING if args.verbose == 0 else (logging.INFO if args.verbose == 1 else logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # -vv turns on third-party debug logs, which can print request headers: clean every record.
+    install_redaction(hf_token_from_env)
     try:
         return args.func(args)
     except PtqError as err:

@@ -43,6 +43,10 @@ class CorruptCheckpointError(CheckpointError):
     """A safetensors file is truncated or its header is not valid."""
 
 
+class UnsafePathError(CheckpointError):
+    """The index names a shard by a path that could reach outside the model folder."""
+
+
 class MissingShardError(CheckpointError, FileNotFoundError):
     """The index names a shard file, or a tensor, that is not there."""
 
@@ -62,6 +66,10 @@ class OutputExistsError(PtqError, FileExistsError):
 
 class OutputLocationError(PtqError, ValueError):
     """The output folder is the input folder or lies inside it."""
+
+
+class OutputNotWritableError(OutputLocationError, PermissionError):
+    """The output folder (or its parent) is read-only or not ours to write (EROFS, EACCES, EPERM)."""
 
 
 class DiskSpaceError(PtqError, OSError):

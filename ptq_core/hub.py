@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -39,6 +37,7 @@ from .redact import redact
 from .repo_files import select_repo_files
 from .schemes import canonical_scheme_name, scheme_repo_suffix
 from .sizes import compression_ratio, format_bytes
+from .writer import new_work_folder, sweep_stale_work
 from .source import (
     ProgressCallback,
     SourceState,
@@ -272,9 +271,10 @@ def run_hub_job(prepared: PreparedJob, *, progress: ProgressCallback | None = No
     job, http, target = prepared.job, prepared.http, prepared.target
     report = progress or _no_progress
     stages = _StageTimer()
-    job_dir = prepared.work_root / f"job-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    sweep_stale_work(prepared.work_root, "job-")
+    folder = new_work_folder(prepared.work_root, "job-")
+    job_dir = folder.path
     try:
-        job_dir.mkdir(parents=True)
         source_dir, output_dir = job_dir / "source", job_dir / "output"
         with stages("download"):
             download_source(http, prepared.source_state, source_dir, report)
@@ -300,7 +300,7 @@ def run_hub_job(prepared: PreparedJob, *, progress: ProgressCallback | None = No
                 progress=report,
             )
     finally:
-        shutil.rmtree(job_dir, ignore_errors=True)
+        folder.remove()
     stages.timings["total"] = stages.elapsed()
     logger.info("Pushed %s/%s at commit %s", http.endpoint, target, commit_sha)
     return HubResult(

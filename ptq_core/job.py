@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InvalidOptionError
-from .schemes import DEFAULT_IGNORE, ResolvedConfig, resolve_config, scheme_repo_suffix, validate_ignore
+from .matching import validate_ignore
+from .schemes import DEFAULT_IGNORE, ResolvedConfig, resolve_config, scheme_repo_suffix
 
 __all__ = ["Job", "make_job", "validate_workers"]
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -31,7 +30,16 @@ from .numerics import Scratch, global_scale_from_absmax, quantize_weight, tensor
 from .plan import ST_TO_TORCH, Plan, PlannedWeight, build_plan
 from .source import ProgressCallback, resolve_source
 from .sizes import compression_ratio
-from .writer import ShardWriter, prepare_output, publish_output, write_config, write_index
+from .writer import (
+    ShardWriter,
+    check_free_space,
+    copy_extra_files,
+    discard_output,
+    prepare_output,
+    publish_output,
+    write_config,
+    write_index,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +180,7 @@ def quantize_job(
     plan = build_plan(checkpoint, job.resolved)
     for name in checkpoint.skipped_weight_files:
         logger.warning("Not copying %s: it duplicates the safetensors weights in another format.", name)
+    check_free_space(Path(save_directory), plan.size_after + sum((source / f).stat().st_size for f in checkpoint.extra_files))
     work = prepare_output(source, Path(save_directory), overwrite=job.overwrite)
     notify("validate", 1, 1)
     timings["validate"] = time.perf_counter() - t
@@ -183,9 +192,7 @@ def quantize_job(
     writers: dict[str, ShardWriter] = {}
     try:
         t = time.perf_counter()
-        for rel in checkpoint.extra_files:
-            (work / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source / rel, work / rel)
+        copy_extra_files(source, work, checkpoint.extra_files)
         writers = {shard: ShardWriter(work / shard, plan.shard_outputs(shard)) for shard in plan.shards}
         with ShardReader(checkpoint) as reader, _torch_threads(job.workers):
             _run_units(plan, reader, writers, devices, job.workers, notify)
@@ -196,14 +203,18 @@ def quantize_job(
         t = time.perf_counter()
         notify("write", 0, 1)
         write_index(work, plan.weight_map(), plan.size_after)
-        write_config(work, job.resolved.quantization_config_dict())
-        publish_output(work, Path(save_directory))
+        if plan.quantized:
+            write_config(work, job.resolved.quantization_config_dict())
+        else:  # a plain copy: a quantization_config would make loaders expect packed weights
+            logger.warning("Nothing to quantize with %s and this ignore list; writing a copy without a "
+                           "quantization_config.", job.scheme_name)
+        publish_output(work)
         notify("write", 1, 1)
         timings["write"] = time.perf_counter() - t
     except BaseException:
         for writer in writers.values():
             writer.abort()
-        shutil.rmtree(work, ignore_errors=True)
+        discard_output(work)
         raise
     seconds = time.perf_counter() - start
     logger.info("Wrote %s in %.1f s (%.2fx smaller)", save_directory, seconds, plan.ratio)

@@ -7,7 +7,6 @@ output header before a single weight is quantized. No network access.
 
 from __future__ import annotations
 
-import re
 from collections import Counter, defaultdict
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -19,6 +18,7 @@ import torch
 
 from .checkpoint import FLOAT_WEIGHT_DTYPES, Checkpoint, headers_checkpoint, open_checkpoint, tensor_nbytes
 from .errors import CheckpointError, InvalidOptionError, TensorShapeError
+from .matching import IgnoreMatcher, match_name
 from .numerics import WeightSpec, output_layout
 from .schemes import DEFAULT_IGNORE, ResolvedConfig, resolve_config, weight_spec
 from .sizes import compression_ratio, format_bytes
@@ -58,13 +58,6 @@ _FUSED_KINDS: dict[str, tuple[str, ...]] = {
     "w1/w3": ("w1", "w3"),
 }
 _FUSED_MEMBER_KIND = {member: kind for kind, members in _FUSED_KINDS.items() for member in members}
-
-
-def match_name(name: str, target: str) -> bool:
-    """compressed-tensors' rule: ``re:`` prefix means ``re.match``, else exact equality."""
-    if target.startswith("re:"):
-        return re.match(target[3:], name) is not None
-    return target == name
 
 
 # The per-tensor records are NamedTuples: a DeepSeek-sized plan makes ~300k of them,
@@ -135,6 +128,8 @@ class Plan:
         shards: output shard names in order.
         size_before: bytes of all input tensors.
         size_after: bytes of all output tensors (exact).
+        specs: the kernel spec of each config group.
+        unmatched_ignore: ignore entries the caller added that match no module (likely typos).
     """
 
     resolved: ResolvedConfig
@@ -145,6 +140,7 @@ class Plan:
     size_before: int
     size_after: int
     specs: Mapping[str, WeightSpec] = field(default_factory=dict)
+    unmatched_ignore: tuple[str, ...] = ()
 
     @property
     def scheme_name(self) -> str:
@@ -189,6 +185,7 @@ class Plan:
             "size_after": self.size_after,
             "ratio": round(self.ratio, 3),
             "ignore": self.resolved.ignore,
+            "unmatched_ignore": list(self.unmatched_ignore),
         }
 
     def to_markdown(self, *, max_examples: int = 3) -> str:
@@ -222,6 +219,12 @@ class Plan:
                 lines.append(f"| {kind} | {count} | {split.get(kind, 0)} |")
         if self.resolved.ignore:
             lines += ["", "ignore: " + ", ".join(f"`{p}`" for p in self.resolved.ignore)]
+        if self.unmatched_ignore:
+            lines += ["", "**warning:** ignore entries that match no module (a typo?): "
+                      + ", ".join(f"`{p}`" for p in self.unmatched_ignore)]
+        if not self.quantized:
+            lines += ["", "**warning:** nothing to quantize with this scheme and ignore list: the output would "
+                      "be a copy of the input, written without a quantization_config."]
         return "\n".join(lines) + "\n"
 
 
@@ -304,7 +307,8 @@ def build_plan(checkpoint: Checkpoint, resolved: ResolvedConfig) -> Plan:
         TensorShapeError / CheckpointError: as ``plan_checkpoint``.
     """
     specs = {g: weight_spec(s, resolved.formats[g]) for g, s in resolved.groups}
-    match_module = _module_matcher(resolved)
+    ignore = IgnoreMatcher(resolved.ignore)
+    match_module = _module_matcher(resolved, ignore)
 
     units: list[_Unit] = []
     skipped: dict[str, str] = {}
@@ -360,28 +364,22 @@ def build_plan(checkpoint: Checkpoint, resolved: ResolvedConfig) -> Plan:
 
     used = {p.shard for p in planned}
     shards = tuple(s for s in checkpoint.shards if s in used)
-    return Plan(resolved, tuple(planned), skipped, tuple(fused_groups), shards, checkpoint.total_bytes, size_after, specs)
+    # The loader-safe defaults are offered for every model; only the caller's own entries warn.
+    unmatched = tuple(e for e in ignore.unused() if e not in DEFAULT_IGNORE)
+    return Plan(resolved, tuple(planned), skipped, tuple(fused_groups), shards, checkpoint.total_bytes, size_after,
+                specs, unmatched)
 
 
-def _module_matcher(resolved: ResolvedConfig) -> Callable[[str], tuple[str | None, str]]:
+def _module_matcher(resolved: ResolvedConfig, ignore: IgnoreMatcher) -> Callable[[str], tuple[str | None, str]]:
     """``module -> (config group, "")`` or ``(None, reason)``: first group whose targets match
     and whose ignore list does not (the peer's semantics), compiled once for the whole plan.
     """
-    exact = {p for p in resolved.ignore if not p.startswith("re:")}
-    regexes = [(p, re.compile(p[3:])) for p in resolved.ignore if p.startswith("re:")]
-    # One alternation rejects most modules in a single match; group numbers shift inside
-    # it, so patterns that refer back to a group are matched one by one instead.
-    combinable = regexes and not any(re.search(r"\\\d|\(\?P=", p) for p, _ in regexes)
-    any_regex = re.compile("|".join(f"(?:{p[3:]})" for p, _ in regexes)) if combinable else None
     rules = [(group, None if not s.targets or "Linear" in s.targets else list(s.targets)) for group, s in resolved.groups]
 
     def match(module: str) -> tuple[str | None, str]:
-        if module in exact:
-            return None, f"ignored: matches `{module}`"
-        if regexes and (any_regex is None or any_regex.match(module) is not None):
-            for pattern, compiled in regexes:
-                if compiled.match(module) is not None:
-                    return None, f"ignored: matches `{pattern}`"
+        entry = ignore.match(module)
+        if entry is not None:
+            return None, f"ignored: matches `{entry}`"
         for group, targets in rules:
             if targets is None or any(match_name(module, t) for t in targets):
                 return group, ""

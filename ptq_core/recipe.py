@@ -44,6 +44,10 @@ private     boolean                 create the target repo private (default ``fa
 revision    string                  source branch, tag or commit (default: the main branch)
 =========== ======================= ===========================================================
 
+Only plain YAML values are read: a tag such as ``!!python/object`` is refused (it is never
+constructed), and anchors/aliases, nesting and size are bounded so that a small hostile
+file (a "billion laughs" alias bomb) fails at once instead of expanding.
+
 Example:
     >>> jobs = load_recipe("model: org/Model\\nscheme: [FP8_BLOCK, NVFP4A16]\\n")
     >>> [job.scheme for job in jobs]
@@ -64,7 +68,8 @@ import yaml
 from .constants import parse_bool
 from .errors import PtqError, RecipeError
 from .job import Job, make_job
-from .schemes import canonical_scheme_name, resolve_config, scheme_repo_suffix, validate_ignore
+from .matching import validate_ignore
+from .schemes import canonical_scheme_name, resolve_config, scheme_repo_suffix
 
 __all__ = ["JOB_KEYS", "RecipeJob", "load_recipe"]
 
@@ -72,6 +77,15 @@ JOB_KEYS = ("model", "scheme", "ignore", "default_ignore", "target", "private", 
 """Keys a job (and ``defaults:``) may set."""
 
 _TOP_KEYS = ("jobs", "defaults")
+
+# A recipe lists a few jobs: these bounds are far above any real one and far below
+# what makes YAML slow. Aliases cost nothing while composing, but every reader that
+# walks the values (and every message that shows one) expands them.
+_MAX_RECIPE_BYTES = 1_000_000
+_MAX_ALIASES = 100
+_MAX_DEPTH = 32
+_MAX_VALUES = 10_000  # scalars and collections, with every alias expanded
+_SAFE_TAGS = frozenset(tag for tag in yaml.SafeLoader.yaml_constructors if tag is not None)
 
 
 @dataclass(frozen=True)
@@ -136,7 +150,7 @@ def load_recipe(path_or_text: str | os.PathLike[str]) -> list[RecipeJob]:
         True
     """
     text, origin = _read(path_or_text)
-    loader = yaml.SafeLoader(text)
+    loader = _BoundedLoader(text, origin)
     try:
         try:
             root = loader.get_single_node()
@@ -144,9 +158,106 @@ def load_recipe(path_or_text: str | os.PathLike[str]) -> list[RecipeJob]:
             mark = getattr(err, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""
             raise RecipeError(f"{origin}: not valid YAML{where}: {getattr(err, 'problem', err)}.") from err
+        _check_expanded_size(root, origin)
         return _Parser(loader, origin).jobs(root)
     finally:
         loader.dispose()
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses unknown tags, too many aliases and deep nesting while composing."""
+
+    def __init__(self, text: str, origin: str) -> None:
+        super().__init__(text)
+        self.origin = origin
+        self.aliases = 0
+        self.depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > _MAX_ALIASES:
+                line = self.peek_event().start_mark.line + 1
+                raise RecipeError(
+                    f"{self.origin}, line {line}: more than {_MAX_ALIASES} aliases (*name); "
+                    "a recipe needs a few at most (use `defaults:` for shared keys)."
+                )
+            return super().compose_node(parent, index)
+        self.depth += 1
+        try:
+            if self.depth > _MAX_DEPTH:
+                line = self.peek_event().start_mark.line + 1
+                raise RecipeError(f"{self.origin}, line {line}: values nested deeper than {_MAX_DEPTH} levels.")
+            node = super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+        if node.tag not in _SAFE_TAGS:
+            raise RecipeError(f"{self.origin}, line {node.start_mark.line + 1}: {_tag_problem(node.tag)}")
+        return node
+
+
+def _tag_problem(tag: str) -> str:
+    if tag == "tag:yaml.org,2002:merge":
+        return "YAML merge keys (`<<:`) are not supported; put shared keys under `defaults:`."
+    shown = tag.replace("tag:yaml.org,2002:", "!!")
+    return (f"the tag {_describe(shown)} is not allowed; a recipe holds plain YAML values only "
+            "(strings, numbers, booleans, lists, mappings). Remove the tag.")
+
+
+def _check_expanded_size(root: yaml.Node | None, origin: str) -> None:
+    """Refuse a node graph that refers to itself or expands to more than ``_MAX_VALUES`` values.
+
+    Aliases share nodes, so sizes are computed once per node, bottom-up: the check is
+    linear in the file while the expansion it measures may be exponential.
+    """
+    if root is None:
+        return
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()  # on the current path: meeting one again is a cycle
+    stack: list[yaml.Node] = [root]
+    while stack:
+        node = stack[-1]
+        if id(node) in sizes:  # a shared node, pushed by two parents
+            stack.pop()
+            continue
+        if isinstance(node, yaml.ScalarNode):
+            sizes[id(node)] = 1
+            stack.pop()
+            continue
+        children = [child for pair in node.value for child in pair] if isinstance(node, yaml.MappingNode) \
+            else node.value
+        if id(node) not in open_nodes:
+            open_nodes.add(id(node))
+            for child in children:
+                if id(child) in open_nodes:
+                    raise RecipeError(f"{origin}, line {child.start_mark.line + 1}: a value refers to itself "
+                                      "through an alias (*name).")
+                if id(child) not in sizes:
+                    stack.append(child)
+            continue
+        stack.pop()
+        open_nodes.discard(id(node))
+        size = 1 + sum(sizes[id(child)] for child in children)
+        if size > _MAX_VALUES:
+            raise RecipeError(
+                f"{origin}, line {node.start_mark.line + 1}: this value expands to more than {_MAX_VALUES} values "
+                "through aliases (*name); a recipe needs a few dozen."
+            )
+        sizes[id(node)] = size
+
+
+def _describe(value: object) -> str:
+    """A value for a message, never expanded: short scalars quoted, collections by size."""
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 80 else f"{value[:60]!r}... ({len(value)} characters)"
+    if value is None or isinstance(value, (bool, int, float)):
+        text = repr(value)
+        return text if len(text) <= 40 else f"a {len(text)}-digit number"
+    if isinstance(value, (list, tuple)):
+        return f"a list of {len(value)} item(s)"
+    if isinstance(value, dict):
+        return f"a mapping of {len(value)} key(s)"
+    return f"a {type(value).__name__}"
 
 
 # --- parsing -----------------------------------------------------------------
@@ -155,6 +266,8 @@ def _read(path_or_text: str | os.PathLike[str]) -> tuple[str, str]:
     if isinstance(path_or_text, os.PathLike):
         path = Path(path_or_text)
     elif isinstance(path_or_text, str):
+        if len(path_or_text) > _MAX_RECIPE_BYTES:
+            raise RecipeError(f"The recipe is {len(path_or_text)} characters; a recipe is at most {_MAX_RECIPE_BYTES}.")
         if "\n" in path_or_text:
             return path_or_text, "recipe"
         path = Path(path_or_text)
@@ -163,6 +276,9 @@ def _read(path_or_text: str | os.PathLike[str]) -> tuple[str, str]:
     else:
         raise RecipeError(f"load_recipe takes a path or YAML text, not {type(path_or_text).__name__}.")
     try:
+        size = path.stat().st_size
+        if size > _MAX_RECIPE_BYTES:
+            raise RecipeError(f"Recipe file {str(path)!r} is {size} bytes; a recipe is at most {_MAX_RECIPE_BYTES}.")
         return path.read_text(encoding="utf-8"), str(path)
     except FileNotFoundError as err:
         raise RecipeError(f"Recipe file {str(path)!r} does not exist.") from err
@@ -195,7 +311,7 @@ class _Parser:
                     key_node = top[extra[0]][0]
                     raise self.fail(
                         key_node,
-                        f"key {extra[0]!r} next to `jobs:`; put job keys inside a job or under `defaults:`.",
+                        f"key {_describe(extra[0])} next to `jobs:`; put job keys inside a job or under `defaults:`.",
                     )
                 if "defaults" in top:
                     defaults_node = top["defaults"][1]
@@ -224,7 +340,7 @@ class _Parser:
                     if previous is not None:
                         raise self.fail(
                             node,
-                            f"target {job.target!r} is also the target of the job at line {previous}; "
+                            f"target {_describe(job.target)} is also the target of the job at line {previous}; "
                             "give each job its own target.",
                         )
                     targets[job.target] = job.line or 0
@@ -238,13 +354,13 @@ class _Parser:
         for key_node, value_node in node.value:
             key = self.loader.construct_object(key_node, deep=True)
             if not isinstance(key, str):
-                raise self.fail(key_node, f"keys must be strings, got {key!r}.")
+                raise self.fail(key_node, f"keys must be strings, got {_describe(key)}.")
             if key in out:
-                raise self.fail(key_node, f"key {key!r} is given twice.")
+                raise self.fail(key_node, f"key {_describe(key)} is given twice.")
             if allowed is not None and key not in allowed:
                 close = difflib.get_close_matches(key, allowed, n=1)
                 hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise self.fail(key_node, f"unknown key {key!r}.{hint} Allowed keys: {', '.join(allowed)}.")
+                raise self.fail(key_node, f"unknown key {_describe(key)}.{hint} Allowed keys: {', '.join(allowed)}.")
             out[key] = (key_node, value_node)
         return out
 
@@ -267,7 +383,7 @@ class _Parser:
         if target_template is not None and len(schemes) > 1 and "{scheme}" not in target_template:
             raise self.fail(
                 fields["target"][1],
-                f"target {target_template!r} would be shared by {len(schemes)} schemes; "
+                f"target {_describe(target_template)} would be shared by {len(schemes)} schemes; "
                 "put `{scheme}` in it (e.g. my-org/Model-{scheme}) or split the job.",
             )
 
@@ -300,7 +416,7 @@ class _Parser:
         if value is None and optional:
             return None
         if not isinstance(value, str) or not value.strip():
-            raise self.fail(pair[1], f"`{key}` must be a non-empty string, got {value!r}.")
+            raise self.fail(pair[1], f"`{key}` must be a non-empty string, got {_describe(value)}.")
         return value.strip()
 
     def repo_id(self, pair: tuple[yaml.Node, yaml.Node], key: str) -> str:
@@ -314,9 +430,9 @@ class _Parser:
         try:
             validate_repo_id(value)
         except HFValidationError as err:
-            raise self.fail(node, f"`{key}` {value!r} is not a valid repo id: {err}") from err
+            raise self.fail(node, f"`{key}` {_describe(value)} is not a valid repo id: {str(err)[:200]}") from err
         if value.count("/") != 1:
-            raise self.fail(node, f"`{key}` {value!r} must be `namespace/name`.")
+            raise self.fail(node, f"`{key}` {_describe(value)} must be `namespace/name`.")
 
     def schemes(self, pair: tuple[yaml.Node, yaml.Node]) -> list[tuple[str, yaml.Node]]:
         node = pair[1]
@@ -327,10 +443,10 @@ class _Parser:
         for item in items:
             name = self.loader.construct_object(item, deep=True)
             if not isinstance(name, str) or not name.strip():
-                raise self.fail(item, f"`scheme` entries must be preset names like FP8_BLOCK, got {name!r}.")
+                raise self.fail(item, f"`scheme` entries must be preset names like FP8_BLOCK, got {_describe(name)}.")
             name = self.check_scheme(item, name)
             if any(name == seen for seen, _ in out):
-                raise self.fail(item, f"scheme {name!r} is listed twice.")
+                raise self.fail(item, f"scheme {_describe(name)} is listed twice.")
             out.append((name, item))
         return out
 
@@ -350,7 +466,9 @@ class _Parser:
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise self.fail(pair[1], f"`ignore` must be a list of module names or 're:' regexes, got {value!r}.")
+            raise self.fail(
+                pair[1], f"`ignore` must be a list of module names or 're:' regexes, got {_describe(value)}."
+            )
         try:
             return tuple(validate_ignore(value))
         except PtqError as err:
@@ -360,12 +478,12 @@ class _Parser:
         value = self.value(pair)
         if isinstance(value, bool):
             return value
-        if isinstance(value, str):
+        if isinstance(value, str) and len(value) <= 80:
             try:
                 return parse_bool(value, name=key)
             except ValueError as err:
                 raise self.fail(pair[1], str(err)) from err
-        raise self.fail(pair[1], f"`{key}` must be true or false, got {value!r}.")
+        raise self.fail(pair[1], f"`{key}` must be true or false, got {_describe(value)}.")
 
     def revision(self, pair: tuple[yaml.Node, yaml.Node]) -> str | None:
         value = self.value(pair)
@@ -375,6 +493,6 @@ class _Parser:
         if isinstance(value, int) and not isinstance(value, bool):
             value = str(pair[1].value)
         if not isinstance(value, str) or not value.strip():
-            raise self.fail(pair[1], f"`revision` must be a branch, tag or commit, got {value!r}.")
+            raise self.fail(pair[1], f"`revision` must be a branch, tag or commit, got {_describe(value)}.")
         return value.strip()
 

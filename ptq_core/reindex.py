@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from .checkpoint import ShardReader, open_checkpoint
 from .job import validate_workers
 from .plan import OutputTensor, find_fused_sets
 from .source import ProgressCallback, resolve_source
-from .writer import ShardWriter, prepare_output, publish_output, write_index
+from .writer import ShardWriter, copy_extra_files, discard_output, prepare_output, publish_output, write_index
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +75,7 @@ def reindex_fused_weights(
     work = prepare_output(source, Path(save_directory), overwrite=overwrite)
     writers: dict[str, ShardWriter] = {}
     try:
-        for rel in ckpt.extra_files:
-            (work / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source / rel, work / rel)
+        copy_extra_files(source, work, ckpt.extra_files)
         layout: dict[str, list[OutputTensor]] = {s: [] for s in ckpt.shards}
         for name, info in ckpt.tensors.items():
             layout[target_shard[name]].append(OutputTensor(name, info.dtype, info.shape))
@@ -92,11 +89,11 @@ def reindex_fused_weights(
         for writer in writers.values():
             writer.close()
         write_index(work, {n: target_shard[n] for n in ckpt.tensors}, ckpt.total_bytes)
-        publish_output(work, Path(save_directory))
+        publish_output(work)
     except BaseException:
         for writer in writers.values():
             writer.abort()
-        shutil.rmtree(work, ignore_errors=True)
+        discard_output(work)
         raise
     logger.info("Reindexed %d fused sets; moved %d tensors", len(sets), len(moved))
     return ReindexResult(Path(save_directory), moved, len(sets))

@@ -26,7 +26,8 @@ from compressed_tensors.quantization import (
 from compressed_tensors.quantization.quant_args import DynamicType
 from compressed_tensors.quantization.quant_scheme import PRESET_SCHEMES
 
-from .errors import CalibrationRequiredError, InvalidIgnoreError, SchemeNotSupportedError
+from .errors import CalibrationRequiredError, SchemeNotSupportedError
+from .matching import validate_ignore
 from .numerics import WeightSpec
 
 __all__ = [
@@ -38,7 +39,6 @@ __all__ = [
     "list_schemes",
     "resolve_config",
     "scheme_repo_suffix",
-    "validate_ignore",
     "weight_spec",
 ]
 
@@ -189,35 +189,6 @@ def canonical_scheme_name(name: str) -> str:
 def scheme_repo_suffix(scheme: str) -> str:
     """Repo-name style of a scheme name: ``FP8_BLOCK`` -> ``FP8-BLOCK``."""
     return re.sub(r"[^A-Za-z0-9.]+", "-", scheme.upper()).strip("-")
-
-
-def validate_ignore(ignore: Iterable[str]) -> list[str]:
-    """Check every ``re:`` entry compiles; return the entries as a new list.
-
-    Raises:
-        InvalidIgnoreError: ``ignore`` is a single string or not a list, an entry is
-            not a non-empty string, or its regex does not compile.
-    """
-    if isinstance(ignore, (str, bytes)) or not isinstance(ignore, Iterable):
-        # a bare string would be split into characters and match nothing the caller meant
-        raise InvalidIgnoreError(
-            f"ignore must be a list of module names or 're:' patterns, got {ignore!r}; "
-            "write ignore=['lm_head'] rather than ignore='lm_head', and () for none."
-        )
-    entries = []
-    for entry in ignore:
-        if not isinstance(entry, str) or not entry:
-            raise InvalidIgnoreError(f"ignore entry {entry!r} must be a non-empty module name or 're:<regex>'.")
-        if entry.startswith("re:"):
-            try:
-                re.compile(entry[3:])
-            except re.error as err:
-                raise InvalidIgnoreError(
-                    f"ignore entry {entry!r} is not a valid regular expression ({err}); "
-                    "write it as 're:<python regex>', e.g. 're:.*mlp\\.gate$'."
-                ) from err
-        entries.append(entry)
-    return entries
 
 
 def resolve_config(

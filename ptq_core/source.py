@@ -22,6 +22,7 @@ from typing import Any
 
 from . import constants
 from ._http import HubHttp, check_repo_id, resolve_token, short
+from .checkpoint import validate_shard_name
 from .errors import DiskSpaceError, NoSafetensorsError, RepoNotFoundError
 from .repo_files import INDEX_NAME, WEIGHT_FILE_SUFFIXES, select_repo_files
 from .sizes import format_bytes
@@ -193,7 +194,7 @@ def read_hub_headers(http: HubHttp, repo_id: str, revision: str | None) -> dict[
             "ptq-hub only reads safetensors checkpoints (convert *.bin weights first)."
         ) from err
     return {
-        filename: {name: (info.dtype, tuple(info.shape)) for name, info in file_meta.tensors.items()}
+        validate_shard_name(filename): {name: (info.dtype, tuple(info.shape)) for name, info in file_meta.tensors.items()}
         for filename, file_meta in meta.files_metadata.items()
     }
 
@@ -232,6 +233,8 @@ def _weights_from_index(http: HubHttp, repo_id: str, sha: str, wanted: list[str]
             shards = set(json.loads(Path(path).read_text(encoding="utf-8"))["weight_map"].values())
         except (ValueError, KeyError, TypeError, AttributeError):
             return wanted  # the checkpoint reader reports a broken index with a precise error
+    for shard in shards:  # an index that points outside the repo fails before any download
+        validate_shard_name(shard)
     return [p for p in wanted if not p.endswith(".safetensors") or p in shards]
 
 

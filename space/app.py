@@ -76,7 +76,7 @@ import gradio as gr
 from gradio.utils import get_space
 
 from ptq_core.errors import PtqError
-from ptq_core.redact import redact
+from ptq_core.redact import install_redaction, redact
 from ptq_core.sizes import format_bytes
 from ptq_core.source import disk_needed
 
@@ -541,6 +541,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpx2"):  # one line per HTTP request otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    install_redaction()  # users' tokens (OAuth) must not reach the Space's logs in any form
     if get_space() is None and _local_token() is None:
         # Gradio's local sign-in mock asks whoami with this token at start-up and fails without it.
         parser.exit(2, "Set HF_TOKEN (or run `hf auth login`) to run the Space locally: sign-in is mocked with it.\n")

@@ -16,7 +16,7 @@ CORE = Path(__file__).resolve().parents[1] / "ptq_core"
 # docs/ARCHITECTURE.md's table: a module may import only from strictly lower layers.
 LAYERS: dict[str, int] = {
     "errors": 0,
-    "constants": 1, "sizes": 1, "redact": 1, "repo_files": 1,
+    "constants": 1, "sizes": 1, "redact": 1, "repo_files": 1, "matching": 1,
     "numerics": 2,
     "schemes": 3,
     "job": 4, "checkpoint": 4,
