@@ -33,7 +33,6 @@ def _progress_bars() -> Callable[[str, int, int], None]:
     """A tqdm bar per stage, fed by the core's ``progress(stage, done, total)`` callback."""
     from tqdm.auto import tqdm
 
-
     bars: dict[str, tqdm] = {}
 
     def progress(stage: str, done: int, total: int) -> None:

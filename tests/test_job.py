@@ -33,9 +33,16 @@ def test_ignore_adds_to_the_defaults_unless_they_are_dropped():
     assert make_job("o/m", "W4A16", ignore=["x"], default_ignore=False).ignore == ("x",)
 
 
-@pytest.mark.parametrize("bad", ["lm_head", None, 5])
-def test_ignore_must_be_a_list(bad):
-    with pytest.raises(InvalidIgnoreError, match=r"ignore must be a list of module names or 're:' patterns"):
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("lm_head", r"ignore='lm_head' is a single string, which would be read character by character"),
+        (None, r"ignore=None is not a list; pass a list of module names"),
+        (5, r"ignore must be a list of module names or 're:' patterns, not a int"),
+    ],
+)
+def test_ignore_must_be_a_list(bad, message):
+    with pytest.raises(InvalidIgnoreError, match=message):
         make_job("o/m", "W4A16", ignore=bad)
 
 
