@@ -17,7 +17,7 @@ import reprlib
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, NamedTuple
 
 from .errors import CorruptCheckpointError, MissingShardError, NoSafetensorsError, UnsafePathError
 from .repo_files import INDEX_NAME, WEIGHT_FILE_SUFFIXES, is_duplicate_weights, select_repo_files
@@ -52,9 +52,12 @@ def tensor_nbytes(dtype: str, shape: Iterable[int]) -> int:
     return n
 
 
-@dataclass(frozen=True)
-class TensorInfo:
-    """Where one tensor lives: shard file, absolute byte offset, dtype, shape."""
+class TensorInfo(NamedTuple):
+    """Where one tensor lives: shard file, absolute byte offset, dtype, shape.
+
+    A NamedTuple: a DeepSeek-sized checkpoint has ~100k of them, built several times
+    faster than frozen dataclasses.
+    """
 
     name: str
     shard: str
