@@ -9,6 +9,7 @@ content was left behind.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from collections import namedtuple
 from pathlib import Path
@@ -45,6 +46,8 @@ from ptq_core.hub import (
 )
 
 ALICE, BOB, CAROL = "hf_test_alice", "hf_test_bob", "hf_test_readonly"
+SOURCE = "bob/tiny-llama"
+TARGET_FP8 = "alice/tiny-llama-FP8-BLOCK"
 # Logits cosine of a correct run of the end-to-end test (transformers 5.24, torch 2.13, CPU, bf16);
 # the test's bound is conftest.min_logits_cosine of it.
 HUB_MEASURED_COSINE = {"FP8_BLOCK": 0.99757, "NVFP4A16": 0.98247}
@@ -56,8 +59,6 @@ COMMIT_FAILED = r"commit to \(?alice/tiny-llama-FP8-BLOCK\)? on .*: HTTP 500\. G
 
 def _not_found(repo_id: str) -> str:
     return rf"Repo '{repo_id}' was not found on .*, or it is private and this token cannot see it"
-SOURCE = "bob/tiny-llama"
-TARGET_FP8 = "alice/tiny-llama-FP8-BLOCK"
 
 
 @pytest.fixture(autouse=True)
@@ -213,6 +214,18 @@ def test_transient_download_failures_are_retried(hub, source, work_dir, caplog):
     assert "retry 1/3" in caplog.text
 
 
+def test_each_file_is_preuploaded_alone_and_retried_alone(hub, source, work_dir, caplog):
+    """The push pre-uploads file by file, each with its own retries: a transient failure costs
+    one retry of one file, and the commit that follows sends no file again."""
+    caplog.set_level(logging.WARNING)
+    hub.fail_requests("/preupload/main", times=1, status=TRANSIENT)
+    result = quantize_to_hub(source, "FP8_BLOCK", token=ALICE, work_dir=work_dir)
+    preuploads = [path for method, path, _ in hub.requests_log if method == "POST" and "/preupload/" in path]
+    pushed = [f for f in hub.commits(result.repo_id)[-1]["files"] if f != ".gitattributes"]
+    assert len(preuploads) == len(pushed) + 1  # one request per file, plus the one retried
+    assert re.search(r"Transient error during 'upload [^']+' \(HTTP 520\); retry 1/3", caplog.text)
+
+
 def test_overwrite_replaces_contents_in_one_commit(hub, source, work_dir):
     hub.seed_repo(TARGET_FP8, {"README.md": "---\nlicense: mit\n---\nold\n", "stale.safetensors": b"old"})
     result = quantize_to_hub(source, "FP8_BLOCK", token=ALICE, work_dir=work_dir, overwrite=True)
@@ -273,7 +286,8 @@ def test_gated_source_with_access_works(hub, checkpoint, work_dir):
 def test_invalid_token(hub, source, work_dir, caplog):
     caplog.set_level(logging.DEBUG)
     bad = "hf_" + "notarealtoken" * 3  # token-shaped, built here so no token-like literal is committed
-    with pytest.raises(TokenError, match=r"The Hub rejected the token: it is invalid or expired\. Create a new token") as excinfo:
+    rejected = r"The Hub rejected the token: it is invalid or expired\. Create a new token"
+    with pytest.raises(TokenError, match=rejected) as excinfo:
         quantize_to_hub(source, "FP8_BLOCK", token=bad, work_dir=work_dir)
     assert bad not in str(excinfo.value) and bad not in caplog.text
     _check_error(excinfo, hub, caplog=caplog)
@@ -288,16 +302,17 @@ def test_missing_token(hub, source, work_dir):
 
 def test_target_exists_and_is_not_empty(hub, source, work_dir):
     hub.seed_repo(TARGET_FP8, {"README.md": "---\nlicense: mit\n---\nmine\n"})
-    with pytest.raises(TargetRepoExistsError, match=rf"Target repo {TARGET_FP8} already holds 1 file\(s\) \(README\.md\)\. "
-                       r"Pick another target, or pass overwrite=True"):
+    taken = (rf"Target repo {TARGET_FP8} already holds 1 file\(s\) \(README\.md\)\. "
+             r"Pick another target, or pass overwrite=True")
+    with pytest.raises(TargetRepoExistsError, match=taken):
         quantize_to_hub(source, "FP8_BLOCK", token=ALICE, work_dir=work_dir)
     assert len(hub.commits(TARGET_FP8)) == 1  # untouched
     assert _downloads_of_weights(hub) == []
 
 
 def test_read_only_token_cannot_push(hub, source, work_dir):
-    with pytest.raises(HubPermissionError, match=r"The token of user 'carol' is read-only, so it cannot create or write "
-                       r"carol/tiny-llama-FP8-BLOCK") as excinfo:
+    read_only = r"The token of user 'carol' is read-only, so it cannot create or write carol/tiny-llama-FP8-BLOCK"
+    with pytest.raises(HubPermissionError, match=read_only) as excinfo:
         quantize_to_hub(source, "FP8_BLOCK", token=CAROL, work_dir=work_dir)
     _check_error(excinfo, hub, "carol/tiny-llama-FP8-BLOCK")
     assert not hub.repo_exists("carol/tiny-llama-FP8-BLOCK")
@@ -316,8 +331,8 @@ def test_no_write_permission_in_namespace(hub, source, work_dir):
 def test_network_failure_during_download(hub, source, work_dir, failing, caplog):
     caplog.set_level(logging.DEBUG)
     hub.fail_requests(failing, times=1000, status=TRANSIENT)
-    with pytest.raises(HubNetworkError, match=r"Could not download .*\(bob/tiny-llama\) on .*: HTTP 520\. Gave up after 4 "
-                       r"attempts") as excinfo:
+    gave_up = r"Could not download .*\(bob/tiny-llama\) on .*: HTTP 520\. Gave up after 4 attempts"
+    with pytest.raises(HubNetworkError, match=gave_up) as excinfo:
         quantize_to_hub(source, "FP8_BLOCK", token=ALICE, work_dir=work_dir)
     _check_error(excinfo, hub, caplog=caplog)
     assert not hub.repo_exists(TARGET_FP8)
@@ -326,8 +341,9 @@ def test_network_failure_during_download(hub, source, work_dir, failing, caplog)
 
 def test_hub_unreachable(hub, source, work_dir, monkeypatch):
     monkeypatch.setattr(ptq_core.constants, "HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: refused
-    with pytest.raises(HubNetworkError, match=r"Could not check the token \(whoami\) on http://127\.0\.0\.1:9: .*Connection "
-                       r"refused\. Gave up after 4 attempts") as excinfo:
+    refused = (r"Could not check the token \(whoami\) on http://127\.0\.0\.1:9: "
+               r".*Connection refused\. Gave up after 4 attempts")
+    with pytest.raises(HubNetworkError, match=refused) as excinfo:
         quantize_to_hub(source, "FP8_BLOCK", token=ALICE, work_dir=work_dir)
     _check_error(excinfo, hub)
 

@@ -95,11 +95,14 @@ def test_config_with_static_activation_group(src, tmp_path):
 def test_config_with_kv_cache_scheme(src, tmp_path):
     config = QuantizationConfig(config_groups={"g": preset("FP8_DYNAMIC")},
                                 kv_cache_scheme=preset("FP8").input_activations)
-    fails(CalibrationRequiredError, r"The config quantizes the KV cache, which needs calibration data; drop kv_cache_scheme", src, tmp_path / "out", scheme=None, config=config)
+    fails(CalibrationRequiredError,
+          r"The config quantizes the KV cache, which needs calibration data; drop kv_cache_scheme",
+          src, tmp_path / "out", scheme=None, config=config)
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(scheme="FP8_BLOCK", config=QuantizationConfig(config_groups={"g": preset("W4A16")})), r"Give either `scheme` or `config`, not both"),
+    (dict(scheme="FP8_BLOCK", config=QuantizationConfig(config_groups={"g": preset("W4A16")})),
+     r"Give either `scheme` or `config`, not both"),
     (dict(scheme=None), r"No scheme given; pass a preset such as scheme='FP8_BLOCK'"),
     (dict(scheme=42), r"scheme must be a preset name or a QuantizationScheme, not int"),
 ])
