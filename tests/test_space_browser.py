@@ -19,10 +19,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import import_tool, missing_tool
 from factory import make_checkpoint
 from test_space import ALICE, ROOT, SOURCE, TARGET, _repo_files, launch_space
-
-from ptq_core.constants import parse_bool
 
 pytestmark = pytest.mark.browser
 
@@ -31,28 +30,13 @@ ARTIFACTS = ROOT / "test-artifacts"
 SCREENSHOT = ARTIFACTS / "space-finished.png"
 
 
-def _in_ci() -> bool:
-    try:
-        return parse_bool(os.environ.get("CI", "false"), name="CI")
-    except ValueError:
-        return True  # some CI systems set CI to a non-boolean value
-
-
 @pytest.fixture(scope="module")
 def browser():
-    """Headless Chromium; skipped locally when missing, a failure in CI."""
-    reason = None
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        reason = "the playwright Python package is not installed"
-    if reason is None and not CHROMIUM.exists():
-        reason = f"{CHROMIUM} is missing (apt-get install chromium)"
-    if reason is not None:
-        if _in_ci():
-            pytest.fail(f"browser test cannot run in CI: {reason}", pytrace=False)
-        pytest.skip(reason)
-    with sync_playwright() as playwright:
+    """Headless Chromium; skipped locally when missing, a failure in CI (``conftest.missing_tool``)."""
+    sync_api = import_tool("playwright.sync_api", "the playwright Python package is not installed")
+    if not CHROMIUM.exists():
+        missing_tool(f"{CHROMIUM} is missing (apt-get install chromium)")
+    with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=str(CHROMIUM),
             headless=True,

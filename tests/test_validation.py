@@ -95,13 +95,16 @@ def test_config_with_static_activation_group(src, tmp_path):
 def test_config_with_kv_cache_scheme(src, tmp_path):
     config = QuantizationConfig(config_groups={"g": preset("FP8_DYNAMIC")},
                                 kv_cache_scheme=preset("FP8").input_activations)
-    fails(CalibrationRequiredError, r"KV cache", src, tmp_path / "out", scheme=None, config=config)
+    fails(CalibrationRequiredError,
+          r"The config quantizes the KV cache, which needs calibration data; drop kv_cache_scheme",
+          src, tmp_path / "out", scheme=None, config=config)
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(scheme="FP8_BLOCK", config=QuantizationConfig(config_groups={"g": preset("W4A16")})), "not both"),
-    (dict(scheme=None), "No scheme given"),
-    (dict(scheme=42), "not int"),
+    (dict(scheme="FP8_BLOCK", config=QuantizationConfig(config_groups={"g": preset("W4A16")})),
+     r"Give either `scheme` or `config`, not both"),
+    (dict(scheme=None), r"No scheme given; pass a preset such as scheme='FP8_BLOCK'"),
+    (dict(scheme=42), r"scheme must be a preset name or a QuantizationScheme, not int"),
 ])
 def test_scheme_and_config_arguments(src, tmp_path, kwargs, match):
     fails(SchemeNotSupportedError, match, src, tmp_path / "out", **kwargs)
@@ -208,8 +211,9 @@ def test_source_folder_missing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ptq_core.constants, "HF_ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(PtqError, match="really-not-here"):
-        model_free_ptq(tmp_path / "nope" / "really-not-here", tmp_path / "out", scheme="FP8_BLOCK")
+    missing = tmp_path / "nope" / "really-not-here"
+    with pytest.raises(PtqError, match=re.escape(f"'{missing}'")):
+        model_free_ptq(missing, tmp_path / "out", scheme="FP8_BLOCK")
     assert leftovers(tmp_path / "out") == []
 
 
@@ -321,10 +325,10 @@ def test_bad_max_workers(src, tmp_path, workers):
 
 @pytest.mark.parametrize("device,match", [
     ("tpu", r"Unknown device 'tpu'; use 'cpu', 'cuda' or 'cuda:N'"),
-    ("gpu0", r"Unknown device 'gpu0'"),
+    ("gpu0", r"Unknown device 'gpu0'; use 'cpu', 'cuda' or 'cuda:N'"),
     ([], r"The device list is empty"),
-    ("mps", r"'mps'"),
-    ("xla", r"'xla'"),
+    ("mps", r"Device 'mps' is not supported; use 'cpu', 'cuda' or 'cuda:N'"),
+    ("xla", r"Device 'xla' is not supported; use 'cpu', 'cuda' or 'cuda:N'"),
 ])
 def test_bad_device(src, tmp_path, device, match):
     fails(InvalidOptionError, match, src, tmp_path / "out", device=device)
