@@ -28,15 +28,18 @@ from typing import Callable
 
 import torch
 
-from .errors import NonFiniteWeightError
+from .errors import NonFiniteWeightError, SchemeNotSupportedError
 
 __all__ = [
+    "FORMAT_TENSORS",
     "RowSink",
     "Scratch",
+    "StoredTensor",
     "WeightSpec",
     "global_scale_from_absmax",
     "output_layout",
     "quantize_weight",
+    "stored_tensors",
     "tensor_absmax",
 ]
 
@@ -98,6 +101,122 @@ def _param_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) else torch.float16
 
 
+@dataclass(frozen=True)
+class StoredTensor:
+    """One tensor a compressed weight is stored as: a row of :data:`FORMAT_TENSORS`.
+
+    Attributes:
+        name: local name (``weight_packed``, ``weight_scale``...), prefixed by the module.
+        encoding: how the kernel's value becomes the stored bytes. Main tensor:
+            ``plain`` (the quantized values in ``dtype``), ``fp4_nibbles`` (two E2M1
+            codes a byte, low nibble first), ``int32_bits`` (dense little-endian
+            bit packing). Others: ``param`` (the scale as the module's parameter,
+            in the weight's dtype), ``cast`` (the scale cast to ``dtype``), ``e8m0``
+            (MX power-of-two exponents), ``int8`` (zero points as they are),
+            ``int32_rows`` (zero points bit-packed along the rows), ``global``
+            (NVFP4's float32 global scale), ``shape`` (the dense weight shape).
+        dtype: ``dtype(spec, weight_dtype)``, the stored dtype.
+        shape: ``shape(spec, rows, cols)``, the stored shape.
+        present: ``present(spec)``; e.g. zero points only for asymmetric schemes.
+    """
+
+    name: str
+    encoding: str
+    dtype: Callable[[WeightSpec, torch.dtype], torch.dtype]
+    shape: Callable[[WeightSpec, int, int], tuple[int, ...]]
+    present: Callable[[WeightSpec], bool] = lambda spec: True
+
+    @property
+    def is_main(self) -> bool:
+        return self.encoding in _MAIN_ENCODINGS
+
+
+_MAIN_ENCODINGS = ("plain", "fp4_nibbles", "int32_bits")
+
+
+def _asymmetric(spec: WeightSpec) -> bool:
+    return not spec.symmetric
+
+
+def _packed_zero_point(spec: WeightSpec) -> bool:
+    # pack_quantized packs zero points along the rows for group / channel only
+    return not spec.symmetric and spec.strategy in ("group", "channel")
+
+
+def _plain_zero_point(spec: WeightSpec) -> bool:
+    return not spec.symmetric and spec.strategy not in ("group", "channel")
+
+
+def _scale_dtype(default: torch.dtype) -> Callable[[WeightSpec, torch.dtype], torch.dtype]:
+    return lambda spec, dtype: spec.scale_dtype or default
+
+
+_FP4_PACKED = StoredTensor("weight_packed", "fp4_nibbles", lambda s, d: torch.uint8, lambda s, r, c: (r, c // 2))
+_SCALE_PARAM = StoredTensor("weight_scale", "param", lambda s, d: _param_dtype(d), _scale_shape)
+_SCALE_E8M0 = StoredTensor("weight_scale", "e8m0", _scale_dtype(torch.uint8), _scale_shape)
+_ZERO_POINT_INT8 = StoredTensor("weight_zero_point", "int8", lambda s, d: torch.int8, _scale_shape, _asymmetric)
+
+FORMAT_TENSORS: dict[str, tuple[StoredTensor, ...]] = {
+    "nvfp4-pack-quantized": (
+        _FP4_PACKED,
+        StoredTensor("weight_scale", "cast", _scale_dtype(_FP8), _scale_shape),
+        StoredTensor("weight_global_scale", "global", lambda s, d: torch.float32, lambda s, r, c: (1,)),
+    ),
+    "mxfp4-pack-quantized": (_FP4_PACKED, _SCALE_E8M0),
+    "pack-quantized": (
+        StoredTensor(
+            "weight_packed", "int32_bits", lambda s, d: torch.int32,
+            lambda s, r, c: (r, math.ceil(c * s.num_bits / 32)),
+        ),
+        _SCALE_PARAM,
+        StoredTensor("weight_shape", "shape", lambda s, d: torch.int64, lambda s, r, c: (2,)),
+        StoredTensor(
+            "weight_zero_point", "int32_rows", lambda s, d: torch.int32,
+            lambda s, r, c: (math.ceil(_scale_shape(s, r, c)[0] * s.num_bits / 32), _scale_shape(s, r, c)[1]),
+            _packed_zero_point,
+        ),
+        StoredTensor("weight_zero_point", "int8", lambda s, d: torch.int8, _scale_shape, _plain_zero_point),
+    ),
+    "float-quantized": (
+        StoredTensor("weight", "plain", lambda s, d: _FP8, lambda s, r, c: (r, c)), _SCALE_PARAM, _ZERO_POINT_INT8,
+    ),
+    "int-quantized": (
+        StoredTensor("weight", "plain", lambda s, d: torch.int8, lambda s, r, c: (r, c)), _SCALE_PARAM, _ZERO_POINT_INT8,
+    ),
+    "naive-quantized": (
+        StoredTensor("weight", "plain", lambda s, d: _FP8 if s.kind == "float" else torch.int8, lambda s, r, c: (r, c)),
+        _SCALE_PARAM,
+        _ZERO_POINT_INT8,
+    ),
+    "mxfp8-quantized": (
+        StoredTensor("weight", "plain", lambda s, d: _FP8, lambda s, r, c: (r, c)),
+        StoredTensor("weight_scale", "e8m0", lambda s, d: torch.uint8, _scale_shape),
+        _ZERO_POINT_INT8,
+    ),
+}
+"""Format -> the tensors one compressed weight is stored as, in header order.
+
+The single description of every compressor's output: the planner sizes shards
+from it (:func:`output_layout`) and :func:`quantize_weight` encodes from it.
+"""
+
+
+def stored_tensors(spec: WeightSpec) -> tuple[StoredTensor, ...]:
+    """The rows of :data:`FORMAT_TENSORS` that a weight with this spec is stored as."""
+    try:
+        rows = FORMAT_TENSORS[spec.fmt]
+    except KeyError:
+        raise SchemeNotSupportedError(
+            f"compressed-tensors format {spec.fmt!r} has no kernel here; supported formats: "
+            f"{', '.join(FORMAT_TENSORS)}."
+        ) from None
+    return tuple(row for row in rows if row.present(spec))
+
+
+def _main_tensor(spec: WeightSpec) -> StoredTensor:
+    return next(row for row in stored_tensors(spec) if row.is_main)
+
+
 def output_layout(spec: WeightSpec, shape: tuple[int, int], dtype: torch.dtype) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
     """Local names, dtypes and shapes of the tensors a weight compresses into.
 
@@ -105,36 +224,7 @@ def output_layout(spec: WeightSpec, shape: tuple[int, int], dtype: torch.dtype) 
     any tensor is computed.
     """
     rows, cols = shape
-    scale_shape = _scale_shape(spec, rows, cols)
-    pdt = _param_dtype(dtype)
-    fmt = spec.fmt
-    if fmt in ("nvfp4-pack-quantized", "mxfp4-pack-quantized"):
-        out = [("weight_packed", torch.uint8, (rows, cols // 2))]
-        if fmt == "nvfp4-pack-quantized":
-            out += [("weight_scale", spec.scale_dtype or _FP8, scale_shape), ("weight_global_scale", torch.float32, (1,))]
-        else:
-            out += [("weight_scale", spec.scale_dtype or torch.uint8, scale_shape)]
-        return out
-    if fmt == "pack-quantized":
-        out = [
-            ("weight_packed", torch.int32, (rows, math.ceil(cols * spec.num_bits / 32))),
-            ("weight_scale", pdt, scale_shape),
-            ("weight_shape", torch.int64, (2,)),
-        ]
-        if not spec.symmetric:
-            if spec.strategy in ("group", "channel"):
-                zp_shape = (math.ceil(scale_shape[0] * spec.num_bits / 32), scale_shape[1])
-                out.append(("weight_zero_point", torch.int32, zp_shape))
-            else:
-                out.append(("weight_zero_point", torch.int8, scale_shape))
-        return out
-    # naive family: float-quantized, int-quantized, naive-quantized, mxfp8-quantized
-    qdtype = _FP8 if spec.kind == "float" else torch.int8
-    scale_dtype = torch.uint8 if fmt == "mxfp8-quantized" else pdt
-    out = [("weight", qdtype, (rows, cols)), ("weight_scale", scale_dtype, scale_shape)]
-    if not spec.symmetric:
-        out.append(("weight_zero_point", torch.int8, scale_shape))
-    return out
+    return [(t.name, t.dtype(spec, dtype), tuple(t.shape(spec, rows, cols))) for t in stored_tensors(spec)]
 
 
 # --------------------------------------------------------------------------- buffers
@@ -437,13 +527,6 @@ def _pack_int32(q: torch.Tensor, num_bits: int, scratch: Scratch | None = None) 
     return out.to(torch.int32).contiguous()
 
 
-def _main_name(spec: WeightSpec) -> str:
-    return "weight_packed" if spec.fmt in _PACKED_FORMATS else "weight"
-
-
-_PACKED_FORMATS = ("nvfp4-pack-quantized", "mxfp4-pack-quantized", "pack-quantized")
-
-
 def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, spec: WeightSpec,
                    global_scale: torch.Tensor | None, scratch: Scratch) -> torch.Tensor:
     """Quantize a row chunk with its scales; returns the chunk of the main stored tensor.
@@ -473,13 +556,14 @@ def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None
         tmp = tmp.view(tmp.shape[0] * tmp.shape[1], -1)[:rows, :cols]
     else:
         tmp = tmp.view(rows, cols)
-    if spec.kind == "float" and spec.num_bits == 4:
+    encoding = _main_tensor(spec).encoding
+    if encoding == "fp4_nibbles":
         codes = _fp4_codes_lut(tmp, scratch.get("codes", (rows, cols), torch.uint8, x.device), scratch)
         return _pack_nibbles(codes, scratch.get("packed", (rows, cols // 2), torch.uint8, x.device))
     if spec.kind == "int":
         tmp.round_()
         q = scratch.get("q", (rows, cols), torch.int8, x.device).copy_(tmp)
-        return _pack_int32(q, spec.num_bits, scratch) if spec.fmt == "pack-quantized" else q
+        return _pack_int32(q, spec.num_bits, scratch) if encoding == "int32_bits" else q
     return scratch.get("q", (rows, cols), _FP8, x.device).copy_(tmp)
 
 
@@ -530,7 +614,8 @@ def quantize_weight(
     """
     scratch = scratch or Scratch()
     rows, cols = weight.shape
-    main = _main_name(spec)
+    main_row = _main_tensor(spec)
+    main = main_row.name
     if spec.strategy == "tensor_group" and global_scale is None:
         global_scale = global_scale_from_absmax(tensor_absmax(weight, scratch))
     whole = None
@@ -540,8 +625,8 @@ def quantize_weight(
         whole = _qparams(lo, hi, spec, global_scale)
     full = None
     if sink is None:
-        (_, dtype, shape), *_ = output_layout(spec, (rows, cols), weight.dtype)
-        full = torch.empty(shape, dtype=dtype, device=weight.device)
+        main_shape = main_row.shape(spec, rows, cols)
+        full = torch.empty(main_shape, dtype=main_row.dtype(spec, weight.dtype), device=weight.device)
     pdt = _param_dtype(weight.dtype)
     scale_parts, zp_parts = [], []
     multiple = spec.block[0] if spec.strategy == "block" else 1
@@ -579,23 +664,27 @@ def _check_finite(lo: torch.Tensor, hi: torch.Tensor | None) -> None:
 
 
 def _small_outputs(param_scale, zero_points, spec: WeightSpec, shape, global_scale) -> dict[str, torch.Tensor]:
-    """Scales, zero points, shapes: everything but the main tensor, as the compressor stores them."""
-    fmt = spec.fmt
-    if fmt == "nvfp4-pack-quantized":
-        return {"weight_scale": param_scale.to(spec.scale_dtype or _FP8), "weight_global_scale": global_scale}
-    if fmt == "mxfp4-pack-quantized":
-        return {"weight_scale": _mx_exponent(param_scale, spec.scale_dtype or torch.uint8)}
-    if fmt == "pack-quantized":
-        out = {"weight_scale": param_scale, "weight_shape": torch.tensor(tuple(shape), device=param_scale.device)}
-        if not spec.symmetric:
-            if spec.strategy in ("group", "channel"):
-                out["weight_zero_point"] = _pack_int32(zero_points.t().contiguous(), spec.num_bits).t().contiguous()
-            else:
-                out["weight_zero_point"] = zero_points
-        return out
-    out = {"weight_scale": _mx_exponent(param_scale, torch.uint8) if fmt == "mxfp8-quantized" else param_scale}
-    if not spec.symmetric:
-        out["weight_zero_point"] = zero_points
+    """Every stored tensor but the main one, encoded as its :data:`FORMAT_TENSORS` row says."""
+    out = {}
+    for row in stored_tensors(spec):
+        encoding = row.encoding
+        if row.is_main:
+            continue
+        if encoding == "param":
+            value = param_scale
+        elif encoding == "cast":
+            value = param_scale.to(row.dtype(spec, param_scale.dtype))
+        elif encoding == "e8m0":
+            value = _mx_exponent(param_scale, row.dtype(spec, param_scale.dtype))
+        elif encoding == "global":
+            value = global_scale
+        elif encoding == "shape":
+            value = torch.tensor(tuple(shape), device=param_scale.device)
+        elif encoding == "int32_rows":
+            value = _pack_int32(zero_points.t().contiguous(), spec.num_bits).t().contiguous()
+        else:  # int8 zero points
+            value = zero_points
+        out[row.name] = value
     return out
 
 
