@@ -55,6 +55,10 @@ class NonFiniteWeightError(CheckpointError):
     """A weight that would be quantized holds NaN or Inf."""
 
 
+class NonFiniteScaleError(CheckpointError):
+    """A finite weight whose scale would not be finite (its range overflows the scale's dtype)."""
+
+
 # --- output ------------------------------------------------------------------
 class OutputExistsError(PtqError, FileExistsError):
     """The output folder is not empty and ``overwrite`` was not given."""

@@ -22,13 +22,16 @@ This module imports torch only.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from .errors import NonFiniteWeightError, SchemeNotSupportedError
+from .errors import NonFiniteScaleError, NonFiniteWeightError, SchemeNotSupportedError, TensorShapeError
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "FORMAT_TENSORS",
@@ -77,6 +80,11 @@ class WeightSpec:
         )
 
     @property
+    def zp_dtype(self) -> torch.dtype:
+        """The zero points' dtype (``QuantizationArgs.zp_dtype``'s default): FP8 for float weights."""
+        return _FP8 if self.kind == "float" else torch.int8
+
+    @property
     def q_range(self) -> tuple[float, float]:
         if self.kind == "int":
             return -(2.0 ** (self.num_bits - 1)), 2.0 ** (self.num_bits - 1) - 1
@@ -112,7 +120,8 @@ class StoredTensor:
             codes a byte, low nibble first), ``int32_bits`` (dense little-endian
             bit packing). Others: ``param`` (the scale as the module's parameter,
             in the weight's dtype), ``cast`` (the scale cast to ``dtype``), ``e8m0``
-            (MX power-of-two exponents), ``int8`` (zero points as they are),
+            (MX power-of-two exponents), ``zero_point`` (zero points as they are:
+            int8, or float8_e4m3fn for FP8 weights),
             ``int32_rows`` (zero points bit-packed along the rows), ``global``
             (NVFP4's float32 global scale), ``shape`` (the dense weight shape).
         dtype: ``dtype(spec, weight_dtype)``, the stored dtype.
@@ -154,7 +163,7 @@ def _scale_dtype(default: torch.dtype) -> Callable[[WeightSpec, torch.dtype], to
 _FP4_PACKED = StoredTensor("weight_packed", "fp4_nibbles", lambda s, d: torch.uint8, lambda s, r, c: (r, c // 2))
 _SCALE_PARAM = StoredTensor("weight_scale", "param", lambda s, d: _param_dtype(d), _scale_shape)
 _SCALE_E8M0 = StoredTensor("weight_scale", "e8m0", _scale_dtype(torch.uint8), _scale_shape)
-_ZERO_POINT_INT8 = StoredTensor("weight_zero_point", "int8", lambda s, d: torch.int8, _scale_shape, _asymmetric)
+_ZERO_POINT = StoredTensor("weight_zero_point", "zero_point", lambda s, d: s.zp_dtype, _scale_shape, _asymmetric)
 
 FORMAT_TENSORS: dict[str, tuple[StoredTensor, ...]] = {
     "nvfp4-pack-quantized": (
@@ -175,23 +184,23 @@ FORMAT_TENSORS: dict[str, tuple[StoredTensor, ...]] = {
             lambda s, r, c: (math.ceil(_scale_shape(s, r, c)[0] * s.num_bits / 32), _scale_shape(s, r, c)[1]),
             _packed_zero_point,
         ),
-        StoredTensor("weight_zero_point", "int8", lambda s, d: torch.int8, _scale_shape, _plain_zero_point),
+        StoredTensor("weight_zero_point", "zero_point", lambda s, d: s.zp_dtype, _scale_shape, _plain_zero_point),
     ),
     "float-quantized": (
-        StoredTensor("weight", "plain", lambda s, d: _FP8, lambda s, r, c: (r, c)), _SCALE_PARAM, _ZERO_POINT_INT8,
+        StoredTensor("weight", "plain", lambda s, d: _FP8, lambda s, r, c: (r, c)), _SCALE_PARAM, _ZERO_POINT,
     ),
     "int-quantized": (
-        StoredTensor("weight", "plain", lambda s, d: torch.int8, lambda s, r, c: (r, c)), _SCALE_PARAM, _ZERO_POINT_INT8,
+        StoredTensor("weight", "plain", lambda s, d: torch.int8, lambda s, r, c: (r, c)), _SCALE_PARAM, _ZERO_POINT,
     ),
     "naive-quantized": (
         StoredTensor("weight", "plain", lambda s, d: _FP8 if s.kind == "float" else torch.int8, lambda s, r, c: (r, c)),
         _SCALE_PARAM,
-        _ZERO_POINT_INT8,
+        _ZERO_POINT,
     ),
     "mxfp8-quantized": (
         StoredTensor("weight", "plain", lambda s, d: _FP8, lambda s, r, c: (r, c)),
         StoredTensor("weight_scale", "e8m0", lambda s, d: torch.uint8, _scale_shape),
-        _ZERO_POINT_INT8,
+        _ZERO_POINT,
     ),
 }
 """Format -> the tensors one compressed weight is stored as, in header order.
@@ -407,9 +416,13 @@ def _qparams(
         scales = (2.00 ** ((scales.to(torch.int32) - 127).to(torch.float))).to(original)
     eps = _eps(spec.scale_dtype if spec.scale_dtype is not None else scales.dtype)
     scales = torch.where(scales == 0, torch.tensor(eps, dtype=scales.dtype, device=device), scales)
-    if zero_points is not None:
-        info = torch.iinfo(torch.int8)
-        zero_points = torch.round(torch.clamp(zero_points, info.min, info.max)).to(torch.int8)
+    if zero_points is not None:  # round_to_quantized_type_dtype(zero_points, zp_dtype)
+        if spec.zp_dtype.is_floating_point:
+            info = torch.finfo(spec.zp_dtype)
+            zero_points = torch.clamp(zero_points, info.min, info.max).to(spec.zp_dtype)
+        else:
+            info = torch.iinfo(spec.zp_dtype)
+            zero_points = torch.round(torch.clamp(zero_points, info.min, info.max)).to(spec.zp_dtype)
     return scales, zero_points
 
 
@@ -459,7 +472,13 @@ def _fp4_lut(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
 
 
 def _fp4_codes_lut(v: torch.Tensor, out: torch.Tensor, scratch: Scratch) -> torch.Tensor:
-    """``_fp4_codes`` by table lookup (3-4 passes over memory instead of ~15)."""
+    """``_fp4_codes`` by table lookup (3-4 passes over memory instead of ~15).
+
+    float64 has no 16-bit prefix that decides its code, so it takes the direct
+    comparisons (the reference rounds float64 in float64 as well).
+    """
+    if v.dtype == torch.float64:
+        return out.copy_(_fp4_codes(v))
     lut = _fp4_lut(v.dtype, v.device)
     flat = v.reshape(-1)
     idx = scratch.get("lut_idx", (flat.numel(),), torch.int32, v.device)
@@ -549,7 +568,7 @@ def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None
     tmp = torch.div(cells, scale, out=scratch.get("tmp", tuple(cells.shape), work_dtype, x.device))
     if zp is not None:
         tmp += zp.to(x.dtype)
-    if not _clamp_is_identity(spec, scale, global_scale, zp):
+    if not _clamp_is_identity(spec, scale, global_scale, zp, tmp):
         q_min, q_max = spec.q_range
         tmp.clamp_(q_min, q_max)
     if spec.strategy == "block":  # back to rows x cols, dropping the padding
@@ -564,25 +583,79 @@ def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None
         tmp.round_()
         q = scratch.get("q", (rows, cols), torch.int8, x.device).copy_(tmp)
         return _pack_int32(q, spec.num_bits, scratch) if encoding == "int32_bits" else q
-    return scratch.get("q", (rows, cols), _FP8, x.device).copy_(tmp)
+    return _cast_to_fp8(tmp, scratch.get("q", (rows, cols), _FP8, x.device))
 
 
-def _clamp_is_identity(spec: WeightSpec, scale: torch.Tensor, global_scale, zp) -> bool:
+def _clamp_is_identity(spec: WeightSpec, scale: torch.Tensor, global_scale, zp, scaled: torch.Tensor) -> bool:
     """True when clamping to +-448 before the FP8 cast provably changes no output byte.
 
     For symmetric FP8 with ``scale = round(amax / 448)`` in a float dtype whose
     scales are all normal numbers, the rounding error of the scale is at most
     2^-8 relative, so ``|x / scale| <= 448 / (1 - 2^-8) < 450``, which rounds
-    (again in the weight dtype) to at most 450. torch's FP8 e4m3fn cast rounds
-    anything below 464 to at most 448, exactly what clamp-then-cast gives. MX
-    scales are powers of two with ``amax / scale <= 448`` by construction.
-    Subnormal scales (weights near 1e-38) lose that bound, so they keep the clamp.
+    (again in the weight dtype) to at most 450. A cast that rounds anything
+    below 464 to at most 448 then gives exactly what clamp-then-cast gives;
+    :func:`_fp8_cast_saturates` checks that this torch's cast does. MX scales
+    are powers of two with ``amax / scale <= 448`` by construction. Subnormal
+    scales (weights near 1e-38) lose that bound, so they keep the clamp.
     """
     if spec.kind != "float" or spec.num_bits != 8 or global_scale is not None or zp is not None:
         return False
     if not scale.dtype.is_floating_point:
         return False
-    return bool((scale >= torch.finfo(scale.dtype).tiny).all())
+    if not bool((scale >= torch.finfo(scale.dtype).tiny).all()):
+        return False
+    return _fp8_cast_saturates(scaled.dtype, scaled.device)
+
+
+def _cast_to_fp8(src: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """torch's float -> float8_e4m3fn cast (round to nearest even), the reference's ``.to(fp8)``.
+
+    The one place the kernels cast to FP8, so the probe below checks the very
+    operation that the clamp skip relies on.
+    """
+    return out.copy_(src)
+
+
+_FP8_CAST_PROBES: dict[tuple[torch.dtype, str], bool] = {}
+
+
+def _fp8_cast_saturates(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether this torch's FP8 cast from ``dtype`` on this device type equals clamp-then-cast.
+
+    pyproject allows torch >= 2.10, and whether a given build saturates or
+    produces NaN above 448 is not documented; so it is measured once per
+    (dtype, device type) and the clamp is kept wherever it is not proven redundant.
+    """
+    key = (dtype, device.type)
+    found = _FP8_CAST_PROBES.get(key)
+    if found is None:
+        found = _FP8_CAST_PROBES[key] = _probe_fp8_cast(dtype, device)
+        if not found:
+            logger.info(
+                "torch %s's %s -> float8_e4m3fn cast on %s does not saturate at 448; keeping the clamp",
+                torch.__version__, dtype, device.type,
+            )
+    return found
+
+
+def _probe_fp8_cast(dtype: torch.dtype, device: torch.device) -> bool:
+    """Cast every boundary value (448..464, both signs) directly and clamped; compare the bytes."""
+    values = _fp8_boundary_values(dtype).to(device)
+    values = torch.cat([values, -values])
+    direct = _cast_to_fp8(values, torch.empty(values.shape, dtype=_FP8, device=device))
+    clamped = _cast_to_fp8(values.clamp(-_FP8_MAX, _FP8_MAX), torch.empty(values.shape, dtype=_FP8, device=device))
+    return torch.equal(direct.view(torch.uint8), clamped.view(torch.uint8))
+
+
+def _fp8_boundary_values(dtype: torch.dtype) -> torch.Tensor:
+    """Every ``dtype`` value in [448, 464] (float64: every float32 one and its float64 successor)."""
+    if dtype == torch.float64:
+        f32 = _fp8_boundary_values(torch.float32).to(torch.float64)
+        above = torch.nextafter(f32, torch.tensor(math.inf, dtype=torch.float64))
+        return torch.cat([f32, above[above <= 464.0]])
+    int_dtype = torch.int32 if dtype == torch.float32 else torch.int16
+    lo, hi = (int(torch.tensor(v, dtype=dtype).view(int_dtype)) for v in (_FP8_MAX, 464.0))
+    return torch.arange(lo, hi + 1, dtype=torch.int64).to(int_dtype).view(dtype)
 
 
 RowSink = Callable[[str, int, torch.Tensor], None]
@@ -600,7 +673,7 @@ def quantize_weight(
     """Compress one 2-D weight; returns local names -> tensors (on the weight's device).
 
     Args:
-        weight: ``[N, K]`` contiguous float weight (bf16/fp16/fp32).
+        weight: ``[N, K]`` contiguous float weight (bf16/fp16/fp32/fp64).
         spec: the scheme's weight arguments.
         global_scale: NVFP4 only: the fused group's ``global_scale_from_absmax``
             (computed from this weight alone when omitted).
@@ -611,18 +684,24 @@ def quantize_weight(
 
     Raises:
         NonFiniteWeightError: the weight holds NaN or Inf.
+        NonFiniteScaleError: the weight is finite but a scale would not be (e.g.
+            ``max - min`` of an asymmetric cell overflows the weight's dtype).
+        TensorShapeError: the weight has no elements.
+        Both messages start with "its ...": callers prefix the tensor's name.
     """
     scratch = scratch or Scratch()
     rows, cols = weight.shape
+    if weight.numel() == 0:
+        raise TensorShapeError(f"its shape {[rows, cols]} holds no values to quantize; add its module to ignore.")
     main_row = _main_tensor(spec)
     main = main_row.name
     if spec.strategy == "tensor_group" and global_scale is None:
         global_scale = global_scale_from_absmax(tensor_absmax(weight, scratch))
+    if global_scale is not None:
+        _check_global_scale(global_scale)
     whole = None
     if spec.strategy == "tensor":  # one scale from the whole tensor, before any chunk
-        lo, hi = _stats(weight, spec, scratch)
-        _check_finite(lo, hi)
-        whole = _qparams(lo, hi, spec, global_scale)
+        whole = _checked_qparams(*_stats(weight, spec, scratch), spec, global_scale)
     full = None
     if sink is None:
         main_shape = main_row.shape(spec, rows, cols)
@@ -633,9 +712,7 @@ def quantize_weight(
     for a, b in _row_chunks(rows, cols, multiple):
         x = weight[a:b]
         if whole is None:
-            lo, hi = _stats(x, spec, scratch)
-            _check_finite(lo, hi)
-            scales, zps = _qparams(lo, hi, spec, global_scale)
+            scales, zps = _checked_qparams(*_stats(x, spec, scratch), spec, global_scale)
             # the module's scale parameter has the weight's dtype: copy_ casts into it
             scales = scales.to(pdt)
             scale_parts.append(scales)
@@ -658,9 +735,39 @@ def quantize_weight(
     return result
 
 
-def _check_finite(lo: torch.Tensor, hi: torch.Tensor | None) -> None:
+def _checked_qparams(
+    lo: torch.Tensor, hi: torch.Tensor | None, spec: WeightSpec, global_scale: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``_qparams`` between the two checks that keep non-finite numbers out of the output."""
     if not bool(torch.isfinite(lo).all()) or (hi is not None and not bool(torch.isfinite(hi).all())):
         raise NonFiniteWeightError("the weight holds NaN or Inf values")
+    scales, zero_points = _qparams(lo, hi, spec, global_scale)
+    if not bool(torch.isfinite(scales).all()):
+        raise NonFiniteScaleError(_scale_overflow_message(lo, hi, spec))
+    return scales, zero_points
+
+
+def _scale_overflow_message(lo: torch.Tensor, hi: torch.Tensor | None, spec: WeightSpec) -> str:
+    dtype = str(lo.dtype).removeprefix("torch.")
+    if hi is None:  # symmetric: lo is the cells' max |w|
+        return (
+            f"its max |w| = {float(lo.max()):.4g} gives a scale that is not finite in {dtype}, so the "
+            "stored weight would decode to NaN; add its module to ignore."
+        )
+    return (
+        f"its values span [{float(lo.min()):.4g}, {float(hi.max()):.4g}]: max - min overflows {dtype}, so the "
+        "asymmetric scale is not finite and the stored weight would decode to NaN; quantize it with a "
+        "symmetric scheme (e.g. W4A16) or add its module to ignore."
+    )
+
+
+def _check_global_scale(global_scale: torch.Tensor) -> None:
+    """A zero or non-finite NVFP4 global scale makes every effective scale infinite."""
+    if not bool(torch.isfinite(global_scale).all()) or not bool((global_scale > 0).all()):
+        raise NonFiniteScaleError(
+            f"its NVFP4 global scale is {global_scale.flatten().tolist()}, so every group's scale would be "
+            "infinite (the group's max |w| overflows the weight dtype); add its module to ignore."
+        )
 
 
 def _small_outputs(param_scale, zero_points, spec: WeightSpec, shape, global_scale) -> dict[str, torch.Tensor]:
@@ -682,7 +789,7 @@ def _small_outputs(param_scale, zero_points, spec: WeightSpec, shape, global_sca
             value = torch.tensor(tuple(shape), device=param_scale.device)
         elif encoding == "int32_rows":
             value = _pack_int32(zero_points.t().contiguous(), spec.num_bits).t().contiguous()
-        else:  # int8 zero points
+        else:  # zero points as they are
             value = zero_points
         out[row.name] = value
     return out

@@ -313,8 +313,18 @@ def _check_data_free(scheme: QuantizationScheme, name: str) -> None:
             f"{name}: {weights.num_bits}-bit float weights (e.g. MXFP6) are not supported yet; "
             "pick MXFP4A16 or MXFP8A16."
         )
-    if weights.type == QuantizationType.FLOAT and not weights.symmetric:
-        raise SchemeNotSupportedError(f"{name}: asymmetric float weights are not supported by compressed-tensors.")
+    if weights.type == QuantizationType.FLOAT and not weights.symmetric and (
+        weights.num_bits != 8 or weights.scale_dtype is not None
+    ):
+        raise SchemeNotSupportedError(
+            f"{name}: asymmetric {weights.num_bits}-bit float weights with scale_dtype {weights.scale_dtype} are not "
+            "supported by compressed-tensors (only FP8 with float scales has zero points); set symmetric=True."
+        )
+    if not weights.symmetric and weights.zp_dtype not in (None, weights.pytorch_dtype()):
+        raise SchemeNotSupportedError(
+            f"{name}: zero points in {weights.zp_dtype} are not supported; drop zp_dtype "
+            f"(the default is {weights.pytorch_dtype()})."
+        )
     if weights.type == QuantizationType.INT and not 2 <= weights.num_bits <= 8:
         raise SchemeNotSupportedError(f"{name}: {weights.num_bits}-bit integer weights are not supported (2-8).")
     if weights.strategy not in (
