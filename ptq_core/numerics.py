@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, replace
+from typing import Callable, Sequence
 
 import torch
 
+from . import observers
 from .errors import NonFiniteScaleError, NonFiniteWeightError, SchemeNotSupportedError, TensorShapeError
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,10 @@ __all__ = [
     "Scratch",
     "StoredTensor",
     "WeightSpec",
+    "WeightStats",
     "global_scale_from_absmax",
+    "global_scale_from_stats",
+    "observe_weight",
     "output_layout",
     "quantize_weight",
     "stored_tensors",
@@ -69,6 +73,8 @@ class WeightSpec:
     group_size: int | None = None
     block: tuple[int, int] | None = None
     scale_dtype: torch.dtype | None = None  # fp8 for NVFP4, uint8 for MX
+    observer: str = observers.MINMAX  # canonical name (observers.resolve_observer)
+    observer_kwargs: tuple[tuple[str, float], ...] = ()  # complete, sorted, hashable
 
     @property
     def is_mx(self) -> bool:
@@ -257,8 +263,8 @@ class Scratch:
         return buf[:nbytes].view(dtype).view(shape)
 
 
-def _row_chunks(rows: int, cols: int, multiple: int = 1):
-    step = max(multiple, (_CHUNK_ELEMS // max(cols, 1)) // multiple * multiple)
+def _row_chunks(rows: int, cols: int, multiple: int = 1, elems: int | None = None):
+    step = max(multiple, ((elems or _CHUNK_ELEMS) // max(cols, 1)) // multiple * multiple)
     for start in range(0, rows, step):
         yield start, min(rows, start + step)
 
@@ -658,6 +664,295 @@ def _fp8_boundary_values(dtype: torch.dtype) -> torch.Tensor:
     return torch.arange(lo, hi + 1, dtype=torch.int64).to(int_dtype).view(dtype)
 
 
+# --------------------------------------------------------------------------- observers
+@dataclass(frozen=True)
+class WeightStats:
+    """Per-scale-cell statistics of one weight, as its observer leaves them.
+
+    Attributes:
+        lo: symmetric schemes: max |w| of each cell (all the scale needs);
+            asymmetric ones: the cell's min. Shaped like the scale (weight dtype).
+        hi: asymmetric schemes: the cell's max; ``None`` when symmetric.
+    """
+
+    lo: torch.Tensor
+    hi: torch.Tensor | None
+
+    def absmax(self) -> torch.Tensor:
+        """max |.| over all cells (0-dim): what a fused NVFP4 group's global scale is built from."""
+        if self.hi is None:
+            return self.lo.amax()
+        return torch.maximum(self.hi.amax(), -self.lo.amin())
+
+    def rows(self, spec: WeightSpec, first: int, end: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The cells of weight rows ``[first, end)`` (block strategy: whole block rows)."""
+        if spec.strategy == "tensor":
+            return self.lo, self.hi
+        if spec.strategy == "block":
+            bh = spec.block[0]
+            first, end = first // bh, math.ceil(end / bh)
+        return self.lo[first:end], (self.hi[first:end] if self.hi is not None else None)
+
+
+def observe_weight(weight: torch.Tensor, spec: WeightSpec, scratch: Scratch | None = None) -> WeightStats:
+    """The spec's observer run on one weight: per-cell statistics for :func:`quantize_weight`.
+
+    Min/max observers cost one pass over the weight; the MSE observers run the
+    peer's grid search (see :mod:`ptq_core.observers`).
+
+    Raises:
+        NonFiniteWeightError: the weight holds NaN or Inf.
+        NonFiniteScaleError: the expanded range of an MSE search overflows the dtype.
+        TensorShapeError: the weight has no elements.
+    """
+    scratch = scratch or Scratch()
+    rows, cols = weight.shape
+    if weight.numel() == 0:
+        raise TensorShapeError(f"its shape {[rows, cols]} holds no values to quantize; add its module to ignore.")
+    if spec.observer != observers.MINMAX:
+        return _mse_stats(weight, spec, scratch)
+    if spec.strategy == "tensor":
+        return WeightStats(*_finite(*_stats(weight, spec, scratch)))
+    multiple = spec.block[0] if spec.strategy == "block" else 1
+    parts = [_finite(*_stats(weight[a:b], spec, scratch)) for a, b in _row_chunks(rows, cols, multiple)]
+    return WeightStats(torch.cat([lo for lo, _ in parts]), torch.cat([hi for _, hi in parts]) if parts[0][1] is not None else None)
+
+
+def global_scale_from_stats(stats: Sequence[WeightStats]) -> torch.Tensor:
+    """NVFP4 global scale of a fused group from its members' observed statistics.
+
+    The peer's FusionHandler builds it from every member's observer statistics,
+    so with an MSE observer it reflects the searched ranges, not the raw max |w|.
+    """
+    return global_scale_from_absmax(torch.stack([s.absmax() for s in stats]).amax())
+
+
+def _finite(lo: torch.Tensor, hi: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if not bool(torch.isfinite(lo).all()) or (hi is not None and not bool(torch.isfinite(hi).all())):
+        raise NonFiniteWeightError("the weight holds NaN or Inf values")
+    return lo, hi
+
+
+_SEARCH_ELEMS = 1 << 20  # elements of one (candidates x cells x group) error evaluation
+
+
+_SEARCH_CELLS = 1 << 22  # (candidate, cell) errors held at once across the whole weight
+
+
+@dataclass
+class _SearchChunk:
+    """One row chunk's search state: expanded statistics and the running best per cell."""
+
+    first: int
+    end: int
+    lo: torch.Tensor
+    hi: torch.Tensor | None
+    best_err: torch.Tensor
+    best_step: torch.Tensor
+
+
+def _mse_stats(weight: torch.Tensor, spec: WeightSpec, scratch: Scratch) -> WeightStats:
+    """The peer's ``_grid_search_mse`` over every scale cell of the weight.
+
+    The peer evaluates one shrink factor at a time over the whole weight and stops
+    once ``patience`` consecutive factors improve no cell anywhere. Here factors are
+    evaluated in blocks over every row chunk; a block is never longer than the
+    number of factors that could still pass before the peer stops, so no factor
+    the peer skips is ever evaluated, and the choices are the peer's.
+    """
+    params = observers.mse_params(spec.observer_kwargs)
+    rows, cols = weight.shape
+    # NVFP4's search takes scales unrounded and without the global scale (the peer drops scale_dtype)
+    search = replace(spec, scale_dtype=None) if spec.strategy == "tensor_group" else spec
+    steps = len(params.shrink)
+    shrink = observers.shrink_tensor(params, weight.dtype, weight.device)
+    if spec.strategy == "tensor":  # one cell: the peer's single whole-tensor sum, one factor at a time
+        spans = [(0, rows)]
+    else:
+        multiple = spec.block[0] if spec.strategy == "block" else 1
+        spans = list(_row_chunks(rows, cols, multiple, _CHUNK_ELEMS // 16))
+    chunks = []
+    for a, b in spans:
+        lo, hi = _finite(*_stats(weight[a:b], spec, scratch))
+        lo, hi = _expanded(lo, params.expand), (_expanded(hi, params.expand) if hi is not None else None)
+        best_err, best_step = observers.initial_best(lo)
+        chunks.append(_SearchChunk(a, b, lo, hi, best_err, best_step))
+    cells = sum(c.lo.numel() for c in chunks)
+    step, stale = 0, 0
+    while step < steps:
+        size = min(steps - step, max(1, params.patience - stale), max(1, _SEARCH_CELLS // cells))
+        factors = shrink[step : step + size]
+        results = []
+        improved_any = torch.zeros(size, dtype=torch.bool, device=weight.device)
+        for c in chunks:
+            err = _errors(weight[c.first : c.end], c.lo, c.hi, search, params.norm, factors, scratch)
+            found = observers.improvements(err, c.best_err)
+            improved_any |= found.improved.flatten(1).any(dim=1)
+            results.append(found)
+        taken, stale, stopped = observers.advance(improved_any, stale, params.patience)
+        for c, found in zip(chunks, results):
+            c.best_err, c.best_step = observers.keep_best(found, taken, step, c.best_err, c.best_step)
+        step += taken
+        if stopped:
+            break
+    picked = []
+    for c in chunks:
+        factor = shrink[c.best_step] if steps else None
+        lo = (c.lo.to(factor.dtype) * factor).to(c.lo.dtype) if steps else c.lo
+        hi = (c.hi.to(factor.dtype) * factor).to(c.hi.dtype) if steps and c.hi is not None else c.hi
+        picked.append((lo, hi))
+    if spec.strategy == "tensor":
+        return WeightStats(*picked[0])
+    return WeightStats(torch.cat([lo for lo, _ in picked]), torch.cat([hi for _, hi in picked]) if picked[0][1] is not None else None)
+
+
+def _expanded(stat: torch.Tensor, expand: float) -> torch.Tensor:
+    out = observers.expanded(stat, expand)
+    if not bool(torch.isfinite(out).all()):
+        raise NonFiniteScaleError(
+            f"its max |w| = {float(stat.abs().amax()):.4g} times the observer's expand={expand} overflows "
+            f"{str(stat.dtype).removeprefix('torch.')}; use a smaller expand or add its module to ignore."
+        )
+    return out
+
+
+def _errors(x, lo, hi, spec: WeightSpec, norm: float, factors: torch.Tensor, scratch: Scratch) -> torch.Tensor:
+    """``[factors, *cells]``: each shrunk range's error, as the peer's ``_calculate_error``.
+
+    Candidate statistics and scales are computed for the whole row chunk; the
+    errors on row blocks small enough that a block of candidates stays in cache.
+    """
+    rows, cols = x.shape
+    k = factors.shape[0]
+    cand_lo = observers.candidates(lo, factors)
+    cand_hi = observers.candidates(hi, factors) if hi is not None else None
+    scales, zps = _qparams(cand_lo, cand_hi, spec, None)
+    if spec.strategy == "tensor":  # the peer sums the whole tensor at once: keep that reduction
+        return torch.cat([_mse_errors(x, scales[i : i + 1], zps[i : i + 1] if zps is not None else None, spec, norm, scratch) for i in range(k)])
+    multiple = spec.block[0] if spec.strategy == "block" else 1
+    cols_p = cols + (-cols) % spec.block[1] if spec.strategy == "block" else cols
+    pieces = []
+    for a, b in _row_chunks(rows, cols_p, multiple, max(1, _SEARCH_ELEMS // k)):
+        c0, c1 = a // multiple, math.ceil(b / multiple)  # cell rows (block strategy: block rows)
+        zp_rows = zps[:, c0:c1] if zps is not None else None
+        pieces.append(_mse_errors(x[a:b], scales[:, c0:c1], zp_rows, spec, norm, scratch))
+    return torch.cat(pieces, dim=1)
+
+
+def _search_cells(x: torch.Tensor, spec: WeightSpec, scratch: Scratch) -> torch.Tensor:
+    """The chunk as ``[cells, elements]`` in the peer's ``flatten_for_calibration`` order."""
+    if spec.strategy == "block":
+        blocks = _padded(x, *spec.block, scratch)
+        nbr, bh, nbc, bw = blocks.shape
+        flat = scratch.get("mse_blocks", (nbr, nbc, bh, bw), x.dtype, x.device)
+        flat.copy_(blocks.permute(0, 2, 1, 3))
+        return flat.view(nbr * nbc, bh * bw)
+    if spec.strategy in ("group", "tensor_group"):
+        return x.reshape(-1, spec.group_size)
+    if spec.strategy == "channel":
+        return x
+    return x.reshape(1, -1)
+
+
+def _mse_errors(x, scales, zps, spec: WeightSpec, norm: float, scratch: Scratch) -> torch.Tensor:
+    """``sum |fake_quantize(w) - w| ** norm`` per candidate and cell: ``[candidates, *cells]``.
+
+    The peer's ``_calculate_error`` op for op (``x / scale``, ``+ zp``, clamp and
+    round to the grid, ``- zp``, ``* scale``, the difference, ``abs().pow(norm)``, a
+    sum over each cell's contiguous elements), all in the weight's dtype. For
+    16-bit weights the grid rounding and the power are table lookups over every
+    bit pattern, built with the same torch ops.
+
+    Cells of fewer than 64 elements (NVFP4's 16, MX's 32) are worked on
+    cell-minor (``[candidates, element, cell]``): torch broadcasts a per-cell scale
+    over such a short inner dimension several times slower. The elementwise results
+    do not depend on the layout; the sum runs on the peer's cell-major layout.
+    """
+    cells = _search_cells(x, spec, scratch)
+    n, width = cells.shape
+    k = scales.shape[0]
+    dtype = x.dtype
+    narrow = width < 64
+    if narrow:
+        src = scratch.get("mse_xt", (width, n), dtype, x.device).copy_(cells.t())
+        shape, s = (k, width, n), scales.reshape(k, 1, n)
+    else:
+        src, shape, s = cells, (k, n, width), scales.reshape(k, n, 1)
+    t = scratch.get("mse_t", shape, dtype, x.device)
+    torch.div(src.unsqueeze(0), s, out=t)
+    z = zps.reshape(s.shape).to(dtype) if zps is not None else None
+    if z is not None:
+        t += z
+    _round_to_grid(t, spec, scratch)
+    if z is not None:
+        t -= z
+    t *= s
+    t -= src.unsqueeze(0)
+    out = scratch.get("mse_pow", (k, n, width), dtype, x.device)
+    if dtype in _HALF_BITS:
+        idx = scratch.get("mse_idx", (k, n, width), torch.int32, x.device)
+        bits = t.view(torch.uint16)
+        idx.copy_(bits.permute(0, 2, 1) if narrow else bits)
+        torch.index_select(_pow_lut(dtype, norm, x.device), 0, idx.view(-1), out=out.view(-1))
+    else:
+        t.abs_().pow_(norm)
+        out.copy_(t.permute(0, 2, 1) if narrow else t)
+    return out.sum(dim=-1).view(k, *scales.shape[1:])
+
+
+_HALF_BITS = (torch.bfloat16, torch.float16)
+_GRID_LUTS: dict[tuple, torch.Tensor] = {}
+_POW_LUTS: dict[tuple, torch.Tensor] = {}
+
+
+def _round_to_grid(t: torch.Tensor, spec: WeightSpec, scratch: Scratch) -> None:
+    """``round_to_quantized_type_args`` in place: clamp to the range, round to the grid, same dtype."""
+    q_min, q_max = spec.q_range
+    if spec.kind == "int":
+        t.clamp_(q_min, q_max).round_()
+    elif t.dtype in _HALF_BITS:
+        idx = scratch.get("grid_idx", tuple(t.shape), torch.int32, t.device)
+        idx.copy_(t.view(torch.uint16))
+        torch.index_select(_grid_lut(spec, t.dtype, t.device), 0, idx.view(-1), out=t.view(-1))
+    elif spec.num_bits == 8:
+        t.clamp_(q_min, q_max).copy_(t.to(_FP8))
+    else:
+        t.clamp_(q_min, q_max)
+        t.copy_(_FP4_VALUES.to(t.device, t.dtype)[_fp4_codes(t).long()])
+
+
+# E2M1 magnitudes by code; codes 8..15 are the negatives (sign bit 3)
+_FP4_VALUES = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0])
+
+
+def _grid_lut(spec: WeightSpec, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Every 16-bit pattern clamped and rounded to the FP4 / FP8 grid (values in ``dtype``)."""
+    key = (spec.num_bits, dtype, device)
+    if key not in _GRID_LUTS:
+        values = torch.arange(65536, dtype=torch.int32).to(torch.int16).view(dtype)
+        values = torch.nan_to_num(values.float(), nan=0.0).clamp(*spec.q_range).to(dtype)
+        if spec.num_bits == 8:
+            grid = values.to(_FP8).to(dtype)
+        else:
+            grid = _FP4_VALUES.to(dtype)[_fp4_codes(values).long()]
+        _GRID_LUTS[key] = grid.to(device)
+    return _GRID_LUTS[key]
+
+
+def _pow_lut(dtype: torch.dtype, norm: float, device: torch.device) -> torch.Tensor:
+    """``v.abs().pow(norm)`` for every 16-bit pattern ``v`` (torch's own ops, in ``dtype``).
+
+    torch computes a 16-bit power in float32 and rounds it, identically in its
+    vectorised and scalar loops (checked on every pattern), so the table equals
+    what the peer's ``abs().pow(norm)`` gives wherever torch evaluates it.
+    """
+    key = (dtype, norm, device)
+    if key not in _POW_LUTS:
+        values = torch.arange(65536, dtype=torch.int32).to(torch.int16).view(dtype)
+        _POW_LUTS[key] = values.abs().pow(norm).to(device)
+    return _POW_LUTS[key]
+
+
 RowSink = Callable[[str, int, torch.Tensor], None]
 """``sink(local_name, first_row, rows)``: receives the main stored tensor chunk by chunk."""
 
@@ -667,6 +962,7 @@ def quantize_weight(
     spec: WeightSpec,
     *,
     global_scale: torch.Tensor | None = None,
+    stats: WeightStats | None = None,
     sink: RowSink | None = None,
     scratch: Scratch | None = None,
 ) -> dict[str, torch.Tensor]:
@@ -675,8 +971,10 @@ def quantize_weight(
     Args:
         weight: ``[N, K]`` contiguous float weight (bf16/fp16/fp32/fp64).
         spec: the scheme's weight arguments.
-        global_scale: NVFP4 only: the fused group's ``global_scale_from_absmax``
+        global_scale: NVFP4 only: the fused group's ``global_scale_from_stats``
             (computed from this weight alone when omitted).
+        stats: this weight's ``observe_weight`` (computed when omitted; a fused
+            group observes its members first, for the global scale).
         sink: when given, the main stored tensor (``weight`` / ``weight_packed``)
             is handed over in row chunks (each valid only during the call) and
             left out of the result, so it never exists whole in memory.
@@ -695,13 +993,14 @@ def quantize_weight(
         raise TensorShapeError(f"its shape {[rows, cols]} holds no values to quantize; add its module to ignore.")
     main_row = _main_tensor(spec)
     main = main_row.name
+    if stats is None and (spec.observer != observers.MINMAX or spec.strategy == "tensor"):
+        stats = observe_weight(weight, spec, scratch)  # min/max otherwise: per chunk, in cache
     if spec.strategy == "tensor_group" and global_scale is None:
-        global_scale = global_scale_from_absmax(tensor_absmax(weight, scratch))
-    if global_scale is not None:
-        _check_global_scale(global_scale)
+        absmax = stats.absmax() if stats is not None else tensor_absmax(weight, scratch)
+        global_scale = global_scale_from_absmax(absmax)
     whole = None
     if spec.strategy == "tensor":  # one scale from the whole tensor, before any chunk
-        whole = _checked_qparams(*_stats(weight, spec, scratch), spec, global_scale)
+        whole = _checked_qparams(stats.lo, stats.hi, spec, global_scale)
     full = None
     if sink is None:
         main_shape = main_row.shape(spec, rows, cols)
@@ -712,7 +1011,8 @@ def quantize_weight(
     for a, b in _row_chunks(rows, cols, multiple):
         x = weight[a:b]
         if whole is None:
-            scales, zps = _checked_qparams(*_stats(x, spec, scratch), spec, global_scale)
+            cells = stats.rows(spec, a, b) if stats is not None else _stats(x, spec, scratch)
+            scales, zps = _checked_qparams(*cells, spec, global_scale)
             # the module's scale parameter has the weight's dtype: copy_ casts into it
             scales = scales.to(pdt)
             scale_parts.append(scales)
@@ -744,6 +1044,12 @@ def _checked_qparams(
     scales, zero_points = _qparams(lo, hi, spec, global_scale)
     if not bool(torch.isfinite(scales).all()):
         raise NonFiniteScaleError(_scale_overflow_message(lo, hi, spec))
+    if zero_points is not None and zero_points.dtype == _FP8 and bool(torch.isnan(zero_points.float()).any()):
+        # calculate_qparams divides by the scale before replacing a zero scale with eps
+        raise NonFiniteScaleError(
+            "its all-zero cells get the FP8 zero point -448 - 0 / 0 = NaN in compressed-tensors' "
+            "reference (the stored weight would decode to NaN); use a symmetric FP8 scheme or add its module to ignore."
+        )
     return scales, zero_points
 
 
@@ -759,15 +1065,6 @@ def _scale_overflow_message(lo: torch.Tensor, hi: torch.Tensor | None, spec: Wei
         "asymmetric scale is not finite and the stored weight would decode to NaN; quantize it with a "
         "symmetric scheme (e.g. W4A16) or add its module to ignore."
     )
-
-
-def _check_global_scale(global_scale: torch.Tensor) -> None:
-    """A zero or non-finite NVFP4 global scale makes every effective scale infinite."""
-    if not bool(torch.isfinite(global_scale).all()) or not bool((global_scale > 0).all()):
-        raise NonFiniteScaleError(
-            f"its NVFP4 global scale is {global_scale.flatten().tolist()}, so every group's scale would be "
-            "infinite (the group's max |w| overflows the weight dtype); add its module to ignore."
-        )
 
 
 def _small_outputs(param_scale, zero_points, spec: WeightSpec, shape, global_scale) -> dict[str, torch.Tensor]:

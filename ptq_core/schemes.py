@@ -27,6 +27,7 @@ from compressed_tensors.quantization.quant_args import DynamicType
 from compressed_tensors.quantization.quant_scheme import PRESET_SCHEMES
 
 from .errors import CalibrationRequiredError, InvalidIgnoreError, SchemeNotSupportedError
+from .observers import resolve_observer
 
 __all__ = [
     "COMPRESSED_TENSORS_VERSION",
@@ -301,11 +302,10 @@ def _check_data_free(scheme: QuantizationScheme, name: str) -> None:
         raise CalibrationRequiredError(f"{name} needs {why}, which needs calibration data.{hint or ' Use llm-compressor oneshot.'}")
     if weights.dynamic not in (False, None):
         raise SchemeNotSupportedError(f"{name} has dynamic weights; weights must be statically quantized.")
-    if weights.observer not in (None, "minmax", "static_minmax", "memoryless_minmax"):
-        raise CalibrationRequiredError(
-            f"{name} uses the {weights.observer!r} weight observer; ptq-hub computes min/max scales only. "
-            "Drop the observer setting (min/max) or use llm-compressor."
-        )
+    try:
+        resolve_observer(weights.observer, weights.observer_kwargs)
+    except SchemeNotSupportedError as err:  # CalibrationRequiredError included
+        raise type(err)(f"{name}: {err}") from None
     if weights.actorder not in (None, False):
         raise CalibrationRequiredError(f"{name} sets actorder, which is a GPTQ (calibration) option.")
     if weights.type == QuantizationType.FLOAT and weights.num_bits not in (4, 8):
@@ -346,10 +346,15 @@ _LINEAR = __import__("torch").nn.Linear
 
 
 def weight_spec(scheme: QuantizationScheme, fmt: str):
-    """The kernel-facing summary (``numerics.WeightSpec``) of a scheme's weight args."""
+    """The kernel-facing summary (``numerics.WeightSpec``) of a scheme's weight args.
+
+    The observer is resolved to its canonical name with every kwarg filled in, so
+    two spellings of the same search give equal (hashable) specs.
+    """
     from .numerics import WeightSpec
 
     w = scheme.weights
+    observer, observer_kwargs = resolve_observer(w.observer, w.observer_kwargs)
     return WeightSpec(
         kind=str(w.type),
         num_bits=w.num_bits,
@@ -359,4 +364,6 @@ def weight_spec(scheme: QuantizationScheme, fmt: str):
         group_size=w.group_size,
         block=tuple(w.block_structure) if w.block_structure else None,
         scale_dtype=w.scale_dtype,
+        observer=observer,
+        observer_kwargs=observer_kwargs,
     )

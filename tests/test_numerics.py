@@ -645,12 +645,6 @@ def test_asymmetric_scale_overflow_is_refused(dname, peak):
     assert bool(torch.isfinite(symmetric["weight_scale"]).all())
 
 
-def test_zero_global_scale_is_refused():
-    weight = _randn((16, 64), 3).to(torch.bfloat16)
-    with pytest.raises(NonFiniteScaleError, match=r"^its NVFP4 global scale is \[0\.0\]"):
-        quantize_weight(weight, spec_for("NVFP4A16"), global_scale=torch.zeros(1))
-
-
 def test_empty_weight_is_refused():
     with pytest.raises(TensorShapeError, match=r"^its shape \[0, 256\] holds no values"):
         quantize_weight(torch.zeros((0, 256), dtype=torch.bfloat16), spec_for("FP8_DYNAMIC"))
