@@ -53,7 +53,10 @@ __all__ = [
 _FP8 = torch.float8_e4m3fn
 _FP8_MAX = float(torch.finfo(_FP8).max)  # 448
 _FP4_MAX = 6.0
-_MX_ELEM_OFFSET = {4: 2, 8: 8}  # floor(log2(element max)): FP4 6 -> 2, FP8 448 -> 8
+_FP6_MAX = 7.5
+_MX_ELEM_OFFSET = {4: 2, 6: 2, 8: 8}  # floor(log2(element max)): FP4 6 -> 2, FP6 7.5 -> 2, FP8 448 -> 8
+# mantissa bits of the element type: MX scales round the group max up a power of two past them
+_MX_ELEM_MANTISSA = {4: 1, 6: 3, 8: 1}  # compressed-tensors rounds FP8 with FP4's mantissa too
 _CHUNK_ELEMS = 1 << 22  # ~4M elements per elementwise step
 
 
@@ -80,7 +83,7 @@ class WeightSpec:
     def is_mx(self) -> bool:
         return (
             self.kind == "float"
-            and self.num_bits in (4, 8)
+            and self.num_bits in (4, 6, 8)
             and self.group_size == 32
             and self.scale_dtype == torch.uint8
         )
@@ -94,7 +97,7 @@ class WeightSpec:
     def q_range(self) -> tuple[float, float]:
         if self.kind == "int":
             return -(2.0 ** (self.num_bits - 1)), 2.0 ** (self.num_bits - 1) - 1
-        top = _FP8_MAX if self.num_bits == 8 else _FP4_MAX
+        top = {8: _FP8_MAX, 6: _FP6_MAX}.get(self.num_bits, _FP4_MAX)
         return -top, top
 
 
@@ -123,8 +126,8 @@ class StoredTensor:
         name: local name (``weight_packed``, ``weight_scale``...), prefixed by the module.
         encoding: how the kernel's value becomes the stored bytes. Main tensor:
             ``plain`` (the quantized values in ``dtype``), ``fp4_nibbles`` (two E2M1
-            codes a byte, low nibble first), ``int32_bits`` (dense little-endian
-            bit packing). Others: ``param`` (the scale as the module's parameter,
+            codes a byte, low nibble first), ``fp6_bytes`` (four E2M3 codes in three
+            bytes), ``int32_bits`` (dense little-endian bit packing). Others: ``param`` (the scale as the module's parameter,
             in the weight's dtype), ``cast`` (the scale cast to ``dtype``), ``e8m0``
             (MX power-of-two exponents), ``zero_point`` (zero points as they are:
             int8, or float8_e4m3fn for FP8 weights),
@@ -146,7 +149,7 @@ class StoredTensor:
         return self.encoding in _MAIN_ENCODINGS
 
 
-_MAIN_ENCODINGS = ("plain", "fp4_nibbles", "int32_bits")
+_MAIN_ENCODINGS = ("plain", "fp4_nibbles", "fp6_bytes", "int32_bits")
 
 
 def _asymmetric(spec: WeightSpec) -> bool:
@@ -178,6 +181,10 @@ FORMAT_TENSORS: dict[str, tuple[StoredTensor, ...]] = {
         StoredTensor("weight_global_scale", "global", lambda s, d: torch.float32, lambda s, r, c: (1,)),
     ),
     "mxfp4-pack-quantized": (_FP4_PACKED, _SCALE_E8M0),
+    "mxfp6-pack-quantized": (
+        StoredTensor("weight_packed", "fp6_bytes", lambda s, d: torch.uint8, lambda s, r, c: (r, c * 3 // 4)),
+        _SCALE_E8M0,
+    ),
     "pack-quantized": (
         StoredTensor(
             "weight_packed", "int32_bits", lambda s, d: torch.int32,
@@ -397,7 +404,7 @@ def _qparams(
     if spec.symmetric:
         max_val_pos = lo  # already max(|min(min,0)|, |max(max,0)|)
         if spec.is_mx:
-            p2 = _round_to_power_2(max_val_pos)
+            p2 = _round_to_power_2(max_val_pos, _MX_ELEM_MANTISSA[spec.num_bits])
             scales = 127 + torch.floor(torch.log2(p2)) - _MX_ELEM_OFFSET[spec.num_bits]
         else:
             scales = max_val_pos / (bit_range.to(max_val_pos.dtype) / 2)
@@ -452,19 +459,40 @@ def _fp4_codes(v: torch.Tensor) -> torch.Tensor:
     return idx
 
 
-_FP4_LUTS: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+# E2M3 magnitudes by code (0..31: m / 8, then (1 + m / 8) * 2**e); codes 32..63 are the negatives
+_FP6_MAGNITUDES = torch.tensor([m / 8 for m in range(8)] + [(1 + m / 8) * 2**e for e in range(3) for m in range(8)])
 
 
-def _fp4_lut(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """E2M1 codes for every bit pattern of a 16-bit float, or of a float32's top 16 bits.
+def _fp6_codes(v: torch.Tensor) -> torch.Tensor:
+    """E2M3 code (sign bit 5, magnitude index 0..31) of values already clamped to +-7.5.
+
+    compressed-tensors' ``cast_to_fp6`` (in float32: step 2**(max(e, 0) - 3) for a
+    magnitude with exponent e, round half to even, saturate at 7.5) followed by
+    ``pack_fp6_to_uint8``'s table index; the sign is the input's sign bit, so a
+    negative value that rounds to zero keeps it.
+    """
+    a = v.abs().float()
+    exponent = ((a.view(torch.int32) >> 23) & 0xFF).sub_(127).clamp_(min=0)
+    step = torch.exp2(exponent - 3.0)
+    rounded = torch.round(a / step).mul_(step).clamp_(max=_FP6_MAX)
+    codes = torch.searchsorted(_FP6_MAGNITUDES.to(v.device), rounded).to(torch.uint8)
+    return codes | (torch.signbit(v).to(torch.uint8) << 5)
+
+
+_FLOAT_CODES: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {4: _fp4_codes, 6: _fp6_codes}
+_CODE_LUTS: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _code_lut(bits: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """FP4 / FP6 codes for every bit pattern of a 16-bit float, or of a float32's top 16 bits.
 
     float32 entries come in pairs: ``[2*hi]`` for a value whose low 16 bits are
     zero (exactly the 16-bit prefix) and ``[2*hi+1]`` for anything above it.
-    No rounding threshold lies strictly between the two (every threshold is a
-    bf16 value), so the pair determines the code exactly.
+    No rounding threshold lies strictly between the two (every FP4 / FP6
+    threshold is a bf16 value), so the pair determines the code exactly.
     """
-    key = (dtype, device)
-    if key not in _FP4_LUTS:
+    key = (bits, dtype, device)
+    if key not in _CODE_LUTS:
         prefix = torch.arange(65536, dtype=torch.int32)
         if dtype == torch.float32:
             exact = (prefix << 16).view(torch.float32)
@@ -472,33 +500,45 @@ def _fp4_lut(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
             values = torch.stack([exact, above], dim=1).reshape(-1)
         else:
             values = prefix.to(torch.int16).view(dtype).to(torch.float32)
-        values = torch.nan_to_num(values, nan=0.0).clamp(-_FP4_MAX, _FP4_MAX)
-        _FP4_LUTS[key] = _fp4_codes(values).to(device)
-    return _FP4_LUTS[key]
+        top = _FP6_MAX if bits == 6 else _FP4_MAX
+        values = torch.nan_to_num(values, nan=0.0).clamp(-top, top)
+        _CODE_LUTS[key] = _FLOAT_CODES[bits](values).to(device)
+    return _CODE_LUTS[key]
 
 
-def _fp4_codes_lut(v: torch.Tensor, out: torch.Tensor, scratch: Scratch) -> torch.Tensor:
-    """``_fp4_codes`` by table lookup (3-4 passes over memory instead of ~15).
+def _float_codes(v: torch.Tensor, out: torch.Tensor, scratch: Scratch, bits: int) -> torch.Tensor:
+    """FP4 / FP6 codes of clamped values by table lookup (3-4 passes over memory instead of ~15).
 
     float64 has no 16-bit prefix that decides its code, so it takes the direct
-    comparisons (the reference rounds float64 in float64 as well).
+    computation (the reference rounds FP4 in float64, FP6 after a float32 cast).
     """
     if v.dtype == torch.float64:
-        return out.copy_(_fp4_codes(v))
-    lut = _fp4_lut(v.dtype, v.device)
+        return out.copy_(_FLOAT_CODES[bits](v))
+    lut = _code_lut(bits, v.dtype, v.device)
     flat = v.reshape(-1)
     idx = scratch.get("lut_idx", (flat.numel(),), torch.int32, v.device)
     if v.dtype == torch.float32:
-        bits = flat.view(torch.int32)
+        value_bits = flat.view(torch.int32)
         low = scratch.get("lut_low", (flat.numel(),), torch.int32, v.device)
-        torch.bitwise_right_shift(bits, 16, out=idx)
+        torch.bitwise_right_shift(value_bits, 16, out=idx)
         idx.bitwise_and_(0xFFFF).mul_(2)
-        torch.bitwise_and(bits, 0xFFFF, out=low)
+        torch.bitwise_and(value_bits, 0xFFFF, out=low)
         idx.add_(low.clamp_(max=1))
     else:
         idx.copy_(flat.view(torch.int16))
         idx.bitwise_and_(0xFFFF)
     return torch.index_select(lut, 0, idx, out=out.reshape(-1)).view(out.shape)
+
+
+def _pack_fp6(codes: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Four 6-bit codes in three bytes, little-endian (``pack_fp6_to_uint8``)."""
+    rows = codes.shape[0]
+    c = codes.view(rows, -1, 4).to(torch.int32)
+    word = c[..., 0] | (c[..., 1] << 6) | (c[..., 2] << 12) | (c[..., 3] << 18)
+    triples = out.view(rows, -1, 3)
+    for i in range(3):
+        triples[..., i] = (word >> (8 * i)) & 0xFF
+    return out
 
 
 def _pack_nibbles(codes: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -583,8 +623,11 @@ def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None
         tmp = tmp.view(rows, cols)
     encoding = _main_tensor(spec).encoding
     if encoding == "fp4_nibbles":
-        codes = _fp4_codes_lut(tmp, scratch.get("codes", (rows, cols), torch.uint8, x.device), scratch)
+        codes = _float_codes(tmp, scratch.get("codes", (rows, cols), torch.uint8, x.device), scratch, 4)
         return _pack_nibbles(codes, scratch.get("packed", (rows, cols // 2), torch.uint8, x.device))
+    if encoding == "fp6_bytes":
+        codes = _float_codes(tmp, scratch.get("codes", (rows, cols), torch.uint8, x.device), scratch, 6)
+        return _pack_fp6(codes, scratch.get("packed", (rows, cols * 3 // 4), torch.uint8, x.device))
     if spec.kind == "int":
         tmp.round_()
         q = scratch.get("q", (rows, cols), torch.int8, x.device).copy_(tmp)
@@ -918,7 +961,14 @@ def _round_to_grid(t: torch.Tensor, spec: WeightSpec, scratch: Scratch) -> None:
         t.clamp_(q_min, q_max).copy_(t.to(_FP8))
     else:
         t.clamp_(q_min, q_max)
-        t.copy_(_FP4_VALUES.to(t.device, t.dtype)[_fp4_codes(t).long()])
+        t.copy_(_code_values(spec.num_bits).to(t.device, t.dtype)[_FLOAT_CODES[spec.num_bits](t).long()])
+
+
+def _code_values(bits: int) -> torch.Tensor:
+    """FP4 / FP6 value of every code."""
+    if bits == 6:
+        return torch.cat([_FP6_MAGNITUDES, -_FP6_MAGNITUDES])
+    return _FP4_VALUES
 
 
 # E2M1 magnitudes by code; codes 8..15 are the negatives (sign bit 3)
@@ -926,7 +976,7 @@ _FP4_VALUES = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, 
 
 
 def _grid_lut(spec: WeightSpec, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Every 16-bit pattern clamped and rounded to the FP4 / FP8 grid (values in ``dtype``)."""
+    """Every 16-bit pattern clamped and rounded to the FP4 / FP6 / FP8 grid (values in ``dtype``)."""
     key = (spec.num_bits, dtype, device)
     if key not in _GRID_LUTS:
         values = torch.arange(65536, dtype=torch.int32).to(torch.int16).view(dtype)
@@ -934,7 +984,7 @@ def _grid_lut(spec: WeightSpec, dtype: torch.dtype, device: torch.device) -> tor
         if spec.num_bits == 8:
             grid = values.to(_FP8).to(dtype)
         else:
-            grid = _FP4_VALUES.to(dtype)[_fp4_codes(values).long()]
+            grid = _code_values(spec.num_bits).to(dtype)[_FLOAT_CODES[spec.num_bits](values).long()]
         _GRID_LUTS[key] = grid.to(device)
     return _GRID_LUTS[key]
 

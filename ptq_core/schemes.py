@@ -14,6 +14,7 @@ from typing import Any, Iterable
 
 from compressed_tensors import __version__ as COMPRESSED_TENSORS_VERSION
 from compressed_tensors.compressors.format import infer_module_format
+from compressed_tensors.config import CompressionFormat
 from compressed_tensors.quantization import (
     QuantizationArgs,
     QuantizationConfig,
@@ -25,6 +26,7 @@ from compressed_tensors.quantization import (
 )
 from compressed_tensors.quantization.quant_args import DynamicType
 from compressed_tensors.quantization.quant_scheme import PRESET_SCHEMES
+from compressed_tensors.quantization.utils import should_generate_mx_scales
 
 from .errors import CalibrationRequiredError, InvalidIgnoreError, SchemeNotSupportedError
 from .observers import resolve_observer
@@ -308,11 +310,21 @@ def _check_data_free(scheme: QuantizationScheme, name: str) -> None:
         raise type(err)(f"{name}: {err}") from None
     if weights.actorder not in (None, False):
         raise CalibrationRequiredError(f"{name} sets actorder, which is a GPTQ (calibration) option.")
-    if weights.type == QuantizationType.FLOAT and weights.num_bits not in (4, 8):
+    if weights.type == QuantizationType.FLOAT and weights.num_bits not in (4, 6, 8):
         raise SchemeNotSupportedError(
-            f"{name}: {weights.num_bits}-bit float weights (e.g. MXFP6) are not supported yet; "
-            "pick MXFP4A16 or MXFP8A16."
+            f"{name}: {weights.num_bits}-bit float weights are not defined by compressed-tensors (4, 6 or 8 bits)."
         )
+    if weights.type == QuantizationType.FLOAT and weights.num_bits == 6:
+        if not hasattr(CompressionFormat, "mxfp6_pack_quantized"):
+            raise SchemeNotSupportedError(
+                f"{name}: compressed-tensors {COMPRESSED_TENSORS_VERSION} has no MXFP6 format; "
+                "upgrade it to 0.20.1 or later, or pick MXFP4A16 or MXFP8A16."
+            )
+        if not should_generate_mx_scales(weights):
+            raise SchemeNotSupportedError(
+                f"{name}: 6-bit float weights exist only as MXFP6 (groups of 32, uint8 power-of-two scales); "
+                "use the MXFP6A16 preset's weights."
+            )
     if weights.type == QuantizationType.FLOAT and not weights.symmetric and (
         weights.num_bits != 8 or weights.scale_dtype is not None
     ):

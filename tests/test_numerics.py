@@ -15,6 +15,7 @@ import math
 
 import pytest
 import torch
+from compressed_tensors.quantization.quant_scheme import PRESET_SCHEMES
 from reference import (
     data_free_presets,
     group_absmax,
@@ -44,7 +45,9 @@ from ptq_core.schemes import list_schemes, resolve_config, weight_spec
 PRESETS = [s.name for s in list_schemes()]
 DTYPES = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}
 ALL_DTYPES = {**DTYPES, "f64": torch.float64}
-MAIN = ("FP8_BLOCK", "FP8_DYNAMIC", "NVFP4A16", "MXFP4A16", "W4A16", "W4A16_ASYM")
+MAIN = ("FP8_BLOCK", "FP8_DYNAMIC", "NVFP4A16", "MXFP4A16", "W4A16", "W4A16_ASYM") + (
+    ("MXFP6A16",) if "MXFP6A16" in PRESET_SCHEMES else ()
+)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -144,10 +147,27 @@ def fp8_ties(rows: int, cols: int, top: float) -> tuple[torch.Tensor, torch.Tens
     return w, torch.full((rows,), s)
 
 
+_FP6_TIES = [(2 * m + 1) / 16 for m in (0, 1, 7, 8, 15)] + [2 + (2 * m + 1) / 8 for m in (0, 7)] + [4 + (2 * m + 1) / 4 for m in (0, 6)]
+
+
+def fp6_ties(rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every 32-wide group: 7.5 * 2**-k (MX rounds it to the scale 2**-k exactly: E2M3's max has an
+    all-ones mantissa) and E2M3 midpoints of every step size (1/8, 1/4, 1/2), both signs."""
+    pattern = torch.tensor([7.5, *_FP6_TIES, -7.5, *[-v for v in _FP6_TIES]])
+    pattern = pattern.repeat(math.ceil(32 / len(pattern)))[:32]
+    ks = torch.tensor([4 + (r % 8) for r in range(rows)], dtype=torch.float32)
+    row_scale = torch.pow(2.0, -ks)
+    w = pattern.repeat(cols // 32)[None, :] * row_scale[:, None]
+    w = torch.stack([torch.roll(w[r].view(-1, 32), shifts=r % 32, dims=1).reshape(-1) for r in range(rows)])
+    return w, row_scale
+
+
 def ties_weight(name: str, rows: int = 160, cols: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     w = preset(name).weights
     if w.type == "float" and w.num_bits == 4:
         return fp4_ties(rows, cols)
+    if w.type == "float" and w.num_bits == 6:
+        return fp6_ties(rows, cols)
     if w.type == "float":  # MX scales round absmax to a power of two: 256, not 448, is exact
         return fp8_ties(rows, cols, 256.0 if w.scale_dtype == torch.uint8 else 448.0)
     return int_ties(rows, cols, w.num_bits, w.symmetric)
@@ -242,10 +262,9 @@ def _reference(name: str, dname: str, case: str):
 
 
 def test_presets_are_the_reference_data_free_presets():
-    """list_schemes() is the installed compressed-tensors' data-free presets, less MXFP6 (refused)."""
+    """list_schemes() is exactly the installed compressed-tensors' data-free presets."""
     reference = set(data_free_presets())
-    assert set(PRESETS) <= reference
-    assert reference - set(PRESETS) == {"MXFP6A16", "MXFP6A8"}
+    assert set(PRESETS) == reference
     assert len(PRESETS) == len(set(PRESETS))
     assert set(KERNELS) <= set(PRESETS) and set(MAIN) <= set(KERNELS)
     for main in MAIN:
@@ -259,10 +278,10 @@ def test_duplicate_presets_share_one_kernel_spec():
     """The presets tested once through their group's first member: same WeightSpec, same
     compressed-tensors weight args and format (so the reference gives them the same bytes)."""
     duplicates = sorted(sorted(names) for names in KERNEL_GROUPS.values() if len(names) > 1)
-    assert duplicates == [
+    assert duplicates == sorted([
         ["INT8", "W8A8"], ["MXFP4", "MXFP4A16", "MXFP4XFP8"], ["MXFP8", "MXFP8A16"],
         ["W2A4", "W2A8"], ["W3A4", "W3A8"], ["W4A4", "W4A8", "W4AFP8"],
-    ]
+    ] + ([["MXFP6A16", "MXFP6A8"]] if "MXFP6A16" in PRESET_SCHEMES else []))
     for spec, (first, *others) in KERNEL_GROUPS.items():
         for other in others:
             assert spec_for(other) == spec
@@ -434,11 +453,32 @@ def test_output_layout_matches_reference(name, dname):
 # --------------------------------------------------------------------------- refused presets
 
 
+@pytest.mark.skipif("MXFP6A16" in PRESET_SCHEMES, reason="this compressed-tensors defines MXFP6")
 @pytest.mark.parametrize("name", ["MXFP6A16", "MXFP6A8"])
-def test_mxfp6_is_refused(name):
-    with pytest.raises(SchemeNotSupportedError, match=rf"{name}: 6-bit float weights .*MXFP6.* not supported"):
+def test_mxfp6_needs_a_compressed_tensors_that_defines_it(name):
+    with pytest.raises(SchemeNotSupportedError, match=r"Unknown scheme"):
         resolve_config(name)
-    assert name not in PRESETS
+
+
+def test_fp6_outside_mx_is_refused():
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+
+    scheme = QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(num_bits=6, type="float", strategy="channel"))
+    with pytest.raises(SchemeNotSupportedError, match=r"6-bit float weights exist only as MXFP6|has no MXFP6 format"):
+        resolve_config(scheme)
+
+
+@pytest.mark.skipif("MXFP6A16" not in PRESET_SCHEMES, reason="this compressed-tensors has no MXFP6")
+@pytest.mark.parametrize("dname", list(ALL_DTYPES))
+def test_fp6_negative_zero_keeps_sign_bit(dname):
+    """E2M3 codes are the input's sign bit plus the rounded magnitude's index: negative values
+    that round to zero are stored as 0b100000, and our packing agrees (4 codes in 3 bytes)."""
+    w, ref = _reference("MXFP6A16", dname, "edge_160x256")
+    b = ref["weight_packed"].view(ref["weight_packed"].shape[0], -1, 3).to(torch.int32)
+    word = b[..., 0] | b[..., 1] << 8 | b[..., 2] << 16
+    codes = torch.stack([(word >> shift) & 0x3F for shift in (0, 6, 12, 18)], dim=-1)
+    assert (codes == 0b100000).any(), "the edge case does not exercise FP6 negative zero"
+    assert_same_outputs(quantize_weight(w, spec_for("MXFP6A16")), ref, "MXFP6A16")
 
 
 @pytest.mark.parametrize("name,alternative", [("FP8", "FP8_DYNAMIC"), ("NVFP4", "NVFP4A16")])
