@@ -211,3 +211,56 @@ def test_non_finite_member_is_refused_before_the_group_scale():
     w[2, 5] = float("nan")
     with pytest.raises(NonFiniteWeightError, match=r"^the weight holds NaN or Inf values$"):
         observe_weight(w, spec)
+
+
+# --------------------------------------------------------------------------- the oracle
+
+
+def reference_case(case: Case) -> dict[str, torch.Tensor]:
+    """tests/reference.py's re-statement of the peer (compressed-tensors + the peer's loop)."""
+    from reference import reference_quantize_group
+
+    out = {}
+    for name, state in reference_quantize_group(build_inputs(case), scheme_for(case.scheme, case.observer, case.kwargs)).items():
+        module = name.rpartition(".")[0]
+        out.update({f"{module}.{k}": v for k, v in state.items()})
+    return out
+
+
+ORACLE_CASES = [c for c in CASES if c.dtype == "bf16" and c.kind == "random" and not _nan_zero_point_case(c)]
+
+
+@pytest.mark.parametrize("case", ORACLE_CASES, ids=[c.id for c in ORACLE_CASES])
+def test_reference_oracle_is_the_peer(case):
+    """The oracle that the MXFP6 and shape tests below rely on gives the peer's bytes."""
+    assert_same(reference_case(case), golden(case), f"oracle {case.id}")
+
+
+@pytest.mark.skipif("MXFP6A16" not in __import__("compressed_tensors").quantization.quant_scheme.PRESET_SCHEMES,
+                    reason="this compressed-tensors has no MXFP6")
+@pytest.mark.parametrize("observer", ["memoryless_mse", "nvfp4_expanded_mse"])
+@pytest.mark.parametrize("dtype", ["bf16", "f16", "f32"])
+def test_mxfp6_observers_match_the_oracle(observer, dtype):
+    """The peer (compressed-tensors 0.19) has no MXFP6; its search on 0.20.1's MXFP6 is the oracle."""
+    preset_scheme = preset_name_to_scheme("MXFP6A16", ["Linear"])
+    preset_scheme.weights.observer = observer
+    case = Case("W4A16", observer, (), dtype, "edge")  # inputs only
+    (name, w), = build_inputs(case).items()
+    from reference import reference_quantize
+
+    ours = quantize_weight(w, spec_of(preset_scheme))
+    assert_same(ours, reference_quantize(w, preset_scheme), f"MXFP6A16 {observer} {dtype}")
+
+
+@pytest.mark.parametrize("scheme,shape", [("W4A16", (96, 384)), ("NVFP4A16", (40, 160)), ("FP8_BLOCK", (200, 136)),
+                                          ("W8A8", (33, 300)), ("MXFP4A16", (17, 96))])
+def test_odd_shapes_match_the_oracle(scheme, shape):
+    """Shapes the golden file does not cover: ragged blocks, odd row counts, several row chunks."""
+    from reference import reference_quantize
+
+    gen = torch.Generator().manual_seed(shape[0])
+    w = (torch.randn(shape, generator=gen) * 0.02).to(torch.bfloat16)
+    w[1, 3] = 0.4
+    for observer in ("memoryless_mse", "nvfp4_expanded_mse"):
+        s = scheme_for(scheme, observer)
+        assert_same(quantize_weight(w, spec_of(s)), reference_quantize(w, s), f"{scheme} {observer} {shape}")
