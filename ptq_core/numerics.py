@@ -30,7 +30,13 @@ from typing import Callable, Sequence
 import torch
 
 from . import observers
-from .errors import NonFiniteScaleError, NonFiniteWeightError, SchemeNotSupportedError, TensorShapeError
+from .errors import (
+    CheckpointError,
+    NonFiniteScaleError,
+    NonFiniteWeightError,
+    SchemeNotSupportedError,
+    TensorShapeError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +47,7 @@ __all__ = [
     "StoredTensor",
     "WeightSpec",
     "WeightStats",
+    "dequantize_fp8_block",
     "global_scale_from_absmax",
     "global_scale_from_stats",
     "observe_weight",
@@ -1001,6 +1008,62 @@ def _pow_lut(dtype: torch.dtype, norm: float, device: torch.device) -> torch.Ten
         values = torch.arange(65536, dtype=torch.int32).to(torch.int16).view(dtype)
         _POW_LUTS[key] = values.abs().pow(norm).to(device)
     return _POW_LUTS[key]
+
+
+# --------------------------------------------------------------------------- FP8-block sources
+_FP8_SOURCE_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+def dequantize_fp8_block(
+    weight_fp8: torch.Tensor,
+    scale_inv: torch.Tensor,
+    dtype: torch.dtype,
+    *,
+    block: tuple[int, int] = (128, 128),
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A DeepSeek-style FP8-block weight back in ``dtype``: ``w * scale_inv`` per block.
+
+    Byte-identical to compressed-tensors' ``FP8BlockDequantizer``: both factors
+    are widened to float32, multiplied, and the product is rounded to ``dtype``
+    (the reference pads ragged edges with zeros, which change no kept value).
+
+    Args:
+        weight_fp8: ``[N, K]`` float8 weight (``float8_e4m3fn`` or ``float8_e5m2``).
+        scale_inv: ``[ceil(N / bh), ceil(K / bw)]`` per-block multipliers (any float dtype).
+        dtype: the dequantized dtype (the checkpoint's ``torch_dtype``, usually bf16).
+        block: ``weight_block_size`` from the source's ``quantization_config``.
+        out: a ``[N, K]`` tensor of ``dtype`` to write into (a worker's scratch).
+
+    Returns:
+        the ``[N, K]`` weight in ``dtype`` (``out`` when given).
+
+    Raises:
+        TensorShapeError: ``scale_inv``'s shape does not match the weight and block.
+        CheckpointError: the weight is not float8.
+    """
+    if weight_fp8.dtype not in _FP8_SOURCE_DTYPES:
+        raise CheckpointError(f"its dtype is {weight_fp8.dtype}, not float8; it is not an FP8-block weight.")
+    rows, cols = weight_fp8.shape
+    bh, bw = block
+    expected = (math.ceil(rows / bh), math.ceil(cols / bw))
+    if tuple(scale_inv.shape) != expected:
+        raise TensorShapeError(
+            f"its weight_scale_inv has shape {list(scale_inv.shape)}, but a {[rows, cols]} weight in "
+            f"{bh}x{bw} blocks needs {list(expected)}; check weight_block_size in config.json."
+        )
+    out = torch.empty((rows, cols), dtype=dtype, device=weight_fp8.device) if out is None else out
+    full = cols // bw * bw  # columns in whole blocks; the rest share the last block's scale
+    for a, b in _row_chunks(rows, cols, bh):
+        scale = scale_inv[a // bh : math.ceil(b / bh)].to(torch.float32).repeat_interleave(bh, dim=0)[: b - a]
+        wide = weight_fp8[a:b].to(torch.float32)
+        if full:
+            blocks = wide[:, :full].view(b - a, full // bw, bw)
+            blocks.mul_(scale[:, : full // bw, None])
+        if full < cols:
+            wide[:, full:].mul_(scale[:, -1:])
+        out[a:b].copy_(wide)
+    return out
 
 
 RowSink = Callable[[str, int, torch.Tensor], None]
