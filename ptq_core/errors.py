@@ -59,6 +59,14 @@ class NonFiniteWeightError(CheckpointError):
     """A weight that would be quantized holds NaN or Inf."""
 
 
+class UnsupportedSourceError(CheckpointError):
+    """The source checkpoint is quantized in a format ptq-hub cannot dequantize (GPTQ, bitsandbytes...)."""
+
+
+class NonFiniteScaleError(CheckpointError):
+    """A finite weight whose scale would not be finite (its range overflows the scale's dtype)."""
+
+
 # --- output ------------------------------------------------------------------
 class OutputExistsError(PtqError, FileExistsError):
     """The output folder is not empty and ``overwrite`` was not given."""

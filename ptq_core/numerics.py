@@ -22,28 +22,48 @@ This module imports torch only.
 
 from __future__ import annotations
 
+import logging
 import math
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, replace
+from typing import Callable, Sequence
 
 import torch
 
-from .errors import NonFiniteWeightError
+from . import observers
+from .errors import (
+    CheckpointError,
+    NonFiniteScaleError,
+    NonFiniteWeightError,
+    SchemeNotSupportedError,
+    TensorShapeError,
+)
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
+    "FORMAT_TENSORS",
     "RowSink",
     "Scratch",
+    "StoredTensor",
     "WeightSpec",
+    "WeightStats",
+    "dequantize_fp8_block",
     "global_scale_from_absmax",
+    "global_scale_from_stats",
+    "observe_weight",
     "output_layout",
     "quantize_weight",
+    "stored_tensors",
     "tensor_absmax",
 ]
 
 _FP8 = torch.float8_e4m3fn
 _FP8_MAX = float(torch.finfo(_FP8).max)  # 448
 _FP4_MAX = 6.0
-_MX_ELEM_OFFSET = {4: 2, 8: 8}  # floor(log2(element max)): FP4 6 -> 2, FP8 448 -> 8
+_FP6_MAX = 7.5
+_MX_ELEM_OFFSET = {4: 2, 6: 2, 8: 8}  # floor(log2(element max)): FP4 6 -> 2, FP6 7.5 -> 2, FP8 448 -> 8
+# mantissa bits of the element type: MX scales round the group max up a power of two past them
+_MX_ELEM_MANTISSA = {4: 1, 6: 3, 8: 1}  # compressed-tensors rounds FP8 with FP4's mantissa too
 _CHUNK_ELEMS = 1 << 22  # ~4M elements per elementwise step
 
 
@@ -63,21 +83,28 @@ class WeightSpec:
     group_size: int | None = None
     block: tuple[int, int] | None = None
     scale_dtype: torch.dtype | None = None  # fp8 for NVFP4, uint8 for MX
+    observer: str = observers.MINMAX  # canonical name (observers.resolve_observer)
+    observer_kwargs: tuple[tuple[str, float], ...] = ()  # complete, sorted, hashable
 
     @property
     def is_mx(self) -> bool:
         return (
             self.kind == "float"
-            and self.num_bits in (4, 8)
+            and self.num_bits in (4, 6, 8)
             and self.group_size == 32
             and self.scale_dtype == torch.uint8
         )
 
     @property
+    def zp_dtype(self) -> torch.dtype:
+        """The zero points' dtype (``QuantizationArgs.zp_dtype``'s default): FP8 for float weights."""
+        return _FP8 if self.kind == "float" else torch.int8
+
+    @property
     def q_range(self) -> tuple[float, float]:
         if self.kind == "int":
             return -(2.0 ** (self.num_bits - 1)), 2.0 ** (self.num_bits - 1) - 1
-        top = _FP8_MAX if self.num_bits == 8 else _FP4_MAX
+        top = {8: _FP8_MAX, 6: _FP6_MAX}.get(self.num_bits, _FP4_MAX)
         return -top, top
 
 
@@ -98,6 +125,127 @@ def _param_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) else torch.float16
 
 
+@dataclass(frozen=True)
+class StoredTensor:
+    """One tensor a compressed weight is stored as: a row of :data:`FORMAT_TENSORS`.
+
+    Attributes:
+        name: local name (``weight_packed``, ``weight_scale``...), prefixed by the module.
+        encoding: how the kernel's value becomes the stored bytes. Main tensor:
+            ``plain`` (the quantized values in ``dtype``), ``fp4_nibbles`` (two E2M1
+            codes a byte, low nibble first), ``fp6_bytes`` (four E2M3 codes in three
+            bytes), ``int32_bits`` (dense little-endian bit packing). Others: ``param`` (the scale as the module's parameter,
+            in the weight's dtype), ``cast`` (the scale cast to ``dtype``), ``e8m0``
+            (MX power-of-two exponents), ``zero_point`` (zero points as they are:
+            int8, or float8_e4m3fn for FP8 weights),
+            ``int32_rows`` (zero points bit-packed along the rows), ``global``
+            (NVFP4's float32 global scale), ``shape`` (the dense weight shape).
+        dtype: ``dtype(spec, weight_dtype)``, the stored dtype.
+        shape: ``shape(spec, rows, cols)``, the stored shape.
+        present: ``present(spec)``; e.g. zero points only for asymmetric schemes.
+    """
+
+    name: str
+    encoding: str
+    dtype: Callable[[WeightSpec, torch.dtype], torch.dtype]
+    shape: Callable[[WeightSpec, int, int], tuple[int, ...]]
+    present: Callable[[WeightSpec], bool] = lambda spec: True
+
+    @property
+    def is_main(self) -> bool:
+        return self.encoding in _MAIN_ENCODINGS
+
+
+_MAIN_ENCODINGS = ("plain", "fp4_nibbles", "fp6_bytes", "int32_bits")
+
+
+def _asymmetric(spec: WeightSpec) -> bool:
+    return not spec.symmetric
+
+
+def _packed_zero_point(spec: WeightSpec) -> bool:
+    # pack_quantized packs zero points along the rows for group / channel only
+    return not spec.symmetric and spec.strategy in ("group", "channel")
+
+
+def _plain_zero_point(spec: WeightSpec) -> bool:
+    return not spec.symmetric and spec.strategy not in ("group", "channel")
+
+
+def _scale_dtype(default: torch.dtype) -> Callable[[WeightSpec, torch.dtype], torch.dtype]:
+    return lambda spec, dtype: spec.scale_dtype or default
+
+
+_FP4_PACKED = StoredTensor("weight_packed", "fp4_nibbles", lambda s, d: torch.uint8, lambda s, r, c: (r, c // 2))
+_SCALE_PARAM = StoredTensor("weight_scale", "param", lambda s, d: _param_dtype(d), _scale_shape)
+_SCALE_E8M0 = StoredTensor("weight_scale", "e8m0", _scale_dtype(torch.uint8), _scale_shape)
+_ZERO_POINT = StoredTensor("weight_zero_point", "zero_point", lambda s, d: s.zp_dtype, _scale_shape, _asymmetric)
+
+FORMAT_TENSORS: dict[str, tuple[StoredTensor, ...]] = {
+    "nvfp4-pack-quantized": (
+        _FP4_PACKED,
+        StoredTensor("weight_scale", "cast", _scale_dtype(_FP8), _scale_shape),
+        StoredTensor("weight_global_scale", "global", lambda s, d: torch.float32, lambda s, r, c: (1,)),
+    ),
+    "mxfp4-pack-quantized": (_FP4_PACKED, _SCALE_E8M0),
+    "mxfp6-pack-quantized": (
+        StoredTensor("weight_packed", "fp6_bytes", lambda s, d: torch.uint8, lambda s, r, c: (r, c * 3 // 4)),
+        _SCALE_E8M0,
+    ),
+    "pack-quantized": (
+        StoredTensor(
+            "weight_packed", "int32_bits", lambda s, d: torch.int32,
+            lambda s, r, c: (r, math.ceil(c * s.num_bits / 32)),
+        ),
+        _SCALE_PARAM,
+        StoredTensor("weight_shape", "shape", lambda s, d: torch.int64, lambda s, r, c: (2,)),
+        StoredTensor(
+            "weight_zero_point", "int32_rows", lambda s, d: torch.int32,
+            lambda s, r, c: (math.ceil(_scale_shape(s, r, c)[0] * s.num_bits / 32), _scale_shape(s, r, c)[1]),
+            _packed_zero_point,
+        ),
+        StoredTensor("weight_zero_point", "zero_point", lambda s, d: s.zp_dtype, _scale_shape, _plain_zero_point),
+    ),
+    "float-quantized": (
+        StoredTensor("weight", "plain", lambda s, d: _FP8, lambda s, r, c: (r, c)), _SCALE_PARAM, _ZERO_POINT,
+    ),
+    "int-quantized": (
+        StoredTensor("weight", "plain", lambda s, d: torch.int8, lambda s, r, c: (r, c)), _SCALE_PARAM, _ZERO_POINT,
+    ),
+    "naive-quantized": (
+        StoredTensor("weight", "plain", lambda s, d: _FP8 if s.kind == "float" else torch.int8, lambda s, r, c: (r, c)),
+        _SCALE_PARAM,
+        _ZERO_POINT,
+    ),
+    "mxfp8-quantized": (
+        StoredTensor("weight", "plain", lambda s, d: _FP8, lambda s, r, c: (r, c)),
+        StoredTensor("weight_scale", "e8m0", lambda s, d: torch.uint8, _scale_shape),
+        _ZERO_POINT,
+    ),
+}
+"""Format -> the tensors one compressed weight is stored as, in header order.
+
+The single description of every compressor's output: the planner sizes shards
+from it (:func:`output_layout`) and :func:`quantize_weight` encodes from it.
+"""
+
+
+def stored_tensors(spec: WeightSpec) -> tuple[StoredTensor, ...]:
+    """The rows of :data:`FORMAT_TENSORS` that a weight with this spec is stored as."""
+    try:
+        rows = FORMAT_TENSORS[spec.fmt]
+    except KeyError:
+        raise SchemeNotSupportedError(
+            f"compressed-tensors format {spec.fmt!r} has no kernel here; supported formats: "
+            f"{', '.join(FORMAT_TENSORS)}."
+        ) from None
+    return tuple(row for row in rows if row.present(spec))
+
+
+def _main_tensor(spec: WeightSpec) -> StoredTensor:
+    return next(row for row in stored_tensors(spec) if row.is_main)
+
+
 def output_layout(spec: WeightSpec, shape: tuple[int, int], dtype: torch.dtype) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
     """Local names, dtypes and shapes of the tensors a weight compresses into.
 
@@ -105,36 +253,7 @@ def output_layout(spec: WeightSpec, shape: tuple[int, int], dtype: torch.dtype) 
     any tensor is computed.
     """
     rows, cols = shape
-    scale_shape = _scale_shape(spec, rows, cols)
-    pdt = _param_dtype(dtype)
-    fmt = spec.fmt
-    if fmt in ("nvfp4-pack-quantized", "mxfp4-pack-quantized"):
-        out = [("weight_packed", torch.uint8, (rows, cols // 2))]
-        if fmt == "nvfp4-pack-quantized":
-            out += [("weight_scale", spec.scale_dtype or _FP8, scale_shape), ("weight_global_scale", torch.float32, (1,))]
-        else:
-            out += [("weight_scale", spec.scale_dtype or torch.uint8, scale_shape)]
-        return out
-    if fmt == "pack-quantized":
-        out = [
-            ("weight_packed", torch.int32, (rows, math.ceil(cols * spec.num_bits / 32))),
-            ("weight_scale", pdt, scale_shape),
-            ("weight_shape", torch.int64, (2,)),
-        ]
-        if not spec.symmetric:
-            if spec.strategy in ("group", "channel"):
-                zp_shape = (math.ceil(scale_shape[0] * spec.num_bits / 32), scale_shape[1])
-                out.append(("weight_zero_point", torch.int32, zp_shape))
-            else:
-                out.append(("weight_zero_point", torch.int8, scale_shape))
-        return out
-    # naive family: float-quantized, int-quantized, naive-quantized, mxfp8-quantized
-    qdtype = _FP8 if spec.kind == "float" else torch.int8
-    scale_dtype = torch.uint8 if fmt == "mxfp8-quantized" else pdt
-    out = [("weight", qdtype, (rows, cols)), ("weight_scale", scale_dtype, scale_shape)]
-    if not spec.symmetric:
-        out.append(("weight_zero_point", torch.int8, scale_shape))
-    return out
+    return [(t.name, t.dtype(spec, dtype), tuple(t.shape(spec, rows, cols))) for t in stored_tensors(spec)]
 
 
 # --------------------------------------------------------------------------- buffers
@@ -158,8 +277,8 @@ class Scratch:
         return buf[:nbytes].view(dtype).view(shape)
 
 
-def _row_chunks(rows: int, cols: int, multiple: int = 1):
-    step = max(multiple, (_CHUNK_ELEMS // max(cols, 1)) // multiple * multiple)
+def _row_chunks(rows: int, cols: int, multiple: int = 1, elems: int | None = None):
+    step = max(multiple, ((elems or _CHUNK_ELEMS) // max(cols, 1)) // multiple * multiple)
     for start in range(0, rows, step):
         yield start, min(rows, start + step)
 
@@ -292,7 +411,7 @@ def _qparams(
     if spec.symmetric:
         max_val_pos = lo  # already max(|min(min,0)|, |max(max,0)|)
         if spec.is_mx:
-            p2 = _round_to_power_2(max_val_pos)
+            p2 = _round_to_power_2(max_val_pos, _MX_ELEM_MANTISSA[spec.num_bits])
             scales = 127 + torch.floor(torch.log2(p2)) - _MX_ELEM_OFFSET[spec.num_bits]
         else:
             scales = max_val_pos / (bit_range.to(max_val_pos.dtype) / 2)
@@ -317,9 +436,13 @@ def _qparams(
         scales = (2.00 ** ((scales.to(torch.int32) - 127).to(torch.float))).to(original)
     eps = _eps(spec.scale_dtype if spec.scale_dtype is not None else scales.dtype)
     scales = torch.where(scales == 0, torch.tensor(eps, dtype=scales.dtype, device=device), scales)
-    if zero_points is not None:
-        info = torch.iinfo(torch.int8)
-        zero_points = torch.round(torch.clamp(zero_points, info.min, info.max)).to(torch.int8)
+    if zero_points is not None:  # round_to_quantized_type_dtype(zero_points, zp_dtype)
+        if spec.zp_dtype.is_floating_point:
+            info = torch.finfo(spec.zp_dtype)
+            zero_points = torch.clamp(zero_points, info.min, info.max).to(spec.zp_dtype)
+        else:
+            info = torch.iinfo(spec.zp_dtype)
+            zero_points = torch.round(torch.clamp(zero_points, info.min, info.max)).to(spec.zp_dtype)
     return scales, zero_points
 
 
@@ -343,19 +466,40 @@ def _fp4_codes(v: torch.Tensor) -> torch.Tensor:
     return idx
 
 
-_FP4_LUTS: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+# E2M3 magnitudes by code (0..31: m / 8, then (1 + m / 8) * 2**e); codes 32..63 are the negatives
+_FP6_MAGNITUDES = torch.tensor([m / 8 for m in range(8)] + [(1 + m / 8) * 2**e for e in range(3) for m in range(8)])
 
 
-def _fp4_lut(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """E2M1 codes for every bit pattern of a 16-bit float, or of a float32's top 16 bits.
+def _fp6_codes(v: torch.Tensor) -> torch.Tensor:
+    """E2M3 code (sign bit 5, magnitude index 0..31) of values already clamped to +-7.5.
+
+    compressed-tensors' ``cast_to_fp6`` (in float32: step 2**(max(e, 0) - 3) for a
+    magnitude with exponent e, round half to even, saturate at 7.5) followed by
+    ``pack_fp6_to_uint8``'s table index; the sign is the input's sign bit, so a
+    negative value that rounds to zero keeps it.
+    """
+    a = v.abs().float()
+    exponent = ((a.view(torch.int32) >> 23) & 0xFF).sub_(127).clamp_(min=0)
+    step = torch.exp2(exponent - 3.0)
+    rounded = torch.round(a / step).mul_(step).clamp_(max=_FP6_MAX)
+    codes = torch.searchsorted(_FP6_MAGNITUDES.to(v.device), rounded).to(torch.uint8)
+    return codes | (torch.signbit(v).to(torch.uint8) << 5)
+
+
+_FLOAT_CODES: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {4: _fp4_codes, 6: _fp6_codes}
+_CODE_LUTS: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _code_lut(bits: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """FP4 / FP6 codes for every bit pattern of a 16-bit float, or of a float32's top 16 bits.
 
     float32 entries come in pairs: ``[2*hi]`` for a value whose low 16 bits are
     zero (exactly the 16-bit prefix) and ``[2*hi+1]`` for anything above it.
-    No rounding threshold lies strictly between the two (every threshold is a
-    bf16 value), so the pair determines the code exactly.
+    No rounding threshold lies strictly between the two (every FP4 / FP6
+    threshold is a bf16 value), so the pair determines the code exactly.
     """
-    key = (dtype, device)
-    if key not in _FP4_LUTS:
+    key = (bits, dtype, device)
+    if key not in _CODE_LUTS:
         prefix = torch.arange(65536, dtype=torch.int32)
         if dtype == torch.float32:
             exact = (prefix << 16).view(torch.float32)
@@ -363,27 +507,45 @@ def _fp4_lut(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
             values = torch.stack([exact, above], dim=1).reshape(-1)
         else:
             values = prefix.to(torch.int16).view(dtype).to(torch.float32)
-        values = torch.nan_to_num(values, nan=0.0).clamp(-_FP4_MAX, _FP4_MAX)
-        _FP4_LUTS[key] = _fp4_codes(values).to(device)
-    return _FP4_LUTS[key]
+        top = _FP6_MAX if bits == 6 else _FP4_MAX
+        values = torch.nan_to_num(values, nan=0.0).clamp(-top, top)
+        _CODE_LUTS[key] = _FLOAT_CODES[bits](values).to(device)
+    return _CODE_LUTS[key]
 
 
-def _fp4_codes_lut(v: torch.Tensor, out: torch.Tensor, scratch: Scratch) -> torch.Tensor:
-    """``_fp4_codes`` by table lookup (3-4 passes over memory instead of ~15)."""
-    lut = _fp4_lut(v.dtype, v.device)
+def _float_codes(v: torch.Tensor, out: torch.Tensor, scratch: Scratch, bits: int) -> torch.Tensor:
+    """FP4 / FP6 codes of clamped values by table lookup (3-4 passes over memory instead of ~15).
+
+    float64 has no 16-bit prefix that decides its code, so it takes the direct
+    computation (the reference rounds FP4 in float64, FP6 after a float32 cast).
+    """
+    if v.dtype == torch.float64:
+        return out.copy_(_FLOAT_CODES[bits](v))
+    lut = _code_lut(bits, v.dtype, v.device)
     flat = v.reshape(-1)
     idx = scratch.get("lut_idx", (flat.numel(),), torch.int32, v.device)
     if v.dtype == torch.float32:
-        bits = flat.view(torch.int32)
+        value_bits = flat.view(torch.int32)
         low = scratch.get("lut_low", (flat.numel(),), torch.int32, v.device)
-        torch.bitwise_right_shift(bits, 16, out=idx)
+        torch.bitwise_right_shift(value_bits, 16, out=idx)
         idx.bitwise_and_(0xFFFF).mul_(2)
-        torch.bitwise_and(bits, 0xFFFF, out=low)
+        torch.bitwise_and(value_bits, 0xFFFF, out=low)
         idx.add_(low.clamp_(max=1))
     else:
         idx.copy_(flat.view(torch.int16))
         idx.bitwise_and_(0xFFFF)
     return torch.index_select(lut, 0, idx, out=out.reshape(-1)).view(out.shape)
+
+
+def _pack_fp6(codes: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Four 6-bit codes in three bytes, little-endian (``pack_fp6_to_uint8``)."""
+    rows = codes.shape[0]
+    c = codes.view(rows, -1, 4).to(torch.int32)
+    word = c[..., 0] | (c[..., 1] << 6) | (c[..., 2] << 12) | (c[..., 3] << 18)
+    triples = out.view(rows, -1, 3)
+    for i in range(3):
+        triples[..., i] = (word >> (8 * i)) & 0xFF
+    return out
 
 
 def _pack_nibbles(codes: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -437,13 +599,6 @@ def _pack_int32(q: torch.Tensor, num_bits: int, scratch: Scratch | None = None) 
     return out.to(torch.int32).contiguous()
 
 
-def _main_name(spec: WeightSpec) -> str:
-    return "weight_packed" if spec.fmt in _PACKED_FORMATS else "weight"
-
-
-_PACKED_FORMATS = ("nvfp4-pack-quantized", "mxfp4-pack-quantized", "pack-quantized")
-
-
 def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, spec: WeightSpec,
                    global_scale: torch.Tensor | None, scratch: Scratch) -> torch.Tensor:
     """Quantize a row chunk with its scales; returns the chunk of the main stored tensor.
@@ -466,39 +621,449 @@ def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None
     tmp = torch.div(cells, scale, out=scratch.get("tmp", tuple(cells.shape), work_dtype, x.device))
     if zp is not None:
         tmp += zp.to(x.dtype)
-    if not _clamp_is_identity(spec, scale, global_scale, zp):
+    if not _clamp_is_identity(spec, scale, global_scale, zp, tmp):
         q_min, q_max = spec.q_range
         tmp.clamp_(q_min, q_max)
     if spec.strategy == "block":  # back to rows x cols, dropping the padding
         tmp = tmp.view(tmp.shape[0] * tmp.shape[1], -1)[:rows, :cols]
     else:
         tmp = tmp.view(rows, cols)
-    if spec.kind == "float" and spec.num_bits == 4:
-        codes = _fp4_codes_lut(tmp, scratch.get("codes", (rows, cols), torch.uint8, x.device), scratch)
+    encoding = _main_tensor(spec).encoding
+    if encoding == "fp4_nibbles":
+        codes = _float_codes(tmp, scratch.get("codes", (rows, cols), torch.uint8, x.device), scratch, 4)
         return _pack_nibbles(codes, scratch.get("packed", (rows, cols // 2), torch.uint8, x.device))
+    if encoding == "fp6_bytes":
+        codes = _float_codes(tmp, scratch.get("codes", (rows, cols), torch.uint8, x.device), scratch, 6)
+        return _pack_fp6(codes, scratch.get("packed", (rows, cols * 3 // 4), torch.uint8, x.device))
     if spec.kind == "int":
         tmp.round_()
         q = scratch.get("q", (rows, cols), torch.int8, x.device).copy_(tmp)
-        return _pack_int32(q, spec.num_bits, scratch) if spec.fmt == "pack-quantized" else q
-    return scratch.get("q", (rows, cols), _FP8, x.device).copy_(tmp)
+        return _pack_int32(q, spec.num_bits, scratch) if encoding == "int32_bits" else q
+    return _cast_to_fp8(tmp, scratch.get("q", (rows, cols), _FP8, x.device))
 
 
-def _clamp_is_identity(spec: WeightSpec, scale: torch.Tensor, global_scale, zp) -> bool:
+def _clamp_is_identity(spec: WeightSpec, scale: torch.Tensor, global_scale, zp, scaled: torch.Tensor) -> bool:
     """True when clamping to +-448 before the FP8 cast provably changes no output byte.
 
     For symmetric FP8 with ``scale = round(amax / 448)`` in a float dtype whose
     scales are all normal numbers, the rounding error of the scale is at most
     2^-8 relative, so ``|x / scale| <= 448 / (1 - 2^-8) < 450``, which rounds
-    (again in the weight dtype) to at most 450. torch's FP8 e4m3fn cast rounds
-    anything below 464 to at most 448, exactly what clamp-then-cast gives. MX
-    scales are powers of two with ``amax / scale <= 448`` by construction.
-    Subnormal scales (weights near 1e-38) lose that bound, so they keep the clamp.
+    (again in the weight dtype) to at most 450. A cast that rounds anything
+    below 464 to at most 448 then gives exactly what clamp-then-cast gives;
+    :func:`_fp8_cast_saturates` checks that this torch's cast does. MX scales
+    are powers of two with ``amax / scale <= 448`` by construction. Subnormal
+    scales (weights near 1e-38) lose that bound, so they keep the clamp.
     """
     if spec.kind != "float" or spec.num_bits != 8 or global_scale is not None or zp is not None:
         return False
     if not scale.dtype.is_floating_point:
         return False
-    return bool((scale >= torch.finfo(scale.dtype).tiny).all())
+    if not bool((scale >= torch.finfo(scale.dtype).tiny).all()):
+        return False
+    return _fp8_cast_saturates(scaled.dtype, scaled.device)
+
+
+def _cast_to_fp8(src: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """torch's float -> float8_e4m3fn cast (round to nearest even), the reference's ``.to(fp8)``.
+
+    The one place the kernels cast to FP8, so the probe below checks the very
+    operation that the clamp skip relies on.
+    """
+    return out.copy_(src)
+
+
+_FP8_CAST_PROBES: dict[tuple[torch.dtype, str], bool] = {}
+
+
+def _fp8_cast_saturates(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether this torch's FP8 cast from ``dtype`` on this device type equals clamp-then-cast.
+
+    pyproject allows torch >= 2.10, and whether a given build saturates or
+    produces NaN above 448 is not documented; so it is measured once per
+    (dtype, device type) and the clamp is kept wherever it is not proven redundant.
+    """
+    key = (dtype, device.type)
+    found = _FP8_CAST_PROBES.get(key)
+    if found is None:
+        found = _FP8_CAST_PROBES[key] = _probe_fp8_cast(dtype, device)
+        if not found:
+            logger.info(
+                "torch %s's %s -> float8_e4m3fn cast on %s does not saturate at 448; keeping the clamp",
+                torch.__version__, dtype, device.type,
+            )
+    return found
+
+
+def _probe_fp8_cast(dtype: torch.dtype, device: torch.device) -> bool:
+    """Cast every boundary value (448..464, both signs) directly and clamped; compare the bytes."""
+    values = _fp8_boundary_values(dtype).to(device)
+    values = torch.cat([values, -values])
+    direct = _cast_to_fp8(values, torch.empty(values.shape, dtype=_FP8, device=device))
+    clamped = _cast_to_fp8(values.clamp(-_FP8_MAX, _FP8_MAX), torch.empty(values.shape, dtype=_FP8, device=device))
+    return torch.equal(direct.view(torch.uint8), clamped.view(torch.uint8))
+
+
+def _fp8_boundary_values(dtype: torch.dtype) -> torch.Tensor:
+    """Every ``dtype`` value in [448, 464] (float64: every float32 one and its float64 successor)."""
+    if dtype == torch.float64:
+        f32 = _fp8_boundary_values(torch.float32).to(torch.float64)
+        above = torch.nextafter(f32, torch.tensor(math.inf, dtype=torch.float64))
+        return torch.cat([f32, above[above <= 464.0]])
+    int_dtype = torch.int32 if dtype == torch.float32 else torch.int16
+    lo, hi = (int(torch.tensor(v, dtype=dtype).view(int_dtype)) for v in (_FP8_MAX, 464.0))
+    return torch.arange(lo, hi + 1, dtype=torch.int64).to(int_dtype).view(dtype)
+
+
+# --------------------------------------------------------------------------- observers
+@dataclass(frozen=True)
+class WeightStats:
+    """Per-scale-cell statistics of one weight, as its observer leaves them.
+
+    Attributes:
+        lo: symmetric schemes: max |w| of each cell (all the scale needs);
+            asymmetric ones: the cell's min. Shaped like the scale (weight dtype).
+        hi: asymmetric schemes: the cell's max; ``None`` when symmetric.
+    """
+
+    lo: torch.Tensor
+    hi: torch.Tensor | None
+
+    def absmax(self) -> torch.Tensor:
+        """max |.| over all cells (0-dim): what a fused NVFP4 group's global scale is built from."""
+        if self.hi is None:
+            return self.lo.amax()
+        return torch.maximum(self.hi.amax(), -self.lo.amin())
+
+    def rows(self, spec: WeightSpec, first: int, end: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The cells of weight rows ``[first, end)`` (block strategy: whole block rows)."""
+        if spec.strategy == "tensor":
+            return self.lo, self.hi
+        if spec.strategy == "block":
+            bh = spec.block[0]
+            first, end = first // bh, math.ceil(end / bh)
+        return self.lo[first:end], (self.hi[first:end] if self.hi is not None else None)
+
+
+def observe_weight(weight: torch.Tensor, spec: WeightSpec, scratch: Scratch | None = None) -> WeightStats:
+    """The spec's observer run on one weight: per-cell statistics for :func:`quantize_weight`.
+
+    Min/max observers cost one pass over the weight; the MSE observers run the
+    peer's grid search (see :mod:`ptq_core.observers`).
+
+    Raises:
+        NonFiniteWeightError: the weight holds NaN or Inf.
+        NonFiniteScaleError: the expanded range of an MSE search overflows the dtype.
+        TensorShapeError: the weight has no elements.
+    """
+    scratch = scratch or Scratch()
+    rows, cols = weight.shape
+    if weight.numel() == 0:
+        raise TensorShapeError(f"its shape {[rows, cols]} holds no values to quantize; add its module to ignore.")
+    if spec.observer != observers.MINMAX:
+        return _mse_stats(weight, spec, scratch)
+    if spec.strategy == "tensor":
+        return WeightStats(*_finite(*_stats(weight, spec, scratch)))
+    multiple = spec.block[0] if spec.strategy == "block" else 1
+    parts = [_finite(*_stats(weight[a:b], spec, scratch)) for a, b in _row_chunks(rows, cols, multiple)]
+    return WeightStats(torch.cat([lo for lo, _ in parts]), torch.cat([hi for _, hi in parts]) if parts[0][1] is not None else None)
+
+
+def global_scale_from_stats(stats: Sequence[WeightStats]) -> torch.Tensor:
+    """NVFP4 global scale of a fused group from its members' observed statistics.
+
+    The peer's FusionHandler builds it from every member's observer statistics,
+    so with an MSE observer it reflects the searched ranges, not the raw max |w|.
+    """
+    return global_scale_from_absmax(torch.stack([s.absmax() for s in stats]).amax())
+
+
+def _finite(lo: torch.Tensor, hi: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if not bool(torch.isfinite(lo).all()) or (hi is not None and not bool(torch.isfinite(hi).all())):
+        raise NonFiniteWeightError("the weight holds NaN or Inf values")
+    return lo, hi
+
+
+_SEARCH_ELEMS = 1 << 20  # elements of one (candidates x cells x group) error evaluation
+
+
+_SEARCH_CELLS = 1 << 22  # (candidate, cell) errors held at once across the whole weight
+
+
+@dataclass
+class _SearchChunk:
+    """One row chunk's search state: expanded statistics and the running best per cell."""
+
+    first: int
+    end: int
+    lo: torch.Tensor
+    hi: torch.Tensor | None
+    best_err: torch.Tensor
+    best_step: torch.Tensor
+
+
+def _mse_stats(weight: torch.Tensor, spec: WeightSpec, scratch: Scratch) -> WeightStats:
+    """The peer's ``_grid_search_mse`` over every scale cell of the weight.
+
+    The peer evaluates one shrink factor at a time over the whole weight and stops
+    once ``patience`` consecutive factors improve no cell anywhere. Here factors are
+    evaluated in blocks over every row chunk; a block is never longer than the
+    number of factors that could still pass before the peer stops, so no factor
+    the peer skips is ever evaluated, and the choices are the peer's.
+    """
+    params = observers.mse_params(spec.observer_kwargs)
+    rows, cols = weight.shape
+    # NVFP4's search takes scales unrounded and without the global scale (the peer drops scale_dtype)
+    search = replace(spec, scale_dtype=None) if spec.strategy == "tensor_group" else spec
+    steps = len(params.shrink)
+    shrink = observers.shrink_tensor(params, weight.dtype, weight.device)
+    if spec.strategy == "tensor":  # one cell: the peer's single whole-tensor sum, one factor at a time
+        spans = [(0, rows)]
+    else:
+        multiple = spec.block[0] if spec.strategy == "block" else 1
+        spans = list(_row_chunks(rows, cols, multiple, _CHUNK_ELEMS // 16))
+    chunks = []
+    for a, b in spans:
+        lo, hi = _finite(*_stats(weight[a:b], spec, scratch))
+        lo, hi = _expanded(lo, params.expand), (_expanded(hi, params.expand) if hi is not None else None)
+        best_err, best_step = observers.initial_best(lo)
+        chunks.append(_SearchChunk(a, b, lo, hi, best_err, best_step))
+    cells = sum(c.lo.numel() for c in chunks)
+    step, stale = 0, 0
+    while step < steps:
+        size = min(steps - step, max(1, params.patience - stale), max(1, _SEARCH_CELLS // cells))
+        factors = shrink[step : step + size]
+        results = []
+        improved_any = torch.zeros(size, dtype=torch.bool, device=weight.device)
+        for c in chunks:
+            err = _errors(weight[c.first : c.end], c.lo, c.hi, search, params.norm, factors, scratch)
+            found = observers.improvements(err, c.best_err)
+            improved_any |= found.improved.flatten(1).any(dim=1)
+            results.append(found)
+        taken, stale, stopped = observers.advance(improved_any, stale, params.patience)
+        for c, found in zip(chunks, results):
+            c.best_err, c.best_step = observers.keep_best(found, taken, step, c.best_err, c.best_step)
+        step += taken
+        if stopped:
+            break
+    picked = []
+    for c in chunks:
+        factor = shrink[c.best_step] if steps else None
+        lo = (c.lo.to(factor.dtype) * factor).to(c.lo.dtype) if steps else c.lo
+        hi = (c.hi.to(factor.dtype) * factor).to(c.hi.dtype) if steps and c.hi is not None else c.hi
+        picked.append((lo, hi))
+    if spec.strategy == "tensor":
+        return WeightStats(*picked[0])
+    return WeightStats(torch.cat([lo for lo, _ in picked]), torch.cat([hi for _, hi in picked]) if picked[0][1] is not None else None)
+
+
+def _expanded(stat: torch.Tensor, expand: float) -> torch.Tensor:
+    out = observers.expanded(stat, expand)
+    if not bool(torch.isfinite(out).all()):
+        raise NonFiniteScaleError(
+            f"its max |w| = {float(stat.abs().amax()):.4g} times the observer's expand={expand} overflows "
+            f"{str(stat.dtype).removeprefix('torch.')}; use a smaller expand or add its module to ignore."
+        )
+    return out
+
+
+def _errors(x, lo, hi, spec: WeightSpec, norm: float, factors: torch.Tensor, scratch: Scratch) -> torch.Tensor:
+    """``[factors, *cells]``: each shrunk range's error, as the peer's ``_calculate_error``.
+
+    Candidate statistics and scales are computed for the whole row chunk; the
+    errors on row blocks small enough that a block of candidates stays in cache.
+    """
+    rows, cols = x.shape
+    k = factors.shape[0]
+    cand_lo = observers.candidates(lo, factors)
+    cand_hi = observers.candidates(hi, factors) if hi is not None else None
+    scales, zps = _qparams(cand_lo, cand_hi, spec, None)
+    if spec.strategy == "tensor":  # the peer sums the whole tensor at once: keep that reduction
+        return torch.cat([_mse_errors(x, scales[i : i + 1], zps[i : i + 1] if zps is not None else None, spec, norm, scratch) for i in range(k)])
+    multiple = spec.block[0] if spec.strategy == "block" else 1
+    cols_p = cols + (-cols) % spec.block[1] if spec.strategy == "block" else cols
+    pieces = []
+    for a, b in _row_chunks(rows, cols_p, multiple, max(1, _SEARCH_ELEMS // k)):
+        c0, c1 = a // multiple, math.ceil(b / multiple)  # cell rows (block strategy: block rows)
+        zp_rows = zps[:, c0:c1] if zps is not None else None
+        pieces.append(_mse_errors(x[a:b], scales[:, c0:c1], zp_rows, spec, norm, scratch))
+    return torch.cat(pieces, dim=1)
+
+
+def _search_cells(x: torch.Tensor, spec: WeightSpec, scratch: Scratch) -> torch.Tensor:
+    """The chunk as ``[cells, elements]`` in the peer's ``flatten_for_calibration`` order."""
+    if spec.strategy == "block":
+        blocks = _padded(x, *spec.block, scratch)
+        nbr, bh, nbc, bw = blocks.shape
+        flat = scratch.get("mse_blocks", (nbr, nbc, bh, bw), x.dtype, x.device)
+        flat.copy_(blocks.permute(0, 2, 1, 3))
+        return flat.view(nbr * nbc, bh * bw)
+    if spec.strategy in ("group", "tensor_group"):
+        return x.reshape(-1, spec.group_size)
+    if spec.strategy == "channel":
+        return x
+    return x.reshape(1, -1)
+
+
+def _mse_errors(x, scales, zps, spec: WeightSpec, norm: float, scratch: Scratch) -> torch.Tensor:
+    """``sum |fake_quantize(w) - w| ** norm`` per candidate and cell: ``[candidates, *cells]``.
+
+    The peer's ``_calculate_error`` op for op (``x / scale``, ``+ zp``, clamp and
+    round to the grid, ``- zp``, ``* scale``, the difference, ``abs().pow(norm)``, a
+    sum over each cell's contiguous elements), all in the weight's dtype. For
+    16-bit weights the grid rounding and the power are table lookups over every
+    bit pattern, built with the same torch ops.
+
+    Cells of fewer than 64 elements (NVFP4's 16, MX's 32) are worked on
+    cell-minor (``[candidates, element, cell]``): torch broadcasts a per-cell scale
+    over such a short inner dimension several times slower. The elementwise results
+    do not depend on the layout; the sum runs on the peer's cell-major layout.
+    """
+    cells = _search_cells(x, spec, scratch)
+    n, width = cells.shape
+    k = scales.shape[0]
+    dtype = x.dtype
+    narrow = width < 64
+    if narrow:
+        src = scratch.get("mse_xt", (width, n), dtype, x.device).copy_(cells.t())
+        shape, s = (k, width, n), scales.reshape(k, 1, n)
+    else:
+        src, shape, s = cells, (k, n, width), scales.reshape(k, n, 1)
+    t = scratch.get("mse_t", shape, dtype, x.device)
+    torch.div(src.unsqueeze(0), s, out=t)
+    z = zps.reshape(s.shape).to(dtype) if zps is not None else None
+    if z is not None:
+        t += z
+    _round_to_grid(t, spec, scratch)
+    if z is not None:
+        t -= z
+    t *= s
+    t -= src.unsqueeze(0)
+    out = scratch.get("mse_pow", (k, n, width), dtype, x.device)
+    if dtype in _HALF_BITS:
+        idx = scratch.get("mse_idx", (k, n, width), torch.int32, x.device)
+        bits = t.view(torch.uint16)
+        idx.copy_(bits.permute(0, 2, 1) if narrow else bits)
+        torch.index_select(_pow_lut(dtype, norm, x.device), 0, idx.view(-1), out=out.view(-1))
+    else:
+        t.abs_().pow_(norm)
+        out.copy_(t.permute(0, 2, 1) if narrow else t)
+    return out.sum(dim=-1).view(k, *scales.shape[1:])
+
+
+_HALF_BITS = (torch.bfloat16, torch.float16)
+_GRID_LUTS: dict[tuple, torch.Tensor] = {}
+_POW_LUTS: dict[tuple, torch.Tensor] = {}
+
+
+def _round_to_grid(t: torch.Tensor, spec: WeightSpec, scratch: Scratch) -> None:
+    """``round_to_quantized_type_args`` in place: clamp to the range, round to the grid, same dtype."""
+    q_min, q_max = spec.q_range
+    if spec.kind == "int":
+        t.clamp_(q_min, q_max).round_()
+    elif t.dtype in _HALF_BITS:
+        idx = scratch.get("grid_idx", tuple(t.shape), torch.int32, t.device)
+        idx.copy_(t.view(torch.uint16))
+        torch.index_select(_grid_lut(spec, t.dtype, t.device), 0, idx.view(-1), out=t.view(-1))
+    elif spec.num_bits == 8:
+        t.clamp_(q_min, q_max).copy_(t.to(_FP8))
+    else:
+        t.clamp_(q_min, q_max)
+        t.copy_(_code_values(spec.num_bits).to(t.device, t.dtype)[_FLOAT_CODES[spec.num_bits](t).long()])
+
+
+def _code_values(bits: int) -> torch.Tensor:
+    """FP4 / FP6 value of every code."""
+    if bits == 6:
+        return torch.cat([_FP6_MAGNITUDES, -_FP6_MAGNITUDES])
+    return _FP4_VALUES
+
+
+# E2M1 magnitudes by code; codes 8..15 are the negatives (sign bit 3)
+_FP4_VALUES = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0])
+
+
+def _grid_lut(spec: WeightSpec, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Every 16-bit pattern clamped and rounded to the FP4 / FP6 / FP8 grid (values in ``dtype``)."""
+    key = (spec.num_bits, dtype, device)
+    if key not in _GRID_LUTS:
+        values = torch.arange(65536, dtype=torch.int32).to(torch.int16).view(dtype)
+        values = torch.nan_to_num(values.float(), nan=0.0).clamp(*spec.q_range).to(dtype)
+        if spec.num_bits == 8:
+            grid = values.to(_FP8).to(dtype)
+        else:
+            grid = _code_values(spec.num_bits).to(dtype)[_FLOAT_CODES[spec.num_bits](values).long()]
+        _GRID_LUTS[key] = grid.to(device)
+    return _GRID_LUTS[key]
+
+
+def _pow_lut(dtype: torch.dtype, norm: float, device: torch.device) -> torch.Tensor:
+    """``v.abs().pow(norm)`` for every 16-bit pattern ``v`` (torch's own ops, in ``dtype``).
+
+    torch computes a 16-bit power in float32 and rounds it, identically in its
+    vectorised and scalar loops (checked on every pattern), so the table equals
+    what the peer's ``abs().pow(norm)`` gives wherever torch evaluates it.
+    """
+    key = (dtype, norm, device)
+    if key not in _POW_LUTS:
+        values = torch.arange(65536, dtype=torch.int32).to(torch.int16).view(dtype)
+        _POW_LUTS[key] = values.abs().pow(norm).to(device)
+    return _POW_LUTS[key]
+
+
+# --------------------------------------------------------------------------- FP8-block sources
+_FP8_SOURCE_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+def dequantize_fp8_block(
+    weight_fp8: torch.Tensor,
+    scale_inv: torch.Tensor,
+    dtype: torch.dtype,
+    *,
+    block: tuple[int, int] = (128, 128),
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A DeepSeek-style FP8-block weight back in ``dtype``: ``w * scale_inv`` per block.
+
+    Byte-identical to compressed-tensors' ``FP8BlockDequantizer``: both factors
+    are widened to float32, multiplied, and the product is rounded to ``dtype``
+    (the reference pads ragged edges with zeros, which change no kept value).
+
+    Args:
+        weight_fp8: ``[N, K]`` float8 weight (``float8_e4m3fn`` or ``float8_e5m2``).
+        scale_inv: ``[ceil(N / bh), ceil(K / bw)]`` per-block multipliers (any float dtype).
+        dtype: the dequantized dtype (the checkpoint's ``torch_dtype``, usually bf16).
+        block: ``weight_block_size`` from the source's ``quantization_config``.
+        out: a ``[N, K]`` tensor of ``dtype`` to write into (a worker's scratch).
+
+    Returns:
+        the ``[N, K]`` weight in ``dtype`` (``out`` when given).
+
+    Raises:
+        TensorShapeError: ``scale_inv``'s shape does not match the weight and block.
+        CheckpointError: the weight is not float8.
+    """
+    if weight_fp8.dtype not in _FP8_SOURCE_DTYPES:
+        raise CheckpointError(f"its dtype is {weight_fp8.dtype}, not float8; it is not an FP8-block weight.")
+    rows, cols = weight_fp8.shape
+    bh, bw = block
+    expected = (math.ceil(rows / bh), math.ceil(cols / bw))
+    if tuple(scale_inv.shape) != expected:
+        raise TensorShapeError(
+            f"its weight_scale_inv has shape {list(scale_inv.shape)}, but a {[rows, cols]} weight in "
+            f"{bh}x{bw} blocks needs {list(expected)}; check weight_block_size in config.json."
+        )
+    out = torch.empty((rows, cols), dtype=dtype, device=weight_fp8.device) if out is None else out
+    full = cols // bw * bw  # columns in whole blocks; the rest share the last block's scale
+    for a, b in _row_chunks(rows, cols, bh):
+        scale = scale_inv[a // bh : math.ceil(b / bh)].to(torch.float32).repeat_interleave(bh, dim=0)[: b - a]
+        wide = weight_fp8[a:b].to(torch.float32)
+        if full:
+            blocks = wide[:, :full].view(b - a, full // bw, bw)
+            blocks.mul_(scale[:, : full // bw, None])
+        if full < cols:
+            wide[:, full:].mul_(scale[:, -1:])
+        out[a:b].copy_(wide)
+    return out
 
 
 RowSink = Callable[[str, int, torch.Tensor], None]
@@ -510,16 +1075,19 @@ def quantize_weight(
     spec: WeightSpec,
     *,
     global_scale: torch.Tensor | None = None,
+    stats: WeightStats | None = None,
     sink: RowSink | None = None,
     scratch: Scratch | None = None,
 ) -> dict[str, torch.Tensor]:
     """Compress one 2-D weight; returns local names -> tensors (on the weight's device).
 
     Args:
-        weight: ``[N, K]`` contiguous float weight (bf16/fp16/fp32).
+        weight: ``[N, K]`` contiguous float weight (bf16/fp16/fp32/fp64).
         spec: the scheme's weight arguments.
-        global_scale: NVFP4 only: the fused group's ``global_scale_from_absmax``
+        global_scale: NVFP4 only: the fused group's ``global_scale_from_stats``
             (computed from this weight alone when omitted).
+        stats: this weight's ``observe_weight`` (computed when omitted; a fused
+            group observes its members first, for the global scale).
         sink: when given, the main stored tensor (``weight`` / ``weight_packed``)
             is handed over in row chunks (each valid only during the call) and
             left out of the result, so it never exists whole in memory.
@@ -527,30 +1095,37 @@ def quantize_weight(
 
     Raises:
         NonFiniteWeightError: the weight holds NaN or Inf.
+        NonFiniteScaleError: the weight is finite but a scale would not be (e.g.
+            ``max - min`` of an asymmetric cell overflows the weight's dtype).
+        TensorShapeError: the weight has no elements.
+        Both messages start with "its ...": callers prefix the tensor's name.
     """
     scratch = scratch or Scratch()
     rows, cols = weight.shape
-    main = _main_name(spec)
+    if weight.numel() == 0:
+        raise TensorShapeError(f"its shape {[rows, cols]} holds no values to quantize; add its module to ignore.")
+    main_row = _main_tensor(spec)
+    main = main_row.name
+    if stats is None and (spec.observer != observers.MINMAX or spec.strategy == "tensor"):
+        stats = observe_weight(weight, spec, scratch)  # min/max otherwise: per chunk, in cache
     if spec.strategy == "tensor_group" and global_scale is None:
-        global_scale = global_scale_from_absmax(tensor_absmax(weight, scratch))
+        absmax = stats.absmax() if stats is not None else tensor_absmax(weight, scratch)
+        global_scale = global_scale_from_absmax(absmax)
     whole = None
     if spec.strategy == "tensor":  # one scale from the whole tensor, before any chunk
-        lo, hi = _stats(weight, spec, scratch)
-        _check_finite(lo, hi)
-        whole = _qparams(lo, hi, spec, global_scale)
+        whole = _checked_qparams(stats.lo, stats.hi, spec, global_scale)
     full = None
     if sink is None:
-        (_, dtype, shape), *_ = output_layout(spec, (rows, cols), weight.dtype)
-        full = torch.empty(shape, dtype=dtype, device=weight.device)
+        main_shape = main_row.shape(spec, rows, cols)
+        full = torch.empty(main_shape, dtype=main_row.dtype(spec, weight.dtype), device=weight.device)
     pdt = _param_dtype(weight.dtype)
     scale_parts, zp_parts = [], []
     multiple = spec.block[0] if spec.strategy == "block" else 1
     for a, b in _row_chunks(rows, cols, multiple):
         x = weight[a:b]
         if whole is None:
-            lo, hi = _stats(x, spec, scratch)
-            _check_finite(lo, hi)
-            scales, zps = _qparams(lo, hi, spec, global_scale)
+            cells = stats.rows(spec, a, b) if stats is not None else _stats(x, spec, scratch)
+            scales, zps = _checked_qparams(*cells, spec, global_scale)
             # the module's scale parameter has the weight's dtype: copy_ casts into it
             scales = scales.to(pdt)
             scale_parts.append(scales)
@@ -573,29 +1148,60 @@ def quantize_weight(
     return result
 
 
-def _check_finite(lo: torch.Tensor, hi: torch.Tensor | None) -> None:
+def _checked_qparams(
+    lo: torch.Tensor, hi: torch.Tensor | None, spec: WeightSpec, global_scale: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``_qparams`` between the two checks that keep non-finite numbers out of the output."""
     if not bool(torch.isfinite(lo).all()) or (hi is not None and not bool(torch.isfinite(hi).all())):
         raise NonFiniteWeightError("the weight holds NaN or Inf values")
+    scales, zero_points = _qparams(lo, hi, spec, global_scale)
+    if not bool(torch.isfinite(scales).all()):
+        raise NonFiniteScaleError(_scale_overflow_message(lo, hi, spec))
+    if zero_points is not None and zero_points.dtype == _FP8 and bool(torch.isnan(zero_points.float()).any()):
+        # calculate_qparams divides by the scale before replacing a zero scale with eps
+        raise NonFiniteScaleError(
+            "its all-zero cells get the FP8 zero point -448 - 0 / 0 = NaN in compressed-tensors' "
+            "reference (the stored weight would decode to NaN); use a symmetric FP8 scheme or add its module to ignore."
+        )
+    return scales, zero_points
+
+
+def _scale_overflow_message(lo: torch.Tensor, hi: torch.Tensor | None, spec: WeightSpec) -> str:
+    dtype = str(lo.dtype).removeprefix("torch.")
+    if hi is None:  # symmetric: lo is the cells' max |w|
+        return (
+            f"its max |w| = {float(lo.max()):.4g} gives a scale that is not finite in {dtype}, so the "
+            "stored weight would decode to NaN; add its module to ignore."
+        )
+    return (
+        f"its values span [{float(lo.min()):.4g}, {float(hi.max()):.4g}]: max - min overflows {dtype}, so the "
+        "asymmetric scale is not finite and the stored weight would decode to NaN; quantize it with a "
+        "symmetric scheme (e.g. W4A16) or add its module to ignore."
+    )
 
 
 def _small_outputs(param_scale, zero_points, spec: WeightSpec, shape, global_scale) -> dict[str, torch.Tensor]:
-    """Scales, zero points, shapes: everything but the main tensor, as the compressor stores them."""
-    fmt = spec.fmt
-    if fmt == "nvfp4-pack-quantized":
-        return {"weight_scale": param_scale.to(spec.scale_dtype or _FP8), "weight_global_scale": global_scale}
-    if fmt == "mxfp4-pack-quantized":
-        return {"weight_scale": _mx_exponent(param_scale, spec.scale_dtype or torch.uint8)}
-    if fmt == "pack-quantized":
-        out = {"weight_scale": param_scale, "weight_shape": torch.tensor(tuple(shape), device=param_scale.device)}
-        if not spec.symmetric:
-            if spec.strategy in ("group", "channel"):
-                out["weight_zero_point"] = _pack_int32(zero_points.t().contiguous(), spec.num_bits).t().contiguous()
-            else:
-                out["weight_zero_point"] = zero_points
-        return out
-    out = {"weight_scale": _mx_exponent(param_scale, torch.uint8) if fmt == "mxfp8-quantized" else param_scale}
-    if not spec.symmetric:
-        out["weight_zero_point"] = zero_points
+    """Every stored tensor but the main one, encoded as its :data:`FORMAT_TENSORS` row says."""
+    out = {}
+    for row in stored_tensors(spec):
+        encoding = row.encoding
+        if row.is_main:
+            continue
+        if encoding == "param":
+            value = param_scale
+        elif encoding == "cast":
+            value = param_scale.to(row.dtype(spec, param_scale.dtype))
+        elif encoding == "e8m0":
+            value = _mx_exponent(param_scale, row.dtype(spec, param_scale.dtype))
+        elif encoding == "global":
+            value = global_scale
+        elif encoding == "shape":
+            value = torch.tensor(tuple(shape), device=param_scale.device)
+        elif encoding == "int32_rows":
+            value = _pack_int32(zero_points.t().contiguous(), spec.num_bits).t().contiguous()
+        else:  # zero points as they are
+            value = zero_points
+        out[row.name] = value
     return out
 
 

@@ -14,6 +14,7 @@ from typing import Any, Iterable
 
 from compressed_tensors import __version__ as COMPRESSED_TENSORS_VERSION
 from compressed_tensors.compressors.format import infer_module_format
+from compressed_tensors.config import CompressionFormat
 from compressed_tensors.quantization import (
     QuantizationArgs,
     QuantizationConfig,
@@ -25,10 +26,12 @@ from compressed_tensors.quantization import (
 )
 from compressed_tensors.quantization.quant_args import DynamicType
 from compressed_tensors.quantization.quant_scheme import PRESET_SCHEMES
+from compressed_tensors.quantization.utils import should_generate_mx_scales
 
 from .errors import CalibrationRequiredError, SchemeNotSupportedError
 from .matching import validate_ignore
 from .numerics import WeightSpec
+from .observers import resolve_observer
 
 __all__ = [
     "COMPRESSED_TENSORS_VERSION",
@@ -285,20 +288,39 @@ def _check_data_free(scheme: QuantizationScheme, name: str) -> None:
         raise CalibrationRequiredError(f"{name} needs {why}, which needs calibration data.{hint or ' Use llm-compressor oneshot.'}")
     if weights.dynamic not in (False, None):
         raise SchemeNotSupportedError(f"{name} has dynamic weights; weights must be statically quantized.")
-    if weights.observer not in (None, "minmax", "static_minmax", "memoryless_minmax"):
-        raise CalibrationRequiredError(
-            f"{name} uses the {weights.observer!r} weight observer; ptq-hub computes min/max scales only. "
-            "Drop the observer setting (min/max) or use llm-compressor."
-        )
+    try:
+        resolve_observer(weights.observer, weights.observer_kwargs)
+    except SchemeNotSupportedError as err:  # CalibrationRequiredError included
+        raise type(err)(f"{name}: {err}") from None
     if weights.actorder not in (None, False):
         raise CalibrationRequiredError(f"{name} sets actorder, which is a GPTQ (calibration) option.")
-    if weights.type == QuantizationType.FLOAT and weights.num_bits not in (4, 8):
+    if weights.type == QuantizationType.FLOAT and weights.num_bits not in (4, 6, 8):
         raise SchemeNotSupportedError(
-            f"{name}: {weights.num_bits}-bit float weights (e.g. MXFP6) are not supported yet; "
-            "pick MXFP4A16 or MXFP8A16."
+            f"{name}: {weights.num_bits}-bit float weights are not defined by compressed-tensors (4, 6 or 8 bits)."
         )
-    if weights.type == QuantizationType.FLOAT and not weights.symmetric:
-        raise SchemeNotSupportedError(f"{name}: asymmetric float weights are not supported by compressed-tensors.")
+    if weights.type == QuantizationType.FLOAT and weights.num_bits == 6:
+        if not hasattr(CompressionFormat, "mxfp6_pack_quantized"):
+            raise SchemeNotSupportedError(
+                f"{name}: compressed-tensors {COMPRESSED_TENSORS_VERSION} has no MXFP6 format; "
+                "upgrade it to 0.20.1 or later, or pick MXFP4A16 or MXFP8A16."
+            )
+        if not should_generate_mx_scales(weights):
+            raise SchemeNotSupportedError(
+                f"{name}: 6-bit float weights exist only as MXFP6 (groups of 32, uint8 power-of-two scales); "
+                "use the MXFP6A16 preset's weights."
+            )
+    if weights.type == QuantizationType.FLOAT and not weights.symmetric and (
+        weights.num_bits != 8 or weights.scale_dtype is not None
+    ):
+        raise SchemeNotSupportedError(
+            f"{name}: asymmetric {weights.num_bits}-bit float weights with scale_dtype {weights.scale_dtype} are not "
+            "supported by compressed-tensors (only FP8 with float scales has zero points); set symmetric=True."
+        )
+    if not weights.symmetric and weights.zp_dtype not in (None, weights.pytorch_dtype()):
+        raise SchemeNotSupportedError(
+            f"{name}: zero points in {weights.zp_dtype} are not supported; drop zp_dtype "
+            f"(the default is {weights.pytorch_dtype()})."
+        )
     if weights.type == QuantizationType.INT and not 2 <= weights.num_bits <= 8:
         raise SchemeNotSupportedError(f"{name}: {weights.num_bits}-bit integer weights are not supported (2-8).")
     if weights.strategy not in (
@@ -320,8 +342,13 @@ _LINEAR = __import__("torch").nn.Linear
 
 
 def weight_spec(scheme: QuantizationScheme, fmt: str):
-    """The kernel-facing summary (``numerics.WeightSpec``) of a scheme's weight args."""
+    """The kernel-facing summary (``numerics.WeightSpec``) of a scheme's weight args.
+
+    The observer is resolved to its canonical name with every kwarg filled in, so
+    two spellings of the same search give equal (hashable) specs.
+    """
     w = scheme.weights
+    observer, observer_kwargs = resolve_observer(w.observer, w.observer_kwargs)
     return WeightSpec(
         kind=str(w.type),
         num_bits=w.num_bits,
@@ -331,4 +358,6 @@ def weight_spec(scheme: QuantizationScheme, fmt: str):
         group_size=w.group_size,
         block=tuple(w.block_structure) if w.block_structure else None,
         scale_dtype=w.scale_dtype,
+        observer=observer,
+        observer_kwargs=observer_kwargs,
     )

@@ -31,6 +31,7 @@ from compressed_tensors.compressors import BaseCompressor, compress_module
 from compressed_tensors.compressors.format import infer_module_format
 from compressed_tensors.config import CompressionFormat
 from compressed_tensors.offload import update_offload_parameter
+from compressed_tensors.quantization.lifecycle import fake_quantize
 from compressed_tensors.quantization import (
     DynamicType,
     QuantizationArgs,
@@ -53,6 +54,7 @@ __all__ = [
     "data_free_presets",
     "flatten_weight",
     "observe_min_max",
+    "grid_search_mse",
     "group_absmax",
     "global_scale_from_absmax",
     "reference_qparams",
@@ -84,7 +86,7 @@ def is_data_free(scheme: QuantizationScheme) -> bool:
     w = scheme.weights
     if w is None or w.dynamic is not False:
         return False
-    if w.observer not in _MINMAX_OBSERVERS:
+    if w.observer not in _MINMAX_OBSERVERS and w.observer not in _MSE_DEFAULTS:
         return False
     inp, out = scheme.input_activations, scheme.output_activations
     if inp is not None and inp.dynamic in (False, DynamicType.LOCAL):
@@ -132,13 +134,62 @@ def flatten_weight(value: torch.Tensor, args: QuantizationArgs) -> torch.Tensor:
 
 
 def observe_min_max(weight: torch.Tensor, args: QuantizationArgs) -> tuple[torch.Tensor, torch.Tensor]:
-    """``MemorylessMinMaxObserver``: amin/amax over dims (0, -1) of the flattened weight,
-    in the weight's dtype. Shapes: TENSOR (1,), CHANNEL (N, 1), GROUP/TENSOR_GROUP (N, K/g),
-    BLOCK (ceil(N/bh), ceil(K/bw))."""
-    if args.observer not in _MINMAX_OBSERVERS:
-        raise NotImplementedError(f"observer {args.observer!r} is not data-free min/max")
+    """The weight observer's statistics (``min_vals``, ``max_vals``), in the weight's dtype.
+
+    ``MemorylessMinMaxObserver``: amin/amax over dims (0, -1) of the flattened weight.
+    Shapes: TENSOR (1,), CHANNEL (N, 1), GROUP/TENSOR_GROUP (N, K/g), BLOCK (ceil(N/bh),
+    ceil(K/bw)). The MSE observers: :func:`grid_search_mse` with the peer's defaults.
+    """
     observed = flatten_weight(weight, args)
-    return torch.amin(observed, dim=(0, -1)), torch.amax(observed, dim=(0, -1))
+    if args.observer in _MINMAX_OBSERVERS:
+        return torch.amin(observed, dim=(0, -1)), torch.amax(observed, dim=(0, -1))
+    if args.observer not in _MSE_DEFAULTS:
+        raise NotImplementedError(f"observer {args.observer!r} is not a data-free weight observer")
+    kwargs = {**_MSE_DEFAULTS[args.observer], **(args.observer_kwargs or {})}
+    return grid_search_mse(observed, args, **{k: kwargs[k] for k in ("maxshrink", "patience", "grid", "norm", "expand")})
+
+
+# llm-compressor 0.14.0.1 observers/mse.py: MemorylessMSEObserver and NVFP4ExpandedMSEObserver defaults
+# ("mse" and "fouroversix" are the peer's names for the same searches)
+_MSE = {"maxshrink": 0.20, "patience": 5, "grid": 100.0, "norm": 2.4, "expand": 1.0}
+_NVFP4_MSE = {"maxshrink": 1 - 0.8 / 1.8, "patience": 1000, "grid": 200.0, "norm": 2.4, "expand": 1.8}
+_MSE_DEFAULTS = {"memoryless_mse": _MSE, "mse": _MSE, "nvfp4_expanded_mse": _NVFP4_MSE, "fouroversix": _NVFP4_MSE}
+
+
+@torch.no_grad()
+def grid_search_mse(
+    observed: torch.Tensor, args: QuantizationArgs, *, maxshrink: float, patience: int, grid: float, norm: float,
+    expand: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """llm-compressor 0.14.0.1 ``observers/mse_quant.py::_grid_search_mse`` (the eager path), step by
+    step: shrink the expanded min/max by ``1 - i / grid``, fake-quantize with compressed-tensors'
+    ``calculate_qparams`` / ``fake_quantize`` (strategy TOKEN), keep the least ``sum |q - w| ** norm``
+    per cell, stop after ``patience`` steps that improve no cell."""
+    if args.strategy == QuantizationStrategy.TENSOR_GROUP and args.scale_dtype is not None:
+        args = args.model_copy(update={"scale_dtype": None})
+    token_args = args.model_copy(update={"strategy": QuantizationStrategy.TOKEN})
+    min_val = torch.amin(observed, dim=(0, -1)) * expand
+    max_val = torch.amax(observed, dim=(0, -1)) * expand
+    best_error = torch.full_like(min_val, torch.finfo(min_val.dtype).max)
+    best_min, best_max = min_val.clone(), max_val.clone()
+    no_improve = 0
+    for i in range(int(maxshrink * grid)):
+        p = 1 - i / grid
+        shrunk_min, shrunk_max = min_val * p, max_val * p
+        scales, zero_points = calculate_qparams(min_vals=shrunk_min, max_vals=shrunk_max, quantization_args=args)
+        q = fake_quantize(observed, scales.unsqueeze(-1), zero_points.unsqueeze(-1), token_args).to(observed.dtype)
+        err = torch.sum((q - observed).abs().pow(norm), dim=(0, -1))
+        improved = err < best_error
+        if torch.any(improved):
+            best_error[improved] = err[improved]
+            best_min[improved] = shrunk_min[improved]
+            best_max[improved] = shrunk_max[improved]
+            no_improve = 0
+        else:
+            no_improve += 1
+            if no_improve >= patience:
+                break
+    return best_min, best_max
 
 
 def group_absmax(weights: Sequence[torch.Tensor], scheme: QuantizationScheme | QuantizationArgs) -> torch.Tensor:

@@ -16,18 +16,19 @@ CORE = Path(__file__).resolve().parents[1] / "ptq_core"
 # docs/ARCHITECTURE.md's table: a module may import only from strictly lower layers.
 LAYERS: dict[str, int] = {
     "errors": 0,
-    "constants": 1, "sizes": 1, "redact": 1, "repo_files": 1, "matching": 1,
-    "numerics": 2,
-    "schemes": 3,
-    "job": 4, "checkpoint": 4,
-    "plan": 5,
-    "_http": 6,
-    "source": 7, "writer": 7,
-    "pipeline": 8, "reindex": 8,
-    "card": 9,
-    "publish": 10,
-    "hub": 11,
-    "recipe": 12, "demo": 12, "cli": 13,
+    "constants": 1, "sizes": 1, "redact": 1, "repo_files": 1, "matching": 1, "converters": 1,
+    "observers": 2,
+    "numerics": 3,
+    "schemes": 4,
+    "job": 5, "checkpoint": 5,
+    "plan": 6,
+    "_http": 7,
+    "source": 8, "writer": 8,
+    "pipeline": 9, "reindex": 9,
+    "card": 10,
+    "publish": 11,
+    "hub": 12,
+    "recipe": 13, "demo": 13, "cli": 14,
 }
 # Only these may import inside functions: they stay cheap to import (`ptq --help`).
 LAZY_IMPORTERS = {"cli", "__init__"}

@@ -15,6 +15,7 @@ import math
 
 import pytest
 import torch
+from compressed_tensors.quantization.quant_scheme import PRESET_SCHEMES
 from reference import (
     data_free_presets,
     group_absmax,
@@ -26,7 +27,12 @@ from reference import (
 from reference import global_scale_from_absmax as ref_global_scale_from_absmax
 
 from ptq_core import numerics
-from ptq_core.errors import CalibrationRequiredError, SchemeNotSupportedError
+from ptq_core.errors import (
+    CalibrationRequiredError,
+    NonFiniteScaleError,
+    SchemeNotSupportedError,
+    TensorShapeError,
+)
 from ptq_core.numerics import (
     Scratch,
     global_scale_from_absmax,
@@ -38,7 +44,10 @@ from ptq_core.schemes import list_schemes, resolve_config, weight_spec
 
 PRESETS = [s.name for s in list_schemes()]
 DTYPES = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}
-MAIN = ("FP8_BLOCK", "FP8_DYNAMIC", "NVFP4A16", "MXFP4A16", "W4A16", "W4A16_ASYM")
+ALL_DTYPES = {**DTYPES, "f64": torch.float64}
+MAIN = ("FP8_BLOCK", "FP8_DYNAMIC", "NVFP4A16", "MXFP4A16", "W4A16", "W4A16_ASYM") + (
+    ("MXFP6A16",) if "MXFP6A16" in PRESET_SCHEMES else ()
+)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -48,6 +57,20 @@ def spec_for(name: str):
     resolved = resolve_config(name)
     (group, scheme), = resolved.groups
     return weight_spec(scheme, resolved.formats[group])
+
+
+def _kernel_groups() -> dict:
+    """Presets by the kernel spec they resolve to; a main preset leads its group."""
+    groups: dict = {}
+    for name in sorted(PRESETS, key=lambda n: n not in MAIN):
+        groups.setdefault(spec_for(name), []).append(name)
+    return groups
+
+
+KERNEL_GROUPS = _kernel_groups()
+KERNELS = [names[0] for names in KERNEL_GROUPS.values()]
+"""One preset per distinct kernel spec: presets with the same spec give the same bytes
+(``test_duplicate_presets_share_one_kernel_spec``), so each spec is tested once."""
 
 
 def raw(t: torch.Tensor) -> torch.Tensor:
@@ -124,10 +147,27 @@ def fp8_ties(rows: int, cols: int, top: float) -> tuple[torch.Tensor, torch.Tens
     return w, torch.full((rows,), s)
 
 
+_FP6_TIES = [(2 * m + 1) / 16 for m in (0, 1, 7, 8, 15)] + [2 + (2 * m + 1) / 8 for m in (0, 7)] + [4 + (2 * m + 1) / 4 for m in (0, 6)]
+
+
+def fp6_ties(rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every 32-wide group: 7.5 * 2**-k (MX rounds it to the scale 2**-k exactly: E2M3's max has an
+    all-ones mantissa) and E2M3 midpoints of every step size (1/8, 1/4, 1/2), both signs."""
+    pattern = torch.tensor([7.5, *_FP6_TIES, -7.5, *[-v for v in _FP6_TIES]])
+    pattern = pattern.repeat(math.ceil(32 / len(pattern)))[:32]
+    ks = torch.tensor([4 + (r % 8) for r in range(rows)], dtype=torch.float32)
+    row_scale = torch.pow(2.0, -ks)
+    w = pattern.repeat(cols // 32)[None, :] * row_scale[:, None]
+    w = torch.stack([torch.roll(w[r].view(-1, 32), shifts=r % 32, dims=1).reshape(-1) for r in range(rows)])
+    return w, row_scale
+
+
 def ties_weight(name: str, rows: int = 160, cols: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     w = preset(name).weights
     if w.type == "float" and w.num_bits == 4:
         return fp4_ties(rows, cols)
+    if w.type == "float" and w.num_bits == 6:
+        return fp6_ties(rows, cols)
     if w.type == "float":  # MX scales round absmax to a power of two: 256, not 448, is exact
         return fp8_ties(rows, cols, 256.0 if w.scale_dtype == torch.uint8 else 448.0)
     return int_ties(rows, cols, w.num_bits, w.symmetric)
@@ -190,13 +230,16 @@ def _cols_free(name: str) -> bool:
 
 
 def _params():
-    """Main presets: every case x every dtype. The others (the W2..W7 / MXFP8 / MXFP4 variants,
-    which share the kernels of the main ones): the awkward cases x every dtype, plus random
-    bf16 / f16 weights (f16 random is what test_small_chunks_match_reference uses)."""
+    """Main kernels: every case x every dtype. The others (the W2..W8 / MXFP8 variants, which share
+    the main kernels' code paths): the awkward cases x every dtype, plus random bf16 / f16 weights
+    (f16 random is what test_small_chunks_match_reference uses). float64 gets the awkward and
+    random cases for every kernel."""
     out = []
-    for name in PRESETS:
-        for dname in DTYPES:
-            if name in MAIN:
+    for name in KERNELS:
+        for dname in ALL_DTYPES:
+            if dname == "f64":
+                cases = ("edge_160x256", "ties_160x256", "random_160x256")
+            elif name in MAIN:
                 cases = CASES
             else:
                 cases = ("edge_160x256", "ties_160x256") + (("random_160x256",) if dname != "f32" else ())
@@ -211,7 +254,7 @@ def _params():
 
 @functools.cache
 def _reference(name: str, dname: str, case: str):
-    w = build(case, name, DTYPES[dname])
+    w = build(case, name, ALL_DTYPES[dname])
     return w, reference_quantize(w, preset(name))
 
 
@@ -219,16 +262,32 @@ def _reference(name: str, dname: str, case: str):
 
 
 def test_presets_are_the_reference_data_free_presets():
-    """list_schemes() is the installed compressed-tensors' data-free presets, less MXFP6 (refused)."""
+    """list_schemes() is exactly the installed compressed-tensors' data-free presets."""
     reference = set(data_free_presets())
-    assert set(PRESETS) <= reference
-    assert reference - set(PRESETS) == {"MXFP6A16", "MXFP6A8"}
+    assert set(PRESETS) == reference
     assert len(PRESETS) == len(set(PRESETS))
+    assert set(KERNELS) <= set(PRESETS) and set(MAIN) <= set(KERNELS)
     for main in MAIN:
         assert main in PRESETS
     for info in list_schemes():
         assert info.data_free
         assert info.format == reference_format(preset(info.name)).value, info.name
+
+
+def test_duplicate_presets_share_one_kernel_spec():
+    """The presets tested once through their group's first member: same WeightSpec, same
+    compressed-tensors weight args and format (so the reference gives them the same bytes)."""
+    duplicates = sorted(sorted(names) for names in KERNEL_GROUPS.values() if len(names) > 1)
+    assert duplicates == sorted([
+        ["INT8", "W8A8"], ["MXFP4", "MXFP4A16", "MXFP4XFP8"], ["MXFP8", "MXFP8A16"],
+        ["W2A4", "W2A8"], ["W3A4", "W3A8"], ["W4A4", "W4A8", "W4AFP8"],
+    ] + ([["MXFP6A16", "MXFP6A8"]] if "MXFP6A16" in PRESET_SCHEMES else []))
+    for spec, (first, *others) in KERNEL_GROUPS.items():
+        for other in others:
+            assert spec_for(other) == spec
+            assert preset(other).weights == preset(first).weights, (first, other)
+            assert reference_format(preset(other)) == reference_format(preset(first)), (first, other)
+    assert len(KERNELS) == len(set(KERNEL_GROUPS)) == len(PRESETS) - sum(len(d) - 1 for d in duplicates)
 
 
 def test_cols_free_cases_are_covered():
@@ -244,10 +303,10 @@ def test_quantize_weight_matches_reference(name, dname, case):
     w, ref = _reference(name, dname, case)
     ours = quantize_weight(w, spec_for(name))
     assert_same_outputs(ours, ref, f"{name}/{dname}/{case}")
-    assert w.dtype == DTYPES[dname]
+    assert w.dtype == ALL_DTYPES[dname]
 
 
-@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("name", KERNELS)
 def test_small_chunks_match_reference(monkeypatch, name):
     """Force many row chunks (block schemes: chunk boundaries at 128-row multiples)."""
     monkeypatch.setattr(numerics, "_CHUNK_ELEMS", 4096)
@@ -263,7 +322,7 @@ def test_sink_and_shared_scratch_match_reference(monkeypatch):
     across every preset, dtype and shape in turn (stale or undersized buffers would show)."""
     monkeypatch.setattr(numerics, "_CHUNK_ELEMS", 8192)
     scratch = Scratch()
-    for name in PRESETS:
+    for name in KERNELS:
         spec = spec_for(name)
         for dname, case in (("f32", "ties_160x256"), ("bf16", "edge_160x256"), ("f16", "random_160x256")):
             if (name not in MAIN and dname == "f32" and case == "random_160x256"):
@@ -285,7 +344,7 @@ def test_sink_and_shared_scratch_match_reference(monkeypatch):
             assert_same_outputs({main: assembled, **small}, ref, f"{name}/{dname}/{case} via sink")
 
 
-@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("name", KERNELS)
 def test_ties_construction_hits_exact_ties(name):
     """Self-check of the tie inputs: the reference's effective scale is exactly 2**-k per row,
     so x / scale lands on the rounding midpoints the weight was built from."""
@@ -310,9 +369,9 @@ def test_ties_construction_hits_exact_ties(name):
         assert (zp.view(torch.uint8) == offset * 0x11).all()
 
 
-@pytest.mark.parametrize("name", [n for n in PRESETS if preset(n).weights.num_bits == 4
+@pytest.mark.parametrize("name", [n for n in KERNELS if preset(n).weights.num_bits == 4
                                   and preset(n).weights.type == "float"])
-@pytest.mark.parametrize("dname", list(DTYPES))
+@pytest.mark.parametrize("dname", list(ALL_DTYPES))
 def test_fp4_negative_zero_keeps_sign_bit(name, dname):
     """Negative values that round to zero are stored as -0 (code 0b1000) by the reference;
     the edge weight really contains such values, and our packing agrees."""
@@ -375,8 +434,8 @@ def test_tensor_absmax_over_chunks(monkeypatch):
 # --------------------------------------------------------------------------- layout
 
 
-@pytest.mark.parametrize("name", PRESETS)
-@pytest.mark.parametrize("dname", list(DTYPES))
+@pytest.mark.parametrize("name", KERNELS)
+@pytest.mark.parametrize("dname", list(ALL_DTYPES))
 def test_output_layout_matches_reference(name, dname):
     cases = ["random_160x256"] + (["odd_cols_130x200"] if _cols_free(name) else [])
     if name in MAIN:
@@ -394,11 +453,32 @@ def test_output_layout_matches_reference(name, dname):
 # --------------------------------------------------------------------------- refused presets
 
 
+@pytest.mark.skipif("MXFP6A16" in PRESET_SCHEMES, reason="this compressed-tensors defines MXFP6")
 @pytest.mark.parametrize("name", ["MXFP6A16", "MXFP6A8"])
-def test_mxfp6_is_refused(name):
-    with pytest.raises(SchemeNotSupportedError, match=rf"{name}: 6-bit float weights .*MXFP6.* not supported"):
+def test_mxfp6_needs_a_compressed_tensors_that_defines_it(name):
+    with pytest.raises(SchemeNotSupportedError, match=r"Unknown scheme"):
         resolve_config(name)
-    assert name not in PRESETS
+
+
+def test_fp6_outside_mx_is_refused():
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+
+    scheme = QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(num_bits=6, type="float", strategy="channel"))
+    with pytest.raises(SchemeNotSupportedError, match=r"6-bit float weights exist only as MXFP6|has no MXFP6 format"):
+        resolve_config(scheme)
+
+
+@pytest.mark.skipif("MXFP6A16" not in PRESET_SCHEMES, reason="this compressed-tensors has no MXFP6")
+@pytest.mark.parametrize("dname", list(ALL_DTYPES))
+def test_fp6_negative_zero_keeps_sign_bit(dname):
+    """E2M3 codes are the input's sign bit plus the rounded magnitude's index: negative values
+    that round to zero are stored as 0b100000, and our packing agrees (4 codes in 3 bytes)."""
+    w, ref = _reference("MXFP6A16", dname, "edge_160x256")
+    b = ref["weight_packed"].view(ref["weight_packed"].shape[0], -1, 3).to(torch.int32)
+    word = b[..., 0] | b[..., 1] << 8 | b[..., 2] << 16
+    codes = torch.stack([(word >> shift) & 0x3F for shift in (0, 6, 12, 18)], dim=-1)
+    assert (codes == 0b100000).any(), "the edge case does not exercise FP6 negative zero"
+    assert_same_outputs(quantize_weight(w, spec_for("MXFP6A16")), ref, "MXFP6A16")
 
 
 @pytest.mark.parametrize("name,alternative", [("FP8", "FP8_DYNAMIC"), ("NVFP4", "NVFP4A16")])
@@ -414,7 +494,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 @needs_cuda
-@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("name", KERNELS)
 def test_cuda_gives_the_reference_bytes(name):
     """The kernels run the CPU reference's ops on the GPU: same bytes as compressed-tensors on CPU."""
     cases = [("bf16", "edge_160x256"), ("f16", "random_160x256"), ("f32", "ties_160x256")]
@@ -460,23 +540,217 @@ def test_channel_int_schemes_match_reference(num_bits, symmetric, shape):
     assert_same_outputs(ours, reference_quantize(weight, scheme), f"W{num_bits} channel sym={symmetric} {shape}")
 
 
+def _custom(resolve: bool = True, **weights):
+    """A weights-only QuantizationScheme, and its kernel spec (through ``resolve_config``)."""
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+
+    scheme = QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(**weights))
+    resolved = resolve_config(scheme)
+    (group, resolved_scheme), = resolved.groups
+    return scheme, weight_spec(resolved_scheme, resolved.formats[group])
+
+
+PER_TENSOR = [("float", 8, True), ("float", 8, False), ("int", 8, True), ("int", 8, False),
+              ("int", 4, True), ("int", 4, False)]
+
+
+@pytest.mark.parametrize("kind,num_bits,symmetric", PER_TENSOR, ids=[f"{k}{b}-{'sym' if s else 'asym'}" for k, b, s in PER_TENSOR])
+@pytest.mark.parametrize("dname", list(ALL_DTYPES))
+@pytest.mark.parametrize("case", ["random_160x256", "edge_160x256", "large_std_144x256", "odd_cols_130x200"])
+def test_per_tensor_strategy_matches_reference(kind, num_bits, symmetric, dname, case):
+    """One scale (and zero point) for the whole tensor, computed before any row chunk; no
+    preset uses it. FP8 asymmetric stores an FP8 zero point, INT4 a packed-format int8 one."""
+    scheme, spec = _custom(num_bits=num_bits, type=kind, strategy="tensor", symmetric=symmetric)
+    weight = build(case, "W8A8", ALL_DTYPES[dname])
+    if not symmetric:  # off-centre, so the zero point is not 0
+        weight = weight + weight.abs().amax() * 0.25
+    ref = reference_quantize(weight, scheme)
+    assert tuple(ref["weight_scale"].shape) == (1,)
+    if not symmetric:
+        assert ref["weight_zero_point"].float().abs().sum() > 0
+    assert_same_outputs(quantize_weight(weight, spec), ref, f"tensor {kind}{num_bits} sym={symmetric}")
+
+
+def test_per_tensor_scale_spans_every_chunk(monkeypatch):
+    """Many row chunks still share the one scale taken from the whole tensor: the max |w| sits in
+    the last chunk, so a per-chunk scale would differ in every earlier one."""
+    monkeypatch.setattr(numerics, "_CHUNK_ELEMS", 2048)
+    for kind, num_bits, symmetric in PER_TENSOR:
+        scheme, spec = _custom(num_bits=num_bits, type=kind, strategy="tensor", symmetric=symmetric)
+        weight = _randn((160, 256), 41).to(torch.bfloat16)
+        weight[159, 7] = 0.5
+        assert_same_outputs(quantize_weight(weight, spec), reference_quantize(weight, scheme), f"{kind}{num_bits}")
+
+
+@pytest.mark.parametrize("strategy,extra", [("channel", {}), ("group", {"group_size": 32}), ("block", {"block_structure": [64, 64]})])
+@pytest.mark.parametrize("dname", list(DTYPES))
+def test_fp8_asymmetric_matches_reference(strategy, extra, dname):
+    """FP8 with zero points (FP8 zero points, naive-quantized format) for the other strategies."""
+    scheme, spec = _custom(num_bits=8, type="float", strategy=strategy, symmetric=False, **extra)
+    weight = (_randn((130, 192), 43) + 0.01).to(DTYPES[dname])
+    ref = reference_quantize(weight, scheme)
+    assert ref["weight_zero_point"].dtype == torch.float8_e4m3fn
+    assert_same_outputs(quantize_weight(weight, spec), ref, f"fp8 asym {strategy}")
+
+
+@pytest.mark.parametrize("num_bits,extra", [(4, {"group_size": 32}), (8, {"group_size": 32, "scale_dtype": torch.uint8})])
+def test_asymmetric_fp4_and_mx_are_refused(num_bits, extra):
+    """compressed-tensors has no zero points for FP4, and MX exponents cannot carry them."""
+    with pytest.raises(SchemeNotSupportedError, match=rf"asymmetric {num_bits}-bit float weights .*set symmetric=True"):
+        _custom(num_bits=num_bits, type="float", strategy="group", symmetric=False, **extra)
+
+
 @pytest.mark.parametrize("name", ["FP8_BLOCK", "FP8_DYNAMIC", "MXFP8A16", "W8A8"])
 @pytest.mark.parametrize("dname", list(DTYPES))
-@pytest.mark.parametrize("magnitude", ["normal", "subnormal"])
-def test_fp8_extremes_match_reference(name, dname, magnitude):
+def test_fp8_extremes_match_reference(name, dname):
     """Cells whose max |w| makes ``amax / 448`` round down as far as the dtype allows (the
-    quantized max then lands just above 448), and cells so small that the scale is subnormal:
-    the kernels skip the redundant clamp only where it provably changes nothing."""
+    quantized max then lands just above 448): the kernels skip the redundant clamp only where
+    it provably changes nothing."""
     dtype = DTYPES[dname]
     gen = torch.Generator().manual_seed(5)
     rows, cols = 256, 256
     weight = torch.rand(rows, cols, generator=gen) * 2 - 1
     exponents = torch.randint(-12, 12, (rows, 1), generator=gen).float()
-    if magnitude == "subnormal":
-        exponents = exponents - (140 if dtype != torch.float16 else 20)
     mantissas = 1 + torch.rand(rows, 1, generator=gen)
     peak = mantissas * torch.pow(2.0, exponents)
     weight = (weight * peak).to(dtype)
     weight[:, 0] = peak[:, 0].to(dtype)  # every row and block holds its own +max
     weight[:, 1] = -peak[:, 0].to(dtype)
     assert_same_outputs(quantize_weight(weight, spec_for(name)), reference_quantize(weight, preset(name)), name)
+
+
+def _scale_divisor_log2(name: str) -> float:
+    """log2 of max|w| / scale for a symmetric-looking cell (MX: the power-of-two offset)."""
+    args = preset(name).weights
+    if args.type == "float":
+        if args.scale_dtype == torch.uint8:
+            return 8.0 if args.num_bits == 8 else 2.0
+        return math.log2(448.0 if args.num_bits == 8 else 6.0)
+    # symmetric: max|w| / (levels / 2); asymmetric: (max - min) / levels with max = -min: the same
+    return math.log2((2**args.num_bits - 1) / 2)
+
+
+def subnormal_scale_weight(name: str, dtype: torch.dtype, rows: int = 256, cols: int = 256) -> torch.Tensor:
+    """Rows 0..127: max |w| such that the scale is 1-4 octaves below the dtype's smallest normal
+    (subnormal, non-zero); rows 128..: 4-8 octaves above it (normal). Every 128-row band, so
+    FP8_BLOCK's blocks are subnormal in the first band and normal in the second."""
+    gen = torch.Generator().manual_seed(17)
+    target = math.log2(torch.finfo(dtype).tiny) + _scale_divisor_log2(name)
+    offsets = torch.cat([torch.randint(-4, 0, (rows // 2, 1), generator=gen), torch.randint(4, 8, (rows - rows // 2, 1), generator=gen)])
+    peak = (1 + torch.rand(rows, 1, generator=gen)) * torch.pow(2.0, target + offsets.float())
+    weight = ((torch.rand(rows, cols, generator=gen) * 2 - 1) * peak).to(dtype)
+    weight[:, 0] = peak[:, 0].to(dtype)
+    weight[:, 1] = -peak[:, 0].to(dtype)
+    return weight
+
+
+def effective_scales(ref: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """The scales the weight is divided by, in the weight's dtype (MX: 2**(e - 127))."""
+    scale = ref["weight_scale"]
+    if scale.dtype == torch.uint8:
+        return torch.pow(2.0, scale.to(torch.float64) - 127).to(dtype)
+    return scale
+
+
+@pytest.mark.parametrize("name", ["FP8_BLOCK", "FP8_DYNAMIC", "MXFP8A16", "MXFP4A16", "W8A8", "W4A16", "W4A16_ASYM"])
+@pytest.mark.parametrize("dname", list(DTYPES))
+def test_subnormal_scales_match_reference(name, dname):
+    """Scales that are subnormal numbers of the weight's dtype (not zero, so not replaced by eps):
+    the FP8 clamp-skip bound does not hold for them, and MX exponents reach 0 (2**-127)."""
+    dtype = DTYPES[dname]
+    weight = subnormal_scale_weight(name, dtype)
+    ref = reference_quantize(weight, preset(name))
+    scales = effective_scales(ref, dtype)
+    subnormal = (scales != 0) & (scales.abs() < torch.finfo(dtype).tiny)
+    assert subnormal.any(), f"{name}/{dname}: no subnormal scale, the case does not test what it claims"
+    assert (~subnormal).any(), f"{name}/{dname}: no normal scale beside the subnormal ones"
+    assert_same_outputs(quantize_weight(weight, spec_for(name)), ref, f"{name}/{dname} subnormal")
+
+
+# --------------------------------------------------------------------------- numeric traps
+
+
+@pytest.mark.parametrize("dname,peak", [("bf16", 3e38), ("f32", 3e38), ("f16", 40000.0)])
+def test_asymmetric_scale_overflow_is_refused(dname, peak):
+    """max - min of +-peak overflows the dtype: the reference writes an inf scale (weights that
+    decode to NaN); the kernel refuses, in words the pipeline prefixes with the tensor name."""
+    weight = torch.full((8, 256), peak)
+    weight[:, ::2] = -peak
+    weight = weight.to(DTYPES[dname])
+    assert torch.isinf(reference_quantize(weight, preset("W4A16_ASYM"))["weight_scale"]).any()
+    dtype = str(DTYPES[dname]).removeprefix("torch.")
+    with pytest.raises(NonFiniteScaleError, match=rf"^its values span .*max - min overflows {dtype}.*symmetric scheme"):
+        quantize_weight(weight, spec_for("W4A16_ASYM"))
+    symmetric = quantize_weight(weight, spec_for("W4A16"))  # the fix the message offers works
+    assert bool(torch.isfinite(symmetric["weight_scale"]).all())
+
+
+def test_empty_weight_is_refused():
+    with pytest.raises(TensorShapeError, match=r"^its shape \[0, 256\] holds no values"):
+        quantize_weight(torch.zeros((0, 256), dtype=torch.bfloat16), spec_for("FP8_DYNAMIC"))
+
+
+# --------------------------------------------------------------------------- FP8 clamp probe
+
+
+def _non_saturating_cast(src: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """An FP8 cast that gives NaN above 448, as a torch build without saturation would."""
+    return out.copy_(torch.where(src.abs() > 448, torch.full_like(src, math.nan), src))
+
+
+@pytest.mark.parametrize("dname", ["bf16", "f16", "f32", "f64"])
+def test_fp8_cast_probe_reads_this_torch(monkeypatch, dname):
+    """The probe says what the cast does: this torch's real cast (spot-checked at 449 and 463),
+    and a NaN-above-448 cast that the probe must reject."""
+    dtype = {**DTYPES, "f64": torch.float64}[dname]
+    cpu = torch.device("cpu")
+    spot = torch.tensor([449.0, 463.0, -449.0], dtype=dtype).to(torch.float8_e4m3fn).float()
+    assert numerics._probe_fp8_cast(dtype, cpu) == bool((spot.abs() == 448).all())
+    monkeypatch.setattr(numerics, "_cast_to_fp8", _non_saturating_cast)
+    assert numerics._probe_fp8_cast(dtype, cpu) is False
+
+
+def _fp8_extreme_weight(dtype: torch.dtype, seed: int = 5) -> torch.Tensor:
+    """256 x 256; every row's (hence every block's) max |w| is a peak for which amax / 448 rounds
+    down in ``dtype``, so the cell's max lands above 448 after the division. Scales stay normal
+    numbers (f16 included): subnormal ones keep the clamp without asking the probe."""
+    gen = torch.Generator().manual_seed(seed)
+    candidates = ((1 + torch.rand(8192, generator=gen)) * torch.pow(2.0, torch.randint(-4, 6, (8192,), generator=gen).float())).to(dtype)
+    scale = candidates / torch.tensor(448.0, dtype=dtype)
+    peaks = candidates[candidates / scale > 448][:256]
+    assert peaks.numel() == 256
+    weight = (torch.rand(256, 256, generator=gen) * 2 - 1).to(dtype) * peaks[:, None]
+    weight[:, 0] = peaks
+    weight[:, 1] = -peaks
+    return weight
+
+
+@pytest.mark.parametrize("name", ["FP8_DYNAMIC", "FP8_BLOCK"])
+@pytest.mark.parametrize("dname", list(DTYPES))
+def test_fp8_clamp_kept_where_the_cast_does_not_saturate(monkeypatch, name, dname):
+    """Both branches of the clamp skip. With a NaN-above-448 cast, the probe keeps the clamp and
+    the bytes are still the reference's; forcing the skip on with that cast writes NaN (so the
+    weight really has values above 448 and this test would catch a skip that ignored the probe)."""
+    dtype = DTYPES[dname]
+    weight = _fp8_extreme_weight(dtype)
+    ref = reference_quantize(weight, preset(name))
+    monkeypatch.setattr(numerics, "_cast_to_fp8", _non_saturating_cast)
+    monkeypatch.setattr(numerics, "_FP8_CAST_PROBES", {})
+    assert_same_outputs(quantize_weight(weight, spec_for(name)), ref, f"{name} clamp kept")
+    assert numerics._FP8_CAST_PROBES == {(dtype, "cpu"): False}
+
+    monkeypatch.setattr(numerics, "_FP8_CAST_PROBES", {(dtype, "cpu"): True})
+    forced = quantize_weight(weight, spec_for(name))["weight"]
+    assert torch.isnan(forced.float()).any(), "no value above 448: the case does not exercise the clamp"
+
+
+@pytest.mark.parametrize("name", ["FP8_DYNAMIC", "FP8_BLOCK"])
+def test_fp8_clamp_skipped_where_the_cast_saturates(monkeypatch, name):
+    """On a saturating cast the probe allows the skip, and the bytes are the reference's."""
+    weight = _fp8_extreme_weight(torch.bfloat16)
+    monkeypatch.setattr(numerics, "_FP8_CAST_PROBES", {(torch.bfloat16, "cpu"): True})
+    clamps = []
+    real_clamp = torch.Tensor.clamp_
+    monkeypatch.setattr(torch.Tensor, "clamp_", lambda self, *a, **k: clamps.append(a) or real_clamp(self, *a, **k))
+    assert_same_outputs(quantize_weight(weight, spec_for(name)), reference_quantize(weight, preset(name)), name)
+    assert clamps == [], "the clamp ran although the probe proved it redundant"
