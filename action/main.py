@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ptq_core.hub import HubResult
 
 # Inputs a recipe replaces: giving one next to `config` is refused rather than ignored.
-_RECIPE_INPUTS = ("model", "ignore", "default-ignore", "target-repo", "private", "revision")
+_RECIPE_INPUTS = ("model", "ignore", "default-ignore", "observer", "target-repo", "private", "revision")
 _DEFAULT_SCHEME = "FP8_BLOCK"
 # action.yml's defaults arrive as values: equal to these, an input counts as not given.
 _INPUT_DEFAULTS = {"scheme": _DEFAULT_SCHEME, "default-ignore": "true"}
@@ -140,6 +140,7 @@ def read_request(environ: Mapping[str, str]) -> Request:
             scheme,
             ignore=split_list(read_input(environ, "ignore")),
             default_ignore=default_ignore,
+            observer=read_input(environ, "observer") or None,
             target=read_input(environ, "target-repo") or None,
             private=private,
             revision=read_input(environ, "revision") or None,

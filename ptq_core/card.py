@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from .errors import InvalidOptionError
+from .observers import describe_observer
 from .schemes import list_schemes
 from .sizes import compression_ratio, format_bytes
 
@@ -48,6 +49,7 @@ def render_model_card(
     plan: Any | None = None,
     scheme_description: str | None = None,
     scheme_format: str | None = None,
+    observer: str | None = None,
     tool_version: str | None = None,
     date: _dt.date | None = None,
     endpoint: str = "https://huggingface.co",
@@ -70,6 +72,8 @@ def render_model_card(
         scheme_description: One line in plain words; defaults to what
             ``schemes.list_schemes()`` says about ``scheme``.
         scheme_format: The compressed-tensors format (``float-quantized``...); same default.
+        observer: The weight observer that chose the scales (``memoryless_mse``...); shown
+            with one line on what it does. ``None`` leaves the row out.
         tool_version: ptq-hub's version; defaults to the installed one.
         date: The date shown; defaults to today (UTC).
         endpoint: Hub base URL used for links to the source.
@@ -113,6 +117,7 @@ def render_model_card(
         plan=plan,
         scheme_description=scheme_description,
         scheme_format=scheme_format,
+        observer=observer,
         tool_version=str(tool_version),
         date=date,
         source_url=f"{endpoint.rstrip('/')}/{source}",
@@ -133,7 +138,12 @@ def _describe_scheme(scheme: str) -> tuple[str, str | None]:
     for info in list_schemes():
         if info.name == scheme.upper():
             return info.description, info.format
-    return f"the {scheme} scheme of compressed-tensors.", None
+    return f"the {scheme} preset of compressed-tensors.", None
+
+
+def _observer_line(observer: str) -> str:
+    """What the observer does in plain words (several, comma-separated, for mixed configs)."""
+    return "; ".join(describe_observer(name.strip()) for name in observer.split(","))
 
 
 def _front_matter(source: str, scheme: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -168,6 +178,7 @@ def _body(
     plan: Any | None,
     scheme_description: str,
     scheme_format: str | None,
+    observer: str | None,
     tool_version: str,
     date: _dt.date,
     source_url: str,
@@ -201,6 +212,8 @@ def _body(
     ]
     if scheme_format:
         lines.append(f"| format | compressed-tensors `{_md_cell(scheme_format)}` |")
+    if observer:
+        lines.append(f"| weight observer | `{_md_cell(observer)}`: {_md_cell(_observer_line(observer))} |")
     lines += [
         f"| ignore list | {ignore_text} |",
         f"| source revision | {revision_text} |",

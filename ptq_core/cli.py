@@ -57,6 +57,7 @@ def _job(args: argparse.Namespace, source: str):
         args.scheme,
         ignore=[p.strip() for entry in args.ignore for p in entry.split(",") if p.strip()],
         default_ignore=not args.no_default_ignore,
+        observer=args.observer,
         revision=getattr(args, "revision", None),
         target=getattr(args, "to", None),
         private=getattr(args, "private", False),
@@ -146,6 +147,9 @@ def _add_common(p: argparse.ArgumentParser, *, scheme_default: str | None = None
                    help="module name or 're:<regex>' to keep unquantized; repeatable or comma-separated; "
                         f"added to the defaults ({_DEFAULT_IGNORE_HELP})")
     p.add_argument("--no-default-ignore", action="store_true", help="start from an empty ignore list")
+    p.add_argument("--observer", metavar="NAME",
+                   help="weight observer: memoryless_minmax (default), memoryless_mse, nvfp4_expanded_mse, ... "
+                        "(data-free observers of llm-compressor; MSE searches lower the error, slower)")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:

@@ -383,6 +383,7 @@ def _render_card(prepared: PreparedJob, result: QuantizeResult) -> str:
         source_card_data=prepared.source_state.card_data,
         revision=prepared.source_state.sha,
         plan=result.plan,
+        observer=job.observer,
         tool_version=tool_version(),
         endpoint=prepared.http.endpoint,
     )

@@ -39,6 +39,8 @@ class Job:
         overwrite: replace an existing output folder or non-empty target repo.
         device: devices for the kernels (``("cuda:0",)``); ``None`` means every GPU if any, else CPU.
         workers: threads, each quantizing one weight or fused group at a time.
+
+    The weight observer lives in ``resolved`` (every group's ``weights.observer``).
     """
 
     source: str
@@ -64,6 +66,12 @@ class Job:
     def repo_suffix(self) -> str:
         """``FP8-BLOCK``: how the scheme appears in default repo and folder names."""
         return scheme_repo_suffix(self.scheme_name)
+
+    @property
+    def observer(self) -> str:
+        """The weight observer every group runs (``memoryless_minmax`` unless asked otherwise)."""
+        names = {s.weights.observer for _, s in self.resolved.groups if s.weights is not None}
+        return ", ".join(sorted(n or "memoryless_minmax" for n in names))
 
     @property
     def label(self) -> str:
@@ -105,6 +113,7 @@ def make_job(
     config: object = None,
     ignore: Iterable[str] = (),
     default_ignore: bool = True,
+    observer: str | None = None,
     revision: str | None = None,
     target: str | None = None,
     private: bool = False,
@@ -120,6 +129,8 @@ def make_job(
         config: a ``QuantizationConfig`` instead of ``scheme``.
         ignore: module names or ``re:`` regexes kept unquantized, added to the defaults.
         default_ignore: start from ``DEFAULT_IGNORE`` (the loader-safe list).
+        observer: a data-free weight observer (``memoryless_mse``...) for every group;
+            ``None`` keeps the scheme's own (min/max for the presets).
         revision, target, private, overwrite, device, workers: see :class:`Job`.
 
     Raises:
@@ -137,7 +148,7 @@ def make_job(
         raise InvalidOptionError(f"source must be a checkpoint folder or a Hub repo id, got {source!r}.")
     extra = validate_ignore(ignore)
     base = list(DEFAULT_IGNORE) if default_ignore else []
-    resolved = resolve_config(scheme, config, base + [p for p in extra if p not in base])
+    resolved = resolve_config(scheme, config, base + [p for p in extra if p not in base], observer=observer)
     if target is not None:
         if not isinstance(target, str) or not target.strip():
             raise InvalidOptionError(f"target={target!r} is not a repo id; give 'namespace/name' or leave it out.")

@@ -38,6 +38,8 @@ ignore      list of strings         module names or ``re:`` regexes kept unquant
                                     the loader-safe defaults (``DEFAULT_IGNORE``)
 default_ignore boolean              start from ``DEFAULT_IGNORE`` (default ``true``); ``false``
                                     keeps only ``ignore``
+observer    string                  weight observer (``memoryless_mse``, ``nvfp4_expanded_mse``...);
+                                    default: the scheme's min/max
 target      string                  target repo id; default ``{you}/{name}-{SCHEME}``. With a
                                     list of schemes it must contain ``{scheme}``
 private     boolean                 create the target repo private (default ``false``)
@@ -69,11 +71,12 @@ from .constants import parse_bool
 from .errors import PtqError, RecipeError
 from .job import Job, make_job
 from .matching import validate_ignore
+from .observers import resolve_observer
 from .schemes import canonical_scheme_name, resolve_config, scheme_repo_suffix
 
 __all__ = ["JOB_KEYS", "RecipeJob", "load_recipe"]
 
-JOB_KEYS = ("model", "scheme", "ignore", "default_ignore", "target", "private", "revision")
+JOB_KEYS = ("model", "scheme", "ignore", "default_ignore", "observer", "target", "private", "revision")
 """Keys a job (and ``defaults:``) may set."""
 
 _TOP_KEYS = ("jobs", "defaults")
@@ -107,6 +110,7 @@ class RecipeJob:
     scheme: str
     ignore: tuple[str, ...] = ()
     default_ignore: bool = True
+    observer: str | None = None
     target: str | None = None
     private: bool = False
     revision: str | None = None
@@ -119,6 +123,7 @@ class RecipeJob:
             self.scheme,
             ignore=self.ignore,
             default_ignore=self.default_ignore,
+            observer=self.observer,
             revision=self.revision,
             target=self.target,
             private=self.private,
@@ -377,6 +382,7 @@ class _Parser:
         schemes = self.schemes(fields["scheme"])
         ignore = self.ignore(fields["ignore"]) if "ignore" in fields else ()
         default_ignore = self.boolean(fields["default_ignore"], "default_ignore") if "default_ignore" in fields else True
+        observer = self.observer(fields["observer"]) if "observer" in fields else None
         private = self.boolean(fields["private"], "private") if "private" in fields else False
         revision = self.revision(fields["revision"]) if "revision" in fields else None
         target_template = self.string(fields["target"], "target", optional=True) if "target" in fields else None
@@ -399,6 +405,7 @@ class _Parser:
                     scheme=scheme,
                     ignore=ignore,
                     default_ignore=default_ignore,
+                    observer=observer,
                     target=target,
                     private=private,
                     revision=revision,
@@ -457,6 +464,15 @@ class _Parser:
             resolve_config(scheme=canonical)
         except PtqError as err:
             raise self.fail(node, f"`scheme` {name}: {err}") from err
+        return canonical
+
+    def observer(self, pair: tuple[yaml.Node, yaml.Node]) -> str:
+        """A data-free weight observer's canonical name, or a RecipeError at its line."""
+        name = self.string(pair, "observer") or ""
+        try:
+            canonical, _ = resolve_observer(name, None)
+        except PtqError as err:
+            raise self.fail(pair[1], f"`observer` {name}: {err}") from err
         return canonical
 
     def ignore(self, pair: tuple[yaml.Node, yaml.Node]) -> tuple[str, ...]:

@@ -198,12 +198,15 @@ def resolve_config(
     scheme: str | QuantizationScheme | None = None,
     config: QuantizationConfig | None = None,
     ignore: Iterable[str] = (),
+    observer: str | None = None,
 ) -> ResolvedConfig:
     """Validate the request and return a private copy ready for planning.
 
     Mirrors llm-compressor's ``validate_config``: exactly one of ``scheme`` and
     ``config``; a preset name or a ``QuantizationScheme``; ``ignore`` is appended
-    to the config's own ignore list; empty targets mean ``["Linear"]``.
+    to the config's own ignore list; empty targets mean ``["Linear"]``. ``observer``
+    (a front end's ``--observer``) replaces every group's weight observer, by its
+    canonical name, so the config.json and the card record what ran.
 
     Raises:
         SchemeNotSupportedError: unknown preset, both or neither of scheme/config,
@@ -252,6 +255,11 @@ def resolve_config(
                 "for a data-free run."
             )
 
+    if observer is not None:
+        canonical, _ = resolve_observer(observer, None)
+        for group in groups.values():
+            if group.weights is not None:
+                group.weights = group.weights.model_copy(update={"observer": canonical, "observer_kwargs": {}})
     formats = {}
     for group_name, group in groups.items():
         _check_data_free(group, group_name)

@@ -110,6 +110,16 @@ _BYTE_STAGES = {"download", "upload"}
 # =============================================================================
 # Handlers
 # =============================================================================
+def observer_choices() -> list[tuple[str, str]]:
+    """``(label, value)`` for the observer dropdown: each data-free observer and what it buys."""
+    from ptq_core.observers import describe_observer, list_observers
+
+    by_effect: dict[str, str] = {}  # aliases compute the same thing: offer one name per computation
+    for name in list_observers():
+        by_effect.setdefault(describe_observer(name), name)
+    return [(f"{name} — {effect}", name) for effect, name in by_effect.items()]
+
+
 def scheme_choices() -> list[tuple[str, str]]:
     """``(label, value)`` for the scheme dropdown: the name and one line on GPUs, size, quality."""
     return [(f"{s.name} — {s.description}", s.name) for s in ptq_core.list_schemes()]
@@ -203,8 +213,12 @@ def run_job(
     overwrite: bool,
     oauth_token: gr.OAuthToken | None,
     progress=gr.Progress(),  # noqa: B008 - Gradio's idiom: the default marks the progress argument
+    observer: str | None = None,
 ):
     """Quantize ``model_id`` and push it: one ``quantize_to_hub`` call in a per-job folder.
+
+    ``observer`` is the last input: Gradio inserts the sign-in and progress arguments at
+    their positions, so an input declared after them still lines up.
 
     Returns:
         (result Markdown with the link, the new repo's model card, the card accordion)
@@ -236,6 +250,7 @@ def run_job(
             scheme,
             ignore=parse_ignore(ignore_text),
             default_ignore=False,  # the box holds the whole list, defaults included
+            observer=observer or None,
             target=(target or "").strip() or None,
             private=bool(private),
             overwrite=bool(overwrite),
@@ -469,6 +484,13 @@ def build_demo() -> gr.Blocks:
                 placeholder="your-name/Model-FP8-BLOCK (sign in to pre-fill)",
                 elem_id="target",
             )
+            observer = gr.Dropdown(
+                label="Weight observer",
+                info="How the scales are chosen: min/max is instant; an MSE search lowers the error, takes longer.",
+                choices=observer_choices(),
+                value="memoryless_minmax",
+                elem_id="observer",
+            )
             with gr.Row():
                 private = gr.Checkbox(label="Private repo", value=False, elem_id="private")
                 overwrite = gr.Checkbox(
@@ -510,7 +532,7 @@ def build_demo() -> gr.Blocks:
         ignore.submit(preview_plan, [model_id, scheme, ignore], [plan_md, run], api_visibility="private", **previews)
         job = run.click(clear_result, None, [result_md, card_box], queue=False, api_visibility="private").then(
             run_job,
-            [model_id, scheme, ignore, target, private, overwrite],
+            [model_id, scheme, ignore, target, private, overwrite, observer],
             [result_md, card_md, card_box],
             concurrency_limit=1,
             concurrency_id="quantize",

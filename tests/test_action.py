@@ -27,7 +27,7 @@ import yaml
 from huggingface_hub import HfApi
 
 from action._workflow import Console, escape_data, format_outputs, neutralize, split_list
-from action.main import output_values, parse_bool_input, read_input
+from action.main import output_values, parse_bool_input, read_input, read_request
 from conftest import missing_tool
 from factory import make_checkpoint
 from ptq_core.errors import InvalidOptionError
@@ -629,3 +629,16 @@ def test_action_fails_with_one_clear_error(hub, source_repo, step_env, tmp_path,
     assert "### Failed:" in run.summary
     if inputs.get("hf-token"):
         assert_token_masked(run)
+
+
+def test_inputs_become_one_job_with_the_core_rules():
+    request = read_request({
+        "INPUT_MODEL": "bob/tiny-llama", "INPUT_SCHEME": "fp8_block", "INPUT_IGNORE": "re:.*o_proj$",
+        "INPUT_DEFAULT_IGNORE": "true", "INPUT_OBSERVER": "mse", "INPUT_MAX_WORKERS": "2",
+    })
+    (job,) = request.jobs
+    assert (job.scheme_name, job.observer, job.workers) == ("FP8_BLOCK", "memoryless_mse", 2)
+    assert job.ignore[-1] == "re:.*o_proj$" and "lm_head" in job.ignore  # added to the defaults
+    (job,) = read_request({"INPUT_MODEL": "bob/tiny-llama", "INPUT_IGNORE": "lm_head",
+                           "INPUT_DEFAULT_IGNORE": "false"}).jobs
+    assert job.ignore == ("lm_head",)

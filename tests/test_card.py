@@ -157,3 +157,9 @@ def test_helpers():
     assert compression_ratio(10, 4) == 2.5
     assert compression_ratio(10, 0) == 0.0
     assert scheme_tag("W4A16_ASYM") == "w4a16-asym"
+
+
+def test_the_card_names_the_observer_and_what_it_does():
+    text = render_model_card("a/b", "c/d", "W4A16", size_before=10, size_after=5, observer="memoryless_mse")
+    assert "| weight observer | `memoryless_mse`: searches 20 shrunk ranges per scale cell" in text
+    assert "weight observer" not in render_model_card("a/b", "c/d", "W4A16", size_before=10, size_after=5)

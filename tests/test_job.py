@@ -10,7 +10,7 @@ import torch
 from factory import load_tensors, make_checkpoint
 from ptq_core import DEFAULT_IGNORE, make_job
 from ptq_core.cli import main
-from ptq_core.errors import InvalidIgnoreError, InvalidOptionError, SchemeNotSupportedError
+from ptq_core.errors import CalibrationRequiredError, InvalidIgnoreError, InvalidOptionError, SchemeNotSupportedError
 
 
 def test_scheme_spelling_is_canonical_everywhere():
@@ -89,3 +89,40 @@ def test_cli_scheme_in_any_case_writes_the_same_checkpoint(tmp_path):
         assert tensor.reshape(-1).view(torch.uint8).equal(upper[name].reshape(-1).view(torch.uint8)), name
     for name in ("config.json", "model.safetensors.index.json"):
         assert (tmp_path / "fp8_block" / name).read_bytes() == (tmp_path / "FP8_BLOCK" / name).read_bytes(), name
+
+
+def test_observer_is_resolved_once_and_recorded():
+    job = make_job("o/m", "w4a16", observer="mse")
+    assert job.observer == "memoryless_mse"  # the peer's plain "mse" runs as memoryless_mse
+    weights = job.resolved.quantization_config_dict()["config_groups"]["W4A16"]["weights"]
+    assert (weights["observer"], weights.get("observer_kwargs", {})) == ("memoryless_mse", {})
+    assert make_job("o/m", "W4A16").observer == "memoryless_minmax"
+    with pytest.raises(CalibrationRequiredError, match=r"'imatrix_mse' observer .* calibration activations"):
+        make_job("o/m", "W4A16", observer="imatrix_mse")
+    with pytest.raises(SchemeNotSupportedError, match=r"Unknown weight observer 'msee'; data-free observers:"):
+        make_job("o/m", "W4A16", observer="msee")
+
+
+def test_cli_observer_gives_the_bytes_of_a_scheme_that_names_it(tmp_path):
+    from compressed_tensors.quantization import preset_name_to_scheme
+
+    from ptq_core import model_free_ptq
+
+    src = make_checkpoint(tmp_path / "src", "llama")
+    assert main(["quantize", str(src), str(tmp_path / "cli"), "--scheme", "W4A16", "--observer", "memoryless_mse",
+                 "--no-default-ignore", "--ignore", "lm_head"]) == 0
+    scheme = preset_name_to_scheme("W4A16", ["Linear"])
+    scheme.weights = scheme.weights.model_copy(update={"observer": "memoryless_mse"})
+    model_free_ptq(src, tmp_path / "py", scheme=scheme, ignore=["lm_head"])
+    cli, py = load_tensors(tmp_path / "cli"), load_tensors(tmp_path / "py")
+    assert cli.keys() == py.keys()
+    for name, tensor in cli.items():
+        assert tensor.reshape(-1).view(torch.uint8).equal(py[name].reshape(-1).view(torch.uint8)), name
+    minmax = load_tensors(_quantize_minmax(src, tmp_path / "minmax"))
+    scales = "model.layers.0.mlp.down_proj.weight_scale"
+    assert not minmax[scales].equal(cli[scales])  # the search chose other scales than min/max
+
+
+def _quantize_minmax(src, out):
+    assert main(["quantize", str(src), str(out), "--scheme", "W4A16", "--no-default-ignore", "--ignore", "lm_head"]) == 0
+    return out

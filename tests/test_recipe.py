@@ -156,3 +156,11 @@ def test_documented_keys_match_the_parser():
     doc = recipe_module.__doc__ or ""
     for key in JOB_KEYS:
         assert f"\n{key} " in doc, f"{key} is not documented in the module docstring"
+
+
+def test_observer_key_is_canonical_and_checked():
+    (job,) = _load("model: a/b\nscheme: W4A16\nobserver: MSE\n")
+    assert job.observer == "memoryless_mse"
+    assert job.to_job().observer == "memoryless_mse"
+    with pytest.raises(RecipeError, match=r"line 3: `observer` imatrix_mse: The 'imatrix_mse' observer"):
+        _load("model: a/b\nscheme: W4A16\nobserver: imatrix_mse\n")
