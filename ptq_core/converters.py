@@ -19,7 +19,7 @@ No torch, no network: this runs on headers before any download.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Iterable, Mapping
 
@@ -104,7 +104,7 @@ class SourcePlan:
     """The source's format and every dequantization it needs."""
 
     format: SourceFormat
-    dequantize: tuple[Dequantization, ...] = field(default=())
+    dequantize: tuple[Dequantization, ...] = ()
 
     @cached_property
     def by_output(self) -> dict[str, Dequantization]:

@@ -748,7 +748,8 @@ def observe_weight(weight: torch.Tensor, spec: WeightSpec, scratch: Scratch | No
     """The spec's observer run on one weight: per-cell statistics for :func:`quantize_weight`.
 
     Min/max observers cost one pass over the weight; the MSE observers run the
-    peer's grid search (see :mod:`ptq_core.observers`).
+    peer's grid search (see :mod:`ptq_core.observers`), on the CPU whatever the
+    weight's device, because their choices hang on the CPU's summation order.
 
     Raises:
         NonFiniteWeightError: the weight holds NaN or Inf.
@@ -760,7 +761,12 @@ def observe_weight(weight: torch.Tensor, spec: WeightSpec, scratch: Scratch | No
     if weight.numel() == 0:
         raise TensorShapeError(f"its shape {[rows, cols]} holds no values to quantize; add its module to ignore.")
     if spec.observer != observers.MINMAX:
-        return _mse_stats(weight, spec, scratch)
+        if weight.device.type == "cpu":
+            return _mse_stats(weight, spec, scratch)
+        # the per-cell error sums must round as torch's CPU reductions do (CUDA sums in
+        # another order), so the search runs on a CPU copy; the quantization stays on the device
+        found = _mse_stats(weight.cpu(), spec, Scratch())
+        return WeightStats(found.lo.to(weight.device), found.hi.to(weight.device) if found.hi is not None else None)
     if spec.strategy == "tensor":
         return WeightStats(*_finite(*_stats(weight, spec, scratch)))
     multiple = spec.block[0] if spec.strategy == "block" else 1

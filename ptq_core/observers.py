@@ -1,23 +1,21 @@
 """Weight observers: the names llm-compressor registers, their defaults, and the MSE search.
 
 llm-compressor 0.14.0.1 registers these observers; for weights, model-free PTQ
-runs each on the weight alone (one observation, no activations):
+runs each on the weight alone (one observation, no activations). What ptq-hub
+computes for each name, byte-identical to the peer on CPU:
 
-=======================  ==========================================================
-name                     what ptq-hub computes (byte-identical to the peer on CPU)
-=======================  ==========================================================
-``memoryless_minmax``    min/max of each scale cell (the default)
-``static_minmax``        same: the peer forces memoryless observers for weights
-``minmax``               same (the peer's moving average over one observation)
-``memoryless_mse``       grid search over shrunk ranges minimising sum |q - w|^norm
-``mse``                  same as ``memoryless_mse``. The peer's ``model_free_ptq``
-                         renames it to ``static_mse``, which is not registered, and
-                         fails; ptq-hub runs what its ``oneshot`` runs for weights.
-``nvfp4_expanded_mse``   the MSE search from 1.8x the range down to 0.8x (NVFP4-tuned)
-``fouroversix``          the peer's alias of ``nvfp4_expanded_mse``
-``imatrix_mse``          refused: weights the error by E[x^2] of calibration inputs
-``nvfp4_expanded_imatrix``  refused: same, with the expanded range
-=======================  ==========================================================
+* ``memoryless_minmax``: min/max of each scale cell (the default).
+* ``static_minmax``, ``minmax``: the same (the peer forces memoryless observers
+  for weights; a moving average over one observation is that observation).
+* ``memoryless_mse``: a grid search over shrunk ranges for the least
+  ``sum |q - w| ** norm`` per cell.
+* ``mse``: the same as ``memoryless_mse``. The peer's ``model_free_ptq`` renames
+  it to ``static_mse``, which is not registered, and fails; ptq-hub runs what the
+  peer's ``oneshot`` runs for weights, and logs that it does.
+* ``nvfp4_expanded_mse``: the MSE search from 1.8x the range down to 0.8x (NVFP4-tuned).
+* ``fouroversix``: the peer's alias of ``nvfp4_expanded_mse``.
+* ``imatrix_mse``, ``nvfp4_expanded_imatrix``: refused; they weight the error by
+  E[x^2] of calibration activations.
 
 Names are matched as the peer's registry matches them (case, ``-`` and ``_``
 ignored). The search is the peer's eager (CPU) ``_grid_search_mse``, evaluated
@@ -26,8 +24,14 @@ candidate, so the selected ranges are the same bit for bit. Its Triton path
 (CUDA) differs; like every kernel here, this one follows the CPU path on any
 device so that output never depends on the device.
 
-This module imports torch only; ``numerics`` supplies the format-specific
-pieces (qparams, rounding to the grid) as callables.
+For float32 weights torch's vectorised and scalar ``pow`` differ; the peer's
+choice between them depends on how its threads split the tensor, so the
+float32 bytes are the peer's when it runs with one torch thread (bf16 and f16
+round the power to 16 bits identically either way).
+
+This module holds the names, the defaults and the search's bookkeeping
+(candidate ranges, the peer's improvement rule, its early stop); ``numerics``
+evaluates the errors with its kernels. It imports torch only.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 

@@ -61,17 +61,17 @@ def spec_of(scheme: QuantizationScheme):
     return weight_spec(resolved_scheme, resolved.formats[group])
 
 
-def run_case(case: Case) -> dict[str, torch.Tensor]:
+def run_case(case: Case, device: str = "cpu") -> dict[str, torch.Tensor]:
     """Ours, as the pipeline runs it: observe each member, one global scale for a fused group."""
     spec = spec_of(scheme_for(case.scheme, case.observer, case.kwargs))
-    inputs = build_inputs(case)
+    inputs = {name: w.to(device) for name, w in build_inputs(case).items()}
     stats = {name: observe_weight(w, spec) for name, w in inputs.items()}
     global_scale = global_scale_from_stats(list(stats.values())) if case.fused else None
     out = {}
     for name, w in inputs.items():
         module = name.rpartition(".")[0]
         for local, tensor in quantize_weight(w, spec, stats=stats[name], global_scale=global_scale).items():
-            out[f"{module}.{local}"] = tensor
+            out[f"{module}.{local}"] = tensor.cpu()
     return out
 
 
@@ -97,6 +97,14 @@ def test_observer_matches_peer(case):
             run_case(case)
         return
     assert_same(run_case(case), ref, case.id)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("case", [c for c in CASES if c.kind == "random" and not c.kwargs][:12], ids=lambda c: c.id)
+def test_cuda_gives_the_peers_cpu_bytes(case):
+    """Weights on a GPU: the search runs on a CPU copy (its sums must round as the CPU's do) and the
+    quantization on the GPU; the bytes are the peer's on CPU."""
+    assert_same(run_case(case, "cuda"), golden(case), f"cuda {case.id}")
 
 
 def test_golden_cases_cover_the_observers_and_their_paths(monkeypatch):
