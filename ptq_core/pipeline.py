@@ -19,14 +19,14 @@ from dataclasses import dataclass, field
 from itertools import cycle
 from pathlib import Path
 from threading import Lock, local
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 
 from .checkpoint import ShardReader, open_checkpoint
-from .errors import InvalidOptionError, NonFiniteWeightError
+from .errors import InvalidOptionError, NonFiniteScaleError, NonFiniteWeightError, TensorShapeError
 from .job import Job, make_job
-from .numerics import Scratch, global_scale_from_absmax, quantize_weight, tensor_absmax
+from .numerics import Scratch, global_scale_from_stats, observe_weight, quantize_weight
 from .plan import ST_TO_TORCH, Plan, PlannedWeight, build_plan
 from .source import ProgressCallback, resolve_source
 from .sizes import compression_ratio
@@ -304,6 +304,20 @@ def _scratch() -> Scratch:
     return _THREAD.scratch
 
 
+@contextmanager
+def _naming(item: PlannedWeight, reader: ShardReader) -> Iterator[None]:
+    """Kernel errors say "the weight ..." or "its ...": name the tensor and its shard in front."""
+    shard = reader.checkpoint.tensors[item.source.tensor].shard
+    try:
+        yield
+    except NonFiniteWeightError as err:
+        raise NonFiniteWeightError(
+            f"{item.name} (in {shard}) holds NaN or Inf values; fix the checkpoint or add {item.module!r} to ignore."
+        ) from err
+    except (NonFiniteScaleError, TensorShapeError) as err:
+        raise type(err)(f"{item.name} (in {shard}): {err}") from err
+
+
 def _process_unit(plan: Plan, unit: list[PlannedWeight], reader: ShardReader, writers, device) -> None:
     quantized = [i for i in unit if i.group is not None]
     scratch = _scratch()
@@ -314,24 +328,24 @@ def _process_unit(plan: Plan, unit: list[PlannedWeight], reader: ShardReader, wr
     if not quantized:
         return
     weights = [_load(reader, item, device, scratch, slot) for slot, item in enumerate(quantized)]
-    global_scale = None
-    if len(quantized) > 1:  # a fused group: one global scale from the whole group's max |w|
-        absmax = torch.stack([tensor_absmax(w, scratch) for w in weights]).amax()
-        global_scale = global_scale_from_absmax(absmax)
-    for item, weight in zip(quantized, weights):
+    global_scale, stats = None, [None] * len(quantized)
+    if len(quantized) > 1:  # a fused group: one global scale from every member's observed range
+        stats = []
+        for item, weight in zip(quantized, weights):
+            with _naming(item, reader):
+                stats.append(observe_weight(weight, plan.specs[item.group], scratch))
+        global_scale = global_scale_from_stats(stats)
+    for item, weight, observed in zip(quantized, weights, stats):
         writer = writers[item.shard]
         prefix = item.module + "."
 
         def sink(local_name: str, first_row: int, rows: torch.Tensor) -> None:
             writer.write_rows(prefix + local_name, first_row, rows)
 
-        try:
-            outputs = quantize_weight(weight, plan.specs[item.group], global_scale=global_scale, sink=sink, scratch=scratch)
-        except NonFiniteWeightError as err:
-            raise NonFiniteWeightError(
-                f"{item.name} (in {reader.checkpoint.tensors[item.source.tensor].shard}) holds NaN or Inf values; "
-                f"fix the checkpoint or add {item.module!r} to ignore."
-            ) from err
+        with _naming(item, reader):
+            outputs = quantize_weight(
+                weight, plan.specs[item.group], global_scale=global_scale, stats=observed, sink=sink, scratch=scratch
+            )
         for local_name, tensor in outputs.items():
             writer.write(prefix + local_name, tensor)
         logger.debug("quantized %s -> %s", item.name, ", ".join(outputs))

@@ -69,6 +69,8 @@ _DESCRIPTIONS: dict[str, str] = {
     "MXFP4XFP8": "MXFP4 weights with dynamic FP8 activations. Blackwell; ~3.8x smaller.",
     "MXFP8A16": "MXFP8 weights (32-wide groups, power-of-two scales), 16-bit activations. Blackwell; ~2x smaller.",
     "MXFP8": "MXFP8 weights and dynamic MXFP8 activations. Blackwell; ~2x smaller.",
+    "MXFP6A16": "MXFP6 (E2M3) weights (32-wide groups, power-of-two scales), 16-bit activations. No released loader yet; ~2.6x smaller.",
+    "MXFP6A8": "MXFP6 (E2M3) weights and dynamic MXFP8 activations. No released loader yet; ~2.6x smaller.",
     "W4A16": "INT4 weights (groups of 128, symmetric), 16-bit activations. Any GPU via Marlin/Machete; ~3.5x smaller.",
     "W4A16_ASYM": "INT4 weights (groups of 128, with zero points), 16-bit activations. Any GPU; ~3.5x smaller, better on outliers.",
     "W8A16": "INT8 weights (groups of 128), 16-bit activations. Any GPU; ~2x smaller, near-lossless.",

@@ -346,3 +346,19 @@ def test_cuda_index_out_of_range(src, tmp_path):
     index = torch.cuda.device_count()
     fails(InvalidOptionError, rf"Device 'cuda:{index}' does not exist \({index} GPU\(s\)\)", src, tmp_path / "out",
           device=f"cuda:{index}")
+
+
+def test_an_overflowing_scale_is_refused_naming_the_tensor(tmp_path):
+    """W4A16_ASYM on +-3e38 weights: (max - min) / 15 overflows; the tensor is named, nothing written."""
+    from safetensors.torch import save_file
+
+    from ptq_core.errors import NonFiniteScaleError
+
+    src = tmp_path / "src"
+    src.mkdir()
+    weight = torch.zeros(8, 128, dtype=torch.float32)
+    weight[0, 0], weight[0, 1] = 3e38, -3e38
+    save_file({"model.layers.0.mlp.down_proj.weight": weight}, src / "model.safetensors")
+    (src / "config.json").write_text("{}")
+    fails(NonFiniteScaleError, r"model\.layers\.0\.mlp\.down_proj\.weight \(in model\.safetensors\): its ",
+          src, tmp_path / "out", scheme="W4A16_ASYM")
