@@ -483,6 +483,24 @@ def open_checkpoint(root: str | os.PathLike) -> Checkpoint:
     return Checkpoint(root, tuple(shards), tensors, extra, skipped, metadata)
 
 
+def read_config(root: str | os.PathLike) -> dict | None:
+    """The folder's ``config.json`` as a dict, or ``None`` when there is none.
+
+    Raises:
+        CorruptCheckpointError: it exists but is not a JSON object.
+    """
+    path = Path(root) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CorruptCheckpointError(f"config.json is not valid JSON ({err}).") from err
+    if not isinstance(data, dict):
+        raise CorruptCheckpointError("config.json is not a JSON object.")
+    return data
+
+
 def headers_checkpoint(headers: Mapping[str, Mapping[str, tuple[str, Iterable[int]]]], root: Path | None = None) -> Checkpoint:
     """A header-only ``Checkpoint`` from ``{shard: {tensor: (dtype, shape)}}`` (Hub previews).
 

@@ -90,10 +90,11 @@ def _cmd_reindex(args: argparse.Namespace) -> int:
 def _cmd_plan(args: argparse.Namespace) -> int:
     job = _job(args, args.source)
     if Path(args.source).is_dir():
-        from .checkpoint import open_checkpoint
-        from .plan import build_plan
+        from .checkpoint import open_checkpoint, read_config
+        from .plan import build_plan, source_plan
 
-        plan = build_plan(open_checkpoint(args.source), job.resolved)
+        checkpoint = open_checkpoint(args.source)
+        plan = build_plan(checkpoint, job.resolved, source_plan(checkpoint, read_config(args.source)))
     else:
         from .hub import plan_hub_model
 

@@ -31,7 +31,7 @@ from .checkpoint import headers_checkpoint
 from .errors import InvalidOptionError
 from .job import Job, make_job
 from .pipeline import QuantizeResult, quantize_job
-from .plan import Plan, build_plan
+from .plan import Plan, build_plan, source_plan
 from .publish import TargetState, check_namespace, inspect_target, push_folder, whoami
 from .redact import redact
 from .repo_files import select_repo_files
@@ -45,6 +45,7 @@ from .source import (
     download_checkpoint,
     download_source,
     inspect_source,
+    read_hub_config,
     read_hub_headers,
 )
 
@@ -181,8 +182,8 @@ def plan_hub_model(
         job = make_job(source, scheme, ignore=ignore, default_ignore=default_ignore, revision=revision)
     check_repo_id(job.source, "source")
     http = HubHttp(resolve_token(token, required=False))
-    headers = read_hub_headers(http, job.source, job.revision)
-    return build_plan(headers_checkpoint(headers), job.resolved)
+    checkpoint = headers_checkpoint(read_hub_headers(http, job.source, job.revision))
+    return build_plan(checkpoint, job.resolved, source_plan(checkpoint, read_hub_config(http, job.source, job.revision)))
 
 
 def quantize_to_hub(

@@ -23,11 +23,11 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 
-from .checkpoint import ShardReader, open_checkpoint
+from .checkpoint import ShardReader, open_checkpoint, read_config
 from .errors import InvalidOptionError, NonFiniteScaleError, NonFiniteWeightError, TensorShapeError
 from .job import Job, make_job
-from .numerics import Scratch, global_scale_from_stats, observe_weight, quantize_weight
-from .plan import ST_TO_TORCH, Plan, PlannedWeight, build_plan
+from .numerics import Scratch, dequantize_fp8_block, global_scale_from_stats, observe_weight, quantize_weight
+from .plan import ST_TO_TORCH, Plan, PlannedWeight, build_plan, source_plan
 from .source import ProgressCallback, resolve_source
 from .sizes import compression_ratio
 from .writer import (
@@ -177,7 +177,7 @@ def quantize_job(
     t = time.perf_counter()
     notify("validate", 0, 1)
     checkpoint = open_checkpoint(source)
-    plan = build_plan(checkpoint, job.resolved)
+    plan = build_plan(checkpoint, job.resolved, source_plan(checkpoint, read_config(source)))
     for name in checkpoint.skipped_weight_files:
         logger.warning("Not copying %s: it duplicates the safetensors weights in another format.", name)
     check_free_space(Path(save_directory), plan.size_after + sum((source / f).stat().st_size for f in checkpoint.extra_files))
@@ -208,6 +208,7 @@ def quantize_job(
         else:  # a plain copy: a quantization_config would make loaders expect packed weights
             logger.warning("Nothing to quantize with %s and this ignore list; writing a copy without a "
                            "quantization_config.", job.scheme_name)
+            write_config(work, None)
         publish_output(work)
         notify("write", 1, 1)
         timings["write"] = time.perf_counter() - t
@@ -282,16 +283,33 @@ def _source_span(reader: ShardReader, item: PlannedWeight) -> tuple[str, int, in
     return info.shard, info.offset + item.source.expert * per_expert + item.source.part * per_part, per_part
 
 
-def _load(reader: ShardReader, item: PlannedWeight, device: torch.device, scratch: Scratch, slot: int) -> torch.Tensor:
+def _load(
+    reader: ShardReader, item: PlannedWeight, device: torch.device, scratch: Scratch, slot: int, plan: Plan
+) -> torch.Tensor:
     """Read an item's values into this worker's input buffer ``slot`` (one per fused member)."""
     _shard, offset, nbytes = _source_span(reader, item)
     info = reader.checkpoint.tensors[item.source.tensor]
     host = scratch.get(f"in{slot}", (nbytes,), torch.uint8, torch.device("cpu"))
     reader.read_into(info, host, offset - info.offset)
-    tensor = host.view(ST_TO_TORCH[item.dtype]).view(item.shape)
+    tensor = host.view(ST_TO_TORCH[info.dtype]).view(item.shape)
+    if item.dequantize is not None:  # FP8 blocks -> the dense weight, in this worker's buffer
+        tensor = _dequantized(reader, item, tensor, scratch, slot, plan.source.format.block)
     if device.type == "cpu":
         return tensor
     return tensor.to(device)
+
+
+def _dequantized(
+    reader: ShardReader, item: PlannedWeight, fp8: torch.Tensor, scratch: Scratch, slot: int, block: tuple[int, int]
+) -> torch.Tensor:
+    """``dequantize_fp8_block`` of an FP8-block weight, its scale read from whichever shard holds it."""
+    (scale_name,) = item.dequantize.dependencies
+    info = reader.checkpoint.tensors[scale_name]
+    raw = scratch.get(f"dep{slot}", (info.nbytes,), torch.uint8, torch.device("cpu"))
+    reader.read_into(info, raw)
+    scale_inv = raw.view(ST_TO_TORCH[info.dtype]).view(info.shape)
+    out = scratch.get(f"dense{slot}", item.shape, ST_TO_TORCH[item.dtype], torch.device("cpu"))
+    return dequantize_fp8_block(fp8, scale_inv, out.dtype, block=block, out=out)
 
 
 _THREAD = local()
@@ -321,13 +339,17 @@ def _naming(item: PlannedWeight, reader: ShardReader) -> Iterator[None]:
 def _process_unit(plan: Plan, unit: list[PlannedWeight], reader: ShardReader, writers, device) -> None:
     quantized = [i for i in unit if i.group is not None]
     scratch = _scratch()
-    for item in unit:
-        if item.group is None:  # copied as is, bytes never enter Python
+    for slot, item in enumerate(unit):
+        if item.group is not None:
+            continue
+        if item.dequantize is not None:  # a kept FP8-block weight is written decoded (bf16)
+            writers[item.shard].write(item.outputs[0].name, _load(reader, item, torch.device("cpu"), scratch, slot, plan))
+        else:  # copied as is, bytes never enter Python
             shard, offset, _ = _source_span(reader, item)
             writers[item.shard].copy_from(item.outputs[0].name, reader.fd(shard), offset)
     if not quantized:
         return
-    weights = [_load(reader, item, device, scratch, slot) for slot, item in enumerate(quantized)]
+    weights = [_load(reader, item, device, scratch, slot, plan) for slot, item in enumerate(quantized)]
     global_scale, stats = None, [None] * len(quantized)
     if len(quantized) > 1:  # a fused group: one global scale from every member's observed range
         stats = []

@@ -16,8 +16,9 @@ from typing import NamedTuple
 
 import torch
 
-from .checkpoint import FLOAT_WEIGHT_DTYPES, Checkpoint, headers_checkpoint, open_checkpoint, tensor_nbytes
-from .errors import CheckpointError, InvalidOptionError, TensorShapeError
+from .checkpoint import FLOAT_WEIGHT_DTYPES, Checkpoint, headers_checkpoint, open_checkpoint, read_config, tensor_nbytes
+from .converters import FP8_BLOCK, Dequantization, SourceFormat, SourcePlan, detect_source
+from .errors import CheckpointError, InvalidOptionError, TensorShapeError, UnsupportedSourceError
 from .matching import IgnoreMatcher, match_name
 from .numerics import WeightSpec, output_layout
 from .schemes import DEFAULT_IGNORE, ResolvedConfig, resolve_config, weight_spec
@@ -60,6 +61,10 @@ _FUSED_KINDS: dict[str, tuple[str, ...]] = {
 _FUSED_MEMBER_KIND = {member: kind for kind, members in _FUSED_KINDS.items() for member in members}
 
 
+DENSE_SOURCE = SourcePlan(SourceFormat("dense", "dense weights"))
+# FP8-block sources (DeepSeek, Kimi, Qwen -FP8) are bf16 models: their weights decode to bf16.
+DEQUANTIZED_DTYPE = "BF16"
+
 # The per-tensor records are NamedTuples: a DeepSeek-sized plan makes ~300k of them,
 # and a tuple is built several times faster than a frozen dataclass.
 class WeightSource(NamedTuple):
@@ -98,6 +103,7 @@ class PlannedWeight(NamedTuple):
     outputs: tuple[OutputTensor, ...]
     group: str | None = None  # config group when quantized
     fused: int | None = None  # index into Plan.fused_groups
+    dequantize: Dequantization | None = None  # a quantized source weight, decoded in memory first
 
     @property
     def module(self) -> str:
@@ -130,6 +136,7 @@ class Plan:
         size_after: bytes of all output tensors (exact).
         specs: the kernel spec of each config group.
         unmatched_ignore: ignore entries the caller added that match no module (likely typos).
+        source: what the source's weights are (dense, or FP8 blocks dequantized in memory).
     """
 
     resolved: ResolvedConfig
@@ -141,6 +148,7 @@ class Plan:
     size_after: int
     specs: Mapping[str, WeightSpec] = field(default_factory=dict)
     unmatched_ignore: tuple[str, ...] = ()
+    source: SourcePlan = field(default_factory=lambda: DENSE_SOURCE)
 
     @property
     def scheme_name(self) -> str:
@@ -184,13 +192,17 @@ class Plan:
             "size_before": self.size_before,
             "size_after": self.size_after,
             "ratio": round(self.ratio, 3),
+            "source": self.source.format.name,
             "ignore": self.resolved.ignore,
             "unmatched_ignore": list(self.unmatched_ignore),
         }
 
     def to_markdown(self, *, max_examples: int = 3) -> str:
         """Tables a person reads at a glance: what gets quantized, what not and why, sizes."""
-        lines = [f"### Plan: {self.scheme_name}", "", "| | tensors | before | after |", "|---|---:|---:|---:|"]
+        lines = [f"### Plan: {self.scheme_name}", ""]
+        if self.source.format.is_quantized:
+            lines += [f"source: {self.source.format.summary} ({len(self.source.dequantize):,} weights)", ""]
+        lines += ["| | tensors | before | after |", "|---|---:|---:|---:|"]
         per_group: dict[str, list[int]] = {}  # group -> [tensors, bytes before, bytes after]
         for i in self.quantized:
             row = per_group.setdefault(i.group, [0, 0, 0])
@@ -296,23 +308,54 @@ def plan_checkpoint(
     if (model_dir is None) == (headers is None):
         raise InvalidOptionError("plan_checkpoint takes a model folder or headers=, exactly one of them.")
     resolved = resolve_config(scheme, config, ignore)
-    checkpoint = headers_checkpoint(headers) if headers is not None else open_checkpoint(model_dir)
-    return build_plan(checkpoint, resolved)
+    if headers is not None:
+        return build_plan(headers_checkpoint(headers), resolved)
+    checkpoint = open_checkpoint(model_dir)
+    return build_plan(checkpoint, resolved, source_plan(checkpoint, read_config(model_dir)))
 
 
-def build_plan(checkpoint: Checkpoint, resolved: ResolvedConfig) -> Plan:
+def source_plan(checkpoint: Checkpoint, config: Mapping[str, object] | None) -> SourcePlan:
+    """What the source's weights are, from its ``config.json`` and tensor names (no data read).
+
+    Raises:
+        UnsupportedSourceError: a quantized format ptq-hub cannot decode (GPTQ, bitsandbytes...),
+            or one it detects but does not decode yet (compressed-tensors, ModelOpt, AWQ).
+    """
+    source = detect_source(config or {}, checkpoint.tensors)
+    if source.format.name not in (DENSE_SOURCE.format.name, FP8_BLOCK):
+        raise UnsupportedSourceError(
+            f"The source is {source.format.summary}; ptq-hub decodes FP8-block sources only so far. "
+            "Start from the unquantized (BF16/F16) release of the model."
+        )
+    return source
+
+
+def build_plan(checkpoint: Checkpoint, resolved: ResolvedConfig, source: SourcePlan | None = None) -> Plan:
     """The plan of an opened checkpoint for a resolved request, in one pass over its tensors.
+
+    Args:
+        checkpoint: the source's headers.
+        resolved: the request.
+        source: from ``source_plan``; FP8-block weights are planned as the dense weights they
+            decode to (their ``weight_scale_inv`` is consumed, never written).
 
     Raises:
         TensorShapeError / CheckpointError: as ``plan_checkpoint``.
     """
+    source = source or DENSE_SOURCE
+    decoded = source.by_output
+    consumed = source.consumed - decoded.keys()
     specs = {g: weight_spec(s, resolved.formats[g]) for g, s in resolved.groups}
     ignore = IgnoreMatcher(resolved.ignore)
     match_module = _module_matcher(resolved, ignore)
 
     units: list[_Unit] = []
     skipped: dict[str, str] = {}
-    for name, source, dtype, shape, shard in _expand_sources(checkpoint):
+    for name, origin, dtype, shape, shard in _expand_sources(checkpoint):
+        if name in consumed:
+            continue
+        if name in decoded:
+            dtype = DEQUANTIZED_DTYPE
         module, _, param = name.rpartition(".")
         group = None
         if module.endswith("norm"):
@@ -334,7 +377,7 @@ def build_plan(checkpoint: Checkpoint, resolved: ResolvedConfig) -> Plan:
                 )
             else:
                 _check_shape(name, shape, specs[group])
-        units.append(_Unit(name, source, dtype, shape, shard, group))
+        units.append(_Unit(name, origin, dtype, shape, shard, group))
 
     fused_groups, fused_index = _find_fused_groups(units, specs)
     shard_of = {u.name: u.shard for u in units}
@@ -360,14 +403,15 @@ def build_plan(checkpoint: Checkpoint, resolved: ResolvedConfig) -> Plan:
             outputs = (OutputTensor(unit.name, unit.dtype, unit.shape),)
             nbytes = tensor_nbytes(unit.dtype, unit.shape)
         size_after += nbytes
-        planned.append(PlannedWeight(unit.name, unit.source, unit.dtype, unit.shape, shard, outputs, unit.group, fused))
+        planned.append(PlannedWeight(unit.name, unit.source, unit.dtype, unit.shape, shard, outputs, unit.group, fused,
+                                     decoded.get(unit.name)))
 
     used = {p.shard for p in planned}
     shards = tuple(s for s in checkpoint.shards if s in used)
     # The loader-safe defaults are offered for every model; only the caller's own entries warn.
     unmatched = tuple(e for e in ignore.unused() if e not in DEFAULT_IGNORE)
     return Plan(resolved, tuple(planned), skipped, tuple(fused_groups), shards, checkpoint.total_bytes, size_after,
-                specs, unmatched)
+                specs, unmatched, source)
 
 
 def _module_matcher(resolved: ResolvedConfig, ignore: IgnoreMatcher) -> Callable[[str], tuple[str | None, str]]:

@@ -22,7 +22,7 @@ from typing import Any
 
 from . import constants
 from ._http import HubHttp, check_repo_id, resolve_token, short
-from .checkpoint import validate_shard_name
+from .checkpoint import read_config, validate_shard_name
 from .errors import DiskSpaceError, NoSafetensorsError, RepoNotFoundError
 from .repo_files import INDEX_NAME, WEIGHT_FILE_SUFFIXES, select_repo_files
 from .sizes import format_bytes
@@ -37,6 +37,7 @@ __all__ = [
     "download_checkpoint",
     "download_source",
     "inspect_source",
+    "read_hub_config",
     "read_hub_headers",
     "resolve_source",
 ]
@@ -197,6 +198,22 @@ def read_hub_headers(http: HubHttp, repo_id: str, revision: str | None) -> dict[
         validate_shard_name(filename): {name: (info.dtype, tuple(info.shape)) for name, info in file_meta.tensors.items()}
         for filename, file_meta in meta.files_metadata.items()
     }
+
+
+def read_hub_config(http: HubHttp, repo_id: str, revision: str | None) -> dict[str, Any] | None:
+    """The source's ``config.json`` (a few KB), so a preview knows an FP8-block source; None without one."""
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    with tempfile.TemporaryDirectory(prefix="ptq-config-") as tmp:
+        try:
+            path = http.call(
+                "download config.json", http.api.hf_hub_download, repo_id, "config.json",
+                revision=revision, local_dir=tmp, role="source", repo_id=repo_id,
+                passthrough=lambda err: isinstance(err, RemoteEntryNotFoundError),
+            )
+        except RemoteEntryNotFoundError:
+            return None
+        return read_config(Path(path).parent)
 
 
 def _fetch_card_data(http: HubHttp, repo_id: str, sha: str) -> dict[str, Any]:

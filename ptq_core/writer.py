@@ -652,9 +652,19 @@ def write_index(folder: WorkFolder | Path, weight_map: dict[str, str], total_siz
     _write_text(Path(folder) / INDEX_NAME, json.dumps(index, indent=2) + "\n")
 
 
-def write_config(folder: WorkFolder | Path, quantization_config: dict) -> None:
-    """Add ``quantization_config`` to config.json (written like the peer: sorted keys)."""
+def write_config(folder: WorkFolder | Path, quantization_config: dict | None) -> None:
+    """Set ``quantization_config`` in config.json (written like the peer: sorted keys).
+
+    ``None`` removes it: a dequantized copy of a quantized source must not keep the
+    source's config, or loaders would expect its packed weights.
+    """
     path = Path(folder) / "config.json"
+    if quantization_config is None:
+        if path.is_file():
+            data = json.loads(path.read_text())
+            if data.pop("quantization_config", None) is not None:
+                _write_text(path, json.dumps(data, indent=2, sort_keys=True))
+        return
     if not path.is_file():
         logger.warning("No config.json in the checkpoint; quantization_config is written to quantization_config.json")
         text = json.dumps(quantization_config, indent=2, sort_keys=True)

@@ -52,6 +52,7 @@ __all__ = [
     "ARCHS",
     "DEFAULT_DIMS",
     "make_checkpoint",
+    "make_fp8_block_checkpoint",
     "make_config",
     "make_state_dict",
     "shard_files",
@@ -640,3 +641,48 @@ def corrupt_inject_nan(path, tensor: str, *, index: int = 0, inf: bool = False) 
             fh.write(table[info["dtype"]])
         return f
     raise KeyError(tensor)
+
+
+# --------------------------------------------------------------------------- FP8-block sources
+_FP8_KEEP_DENSE = re.compile(r"(embed_tokens|lm_head|norm|mlp\.gate|router)\.weight$")
+
+
+def make_fp8_block_checkpoint(path: str | os.PathLike, arch: str, *, block: int = 128, **kwargs) -> Path:
+    """A DeepSeek/Kimi/Qwen ``-FP8`` style release of ``make_checkpoint(arch, **kwargs)``.
+
+    Every 2-D projection weight becomes ``float8_e4m3fn`` with a float32 ``weight_scale_inv``
+    of ``[ceil(N/block), ceil(K/block)]`` beside it (same shard); embeddings, norms, routers and
+    lm_head stay bf16; ``config.json`` gets ``quant_method: fp8`` with ``weight_block_size``.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    dense = make_checkpoint(path.with_name(path.name + "-dense"), arch, **kwargs)
+    path.mkdir(parents=True, exist_ok=True)
+    weight_map: dict[str, str] = {}
+    for shard in shard_files(dense):
+        out: dict[str, torch.Tensor] = {}
+        for name, tensor in load_file(str(shard)).items():
+            if tensor.dim() == 2 and name.endswith(".weight") and not _FP8_KEEP_DENSE.search(name):
+                rows, cols = tensor.shape
+                padded = torch.nn.functional.pad(tensor.float(), (0, -cols % block, 0, -rows % block))
+                cells = padded.view(padded.shape[0] // block, block, padded.shape[1] // block, block)
+                scale = (cells.abs().amax(dim=(1, 3)) / 448.0).clamp(min=1e-12)
+                expanded = scale.repeat_interleave(block, 0).repeat_interleave(block, 1)[:rows, :cols]
+                out[name] = (tensor.float() / expanded).clamp(-448, 448).to(torch.float8_e4m3fn)
+                out[name.removesuffix(".weight") + ".weight_scale_inv"] = scale
+            else:
+                out[name] = tensor
+        save_file(out, str(path / shard.name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(out, shard.name))
+    for side in dense.iterdir():
+        if side.is_file() and not side.name.endswith(".safetensors") and side.name != "model.safetensors.index.json":
+            (path / side.name).write_bytes(side.read_bytes())
+    if len(shard_files(dense)) > 1:
+        total = sum(os.path.getsize(path / s) for s in set(weight_map.values()))
+        _write_json(path / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
+    config = json.loads((path / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                     "weight_block_size": [block, block]}
+    _write_json(path / "config.json", config)
+    return path
