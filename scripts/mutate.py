@@ -58,8 +58,9 @@ class Mutation:
 # The mutations. Anchors are written against the current code; when a refactor
 # moves the code, `--list` still works and a run names every stale anchor.
 # ============================================================================
-NUMERICS, PLAN, WRITER, HUB_CLIENT = (
-    "ptq_core/numerics.py", "ptq_core/plan.py", "ptq_core/writer.py", "ptq_core/_hub_client.py"
+NUMERICS, PLAN, WRITER, HTTP, PUBLISH, REDACT = (
+    "ptq_core/numerics.py", "ptq_core/plan.py", "ptq_core/writer.py", "ptq_core/_http.py", "ptq_core/publish.py",
+    "ptq_core/redact.py",
 )
 MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
@@ -88,26 +89,26 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "mx-exponent-offset", NUMERICS,
-        "_MX_ELEM_OFFSET = {4: 2, 8: 8}",
-        "_MX_ELEM_OFFSET = {4: 3, 8: 8}",
+        "_MX_ELEM_OFFSET = {4: 2, 6: 2, 8: 8}",
+        "_MX_ELEM_OFFSET = {4: 3, 6: 2, 8: 8}",
         ("tests/test_numerics.py", "-k", "test_quantize_weight_matches_reference"),
     ),
     Mutation(
         "global-scale-sharing", PLAN,
-        'specs[it["group"]].strategy == "tensor_group"',
-        'specs[it["group"]].strategy == "group"',
+        'specs[u.group].strategy == "tensor_group"',
+        'specs[u.group].strategy == "group"',
         ("tests/test_pipeline.py", "-k", "test_llama_every_preset_matches_reference and NVFP4A16"),
     ),
     Mutation(
         "fused-group-detection", PLAN,
-        r'(?P<m>q_a_proj|kv_a_proj_with_mqa)\.weight$',
-        r'(?P<m>q_a_proj|kv_a_proj)\.weight$',
+        '"mla q_a/kv_a": ("q_a_proj", "kv_a_proj_with_mqa"),',
+        '"mla q_a/kv_a": ("q_a_proj", "kv_a_proj"),',
         ("tests/test_pipeline.py", "-k", "test_architectures_match_reference and deepseek_v3-split-NVFP4A16"),
     ),
     Mutation(
         "ignore-matching", PLAN,
-        "        if match_name(module, pattern):",
-        '        if match_name(module + ".weight", pattern):',
+        "entry = ignore.match(module)",
+        'entry = ignore.match(module + ".weight")',
         ("tests/test_pipeline.py", "-k", "test_llama_every_preset_matches_reference and FP8_BLOCK"),
     ),
     Mutation(
@@ -141,27 +142,27 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_pipeline.py", "-k", "test_llama_every_preset_matches_reference and FP8_BLOCK"),
     ),
     Mutation(
-        "retry-count", HUB_CLIENT,
+        "retry-count", HTTP,
         "attempts = len(_RETRY_DELAYS) + 1",
         "attempts = len(_RETRY_DELAYS)",
         ("tests/test_hub.py", "-k", "test_transient_download_failures or test_network_failure_during_download"),
     ),
     Mutation(
-        "transient-status", HUB_CLIENT,
+        "transient-status", HTTP,
         "return status in _TRANSIENT_STATUS or status >= 500",
         "return status in _TRANSIENT_STATUS",
         ("tests/test_hub.py", "-k", "test_transient_download_failures or test_network_failure_during_download"),
     ),
     Mutation(
-        "pre-upload", HUB_CLIENT,
-        "                    self.api.preupload_lfs_files,",
-        "                    lambda *args, **kwargs: None,",
+        "pre-upload", PUBLISH,
+        'http.call(f"upload {op.path_in_repo}", http.api.preupload_lfs_files,',
+        'http.call(f"upload {op.path_in_repo}", lambda *args, **kwargs: None,',
         ("tests/test_hub.py", "-k", "test_quantize_to_hub_end_to_end or test_each_file_is_preuploaded"),
     ),
     Mutation(
-        "redaction", HUB_CLIENT,
-        'text = text.replace(token, "***")',
-        "text = text.replace(token, token)",
+        "redaction", REDACT,
+        'text = text.replace(form, "***")',
+        "text = text.replace(form, form)",
         ("tests/test_hub.py", "-k", "test_invalid_token or test_network_failure_during_download or test_redaction"),
     ),
 )
