@@ -9,12 +9,15 @@ without touching tensor data, and lets every tensor be read with one
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
 import re
 import reprlib
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, NamedTuple
@@ -42,6 +45,24 @@ FLOAT_WEIGHT_DTYPES = ("BF16", "F16", "F32", "F64")
 _short_repr = reprlib.Repr()
 _short_repr.maxlevel, _short_repr.maxstring, _short_repr.maxother = 2, 100, 60
 _quote = _short_repr.repr
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause CPython's cyclic garbage collector while a large header or plan is built.
+
+    A 300k-tensor header becomes ~1M small dicts, lists and tuples that all stay alive;
+    the generational collector rescans the growing heap again and again while they are
+    made, which cost two thirds of the time. Nothing built here forms a reference cycle,
+    so pausing loses nothing; the previous state is restored on exit.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def tensor_nbytes(dtype: str, shape: Iterable[int]) -> int:
@@ -422,6 +443,7 @@ def _read_weight_map(index_path: Path, root: Path) -> dict[str, str]:
     return weight_map
 
 
+@paused_gc()
 def open_checkpoint(root: str | os.PathLike) -> Checkpoint:
     """Read and validate every header of a checkpoint folder.
 
@@ -501,6 +523,7 @@ def read_config(root: str | os.PathLike) -> dict | None:
     return data
 
 
+@paused_gc()
 def headers_checkpoint(headers: Mapping[str, Mapping[str, tuple[str, Iterable[int]]]], root: Path | None = None) -> Checkpoint:
     """A header-only ``Checkpoint`` from ``{shard: {tensor: (dtype, shape)}}`` (Hub previews).
 

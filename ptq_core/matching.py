@@ -258,6 +258,10 @@ class IgnoreMatcher:
                 self._patterns.append((index, compiled))
         self._used = [False] * len(self.entries)
         self._spent = [0.0] * len(self.entries)
+        # The usual lists (DEFAULT_IGNORE) are all ``.*suffix$``: one C-level endswith over
+        # every suffix rejects the modules none of them matches (most of a model).
+        self._suffixes = tuple(p.literal for _, p in self._patterns if p.probe is str.endswith)
+        self._suffix_only = len(self._suffixes) == len(self._patterns)
 
     def match(self, module: str) -> str | None:
         """The first entry (in list order) that matches ``module``, or None.
@@ -267,6 +271,8 @@ class IgnoreMatcher:
             CheckpointError: ``module`` is longer than ``MAX_NAME_LENGTH`` and a regex must read it.
         """
         exact = self._exact.get(module)
+        if exact is None and self._suffix_only and "\n" not in module and not module.endswith(self._suffixes):
+            return None
         hit = None
         if exact is not None:
             hit = exact[0]

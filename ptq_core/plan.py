@@ -16,7 +16,15 @@ from typing import NamedTuple
 
 import torch
 
-from .checkpoint import FLOAT_WEIGHT_DTYPES, Checkpoint, headers_checkpoint, open_checkpoint, read_config, tensor_nbytes
+from .checkpoint import (
+    FLOAT_WEIGHT_DTYPES,
+    Checkpoint,
+    headers_checkpoint,
+    open_checkpoint,
+    paused_gc,
+    read_config,
+    tensor_nbytes,
+)
 from .converters import FP8_BLOCK, Dequantization, SourceFormat, SourcePlan, detect_source
 from .errors import CheckpointError, InvalidOptionError, TensorShapeError, UnsupportedSourceError
 from .matching import IgnoreMatcher, match_name
@@ -249,6 +257,11 @@ def _split_name(name: str, key: str, expert: int, part_name: str) -> str:
     return out if out.endswith(".weight") else out + ".weight"
 
 
+# A NamedTuple's own constructor is a Python function; building the tuple directly skips
+# that frame, which is most of the cost of the ~1M records a 300k-tensor plan makes.
+_new = tuple.__new__
+
+
 class _Unit(NamedTuple):
     """One 2-D-or-other input unit before layout: a tensor, or one part of a 3-D expert tensor."""
 
@@ -278,7 +291,7 @@ def _expand_sources(ckpt: Checkpoint) -> Iterator[tuple[str, WeightSource, str, 
                     src = WeightSource(info.name, e, p, len(parts))
                     yield _split_name(info.name, keys[0], e, part_name), src, info.dtype, (rows // len(parts), cols), info.shard
         else:
-            yield info.name, WeightSource(info.name), info.dtype, info.shape, info.shard
+            yield info.name, _new(WeightSource, (info.name, None, 0, 1)), info.dtype, info.shape, info.shard
 
 
 def plan_checkpoint(
@@ -330,6 +343,7 @@ def source_plan(checkpoint: Checkpoint, config: Mapping[str, object] | None) -> 
     return source
 
 
+@paused_gc()
 def build_plan(checkpoint: Checkpoint, resolved: ResolvedConfig, source: SourcePlan | None = None) -> Plan:
     """The plan of an opened checkpoint for a resolved request, in one pass over its tensors.
 
@@ -377,7 +391,7 @@ def build_plan(checkpoint: Checkpoint, resolved: ResolvedConfig, source: SourceP
                 )
             else:
                 _check_shape(name, shape, specs[group])
-        units.append(_Unit(name, origin, dtype, shape, shard, group))
+        units.append(_new(_Unit, (name, origin, dtype, shape, shard, group)))
 
     fused_groups, fused_index = _find_fused_groups(units, specs)
     shard_of = {u.name: u.shard for u in units}
@@ -398,13 +412,13 @@ def build_plan(checkpoint: Checkpoint, resolved: ResolvedConfig, source: SourceP
                 layouts[key] = (layout, sum(tensor_nbytes(dt, shape) for _, dt, shape in layout))
             layout, nbytes = layouts[key]
             prefix = unit.name.rpartition(".")[0]
-            outputs = tuple(OutputTensor(f"{prefix}.{local}", dt, shape) for local, dt, shape in layout)
+            outputs = tuple(_new(OutputTensor, (f"{prefix}.{local}", dt, shape)) for local, dt, shape in layout)
         else:
-            outputs = (OutputTensor(unit.name, unit.dtype, unit.shape),)
+            outputs = (_new(OutputTensor, (unit.name, unit.dtype, unit.shape)),)
             nbytes = tensor_nbytes(unit.dtype, unit.shape)
         size_after += nbytes
-        planned.append(PlannedWeight(unit.name, unit.source, unit.dtype, unit.shape, shard, outputs, unit.group, fused,
-                                     decoded.get(unit.name)))
+        planned.append(_new(PlannedWeight, (unit.name, unit.source, unit.dtype, unit.shape, shard, outputs, unit.group,
+                                            fused, decoded.get(unit.name))))
 
     used = {p.shard for p in planned}
     shards = tuple(s for s in checkpoint.shards if s in used)
