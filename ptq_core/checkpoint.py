@@ -77,10 +77,7 @@ class Checkpoint:
 
 
 def read_header(path: Path) -> tuple[dict[str, dict], int, dict[str, str]]:
-    """Parse one safetensors header.
-
-    Returns:
-        (entries, data_start, metadata) where entries map name -> header entry.
+    """Parse one safetensors header of a local file (see ``parse_header``).
 
     Raises:
         CorruptCheckpointError: truncated file, impossible header length,
@@ -88,38 +85,63 @@ def read_header(path: Path) -> tuple[dict[str, dict], int, dict[str, str]]:
     """
     size = path.stat().st_size
     with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) < 8:
-            raise CorruptCheckpointError(f"{path.name}: {size} bytes is too short to be a safetensors file.")
-        (n,) = struct.unpack("<Q", raw)
-        if n > _MAX_HEADER or 8 + n > size:
-            raise CorruptCheckpointError(
-                f"{path.name}: header length {n} does not fit a {size}-byte file; the file is truncated or not safetensors."
-            )
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise CorruptCheckpointError(f"{path.name}: the safetensors header is not valid JSON ({err}).") from err
+        n = header_length(f.read(8), size, path.name)
+        raw = f.read(n)
+    return parse_header(raw, size, path.name)
+
+
+def header_length(prefix: bytes, size: int, name: str) -> int:
+    """The JSON header's length from a file's first 8 bytes, checked against the file's ``size``.
+
+    Raises:
+        CorruptCheckpointError: fewer than 8 bytes, or a length that cannot fit the file.
+    """
+    if len(prefix) < 8:
+        raise CorruptCheckpointError(f"{name}: {size} bytes is too short to be a safetensors file.")
+    (n,) = struct.unpack("<Q", prefix[:8])
+    if n > _MAX_HEADER or 8 + n > size:
+        raise CorruptCheckpointError(
+            f"{name}: header length {n} does not fit a {size}-byte file; the file is truncated or not safetensors."
+        )
+    return n
+
+
+def parse_header(raw: bytes, size: int, name: str) -> tuple[dict[str, dict], int, dict[str, str]]:
+    """Parse and validate the JSON header ``raw`` of a safetensors file of ``size`` bytes.
+
+    The same rules for a local shard and for one read over HTTP Range requests
+    (``raw`` is the ``header_length`` bytes after the 8-byte prefix).
+
+    Returns:
+        (entries, data_start, metadata) where entries map name -> header entry.
+
+    Raises:
+        CorruptCheckpointError: truncated header, invalid JSON, unknown dtype, or offsets outside the file.
+    """
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CorruptCheckpointError(f"{name}: the safetensors header is not valid JSON ({err}).") from err
     if not isinstance(header, dict):
-        raise CorruptCheckpointError(f"{path.name}: the safetensors header is not a JSON object.")
+        raise CorruptCheckpointError(f"{name}: the safetensors header is not a JSON object.")
     metadata = header.pop("__metadata__", None) or {}
-    data_start = 8 + n
+    data_start = 8 + len(raw)
     data_len = size - data_start
-    for name, entry in header.items():
+    for tensor, entry in header.items():
         try:
             dtype, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
         except (KeyError, TypeError, ValueError) as err:
-            raise CorruptCheckpointError(f"{path.name}: header entry for {name!r} is malformed.") from err
+            raise CorruptCheckpointError(f"{name}: header entry for {tensor!r} is malformed.") from err
         if dtype not in DTYPE_SIZES:
-            raise CorruptCheckpointError(f"{path.name}: tensor {name!r} has unknown dtype {dtype!r}.")
+            raise CorruptCheckpointError(f"{name}: tensor {tensor!r} has unknown dtype {dtype!r}.")
         expected = tensor_nbytes(dtype, shape)
         if end - begin != expected or begin < 0:
             raise CorruptCheckpointError(
-                f"{path.name}: tensor {name!r} ({dtype}, shape {list(shape)}) spans {end - begin} bytes, expected {expected}."
+                f"{name}: tensor {tensor!r} ({dtype}, shape {list(shape)}) spans {end - begin} bytes, expected {expected}."
             )
         if end > data_len:
             raise CorruptCheckpointError(
-                f"{path.name}: tensor {name!r} ends at byte {end} of the data section, but the file has only "
+                f"{name}: tensor {tensor!r} ends at byte {end} of the data section, but the file has only "
                 f"{data_len}; the shard is truncated (re-download it)."
             )
     return header, data_start, metadata

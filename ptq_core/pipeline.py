@@ -6,6 +6,10 @@ or a whole fused group) per task on ``max_workers`` threads -> index and
 config.json -> atomic rename. Tensors are read one unit at a time with
 ``pread`` and written in place, so memory is bounded by a few units, never by
 shard size.
+
+The unit mechanics (``work_units``, ``unit_reads``, ``process_unit``) take any
+:class:`TensorReader`: local shards here (:class:`LocalReader`), HTTP Range reads
+of a Hub repo in the streamed Hub job (``remote.RemoteReader``, driven by ``stream``).
 """
 
 from __future__ import annotations
@@ -20,11 +24,11 @@ from dataclasses import dataclass, field
 from itertools import cycle
 from pathlib import Path
 from threading import Lock, local
-from typing import Iterable, Sequence
+from typing import Iterable, Protocol, Sequence
 
 import torch
 
-from .checkpoint import ShardReader, open_checkpoint
+from .checkpoint import Checkpoint, ShardReader, TensorInfo, open_checkpoint
 from .errors import InvalidOptionError, NonFiniteWeightError
 from .job import Job, make_job
 from .numerics import Scratch, global_scale_from_absmax, quantize_weight, tensor_absmax
@@ -35,7 +39,38 @@ from .writer import ShardWriter, prepare_output, publish_output, write_config, w
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ProgressCallback", "QuantizeResult", "model_free_ptq", "quantize_job", "resolve_devices"]
+__all__ = [
+    "LocalReader",
+    "ProgressCallback",
+    "QuantizeResult",
+    "TensorReader",
+    "model_free_ptq",
+    "process_unit",
+    "quantize_job",
+    "resolve_devices",
+    "torch_threads",
+    "unit_reads",
+    "work_units",
+]
+
+
+class TensorReader(Protocol):
+    """Where a unit's input bytes come from: local shard files, or a Hub repo over HTTP."""
+
+    checkpoint: Checkpoint
+
+    def read_into(self, info: TensorInfo, out: torch.Tensor, start: int = 0) -> None:
+        """Fill ``out`` (a CPU uint8 tensor) with the tensor's bytes from ``start`` on."""
+
+    def copy_to(self, writer: ShardWriter, name: str, info: TensorInfo, start: int) -> None:
+        """Write output tensor ``name`` of ``writer`` from the tensor's bytes at ``start``, as is."""
+
+
+class LocalReader(ShardReader):
+    """``checkpoint.ShardReader`` (``pread`` into buffers) with copies done by the kernel."""
+
+    def copy_to(self, writer: ShardWriter, name: str, info: TensorInfo, start: int) -> None:
+        writer.copy_from(name, self.fd(info.shard), info.offset + start)
 
 
 @dataclass(frozen=True)
@@ -85,7 +120,7 @@ def resolve_devices(device: str | torch.device | Sequence[str | torch.device] | 
 
 
 @contextmanager
-def _torch_threads(workers: int):
+def torch_threads(workers: int):
     """Split the cores between workers so parallel tensors don't oversubscribe them."""
     before = torch.get_num_threads()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
@@ -187,7 +222,7 @@ def quantize_job(
             (work / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source / rel, work / rel)
         writers = {shard: ShardWriter(work / shard, plan.shard_outputs(shard)) for shard in plan.shards}
-        with ShardReader(checkpoint) as reader, _torch_threads(job.workers):
+        with LocalReader(checkpoint) as reader, torch_threads(job.workers):
             _run_units(plan, reader, writers, devices, job.workers, notify)
         for writer in writers.values():
             writer.close()
@@ -210,11 +245,19 @@ def quantize_job(
     return QuantizeResult(Path(save_directory), plan, plan.size_before, plan.size_after, seconds, timings)
 
 
-def _work_units(plan: Plan) -> list[list[PlannedWeight]]:
-    """One unit per weight, except that a fused group is one unit (its members share a scale)."""
+def work_units(plan: Plan, checkpoint: Checkpoint | None = None, *, shard: str | None = None) -> list[list[PlannedWeight]]:
+    """One unit per weight, except that a fused group is one unit (its members share a scale).
+
+    Without ``checkpoint``: biggest first (better balance across workers, smallest
+    tail). With it: in the order of the units' first input bytes, so that a remote
+    reader fetches long adjacent ranges ahead of the workers. ``shard`` keeps only the
+    units of that output shard (a fused group is written whole into one shard).
+    """
     units: list[list[PlannedWeight]] = []
     by_group: dict[int, list[PlannedWeight]] = {}
     for item in plan.items:
+        if shard is not None and item.shard != shard:
+            continue
         if item.fused is None:
             units.append([item])
         elif item.fused in by_group:
@@ -222,8 +265,15 @@ def _work_units(plan: Plan) -> list[list[PlannedWeight]]:
         else:
             by_group[item.fused] = [item]
             units.append(by_group[item.fused])
-    # biggest first: better balance across workers, smallest tail
-    return sorted(units, key=lambda u: -sum(_numel(i.shape) for i in u))
+    if checkpoint is None:
+        return sorted(units, key=lambda u: -sum(_numel(i.shape) for i in u))
+    order = {name: i for i, name in enumerate(checkpoint.shards)}
+    return sorted(units, key=lambda u: min((order[s], offset) for s, offset, _ in unit_reads(checkpoint, u)))
+
+
+def unit_reads(checkpoint: Checkpoint, unit: list[PlannedWeight]) -> list[tuple[str, int, int]]:
+    """``(input shard, absolute offset, nbytes)`` of every input range ``process_unit`` reads, in its order."""
+    return [_source_span(checkpoint, item) for item in unit]
 
 
 def _numel(shape) -> int:
@@ -234,7 +284,7 @@ def _numel(shape) -> int:
 
 
 def _run_units(plan, reader, writers, devices, max_workers, notify) -> None:
-    units = _work_units(plan)
+    units = work_units(plan)
     total = len(units)
     done = 0
     lock = Lock()
@@ -243,7 +293,7 @@ def _run_units(plan, reader, writers, devices, max_workers, notify) -> None:
 
     def run(unit, device):
         nonlocal done
-        _process_unit(plan, unit, reader, writers, device)
+        process_unit(plan, unit, reader, writers, device)
         with lock:
             done += 1
             notify("quantize", done, total)
@@ -261,9 +311,9 @@ def _run_units(plan, reader, writers, devices, max_workers, notify) -> None:
             fut.result()  # re-raise the first failure
 
 
-def _source_span(reader: ShardReader, item: PlannedWeight) -> tuple[str, int, int]:
+def _source_span(checkpoint: Checkpoint, item: PlannedWeight) -> tuple[str, int, int]:
     """(shard, absolute offset, nbytes) of an item's values; split experts are contiguous ranges."""
-    info = reader.checkpoint.tensors[item.source.tensor]
+    info = checkpoint.tensors[item.source.tensor]
     if item.source.expert is None:
         return info.shard, info.offset, info.nbytes
     per_expert = info.nbytes // info.shape[0]
@@ -271,9 +321,9 @@ def _source_span(reader: ShardReader, item: PlannedWeight) -> tuple[str, int, in
     return info.shard, info.offset + item.source.expert * per_expert + item.source.part * per_part, per_part
 
 
-def _load(reader: ShardReader, item: PlannedWeight, device: torch.device, scratch: Scratch, slot: int) -> torch.Tensor:
+def _load(reader: TensorReader, item: PlannedWeight, device: torch.device, scratch: Scratch, slot: int) -> torch.Tensor:
     """Read an item's values into this worker's input buffer ``slot`` (one per fused member)."""
-    _shard, offset, nbytes = _source_span(reader, item)
+    _shard, offset, nbytes = _source_span(reader.checkpoint, item)
     info = reader.checkpoint.tensors[item.source.tensor]
     host = scratch.get(f"in{slot}", (nbytes,), torch.uint8, torch.device("cpu"))
     reader.read_into(info, host, offset - info.offset)
@@ -293,13 +343,17 @@ def _scratch() -> Scratch:
     return _THREAD.scratch
 
 
-def _process_unit(plan: Plan, unit: list[PlannedWeight], reader: ShardReader, writers, device) -> None:
+def process_unit(
+    plan: Plan, unit: list[PlannedWeight], reader: TensorReader, writers: dict[str, ShardWriter], device: torch.device
+) -> None:
+    """Quantize (or copy) one unit from ``reader`` into its output shard's writer."""
     quantized = [i for i in unit if i.group is not None]
     scratch = _scratch()
     for item in unit:
-        if item.group is None:  # copied as is, bytes never enter Python
-            shard, offset, _ = _source_span(reader, item)
-            writers[item.shard].copy_from(item.outputs[0].name, reader.fd(shard), offset)
+        if item.group is None:  # copied as is: local bytes never enter Python
+            info = reader.checkpoint.tensors[item.source.tensor]
+            _shard, offset, _ = _source_span(reader.checkpoint, item)
+            reader.copy_to(writers[item.shard], item.outputs[0].name, info, offset - info.offset)
     if not quantized:
         return
     weights = [_load(reader, item, device, scratch, slot) for slot, item in enumerate(quantized)]

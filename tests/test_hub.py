@@ -88,7 +88,12 @@ def _assert_no_target_content(hub, repo_id: str) -> None:
 
 
 def _downloads_of_weights(hub) -> list[str]:
-    return [path for method, path, _ in hub.requests_log if method == "GET" and path.endswith(".safetensors")]
+    """GETs of weight bytes: a streamed job's header reads (Range from byte 0) do not count."""
+    return [
+        path
+        for method, path, headers in hub.requests_log
+        if method == "GET" and path.endswith(".safetensors") and not headers.get("range", "").startswith("bytes=0-")
+    ]
 
 
 # --- end to end ----------------------------------------------------------------------
@@ -109,7 +114,8 @@ def test_quantize_to_hub_end_to_end(hub, source, checkpoint, work_dir, tmp_path,
     assert result.scheme == scheme
     assert result.size_after < result.size_before
     assert result.ratio == pytest.approx(result.size_before / result.size_after)
-    assert set(result.timings) == {"download", "quantize", "card", "upload", "total"}
+    # Streamed: download, quantize and upload overlap; each is timed from its first to its last event.
+    assert set(result.timings) == {"plan", "download", "quantize", "upload", "card", "commit", "total"}
     assert result.plan.scheme_name == scheme
     assert _no_job_dirs(work_dir), "the per-job temp folder must be removed"
 
@@ -133,9 +139,10 @@ def test_quantize_to_hub_end_to_end(hub, source, checkpoint, work_dir, tmp_path,
     downloaded = [p for m, p, _ in hub.requests_log if m == "GET" and "/resolve/" in p]
     assert not any(p.endswith((".bin", ".pth", ".onnx", "README.md")) for p in downloaded)
 
-    # Progress: the stages in order, each ending complete.
+    # Progress: the stages in order of their first event, each ending complete (streamed: the
+    # download, quantize and upload events interleave; "stage" counts shards on the staging branch).
     stages = list(dict.fromkeys(stage for stage, _, _ in events))
-    assert stages == ["download", "validate", "quantize", "write", "card", "upload"]
+    assert stages == ["download", "validate", "quantize", "write", "upload", "stage", "card", "commit"]
     for stage in stages:
         last = [e for e in events if e[0] == stage][-1]
         assert last[1] == last[2]
@@ -321,14 +328,26 @@ def test_unknown_revision(hub, source, work_dir):
     assert not hub.repo_exists(TARGET_FP8)
 
 
-def test_failure_during_upload_deletes_the_created_repo(hub, source, work_dir, caplog):
+def test_failure_before_anything_is_staged_deletes_the_created_repo(hub, source, work_dir, caplog):
     caplog.set_level(logging.DEBUG)
-    hub.fail_requests("/commit/main", times=1000, status=500)  # the client does not retry commits
+    hub.fail_requests("/commit/", times=1000, status=500)  # the client does not retry commits
     with pytest.raises(HubNetworkError, match="commit") as excinfo:
         quantize_to_hub(source, "FP8_BLOCK", token=ALICE, work_dir=work_dir)
     _check_error(excinfo, hub, caplog=caplog)
     assert not hub.repo_exists(TARGET_FP8)
     assert f"Deleted {TARGET_FP8}" in caplog.text
+    assert _no_job_dirs(work_dir)
+
+
+def test_failure_of_the_final_commit_keeps_the_staged_shards_for_a_rerun(hub, source, work_dir, caplog):
+    """Changed with streaming: once shards are staged, the repo and its staging branch stay (main empty)."""
+    caplog.set_level(logging.DEBUG)
+    hub.fail_requests("/commit/main", times=1000, status=500)  # the client does not retry commits
+    with pytest.raises(HubNetworkError, match="commit.*2 of 2 output shard.*Rerun the same job") as excinfo:
+        quantize_to_hub(source, "FP8_BLOCK", token=ALICE, work_dir=work_dir)
+    _check_error(excinfo, hub, caplog=caplog)
+    (branch,) = [b for b in hub.branches(TARGET_FP8) if b != "main"]
+    assert branch.startswith("ptq-staging-")
     assert _no_job_dirs(work_dir)
 
 
@@ -342,9 +361,11 @@ def test_failure_during_upload_leaves_an_existing_repo_untouched(hub, source, wo
 
 
 def test_not_enough_disk_space(hub, source, work_dir, monkeypatch):
+    # Streamed: only one output shard must fit (the default budget is 90% of the free space minus 10%).
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10_000_000, 9_000_000, 1_000_000))
-    with pytest.raises(DiskSpaceError, match=r"needs about .* download \+ .* output\), only 1.00 MB is free"):
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10_000_000, 9_000_000, 100_000))
+    with pytest.raises(DiskSpaceError, match=r"Output shard model-0000\d-of-00002.safetensors needs .* more than "
+                                             r"the disk budget of 80.00 KB"):
         quantize_to_hub(source, "FP8_BLOCK", token=ALICE, work_dir=work_dir)
     assert _downloads_of_weights(hub) == []
     assert not hub.repo_exists(TARGET_FP8)

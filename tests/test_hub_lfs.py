@@ -256,7 +256,9 @@ def test_quantize_to_hub_upload_failure_then_retry_lands_once(
     target = result.repo_id
     commits = hub.commits(target)
     assert len(commits) == 2 and commits[-1]["oid"] == result.commit_sha  # creation + one commit
-    assert hub.stats.commits == {(target, "main"): 1}
+    # Shards are staged on a branch first (streamed job); main gets exactly one commit.
+    assert {branch: n for (repo, branch), n in hub.stats.commits.items() if repo == target}["main"] == 1
+    assert hub.branches(target) == {"main": result.commit_sha}  # the staging branch is gone
     shards = sorted(p.name for p in local_output.glob("*.safetensors"))
     assert len(shards) == 2
     for name in [*shards, "model.safetensors.index.json"]:
