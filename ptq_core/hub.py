@@ -263,6 +263,7 @@ def plan_hub_model(
     Args:
         source: a ``Job``, or a source repo id with ``scheme``/``ignore``/``default_ignore``/
             ``revision`` (see ``make_job``: ``ignore`` adds to the loader-safe defaults).
+            A local checkpoint folder gives the same plan, read from its files.
         token: Hub token for private or gated repos; public repos need none.
 
     Raises:
@@ -276,7 +277,11 @@ def plan_hub_model(
         >>> print(plan_hub_model("meta-llama/Llama-3.2-1B", "NVFP4A16").to_markdown())  # doctest: +SKIP
     """
     job = _as_job(source, scheme, ignore=ignore, default_ignore=default_ignore, revision=revision)
-    _state, _checkpoint, plan = _open_hub_plan(job, HubHttp(resolve_token(token, required=False)))
+    folder = Path(job.source).expanduser()
+    if folder.is_dir():  # the same plan of a local copy: what a streamed job of it would use
+        plan = build_plan(open_checkpoint(folder), job.resolved)
+    else:
+        _state, _checkpoint, plan = _open_hub_plan(job, HubHttp(resolve_token(token, required=False)))
     root = Path(constants.PTQ_HUB_CACHE)
     while not root.exists():  # the cache may not exist yet: its disk is the first existing parent's
         root = root.parent

@@ -187,8 +187,10 @@ def estimate_footprint(plan: Plan, budgets: Budgets, shards: Sequence[str] | Non
                 break
             held += sizes[shard]
         peak_disk = max(peak_disk, held)
-    biggest = max(_unit_bytes(plan).values(), default=0)
-    peak_ram = budgets.window + budgets.workers * (2 * biggest + _SCRATCH_BYTES)
+    units = _unit_bytes(plan)
+    biggest = max(units.values(), default=0)
+    read_ahead = min(budgets.window, sum(units.values()))
+    peak_ram = read_ahead + budgets.workers * (2 * biggest + min(_SCRATCH_BYTES, 4 * biggest))
     return Footprint(peak_disk=peak_disk, peak_ram=peak_ram, disk_budget=budgets.disk, ram_budget=budgets.ram)
 
 
