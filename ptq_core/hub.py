@@ -154,7 +154,7 @@ class PreparedJob:
     """A job whose every early check passed: identity, target, source, plan, parts and budgets are known.
 
     ``finished`` is the commit of ``main`` that already holds this very job (same
-    fingerprint): a rerun then does nothing.
+    fingerprint): a part rerun then does nothing, and ``finalize_hub_job`` returns it.
     """
 
     job: Job
@@ -387,7 +387,8 @@ def finalize_hub_job(
         raise InvalidOptionError(f"part={job.part} was given to finalize_hub_job; finalize combines all parts.")
     if not isinstance(parts, int) or isinstance(parts, bool) or parts < 1:
         raise InvalidOptionError(f"parts={parts!r} must be the number of parts the job was split into (>= 1).")
-    prepared = prepare_hub_job(job, token=token, work_dir=work_dir)
+    # Prepared as a part would be: a job that already finished is then returned, not refused.
+    prepared = replace(prepare_hub_job(replace(job, part=(parts, parts)), token=token, work_dir=work_dir), job=job)
     clock = _StageClock(progress)
     if prepared.finished is not None:
         return _result(prepared, prepared.finished, clock, card="")
@@ -420,10 +421,10 @@ def prepare_hub_job(job: Job, *, token: str | None = None, work_dir: str | os.Pa
     job_id = job_identity(job, source_state.sha, tool_version())
     fp = fingerprint(job_id)
     finished = None
-    if [f for f in target_state.files if f != ".gitattributes"]:
+    if [f for f in target_state.files if f != ".gitattributes"] and not job.overwrite:
         finished = finalized_commit(http, target, fp)
-        if finished is None:
-            refuse_existing_content(target_state, target, overwrite=job.overwrite)
+        if finished is None or job.part is None:
+            refuse_existing_content(target_state, target)
     checkpoint = open_remote_checkpoint(http, source_state)
     plan = build_plan(checkpoint, job.resolved)
     root = Path(work_dir) if work_dir is not None else Path(constants.PTQ_HUB_CACHE)

@@ -100,14 +100,14 @@ def inspect_target(http: HubHttp, repo_id: str) -> TargetState:
     return TargetState(exists=True, files=tuple(files))
 
 
-def refuse_existing_content(state: TargetState, repo_id: str, *, overwrite: bool) -> None:
+def refuse_existing_content(state: TargetState, repo_id: str) -> None:
     """Never silently overwrite a model: a target whose ``main`` holds files needs ``overwrite``.
 
     Raises:
-        TargetRepoExistsError: it holds files and ``overwrite`` is false.
+        TargetRepoExistsError: it holds files (the caller checked that ``overwrite`` is false).
     """
     content = [f for f in state.files if f != ".gitattributes"]
-    if content and not overwrite:
+    if content:
         shown = ", ".join(content[:5]) + (", ..." if len(content) > 5 else "")
         raise TargetRepoExistsError(
             f"Target repo {repo_id} already holds {len(content)} file(s) ({shown}). Pick another target, "

@@ -297,6 +297,7 @@ def _progress_reporter(progress: Any) -> Callable[[str, int, int], None]:
     """
     context = contextvars.copy_context()
     lock = threading.Lock()
+    shown = [0.0]  # a streamed job's stages overlap: the bar shows the furthest point reached
 
     def report(stage: str, done: int, total: int) -> None:
         start, end, label = _STAGES.get(stage, (0.0, 1.0, stage.capitalize()))
@@ -308,7 +309,8 @@ def _progress_reporter(progress: Any) -> Callable[[str, int, int], None]:
         else:
             desc = label
         with lock:
-            context.run(progress, start + (end - start) * part, desc=desc)
+            shown[0] = max(shown[0], start + (end - start) * part)
+            context.run(progress, shown[0], desc=desc)
 
     return report
 

@@ -182,7 +182,7 @@ def test_preview_refuses_a_gated_repo_without_access(hub, checkpoint):
 def test_preview_refuses_a_repo_without_safetensors(hub):
     hub.seed_repo("bob/old", {"config.json": b"{}", "pytorch_model.bin": b"x"})
     plan_md, _, _, button, _ = app.preview_model("bob/old", "FP8_BLOCK", [], _token())
-    assert "no model.safetensors" in plan_md and "convert *.bin" in plan_md
+    assert "no *.safetensors weights" in plan_md and "(it has pytorch_model.bin)" in plan_md
     assert _interactive(button) is False
 
 

@@ -36,6 +36,7 @@ from ptq_core.errors import (
     MissingPartError,
     PartMismatchError,
     SourceChangedError,
+    TargetRepoExistsError,
 )
 from ptq_core.hub import finalize_hub_job, plan_hub_model, plan_hub_parts, prepare_hub_job, quantize_to_hub, run_hub_job
 from ptq_core.job import make_job
@@ -323,8 +324,11 @@ def test_rerun_after_a_failed_final_commit_only_commits(hub, llama, tmp_path):
     assert not [h for m, p, h in hub.requests_log[log_start:]
                 if m == "GET" and p.endswith(".safetensors") and not h.get("range", "").startswith("bytes=0-")]
     _assert_equals_local(hub, result.repo_id, _local(llama, "FP8_BLOCK"))
-    # ... and a third run finds the job done: no new commit.
-    again = quantize_to_hub(SOURCE, "FP8_BLOCK", token=ALICE, work_dir=tmp_path / "work")
+    # A third run of the whole job is refused as for any model already there; the finalize step of a
+    # multi-part job (and every part) instead finds the job done and returns its commit.
+    with pytest.raises(TargetRepoExistsError, match="already holds"):
+        quantize_to_hub(SOURCE, "FP8_BLOCK", token=ALICE, work_dir=tmp_path / "work")
+    again = finalize_hub_job(SOURCE, "FP8_BLOCK", parts=1, token=ALICE, work_dir=tmp_path / "work")
     assert again.commit_sha == result.commit_sha and _main_commits(hub, result.repo_id) == 1
 
 
