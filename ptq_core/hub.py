@@ -64,7 +64,7 @@ from .repo_files import select_repo_files
 from .schemes import canonical_scheme_name, scheme_repo_suffix
 from .sizes import compression_ratio, format_bytes
 from .source import ProgressCallback, SourceState, download_checkpoint, inspect_source
-from .staging import Manifest, ShardStager, Staging, finalized_commit, manifest_path
+from .staging import Manifest, ShardStager, Staging, finalized_commit, manifest_path, staging_branch
 from .stream import stream_shards
 from .writer import write_config, write_index
 
@@ -174,7 +174,7 @@ class PreparedJob:
 
     @property
     def branch(self) -> str:
-        return Staging(self.http, self.target, self.fingerprint, self.identity).branch
+        return staging_branch(self.fingerprint)
 
 
 @dataclass(frozen=True)
@@ -286,7 +286,7 @@ def plan_hub_model(
     while not root.exists():  # the cache may not exist yet: its disk is the first existing parent's
         root = root.parent
     budgets = resolve_budgets(plan, job, root, check=False)
-    return replace(plan, footprint=estimate_footprint(plan, budgets))
+    return replace(plan, footprint=estimate_footprint(plan, budgets, split_parts(plan, 1)[0]))
 
 
 def plan_hub_parts(source: Job | str, parts: int, *, token: str | None = None) -> PartsPlan:
@@ -431,10 +431,10 @@ def prepare_hub_job(job: Job, *, token: str | None = None, work_dir: str | os.Pa
     root.mkdir(parents=True, exist_ok=True)
     _sweep_stale(root)
     k = job.part[1] if job.part is not None else 1
-    parts = split_parts(plan, k) if plan.shards else ((),) * k
+    parts = split_parts(plan, k)
     budgets = resolve_budgets(plan, job, root)
-    shards = parts[job.part[0] - 1] if job.part is not None else None
-    plan = replace(plan, footprint=estimate_footprint(plan, budgets, shards))
+    mine = parts[job.part[0] - 1] if job.part is not None else parts[0]
+    plan = replace(plan, footprint=estimate_footprint(plan, budgets, mine))
     return PreparedJob(job, http, target, target_state, source_state, root, checkpoint, plan, budgets, job_id, fp,
                        parts, finished, time.monotonic() - t0)
 
@@ -446,10 +446,10 @@ def run_hub_job(prepared: PreparedJob, *, progress: ProgressCallback | None = No
         logger.info("%s already holds this job at commit %s; nothing to do", prepared.target, prepared.finished[:10])
         return _result(prepared, prepared.finished, clock, card="")
     index, count = prepared.job.part or (1, 1)
-    staged_head, peak = _stage_part(prepared, index, count, clock)
+    staged_head, peak, stager = _stage_part(prepared, index, count, clock)
     if prepared.job.part is not None:
         return _result(prepared, staged_head, clock, card="", peak_disk=peak)
-    return _finalize(prepared, 1, clock, peak_disk=peak)
+    return _finalize(prepared, 1, clock, peak_disk=peak, stager=stager)
 
 
 def search_models(query: str, *, limit: int = 20, token: str | None = None) -> list[str]:
@@ -466,8 +466,18 @@ def search_models(query: str, *, limit: int = 20, token: str | None = None) -> l
 
 
 # --- phases ------------------------------------------------------------------
-def _stage_part(prepared: PreparedJob, index: int, count: int, clock: _StageClock) -> tuple[str, int]:
-    """Stage the output shards of part ``index`` of ``count`` that are not staged yet; (branch head, peak disk)."""
+def _stage_part(
+    prepared: PreparedJob, index: int, count: int, clock: _StageClock
+) -> tuple[str, int, ShardStager | None]:
+    """Stage the output shards of part ``index`` of ``count`` that are not staged yet.
+
+    A part commits its complete manifest last. A one-machine job (no ``job.part``)
+    leaves its last uploaded shards uncommitted: its final commit on ``main`` names
+    them directly, which saves a commit and reading the manifests back.
+
+    Returns:
+        (staging branch head, peak disk, the stager: ``None`` when nothing was left to do).
+    """
     job, http, target = prepared.job, prepared.http, prepared.target
     mine = prepared.parts[index - 1]
     staging = Staging(http, target, prepared.fingerprint, prepared.identity)
@@ -489,7 +499,7 @@ def _stage_part(prepared: PreparedJob, index: int, count: int, clock: _StageCloc
         if head is not None and previous is not None and previous.complete and previous.fingerprint == staging.fingerprint:
             logger.info("Part %d/%d of %s is already staged on %s; nothing to do", index, count, job.source, staging.branch)
             clock("stage", len(mine), len(mine))
-            return head, 0
+            return head, 0, None
         if head is None:
             staging.ensure()
         todo = [s for s in mine if s not in mine_done]
@@ -508,14 +518,18 @@ def _stage_part(prepared: PreparedJob, index: int, count: int, clock: _StageCloc
         if todo:
             job_dir.mkdir(parents=True)
             peak = _stream(prepared, todo, job_dir, stager, clock).peak_disk
-        stager.commit()
-        return str(staging.head()), peak
+        if job.part is not None:
+            stager.commit()
+        return str(staging.head()), peak, stager
     except BaseException as err:
         staged_now = len(stager.manifest.staged) - reused if stager is not None else 0
         if stager is not None and stager.has_pending:
             staged_now += _salvage(stager)
-        raise _after_failure(err, prepared, staging, created=created, staged=reused + max(0, staged_now),
-                             total=len(mine)) from err
+        new = _after_failure(err, prepared, staging, created=created, staged=reused + max(0, staged_now),
+                             total=len(mine))
+        if new is err:
+            raise
+        raise new from err
     finally:
         shutil.rmtree(job_dir, ignore_errors=True)
 
@@ -541,29 +555,38 @@ def _stream(prepared: PreparedJob, todo: list[str], job_dir: Path, stager: Shard
         clock("validate", 1, 1)  # the plan is checked and its reads are laid out
         return reader
 
-    def tick() -> None:
-        if stager.due():
-            stager.commit()
-
     report = stream_shards(
         prepared.plan, prepared.checkpoint, todo, open_reader, job_dir,
-        upload=stager.upload, tick=tick, disk_budget=prepared.budgets.disk,
+        upload=stager.upload, tick=stager.commit_if_due, disk_budget=prepared.budgets.disk,
         devices=resolve_devices(prepared.job.device), workers=prepared.budgets.workers, progress=clock,
     )
     clock("download", total, total)
     return report
 
 
-def _finalize(prepared: PreparedJob, count: int, clock: _StageClock, *, peak_disk: int = 0) -> HubResult:
-    """All ``count`` parts present and consistent -> the one commit on ``main`` -> branch deleted."""
+def _finalize(
+    prepared: PreparedJob, count: int, clock: _StageClock, *, peak_disk: int = 0, stager: ShardStager | None = None
+) -> HubResult:
+    """All ``count`` parts present and consistent -> the one commit on ``main`` -> branch deleted.
+
+    ``stager``: this process just staged the whole job (one machine); its record of
+    what is on the branch, and its uploaded but uncommitted shards, are used as they are.
+    """
     job, http, target, plan, state = prepared.job, prepared.http, prepared.target, prepared.plan, prepared.source_state
     staging = Staging(http, target, prepared.fingerprint, prepared.identity)
     head = staging.head()
-    if head is None:
+    if head is None and stager is None:
         landed = finalized_commit(http, target, prepared.fingerprint) if prepared.target_state.exists else None
         if landed is not None:
             return _result(prepared, landed, clock, card="")
-    staging.check_parts(head, count, plan.shards)
+    uploaded = stager.pending() if stager is not None else {}
+    if stager is not None:
+        committed = set(stager.manifest.staged)
+        missing = [s for s in plan.shards if s not in committed and s not in uploaded]
+        if missing:  # a bug, never the Hub's state: say so plainly
+            raise RuntimeError(f"output shard(s) {missing[:3]} were neither staged nor uploaded")
+    else:
+        committed = set(staging.check_parts(head, count, plan.shards))
     job_dir = prepared.work_root / f"{_WORK_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
     try:
         job_dir.mkdir(parents=True)
@@ -587,14 +610,21 @@ def _finalize(prepared: PreparedJob, count: int, clock: _StageClock, *, peak_dis
         clock("commit", 0, 1)
         try:
             sha = staging.commit_to_main(
-                head, plan.shards, files, deletions,
+                head, [s for s in plan.shards if s in committed], files, deletions,
+                uploaded=[op for op, _ in uploaded.values()],
                 commit_message=f"Add {job.source} quantized to {job.scheme_name} (ptq-hub {tool_version()})",
                 commit_description=_commit_description(prepared),
             )
         except BaseException as err:
-            raise _after_failure(err, prepared, staging, created=False, staged=len(plan.shards),
-                                 total=len(plan.shards)) from err
+            if stager is not None and uploaded:
+                _salvage(stager)
+            new = _after_failure(err, prepared, staging, created=False, staged=len(plan.shards),
+                                 total=len(plan.shards))
+            if new is err:
+                raise
+            raise new from err
         clock("commit", 1, 1)
+        clock("stage", len(plan.shards), len(plan.shards))
     finally:
         shutil.rmtree(job_dir, ignore_errors=True)
     try:

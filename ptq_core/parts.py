@@ -170,15 +170,15 @@ def resolve_budgets(plan: Plan, job: Job, work_root: Path, *, check: bool = True
     return Budgets(disk=disk, ram=ram, window=window, workers=workers)
 
 
-def estimate_footprint(plan: Plan, budgets: Budgets, shards: Sequence[str] | None = None) -> Footprint:
-    """Peak disk and RAM of a streamed job of ``plan`` (or of the output ``shards`` of one part).
+def estimate_footprint(plan: Plan, budgets: Budgets, shards: Sequence[str]) -> Footprint:
+    """Peak disk and RAM of a streamed job that makes the output ``shards`` of ``plan``, in that order.
 
     Disk: at most ``LOCAL_SHARDS`` consecutive output shards are local at once, fewer
     when they would not fit the budget together. RAM: the read-ahead window plus, per
     worker, the largest unit twice (fetched span and input buffer) and its scratch buffers.
     """
     sizes = shard_sizes(plan)
-    order = [s for s in (shards if shards is not None else plan.shards)]
+    order = list(shards)
     peak_disk = 0
     for i in range(len(order)):
         held = 0
@@ -195,9 +195,11 @@ def estimate_footprint(plan: Plan, budgets: Budgets, shards: Sequence[str] | Non
 
 
 def split_parts(plan: Plan, parts: int) -> tuple[tuple[str, ...], ...]:
-    """Output shards dealt to ``parts`` parts balanced by bytes moved; each part in name order.
+    """Output shards dealt to ``parts`` parts balanced by bytes moved; each part in processing order.
 
     Greedy: the costliest shard first, to the lightest part (ties: the lower part).
+    Within a part, the largest output shard comes first and the smallest last: the
+    upload that remains after the last byte is downloaded is then the shortest.
     Deterministic, so every machine of a matrix computes the same split.
 
     Raises:
@@ -209,14 +211,14 @@ def split_parts(plan: Plan, parts: int) -> tuple[tuple[str, ...], ...]:
             f"use between 1 and {len(plan.shards)} parts."
         )
     costs = shard_costs(plan)
-    position = {s: i for i, s in enumerate(sorted(plan.shards))}  # model-00001... first, as people expect
+    sizes = shard_sizes(plan)
     loads = [0] * parts
     chosen: list[list[str]] = [[] for _ in range(parts)]
-    for shard in sorted(plan.shards, key=lambda s: (-costs[s], position[s])):
+    for shard in sorted(plan.shards, key=lambda s: (-costs[s], s)):
         lightest = min(range(parts), key=lambda p: (loads[p], p))
         loads[lightest] += costs[shard]
         chosen[lightest].append(shard)
-    return tuple(tuple(sorted(c, key=position.__getitem__)) for c in chosen)
+    return tuple(tuple(sorted(c, key=lambda s: (-sizes[s], s))) for c in chosen)
 
 
 def job_identity(job: Job, source_sha: str, tool_version: str) -> dict[str, Any]:

@@ -36,12 +36,14 @@ from .source import SourceState
 
 logger = logging.getLogger("ptq_core.hub")
 
-__all__ = ["RANGE_GAP", "RANGE_SPAN", "RemoteReader", "fetch_range", "open_remote_checkpoint"]
+__all__ = ["RANGE_GAP", "RANGE_PIECE", "RANGE_SPAN", "RemoteReader", "fetch_range", "open_remote_checkpoint"]
 
 RANGE_GAP = 1 << 20
 """Reads closer than this are fetched as one span (the gap's bytes are cheaper than a request)."""
 RANGE_SPAN = 64 << 20
 """A coalesced span grows to at most this many bytes (one tensor larger than it is its own span)."""
+RANGE_PIECE = 16 << 20
+"""Bytes per Range request: a span is fetched as pieces on several connections at once."""
 _HEADER_PROBE = 256 << 10
 """First read of a shard: the 8-byte length and, for most checkpoints, the whole header."""
 _HEADER_THREADS = 8
@@ -183,7 +185,12 @@ def open_remote_checkpoint(
 # --- tensor bytes --------------------------------------------------------------
 @dataclass
 class _Span:
-    """Consecutive bytes of one shard that several reads share, fetched with one request."""
+    """Consecutive bytes of one shard that several reads share, held in one buffer.
+
+    It is fetched as pieces of at most ``piece`` bytes, several at a time and in
+    order, so the span the workers need next arrives at the link's full speed
+    instead of sharing it with the spans behind it.
+    """
 
     index: int
     shard: str
@@ -192,6 +199,8 @@ class _Span:
     readers: int = 0  # reads not yet consumed
     state: str = "pending"  # pending -> fetching -> ready -> released
     data: bytearray | None = None
+    next_piece: int = 0  # offset (from start) of the first piece no thread has taken
+    pieces_left: int = 0  # pieces taken and not finished, plus those not taken
     waiting: int = 0  # workers blocked on it
 
     @property
@@ -234,6 +243,8 @@ class RemoteReader:
             a worker is waiting for is fetched even beyond it, so the window never blocks progress.
         threads: concurrent Range requests.
         progress: ``progress(nbytes)`` per received chunk.
+        gap, span_max: coalescing of reads into spans (``RANGE_GAP``, ``RANGE_SPAN``).
+        piece: bytes per Range request (``RANGE_PIECE``).
 
     The pipeline's reader protocol (``read_into``, ``copy_to``) is thread-safe; a failed
     fetch is raised in every worker that needs its bytes (and in those that come later).
@@ -251,24 +262,28 @@ class RemoteReader:
         progress: Callable[[int], None] | None = None,
         gap: int = RANGE_GAP,
         span_max: int = RANGE_SPAN,
+        piece: int = RANGE_PIECE,
     ) -> None:
         self.checkpoint = checkpoint
         self._http = http
         self._source = source
         self._window = window
+        self._piece = piece
         self._progress = progress or (lambda nbytes: None)
         plan = _coalesce(units, gap, span_max)
         self._spans = plan.spans
         self._by_read = plan.by_read
-        self._next = 0  # lowest span index not started
-        self._wanted: list[_Span] = []  # pending spans a worker waits for
+        for span in self._spans:
+            span.pieces_left = max(1, -(-span.size // piece))
+        self._next = 0  # lowest span index with pieces no thread has taken
+        self._wanted: list[_Span] = []  # spans a worker waits for, whose pieces are not all taken
         self._held = 0  # bytes of spans fetching or ready
         self._error: BaseException | None = None
         self._closed = False
         self._cond = threading.Condition()
         self._threads = [
             threading.Thread(target=self._fetch_loop, name=f"ptq-range-{i}", daemon=True)
-            for i in range(max(1, min(threads, len(self._spans))))
+            for i in range(max(1, threads) if self._spans else 0)
         ]
         for thread in self._threads:
             thread.start()
@@ -287,10 +302,9 @@ class RemoteReader:
         """Fill ``out`` (a CPU uint8 tensor) with the tensor's bytes from ``start`` on."""
         span, data = self._acquire(info.shard, info.offset + start)
         try:
-            offset = info.offset + start - span.start
             n = out.numel()
             if n:
-                out.copy_(torch.frombuffer(data, dtype=torch.uint8, count=n, offset=offset))
+                out.copy_(torch.frombuffer(data, dtype=torch.uint8, count=n, offset=info.offset + start - span.start))
         finally:
             self._release(span)
 
@@ -300,8 +314,8 @@ class RemoteReader:
         try:
             nbytes = self._by_read[(info.shard, info.offset + start)][1]
             offset = info.offset + start - span.start
-            view = torch.frombuffer(data, dtype=torch.uint8, count=nbytes, offset=offset) if nbytes else torch.empty(
-                0, dtype=torch.uint8)
+            view = (torch.frombuffer(data, dtype=torch.uint8, count=nbytes, offset=offset) if nbytes
+                    else torch.empty(0, dtype=torch.uint8))
             writer.write(name, view)
         finally:
             self._release(span)
@@ -330,7 +344,7 @@ class RemoteReader:
         span = self._spans[self._by_read[key][0]]
         with self._cond:
             span.waiting += 1
-            if span.state == "pending":
+            if span.next_piece < span.size or (span.size == 0 and span.state == "pending"):
                 self._wanted.append(span)
                 self._cond.notify_all()
             try:
@@ -354,19 +368,32 @@ class RemoteReader:
                 self._held -= span.size
                 self._cond.notify_all()
 
-    def _pick(self) -> _Span | None:
-        """The next span to fetch: one a worker waits for, else the next in order if the window allows."""
-        while self._wanted:
-            span = self._wanted.pop(0)
-            if span.state == "pending":
-                return span
-        while self._next < len(self._spans) and self._spans[self._next].state != "pending":
+    def _has_pieces(self, span: _Span) -> bool:
+        return span.state == "pending" or (span.state == "fetching" and span.next_piece < span.size)
+
+    def _pick(self) -> tuple[_Span, int, int] | None:
+        """The next piece: of a span a worker waits for, else in order while the window allows."""
+        while self._wanted and not self._has_pieces(self._wanted[0]):
+            self._wanted.pop(0)
+        if self._wanted:
+            return self._take(self._wanted[0])
+        while self._next < len(self._spans) and not self._has_pieces(self._spans[self._next]):
             self._next += 1
-        if self._next < len(self._spans):
-            span = self._spans[self._next]
-            if self._held == 0 or self._held + span.size <= self._window:
-                return span
+        if self._next == len(self._spans):
+            return None
+        span = self._spans[self._next]
+        if span.state == "fetching" or self._held == 0 or self._held + span.size <= self._window:
+            return self._take(span)
         return None
+
+    def _take(self, span: _Span) -> tuple[_Span, int, int]:
+        if span.state == "pending":  # its bytes count against the window from its first piece on
+            span.state = "fetching"
+            span.data = bytearray(span.size)
+            self._held += span.size
+        first = span.next_piece
+        span.next_piece = min(span.size, first + self._piece)
+        return span, first, span.next_piece
 
     def _fetch_loop(self) -> None:
         while True:
@@ -374,17 +401,16 @@ class RemoteReader:
                 while True:
                     if self._closed or self._error is not None:
                         return
-                    span = self._pick()
-                    if span is not None:
+                    picked = self._pick()
+                    if picked is not None:
                         break
-                    if self._next >= len(self._spans):
+                    if self._next >= len(self._spans) and not self._wanted:
                         return
                     self._cond.wait()
-                span.state = "fetching"
-                self._held += span.size
+            span, first, last = picked
             try:
-                data = bytearray(span.size)
-                view = memoryview(data)
+                assert span.data is not None
+                view = memoryview(span.data)[first:last]
                 filled = 0
 
                 def sink(chunk: bytes) -> None:
@@ -393,7 +419,7 @@ class RemoteReader:
                     filled += len(chunk)
                     self._progress(len(chunk))
 
-                fetch_range(self._http, self._source, span.shard, span.start, span.size, sink)
+                fetch_range(self._http, self._source, span.shard, span.start + first, last - first, sink)
             except BaseException as err:  # noqa: BLE001 - handed to the workers, who raise it
                 with self._cond:
                     if self._error is None:
@@ -401,6 +427,7 @@ class RemoteReader:
                     self._cond.notify_all()
                 return
             with self._cond:
-                span.data = data
-                span.state = "ready"
-                self._cond.notify_all()
+                span.pieces_left -= 1
+                if span.pieces_left == 0:
+                    span.state = "ready"
+                    self._cond.notify_all()

@@ -285,15 +285,19 @@ class Staging:
     # --- the final commit ------------------------------------------------------------
     def commit_to_main(
         self,
-        revision: str,
+        revision: str | None,
         shards: Iterable[str],
         files: Mapping[str, Path | bytes],
         deletions: Iterable[str],
         *,
+        uploaded: Iterable[Any] = (),
         commit_message: str,
         commit_description: str,
     ) -> str:
-        """The one commit on ``main``: shards copied from ``revision`` of the branch, ``files`` added.
+        """The one commit on ``main``: ``shards`` copied from ``revision`` of the branch, ``files`` added.
+
+        ``uploaded`` are operations of shards already pre-uploaded and not yet committed
+        to the branch (a one-machine job's last ones): the commit names them by sha256.
 
         Returns:
             the new commit's sha (or that of an identical commit that already landed,
@@ -304,6 +308,7 @@ class Staging:
         operations: list[Any] = [
             CommitOperationCopy(src_path_in_repo=s, path_in_repo=s, src_revision=revision) for s in shards
         ]
+        operations += list(uploaded)
         operations += [CommitOperationAdd(path_in_repo=p, path_or_fileobj=v if isinstance(v, bytes) else str(v))
                        for p, v in files.items()]
         operations += [CommitOperationDelete(path_in_repo=p) for p in deletions]
@@ -355,7 +360,8 @@ class ShardStager:
         self._on_commit = on_commit or (lambda staged: None)
         self._pending: list[tuple[Any, StagedShard]] = []
         self._last_commit = float("-inf")
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the pending list
+        self._commit_lock = threading.Lock()  # one commit at a time: each writes the whole manifest
 
     @property
     def has_pending(self) -> bool:
@@ -376,12 +382,30 @@ class ShardStager:
             self._pending.append((op, staged))
         logger.debug("Uploaded %s (%d bytes)", shard, staged.size)
 
-    def due(self) -> bool:
-        """Pending shards and the commit interval over: time for a commit."""
-        return bool(self._pending) and time.monotonic() - self._last_commit >= self.commit_interval
+    def commit_if_due(self) -> None:
+        """Commit the pending shards when the commit interval has passed since the last commit.
+
+        Never waits: when another thread is committing, that commit takes the pending shards.
+        """
+        if not self._commit_lock.acquire(blocking=False):
+            return
+        try:
+            if self._pending and time.monotonic() - self._last_commit >= self.commit_interval:
+                self._commit()
+        finally:
+            self._commit_lock.release()
+
+    def pending(self) -> dict[str, tuple[Any, StagedShard]]:
+        """Uploaded, not yet committed shards: name -> (commit operation, staged shard)."""
+        with self._lock:
+            return {op.path_in_repo: (op, shard) for op, shard in self._pending}
 
     def commit(self) -> None:
         """Commit the pending shards and the updated manifest (also when nothing is pending: a complete part)."""
+        with self._commit_lock:
+            self._commit()
+
+    def _commit(self) -> None:
         from huggingface_hub import CommitOperationAdd
 
         with self._lock:

@@ -8,9 +8,9 @@ Three stages run at once, joined by bounded hand-offs:
   worker queued), each writing into its output shard (``writer.ShardWriter``);
   the dispatcher opens an output shard only when it fits the **disk budget**
   next to the shards still on disk (and at most ``parts.LOCAL_SHARDS`` of them);
-* **upload**: one thread hands finished shards, in order, to ``upload`` (which
-  returns once the bytes are safe on the Hub), deletes each local file, and so
-  frees its room for the next shard.
+* **upload**: ``UPLOAD_THREADS`` threads hand finished shards, taken in order, to
+  ``upload`` (which returns once the bytes are safe on the Hub), delete each local
+  file, and so free its room for the next shard.
 
 So on a bandwidth-limited link the wall time approaches the slowest stage, and
 the local disk never holds more than the budget, whatever the model's size.
@@ -47,7 +47,9 @@ __all__ = ["ReaderFactory", "StreamReport", "stream_shards"]
 ReaderFactory = Callable[[list[list[tuple[str, int, int]]]], AbstractContextManager[TensorReader]]
 """Opens a reader for the units' input ranges, in the order the workers will take them."""
 
-_TICK_SECONDS = 1.0  # how often the waiting uploader calls ``tick`` (commits that fell due)
+_TICK_SECONDS = 1.0  # how often a waiting uploader calls ``tick`` (commits that fell due)
+UPLOAD_THREADS = 2
+"""Shards uploaded at once: one is hashed and announced while the other's bytes travel."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class _State:
         self.local_shards = 0
         self.peak_disk = 0
         self.in_flight = 0
+        self.uploaded = 0
         self.finished: set[str] = set()
 
     def fail(self, err: BaseException) -> None:
@@ -96,7 +99,7 @@ def stream_shards(
     Args:
         open_reader: builds the reader for the units' input ranges (see ``ReaderFactory``).
         upload: ``upload(shard, path)``, returning once the shard is safe on the Hub.
-        tick: called by the uploader between shards and about every second while it waits.
+        tick: called by the uploaders between shards and about every second while they wait.
         disk_budget: bytes of output shards that may sit in ``folder`` at once.
         progress: stages ``quantize`` (units), ``write`` (shards finished), ``upload`` (bytes).
 
@@ -115,11 +118,18 @@ def stream_shards(
     writers: dict[str, ShardWriter] = {}
     uploaded = 0
 
+    next_upload = 0  # index in ``shards`` of the next shard an uploader takes
+
     def uploader() -> None:
-        nonlocal uploaded
+        """Take finished shards in order; several uploaders overlap one's hashing with another's transfer."""
+        nonlocal uploaded, next_upload
         try:
-            for shard in shards:
+            while True:
                 with state.cond:
+                    if next_upload == len(shards) or state.failure is not None:
+                        return
+                    shard = shards[next_upload]
+                    next_upload += 1
                     while shard not in state.finished and state.failure is None:
                         state.cond.wait(_TICK_SECONDS)
                         if shard not in state.finished and state.failure is None:
@@ -137,10 +147,11 @@ def stream_shards(
                 with state.cond:
                     state.local_bytes -= size
                     state.local_shards -= 1
+                    state.uploaded += 1
+                    uploaded += size
+                    # the total is estimated from the plan (headers generously): the last shard completes it
+                    done = upload_total if state.uploaded == len(shards) else min(uploaded, upload_total)
                     state.cond.notify_all()
-                uploaded += size
-                # the total is estimated from the plan (headers generously): the last shard completes it
-                done = upload_total if shard == shards[-1] else min(uploaded, upload_total)
                 progress("upload", done, upload_total)
                 tick()
         except BaseException as err:  # noqa: BLE001 - handed to the dispatcher, which raises it
@@ -206,8 +217,10 @@ def stream_shards(
                     state.in_flight -= 1
                     state.cond.notify_all()
 
-        upload_thread = threading.Thread(target=uploader, name="ptq-upload", daemon=True)
-        upload_thread.start()
+        upload_threads = [threading.Thread(target=uploader, name=f"ptq-upload-{i}", daemon=True)
+                          for i in range(min(UPLOAD_THREADS, len(shards)))]
+        for thread in upload_threads:
+            thread.start()
         try:
             with torch_threads(workers), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ptq") as pool:
                 for shard, unit in units:
@@ -220,10 +233,12 @@ def stream_shards(
                             break
                         state.in_flight += 1
                     pool.submit(run, shard, unit, next(device_for))
-            upload_thread.join()
+            for thread in upload_threads:
+                thread.join()
         except BaseException as err:
             state.fail(err)
-            upload_thread.join()
+            for thread in upload_threads:
+                thread.join()
         finally:
             for shard, writer in writers.items():
                 if shard not in state.finished:
