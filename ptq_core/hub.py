@@ -89,7 +89,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 STAGE_COMMIT_INTERVAL = 60.0
-"""Seconds between two commits of one part to the staging branch (the Hub allows 128 commits an hour)."""
+"""Seconds between two commits of one part to the staging branch (the Hub allows 128 commits an hour).
+
+The first commit also waits this long: a job shorter than that makes no staging commit at all
+(a one-machine job's final commit then names every shard by sha256)."""
 _RANGE_THREADS = 4
 _WORK_PREFIX = "ptq-job-"
 
@@ -446,10 +449,10 @@ def run_hub_job(prepared: PreparedJob, *, progress: ProgressCallback | None = No
         logger.info("%s already holds this job at commit %s; nothing to do", prepared.target, prepared.finished[:10])
         return _result(prepared, prepared.finished, clock, card="")
     index, count = prepared.job.part or (1, 1)
-    staged_head, peak, stager = _stage_part(prepared, index, count, clock)
+    staged = _stage_part(prepared, index, count, clock)
     if prepared.job.part is not None:
-        return _result(prepared, staged_head, clock, card="", peak_disk=peak)
-    return _finalize(prepared, 1, clock, peak_disk=peak, stager=stager)
+        return _result(prepared, staged.head, clock, card="", peak_disk=staged.peak_disk)
+    return _finalize(prepared, 1, clock, staged=staged)
 
 
 def search_models(query: str, *, limit: int = 20, token: str | None = None) -> list[str]:
@@ -466,17 +469,22 @@ def search_models(query: str, *, limit: int = 20, token: str | None = None) -> l
 
 
 # --- phases ------------------------------------------------------------------
-def _stage_part(
-    prepared: PreparedJob, index: int, count: int, clock: _StageClock
-) -> tuple[str, int, ShardStager | None]:
+@dataclass
+class _Staged:
+    """What staging a part left: the branch head, the local disk peak, and what the finalize step needs."""
+
+    head: str
+    peak_disk: int = 0
+    stager: ShardStager | None = None  # None: the part was already staged, nothing was done
+    created: bool = False  # this run created the target repo
+
+
+def _stage_part(prepared: PreparedJob, index: int, count: int, clock: _StageClock) -> _Staged:
     """Stage the output shards of part ``index`` of ``count`` that are not staged yet.
 
     A part commits its complete manifest last. A one-machine job (no ``job.part``)
     leaves its last uploaded shards uncommitted: its final commit on ``main`` names
     them directly, which saves a commit and reading the manifests back.
-
-    Returns:
-        (staging branch head, peak disk, the stager: ``None`` when nothing was left to do).
     """
     job, http, target = prepared.job, prepared.http, prepared.target
     mine = prepared.parts[index - 1]
@@ -499,7 +507,7 @@ def _stage_part(
         if head is not None and previous is not None and previous.complete and previous.fingerprint == staging.fingerprint:
             logger.info("Part %d/%d of %s is already staged on %s; nothing to do", index, count, job.source, staging.branch)
             clock("stage", len(mine), len(mine))
-            return head, 0, None
+            return _Staged(head, created=created)
         if head is None:
             staging.ensure()
         todo = [s for s in mine if s not in mine_done]
@@ -511,22 +519,22 @@ def _stage_part(
             assert stager is not None
             clock("stage", len(stager.manifest.staged), len(mine))
 
-        stager = ShardStager(staging, manifest, commit_interval=STAGE_COMMIT_INTERVAL, on_commit=on_commit)
-        if not todo:
-            clock("validate", 1, 1)
+        # K parts commit to one repo at once: each waits K intervals, so the repo sees one a minute.
+        stager = ShardStager(staging, manifest, commit_interval=STAGE_COMMIT_INTERVAL * count, on_commit=on_commit)
         peak = 0
         if todo:
             job_dir.mkdir(parents=True)
             peak = _stream(prepared, todo, job_dir, stager, clock).peak_disk
+        else:
+            clock("validate", 1, 1)
         if job.part is not None:
             stager.commit()
-        return str(staging.head()), peak, stager
+        return _Staged(str(staging.head()), peak, stager, created)
     except BaseException as err:
-        staged_now = len(stager.manifest.staged) - reused if stager is not None else 0
         if stager is not None and stager.has_pending:
-            staged_now += _salvage(stager)
-        new = _after_failure(err, prepared, staging, created=created, staged=reused + max(0, staged_now),
-                             total=len(mine))
+            _salvage(stager)
+        staged = len(stager.manifest.staged) if stager is not None else reused
+        new = _after_failure(err, prepared, staging, created=created, staged=staged, total=len(mine))
         if new is err:
             raise
         raise new from err
@@ -564,14 +572,14 @@ def _stream(prepared: PreparedJob, todo: list[str], job_dir: Path, stager: Shard
     return report
 
 
-def _finalize(
-    prepared: PreparedJob, count: int, clock: _StageClock, *, peak_disk: int = 0, stager: ShardStager | None = None
-) -> HubResult:
+def _finalize(prepared: PreparedJob, count: int, clock: _StageClock, *, staged: _Staged | None = None) -> HubResult:
     """All ``count`` parts present and consistent -> the one commit on ``main`` -> branch deleted.
 
-    ``stager``: this process just staged the whole job (one machine); its record of
-    what is on the branch, and its uploaded but uncommitted shards, are used as they are.
+    ``staged``: this process just staged the whole job (one machine); its stager's record
+    of what is on the branch, and its uploaded but uncommitted shards, are used as they are.
     """
+    stager = staged.stager if staged is not None else None
+    peak_disk = staged.peak_disk if staged is not None else 0
     job, http, target, plan, state = prepared.job, prepared.http, prepared.target, prepared.plan, prepared.source_state
     staging = Staging(http, target, prepared.fingerprint, prepared.identity)
     head = staging.head()
@@ -618,13 +626,13 @@ def _finalize(
         except BaseException as err:
             if stager is not None and uploaded:
                 _salvage(stager)
-            new = _after_failure(err, prepared, staging, created=False, staged=len(plan.shards),
-                                 total=len(plan.shards))
+            on_branch = len(stager.manifest.staged) if stager is not None else len(committed)
+            new = _after_failure(err, prepared, staging, created=staged is not None and staged.created,
+                                 staged=on_branch, total=len(plan.shards))
             if new is err:
                 raise
             raise new from err
         clock("commit", 1, 1)
-        clock("stage", len(plan.shards), len(plan.shards))
     finally:
         shutil.rmtree(job_dir, ignore_errors=True)
     try:
@@ -748,15 +756,12 @@ def _result(prepared: PreparedJob, sha: str, clock: _StageClock, *, card: str, p
     )
 
 
-def _salvage(stager: ShardStager) -> int:
+def _salvage(stager: ShardStager) -> None:
     """After a failure, commit the shards already uploaded so that a rerun skips them; best effort."""
-    pending = len(stager.manifest.staged)
     try:
         stager.commit()
     except Exception as err:  # noqa: BLE001 - the original failure is what the caller must see
         logger.warning("Could not stage the shards uploaded before the failure: %s", err)
-        return 0
-    return len(stager.manifest.staged) - pending
 
 
 def _after_failure(

@@ -17,9 +17,10 @@ list; parts on other machines stage into the same branch independently; and the
 
 Commits are rate-limited on the Hub (128 per hour per repo on a free account):
 shards are pre-uploaded (LFS) as soon as they are written, but committed at most
-once every ``commit_interval`` seconds (all pending shards in one commit). A
-shard pre-uploaded and not yet committed when a run dies is redone by the rerun,
-whose upload then sends nothing (LFS storage is content-addressed).
+once every ``commit_interval`` seconds (all pending shards in one commit), the
+first one too. A shard pre-uploaded and not yet committed when a run dies is
+redone by the rerun, whose upload then sends nothing (LFS storage is
+content-addressed); after any other failure, pending shards are committed first.
 """
 
 from __future__ import annotations
@@ -359,7 +360,7 @@ class ShardStager:
         self.commit_interval = commit_interval
         self._on_commit = on_commit or (lambda staged: None)
         self._pending: list[tuple[Any, StagedShard]] = []
-        self._last_commit = float("-inf")
+        self._last_commit = time.monotonic()  # the first commit waits an interval too
         self._lock = threading.Lock()  # guards the pending list
         self._commit_lock = threading.Lock()  # one commit at a time: each writes the whole manifest
 

@@ -29,6 +29,7 @@ from huggingface_hub import HfApi
 import ptq_core
 from ptq_core import _http as hub_http
 from ptq_core import cli, parts, stream
+from ptq_core import hub as hub_module
 from ptq_core.errors import (
     DiskSpaceError,
     HubNetworkError,
@@ -130,7 +131,7 @@ def test_streamed_output_equals_a_local_run_in_one_commit(hub, request, tmp_path
     assert [c["oid"] for c in commits[1:]] == [result.commit_sha] and _main_commits(hub, result.repo_id) == 1
     assert set(commits[-1]["files"]) == set(hub.list_files(result.repo_id)) - {".gitattributes"}
     assert hub.branches(result.repo_id) == {"main": result.commit_sha}
-    assert any(branch.startswith("ptq-staging-") for _, branch in hub.stats.commits)
+    assert any(m == "POST" and "/preupload/ptq-staging-" in p for m, p, _ in hub.requests_log)  # via the branch
     # No input file on disk: nothing in the work folder or the client's cache afterwards.
     assert _files_under(work) == []
     assert not list(Path(hf_constants.HF_HOME).rglob("*.safetensors"))
@@ -241,7 +242,9 @@ def test_parts_never_split_a_fused_group(moe):
 # --- resume --------------------------------------------------------------------------
 _KILL_AFTER_FIRST_STAGED = """
 import os, signal, sys
-import ptq_core
+import ptq_core, ptq_core.hub
+
+ptq_core.hub.STAGE_COMMIT_INTERVAL = 0  # stage each shard as it is uploaded (default: once a minute)
 
 def progress(stage, done, total):
     if stage == "stage" and done >= 1:
@@ -294,6 +297,7 @@ def test_killed_run_resumes_and_the_server_receives_only_the_missing_bytes(hub, 
 
 def test_upload_failure_after_a_staged_shard_keeps_it_and_the_rerun_resumes(hub, llama, tmp_path, monkeypatch):
     monkeypatch.setattr(stream, "UPLOAD_THREADS", 1)  # so that the 4 failures hit one shard's 4 attempts
+    monkeypatch.setattr(hub_module, "STAGE_COMMIT_INTERVAL", 0)  # each shard staged once uploaded
     _seed(hub, llama)
     target = "alice/tiny-FP8-BLOCK"
 
