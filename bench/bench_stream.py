@@ -52,18 +52,22 @@ MB = 1_000_000
 
 # Each child prints one JSON line last: {"seconds": ..., "hwm": ..., ...}. Imports are outside the clock.
 _HWM = (
+    "import resource\n"
     "def hwm():\n"
     "    for line in open('/proc/self/status'):\n"
     "        if line.startswith('VmHWM:'):\n"
     "            return int(line.split()[1]) * 1024\n"
     "    return 0\n"
+    "def cpu():\n"
+    "    r = resource.getrusage(resource.RUSAGE_SELF)\n"
+    "    return r.ru_utime + r.ru_stime\n"
 )
 DOWNLOAD = _HWM + """
 import json, sys, time
 from huggingface_hub import snapshot_download
-t = time.perf_counter()
+t, c = time.perf_counter(), cpu()
 snapshot_download(sys.argv[1], local_dir=sys.argv[2], allow_patterns=["*.safetensors", "*.json"])
-print(json.dumps({"seconds": time.perf_counter() - t, "hwm": hwm()}))
+print(json.dumps({"seconds": time.perf_counter() - t, "cpu": cpu() - c, "hwm": hwm()}))
 """
 STREAM = _HWM + """
 import json, os, signal, sys, time
@@ -75,9 +79,9 @@ def progress(stage, done, total):
     if kill_at and stage == "upload" and total and done >= kill_at * total:
         os.kill(os.getpid(), signal.SIGKILL)
 job = ptq_core.make_job(sys.argv[1], sys.argv[4], target=sys.argv[2], workers=int(sys.argv[5]))
-t = time.perf_counter()
+t, c = time.perf_counter(), cpu()
 result = ptq_core.quantize_to_hub(job, progress=progress)
-print(json.dumps({"seconds": time.perf_counter() - t, "hwm": hwm(), "timings": result.timings,
+print(json.dumps({"seconds": time.perf_counter() - t, "cpu": cpu() - c, "hwm": hwm(), "timings": result.timings,
                   "peak_disk": result.peak_disk, "footprint": result.plan.footprint._asdict(),
                   "size_after": result.size_after}))
 """
@@ -90,7 +94,7 @@ if quantizer == "peer":
     from llmcompressor import model_free_ptq
 else:
     from ptq_core import model_free_ptq
-t0 = time.perf_counter()
+t0, c = time.perf_counter(), cpu()
 snapshot_download(source, local_dir=src)
 t1 = time.perf_counter()
 model_free_ptq(src, out, scheme=scheme, ignore=ignore, max_workers=int(workers))
@@ -99,7 +103,8 @@ api = HfApi()
 api.create_repo(target)
 api.upload_folder(folder_path=out, repo_id=target, ignore_patterns=[".cache/**"])
 t3 = time.perf_counter()
-print(json.dumps({"seconds": t3 - t0, "download": t1 - t0, "quantize": t2 - t1, "upload": t3 - t2, "hwm": hwm()}))
+print(json.dumps({"seconds": t3 - t0, "download": t1 - t0, "quantize": t2 - t1, "upload": t3 - t2,
+                  "cpu": cpu() - c, "hwm": hwm()}))
 """
 
 
@@ -171,6 +176,12 @@ def _env(endpoint: str, scratch: Path, *, ours: bool) -> dict[str, str]:
     return env
 
 
+def _cpu_of(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far (the server's share of a step)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _delta(before: dict, after: dict) -> dict[str, int]:
     return {
         "downloaded": after["bytes_out"] - before["bytes_out"],
@@ -219,10 +230,10 @@ def main(argv: list[str] | None = None) -> int:
             def step(name: str, python: str, code: str, extra: list[str], *, ours_env: bool = True) -> dict:
                 scratch = root / name
                 env = _env(endpoint, scratch, ours=ours_env)
-                before = _stats(stats_url)
+                before, server_cpu = _stats(stats_url), _cpu_of(server.pid)
                 print(f"running: {name}", file=sys.stderr, flush=True)
                 result = _child(python, code, extra, env, [scratch])
-                result.update(_delta(before, _stats(stats_url)))
+                result.update(_delta(before, _stats(stats_url)), server_cpu=_cpu_of(server.pid) - server_cpu)
                 results[name] = result
                 return result
 
@@ -262,7 +273,8 @@ def _table(r: dict[str, dict], model_bytes: int, shards: int, args: argparse.Nam
     rows = [
         ("model", f"{_gb(model_bytes)} bf16 in {shards} shards, {args.scheme}, {args.workers} worker(s)"),
         ("link (test Hub server, own process)", f"{args.bandwidth / MB:.0f} MB/s each way"),
-        ("plain download of the same files", f"{down['seconds']:.1f} s"),
+        ("plain download of the same files", f"{down['seconds']:.1f} s (CPU: {down['cpu']:.1f} s client, "
+                                              f"{down['server_cpu']:.1f} s server)"),
         ("streamed job (quantize_to_hub)", f"{stream['seconds']:.1f} s = **{ratio:.2f}x** the download (target <= 1.3x)"),
         ("  stage spans (overlapping)", ", ".join(f"{k} {v:.1f} s" for k, v in stream["timings"].items())),
         ("  peak disk (sampled)", f"{_gb(stream['peak_disk'])} = **{100 * stream['peak_disk'] / model_bytes:.0f}%** "
@@ -270,6 +282,8 @@ def _table(r: dict[str, dict], model_bytes: int, shards: int, args: argparse.Nam
         ("  planned peak disk / budget", f"{_gb(stream['footprint']['peak_disk'])} / "
                                          f"{_gb(stream['footprint']['disk_budget'])}"),
         ("  peak RSS", _gb(stream["hwm"])),
+        ("  CPU", f"{stream['cpu']:.1f} s client, {stream['server_cpu']:.1f} s server ({os.cpu_count()} cores, "
+                  "shared with other work)"),
         ("  bytes downloaded / uploaded", f"{_gb(stream['downloaded'])} / {_gb(stream['uploaded'])}"),
     ]
     killed, resumed = r["killed"], r["resumed"]
@@ -287,7 +301,8 @@ def _table(r: dict[str, dict], model_bytes: int, shards: int, args: argparse.Nam
              f"{peer['seconds']:.1f} s (download {peer['download']:.1f} + quantize {peer['quantize']:.1f} + "
              f"upload {peer['upload']:.1f}) = **{peer['seconds'] / stream['seconds']:.2f}x** the streamed job "
              "(target >= 1.8x)"),
-            ("  peer peak disk / peak RSS", f"{_gb(peer['peak_disk'])} / {_gb(peer['hwm'])}"),
+            ("  peer peak disk / peak RSS / CPU", f"{_gb(peer['peak_disk'])} / {_gb(peer['hwm'])} / "
+                                                  f"{peer['cpu']:.1f} s client, {peer['server_cpu']:.1f} s server"),
         ]
     lines = ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
     return "\n".join(lines) + "\n"
