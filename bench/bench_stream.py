@@ -12,7 +12,8 @@ imports excluded):
   it uses (every file under its work folder, ``HF_HOME`` and ``TMPDIR``, sampled)
   and its peak RSS (target: peak disk < 60% of the model);
 * **resume**: the same job SIGKILLed once half its output is uploaded, then run
-  again: what the second run downloads and uploads;
+  again: what the second run downloads and uploads (with the default staging interval,
+  and with every shard staged as soon as it is uploaded);
 * **peer**: the flow of other tools: ``snapshot_download`` + llm-compressor's
   ``model_free_ptq`` (in its own venv, ``peer_env.py``; ours, ``quantize_job``,
   with ``--peer-quantizer ours`` or when the venv cannot be made) + ``upload_folder``
@@ -71,8 +72,10 @@ print(json.dumps({"seconds": time.perf_counter() - t, "cpu": cpu() - c, "hwm": h
 """
 STREAM = _HWM + """
 import json, os, signal, sys, time
-import ptq_core
+import ptq_core, ptq_core.hub
 kill_at = float(sys.argv[3])  # fraction of the upload after which the run kills itself (0: never)
+if sys.argv[6] != "default":  # seconds between staging commits
+    ptq_core.hub.STAGE_COMMIT_INTERVAL = float(sys.argv[6])
 state = {}
 def progress(stage, done, total):
     state.setdefault(stage, time.perf_counter())
@@ -238,9 +241,14 @@ def main(argv: list[str] | None = None) -> int:
                 return result
 
             step("download", ours, DOWNLOAD, [SOURCE, str(root / "download" / "files")])
-            step("streamed", ours, STREAM, [SOURCE, "alice/streamed", "0", args.scheme, str(args.workers)])
-            step("killed", ours, STREAM, [SOURCE, "alice/resumed", "0.5", args.scheme, str(args.workers)])
-            step("resumed", ours, STREAM, [SOURCE, "alice/resumed", "0", args.scheme, str(args.workers)])
+            job = [args.scheme, str(args.workers)]
+            step("streamed", ours, STREAM, [SOURCE, "alice/streamed", "0", *job, "default"])
+            # Killed once half the output is uploaded, then rerun: with the default staging interval
+            # (a minute: nothing of a 15 s job is committed to the branch before the kill) and with
+            # every shard staged as soon as it is uploaded.
+            for interval, name in (("default", "resumed"), ("0", "resumed-staged")):
+                step(f"killed-{name}", ours, STREAM, [SOURCE, f"alice/{name}", "0.5", *job, interval])
+                step(name, ours, STREAM, [SOURCE, f"alice/{name}", "0", *job, interval])
             if not args.skip_peer:
                 python, quantizer = ours, "ours"
                 if args.peer_quantizer == "peer":
@@ -286,13 +294,16 @@ def _table(r: dict[str, dict], model_bytes: int, shards: int, args: argparse.Nam
                   "shared with other work)"),
         ("  bytes downloaded / uploaded", f"{_gb(stream['downloaded'])} / {_gb(stream['uploaded'])}"),
     ]
-    killed, resumed = r["killed"], r["resumed"]
-    rows += [
-        ("killed run (SIGKILL at 50% uploaded)", f"downloaded {_gb(killed['downloaded'])}, uploaded "
+    for name, words in (("resumed", "staging commit once a minute (default)"),
+                        ("resumed-staged", "each shard staged when uploaded")):
+        killed, resumed = r[f"killed-{name}"], r[name]
+        rows += [
+            (f"killed at 50% uploaded, {words}", f"downloaded {_gb(killed['downloaded'])}, uploaded "
                                                  f"{_gb(killed['lfs_uploaded'])} of LFS objects"),
-        ("resumed run", f"{resumed['seconds']:.1f} s; downloaded {_gb(resumed['downloaded'])}, uploaded "
-                        f"**{_gb(resumed['lfs_uploaded'])}** of LFS objects (output: {_gb(resumed['size_after'])})"),
-    ]
+            ("  then the resumed run", f"{resumed['seconds']:.1f} s; downloaded {_gb(resumed['downloaded'])}, "
+                                       f"uploaded **{_gb(resumed['lfs_uploaded'])}** of LFS objects (output: "
+                                       f"{_gb(resumed['size_after'])})"),
+        ]
     if "peer" in r:
         peer = r["peer"]
         who = "llm-compressor model_free_ptq" if r["peer_quantizer"]["name"] == "peer" else "ptq_core model_free_ptq"
