@@ -500,3 +500,18 @@ def test_stale_work_folder_of_a_dead_run_is_removed(hub, llama, tmp_path):
     quantize_to_hub(SOURCE, "FP8_BLOCK", token=ALICE, work_dir=work)
     assert list(work.iterdir()) == [mine]
     shutil.rmtree(mine)
+
+
+def test_job_takes_a_disk_budget_and_a_part():
+    job = make_job(SOURCE, "FP8_BLOCK", disk_budget="1.5GB", part="2/3")
+    assert (job.disk_budget, job.part) == (1_500_000_000, (2, 3))
+    assert make_job(SOURCE, "FP8_BLOCK", disk_budget=10, part=(1, 1)).disk_budget == 10
+    assert ptq_core.sizes.parse_size("512 MiB") == 512 * 1024**2
+    for bad in ("0/3", "4/3", "2-3", "a/b", (2, 0)):
+        with pytest.raises(ptq_core.InvalidOptionError, match=r"is not a part: write I/K with 1 <= I <= K"):
+            make_job(SOURCE, "FP8_BLOCK", part=bad)
+    for bad in ("lots", "-1GB", -5, "1.5 XB"):
+        with pytest.raises(ptq_core.InvalidOptionError, match=r"disk_budget=.* (is not a size|is negative)"):
+            make_job(SOURCE, "FP8_BLOCK", disk_budget=bad)
+    with pytest.raises(ptq_core.InvalidOptionError, match="finalize combines all parts"):
+        finalize_hub_job(make_job(SOURCE, "FP8_BLOCK", part="1/2"), parts=2)
