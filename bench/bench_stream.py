@@ -283,7 +283,8 @@ def _table(r: dict[str, dict], model_bytes: int, shards: int, args: argparse.Nam
         ("link (test Hub server, own process)", f"{args.bandwidth / MB:.0f} MB/s each way"),
         ("plain download of the same files", f"{down['seconds']:.1f} s (CPU: {down['cpu']:.1f} s client, "
                                               f"{down['server_cpu']:.1f} s server)"),
-        ("streamed job (quantize_to_hub)", f"{stream['seconds']:.1f} s = **{ratio:.2f}x** the download (target <= 1.3x)"),
+        ("streamed job (quantize_to_hub)",
+         f"{stream['seconds']:.1f} s = **{ratio:.2f}x** the download (target <= 1.3x)"),
         ("  stage spans (overlapping)", ", ".join(f"{k} {v:.1f} s" for k, v in stream["timings"].items())),
         ("  peak disk (sampled)", f"{_gb(stream['peak_disk'])} = **{100 * stream['peak_disk'] / model_bytes:.0f}%** "
                                   "of the model (target < 60%)"),

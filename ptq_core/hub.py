@@ -65,7 +65,7 @@ from .schemes import canonical_scheme_name, scheme_repo_suffix
 from .sizes import compression_ratio, format_bytes
 from .source import ProgressCallback, SourceState, download_checkpoint, inspect_source
 from .staging import Manifest, ShardStager, Staging, finalized_commit, manifest_path, staging_branch
-from .stream import stream_shards
+from .stream import StreamReport, stream_shards
 from .writer import write_config, write_index
 
 __all__ = [
@@ -204,7 +204,8 @@ class PartsPlan:
         k = len(self.parts)
         include = []
         for i, shards in enumerate(self.parts, start=1):
-            entry: dict[str, Any] = {"part": f"{i}/{k}", "shards": len(shards), "bytes": sum(self.costs[s] for s in shards)}
+            moved = sum(self.costs[s] for s in shards)
+            entry: dict[str, Any] = {"part": f"{i}/{k}", "shards": len(shards), "bytes": moved}
             if self.revision is not None:
                 entry["revision"] = self.revision
             include.append(entry)
@@ -398,7 +399,9 @@ def finalize_hub_job(
     return _finalize(prepared, parts, clock)
 
 
-def prepare_hub_job(job: Job, *, token: str | None = None, work_dir: str | os.PathLike[str] | None = None) -> PreparedJob:
+def prepare_hub_job(
+    job: Job, *, token: str | None = None, work_dir: str | os.PathLike[str] | None = None
+) -> PreparedJob:
     """Phase 1: every check that can fail before the first weight byte (see the module doc).
 
     Raises:
@@ -504,10 +507,11 @@ def _stage_part(prepared: PreparedJob, index: int, count: int, clock: _StageCloc
         mine_done = {s: done[s] for s in mine if s in done}
         reused = len(mine_done)
         previous = manifests.get(manifest_path(index, count))
-        if head is not None and previous is not None and previous.complete and previous.fingerprint == staging.fingerprint:
-            logger.info("Part %d/%d of %s is already staged on %s; nothing to do", index, count, job.source, staging.branch)
+        if previous is not None and previous.complete and previous.fingerprint == prepared.fingerprint:
+            logger.info("Part %d/%d of %s is already staged on %s; nothing to do", index, count, job.source,
+                        staging.branch)
             clock("stage", len(mine), len(mine))
-            return _Staged(head, created=created)
+            return _Staged(str(head), created=created)
         if head is None:
             staging.ensure()
         todo = [s for s in mine if s not in mine_done]
@@ -542,7 +546,9 @@ def _stage_part(prepared: PreparedJob, index: int, count: int, clock: _StageCloc
         shutil.rmtree(job_dir, ignore_errors=True)
 
 
-def _stream(prepared: PreparedJob, todo: list[str], job_dir: Path, stager: ShardStager, clock: _StageClock):
+def _stream(prepared: PreparedJob, todo: list[str], job_dir: Path, stager: ShardStager, clock: _StageClock
+            ) -> StreamReport:
+    """Make the output shards ``todo``: the remote reader, the stager and the progress wired to ``stream``."""
     downloaded = 0
     total = 0
     lock = threading.Lock()

@@ -148,7 +148,8 @@ def resolve_budgets(plan: Plan, job: Job, work_root: Path, *, check: bool = True
     if check and sizes:
         largest = max(sizes, key=lambda s: sizes[s])
         if sizes[largest] > disk:
-            source = "disk_budget" if job.disk_budget is not None else f"90% of the free space in {work_root}, minus a margin"
+            source = ("disk_budget" if job.disk_budget is not None
+                      else f"90% of the free space in {work_root}, minus a margin")
             raise DiskSpaceError(
                 f"Output shard {largest} needs {format_bytes(sizes[largest])} on local disk before it is uploaded, "
                 f"more than the disk budget of {format_bytes(disk)} ({source}). Free some space, pass work_dir= on a "

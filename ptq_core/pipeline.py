@@ -245,7 +245,9 @@ def quantize_job(
     return QuantizeResult(Path(save_directory), plan, plan.size_before, plan.size_after, seconds, timings)
 
 
-def work_units(plan: Plan, checkpoint: Checkpoint | None = None, *, shard: str | None = None) -> list[list[PlannedWeight]]:
+def work_units(
+    plan: Plan, checkpoint: Checkpoint | None = None, *, shard: str | None = None
+) -> list[list[PlannedWeight]]:
     """One unit per weight, except that a fused group is one unit (its members share a scale).
 
     Without ``checkpoint``: biggest first (better balance across workers, smallest

@@ -180,11 +180,14 @@ def open_remote_checkpoint(
             if name in tensors:
                 raise CorruptCheckpointError(f"Tensor {name!r} appears in both {tensors[name].shard} and {shard}.")
             begin, end = entry["data_offsets"]
-            tensors[name] = TensorInfo(name, shard, entry["dtype"], tuple(entry["shape"]), data_start + begin, end - begin)
+            tensors[name] = TensorInfo(name, shard, entry["dtype"], tuple(entry["shape"]), data_start + begin,
+                                       end - begin)
     for name, shard in (source.weight_map or {}).items():
         info = tensors.get(name)
         if info is None or info.shard != shard:
-            raise MissingShardError(f"{INDEX_NAME} maps tensor {name!r} to {shard}, but that shard does not contain it.")
+            raise MissingShardError(
+                f"{INDEX_NAME} maps tensor {name!r} to {shard}, but that shard does not contain it."
+            )
     extra = tuple(f for f in select_repo_files(source.files) if not f.endswith(".safetensors") and f != INDEX_NAME)
     return Checkpoint(Path(source.repo_id), shards, tensors, extra, (), metadata)
 
@@ -253,8 +256,9 @@ class RemoteReader:
         gap, span_max: coalescing of reads into spans (``RANGE_GAP``, ``RANGE_SPAN``).
         piece: bytes per Range request (``RANGE_PIECE``).
 
-    The pipeline's reader protocol (``read_into``, ``copy_to``) is thread-safe; a failed
-    fetch is raised in every worker that needs its bytes (and in those that come later).
+    Fetching starts with ``start()`` or ``with reader:``. The pipeline's reader protocol
+    (``read_into``, ``copy_to``) is thread-safe; a failed fetch is raised in every worker
+    that needs its bytes (and in those that come later).
     """
 
     def __init__(
@@ -292,8 +296,6 @@ class RemoteReader:
             threading.Thread(target=self._fetch_loop, name=f"ptq-range-{i}", daemon=True)
             for i in range(max(1, threads) if self._spans else 0)
         ]
-        for thread in self._threads:
-            thread.start()
 
     @property
     def span_count(self) -> int:
@@ -327,17 +329,24 @@ class RemoteReader:
         finally:
             self._release(span)
 
+    def start(self) -> None:
+        """Start fetching (``with reader:`` does it)."""
+        for thread in self._threads:
+            thread.start()
+
     def close(self) -> None:
         """Stop fetching and drop every buffer (after success or failure)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
         for thread in self._threads:
-            thread.join()
+            if thread.is_alive():
+                thread.join()
         for span in self._spans:
             span.data = None
 
     def __enter__(self) -> RemoteReader:
+        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -67,17 +67,20 @@ def moe(tmp_path_factory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("moe") / "tiny", "qwen3_moe", shards=3, split_fused=True)
 
 
-_LOCAL: dict[tuple[str, str, tuple[str, ...]], Path] = {}
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    """``local_run(checkpoint, scheme)``: ``quantize_job`` of the folder with the same request, made once."""
+    made: dict[tuple[str, str], Path] = {}
 
+    def make(checkpoint: Path, scheme: str) -> Path:
+        key = (str(checkpoint), scheme)
+        if key not in made:
+            out = tmp_path_factory.mktemp("local") / "out"
+            ptq_core.quantize_job(make_job(str(checkpoint), scheme), out)
+            made[key] = out
+        return made[key]
 
-def _local(checkpoint: Path, scheme: str, ignore: tuple[str, ...] = ()) -> Path:
-    """``quantize_job`` of the folder with the same request (cached per module run)."""
-    key = (str(checkpoint), scheme, ignore)
-    if key not in _LOCAL:
-        out = Path(tempfile.mkdtemp(prefix="ptq-local-")) / "out"
-        ptq_core.quantize_job(make_job(str(checkpoint), scheme, ignore=ignore), out)
-        _LOCAL[key] = out
-    return _LOCAL[key]
+    return make
 
 
 def _seed(hub, checkpoint: Path, repo: str = SOURCE) -> None:
@@ -110,7 +113,9 @@ def _files_under(folder: Path) -> list[Path]:
     [("llama", "FP8_BLOCK", 1, False), ("moe", "NVFP4A16", 2, True)],
     ids=["llama-fp8-block", "moe-split-fused-nvfp4a16-cdn"],
 )
-def test_streamed_output_equals_a_local_run_in_one_commit(hub, request, tmp_path, arch, scheme, workers, redirect):
+def test_streamed_output_equals_a_local_run_in_one_commit(
+    hub, request, tmp_path, local_run, arch, scheme, workers, redirect
+):
     checkpoint = request.getfixturevalue(arch)
     _seed(hub, checkpoint)
     hub.configure(lfs_redirect=redirect)
@@ -122,7 +127,7 @@ def test_streamed_output_equals_a_local_run_in_one_commit(hub, request, tmp_path
 
     result = quantize_to_hub(SOURCE, scheme, token=ALICE, work_dir=work, workers=workers, progress=progress)
 
-    local = _local(checkpoint, scheme)
+    local = local_run(checkpoint, scheme)
     _assert_equals_local(hub, result.repo_id, local)
     outputs = {p.name: p.stat().st_size for p in local.glob("*.safetensors")}
     assert seen and all(size <= outputs[name] for name, size in seen)  # output shards only, never an input
@@ -142,7 +147,7 @@ def test_streamed_output_equals_a_local_run_in_one_commit(hub, request, tmp_path
     assert any(p.startswith(LFS_CDN_PATH) for _, p, _ in hub.requests_log) == redirect
 
 
-def test_bounded_disk_on_a_tmpfs_smaller_than_the_model(hub, llama, tmp_path, monkeypatch):
+def test_bounded_disk_on_a_tmpfs_smaller_than_the_model(hub, llama, tmp_path, local_run, monkeypatch):
     """Work folder, TMPDIR and HF_HOME on a 2 MB tmpfs; the model is 5 MB (2.7 MB quantized)."""
     model_bytes = sum(p.stat().st_size for p in llama.glob("*.safetensors"))
     mount = tmp_path / "small"
@@ -162,14 +167,14 @@ def test_bounded_disk_on_a_tmpfs_smaller_than_the_model(hub, llama, tmp_path, mo
         monkeypatch.setattr(tempfile, "tempdir", str(mount / "tmp"))
         _seed(hub, llama)
         result = quantize_to_hub(SOURCE, "FP8_BLOCK", token=ALICE, work_dir=mount / "work")
-        _assert_equals_local(hub, result.repo_id, _local(llama, "FP8_BLOCK"))
+        _assert_equals_local(hub, result.repo_id, local_run(llama, "FP8_BLOCK"))
         assert 0 < result.peak_disk < size
         assert _files_under(mount / "work") == [] and _files_under(mount / "tmp") == []
     finally:
         subprocess.run(["umount", str(mount)], check=True)
 
 
-def test_disk_budget_below_the_model_bounds_the_measured_peak(hub, llama, tmp_path):
+def test_disk_budget_below_the_model_bounds_the_measured_peak(hub, llama, tmp_path, local_run):
     _seed(hub, llama)
     work = tmp_path / "work"
     budget = 1_500_000  # about two output shards; the model is 5 MB, its output 2.7 MB
@@ -187,7 +192,7 @@ def test_disk_budget_below_the_model_bounds_the_measured_peak(hub, llama, tmp_pa
     assert result.plan.footprint.disk_budget == budget and result.plan.footprint.peak_disk <= budget
     assert 0 < peak <= budget and 0 < result.peak_disk <= budget
     assert peak < result.size_after  # never the whole output at once
-    _assert_equals_local(hub, result.repo_id, _local(llama, "FP8_BLOCK"))
+    _assert_equals_local(hub, result.repo_id, local_run(llama, "FP8_BLOCK"))
 
 
 def test_a_shard_larger_than_the_disk_budget_is_refused_before_any_write(hub, llama, tmp_path):
@@ -263,7 +268,7 @@ def _env(hub, tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def test_killed_run_resumes_and_the_server_receives_only_the_missing_bytes(hub, llama, tmp_path):
+def test_killed_run_resumes_and_the_server_receives_only_the_missing_bytes(hub, llama, tmp_path, local_run):
     _seed(hub, llama)
     work = tmp_path / "work"
     killed = subprocess.run([sys.executable, "-c", _KILL_AFTER_FIRST_STAGED, SOURCE, str(work)],
@@ -281,7 +286,7 @@ def test_killed_run_resumes_and_the_server_receives_only_the_missing_bytes(hub, 
 
     result = quantize_to_hub(SOURCE, "FP8_BLOCK", token=ALICE, work_dir=work)
 
-    local = _local(llama, "FP8_BLOCK")
+    local = local_run(llama, "FP8_BLOCK")
     _assert_equals_local(hub, target, local)
     assert _files_under(work) == [] and list(work.iterdir()) == []  # the killed run's folder is swept
     shards = sorted(p.name for p in local.glob("*.safetensors"))
@@ -303,7 +308,9 @@ def test_killed_run_resumes_and_the_server_receives_only_the_missing_bytes(hub, 
     assert _main_commits(hub, target) == 1 and hub.branches(target) == {"main": result.commit_sha}
 
 
-def test_upload_failure_after_a_staged_shard_keeps_it_and_the_rerun_resumes(hub, llama, tmp_path, monkeypatch):
+def test_upload_failure_after_a_staged_shard_keeps_it_and_the_rerun_resumes(
+    hub, llama, tmp_path, local_run, monkeypatch
+):
     monkeypatch.setattr(stream, "UPLOAD_THREADS", 1)  # so that the 4 failures hit one shard's 4 attempts
     monkeypatch.setattr(hub_module, "STAGE_COMMIT_INTERVAL", 0)  # each shard staged once uploaded
     _seed(hub, llama)
@@ -320,13 +327,13 @@ def test_upload_failure_after_a_staged_shard_keeps_it_and_the_rerun_resumes(hub,
     assert _files_under(tmp_path / "work") == []
 
     result = quantize_to_hub(SOURCE, "FP8_BLOCK", token=ALICE, work_dir=tmp_path / "work")
-    local = _local(llama, "FP8_BLOCK")
+    local = local_run(llama, "FP8_BLOCK")
     _assert_equals_local(hub, target, local)
     assert hub.stats.lfs_stored == {_sha256(p.read_bytes()): 1 for p in local.glob("*.safetensors")}
     assert hub.commits(target)[-1]["oid"] == result.commit_sha and _main_commits(hub, target) == 1
 
 
-def test_rerun_after_a_failed_final_commit_only_commits(hub, llama, tmp_path):
+def test_rerun_after_a_failed_final_commit_only_commits(hub, llama, tmp_path, local_run):
     _seed(hub, llama)
     hub.fail_requests("/commit/main", times=4, status=500)  # every attempt of the final commit
     with pytest.raises(HubNetworkError, match="4 of 4 output shard"):
@@ -336,7 +343,7 @@ def test_rerun_after_a_failed_final_commit_only_commits(hub, llama, tmp_path):
     assert hub.stats.lfs_puts == puts  # nothing uploaded again
     assert not [h for m, p, h in hub.requests_log[log_start:]
                 if m == "GET" and p.endswith(".safetensors") and not h.get("range", "").startswith("bytes=0-")]
-    _assert_equals_local(hub, result.repo_id, _local(llama, "FP8_BLOCK"))
+    _assert_equals_local(hub, result.repo_id, local_run(llama, "FP8_BLOCK"))
     # A third run of the whole job is refused as for any model already there; the finalize step of a
     # multi-part job (and every part) instead finds the job done and returns its commit.
     with pytest.raises(TargetRepoExistsError, match="already holds"):
