@@ -779,10 +779,12 @@ def _after_failure(
         return err
     if staged == 0:
         return err
+    part = prepared.job.part
+    whose = f"part {part[0]}/{part[1]}" if part is not None else "this job"
     note = (
-        f"{staged} of {total} output shard(s) of this job are staged on branch {staging.branch} of "
-        f"{prepared.target} ({'main is untouched' if total else 'nothing on main'}). Rerun the same job to resume: "
-        "staged shards are not downloaded, quantized or uploaded again."
+        f"{staged} of {total} output shard(s) of {whose} are staged on branch {staging.branch} of "
+        f"{prepared.target} (main is untouched). Rerun the same job to resume: staged shards are not "
+        "downloaded, quantized or uploaded again."
     )
     logger.warning("%s", note)
     if isinstance(err, PtqError):
