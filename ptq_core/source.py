@@ -1,10 +1,11 @@
 """The source side: a local folder or a Hub repo, inspected, and downloaded when needed.
 
 One rule decides which files travel (``repo_files.select_repo_files``), for a
-folder and for the Hub alike. Inspection reads metadata, file sizes and
-safetensors headers only; the download takes exactly the inspected files at the
-pinned commit. The disk rule the Hub path and the Space's preview share lives
-here too (:func:`disk_needed`).
+folder and for the Hub alike. Inspection reads metadata, file sizes and the
+index, and pins the commit; the streamed Hub job then reads headers and tensor
+bytes in place (``remote``), while ``model_free_ptq`` with a Hub id downloads
+exactly the inspected files at the pinned commit, checked against the disk rule
+of a downloaded job (:func:`disk_needed`).
 """
 
 from __future__ import annotations
