@@ -344,7 +344,8 @@ class ShardStager:
     ``upload`` returns once the shard's bytes are safe on the Hub (LFS pre-upload
     confirmed, or, for a file the Hub stores inline, held in memory until the
     commit), so the caller may delete the local file. Pending shards are committed
-    when ``commit_interval`` has passed since the last commit, and by ``flush``.
+    when ``commit_interval`` has passed since the last commit (``commit_if_due``), and
+    by ``commit``.
     """
 
     def __init__(
@@ -419,8 +420,13 @@ class ShardStager:
         ops.append(CommitOperationAdd(path_in_repo=manifest.path, path_or_fileobj=manifest.to_json().encode()))
         st = self.staging
         names = ", ".join(op.path_in_repo for op, _ in pending) or "no new shard"
-        st._call("commit staged shards to", st.http.api.create_commit, st.repo_id, ops, revision=st.branch,
-                 commit_message=f"Stage part {manifest.part}/{manifest.parts}: {names}")
+        try:
+            st._call("commit staged shards to", st.http.api.create_commit, st.repo_id, ops, revision=st.branch,
+                     commit_message=f"Stage part {manifest.part}/{manifest.parts}: {names}")
+        except BaseException:
+            with self._lock:  # still uploaded and uncommitted: a later commit (or the final one) takes them
+                self._pending[:0] = pending
+            raise
         self.manifest = manifest
         self._last_commit = time.monotonic()
         logger.info("Staged %s on %s@%s", names, st.repo_id, st.branch)
