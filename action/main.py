@@ -57,6 +57,8 @@ _STAGE_GROUPS = {
     "write": "Quantize",
     "card": "Push",
     "upload": "Push",
+    "stage": "Push",
+    "commit": "Push",
 }
 _GROUP_ORDER = ("Download", "Plan", "Quantize", "Push")
 _BYTE_STAGES = ("download", "upload")  # the others count tensors, shards or files
@@ -69,6 +71,8 @@ class Request:
     jobs: tuple[Job, ...]
     from_recipe: bool
     token: str | None
+    parts: int | None = None  # plan a multi-part job: write the matrix, quantize nothing
+    finalize: int | None = None  # the last step of a multi-part job: make the one commit
 
 
 # --- inputs ------------------------------------------------------------------
@@ -111,10 +115,19 @@ def read_request(environ: Mapping[str, str]) -> Request:
     default_ignore = parse_bool_input("default-ignore", read_input(environ, "default-ignore"), default=True)
     workers = _parse_max_workers(read_input(environ, "max-workers"))
     device = read_input(environ, "device") or None
+    parts = _parse_count("parts", read_input(environ, "parts"))
+    finalize = _parse_count("finalize", read_input(environ, "finalize"))
+    part = read_input(environ, "part") or None
+    if sum(x is not None for x in (parts, finalize, part)) > 1:
+        raise InvalidOptionError(
+            "Inputs `parts`, `part` and `finalize` are the three steps of a multi-part job; give one per step."
+        )
     config = read_input(environ, "config")
     scheme = read_input(environ, "scheme") or _DEFAULT_SCHEME
 
     if config:
+        if parts or finalize or part:
+            raise InvalidOptionError("A recipe runs whole jobs; split one model with `model` and `part` instead.")
         given = [
             name for name in (*_RECIPE_INPUTS, "scheme")
             if read_input(environ, name).lower() not in ("", _INPUT_DEFAULTS.get(name, "").lower())
@@ -147,9 +160,20 @@ def read_request(environ: Mapping[str, str]) -> Request:
             overwrite=overwrite,
             device=device,
             workers=workers,
+            disk_budget=read_input(environ, "disk-budget") or None,
+            part=part,
         )
         jobs = (job,)
-    return Request(jobs, bool(config), read_token(environ))
+    return Request(jobs, bool(config), read_token(environ), parts, finalize)
+
+
+def _parse_count(name: str, text: str) -> int | None:
+    """A whole number >= 1, or None for an empty input."""
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise InvalidOptionError(f"Input `{name}` is {text!r}; give a whole number of at least 1.")
+    return int(text)
 
 
 def _parse_max_workers(text: str) -> int:
@@ -260,18 +284,29 @@ def run(environ: Mapping[str, str], stdout: TextIO) -> int:
     index = 0
     try:
         request = read_request(environ)
+        if request.parts is not None:  # the plan step of a matrix workflow: no quantization
+            return _plan_parts(console, environ, request)
         for index, job in enumerate(request.jobs, start=1):
             if len(request.jobs) > 1:
                 console.line(f"Job {index} of {len(request.jobs)}: {job.label}")
             try:
-                result = ptq_core.quantize_to_hub(
-                    job, token=request.token, progress=StageLog(console, job.label), work_dir=_work_dir(environ)
-                )
+                if request.finalize is not None:
+                    result = ptq_core.finalize_hub_job(
+                        job, parts=request.finalize, token=request.token, progress=StageLog(console, job.label),
+                        work_dir=_work_dir(environ),
+                    )
+                else:
+                    result = ptq_core.quantize_to_hub(
+                        job, token=request.token, progress=StageLog(console, job.label), work_dir=_work_dir(environ)
+                    )
             finally:
                 console.end_group()
             results.append(result)
             sections.append(result_markdown(job, result))
-            console.line(f"Pushed {result.repo_url} (commit {result.commit_sha}), {result.ratio:.2f}x smaller.")
+            if job.part is not None:
+                console.line(f"Staged part {job.part[0]}/{job.part[1]} on {result.repo_id} (staging head {result.commit_sha}).")
+            else:
+                console.line(f"Pushed {result.repo_url} (commit {result.commit_sha}), {result.ratio:.2f}x smaller.")
     except PtqError as err:
         message = redact(str(err), token)
         hint = _action_hint(err, request)
@@ -288,6 +323,17 @@ def run(environ: Mapping[str, str], stdout: TextIO) -> int:
 
     _write_outputs(console, environ, output_values(results, as_lists=request.from_recipe))
     _write_summary(console, environ, _summary_header(results, failed=False) + "\n".join(sections))
+    return 0
+
+
+def _plan_parts(console: Console, environ: Mapping[str, str], request: Request) -> int:
+    """``parts: K``: split the job into K parts and write them as a matrix for the next jobs."""
+    (job,) = request.jobs
+    planned = ptq_core.plan_hub_parts(job, request.parts, token=request.token)
+    matrix = json.dumps(planned.matrix())
+    console.line(f"Planned {request.parts} part(s) of {job.label}: {matrix}")
+    _write_outputs(console, environ, {"matrix": matrix, "revision": planned.revision or ""})
+    _write_summary(console, environ, planned.plan.to_markdown() + "\n" + planned.to_markdown())
     return 0
 
 

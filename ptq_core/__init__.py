@@ -48,7 +48,10 @@ _LAZY: dict[str, str] = {
     "default_target_repo": "hub",
     "prepare_hub_job": "hub",
     "run_hub_job": "hub",
+    "finalize_hub_job": "hub",
+    "plan_hub_parts": "hub",
     "HubResult": "hub",
+    "PartsPlan": "hub",
     # safety helpers the front ends share
     "IgnoreMatcher": "matching",
     "validate_ignore": "matching",
@@ -77,7 +80,17 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from .hub import HubResult, default_target_repo, plan_hub_model, prepare_hub_job, quantize_to_hub, run_hub_job
+    from .hub import (
+        HubResult,
+        PartsPlan,
+        default_target_repo,
+        finalize_hub_job,
+        plan_hub_model,
+        plan_hub_parts,
+        prepare_hub_job,
+        quantize_to_hub,
+        run_hub_job,
+    )
     from .job import Job, make_job
     from .pipeline import QuantizeResult, model_free_ptq, quantize_job
     from .plan import Plan, build_plan, plan_checkpoint, suggest_ignore

@@ -137,23 +137,41 @@ def read_header(path: Path) -> tuple[dict[str, dict], int, dict[str, str]]:
     """
     size = path.stat().st_size
     with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) < 8:
-            raise CorruptCheckpointError(f"{path.name}: {size} bytes is too short to be a safetensors file.")
-        (n,) = struct.unpack("<Q", raw)
-        if n > _MAX_HEADER or 8 + n > size:
-            raise CorruptCheckpointError(
-                f"{path.name}: header length {n} does not fit a {size}-byte file; the file is truncated or not safetensors."
-            )
+        n = header_length(f.read(8), size, path.name)
         raw = f.read(n)
-    what = f"{path.name}: the safetensors header"
+    return parse_header(raw, size, path.name)
+
+
+def header_length(prefix: bytes, size: int, name: str) -> int:
+    """The JSON header's length from a file's first 8 bytes, checked against the file's ``size``.
+
+    Raises:
+        CorruptCheckpointError: fewer than 8 bytes, or a length that cannot fit the file.
+    """
+    if len(prefix) < 8:
+        raise CorruptCheckpointError(f"{name}: {size} bytes is too short to be a safetensors file.")
+    (n,) = struct.unpack("<Q", prefix[:8])
+    if n > _MAX_HEADER or 8 + n > size:
+        raise CorruptCheckpointError(
+            f"{name}: header length {n} does not fit a {size}-byte file; the file is truncated or not safetensors."
+        )
+    return n
+
+
+def parse_header(raw: bytes, size: int, name: str) -> tuple[dict[str, dict], int, dict[str, str]]:
+    """Validate the JSON header ``raw`` of a ``size``-byte safetensors file (see ``read_header``).
+
+    The same rules for a local shard and for one read over HTTP Range requests
+    (``raw`` is the ``header_length`` bytes after the 8-byte prefix).
+    """
+    what = f"{name}: the safetensors header"
     # Parsing without a duplicate check is 3x faster on a 300k-tensor header; the key
     # count of the text tells whether a key was repeated, and only then is it parsed again.
     header, keys = _load_json(raw, what, find_duplicates=False)
     if keys != _count_keys(header):
         header, _ = _load_json(raw, what, find_duplicates=True)
-    data_start = 8 + n
-    return _validate_header(path.name, header, size - data_start), data_start, _validate_metadata(path.name, header)
+    data_start = 8 + len(raw)
+    return _validate_header(name, header, size - data_start), data_start, _validate_metadata(name, header)
 
 
 class _Duplicated(dict):

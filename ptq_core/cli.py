@@ -1,7 +1,9 @@
 """``ptq``: the console script.
 
-Subcommands: ``quantize``, ``reindex``, ``plan`` (dry run from headers only),
-``run`` (Hub to Hub), ``schemes`` and ``demo`` (the embedded default job).
+Subcommands: ``quantize``, ``reindex``, ``plan`` (dry run from headers only;
+``--parts K --json`` prints a GitHub Actions matrix), ``run`` (Hub to Hub,
+streamed; ``--part I/K`` stages one part, ``--finalize K`` makes the commit),
+``schemes`` and ``demo`` (the embedded default job).
 Heavy modules (torch, compressed-tensors, huggingface_hub) are imported inside
 the commands, so ``ptq --help`` answers at once.
 
@@ -64,6 +66,8 @@ def _job(args: argparse.Namespace, source: str):
         overwrite=getattr(args, "overwrite", False),
         device=getattr(args, "device", None),
         workers=getattr(args, "workers", 1),
+        disk_budget=getattr(args, "disk_budget", None),
+        part=getattr(args, "part", None),
     )
 
 
@@ -88,25 +92,30 @@ def _cmd_reindex(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
     job = _job(args, args.source)
-    if Path(args.source).is_dir():
-        from .checkpoint import open_checkpoint, read_config
-        from .plan import build_plan, source_plan
+    if args.parts is not None:
+        from .hub import plan_hub_parts
 
-        checkpoint = open_checkpoint(args.source)
-        plan = build_plan(checkpoint, job.resolved, source_plan(checkpoint, read_config(args.source)))
-    else:
-        from .hub import plan_hub_model
+        parts = plan_hub_parts(job, args.parts)
+        print(json.dumps(parts.matrix()) if args.json else parts.plan.to_markdown() + "\n" + parts.to_markdown())
+        return 0
+    from .hub import plan_hub_model
 
-        plan = plan_hub_model(job)
-    print(plan.to_markdown())
+    plan = plan_hub_model(job)
+    print(json.dumps(plan.summary()) if args.json else plan.to_markdown())
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .hub import quantize_to_hub
+    from .hub import finalize_hub_job, quantize_to_hub
 
-    result = quantize_to_hub(_job(args, args.source), progress=_progress_bars())
+    job = _job(args, args.source)
+    if args.finalize is not None:
+        result = finalize_hub_job(job, parts=args.finalize, progress=_progress_bars())
+    else:
+        result = quantize_to_hub(job, progress=_progress_bars())
     print(result.to_markdown())
     return 0
 
@@ -181,18 +190,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_reindex)
 
-    p = sub.add_parser("plan", help="dry run from safetensors headers: what gets quantized, sizes")
+    p = sub.add_parser("plan", help="dry run from safetensors headers: what gets quantized, sizes, peak disk/RAM")
     p.add_argument("source", help="checkpoint folder or Hub repo id")
     _add_common(p)
     p.add_argument("--revision")
+    p.add_argument("--disk-budget", metavar="SIZE", help="local disk a streamed run may fill, e.g. 20GB")
+    p.add_argument("--parts", type=int, metavar="K",
+                   help="split the job into K parts of whole output shards, balanced by bytes")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON: the plan summary, or with --parts a GitHub Actions matrix")
     p.set_defaults(func=_cmd_plan)
 
-    p = sub.add_parser("run", help="Hub repo -> quantized Hub repo with a model card (needs HF_TOKEN)")
+    p = sub.add_parser("run", help="Hub repo -> quantized Hub repo with a model card, streamed (needs HF_TOKEN)")
     p.add_argument("source", help="source Hub repo id")
     p.add_argument("--to", help="target NAMESPACE/NAME (default: {user}/{name}-{SCHEME})")
     p.add_argument("--private", action="store_true", help="create the target repo private")
     _add_common(p)
     _add_run_options(p)
+    p.add_argument("--disk-budget", metavar="SIZE",
+                   help="local disk the run may fill with output shards awaiting upload, e.g. 20GB "
+                        "(default: 90%% of the free space minus a margin)")
+    step = p.add_mutually_exclusive_group()
+    step.add_argument("--part", metavar="I/K",
+                      help="stage only part I of K on the target's staging branch (see `ptq plan --parts K`)")
+    step.add_argument("--finalize", type=int, metavar="K",
+                      help="check that all K parts are staged and consistent, then make the one commit")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("schemes", help="list the data-free presets")

@@ -84,6 +84,10 @@ class DiskSpaceError(PtqError, OSError):
     """Not enough free disk space for the download or the output."""
 
 
+class MemoryBudgetError(PtqError, MemoryError):
+    """One unit of work (a tensor, or a fused group) needs more memory than the job may use."""
+
+
 # --- Hub ---------------------------------------------------------------------
 class HubError(PtqError):
     """A Hub operation failed; the message says which and what to do."""
@@ -111,6 +115,22 @@ class HubPermissionError(HubError, PermissionError):
 
 class HubNetworkError(HubError, ConnectionError):
     """The Hub could not be reached, or a transfer broke off after retries."""
+
+
+class SourceChangedError(HubError, FileNotFoundError):
+    """A source file pinned at the start of the job can no longer be read as it was."""
+
+
+class StagingError(HubError):
+    """The staged parts of a job on the target's staging branch cannot be finalized as they are."""
+
+
+class MissingPartError(StagingError, LookupError):
+    """A part of a multi-part job has not been staged, or not completely."""
+
+
+class PartMismatchError(StagingError, ValueError):
+    """A staged part was made by a different job (source revision, scheme, ignore list...)."""
 
 
 class RecipeError(PtqError, ValueError):

@@ -21,8 +21,9 @@ from pathlib import Path
 from .errors import InvalidOptionError
 from .matching import validate_ignore
 from .schemes import DEFAULT_IGNORE, ResolvedConfig, resolve_config, scheme_repo_suffix
+from .sizes import parse_size
 
-__all__ = ["Job", "make_job", "validate_workers"]
+__all__ = ["Job", "make_job", "parse_part", "validate_workers"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,10 @@ class Job:
         overwrite: replace an existing output folder or non-empty target repo.
         device: devices for the kernels (``("cuda:0",)``); ``None`` means every GPU if any, else CPU.
         workers: threads, each quantizing one weight or fused group at a time.
+        disk_budget: bytes of local disk a Hub job may fill at once (output shards
+            waiting for upload); ``None`` means derived from the free space of the work folder.
+        part: ``(i, k)``: a Hub job stages only part ``i`` of ``k`` (1-based) on the target's
+            staging branch and returns; ``finalize_hub_job`` later makes the one commit.
 
     The weight observer lives in ``resolved`` (every group's ``weights.observer``).
     """
@@ -51,6 +56,8 @@ class Job:
     overwrite: bool = False
     device: tuple[str, ...] | None = None
     workers: int = 1
+    disk_budget: int | None = None
+    part: tuple[int, int] | None = None
 
     @property
     def scheme_name(self) -> str:
@@ -89,6 +96,23 @@ def validate_workers(workers: object, *, name: str = "max_workers") -> int:
     return workers
 
 
+def parse_part(part: object, *, name: str = "part") -> tuple[int, int]:
+    """``"2/3"`` or ``(2, 3)`` -> ``(2, 3)``: part ``i`` of ``k``, 1-based.
+
+    Raises:
+        InvalidOptionError: not ``I/K`` with ``1 <= I <= K``.
+    """
+    if isinstance(part, str):
+        index, sep, count = part.strip().partition("/")
+        values = (index.strip(), count.strip()) if sep else ()
+        if len(values) == 2 and all(v.isdigit() for v in values):
+            part = (int(values[0]), int(values[1]))
+    if (isinstance(part, tuple) and len(part) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in part)
+            and 1 <= part[0] <= part[1]):
+        return part
+    raise InvalidOptionError(f"{name}={part!r} is not a part: write I/K with 1 <= I <= K, e.g. 2/3.")
+
+
 def _device_tuple(device: str | object | Sequence[str | object] | None) -> tuple[str, ...] | None:
     """``"cuda:0,cuda:1"``, a list, or a ``torch.device`` -> a tuple of device strings."""
     if device is None:
@@ -120,6 +144,8 @@ def make_job(
     overwrite: bool = False,
     device: str | object | Sequence[str | object] | None = None,
     workers: int = 1,
+    disk_budget: int | str | None = None,
+    part: tuple[int, int] | str | None = None,
 ) -> Job:
     """Validate a request once and return it as a ``Job``; no network, no file reads.
 
@@ -132,11 +158,14 @@ def make_job(
         observer: a data-free weight observer (``memoryless_mse``...) for every group;
             ``None`` keeps the scheme's own (min/max for the presets).
         revision, target, private, overwrite, device, workers: see :class:`Job`.
+        disk_budget: bytes, or a size such as ``"20GB"`` (see :class:`Job`).
+        part: ``(i, k)`` or ``"i/k"`` (see :class:`Job`).
 
     Raises:
         SchemeNotSupportedError / CalibrationRequiredError: unknown or not data-free scheme.
         InvalidIgnoreError: ``ignore`` is a single string, or an entry is invalid.
-        InvalidOptionError: an empty source or target, a bad worker count or device list.
+        InvalidOptionError: an empty source or target, a bad worker count, device list,
+            disk budget or part.
 
     Example:
         >>> make_job("org/Model", "fp8_block").scheme_name
@@ -164,4 +193,6 @@ def make_job(
         overwrite=bool(overwrite),
         device=_device_tuple(device),
         workers=validate_workers(workers),
+        disk_budget=None if disk_budget is None else parse_size(disk_budget, name="disk_budget"),
+        part=None if part is None else parse_part(part),
     )

@@ -6,6 +6,10 @@ or a whole fused group) per task on ``max_workers`` threads -> index and
 config.json -> atomic rename. Tensors are read one unit at a time with
 ``pread`` and written in place, so memory is bounded by a few units, never by
 shard size.
+
+The unit mechanics (``work_units``, ``unit_reads``, ``process_unit``) take any
+:class:`TensorReader`: local shards here (:class:`LocalReader`), HTTP Range reads
+of a Hub repo in the streamed Hub job (``remote.RemoteReader``, driven by ``stream``).
 """
 
 from __future__ import annotations
@@ -19,11 +23,11 @@ from dataclasses import dataclass, field
 from itertools import cycle
 from pathlib import Path
 from threading import Lock, local
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Protocol, Sequence
 
 import torch
 
-from .checkpoint import ShardReader, open_checkpoint, read_config
+from .checkpoint import Checkpoint, ShardReader, TensorInfo, open_checkpoint, read_config
 from .errors import InvalidOptionError, NonFiniteScaleError, NonFiniteWeightError, TensorShapeError
 from .job import Job, make_job
 from .numerics import Scratch, dequantize_fp8_block, global_scale_from_stats, observe_weight, quantize_weight
@@ -43,7 +47,38 @@ from .writer import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ProgressCallback", "QuantizeResult", "model_free_ptq", "quantize_job", "resolve_devices"]
+__all__ = [
+    "LocalReader",
+    "ProgressCallback",
+    "QuantizeResult",
+    "TensorReader",
+    "model_free_ptq",
+    "process_unit",
+    "quantize_job",
+    "resolve_devices",
+    "torch_threads",
+    "unit_reads",
+    "work_units",
+]
+
+
+class TensorReader(Protocol):
+    """Where a unit's input bytes come from: local shard files, or a Hub repo over HTTP."""
+
+    checkpoint: Checkpoint
+
+    def read_into(self, info: TensorInfo, out: torch.Tensor, start: int = 0) -> None:
+        """Fill ``out`` (a CPU uint8 tensor) with the tensor's bytes from ``start`` on."""
+
+    def copy_to(self, writer: ShardWriter, name: str, info: TensorInfo, start: int) -> None:
+        """Write output tensor ``name`` of ``writer`` from the tensor's bytes at ``start``, as is."""
+
+
+class LocalReader(ShardReader):
+    """``checkpoint.ShardReader`` (``pread`` into buffers) with copies done by the kernel."""
+
+    def copy_to(self, writer: ShardWriter, name: str, info: TensorInfo, start: int) -> None:
+        writer.copy_from(name, self.fd(info.shard), info.offset + start)
 
 
 @dataclass(frozen=True)
@@ -93,7 +128,7 @@ def resolve_devices(device: str | torch.device | Sequence[str | torch.device] | 
 
 
 @contextmanager
-def _torch_threads(workers: int):
+def torch_threads(workers: int):
     """Split the cores between workers so parallel tensors don't oversubscribe them."""
     before = torch.get_num_threads()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
@@ -194,7 +229,7 @@ def quantize_job(
         t = time.perf_counter()
         copy_extra_files(source, work, checkpoint.extra_files)
         writers = {shard: ShardWriter(work / shard, plan.shard_outputs(shard)) for shard in plan.shards}
-        with ShardReader(checkpoint) as reader, _torch_threads(job.workers):
+        with LocalReader(checkpoint) as reader, torch_threads(job.workers):
             _run_units(plan, reader, writers, devices, job.workers, notify)
         for writer in writers.values():
             writer.close()
@@ -222,11 +257,21 @@ def quantize_job(
     return QuantizeResult(Path(save_directory), plan, plan.size_before, plan.size_after, seconds, timings)
 
 
-def _work_units(plan: Plan) -> list[list[PlannedWeight]]:
-    """One unit per weight, except that a fused group is one unit (its members share a scale)."""
+def work_units(
+    plan: Plan, checkpoint: Checkpoint | None = None, *, shard: str | None = None
+) -> list[list[PlannedWeight]]:
+    """One unit per weight, except that a fused group is one unit (its members share a scale).
+
+    Without ``checkpoint``: biggest first (better balance across workers, smallest
+    tail). With it: in the order of the units' first input bytes, so that a remote
+    reader fetches long adjacent ranges ahead of the workers. ``shard`` keeps only the
+    units of that output shard (a fused group is written whole into one shard).
+    """
     units: list[list[PlannedWeight]] = []
     by_group: dict[int, list[PlannedWeight]] = {}
     for item in plan.items:
+        if shard is not None and item.shard != shard:
+            continue
         if item.fused is None:
             units.append([item])
         elif item.fused in by_group:
@@ -234,8 +279,24 @@ def _work_units(plan: Plan) -> list[list[PlannedWeight]]:
         else:
             by_group[item.fused] = [item]
             units.append(by_group[item.fused])
-    # biggest first: better balance across workers, smallest tail
-    return sorted(units, key=lambda u: -sum(_numel(i.shape) for i in u))
+    if checkpoint is None:
+        return sorted(units, key=lambda u: -sum(_numel(i.shape) for i in u))
+    order = {name: i for i, name in enumerate(checkpoint.shards)}
+    return sorted(units, key=lambda u: min((order[s], offset) for s, offset, _ in unit_reads(checkpoint, u)))
+
+
+def unit_reads(checkpoint: Checkpoint, unit: list[PlannedWeight]) -> list[tuple[str, int, int]]:
+    """``(input shard, absolute offset, nbytes)`` of every input range ``process_unit`` reads, in its order.
+
+    A weight decoded from FP8 blocks is followed by its ``weight_scale_inv``, wherever that sits.
+    """
+    reads = []
+    for item in unit:
+        reads.append(_source_span(checkpoint, item))
+        for dependency in item.dequantize.dependencies if item.dequantize is not None else ():
+            info = checkpoint.tensors[dependency]
+            reads.append((info.shard, info.offset, info.nbytes))
+    return reads
 
 
 def _numel(shape) -> int:
@@ -246,7 +307,7 @@ def _numel(shape) -> int:
 
 
 def _run_units(plan, reader, writers, devices, max_workers, notify) -> None:
-    units = _work_units(plan)
+    units = work_units(plan)
     total = len(units)
     done = 0
     lock = Lock()
@@ -255,7 +316,7 @@ def _run_units(plan, reader, writers, devices, max_workers, notify) -> None:
 
     def run(unit, device):
         nonlocal done
-        _process_unit(plan, unit, reader, writers, device)
+        process_unit(plan, unit, reader, writers, device)
         with lock:
             done += 1
             notify("quantize", done, total)
@@ -273,9 +334,9 @@ def _run_units(plan, reader, writers, devices, max_workers, notify) -> None:
             fut.result()  # re-raise the first failure
 
 
-def _source_span(reader: ShardReader, item: PlannedWeight) -> tuple[str, int, int]:
+def _source_span(checkpoint: Checkpoint, item: PlannedWeight) -> tuple[str, int, int]:
     """(shard, absolute offset, nbytes) of an item's values; split experts are contiguous ranges."""
-    info = reader.checkpoint.tensors[item.source.tensor]
+    info = checkpoint.tensors[item.source.tensor]
     if item.source.expert is None:
         return info.shard, info.offset, info.nbytes
     per_expert = info.nbytes // info.shape[0]
@@ -284,10 +345,10 @@ def _source_span(reader: ShardReader, item: PlannedWeight) -> tuple[str, int, in
 
 
 def _load(
-    reader: ShardReader, item: PlannedWeight, device: torch.device, scratch: Scratch, slot: int, plan: Plan
+    reader: TensorReader, item: PlannedWeight, device: torch.device, scratch: Scratch, slot: int, plan: Plan
 ) -> torch.Tensor:
     """Read an item's values into this worker's input buffer ``slot`` (one per fused member)."""
-    _shard, offset, nbytes = _source_span(reader, item)
+    _shard, offset, nbytes = _source_span(reader.checkpoint, item)
     info = reader.checkpoint.tensors[item.source.tensor]
     host = scratch.get(f"in{slot}", (nbytes,), torch.uint8, torch.device("cpu"))
     reader.read_into(info, host, offset - info.offset)
@@ -300,7 +361,7 @@ def _load(
 
 
 def _dequantized(
-    reader: ShardReader, item: PlannedWeight, fp8: torch.Tensor, scratch: Scratch, slot: int, block: tuple[int, int]
+    reader: TensorReader, item: PlannedWeight, fp8: torch.Tensor, scratch: Scratch, slot: int, block: tuple[int, int]
 ) -> torch.Tensor:
     """``dequantize_fp8_block`` of an FP8-block weight, its scale read from whichever shard holds it."""
     (scale_name,) = item.dequantize.dependencies
@@ -323,7 +384,7 @@ def _scratch() -> Scratch:
 
 
 @contextmanager
-def _naming(item: PlannedWeight, reader: ShardReader) -> Iterator[None]:
+def _naming(item: PlannedWeight, reader: TensorReader) -> Iterator[None]:
     """Kernel errors say "the weight ..." or "its ...": name the tensor and its shard in front."""
     shard = reader.checkpoint.tensors[item.source.tensor].shard
     try:
@@ -336,7 +397,10 @@ def _naming(item: PlannedWeight, reader: ShardReader) -> Iterator[None]:
         raise type(err)(f"{item.name} (in {shard}): {err}") from err
 
 
-def _process_unit(plan: Plan, unit: list[PlannedWeight], reader: ShardReader, writers, device) -> None:
+def process_unit(
+    plan: Plan, unit: list[PlannedWeight], reader: TensorReader, writers: dict[str, ShardWriter], device: torch.device
+) -> None:
+    """Quantize (or copy) one unit from ``reader`` into its output shard's writer."""
     quantized = [i for i in unit if i.group is not None]
     scratch = _scratch()
     for slot, item in enumerate(unit):
@@ -344,9 +408,10 @@ def _process_unit(plan: Plan, unit: list[PlannedWeight], reader: ShardReader, wr
             continue
         if item.dequantize is not None:  # a kept FP8-block weight is written decoded (bf16)
             writers[item.shard].write(item.outputs[0].name, _load(reader, item, torch.device("cpu"), scratch, slot, plan))
-        else:  # copied as is, bytes never enter Python
-            shard, offset, _ = _source_span(reader, item)
-            writers[item.shard].copy_from(item.outputs[0].name, reader.fd(shard), offset)
+        else:  # copied as is: local bytes never enter Python
+            info = reader.checkpoint.tensors[item.source.tensor]
+            _shard, offset, _ = _source_span(reader.checkpoint, item)
+            reader.copy_to(writers[item.shard], item.outputs[0].name, info, offset - info.offset)
     if not quantized:
         return
     weights = [_load(reader, item, device, scratch, slot, plan) for slot, item in enumerate(quantized)]

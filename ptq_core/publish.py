@@ -1,19 +1,14 @@
-"""The target side: who is pushing, may they write there, and one commit that lands whole.
+"""The target side: who is pushing, may they write there, does the target exist, create or undo it.
 
-Large files are pre-uploaded one by one (``preupload_lfs_files``, each retried on
-its own) and then referenced by a single ``create_commit``:
-``upload_large_folder`` is not used because it commits in several steps, which
-would leave a half-filled repo that looks finished if the run broke off. A repo
-this run created is deleted again when anything fails after its creation; an
-existing repo (``overwrite``) keeps its old commit until the new one lands whole.
+The files themselves reach the target through ``staging`` (a staging branch,
+then one commit on ``main``). A repo this run created is deleted again when the
+run fails before anything was staged in it (``delete_created``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ._http import HubHttp, short, status_of
@@ -21,9 +16,15 @@ from .errors import HubPermissionError, TargetRepoExistsError, TokenError
 
 logger = logging.getLogger("ptq_core.hub")
 
-__all__ = ["TargetState", "check_namespace", "inspect_target", "push_folder", "whoami"]
-
-ProgressCallback = Callable[[str, int, int], None]
+__all__ = [
+    "TargetState",
+    "check_namespace",
+    "create_target",
+    "delete_created",
+    "inspect_target",
+    "refuse_existing_content",
+    "whoami",
+]
 
 
 @dataclass(frozen=True)
@@ -90,98 +91,48 @@ def check_namespace(http: HubHttp, target: str, identity: dict[str, Any]) -> Non
         )
 
 
-def inspect_target(http: HubHttp, repo_id: str, *, overwrite: bool) -> TargetState:
-    """Whether the target exists and what it holds.
-
-    Raises:
-        TargetRepoExistsError: it holds files and ``overwrite`` is false.
-    """
+def inspect_target(http: HubHttp, repo_id: str) -> TargetState:
+    """Whether the target exists and which files its ``main`` holds."""
     exists = http.call("check the target repo", http.api.repo_exists, repo_id, role="target", repo_id=repo_id)
     if not exists:
         return TargetState(exists=False, files=())
     files = http.call("list the target repo", http.api.list_repo_files, repo_id, role="target", repo_id=repo_id)
-    content = [f for f in files if f != ".gitattributes"]
-    if content and not overwrite:
+    return TargetState(exists=True, files=tuple(files))
+
+
+def refuse_existing_content(state: TargetState, repo_id: str) -> None:
+    """Never silently overwrite a model: a target whose ``main`` holds files needs ``overwrite``.
+
+    Raises:
+        TargetRepoExistsError: it holds files (the caller checked that ``overwrite`` is false).
+    """
+    content = [f for f in state.files if f != ".gitattributes"]
+    if content:
         shown = ", ".join(content[:5]) + (", ..." if len(content) > 5 else "")
         raise TargetRepoExistsError(
             f"Target repo {repo_id} already holds {len(content)} file(s) ({shown}). Pick another target, "
             "or pass overwrite=True to replace its contents in one commit."
         )
-    return TargetState(exists=True, files=tuple(files))
 
 
-def push_folder(
-    http: HubHttp,
-    repo_id: str,
-    folder: Path,
-    *,
-    private: bool,
-    overwrite: bool,
-    target_state: TargetState,
-    commit_message: str,
-    commit_description: str,
-    progress: ProgressCallback,
-) -> str:
-    """Create the repo if needed and push ``folder`` in one commit; undo the creation on failure.
-
-    Returns:
-        The commit sha.
-    """
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+def create_target(http: HubHttp, repo_id: str, *, private: bool) -> bool:
+    """Create the target repo; ``False`` when someone else created it since it was inspected."""
     from huggingface_hub.errors import HfHubHTTPError
 
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not _is_hidden(p.relative_to(folder)))
-    sizes = {p: p.stat().st_size for p in files}
-    total = sum(sizes.values())
-    progress("upload", 0, total)
-
-    created = False
     try:
-        if not target_state.exists:
-            try:
-                http.call(
-                    "create", http.api.create_repo, repo_id, private=private, exist_ok=False,
-                    role="target", repo_id=repo_id,
-                    passthrough=lambda err: isinstance(err, HfHubHTTPError) and status_of(err) == 409,
-                )
-                created = True
-                logger.info("Created %s repo %s", "private" if private else "public", repo_id)
-            except HfHubHTTPError:  # 409: created by someone else since the check; look again
-                target_state = inspect_target(http, repo_id, overwrite=overwrite)
-        elif private:
-            logger.info("Target %s exists; its visibility is left as it is", repo_id)
-
-        additions = [CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p)) for p in files]
-        # Pre-upload file by file: each one is retried on its own and progress is per file.
-        done = 0
-        for op, path in zip(additions, files, strict=True):
-            http.call(f"upload {op.path_in_repo}", http.api.preupload_lfs_files, repo_id, [op], role="target", repo_id=repo_id)
-            done += sizes[path]
-            logger.debug("Uploaded %s", op.path_in_repo)
-            progress("upload", done, total)
-
-        new_paths = {op.path_in_repo for op in additions}
-        deletions = [
-            CommitOperationDelete(path_in_repo=path)
-            for path in target_state.files
-            if path not in new_paths and path != ".gitattributes"
-        ]
-        if deletions:
-            logger.info("Replacing %d stale file(s) in %s", len(deletions), repo_id)
-        info = http.call(
-            "commit to", http.api.create_commit, repo_id, [*additions, *deletions],
-            commit_message=commit_message, commit_description=commit_description, role="target", repo_id=repo_id,
+        http.call(
+            "create", http.api.create_repo, repo_id, private=private, exist_ok=False,
+            role="target", repo_id=repo_id,
+            passthrough=lambda err: isinstance(err, HfHubHTTPError) and status_of(err) == 409,
         )
-        if done != total:
-            progress("upload", total, total)
-        return str(info.oid)
-    except BaseException:
-        if created:
-            _delete_created(http, repo_id)
-        raise
+    except HfHubHTTPError:  # 409: created by someone else (another part of the job) since the check
+        return False
+    logger.info("Created %s repo %s", "private" if private else "public", repo_id)
+    return True
 
 
-def _delete_created(http: HubHttp, repo_id: str) -> None:
+def delete_created(http: HubHttp, repo_id: str) -> None:
+    """Delete a repo this run created and did not finish; the original error must win, so never raise."""
     try:
         http.api.delete_repo(repo_id, missing_ok=True)
         logger.warning("Deleted %s again: this run created it and did not finish", repo_id)
@@ -193,8 +144,3 @@ def _delete_created(http: HubHttp, repo_id: str) -> None:
                 "this run. Delete it on the Hub if you do not want it."
             ),
         )
-
-
-def _is_hidden(relative: Path) -> bool:
-    return any(part.startswith(".") for part in relative.parts)
-

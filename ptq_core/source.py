@@ -1,10 +1,11 @@
 """The source side: a local folder or a Hub repo, inspected, and downloaded when needed.
 
 One rule decides which files travel (``repo_files.select_repo_files``), for a
-folder and for the Hub alike. Inspection reads metadata, file sizes and
-safetensors headers only; the download takes exactly the inspected files at the
-pinned commit. The disk rule the Hub path and the Space's preview share lives
-here too (:func:`disk_needed`).
+folder and for the Hub alike. Inspection reads metadata, file sizes and the
+index, and pins the commit; the streamed Hub job then reads headers and tensor
+bytes in place (``remote``), while ``model_free_ptq`` with a Hub id downloads
+exactly the inspected files at the pinned commit, checked against the disk rule
+of a downloaded job (:func:`disk_needed`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ __all__ = [
     "download_source",
     "inspect_source",
     "read_hub_config",
-    "read_hub_headers",
     "resolve_source",
 ]
 
@@ -57,6 +57,14 @@ class SourceState:
     sha: str
     files: Mapping[str, int]  # path -> bytes
     card_data: Mapping[str, Any]
+    weight_map: Mapping[str, str] | None = None  # the index's tensor -> shard, if the repo has one
+
+    @property
+    def shards(self) -> tuple[str, ...]:
+        """The safetensors files of the checkpoint, in index order (as ``open_checkpoint`` lists them)."""
+        if self.weight_map is not None:
+            return tuple(dict.fromkeys(self.weight_map.values()))
+        return tuple(path for path in self.files if path.endswith(".safetensors"))
 
     @property
     def weight_bytes(self) -> int:
@@ -136,14 +144,15 @@ def inspect_source(http: HubHttp, repo_id: str, revision: str | None) -> SourceS
             "read file sizes", http.api.get_paths_info, repo_id, missing, revision=sha, role="source", repo_id=repo_id
         )
         siblings.update({e.path: getattr(e, "size", 0) or 0 for e in entries})
-    wanted = _weights_from_index(http, repo_id, sha, wanted)
+    wanted, weight_map = _weights_from_index(http, repo_id, sha, wanted)
     probe_access(http, repo_id, sha, wanted)
     card_data = info.card_data.to_dict() if info.card_data is not None else {}
     if not card_data and "README.md" in siblings:
         card_data = _fetch_card_data(http, repo_id, sha)
     files = {path: int(siblings.get(path) or 0) for path in wanted}
     logger.info("Source %s@%s: %d files to download (%d bytes)", repo_id, sha[:10], len(files), sum(files.values()))
-    return SourceState(repo_id=repo_id, revision=revision, sha=sha, files=files, card_data=card_data)
+    return SourceState(repo_id=repo_id, revision=revision, sha=sha, files=files, card_data=card_data,
+                       weight_map=weight_map)
 
 
 def probe_access(http: HubHttp, repo_id: str, revision: str, paths: Sequence[str]) -> None:
@@ -167,41 +176,8 @@ def probe_access(http: HubHttp, repo_id: str, revision: str, paths: Sequence[str
         pass  # a missing probe file is fine: access was granted
 
 
-def read_hub_headers(http: HubHttp, repo_id: str, revision: str | None) -> dict[str, dict[str, tuple[str, tuple[int, ...]]]]:
-    """``{shard: {tensor: (dtype, shape)}}`` of a Hub repo, from Range reads of the headers only.
-
-    Raises:
-        NoSafetensorsError: no ``model.safetensors`` or index at the root (after checking
-            the repo itself is visible, so a missing or gated repo gets its own error).
-    """
-    from huggingface_hub.errors import NotASafetensorsRepoError
-
-    try:
-        meta = http.call(
-            "read safetensors headers",
-            http.api.get_safetensors_metadata,
-            repo_id,
-            revision=revision,
-            role="source",
-            repo_id=repo_id,
-            passthrough=lambda err: isinstance(err, NotASafetensorsRepoError),
-        )
-    except NotASafetensorsRepoError as err:
-        # The client also says "not a safetensors repo" when it cannot see the files at all.
-        http.call("read the source repo", http.api.model_info, repo_id, revision=revision, role="source", repo_id=repo_id)
-        probe_access(http, repo_id, revision or "main", ["config.json"])
-        raise NoSafetensorsError(
-            f"{repo_id} has no model.safetensors or model.safetensors.index.json at its root; "
-            "ptq-hub only reads safetensors checkpoints (convert *.bin weights first)."
-        ) from err
-    return {
-        validate_shard_name(filename): {name: (info.dtype, tuple(info.shape)) for name, info in file_meta.tensors.items()}
-        for filename, file_meta in meta.files_metadata.items()
-    }
-
-
 def read_hub_config(http: HubHttp, repo_id: str, revision: str | None) -> dict[str, Any] | None:
-    """The source's ``config.json`` (a few KB), so a preview knows an FP8-block source; None without one."""
+    """The source's ``config.json`` (a few KB), so a plan knows an FP8-block source; None without one."""
     from huggingface_hub.errors import RemoteEntryNotFoundError
 
     with tempfile.TemporaryDirectory(prefix="ptq-config-") as tmp:
@@ -231,28 +207,34 @@ def _fetch_card_data(http: HubHttp, repo_id: str, sha: str) -> dict[str, Any]:
             return {}
 
 
-def _weights_from_index(http: HubHttp, repo_id: str, sha: str, wanted: list[str]) -> list[str]:
+def _weights_from_index(
+    http: HubHttp, repo_id: str, sha: str, wanted: list[str]
+) -> tuple[list[str], dict[str, str] | None]:
     """Only the shards the checkpoint uses: those the index names, else ``model.safetensors``.
 
     Repos such as Mistral's also hold ``consolidated.safetensors``, the same weights
-    under other names; quantizing both would duplicate every tensor.
+    under other names; quantizing both would duplicate every tensor. Also returns the
+    index's weight map (``None`` without an index, or with one the reader will refuse).
     """
     if INDEX_NAME not in wanted:
         if "model.safetensors" in wanted:
-            return [p for p in wanted if not p.endswith(".safetensors") or p == "model.safetensors"]
-        return wanted
+            return [p for p in wanted if not p.endswith(".safetensors") or p == "model.safetensors"], None
+        return wanted, None
     with tempfile.TemporaryDirectory(prefix="ptq-index-") as tmp:
         path = http.call(
             f"download {INDEX_NAME}", http.api.hf_hub_download, repo_id, INDEX_NAME,
             revision=sha, local_dir=tmp, role="source", repo_id=repo_id,
         )
         try:
-            shards = set(json.loads(Path(path).read_text(encoding="utf-8"))["weight_map"].values())
+            weight_map = json.loads(Path(path).read_text(encoding="utf-8"))["weight_map"]
+            shards = set(weight_map.values())
         except (ValueError, KeyError, TypeError, AttributeError):
-            return wanted  # the checkpoint reader reports a broken index with a precise error
+            return wanted, None  # the checkpoint reader reports a broken index with a precise error
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+        return wanted, None
     for shard in shards:  # an index that points outside the repo fails before any download
         validate_shard_name(shard)
-    return [p for p in wanted if not p.endswith(".safetensors") or p in shards]
+    return [p for p in wanted if not p.endswith(".safetensors") or p in shards], weight_map
 
 
 # --- download ----------------------------------------------------------------

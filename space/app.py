@@ -78,7 +78,6 @@ from gradio.utils import get_space
 from ptq_core.errors import PtqError
 from ptq_core.redact import install_redaction, redact
 from ptq_core.sizes import format_bytes
-from ptq_core.source import disk_needed
 
 logger = logging.getLogger("ptq_space")
 
@@ -96,13 +95,16 @@ NOT_SIGNED_IN = (
 )
 
 _STAGES: dict[str, tuple[float, float, str]] = {
-    # stage: (start fraction, end fraction, label); download and upload dominate a CPU Space's time
-    "download": (0.00, 0.30, "Downloading"),
-    "validate": (0.30, 0.33, "Checking shards"),
-    "quantize": (0.33, 0.78, "Quantizing"),
-    "write": (0.78, 0.80, "Writing index and config"),
-    "card": (0.80, 0.82, "Writing the model card"),
-    "upload": (0.82, 1.00, "Uploading"),
+    # stage: (start fraction, end fraction, label). A streamed job downloads, quantizes and
+    # uploads at once; the bar shows the furthest point, which the uploads set last.
+    "validate": (0.00, 0.05, "Reading the headers"),
+    "download": (0.05, 0.85, "Downloading"),
+    "quantize": (0.05, 0.85, "Quantizing"),
+    "write": (0.05, 0.85, "Writing shards"),
+    "upload": (0.05, 0.92, "Uploading"),
+    "stage": (0.92, 0.94, "Staging shards"),
+    "card": (0.94, 0.96, "Writing the model card"),
+    "commit": (0.96, 1.00, "Committing"),
 }
 _BYTE_STAGES = {"download", "upload"}
 
@@ -312,6 +314,7 @@ def _progress_reporter(progress: Any) -> Callable[[str, int, int], None]:
     """
     context = contextvars.copy_context()
     lock = threading.Lock()
+    shown = [0.0]  # a streamed job's stages overlap: the bar shows the furthest point reached
 
     def report(stage: str, done: int, total: int) -> None:
         start, end, label = _STAGES.get(stage, (0.0, 1.0, stage.capitalize()))
@@ -323,7 +326,8 @@ def _progress_reporter(progress: Any) -> Callable[[str, int, int], None]:
         else:
             desc = label
         with lock:
-            context.run(progress, start + (end - start) * part, desc=desc)
+            shown[0] = max(shown[0], start + (end - start) * part)
+            context.run(progress, shown[0], desc=desc)
 
     return report
 
@@ -374,8 +378,12 @@ def free_disk_bytes() -> int:
 
 
 def _plan_markdown(model_id: str, plan: Any) -> tuple[str, bool]:
-    """The plan table, the disk check, and whether the job can run."""
-    needed = disk_needed(plan.size_before, plan.size_after)
+    """The plan table, the disk and RAM check of the streamed job, and whether it can run.
+
+    Jobs stream (tensors read over HTTP, each output shard uploaded then deleted), so a
+    model larger than this Space's disk runs; only a job whose few in-flight shards or
+    tensors cannot fit is refused.
+    """
     free = free_disk_bytes()
     quantized = len(plan.quantized)
     head = f"**Source:** `{model_id}` · {quantized} tensor(s) to quantize · {len(plan.skipped)} not quantized"
@@ -387,12 +395,17 @@ def _plan_markdown(model_id: str, plan: Any) -> tuple[str, bool]:
             ),
             False,
         )
-    disk = f"**Disk:** needs about {format_bytes(needed)} (download + output); {format_bytes(free)} free on this Space."
-    if needed > free:
+    footprint = plan.footprint
+    disk = (
+        f"**Streamed:** at most {format_bytes(footprint.peak_disk)} of disk ({format_bytes(free)} free on this "
+        f"Space) and about {format_bytes(footprint.peak_ram)} of RAM at once, whatever the model's size "
+        f"({format_bytes(plan.size_before)})."
+    )
+    if footprint.peak_disk > free or footprint.peak_ram > footprint.ram_budget:
         return (
             (
-                f"{head}\n\n{plan.to_markdown()}\n**Too large for this Space.** {disk} "
-                "Run it on your own machine with `ptq quantize` or the GitHub Action."
+                f"{head}\n\n{plan.to_markdown()}\n**Too large for this Space, even streamed.** {disk} "
+                "Run it on your own machine with `ptq run` or the GitHub Action."
             ),
             False,
         )

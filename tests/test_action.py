@@ -349,15 +349,15 @@ def test_examples_and_docs_use_only_real_inputs():
         assert f"| `{name}` |" in documented, f"input {name} is not in the table of docs/action.md"
     for name in ACTION["outputs"]:
         assert f"| `{name}` |" in documented, f"output {name} is not in the table of docs/action.md"
-    used = 0
+    users = set()
     for path in WORKFLOWS:
         for job in yaml.safe_load(path.read_text())["jobs"].values():
             for step in job["steps"]:
                 if str(step.get("uses", "")).endswith("/ptq-hub@v0"):
-                    used += 1
+                    users.add(path)
                     assert set(step.get("with", {})) <= set(ACTION["inputs"]), path.name
                     assert "hf-token" in step["with"], path.name
-    assert used == len(WORKFLOWS)
+    assert users == set(WORKFLOWS)  # every example runs the action
 
 
 # --- workflow commands (unit) -----------------------------------------------
@@ -398,6 +398,9 @@ def test_ignore_lists_split_on_lines_or_commas():
     assert split_list("lm_head\n") == ["lm_head"]
 
 
+PLAN_OUTPUTS = {"matrix", "revision"}  # written only by the plan step of a multi-part job (`parts`)
+
+
 def test_outputs_are_json_lists_for_a_recipe():
     @dataclass
     class Result:
@@ -410,7 +413,7 @@ def test_outputs_are_json_lists_for_a_recipe():
 
     results = [Result("a/x", "u/a/x", "1" * 40, 200, 100, 2.0), Result("a/y", "u/a/y", "2" * 40, 300, 100, 3.0)]
     lists = output_values(results, as_lists=True)
-    assert set(lists) == set(ACTION["outputs"])
+    assert set(lists) == set(ACTION["outputs"]) - PLAN_OUTPUTS
     assert json.loads(lists["repo-id"]) == ["a/x", "a/y"]
     assert json.loads(lists["compression-ratio"]) == [2.0, 3.0]
     assert output_values(results[:1], as_lists=False)["compression-ratio"] == "2.00"
@@ -642,3 +645,17 @@ def test_inputs_become_one_job_with_the_core_rules():
     (job,) = read_request({"INPUT_MODEL": "bob/tiny-llama", "INPUT_IGNORE": "lm_head",
                            "INPUT_DEFAULT_IGNORE": "false"}).jobs
     assert job.ignore == ("lm_head",)
+
+
+def test_multi_part_inputs_are_one_step_each():
+    base = {"INPUT_MODEL": "bob/tiny-llama", "INPUT_SCHEME": "NVFP4A16"}
+    assert read_request({**base, "INPUT_PARTS": "3"}).parts == 3
+    (job,) = read_request({**base, "INPUT_PART": "2/3", "INPUT_DISK_BUDGET": "2GB"}).jobs
+    assert (job.part, job.disk_budget) == ((2, 3), 2_000_000_000)
+    assert read_request({**base, "INPUT_FINALIZE": "3"}).finalize == 3
+    with pytest.raises(InvalidOptionError, match=r"`parts`, `part` and `finalize` are the three steps"):
+        read_request({**base, "INPUT_PART": "1/3", "INPUT_FINALIZE": "3"})
+    with pytest.raises(InvalidOptionError, match=r"Input `parts` is '0'; give a whole number of at least 1"):
+        read_request({**base, "INPUT_PARTS": "0"})
+    with pytest.raises(InvalidOptionError, match=r"part=\(4, 3\) is not a part: write I/K"):
+        read_request({**base, "INPUT_PART": "4/3"})

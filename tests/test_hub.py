@@ -101,7 +101,12 @@ def _assert_no_target_content(hub, repo_id: str) -> None:
 
 
 def _downloads_of_weights(hub) -> list[str]:
-    return [path for method, path, _ in hub.requests_log if method == "GET" and path.endswith(".safetensors")]
+    """GETs of weight bytes: a streamed job's header reads (Range from byte 0) do not count."""
+    return [
+        path
+        for method, path, headers in hub.requests_log
+        if method == "GET" and path.endswith(".safetensors") and not headers.get("range", "").startswith("bytes=0-")
+    ]
 
 
 # --- end to end ----------------------------------------------------------------------
@@ -122,7 +127,8 @@ def test_quantize_to_hub_end_to_end(hub, source, checkpoint, work_dir, tmp_path,
     assert result.scheme == scheme
     assert result.size_after < result.size_before
     assert result.ratio == pytest.approx(result.size_before / result.size_after)
-    assert set(result.timings) == {"download", "quantize", "card", "upload", "total"}
+    # Streamed: download, quantize and upload overlap; each is timed from its first to its last event.
+    assert set(result.timings) == {"plan", "download", "quantize", "upload", "card", "commit", "total"}
     assert result.plan.scheme_name == scheme
     assert _no_job_dirs(work_dir), "the per-job temp folder must be removed"
 
@@ -146,9 +152,11 @@ def test_quantize_to_hub_end_to_end(hub, source, checkpoint, work_dir, tmp_path,
     downloaded = [p for m, p, _ in hub.requests_log if m == "GET" and "/resolve/" in p]
     assert not any(p.endswith((".bin", ".pth", ".onnx", "README.md")) for p in downloaded)
 
-    # Progress: the stages in order, each ending complete.
+    # Progress: the stages in order of their first event, each ending complete (streamed: the
+    # download, quantize and upload events interleave; a job this short stages nothing on the
+    # branch before its final commit, so there is no "stage" event).
     stages = list(dict.fromkeys(stage for stage, _, _ in events))
-    assert stages == ["download", "validate", "quantize", "write", "card", "upload"]
+    assert stages == ["download", "validate", "quantize", "write", "upload", "card", "commit"]
     for stage in stages:
         last = [e for e in events if e[0] == stage][-1]
         assert last[1] == last[2]
@@ -214,16 +222,17 @@ def test_transient_download_failures_are_retried(hub, source, work_dir, caplog):
     assert "retry 1/3" in caplog.text
 
 
-def test_each_file_is_preuploaded_alone_and_retried_alone(hub, source, work_dir, caplog):
-    """The push pre-uploads file by file, each with its own retries: a transient failure costs
-    one retry of one file, and the commit that follows sends no file again."""
+def test_each_shard_is_preuploaded_alone_and_retried_alone(hub, source, work_dir, caplog):
+    """The streamed job pre-uploads shard by shard (to the staging branch), each with its own
+    retries: a transient failure costs one retry of one shard, and no shard is sent twice."""
     caplog.set_level(logging.WARNING)
-    hub.fail_requests("/preupload/main", times=1, status=TRANSIENT)
+    hub.fail_requests("/preupload/ptq-staging-", times=1, status=TRANSIENT)
     result = quantize_to_hub(source, "FP8_BLOCK", token=ALICE, work_dir=work_dir)
-    preuploads = [path for method, path, _ in hub.requests_log if method == "POST" and "/preupload/" in path]
-    pushed = [f for f in hub.commits(result.repo_id)[-1]["files"] if f != ".gitattributes"]
-    assert len(preuploads) == len(pushed) + 1  # one request per file, plus the one retried
-    assert re.search(r"Transient error during 'upload [^']+' \(HTTP 520\); retry 1/3", caplog.text)
+    staged = [path for method, path, _ in hub.requests_log if method == "POST" and "/preupload/ptq-staging-" in path]
+    shards = [f for f in hub.list_files(result.repo_id) if f.endswith(".safetensors")]
+    assert len(staged) == len(shards) + 1  # one request per shard, plus the one retried
+    assert re.search(r"Transient error during 'upload model-\d+-of-\d+\.safetensors to[^']*' \(HTTP 520\); retry 1/3",
+                     caplog.text)
 
 
 def test_overwrite_replaces_contents_in_one_commit(hub, source, work_dir):
@@ -354,14 +363,26 @@ def test_unknown_revision(hub, source, work_dir):
     assert not hub.repo_exists(TARGET_FP8)
 
 
-def test_failure_during_upload_deletes_the_created_repo(hub, source, work_dir, caplog):
+def test_failure_before_anything_is_staged_deletes_the_created_repo(hub, source, work_dir, caplog):
     caplog.set_level(logging.DEBUG)
-    hub.fail_requests("/commit/main", times=1000, status=500)  # the client does not retry commits
+    hub.fail_requests("/commit/", times=1000, status=500)  # the client does not retry commits
     with pytest.raises(HubNetworkError, match=COMMIT_FAILED) as excinfo:
         quantize_to_hub(source, "FP8_BLOCK", token=ALICE, work_dir=work_dir)
     _check_error(excinfo, hub, caplog=caplog)
     assert not hub.repo_exists(TARGET_FP8)
     assert f"Deleted {TARGET_FP8}" in caplog.text
+    assert _no_job_dirs(work_dir)
+
+
+def test_failure_of_the_final_commit_keeps_the_staged_shards_for_a_rerun(hub, source, work_dir, caplog):
+    """Changed with streaming: once shards are staged, the repo and its staging branch stay (main empty)."""
+    caplog.set_level(logging.DEBUG)
+    hub.fail_requests("/commit/main", times=1000, status=500)  # the client does not retry commits
+    with pytest.raises(HubNetworkError, match="commit.*2 of 2 output shard.*Rerun the same job") as excinfo:
+        quantize_to_hub(source, "FP8_BLOCK", token=ALICE, work_dir=work_dir)
+    _check_error(excinfo, hub, caplog=caplog)
+    (branch,) = [b for b in hub.branches(TARGET_FP8) if b != "main"]
+    assert branch.startswith("ptq-staging-")
     assert _no_job_dirs(work_dir)
 
 
@@ -375,9 +396,11 @@ def test_failure_during_upload_leaves_an_existing_repo_untouched(hub, source, wo
 
 
 def test_not_enough_disk_space(hub, source, work_dir, monkeypatch):
+    # Streamed: only one output shard must fit (the default budget is 90% of the free space minus 10%).
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10_000_000, 9_000_000, 1_000_000))
-    with pytest.raises(DiskSpaceError, match=r"needs about .* download \+ .* output\), only 1.00 MB is free"):
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10_000_000, 9_000_000, 100_000))
+    with pytest.raises(DiskSpaceError, match=r"Output shard model-0000\d-of-00002.safetensors needs .* more than "
+                                             r"the disk budget of 80.00 KB"):
         quantize_to_hub(source, "FP8_BLOCK", token=ALICE, work_dir=work_dir)
     assert _downloads_of_weights(hub) == []
     assert not hub.repo_exists(TARGET_FP8)

@@ -182,7 +182,7 @@ def test_preview_refuses_a_gated_repo_without_access(hub, checkpoint):
 def test_preview_refuses_a_repo_without_safetensors(hub):
     hub.seed_repo("bob/old", {"config.json": b"{}", "pytorch_model.bin": b"x"})
     plan_md, _, _, button, _ = app.preview_model("bob/old", "FP8_BLOCK", [], _token())
-    assert "no model.safetensors" in plan_md and "convert *.bin" in plan_md
+    assert "no *.safetensors weights" in plan_md and "(it has pytorch_model.bin)" in plan_md
     assert _interactive(button) is False
 
 
@@ -199,10 +199,17 @@ def test_preview_refuses_shapes_the_scheme_cannot_split(hub, odd_checkpoint):
     assert "Ready to run" in plan_md and _interactive(button) is True
 
 
-def test_preview_refuses_a_model_too_large_for_the_disk(hub, source, monkeypatch):
-    monkeypatch.setattr(app, "free_disk_bytes", lambda: 1_000_000)
+def test_preview_runs_a_model_larger_than_the_disk_and_refuses_what_cannot_fit_streamed(hub, source, monkeypatch):
+    plan = ptq_core.plan_hub_model(SOURCE, "FP8_BLOCK", token=_token().token)
+    largest_shard = max(sum(o.nbytes for o in plan.shard_outputs(s)) for s in plan.shards)
+    assert largest_shard < plan.size_before
+    monkeypatch.setattr(app, "free_disk_bytes", lambda: plan.size_before - 1)  # the model does not fit...
     plan_md, _, _, button, _ = app.preview_model(SOURCE, "FP8_BLOCK", [], _token())
-    assert "**Too large for this Space.**" in plan_md and "1.00 MB free" in plan_md
+    assert "**Ready to run.**" in plan_md and "**Streamed:** at most" in plan_md  # ...its shards in flight do
+    assert _interactive(button) is True
+    monkeypatch.setattr(app, "free_disk_bytes", lambda: 1_000)
+    plan_md, _, _, button, _ = app.preview_model(SOURCE, "FP8_BLOCK", [], _token())
+    assert "**Too large for this Space, even streamed.**" in plan_md and "(1.00 KB free on this Space)" in plan_md
     assert _interactive(button) is False
 
 

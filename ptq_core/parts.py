@@ -1,0 +1,247 @@
+"""How a streamed Hub job is cut and what it holds at once: parts, budgets, footprint, fingerprint.
+
+A streamed job works output shard by output shard. The plan already says which
+output shard each item and each fused group goes to (a fused group always sits
+in one output shard), so output shards are the unit of everything here:
+
+* **parts** for many machines: output shards dealt to ``k`` parts, balanced by
+  bytes moved (read + written), so a fused group is never split across parts;
+* **budgets**: the local disk the job may fill (finished shards waiting for
+  upload) and the memory it may use, by default derived from what is free;
+* **footprint**: the peak disk and RAM the streamed job will use, shown by the
+  plan before anything runs;
+* **fingerprint**: a short hash of everything that decides the output bytes
+  (source, pinned commit, scheme and config, ignore list, observer, tool version),
+  which names the staging branch and is checked before parts are combined.
+
+No network; planning only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import tensor_nbytes
+from .errors import DiskSpaceError, InvalidOptionError, MemoryBudgetError
+from .job import Job
+from .plan import Footprint, Plan, PlannedWeight
+from .sizes import format_bytes
+
+__all__ = [
+    "LOCAL_SHARDS",
+    "Budgets",
+    "default_disk_budget",
+    "default_ram_budget",
+    "estimate_footprint",
+    "fingerprint",
+    "job_identity",
+    "resolve_budgets",
+    "shard_costs",
+    "shard_sizes",
+    "split_parts",
+]
+
+LOCAL_SHARDS = 3
+"""Output shards on local disk at once, at most: being written, waiting, uploading (the budget may allow fewer)."""
+_DISK_MARGIN = 1 << 30
+"""Default disk budget: 90% of the free space, minus this (or 10% of it on small disks)."""
+_RAM_SHARE = 0.8
+"""Default RAM budget: this share of the available memory (cgroup limit included)."""
+_SCRATCH_BYTES = 96 << 20
+"""Per-worker quantize buffers besides the input (``numerics`` works in ~4M-element row chunks)."""
+_WINDOW_MIN, _WINDOW_MAX = 64 << 20, 512 << 20
+_HEADER_BYTES_PER_TENSOR = 160  # a safetensors header entry, generously
+
+
+def default_disk_budget(folder: Path) -> int:
+    """90% of ``folder``'s free space minus a margin of min(1 GiB, 10%): room left for logs and caches."""
+    free = shutil.disk_usage(folder).free
+    return max(0, int(free * 0.9) - min(_DISK_MARGIN, free // 10))
+
+
+def default_ram_budget() -> int:
+    """80% of the memory available now (``MemAvailable``, capped by a cgroup limit when there is one)."""
+    available = _meminfo_available()
+    limit = _cgroup_room()
+    if limit is not None:
+        available = min(available, limit)
+    return int(available * _RAM_SHARE)
+
+
+def _meminfo_available() -> int:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def _cgroup_room() -> int | None:
+    """cgroup v2 ``memory.max - memory.current``: a container's (a Space's) real limit."""
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return None if limit == "max" else max(0, int(limit) - used)
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """What a streamed job may use: local disk, memory, read-ahead and worker threads."""
+
+    disk: int
+    ram: int
+    window: int  # bytes fetched ahead of the workers
+    workers: int  # worker threads that fit the RAM budget (at most the job's)
+
+
+def _unit_bytes(plan: Plan) -> dict[int | str, int]:
+    """Input bytes of each work unit: a fused group counts whole (one worker holds it all)."""
+    sizes: dict[int | str, int] = {}
+    for item in plan.items:
+        key: int | str = item.fused if item.fused is not None else item.name
+        sizes[key] = sizes.get(key, 0) + _input_nbytes(item)
+    return sizes
+
+
+def _input_nbytes(item: PlannedWeight) -> int:
+    return tensor_nbytes(item.dtype, item.shape)
+
+
+def shard_sizes(plan: Plan) -> dict[str, int]:
+    """Bytes of each output shard file (data exact, header estimated generously)."""
+    sizes = {s: 8 for s in plan.shards}
+    for item in plan.items:
+        sizes[item.shard] += sum(o.nbytes + _HEADER_BYTES_PER_TENSOR for o in item.outputs)
+    return sizes
+
+
+def shard_costs(plan: Plan) -> dict[str, int]:
+    """Bytes each output shard moves: its inputs read plus its output written (what parts balance)."""
+    costs = shard_sizes(plan)
+    for item in plan.items:
+        costs[item.shard] += _input_nbytes(item)
+    return costs
+
+
+def resolve_budgets(plan: Plan, job: Job, work_root: Path, *, check: bool = True) -> Budgets:
+    """The budgets of a streamed job of ``plan``; with ``check``, refuse only what cannot fit even streamed.
+
+    Raises:
+        DiskSpaceError: one output shard is larger than the disk budget.
+        MemoryBudgetError: one work unit (a tensor, or a fused group) needs more memory than the RAM budget.
+    """
+    disk = job.disk_budget if job.disk_budget is not None else default_disk_budget(work_root)
+    ram = default_ram_budget()
+    sizes = shard_sizes(plan)
+    if check and sizes:
+        largest = max(sizes, key=lambda s: sizes[s])
+        if sizes[largest] > disk:
+            source = ("disk_budget" if job.disk_budget is not None
+                      else f"90% of the free space in {work_root}, minus a margin")
+            raise DiskSpaceError(
+                f"Output shard {largest} needs {format_bytes(sizes[largest])} on local disk before it is uploaded, "
+                f"more than the disk budget of {format_bytes(disk)} ({source}). Free some space, pass work_dir= on a "
+                "larger disk, or raise disk_budget (--disk-budget)."
+            )
+    units = _unit_bytes(plan)
+    biggest = max(units.values(), default=0)
+    per_worker = 2 * biggest + _SCRATCH_BYTES
+    if check and per_worker > ram:
+        name = max(units, key=lambda u: units[u])
+        what = f"fused group {plan.fused_groups[name].members}" if isinstance(name, int) else f"tensor {name}"
+        raise MemoryBudgetError(
+            f"The {what} is {format_bytes(biggest)}; quantizing it needs about {format_bytes(per_worker)} of memory, "
+            f"more than the {format_bytes(ram)} this job may use (80% of the available memory). Run it on a "
+            "machine with more memory, or add the module to ignore to copy it as is."
+        )
+    window = min(_WINDOW_MAX, max(_WINDOW_MIN, ram // 8, biggest))
+    workers = max(1, min(job.workers, (ram - window) // per_worker))
+    return Budgets(disk=disk, ram=ram, window=window, workers=workers)
+
+
+def estimate_footprint(plan: Plan, budgets: Budgets, shards: Sequence[str]) -> Footprint:
+    """Peak disk and RAM of a streamed job that makes the output ``shards`` of ``plan``, in that order.
+
+    Disk: at most ``LOCAL_SHARDS`` consecutive output shards are local at once, fewer
+    when they would not fit the budget together. RAM: the read-ahead window plus, per
+    worker, the largest unit twice (fetched span and input buffer) and its scratch buffers.
+    """
+    sizes = shard_sizes(plan)
+    order = list(shards)
+    peak_disk = 0
+    for i in range(len(order)):
+        held = 0
+        for shard in reversed(order[max(0, i - LOCAL_SHARDS + 1) : i + 1]):
+            if held + sizes[shard] > budgets.disk and held:
+                break
+            held += sizes[shard]
+        peak_disk = max(peak_disk, held)
+    units = _unit_bytes(plan)
+    biggest = max(units.values(), default=0)
+    read_ahead = min(budgets.window, sum(units.values()))
+    peak_ram = read_ahead + budgets.workers * (2 * biggest + min(_SCRATCH_BYTES, 4 * biggest))
+    return Footprint(peak_disk=peak_disk, peak_ram=peak_ram, disk_budget=budgets.disk, ram_budget=budgets.ram)
+
+
+def split_parts(plan: Plan, parts: int) -> tuple[tuple[str, ...], ...]:
+    """Output shards dealt to ``parts`` parts balanced by bytes moved; each part in processing order.
+
+    Greedy: the costliest shard first, to the lightest part (ties: the lower part).
+    Within a part, the largest output shard comes first and the smallest last: the
+    upload that remains after the last byte is downloaded is then the shortest.
+    Deterministic, so every machine of a matrix computes the same split.
+
+    Raises:
+        InvalidOptionError: fewer than 1 part, or more parts than output shards.
+    """
+    if parts < 1 or parts > max(1, len(plan.shards)):
+        raise InvalidOptionError(
+            f"{parts} parts for {len(plan.shards)} output shard(s): a part holds whole output shards, so "
+            f"use between 1 and {len(plan.shards)} parts."
+        )
+    costs = shard_costs(plan)
+    sizes = shard_sizes(plan)
+    loads = [0] * parts
+    chosen: list[list[str]] = [[] for _ in range(parts)]
+    for shard in sorted(plan.shards, key=lambda s: (-costs[s], s)):
+        lightest = min(range(parts), key=lambda p: (loads[p], p))
+        loads[lightest] += costs[shard]
+        chosen[lightest].append(shard)
+    return tuple(tuple(sorted(c, key=lambda s: (-sizes[s], s))) for c in chosen)
+
+
+def job_identity(job: Job, source_sha: str, tool_version: str) -> dict[str, Any]:
+    """Everything that decides the output bytes, JSON-ready: what parts must agree on."""
+    observers = {
+        group: {"observer": getattr(scheme.weights, "observer", None),
+                "observer_kwargs": getattr(scheme.weights, "observer_kwargs", None) or {}}
+        for group, scheme in job.resolved.groups
+        if scheme.weights is not None
+    }
+    return {
+        "source": job.source,
+        "source_sha": source_sha,
+        "scheme": job.scheme_name,
+        "ignore": list(job.ignore),
+        "observer": observers,
+        "quantization_config": job.resolved.quantization_config_dict(),
+        "tool_version": tool_version,
+    }
+
+
+def fingerprint(identity: Mapping[str, Any]) -> str:
+    """16 hex digits of the identity's sha256: names the staging branch."""
+    text = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
