@@ -58,8 +58,8 @@ class Mutation:
 # The mutations. Anchors are written against the current code; when a refactor
 # moves the code, `--list` still works and a run names every stale anchor.
 # ============================================================================
-NUMERICS, PLAN, WRITER, HTTP, PUBLISH, REDACT = (
-    "ptq_core/numerics.py", "ptq_core/plan.py", "ptq_core/writer.py", "ptq_core/_http.py", "ptq_core/publish.py",
+NUMERICS, PLAN, WRITER, HTTP, STAGING, REDACT = (
+    "ptq_core/numerics.py", "ptq_core/plan.py", "ptq_core/writer.py", "ptq_core/_http.py", "ptq_core/staging.py",
     "ptq_core/redact.py",
 )
 MUTATIONS: tuple[Mutation, ...] = (
@@ -154,10 +154,10 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_hub.py", "-k", "test_transient_download_failures or test_network_failure_during_download"),
     ),
     Mutation(
-        "pre-upload", PUBLISH,
-        'http.call(f"upload {op.path_in_repo}", http.api.preupload_lfs_files,',
-        'http.call(f"upload {op.path_in_repo}", lambda *args, **kwargs: None,',
-        ("tests/test_hub.py", "-k", "test_quantize_to_hub_end_to_end or test_each_file_is_preuploaded"),
+        "pre-upload", STAGING,
+        'st._call(f"upload {shard} to", st.http.api.preupload_lfs_files,',
+        'st._call(f"upload {shard} to", lambda *args, **kwargs: None,',
+        ("tests/test_hub.py", "-k", "test_quantize_to_hub_end_to_end or test_each_shard_is_preuploaded"),
     ),
     Mutation(
         "redaction", REDACT,
