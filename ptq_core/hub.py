@@ -279,7 +279,7 @@ def plan_hub_model(
     Example:
         >>> print(plan_hub_model("meta-llama/Llama-3.2-1B", "NVFP4A16").to_markdown())  # doctest: +SKIP
     """
-    job = _as_job(source, scheme, ignore=ignore, default_ignore=default_ignore, revision=revision)
+    job = _job_from(source, scheme, {"ignore": ignore, "default_ignore": default_ignore, "revision": revision})
     folder = Path(job.source).expanduser()
     if folder.is_dir():  # the same plan of a local copy: what a streamed job of it would use
         checkpoint = open_checkpoint(folder)
@@ -684,17 +684,15 @@ def _job_from(source: Job | str, scheme: str | None, options: dict[str, Any]) ->
     return make_job(source, scheme, **options)
 
 
-def _as_job(source: Job | str, scheme: str | None, **options: Any) -> Job:
-    if isinstance(source, Job):
-        _refuse_options_with_job(scheme, ignore=options["ignore"], default_ignore=not options["default_ignore"],
-                                 revision=options["revision"])
-        return source
-    return make_job(source, scheme, **options)
+# make_job's defaults: passing one of these next to a Job says nothing the Job does not already say
+_JOB_DEFAULTS: dict[str, object] = {
+    "default_ignore": True, "private": False, "overwrite": False, "workers": 1, "max_workers": 1,
+}
 
 
 def _refuse_options_with_job(scheme: object, **options: Any) -> None:
     """A ``Job`` already holds every decision: a scheme or an option next to it is a mistake."""
-    given = [name for name, value in options.items() if value not in (None, (), [], False)]
+    given = [name for name, value in options.items() if value not in (None, (), []) and value != _JOB_DEFAULTS.get(name)]
     if scheme is not None:
         given.insert(0, "scheme")
     if given:
