@@ -606,8 +606,7 @@ def _finalize(prepared: PreparedJob, count: int, clock: _StageClock, *, staged: 
     work = new_work_folder(prepared.work_root, _WORK_PREFIX)
     job_dir = work.path
     try:
-        side = [f for f in prepared.checkpoint.extra_files]
-        for path in side:
+        for path in prepared.checkpoint.extra_files:
             http.call(f"download {path}", http.api.hf_hub_download, state.repo_id, path, revision=state.sha,
                       local_dir=job_dir, role="source", repo_id=state.repo_id)
         shutil.rmtree(job_dir / ".cache", ignore_errors=True)
@@ -624,23 +623,22 @@ def _finalize(prepared: PreparedJob, count: int, clock: _StageClock, *, staged: 
         if deletions:
             logger.info("Replacing %d stale file(s) in %s", len(deletions), target)
         clock("commit", 0, 1)
-        try:
-            sha = staging.commit_to_main(
-                head, [s for s in plan.shards if s in committed], files, deletions,
-                uploaded=[op for op, _ in uploaded.values()],
-                commit_message=f"Add {job.source} quantized to {job.scheme_name} (ptq-hub {tool_version()})",
-                commit_description=_commit_description(prepared),
-            )
-        except BaseException as err:
-            if stager is not None and uploaded:
-                _salvage(stager)
-            on_branch = len(stager.manifest.staged) if stager is not None else len(committed)
-            new = _after_failure(err, prepared, staging, created=staged is not None and staged.created,
-                                 staged=on_branch, total=len(plan.shards))
-            if new is err:
-                raise
-            raise new from err
+        sha = staging.commit_to_main(
+            head, [s for s in plan.shards if s in committed], files, deletions,
+            uploaded=[op for op, _ in uploaded.values()],
+            commit_message=f"Add {job.source} quantized to {job.scheme_name} (ptq-hub {tool_version()})",
+            commit_description=_commit_description(prepared),
+        )
         clock("commit", 1, 1)
+    except BaseException as err:
+        if stager is not None and uploaded:
+            _salvage(stager)
+        on_branch = len(stager.manifest.staged) if stager is not None else len(committed)
+        new = _after_failure(err, prepared, staging, created=staged is not None and staged.created,
+                             staged=on_branch, total=len(plan.shards))
+        if new is err:
+            raise
+        raise new from err
     finally:
         work.remove()
     try:
