@@ -50,6 +50,7 @@ from safetensors.torch import save_file
 
 __all__ = [
     "ARCHS",
+    "TINY_LLAMA_DIMS",
     "DEFAULT_DIMS",
     "make_checkpoint",
     "make_fp8_block_checkpoint",
@@ -109,6 +110,11 @@ STD = 0.02
 
 
 # --------------------------------------------------------------------------- config
+
+
+TINY_LLAMA_DIMS = dict(hidden_size=128, intermediate_size=256, num_attention_heads=2, num_key_value_heads=1,
+                       head_dim=64, vocab_size=256, num_hidden_layers=1)
+"""The smallest Llama the validation and writer tests need: fast to write, still a real layout."""
 
 
 def make_config(arch: str, *, dtype: torch.dtype = torch.bfloat16, tie: bool = False, **dims) -> dict:

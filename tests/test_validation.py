@@ -11,6 +11,7 @@ import pytest
 import torch
 from compressed_tensors.quantization import QuantizationConfig
 from factory import (
+    TINY_LLAMA_DIMS,
     corrupt_header_json,
     corrupt_header_length,
     corrupt_index_missing_shard,
@@ -39,8 +40,7 @@ from ptq_core.errors import (
     TensorShapeError,
 )
 
-DIMS = dict(hidden_size=128, intermediate_size=256, num_attention_heads=2, num_key_value_heads=1, head_dim=64,
-            vocab_size=256, num_hidden_layers=1)
+DIMS = TINY_LLAMA_DIMS
 SHARD2 = "model-00002-of-00003.safetensors"
 
 

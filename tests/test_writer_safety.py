@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-from factory import make_checkpoint
+from factory import TINY_LLAMA_DIMS, make_checkpoint
 
 import ptq_core.writer as writer
 from ptq_core import model_free_ptq
@@ -45,8 +45,7 @@ from ptq_core.writer import (
     sweep_stale_work,
 )
 
-DIMS = dict(hidden_size=128, intermediate_size=256, num_attention_heads=2, num_key_value_heads=1, head_dim=64,
-            vocab_size=256, num_hidden_layers=1)
+DIMS = TINY_LLAMA_DIMS
 REPO = Path(__file__).resolve().parent.parent
 
 
