@@ -23,15 +23,16 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Iterable, Mapping
 
-from .errors import CheckpointError, UnsupportedSourceError
+from .errors import CheckpointError, InvalidOptionError, UnsupportedSourceError
 
-__all__ = ["Dequantization", "SourceFormat", "SourcePlan", "detect_source"]
+__all__ = ["Dequantization", "SourceFormat", "SourcePlan", "check_converters", "detect_source"]
 
 DENSE = "dense"
 FP8_BLOCK = "fp8-block"
 COMPRESSED_TENSORS = "compressed-tensors"
 MODELOPT_NVFP4 = "modelopt-nvfp4"
 AWQ = "awq"
+CONVERTED = "converted"  # a caller's own converter chain (``model_free_ptq(converter=...)``)
 
 # compressed-tensors' per-module quantization parameters (its compressors' compression_param_names)
 _CT_PARAMS = ("weight_scale", "weight_zero_point", "weight_global_scale", "weight_shape", "input_global_scale")
@@ -82,29 +83,53 @@ class SourceFormat:
 
 @dataclass(frozen=True)
 class Dequantization:
-    """One quantized source module, to be turned back into a dense ``weight`` in memory.
+    """One tensor of the output that a converter makes in memory from source tensors.
 
     Attributes:
         module: the module name (``model.layers.0.self_attn.q_proj``).
         tensor: the stored tensor that holds the values (``...weight``, ``...weight_packed``,
-            ``...qweight``).
-        dependencies: the tensors it cannot be decoded without, in name order; they
-            may sit in any shard, and none of them is written to the output.
-        output: the dense tensor it stands for (``{module}.weight``).
+            ``...qweight``); its shard is the output's shard.
+        dependencies: the other tensors the conversion reads, in name order; they
+            may sit in any shard, and none of them is copied to the output as is.
+        output: the tensor it stands for (``{module}.weight``).
+        dtype, shape: the output's safetensors dtype and shape, where the conversion
+            changes them (``None``: FP8 blocks, which decode to BF16 in the same shape).
     """
 
     module: str
     tensor: str
     dependencies: tuple[str, ...]
     output: str
+    dtype: str | None = None
+    shape: tuple[int, ...] | None = None
+
+    @property
+    def by_converter(self) -> bool:
+        """Made by a converter chain (dtype and shape known), not decoded by ptq-hub's FP8 path."""
+        return self.dtype is not None
 
 
 @dataclass(frozen=True)
 class SourcePlan:
-    """The source's format and every dequantization it needs."""
+    """The source's format and every dequantization it needs.
+
+    Attributes:
+        format: what the source is.
+        dequantize: every output tensor made in memory.
+        converters: the compressed-tensors ``Converter`` chain that makes them, applied
+            one module at a time; empty for FP8 blocks, which ptq-hub decodes itself
+            inside the quantize step.
+        append: the source's own ``quantization_config`` is kept and the new config
+            groups are merged into it (a compressed-tensors source whose compressed
+            modules are copied as they are, as llm-compressor does).
+        kept: with ``append``, the modules the source already holds compressed.
+    """
 
     format: SourceFormat
     dequantize: tuple[Dequantization, ...] = ()
+    converters: tuple[Any, ...] = ()
+    append: bool = False
+    kept: frozenset[str] = frozenset()
 
     @cached_property
     def by_output(self) -> dict[str, Dequantization]:
@@ -112,9 +137,41 @@ class SourcePlan:
         return {d.output: d for d in self.dequantize}
 
     @cached_property
+    def by_tensor(self) -> dict[str, tuple[Dequantization, ...]]:
+        """Stored tensor -> the outputs made from it (in its place in the output)."""
+        found: dict[str, list[Dequantization]] = {}
+        for d in self.dequantize:
+            found.setdefault(d.tensor, []).append(d)
+        return {k: tuple(v) for k, v in found.items()}
+
+    @cached_property
     def consumed(self) -> frozenset[str]:
         """Source tensors read only to be decoded: none of them is copied to the output."""
         return frozenset(n for d in self.dequantize for n in (d.tensor, *d.dependencies))
+
+
+def check_converters(converter: object) -> tuple[Any, ...]:
+    """``converter=`` as a chain: ``None``, one converter, or a list of them, each checked.
+
+    Anything with compressed-tensors' ``Converter`` methods (``process``,
+    ``get_dependencies``, ``update_config``; ``validate`` is optional) is accepted, so
+    compressed-tensors' own converters are used as they are.
+
+    Raises:
+        InvalidOptionError: an entry lacks one of those methods.
+    """
+    if converter is None:
+        return ()
+    chain = tuple(converter) if isinstance(converter, (list, tuple)) else (converter,)
+    for item in chain:
+        missing = [m for m in ("process", "get_dependencies", "update_config") if not callable(getattr(item, m, None))]
+        if missing:
+            raise InvalidOptionError(
+                f"converter {type(item).__name__} has no {', '.join(missing)}; pass a compressed-tensors Converter "
+                "(FP8BlockDequantizer, CompressedTensorsDequantizer, ModelOptNvfp4Converter, AutoAWQConverter...) "
+                "or a list of them."
+            )
+    return chain
 
 
 def detect_source(config: Mapping[str, Any], tensor_names: Iterable[str]) -> SourcePlan:

@@ -63,6 +63,14 @@ class UnsupportedSourceError(CheckpointError):
     """The source checkpoint is quantized in a format ptq-hub cannot dequantize (GPTQ, bitsandbytes...)."""
 
 
+class ConverterError(CheckpointError):
+    """A source converter (``converter=``, or the one picked for a quantized source) failed on a module."""
+
+
+class AppendError(UnsupportedSourceError):
+    """New config groups cannot be merged safely into the source's compressed-tensors config."""
+
+
 class NonFiniteScaleError(CheckpointError):
     """A finite weight whose scale would not be finite (its range overflows the scale's dtype)."""
 

@@ -17,7 +17,9 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from .converters import check_converters
 from .errors import InvalidOptionError
 from .matching import validate_ignore
 from .schemes import DEFAULT_IGNORE, ResolvedConfig, resolve_config, scheme_repo_suffix
@@ -44,6 +46,12 @@ class Job:
             waiting for upload); ``None`` means derived from the free space of the work folder.
         part: ``(i, k)``: a Hub job stages only part ``i`` of ``k`` (1-based) on the target's
             staging branch and returns; ``finalize_hub_job`` later makes the one commit.
+        converters: a compressed-tensors ``Converter`` chain run on the source before
+            quantizing (``model_free_ptq(converter=...)``); empty: the source's format is
+            detected and the chain picked for it.
+        append: a compressed-tensors source keeps its compressed modules and the new
+            groups are merged into its config (``model_free_ptq``'s default, as the peer);
+            otherwise it is dequantized in memory and quantized again (the front ends).
 
     The weight observer lives in ``resolved`` (every group's ``weights.observer``).
     """
@@ -58,6 +66,8 @@ class Job:
     workers: int = 1
     disk_budget: int | None = None
     part: tuple[int, int] | None = None
+    converters: tuple[Any, ...] = ()
+    append: bool = False
 
     @property
     def scheme_name(self) -> str:
@@ -146,6 +156,8 @@ def make_job(
     workers: int = 1,
     disk_budget: int | str | None = None,
     part: tuple[int, int] | str | None = None,
+    converters: object = None,
+    append: bool = False,
 ) -> Job:
     """Validate a request once and return it as a ``Job``; no network, no file reads.
 
@@ -160,12 +172,14 @@ def make_job(
         revision, target, private, overwrite, device, workers: see :class:`Job`.
         disk_budget: bytes, or a size such as ``"20GB"`` (see :class:`Job`).
         part: ``(i, k)`` or ``"i/k"`` (see :class:`Job`).
+        converters: one compressed-tensors ``Converter`` or a list (see :class:`Job`).
+        append: see :class:`Job`.
 
     Raises:
         SchemeNotSupportedError / CalibrationRequiredError: unknown or not data-free scheme.
         InvalidIgnoreError: ``ignore`` is a single string, or an entry is invalid.
         InvalidOptionError: an empty source or target, a bad worker count, device list,
-            disk budget or part.
+            disk budget or part, or a converter without the ``Converter`` methods.
 
     Example:
         >>> make_job("org/Model", "fp8_block").scheme_name
@@ -195,4 +209,6 @@ def make_job(
         workers=validate_workers(workers),
         disk_budget=None if disk_budget is None else parse_size(disk_budget, name="disk_budget"),
         part=None if part is None else parse_part(part),
+        converters=check_converters(converters),
+        append=bool(append),
     )

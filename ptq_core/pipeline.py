@@ -28,10 +28,11 @@ from typing import Iterable, Iterator, Protocol, Sequence
 import torch
 
 from .checkpoint import Checkpoint, ShardReader, TensorInfo, open_checkpoint, read_config
-from .errors import InvalidOptionError, NonFiniteScaleError, NonFiniteWeightError, TensorShapeError
+from .errors import ConverterError, InvalidOptionError, NonFiniteScaleError, NonFiniteWeightError, TensorShapeError
 from .job import Job, make_job
 from .numerics import Scratch, dequantize_fp8_block, global_scale_from_stats, observe_weight, quantize_weight
-from .plan import ST_TO_TORCH, Plan, PlannedWeight, build_plan, source_plan
+from .convert import ST_TO_TORCH, output_quantization_config, run_chain
+from .plan import Plan, PlannedWeight, build_plan, source_plan
 from .source import ProgressCallback, resolve_source
 from .sizes import compression_ratio
 from .writer import (
@@ -146,6 +147,7 @@ def model_free_ptq(
     ignore: Iterable[str] = (),
     max_workers: int = 1,
     device: str | torch.device | Sequence[str | torch.device] | None = None,
+    converter: object = None,
     *,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
@@ -163,6 +165,12 @@ def model_free_ptq(
             ending in ``norm`` are always kept.
         max_workers: threads; each quantizes one weight or fused group at a time.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a list (round-robin); default GPU if any.
+        converter: a compressed-tensors ``Converter`` (``FP8BlockDequantizer``,
+            ``CompressedTensorsDequantizer``, ``ModelOptNvfp4Converter``, ``AutoAWQConverter``...)
+            or a list applied in order, before quantizing, module by module in memory.
+            ``None``: FP8-block, ModelOpt and AWQ sources are detected and dequantized; a
+            compressed-tensors source keeps its compressed modules and the new groups are
+            appended to its config, as llm-compressor does.
         overwrite: replace a non-empty ``save_directory``.
         progress: ``progress(stage, done, total)`` callback.
         revision, token: for a Hub ``model_stub``.
@@ -183,7 +191,7 @@ def model_free_ptq(
     """
     job = make_job(
         model_stub, scheme, config=config, ignore=ignore, default_ignore=False, revision=revision,
-        overwrite=overwrite, device=device, workers=max_workers,
+        overwrite=overwrite, device=device, workers=max_workers, converters=converter, append=converter is None,
     )
     return quantize_job(job, save_directory, token=token, progress=progress)
 
@@ -212,7 +220,8 @@ def quantize_job(
     t = time.perf_counter()
     notify("validate", 0, 1)
     checkpoint = open_checkpoint(source)
-    plan = build_plan(checkpoint, job.resolved, source_plan(checkpoint, read_config(source)))
+    config = read_config(source)
+    plan = build_plan(checkpoint, job.resolved, source_plan(checkpoint, config, job.converters, append=job.append))
     for name in checkpoint.skipped_weight_files:
         logger.warning("Not copying %s: it duplicates the safetensors weights in another format.", name)
     check_free_space(Path(save_directory), plan.size_after + sum((source / f).stat().st_size for f in checkpoint.extra_files))
@@ -238,12 +247,11 @@ def quantize_job(
         t = time.perf_counter()
         notify("write", 0, 1)
         write_index(work, plan.weight_map(), plan.size_after)
-        if plan.quantized:
-            write_config(work, job.resolved.quantization_config_dict())
-        else:  # a plain copy: a quantization_config would make loaders expect packed weights
-            logger.warning("Nothing to quantize with %s and this ignore list; writing a copy without a "
-                           "quantization_config.", job.scheme_name)
-            write_config(work, None)
+        quantization_config = output_quantization_config(config, plan.source, job.resolved, bool(plan.quantized))
+        if not plan.quantized:  # without a quantization_config loaders do not expect packed weights
+            logger.warning("Nothing to quantize with %s and this ignore list; the output %s.", job.scheme_name,
+                           "keeps the source's converted config" if quantization_config else "has no quantization_config")
+        write_config(work, quantization_config)
         publish_output(work)
         notify("write", 1, 1)
         timings["write"] = time.perf_counter() - t
@@ -260,7 +268,8 @@ def quantize_job(
 def work_units(
     plan: Plan, checkpoint: Checkpoint | None = None, *, shard: str | None = None
 ) -> list[list[PlannedWeight]]:
-    """One unit per weight, except that a fused group is one unit (its members share a scale).
+    """One unit per weight, except that a fused group is one unit (its members share a scale),
+    and so is every output a converter makes from one source module (converted once).
 
     Without ``checkpoint``: biggest first (better balance across workers, smallest
     tail). With it: in the order of the units' first input bytes, so that a remote
@@ -268,32 +277,62 @@ def work_units(
     units of that output shard (a fused group is written whole into one shard).
     """
     units: list[list[PlannedWeight]] = []
-    by_group: dict[int, list[PlannedWeight]] = {}
+    owner: dict[tuple[str, object], int] = {}
     for item in plan.items:
         if shard is not None and item.shard != shard:
             continue
-        if item.fused is None:
+        keys = _unit_keys(item)
+        if not keys:
             units.append([item])
-        elif item.fused in by_group:
-            by_group[item.fused].append(item)
-        else:
-            by_group[item.fused] = [item]
-            units.append(by_group[item.fused])
+            continue
+        found = sorted({owner[k] for k in keys if k in owner})
+        index = found[0] if found else len(units)
+        if not found:
+            units.append([])
+        units[index].append(item)
+        for other in found[1:]:  # the item joins two units (a fused group across converted modules)
+            units[index].extend(units[other])
+            units[other] = []
+            for key, value in owner.items():
+                if value == other:
+                    owner[key] = index
+        for key in keys:
+            owner[key] = index
+    units = [u for u in units if u]
     if checkpoint is None:
         return sorted(units, key=lambda u: -sum(_numel(i.shape) for i in u))
     order = {name: i for i, name in enumerate(checkpoint.shards)}
     return sorted(units, key=lambda u: min((order[s], offset) for s, offset, _ in unit_reads(checkpoint, u)))
 
 
+def _unit_keys(item: PlannedWeight) -> tuple[tuple[str, object], ...]:
+    keys: tuple[tuple[str, object], ...] = ()
+    if item.fused is not None:
+        keys += (("fused", item.fused),)
+    if item.dequantize is not None and item.dequantize.by_converter:
+        keys += (("module", item.dequantize.tensor),)
+    return keys
+
+
 def unit_reads(checkpoint: Checkpoint, unit: list[PlannedWeight]) -> list[tuple[str, int, int]]:
     """``(input shard, absolute offset, nbytes)`` of every input range ``process_unit`` reads, in its order.
 
-    A weight decoded from FP8 blocks is followed by its ``weight_scale_inv``, wherever that sits.
+    A weight decoded from FP8 blocks is followed by its ``weight_scale_inv``, wherever that
+    sits; a converted module's inputs are read whole, once per unit.
     """
     reads = []
+    converted: set[str] = set()
     for item in unit:
+        step = item.dequantize
+        if step is not None and step.by_converter:
+            if step.tensor not in converted:
+                converted.add(step.tensor)
+                for name in (step.tensor, *step.dependencies):
+                    info = checkpoint.tensors[name]
+                    reads.append((info.shard, info.offset, info.nbytes))
+            continue
         reads.append(_source_span(checkpoint, item))
-        for dependency in item.dequantize.dependencies if item.dequantize is not None else ():
+        for dependency in step.dependencies if step is not None else ():
             info = checkpoint.tensors[dependency]
             reads.append((info.shard, info.offset, info.nbytes))
     return reads
@@ -345,19 +384,52 @@ def _source_span(checkpoint: Checkpoint, item: PlannedWeight) -> tuple[str, int,
 
 
 def _load(
-    reader: TensorReader, item: PlannedWeight, device: torch.device, scratch: Scratch, slot: int, plan: Plan
+    reader: TensorReader, item: PlannedWeight, device: torch.device, scratch: Scratch, slot: int, plan: Plan,
+    converted: dict[str, dict[str, torch.Tensor]],
 ) -> torch.Tensor:
-    """Read an item's values into this worker's input buffer ``slot`` (one per fused member)."""
-    _shard, offset, nbytes = _source_span(reader.checkpoint, item)
-    info = reader.checkpoint.tensors[item.source.tensor]
-    host = scratch.get(f"in{slot}", (nbytes,), torch.uint8, torch.device("cpu"))
-    reader.read_into(info, host, offset - info.offset)
-    tensor = host.view(ST_TO_TORCH[info.dtype]).view(item.shape)
-    if item.dequantize is not None:  # FP8 blocks -> the dense weight, in this worker's buffer
-        tensor = _dequantized(reader, item, tensor, scratch, slot, plan.source.format.block)
+    """Read an item's values into this worker's input buffer ``slot`` (one per fused member).
+
+    An output of a converter comes from ``converted`` (one module's chain output, made
+    once per work unit).
+    """
+    if item.dequantize is not None and item.dequantize.by_converter:
+        tensor = _converted(reader, item, plan, converted)
+    else:
+        _shard, offset, nbytes = _source_span(reader.checkpoint, item)
+        info = reader.checkpoint.tensors[item.source.tensor]
+        host = scratch.get(f"in{slot}", (nbytes,), torch.uint8, torch.device("cpu"))
+        reader.read_into(info, host, offset - info.offset)
+        tensor = host.view(ST_TO_TORCH[info.dtype]).view(item.shape)
+        if item.dequantize is not None:  # FP8 blocks -> the dense weight, in this worker's buffer
+            tensor = _dequantized(reader, item, tensor, scratch, slot, plan.source.format.block)
     if device.type == "cpu":
         return tensor
     return tensor.to(device)
+
+
+def _converted(
+    reader: TensorReader, item: PlannedWeight, plan: Plan, converted: dict[str, dict[str, torch.Tensor]]
+) -> torch.Tensor:
+    """An item's tensor from its module's converter chain output (run once per work unit)."""
+    step = item.dequantize
+    if step.tensor not in converted:
+        inputs = {}
+        for name in (step.tensor, *step.dependencies):
+            info = reader.checkpoint.tensors[name]
+            raw = torch.empty(info.nbytes, dtype=torch.uint8)
+            reader.read_into(info, raw)
+            inputs[name] = raw.view(ST_TO_TORCH[info.dtype]).view(info.shape)
+        converted[step.tensor] = run_chain(inputs, plan.source.converters, step.module)
+    tensor = converted[step.tensor].get(step.output)
+    got = None if tensor is None else (tensor.dtype, tuple(tensor.shape))
+    if got != (ST_TO_TORCH[step.dtype], step.shape):
+        raise ConverterError(
+            f"{step.module}: the converter chain made {step.output} as {got or 'nothing'} from the data, but "
+            f"{(ST_TO_TORCH[step.dtype], step.shape)} when planned from the headers; its output must not depend on values."
+        )
+    if item.source.expert is not None:  # one part of one expert of a 3-D converted tensor
+        tensor = tensor[item.source.expert].chunk(item.source.parts, dim=0)[item.source.part]
+    return tensor.contiguous()
 
 
 def _dequantized(
@@ -386,7 +458,8 @@ def _scratch() -> Scratch:
 @contextmanager
 def _naming(item: PlannedWeight, reader: TensorReader) -> Iterator[None]:
     """Kernel errors say "the weight ..." or "its ...": name the tensor and its shard in front."""
-    shard = reader.checkpoint.tensors[item.source.tensor].shard
+    stored = item.dequantize.tensor if item.dequantize is not None else item.source.tensor
+    shard = reader.checkpoint.tensors[stored].shard
     try:
         yield
     except NonFiniteWeightError as err:
@@ -401,28 +474,40 @@ def process_unit(
     plan: Plan, unit: list[PlannedWeight], reader: TensorReader, writers: dict[str, ShardWriter], device: torch.device
 ) -> None:
     """Quantize (or copy) one unit from ``reader`` into its output shard's writer."""
-    quantized = [i for i in unit if i.group is not None]
     scratch = _scratch()
+    converted: dict[str, dict[str, torch.Tensor]] = {}
     for slot, item in enumerate(unit):
         if item.group is not None:
             continue
-        if item.dequantize is not None:  # a kept FP8-block weight is written decoded (bf16)
-            writers[item.shard].write(item.outputs[0].name, _load(reader, item, torch.device("cpu"), scratch, slot, plan))
+        if item.dequantize is not None:  # a kept FP8-block or converted tensor is written as decoded
+            writers[item.shard].write(item.outputs[0].name,
+                                      _load(reader, item, torch.device("cpu"), scratch, slot, plan, converted))
         else:  # copied as is: local bytes never enter Python
             info = reader.checkpoint.tensors[item.source.tensor]
             _shard, offset, _ = _source_span(reader.checkpoint, item)
             reader.copy_to(writers[item.shard], item.outputs[0].name, info, offset - info.offset)
-    if not quantized:
-        return
-    weights = [_load(reader, item, device, scratch, slot, plan) for slot, item in enumerate(quantized)]
-    global_scale, stats = None, [None] * len(quantized)
-    if len(quantized) > 1:  # a fused group: one global scale from every member's observed range
+    sets: dict[object, list[PlannedWeight]] = {}
+    for item in unit:
+        if item.group is not None:  # a fused group shares one global scale; others stand alone
+            sets.setdefault(item.name if item.fused is None else item.fused, []).append(item)
+    for members in sets.values():
+        _quantize_set(plan, members, reader, writers, device, scratch, converted)
+
+
+def _quantize_set(
+    plan: Plan, members: list[PlannedWeight], reader: TensorReader, writers: dict[str, ShardWriter],
+    device: torch.device, scratch: Scratch, converted: dict[str, dict[str, torch.Tensor]],
+) -> None:
+    """Quantize one weight, or one fused group with its shared global scale."""
+    weights = [_load(reader, item, device, scratch, slot, plan, converted) for slot, item in enumerate(members)]
+    global_scale, stats = None, [None] * len(members)
+    if len(members) > 1:  # a fused group: one global scale from every member's observed range
         stats = []
-        for item, weight in zip(quantized, weights):
+        for item, weight in zip(members, weights):
             with _naming(item, reader):
                 stats.append(observe_weight(weight, plan.specs[item.group], scratch))
         global_scale = global_scale_from_stats(stats)
-    for item, weight, observed in zip(quantized, weights, stats):
+    for item, weight, observed in zip(members, weights, stats):
         writer = writers[item.shard]
         prefix = item.module + "."
 

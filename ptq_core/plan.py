@@ -9,24 +9,24 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import NamedTuple
-
-import torch
+from typing import Any, NamedTuple
 
 from .checkpoint import (
     FLOAT_WEIGHT_DTYPES,
     Checkpoint,
+    TensorInfo,
     headers_checkpoint,
     open_checkpoint,
     paused_gc,
     read_config,
     tensor_nbytes,
 )
-from .converters import FP8_BLOCK, Dequantization, SourceFormat, SourcePlan, detect_source
-from .errors import CheckpointError, InvalidOptionError, TensorShapeError, UnsupportedSourceError
+from .convert import ST_TO_TORCH, TORCH_TO_ST, auto_converters, native_fp8_plan, plan_conversion
+from .converters import COMPRESSED_TENSORS, FP8_BLOCK, Dequantization, SourceFormat, SourcePlan, detect_source
+from .errors import CheckpointError, InvalidOptionError, TensorShapeError
 from .matching import IgnoreMatcher, match_name
 from .numerics import WeightSpec, output_layout
 from .schemes import DEFAULT_IGNORE, ResolvedConfig, resolve_config, weight_spec
@@ -45,13 +45,6 @@ __all__ = [
     "plan_checkpoint",
     "suggest_ignore",
 ]
-
-TORCH_TO_ST: dict[torch.dtype, str] = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
-}
-ST_TO_TORCH = {v: k for k, v in TORCH_TO_ST.items()}
 
 # 3-D fused MoE expert tensors (transformers 5 `save_original_format=False`) and
 # the per-expert 2-D names compressed-tensors loaders expect, as llm-compressor splits them.
@@ -295,9 +288,30 @@ class _Unit(NamedTuple):
     group: str | None = None
 
 
-def _expand_sources(ckpt: Checkpoint) -> Iterator[tuple[str, WeightSource, str, tuple[int, ...], str]]:
-    """Every unit of the checkpoint, 3-D fused experts split per expert and part."""
+def _source_tensors(ckpt: Checkpoint, source: SourcePlan) -> Iterator[TensorInfo]:
+    """The tensors the output is made of: the stored ones, each converted one in its source's place.
+
+    A converter's outputs (an AWQ module's dense ``weight`` from its ``qweight``) take the
+    place, and the shard, of the module's first stored tensor; the tensors read only to
+    convert are left out. FP8-block weights keep their name and shape (decoded to BF16).
+    """
+    made = source.by_tensor if source.converters else {}
+    skip = source.consumed - source.by_output.keys() if not source.converters else source.consumed
     for info in ckpt.tensors.values():
+        if info.name in made:
+            for step in made[info.name]:
+                yield _new(TensorInfo, (step.output, info.shard, step.dtype, step.shape, -1, tensor_nbytes(step.dtype, step.shape)))
+        elif info.name in skip:
+            continue
+        elif info.name in source.by_output:  # an FP8-block weight: decoded in the quantize step
+            yield info._replace(dtype=DEQUANTIZED_DTYPE)
+        else:
+            yield info
+
+
+def _expand_sources(tensors: Iterable[TensorInfo]) -> Iterator[tuple[str, WeightSource, str, tuple[int, ...], str]]:
+    """Every unit of the checkpoint, 3-D fused experts split per expert and part."""
+    for info in tensors:
         keys = [k for k in _EXPERT_SPLITS if k in info.name] if len(info.shape) == 3 else []
         if len(keys) > 1:
             raise CheckpointError(f"Tensor {info.name!r} matches several fused-expert names {keys}.")
@@ -349,20 +363,40 @@ def plan_checkpoint(
     return build_plan(checkpoint, resolved, source_plan(checkpoint, read_config(model_dir)))
 
 
-def source_plan(checkpoint: Checkpoint, config: Mapping[str, object] | None) -> SourcePlan:
-    """What the source's weights are, from its ``config.json`` and tensor names (no data read).
+def source_plan(
+    checkpoint: Checkpoint,
+    config: Mapping[str, Any] | None,
+    converters: Sequence[Any] = (),
+    *,
+    append: bool = False,
+) -> SourcePlan:
+    """What the source's weights are and how each becomes dense, from config.json and headers.
+
+    Args:
+        checkpoint: the source's headers.
+        config: its ``config.json`` (``None``: none).
+        converters: a caller's compressed-tensors ``Converter`` chain (``model_free_ptq(converter=)``);
+            empty: detect the source's format and pick the chain (FP8 blocks: ptq-hub's own decode).
+        append: a compressed-tensors source keeps its compressed modules as they are and
+            the new groups are merged into its config (llm-compressor's behaviour without a
+            converter), instead of being dequantized and quantized again.
 
     Raises:
-        UnsupportedSourceError: a quantized format ptq-hub cannot decode (GPTQ, bitsandbytes...),
-            or one it detects but does not decode yet (compressed-tensors, ModelOpt, AWQ).
+        UnsupportedSourceError: a quantized format ptq-hub cannot decode (GPTQ, bitsandbytes...).
+        CheckpointError / ConverterError: the chain cannot convert this checkpoint.
     """
-    source = detect_source(config or {}, checkpoint.tensors)
-    if source.format.name not in (DENSE_SOURCE.format.name, FP8_BLOCK):
-        raise UnsupportedSourceError(
-            f"The source is {source.format.summary}; ptq-hub decodes FP8-block sources only so far. "
-            "Start from the unquantized (BF16/F16) release of the model."
-        )
-    return source
+    config = config or {}
+    if converters:
+        native = native_fp8_plan(converters, checkpoint, config)
+        return native if native is not None else plan_conversion(checkpoint, converters)
+    source = detect_source(config, checkpoint.tensors)
+    if source.format.name in (DENSE_SOURCE.format.name, FP8_BLOCK):
+        return source
+    if append and source.format.name == COMPRESSED_TENSORS:
+        kept = frozenset(d.module for d in source.dequantize)
+        fmt = replace(source.format, summary="compressed-tensors, its compressed modules kept as they are")
+        return SourcePlan(fmt, append=True, kept=kept)
+    return plan_conversion(checkpoint, auto_converters(source, config), source.format)
 
 
 @paused_gc()
@@ -380,22 +414,20 @@ def build_plan(checkpoint: Checkpoint, resolved: ResolvedConfig, source: SourceP
     """
     source = source or DENSE_SOURCE
     decoded = source.by_output
-    consumed = source.consumed - decoded.keys()
     specs = {g: weight_spec(s, resolved.formats[g]) for g, s in resolved.groups}
     ignore = IgnoreMatcher(resolved.ignore)
     match_module = _module_matcher(resolved, ignore)
 
     units: list[_Unit] = []
     skipped: dict[str, str] = {}
-    for name, origin, dtype, shape, shard in _expand_sources(checkpoint):
-        if name in consumed:
-            continue
-        if name in decoded:
-            dtype = DEQUANTIZED_DTYPE
+    for name, origin, dtype, shape, shard in _expand_sources(_source_tensors(checkpoint, source)):
         module, _, param = name.rpartition(".")
         group = None
         if module.endswith("norm"):
             skipped[name] = "norm layer"
+        elif module in source.kept:  # copied as is, scales included
+            if param in ("weight", "weight_packed"):
+                skipped[name] = "already quantized in the source"
         elif param == "weight":  # biases, buffers, scales: not weights, copied silently
             group, reason = match_module(module)
             if group is None:
@@ -440,7 +472,7 @@ def build_plan(checkpoint: Checkpoint, resolved: ResolvedConfig, source: SourceP
             nbytes = tensor_nbytes(unit.dtype, unit.shape)
         size_after += nbytes
         planned.append(_new(PlannedWeight, (unit.name, unit.source, unit.dtype, unit.shape, shard, outputs, unit.group,
-                                            fused, decoded.get(unit.name))))
+                                            fused, decoded.get(unit.source.tensor))))
 
     used = {p.shard for p in planned}
     shards = tuple(s for s in checkpoint.shards if s in used)

@@ -39,6 +39,7 @@ __all__ = [
     "ResolvedConfig",
     "SchemeInfo",
     "canonical_scheme_name",
+    "config_block",
     "list_schemes",
     "resolve_config",
     "scheme_repo_suffix",
@@ -120,21 +121,29 @@ class ResolvedConfig:
 
     def quantization_config_dict(self) -> dict[str, Any]:
         """The ``quantization_config`` block of config.json, as the peer writes it."""
+        return config_block(self.final_config())
+
+    def final_config(self) -> QuantizationConfig:
+        """The request as the ``QuantizationConfig`` an output carries (status compressed)."""
         formats = set(self.formats.values())
         fmt = formats.pop() if len(formats) == 1 else ("mixed-precision" if formats else "dense")
-        final = QuantizationConfig(
+        return QuantizationConfig(
             config_groups=self.config.config_groups,
             kv_cache_scheme=self.config.kv_cache_scheme,
             ignore=list(self.config.ignore or []),
             quantization_status=QuantizationStatus.COMPRESSED,
             format=fmt,
         )
-        return {
-            "version": COMPRESSED_TENSORS_VERSION,
-            "quant_method": "compressed-tensors",
-            "transform_config": {},
-            **final.model_dump(),
-        }
+
+
+def config_block(config: QuantizationConfig) -> dict[str, Any]:
+    """A ``QuantizationConfig`` as config.json's ``quantization_config`` block, as the peer writes it."""
+    return {
+        "version": COMPRESSED_TENSORS_VERSION,
+        "quant_method": "compressed-tensors",
+        "transform_config": {},
+        **config.model_dump(),
+    }
 
 
 def _preset_is_data_free(name: str) -> bool:

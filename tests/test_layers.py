@@ -21,14 +21,15 @@ LAYERS: dict[str, int] = {
     "numerics": 3,
     "schemes": 4,
     "job": 5, "checkpoint": 5,
-    "plan": 6,
-    "_http": 7, "parts": 7,
-    "source": 8, "writer": 8,
-    "pipeline": 9, "reindex": 9, "remote": 9,
-    "card": 10, "stream": 10,
-    "publish": 11, "staging": 11,
-    "hub": 12,
-    "recipe": 13, "demo": 13, "cli": 14,
+    "convert": 6,
+    "plan": 7,
+    "_http": 8, "parts": 8,
+    "source": 9, "writer": 9,
+    "pipeline": 10, "reindex": 10, "remote": 10,
+    "card": 11, "stream": 11,
+    "publish": 12, "staging": 12,
+    "hub": 13,
+    "recipe": 14, "demo": 14, "cli": 15,
 }
 # Only these may import inside functions: they stay cheap to import (`ptq --help`).
 LAZY_IMPORTERS = {"cli", "__init__"}
