@@ -57,7 +57,7 @@ from .converters import (
     SourcePlan,
     detect_source,
 )
-from .errors import AppendError, CheckpointError, ConverterError
+from .errors import CheckpointError, ConverterError
 from .schemes import ResolvedConfig, config_block
 
 __all__ = [

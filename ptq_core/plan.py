@@ -26,7 +26,7 @@ from .checkpoint import (
 )
 from .convert import ST_TO_TORCH, TORCH_TO_ST, auto_converters, native_fp8_plan, plan_conversion
 from .converters import COMPRESSED_TENSORS, FP8_BLOCK, Dequantization, SourceFormat, SourcePlan, detect_source
-from .errors import CheckpointError, InvalidOptionError, TensorShapeError
+from .errors import AppendError, CheckpointError, InvalidOptionError, TensorShapeError
 from .matching import IgnoreMatcher, match_name
 from .numerics import WeightSpec, output_layout
 from .schemes import DEFAULT_IGNORE, ResolvedConfig, resolve_config, weight_spec
@@ -40,6 +40,7 @@ __all__ = [
     "PlannedWeight",
     "WeightSource",
     "build_plan",
+    "check_append",
     "find_fused_sets",
     "match_name",
     "plan_checkpoint",
@@ -548,3 +549,58 @@ def suggest_ignore(tensor_names: Iterable[str]) -> list[str]:
     """The loader-safe defaults (``DEFAULT_IGNORE``) that match a module of this model."""
     modules = {n.rpartition(".")[0] for n in tensor_names}
     return [p for p in DEFAULT_IGNORE if any(match_name(m, p) for m in modules)]
+
+
+def check_append(plan: Plan, merged: Mapping[str, Any], source_groups: int) -> None:
+    """Refuse an append whose merged config a loader would read wrongly.
+
+    After llm-compressor's merge (the source's groups first, then the new ones; the
+    source's ignore list, pruned of names the new groups target) every module must
+    match exactly the groups it is stored in: a module the source holds compressed
+    only a source group, a module quantized now only a new group, a dense 2-D weight
+    none. vLLM maps each target string to one scheme, so two groups that both target
+    ``Linear`` (or the same module) cannot be told apart. ``Linear`` is taken to mean
+    every module with a 2-D weight, as the planner does.
+
+    Args:
+        plan: the plan, with ``plan.source.kept`` the source's compressed modules.
+        merged: the output's ``quantization_config`` block.
+        source_groups: how many of ``merged``'s groups (the first ones) are the source's.
+
+    Raises:
+        AppendError: the first module that would load with the wrong scheme, and how to fix it.
+    """
+    groups = list((merged.get("config_groups") or {}).items())
+    ignore = IgnoreMatcher(merged.get("ignore") or [])
+    rules = [(name, None if not g.get("targets") or "Linear" in g["targets"] else list(g["targets"])) for name, g in groups]
+
+    def matches(module: str) -> list[int]:
+        if ignore.match(module) is not None:
+            return []
+        return [i for i, (_, targets) in enumerate(rules) if targets is None or any(match_name(module, t) for t in targets)]
+
+    quantized = {item.module for item in plan.quantized}
+    modules: dict[str, str] = {}
+    for item in plan.items:
+        module, _, param = item.name.rpartition(".")
+        if module in plan.source.kept:
+            modules.setdefault(module, "compressed in the source")
+        elif module in quantized:
+            modules[module] = "quantized now"
+        elif param == "weight" and len(item.shape) == 2 and not module.endswith("norm"):
+            modules.setdefault(module, "dense")
+    for module, state in modules.items():
+        hits = matches(module)
+        names = [groups[i][0] for i in hits]
+        if state == "dense":
+            ok = not hits
+        else:
+            ok = len(hits) == 1 and (hits[0] < source_groups) == (state == "compressed in the source")
+        if not ok:
+            raise AppendError(
+                f"Cannot append to this compressed-tensors checkpoint safely: {module} is {state}, but the merged "
+                f"quantization_config matches it to {', '.join(names) or 'no config group'}, so a loader would read it "
+                "wrongly. Give the new scheme targets that only name the modules to quantize and that no source group "
+                "targets (a config with targets=['re:...']), or let ptq dequantize the source and quantize it all again "
+                "(the `ptq` CLI, the Action and the Space do)."
+            )
