@@ -212,6 +212,9 @@ def _body(
     ]
     if scheme_format:
         lines.append(f"| format | compressed-tensors `{_md_cell(scheme_format)}` |")
+    source_format = getattr(getattr(plan, "source", None), "format", None)
+    if source_format is not None and source_format.is_quantized:  # FP8 blocks, AWQ...: dequantized first
+        lines.append(f"| source weights | {_md_cell(source_format.summary)} |")
     if observer:
         lines.append(f"| weight observer | `{_md_cell(observer)}`: {_md_cell(_observer_line(observer))} |")
     lines += [

@@ -268,3 +268,5 @@ def test_a_streamed_compressed_tensors_source_equals_a_local_run(hub, llama, tmp
     for name in sorted(p.name for p in local.iterdir()):
         assert hub.read_file(result.repo_id, name) == (local / name).read_bytes(), name
     assert "source: compressed-tensors, decompressed in memory" in result.plan.to_markdown()
+    card = hub.read_file(result.repo_id, "README.md").decode()
+    assert "| source weights | compressed-tensors, decompressed in memory |" in card
