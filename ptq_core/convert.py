@@ -45,7 +45,7 @@ from compressed_tensors.entrypoints.convert.converters import (
 from compressed_tensors.quantization import KVCacheScaleType, QuantizationConfig, QuantizationMetadata
 from pydantic import ValidationError
 
-from .checkpoint import Checkpoint, TensorInfo
+from .checkpoint import Checkpoint, TensorInfo, paused_gc
 from .converters import (
     AWQ,
     COMPRESSED_TENSORS,
@@ -221,9 +221,19 @@ def _answer(out: Mapping[str, torch.Tensor], module: str) -> _Outputs:
     return answer
 
 
-def _probe(module: str, inputs: list[str], tensors: Mapping[str, TensorInfo], converters: Sequence[Any],
-           cache: dict[tuple, _Outputs]) -> tuple[_Outputs, bool]:
-    """The chain's outputs for one module's inputs, and whether it left them untouched."""
+def _probe(module: str, inputs: list[str], declared: bool, tensors: Mapping[str, TensorInfo],
+           converters: Sequence[Any], cache: dict[tuple, _Outputs]) -> tuple[_Outputs, bool]:
+    """The chain's outputs for one module's inputs, and whether it left them untouched.
+
+    A module the chain declared dependencies for (``declared``) is converted the same way
+    as every other module that looks the same (names, dtypes, shapes, dependencies): one
+    probe per look, which keeps a DeepSeek-sized plan to seconds. Modules without
+    dependencies are probed one by one, since only a probe can tell that they stay
+    untouched. The run checks every output against the plan anyway.
+    """
+    key = tuple((_local(n, module), tensors[n].dtype, tensors[n].shape) for n in inputs)
+    if declared and key in cache:
+        return cache[key], False
     metas = {n: torch.empty(tensors[n].shape, dtype=ST_TO_TORCH[tensors[n].dtype], device="meta") for n in inputs}
     versions = {n: t._version for n, t in metas.items()}
     try:
@@ -235,15 +245,17 @@ def _probe(module: str, inputs: list[str], tensors: Mapping[str, TensorInfo], co
                                                        for n in metas)
         placeholder = any(t.numel() == 0 and (n not in metas or metas[n].numel() != 0) for n, t in out.items())
         if untouched or not placeholder:
+            if declared and not untouched:
+                cache[key] = _answer(out, module)
             return _answer(out, module), untouched
     # A converter that reads values (AutoAWQ): run it on zeros of the same shapes, once per look.
-    key = tuple((_local(n, module), tensors[n].dtype, tensors[n].shape) for n in inputs)
     if key not in cache:
         zeros = {n: torch.zeros(tensors[n].shape, dtype=ST_TO_TORCH[tensors[n].dtype]) for n in inputs}
         cache[key] = _answer(run_chain(zeros, converters, module), module)
     return cache[key], False
 
 
+@paused_gc()
 def plan_conversion(checkpoint: Checkpoint, converters: Sequence[Any], fmt: SourceFormat | None = None) -> SourcePlan:
     """Every output tensor the chain makes, module by module, from headers only.
 
@@ -263,7 +275,7 @@ def plan_conversion(checkpoint: Checkpoint, converters: Sequence[Any], fmt: Sour
     for name in tensors:
         deps = _dependencies(name, converters, set())
         if deps:
-            missing = sorted(deps - tensors.keys())
+            missing = sorted(d for d in deps if d not in tensors)  # not `deps - keys()`: that copies every key
             if missing:
                 raise CheckpointError(f"{chain_label(converters)} needs {missing[0]} to convert {name}, but no shard holds it.")
             needs[name] = deps
@@ -279,7 +291,8 @@ def plan_conversion(checkpoint: Checkpoint, converters: Sequence[Any], fmt: Sour
     for module, primaries in modules.items():
         deps = sorted(set().union(*(needs.get(p, set()) for p in primaries)) - set(primaries))
         inputs = primaries + deps
-        outputs, untouched = _probe(module, inputs, tensors, converters, cache)
+        outputs, untouched = _probe(module, inputs, bool(deps) or any(p in needs for p in primaries), tensors,
+                                    converters, cache)
         if untouched and not deps:
             continue  # copied from the source as bytes
         for local, dtype, shape in outputs:
