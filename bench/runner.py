@@ -6,6 +6,12 @@ virtual environment, so this file must work under either interpreter. It
 therefore imports only the standard library before the tool's own import.
 
 Writes one JSON object to ``--result``; the parent adds wall time and rusage.
+
+An FP8-block source (config.json ``quantization_config.quant_method == "fp8"`` with a
+``weight_block_size``) needs no argument for ours, which detects it. The peer must be
+handed ``converter=FP8BlockDequantizer(targets=[...])`` naming every module that has a
+``weight_scale_inv`` (compressed-tensors 0.19.0 has no ``from_pretrained``): the runner
+builds it from the shard headers, as a user of the peer would, before the timed call.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import argparse
 import importlib
 import json
 import resource
+import struct
 import sys
 import time
 import traceback
@@ -65,6 +72,52 @@ def versions(tool: str) -> dict[str, str]:
     return found
 
 
+def fp8_block_source(model: str) -> dict | None:
+    """``{"weight_block_size": [bh, bw], "dtype": "bfloat16", "targets": [module, ...]}`` for
+    a local FP8-block checkpoint (targets from every shard's header), else None."""
+    folder = Path(model)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        return None
+    config = json.loads(config_path.read_text())
+    quant = config.get("quantization_config") or {}
+    if quant.get("quant_method") != "fp8" or not quant.get("weight_block_size"):
+        return None
+    targets: list[str] = []
+    for shard in sorted(folder.glob("*.safetensors")):
+        with shard.open("rb") as fh:
+            (length,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(length))
+        targets += [k.removesuffix(".weight_scale_inv") for k in header if k.endswith(".weight_scale_inv")]
+    dtype = config.get("torch_dtype") or config.get("dtype") or "bfloat16"
+    return {"weight_block_size": list(quant["weight_block_size"]), "dtype": dtype, "targets": sorted(targets)}
+
+
+def peer_converter(model: str, result: dict) -> object | None:
+    """The peer's ``FP8BlockDequantizer`` for an FP8-block source (None otherwise); what it
+    was built with, and how long that took, go into ``result["converter"]``."""
+    t0 = time.perf_counter()
+    source = fp8_block_source(model)
+    if source is None:
+        return None
+    import torch
+    from compressed_tensors.entrypoints.convert.converters import FP8BlockDequantizer
+
+    converter = FP8BlockDequantizer(
+        targets=source["targets"],
+        weight_block_size=tuple(source["weight_block_size"]),
+        dtype=getattr(torch, source["dtype"]),
+    )
+    result["converter"] = {
+        "name": "FP8BlockDequantizer",
+        "targets": len(source["targets"]),
+        "weight_block_size": source["weight_block_size"],
+        "dtype": source["dtype"],
+        "build_s": time.perf_counter() - t0,
+    }
+    return converter
+
+
 def cuda_peak_bytes(device: str) -> int | None:
     """Peak GPU memory of the call; synchronizes first so the call's time is complete."""
     if not device.startswith("cuda"):
@@ -101,6 +154,10 @@ def main() -> int:
             torch.cuda.init()  # CUDA context creation counts as startup, not as the call
         result["import_s"] = time.perf_counter() - t0
         result["versions"] = versions(args.tool)
+        # ours detects an FP8-block source itself; the peer is told (outside the timed call)
+        extra = {}
+        if args.tool == "peer" and (converter := peer_converter(args.model, result)) is not None:
+            extra["converter"] = converter
         result["baseline"] = read_rss()
         t1 = time.perf_counter()
         func(
@@ -110,6 +167,7 @@ def main() -> int:
             ignore=json.loads(args.ignore_json),
             max_workers=args.max_workers,
             device=args.device,
+            **extra,
         )
         result["gpu_peak_bytes"] = cuda_peak_bytes(args.device)
         result["call_s"] = time.perf_counter() - t1
