@@ -758,12 +758,9 @@ def _rewrite_shards(src: Path, dst: Path, convert, *, split_scales: bool = False
         })
 
 
-def _set_quantization_config(root: Path, quant: dict | None, **config_updates) -> None:
+def _set_quantization_config(root: Path, quant: dict) -> None:
     config = json.loads((root / "config.json").read_text())
-    config.pop("quantization_config", None)
-    if quant is not None:
-        config["quantization_config"] = quant
-    config.update(config_updates)
+    config["quantization_config"] = quant
     _write_json(root / "config.json", config)
 
 
@@ -877,6 +874,7 @@ def make_compressed_tensors_checkpoint(
         ``weight_zero_point``, ``weight_shape``) to the shard after its weight's
     :param quantize: ``model_free_ptq``-compatible callable (default: ours, byte-identical to
         llm-compressor's); the peer's golden script passes llm-compressor's own
+    Re-sharded outputs are quantized into ``<path>-unsplit`` first.
     """
     path = Path(path)
     quantize = quantize or _model_free_ptq()
