@@ -692,3 +692,264 @@ def make_fp8_block_checkpoint(path: str | os.PathLike, arch: str, *, block: int 
                                      "weight_block_size": [block, block]}
     _write_json(path / "config.json", config)
     return path
+
+
+# --------------------------------------------------------------------------- AWQ, ModelOpt and compressed-tensors sources
+# Each is made from the dense ``make_checkpoint`` written beside it (``<path>-dense``, kept: the
+# original the quantized source approximates). ``split_scales=True`` moves every scale / zero-point
+# tensor to the shard after the one holding its weight, so a converter's dependencies must be read
+# from another shard (needs ``shards >= 2``).
+
+_AWQ_PACK_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # AutoAWQ GEMM: nibble j of an int32 holds column _AWQ_PACK_ORDER[j]
+_AWQ_DEPENDENCIES = (".qzeros", ".scales")
+_MODELOPT_DEPENDENCIES = (".weight_scale", ".weight_scale_2", ".input_scale")
+_CT_DEPENDENCIES = (".weight_scale", ".weight_global_scale", ".weight_zero_point", ".weight_shape")
+
+
+_KEEP_DENSE = re.compile(r"(embed_tokens|lm_head|norm|\.gate|router)\.weight$")  # Mixtral's router too
+
+
+def _is_projection(name: str, tensor: torch.Tensor) -> bool:
+    """A 2-D Linear weight a quantizer would touch (not embeddings, norms, routers or lm_head)."""
+    return tensor.dim() == 2 and name.endswith(".weight") and not _KEEP_DENSE.search(name)
+
+
+def _copy_side_files(src: Path, dst: Path) -> None:
+    for side in src.iterdir():
+        if side.is_file() and not side.name.endswith(".safetensors") and side.name != "model.safetensors.index.json":
+            (dst / side.name).write_bytes(side.read_bytes())
+
+
+def _rewrite_shards(src: Path, dst: Path, convert, *, split_scales: bool = False,
+                    dependencies: tuple[str, ...] = (), layout: Path | None = None) -> None:
+    """Write every shard of ``src`` into ``dst`` (same file names) through ``convert(name, tensor)``
+    -> ``{name: tensor}``. ``layout``: a checkpoint with the same shard files whose placement of
+    each module's ``weight`` is restored for all of that module's tensors (a quantizer writes fused
+    partners beside their primary; this splits them again). ``split_scales``: names ending in
+    ``dependencies`` then go to the next shard. Writes an exact index when there is more than one
+    shard; side files are copied."""
+    from safetensors.torch import load_file
+
+    dst.mkdir(parents=True, exist_ok=True)
+    files = shard_files(src)
+    if split_scales and len(files) < 2:
+        raise ValueError("split_scales=True needs shards >= 2")
+    home: dict[str, int] = {}
+    if layout is not None:
+        by_name = {f.name: i for i, f in enumerate(files)}
+        weight_map = read_index(layout)["weight_map"]
+        home = {n.removesuffix(".weight"): by_name[f] for n, f in weight_map.items() if n.endswith(".weight")}
+    parts: list[dict[str, torch.Tensor]] = [{} for _ in files]
+    for i, shard in enumerate(files):
+        for name, tensor in load_file(str(shard)).items():
+            for out_name, out in convert(name, tensor).items():
+                at = home.get(out_name.rpartition(".")[0], i)
+                if split_scales and out_name.endswith(dependencies):
+                    at = (at + 1) % len(files)
+                parts[at][out_name] = out.contiguous()
+    for shard, part in zip(files, parts):
+        save_file(part, str(dst / shard.name), metadata={"format": "pt"})
+    _copy_side_files(src, dst)
+    if len(files) > 1:
+        everything = [t for part in parts for t in part.values()]
+        _write_json(dst / "model.safetensors.index.json", {
+            "metadata": {"total_size": sum(t.numel() * t.element_size() for t in everything)},
+            "weight_map": {n: files[i].name for i, part in enumerate(parts) for n in sorted(part)},
+        })
+
+
+def _set_quantization_config(root: Path, quant: dict) -> None:
+    config = json.loads((root / "config.json").read_text())
+    config["quantization_config"] = quant
+    _write_json(root / "config.json", config)
+
+
+def _awq_pack(values: torch.Tensor) -> torch.Tensor:
+    """``[rows, cols]`` integers in 0..15 -> int32 ``[rows, cols // 8]`` in AutoAWQ's GEMM order."""
+    rows, cols = values.shape
+    cells = values.to(torch.int64).view(rows, cols // 8, 8)[:, :, list(_AWQ_PACK_ORDER)]
+    packed = torch.zeros(rows, cols // 8, dtype=torch.int64)
+    for nibble in range(8):
+        packed |= cells[:, :, nibble] << (4 * nibble)
+    return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
+
+
+def _awq_quantize(weight: torch.Tensor, group_size: int, zero_point: bool):
+    """AutoAWQ's own rounding: per (output row, input group) ``scale`` and integer zero.
+
+    Asymmetric: ``scale = (max - min) / 15``, ``zero = -round(min / scale)`` in 0..15,
+    ``q = clamp(round(w / scale) + zero, 0, 15)``. Symmetric: ``scale = amax / 7``,
+    ``q = clamp(round(w / scale), -8, 7) + 8`` (stored unsigned; no qzeros).
+    Returns ``qweight`` int32 ``[in, out/8]``, ``qzeros`` int32 ``[in/g, out/8]`` or None,
+    ``scales`` fp16 ``[in/g, out]``.
+    """
+    out_features, in_features = weight.shape
+    if in_features % group_size or out_features % 8:
+        raise ValueError(f"AWQ needs in_features % group_size == 0 and out_features % 8 == 0, got {tuple(weight.shape)}")
+    cells = weight.float().view(out_features, in_features // group_size, group_size)
+    if zero_point:
+        low, high = cells.amin(dim=2), cells.amax(dim=2)
+        scales = ((high - low).clamp(min=1e-5) / 15).to(torch.float16)
+        zeros = (-torch.round(low / scales.float())).clamp(0, 15)
+        q = (torch.round(cells / scales.float()[..., None]) + zeros[..., None]).clamp(0, 15)
+    else:
+        scales = (cells.abs().amax(dim=2).clamp(min=1e-5) / 7).to(torch.float16)
+        zeros = None
+        q = torch.round(cells / scales.float()[..., None]).clamp(-8, 7) + 8
+    qweight = _awq_pack(q.reshape(out_features, in_features).t().contiguous())
+    qzeros = None if zeros is None else _awq_pack(zeros.t().contiguous())
+    return qweight, qzeros, scales.t().contiguous()
+
+
+def make_awq_checkpoint(
+    path: str | os.PathLike,
+    arch: str = "llama",
+    *,
+    group_size: int = 128,
+    zero_point: bool = True,
+    shards: int = 1,
+    split_scales: bool = False,
+    modules_to_not_convert: list[str] | None = None,
+    **kwargs,
+) -> Path:
+    """An AutoAWQ GEMM 4-bit release of ``make_checkpoint(arch, dtype=float16, shards=shards, **kwargs)``.
+
+    Every projection (2-D Linear weight except embeddings, norms, routers, lm_head and modules
+    whose name contains an entry of ``modules_to_not_convert``, AutoAWQ's substring rule) becomes
+    ``qweight`` int32 ``[in, out/8]``, ``qzeros`` int32 ``[in/group, out/8]`` (only with
+    ``zero_point``) and ``scales`` fp16 ``[in/group, out]``, quantized from the seeded dense
+    weight with AutoAWQ's rounding (see ``_awq_quantize``); everything else stays fp16.
+    ``config.json`` gets AutoAWQ's ``quantization_config``.
+    """
+    path = Path(path)
+    kwargs.setdefault("dtype", torch.float16)
+    dense = make_checkpoint(path.with_name(path.name + "-dense"), arch, shards=shards, **kwargs)
+    skipped = list(modules_to_not_convert or [])
+
+    def convert(name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+        module = name.removesuffix(".weight")
+        if not _is_projection(name, tensor) or any(m in module for m in skipped):
+            return {name: tensor}
+        qweight, qzeros, scales = _awq_quantize(tensor, group_size, zero_point)
+        out = {f"{module}.qweight": qweight, f"{module}.scales": scales}
+        if qzeros is not None:
+            out[f"{module}.qzeros"] = qzeros
+        return out
+
+    _rewrite_shards(dense, path, convert, split_scales=split_scales, dependencies=_AWQ_DEPENDENCIES)
+    _set_quantization_config(path, {
+        "quant_method": "awq", "bits": 4, "group_size": group_size, "zero_point": zero_point,
+        "version": "gemm", "modules_to_not_convert": modules_to_not_convert,
+    })
+    return path
+
+
+def _model_free_ptq():
+    # imported here: the rest of this module must stay importable without ptq_core (the peer's venv)
+    from ptq_core import model_free_ptq
+
+    return model_free_ptq
+
+
+_CT_SOURCE_IGNORE = ("lm_head", "re:.*embed_tokens$", r"re:.*\.gate$")
+
+
+def make_compressed_tensors_checkpoint(
+    path: str | os.PathLike,
+    arch: str,
+    scheme: str,
+    *,
+    ignore: Iterable[str] = _CT_SOURCE_IGNORE,
+    split_scales: bool = False,
+    quantize=None,
+    **kwargs,
+) -> Path:
+    """A compressed-tensors release: ``make_checkpoint(arch, **kwargs)`` quantized to ``scheme``.
+
+    :param ignore: kept dense (default: lm_head, embeddings, MoE routers)
+    :param shards, split_fused: as ``make_checkpoint``; the quantizer writes fused partners beside
+        their primary, so the dense checkpoint's placement is restored afterwards (with
+        ``split_fused`` q/k/v and gate/up really sit in different shards)
+    :param split_scales: move each module's qparams (``weight_scale``, ``weight_global_scale``,
+        ``weight_zero_point``, ``weight_shape``) to the shard after its weight's
+    :param quantize: ``model_free_ptq``-compatible callable (default: ours, byte-identical to
+        llm-compressor's); the peer's golden script passes llm-compressor's own
+    Re-sharded outputs are quantized into ``<path>-unsplit`` first.
+    """
+    path = Path(path)
+    quantize = quantize or _model_free_ptq()
+    dense = make_checkpoint(path.with_name(path.name + "-dense"), arch, **kwargs)
+    if len(shard_files(dense)) == 1 and not split_scales:
+        quantize(str(dense), str(path), scheme, ignore=list(ignore), device="cpu")
+        return path
+    staged = path.with_name(path.name + "-unsplit")
+    quantize(str(dense), str(staged), scheme, ignore=list(ignore), device="cpu")
+    _rewrite_shards(staged, path, lambda n, t: {n: t}, split_scales=split_scales, dependencies=_CT_DEPENDENCIES,
+                    layout=dense)
+    return path
+
+
+def _modelopt_input_scale(seed: int, module: str) -> torch.Tensor:
+    """A calibrated-looking NVFP4 ``input_scale`` (activation amax / (6 * 448)), one per input:
+    q/k/v (and gate/up) read the same activations, so they share it, as in ModelOpt exports."""
+    g = torch.Generator().manual_seed(_seed_for(seed, _primary_of(module + ".weight")))
+    amax = 1.0 + 7.0 * torch.rand((), generator=g)
+    return (amax / (6.0 * 448.0)).to(torch.float32)
+
+
+def make_modelopt_nvfp4_checkpoint(
+    path: str | os.PathLike,
+    arch: str = "llama",
+    *,
+    seed: int = 0,
+    split_scales: bool = False,
+    exclude_modules: Iterable[str] = ("lm_head",),
+    quantize=None,
+    **kwargs,
+) -> Path:
+    """A ModelOpt NVFP4 export (``export_hf_checkpoint``) of ``make_checkpoint(arch, **kwargs)``.
+
+    Made honestly from an NVFP4A16 compressed-tensors checkpoint of the same weights (see
+    ``make_compressed_tensors_checkpoint``), renamed to ModelOpt's convention, i.e.
+    ``ModelOptNvfp4Converter`` run backwards: ``weight_packed`` -> ``weight`` (uint8
+    ``[out, in/2]``), ``weight_scale`` (fp8 ``[out, in/16]``) unchanged, ``weight_global_scale``
+    -> ``weight_scale_2 = 1 / x`` (float32 scalar), plus a float32 scalar ``input_scale``
+    (ModelOpt NVFP4 quantizes activations too; see ``_modelopt_input_scale``). Embeddings, norms,
+    routers and ``exclude_modules`` (ModelOpt's own list, written to the config) stay dense.
+    ``config.json`` gets the ``quantization_config`` ModelOpt >= 0.29 writes
+    (``convert_hf_quant_config_format``: ``config_groups``/``ignore``/``quant_algo``/``producer``/
+    ``quant_method: modelopt``) and ``hf_quant_config.json`` sits beside it.
+    """
+    path = Path(path)
+    exclude = list(exclude_modules)
+    staged = make_compressed_tensors_checkpoint(path.with_name(path.name + "-ct"), arch, "NVFP4A16",
+                                                ignore=[*_CT_SOURCE_IGNORE, *exclude], quantize=quantize,
+                                                seed=seed, **kwargs)
+
+    def convert(name: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
+        module, _, local = name.rpartition(".")
+        if local == "weight_packed":
+            return {f"{module}.weight": tensor, f"{module}.input_scale": _modelopt_input_scale(seed, module)}
+        if local == "weight_global_scale":
+            return {f"{module}.weight_scale_2": (1.0 / tensor.float()).reshape(())}
+        return {name: tensor}
+
+    _rewrite_shards(staged, path, convert, split_scales=split_scales, dependencies=_MODELOPT_DEPENDENCIES)
+    producer = {"name": "modelopt", "version": "0.29.0"}
+    nvfp4 = {"dynamic": False, "num_bits": 4, "type": "float", "group_size": 16}
+    _set_quantization_config(path, {
+        "config_groups": {"group_0": {"input_activations": dict(nvfp4), "weights": dict(nvfp4), "targets": ["Linear"]}},
+        "ignore": exclude,
+        "quant_algo": "NVFP4",
+        "producer": producer,
+        "quant_method": "modelopt",
+    })
+    _write_json(path / "hf_quant_config.json", {
+        "producer": producer,
+        "quantization": {"quant_algo": "NVFP4", "kv_cache_quant_algo": None, "group_size": 16,
+                         "exclude_modules": exclude},
+    })
+    return path
+
+
+__all__ += ["make_awq_checkpoint", "make_compressed_tensors_checkpoint", "make_modelopt_nvfp4_checkpoint"]

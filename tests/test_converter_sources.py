@@ -1,0 +1,357 @@
+"""Quantized sources: ``model_free_ptq(converter=...)`` and the front ends' auto-detection.
+
+Three oracles, none of them our own decoder:
+
+* **The peer.** ``tests/golden/converters.safetensors`` + ``converters.json`` hold what
+  llm-compressor 0.14.0.1's real ``model_free_ptq(..., converter=<compressed-tensors converter>)``
+  wrote for the seeded sources of ``tests/golden/converter_cases.py`` (FP8 blocks, AutoAWQ GEMM,
+  ModelOpt NVFP4, compressed-tensors NVFP4A16; scales in another shard than their weight, fused
+  groups split over shards). Ours, given the same converter built with our venv's
+  compressed-tensors, must write the same tensors (names, dtypes, shapes, bytes), the same
+  ``weight_map`` and the same ``quantization_config``. Regenerate the golden with::
+
+      ~/.cache/ptq-hub/bench/peer-venv/bin/python tests/golden/make_converter_golden.py
+
+* **compressed-tensors' converters, in process.** A converter chain applied to the whole
+  checkpoint's tensors, the result written as a dense copy and quantized by our dense path
+  (itself byte-identical to the reference, see test_pipeline.py).
+
+* **The same, plus its compressors' ``decompress``** (through ``CompressedTensorsDequantizer``,
+  bfloat16): what the CLI must do on its own when ``config.json`` says the source is
+  compressed-tensors, ModelOpt NVFP4 or AutoAWQ.
+
+What the peer's configs show (pinned by the golden, so a change is a decision, not an accident):
+the peer seeds the config chain with the source's ``quantization_config`` whenever compressed-
+tensors can parse it, which a ModelOpt >= 0.29 export's is (``config_groups``), so that case
+keeps ModelOpt's ``group_0`` and even its ``quant_method: "modelopt"``; ``QuantizationConfig.merge``
+keeps only the first config's ``ignore`` (``lm_head`` and AWQ's ``modules_to_not_convert`` stay
+listed although the appended group quantized them).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from compressed_tensors.entrypoints.convert.converters import (
+    AutoAWQConverter,
+    CompressedTensorsDequantizer,
+    ModelOptNvfp4Converter,
+)
+from compressed_tensors.quantization import QuantizationConfig
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from factory import (
+    load_tensors,
+    make_awq_checkpoint,
+    make_compressed_tensors_checkpoint,
+    make_modelopt_nvfp4_checkpoint,
+    read_index,
+    shard_files,
+)
+from ptq_core import model_free_ptq
+from ptq_core.cli import main
+from ptq_core.errors import InvalidOptionError
+
+GOLDEN = Path(__file__).parent / "golden"
+sys.path.insert(0, str(GOLDEN))
+from converter_cases import CONFIG_FILE, DIMS, GOLDEN_FILE, Case, build_converter, build_source, cases, tensors_digest  # noqa: E402
+
+CASES = cases()
+IGNORE = ["lm_head", "re:.*embed_tokens$"]
+# per-module quantization parameters: a converter reads them with their module's weight
+QPARAM = re.compile(r"\.(weight_scale|weight_scale_2|weight_global_scale|weight_zero_point|weight_shape|"
+                    r"input_scale|input_global_scale|qzeros|scales|weight_scale_inv)$")
+# tensor names only a quantized source has; none may reach a requantized output
+SOURCE_ONLY = re.compile(r"\.(qweight|qzeros|scales|weight_scale_2|input_scale|input_global_scale|weight_scale_inv)$")
+
+
+def raw(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().reshape(-1).view(torch.uint8)
+
+
+def assert_same_tensors(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], what: str) -> None:
+    assert sorted(got) == sorted(want), f"{what}: names differ: ours only {sorted(set(got) - set(want))}, " \
+                                        f"theirs only {sorted(set(want) - set(got))}"
+    for name, w in want.items():
+        g = got[name]
+        assert (g.dtype, tuple(g.shape)) == (w.dtype, tuple(w.shape)), f"{what} {name}: {g.dtype}{tuple(g.shape)} != {w.dtype}{tuple(w.shape)}"
+        assert torch.equal(raw(g), raw(w)), f"{what} {name}: {(raw(g) != raw(w)).sum()} bytes differ"
+
+
+def quantization_config(folder: Path) -> dict:
+    return json.loads((folder / "config.json").read_text())["quantization_config"]
+
+
+def comparable(config: dict) -> tuple[QuantizationConfig, dict]:
+    """A written ``quantization_config`` as compressed-tensors reads it, across its versions.
+
+    Returns the ``QuantizationConfig`` our compressed-tensors parses from it (compared by value:
+    quant_method, format, status, ignore, kv_cache_scheme and every group's targets, format and
+    args) and the keys it does not model (``transform_config``...). Normalised, and why:
+
+    * ``version`` is dropped: the peer's venv has compressed-tensors 0.19.0, ours 0.20.1;
+    * null/empty and absent are the same: 0.19's ``model_dump`` writes ``actorder``,
+      ``block_structure``, ``observer``, ``observer_kwargs``, ``scale_dtype`` as null/empty, 0.20's
+      omits them and adds ``moe_sparsity_config: null``; each field defaults to that value;
+    * an inferred ``zp_dtype`` is the same as none: 0.19 writes the value it infers
+      (``"torch.int8"`` for asymmetric int4), 0.20 infers the same value and omits it;
+    * key order: the peer writes config.json with ``sort_keys=True``, so its order carries nothing.
+    """
+    data = {k: v for k, v in config.items() if k != "version"}
+    modelled = QuantizationConfig.model_validate(data)
+    rest = {k: v for k, v in data.items() if k not in QuantizationConfig.model_fields and v not in (None, {})}
+    return modelled, rest
+
+
+# --------------------------------------------------------------------------- the peer's golden outputs
+
+def golden_record(case: Case) -> dict:
+    return json.loads((GOLDEN / CONFIG_FILE).read_text())["cases"][case.id]
+
+
+def golden_tensors(case: Case) -> dict[str, torch.Tensor]:
+    prefix = f"{case.id}|"
+    with safe_open(GOLDEN / GOLDEN_FILE, "pt") as f:
+        return {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+
+
+def test_golden_covers_every_case_and_nothing_else():
+    record = json.loads((GOLDEN / CONFIG_FILE).read_text())
+    assert sorted(record["cases"]) == sorted(c.id for c in CASES)
+    assert record["versions"]["llmcompressor"] == "0.14.0.1"
+    with safe_open(GOLDEN / GOLDEN_FILE, "pt") as f:
+        assert {k.partition("|")[0] for k in f.keys()} == {c.id for c in CASES}
+    assert sum(p.stat().st_size for p in GOLDEN.glob("converters.*")) < 1.5e6
+
+
+def rebuilt_source(case: Case, tmp_path: Path) -> Path:
+    """The case's source, built in our venv (the compressed-tensors and ModelOpt ones with our
+    model_free_ptq), checked to hold the very tensors the peer quantized."""
+    source = build_source(case, tmp_path)
+    assert tensors_digest(source) == golden_record(case)["source_digest"], (
+        f"{case.id}: the rebuilt source differs from the one the peer quantized (a factory change, or our "
+        "NVFP4A16 no longer matches the peer's); regenerate the golden if the factory changed on purpose"
+    )
+    return source
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_converter_matches_the_peer(tmp_path, case):
+    record = golden_record(case)
+    source = rebuilt_source(case, tmp_path)
+    out = tmp_path / "ours"
+    model_free_ptq(source, out, case.scheme, ignore=list(case.ignore), device="cpu",
+                   converter=build_converter(case, source))
+    assert_same_tensors(load_tensors(out), golden_tensors(case), case.id)
+    assert comparable(quantization_config(out)) == comparable(record["quantization_config"])
+    assert read_index(out)["weight_map"] == record["weight_map"]
+
+
+# --------------------------------------------------------------------------- in-process oracles
+
+def _config_only_folder(folder: Path, quant: dict) -> Path:
+    """A folder whose config.json holds ``quant``: all ``CompressedTensorsDequantizer`` reads."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"quantization_config": quant}))
+    return folder
+
+
+def dequantizer_for(converters: list, folder: Path) -> CompressedTensorsDequantizer:
+    """compressed-tensors' decompression of what ``converters`` produce (their chained config)."""
+    config = None
+    for converter in converters:
+        config = converter.update_config(config)
+    return CompressedTensorsDequantizer(str(_config_only_folder(folder, config.model_dump())))
+
+
+def converted_by_compressed_tensors(src: Path, dst: Path, converters: list, *, drop=()) -> Path:
+    """``converters`` applied in order to the whole checkpoint, written as a dense source.
+
+    One dict for all shards, since a converter's dependencies may sit in another shard than the
+    tensor they serve. Each output tensor goes to the shard of the stored tensor it came from
+    (itself, or for a scale / zero point, its module's ``weight``/``qweight``/``weight_packed``,
+    which the peer's per-shard jobs load it with). Names ending in ``drop`` are left out;
+    config.json loses its quantization_config.
+    """
+    dst.mkdir()
+    source_map = {}
+    for shard in shard_files(src):
+        with safe_open(shard, "pt") as f:
+            source_map.update(dict.fromkeys(f.keys(), shard.name))
+    tensors = load_tensors(src)
+    for converter in converters:
+        tensors = converter.process(tensors)
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for name, tensor in tensors.items():
+        if name.endswith(drop):
+            continue
+        module = name.rpartition(".")[0]
+        primary = (f"{module}.weight", f"{module}.qweight", f"{module}.weight_packed")
+        order = primary + (name,) if QPARAM.search(name) else (name, *primary)
+        stored = next(n for n in order if n in source_map)
+        parts.setdefault(source_map[stored], {})[name] = tensor.contiguous()
+    for shard, part in parts.items():
+        save_file(part, str(dst / shard), metadata={"format": "pt"})
+    if len(parts) > 1:
+        weight_map = {n: shard for shard, part in parts.items() for n in part}
+        (dst / "model.safetensors.index.json").write_text(json.dumps({"weight_map": dict(sorted(weight_map.items()))}))
+    config = json.loads((src / "config.json").read_text())
+    del config["quantization_config"]
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_the_in_process_oracle_agrees_with_the_peer(tmp_path, case):
+    """The peer's tensors and shard placement are the converter applied in process, then our
+    dense path on the converted copy: the oracle the tests below rely on, checked against the
+    peer (and proof that every golden case is reachable by a converter-then-quantize pipeline).
+    The config only matches where the converter dequantizes everything (its update_config is
+    None); the others append to the converter's config, which a dense copy does not carry."""
+    source = rebuilt_source(case, tmp_path)
+    converted = converted_by_compressed_tensors(source, tmp_path / "converted", [build_converter(case, source)])
+    model_free_ptq(converted, tmp_path / "want", case.scheme, ignore=list(case.ignore), device="cpu")
+    record = golden_record(case)
+    assert_same_tensors(load_tensors(tmp_path / "want"), golden_tensors(case), case.id)
+    assert read_index(tmp_path / "want")["weight_map"] == record["weight_map"]
+    if case.source in ("fp8-block", "compressed-tensors"):
+        assert comparable(quantization_config(tmp_path / "want")) == comparable(record["quantization_config"])
+
+
+def _modules_with(src: Path, suffix: str) -> list[str]:
+    return sorted(n.removesuffix(suffix) for n in load_tensors(src) if n.endswith(suffix))
+
+
+def _awq_rename(src: Path):
+    return AutoAWQConverter.from_autoawq_config(json.loads((src / "config.json").read_text())["quantization_config"])
+
+
+def _modelopt_rename(src: Path):
+    return ModelOptNvfp4Converter(targets=_modules_with(src, ".weight_scale_2"))
+
+
+@pytest.mark.parametrize(("make", "rename"), [
+    (make_awq_checkpoint, _awq_rename),
+    (make_modelopt_nvfp4_checkpoint, _modelopt_rename),
+], ids=["awq", "modelopt"])
+def test_a_converter_list_is_applied_in_order(tmp_path, make, rename):
+    """[rename to compressed-tensors, then decompress it]: reversed, the decompressor would find
+    no ``weight_packed`` yet and the renamed weights would stay packed. Scales sit in the other
+    shard than their weight, and q/k/v, gate/up are split over the shards (NVFP4A16 shares one
+    global scale per fused group). Whatever the chain yields is quantized or passed on, as the
+    peer does: after ModelOpt, CompressedTensorsDequantizer keeps the ``input_global_scale``
+    its rename made (compressed-tensors' own behaviour), so both outputs carry them."""
+    src = make(tmp_path / "src", "llama", shards=2, split_fused=True, split_scales=True, **DIMS)
+
+    def chain(tag: str) -> list:
+        first = rename(src)
+        return [first, dequantizer_for([first], tmp_path / f"config-{tag}")]
+
+    model_free_ptq(src, tmp_path / "ours", "NVFP4A16", ignore=IGNORE, device="cpu", converter=chain("ours"))
+    dense = converted_by_compressed_tensors(src, tmp_path / "dense", chain("oracle"))
+    assert load_tensors(dense)["model.layers.0.self_attn.q_proj.weight"].dtype == torch.bfloat16
+    model_free_ptq(dense, tmp_path / "want", "NVFP4A16", ignore=IGNORE, device="cpu")
+    assert_same_tensors(load_tensors(tmp_path / "ours"), load_tensors(tmp_path / "want"), "chain")
+    assert read_index(tmp_path / "ours")["weight_map"] == read_index(tmp_path / "want")["weight_map"]
+    # the dequantizer's update_config returns None: nothing of the source's config survives
+    assert quantization_config(tmp_path / "ours") == quantization_config(tmp_path / "want")
+    assert quantization_config(tmp_path / "ours")["quant_method"] == "compressed-tensors"
+
+
+def test_an_object_without_the_converter_protocol_is_refused(tmp_path):
+    src = make_awq_checkpoint(tmp_path / "src", group_size=64, **DIMS)
+    with pytest.raises(InvalidOptionError, match="compressed-tensors Converter"):
+        model_free_ptq(src, tmp_path / "out", "W4A16", ignore=IGNORE, device="cpu", converter=[object()])
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- auto-detection by the front ends
+
+def _awq(path: Path, **kw) -> Path:
+    return make_awq_checkpoint(path, "llama", **kw, **DIMS)
+
+
+def _modelopt(path: Path, **kw) -> Path:
+    return make_modelopt_nvfp4_checkpoint(path, "llama", **kw, **DIMS)
+
+
+def _ct(scheme: str):
+    def make(path: Path, **kw) -> Path:
+        return make_compressed_tensors_checkpoint(path, "llama", scheme, **kw, **DIMS)
+    return make
+
+
+def reference_converters(fmt: str, src: Path) -> list:
+    """What each format's detection must amount to: compressed-tensors' own converters."""
+    if fmt == "awq":
+        return [AutoAWQConverter.from_autoawq_config(json.loads((src / "config.json").read_text())["quantization_config"])]
+    if fmt == "modelopt":
+        return [ModelOptNvfp4Converter(targets=_modules_with(src, ".weight_scale_2"))]
+    return []
+
+
+def dequantized_by_compressed_tensors(fmt: str, src: Path, tmp_path: Path) -> Path:
+    """The dense bfloat16 source a quantized one stands for: its converter, then decompress.
+
+    The source's activation scales (ModelOpt's ``input_scale``, compressed-tensors'
+    ``input_global_scale``) are dropped: they describe the old scheme's inputs, a dense model
+    has none, and ``CompressedTensorsDequantizer.validate`` itself calls them residual.
+    """
+    converters = reference_converters(fmt, src)
+    if fmt == "compressed-tensors":
+        converters.append(CompressedTensorsDequantizer(str(src)))
+    else:
+        converters.append(dequantizer_for(converters, tmp_path / "converted-config"))
+    return converted_by_compressed_tensors(src, tmp_path / "dense", converters, drop=(".input_global_scale",))
+
+
+SOURCES = {
+    # (format, factory, factory kwargs, new scheme)
+    "awq-2-shards-scales-apart": ("awq", _awq, dict(group_size=64, shards=2, split_fused=True, split_scales=True), "NVFP4A16"),
+    "awq-symmetric-skipped-module": ("awq", _awq, dict(group_size=32, zero_point=False, modules_to_not_convert=["down_proj"]), "W4A16"),
+    "modelopt-2-shards-scales-apart": ("modelopt", _modelopt, dict(shards=2, split_fused=True, split_scales=True), "W4A16"),
+    "modelopt-1-shard": ("modelopt", _modelopt, {}, "FP8_DYNAMIC"),
+    "ct-nvfp4a16-2-shards-scales-apart": ("compressed-tensors", _ct("NVFP4A16"), dict(shards=2, split_fused=True, split_scales=True), "W4A16"),
+    "ct-w4a16-2-shards": ("compressed-tensors", _ct("W4A16"), dict(shards=2, split_fused=True), "NVFP4A16"),
+    "ct-w4a16-asym": ("compressed-tensors", _ct("W4A16_ASYM"), {}, "FP8_BLOCK"),
+}
+
+
+@pytest.mark.parametrize("key", list(SOURCES))
+def test_cli_dequantizes_a_quantized_source_like_compressed_tensors(tmp_path, key):
+    fmt, make, kwargs, scheme = SOURCES[key]
+    src = make(tmp_path / "src", **kwargs)
+    dense = dequantized_by_compressed_tensors(fmt, src, tmp_path)
+    assert main(["quantize", str(src), str(tmp_path / "ours"), "--scheme", scheme]) == 0
+    assert main(["quantize", str(dense), str(tmp_path / "want"), "--scheme", scheme]) == 0
+
+    got, want = load_tensors(tmp_path / "ours"), load_tensors(tmp_path / "want")
+    assert not [n for n in got if SOURCE_ONLY.search(n)]
+    assert_same_tensors(got, want, key)
+    if kwargs.get("shards", 1) > 1:
+        assert read_index(tmp_path / "ours")["weight_map"] == read_index(tmp_path / "want")["weight_map"]
+    # only the new quantization_config; the rest of config.json is the source's
+    config = json.loads((tmp_path / "ours" / "config.json").read_text())
+    assert config["quantization_config"] == quantization_config(tmp_path / "want")
+    assert config["quantization_config"]["quant_method"] == "compressed-tensors"
+    source_config = json.loads((src / "config.json").read_text())
+    del config["quantization_config"], source_config["quantization_config"]
+    assert config == source_config
+
+
+@pytest.mark.parametrize(("make", "kwargs", "named"), [
+    (_awq, dict(group_size=64), "AWQ"),
+    (_modelopt, {}, "ModelOpt NVFP4"),
+    (_ct("NVFP4A16"), {}, "compressed-tensors"),
+], ids=["awq", "modelopt", "compressed-tensors"])
+def test_plan_names_the_source_format(tmp_path, capsys, make, kwargs, named):
+    src = make(tmp_path / "src", **kwargs)
+    assert main(["plan", str(src), "--scheme", "W4A16"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("source:")]
+    assert len(lines) == 1 and named in lines[0], lines
