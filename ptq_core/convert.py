@@ -29,9 +29,10 @@ checkpoints, and ModelOpt NVFP4 / AutoAWQ converters followed by that dequantize
 from __future__ import annotations
 
 import logging
+import re
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from compressed_tensors.compressors.format import infer_module_format
@@ -58,13 +59,16 @@ from .converters import (
     detect_source,
 )
 from .errors import CheckpointError, ConverterError
+from .matching import match_name
 from .schemes import ResolvedConfig, config_block
 
 __all__ = [
+    "MergedConfig",
     "ST_TO_TORCH",
     "TORCH_TO_ST",
     "auto_converters",
     "chain_label",
+    "merge_configs",
     "native_fp8_plan",
     "output_quantization_config",
     "plan_conversion",
@@ -80,6 +84,7 @@ TORCH_TO_ST: dict[torch.dtype, str] = {
 }
 ST_TO_TORCH = {v: k for k, v in TORCH_TO_ST.items()}
 
+_LAYER_INDEX = re.compile(r"\.\d+\.")
 _KV_SCALES = tuple(v.value for v in KVCacheScaleType)
 _QPARAMS = frozenset(QuantizationMetadata.all_qparam_names())
 
@@ -304,31 +309,110 @@ def plan_conversion(checkpoint: Checkpoint, converters: Sequence[Any], fmt: Sour
     return SourcePlan(fmt, tuple(steps), converters=tuple(converters))
 
 
+class MergedConfig(NamedTuple):
+    """The output's ``quantization_config`` block and how many of its groups came before ours."""
+
+    block: dict[str, Any] | None
+    earlier_groups: int = 0  # > 0: merged (append, or a converter that leaves modules compressed)
+
+
 def output_quantization_config(
-    source_config: Mapping[str, Any] | None, source: SourcePlan, resolved: ResolvedConfig, quantized: bool
-) -> dict[str, Any] | None:
-    """The output's ``quantization_config``, as llm-compressor builds it.
+    source_config: Mapping[str, Any] | None,
+    source: SourcePlan,
+    resolved: ResolvedConfig,
+    quantized: Mapping[str, str],
+    modules: Collection[str],
+) -> MergedConfig:
+    """The output's ``quantization_config``, built as llm-compressor builds it, but loadable.
 
     Without converters and without ``append`` it is the request's own config (``None``
-    when nothing was quantized). Otherwise the source's compressed-tensors config (if
-    any) goes through each converter's ``update_config`` (a dequantizer returns
-    ``None``), and the request's config is merged into what is left.
+    when nothing was quantized). Otherwise a compressed-tensors source's config goes
+    through each converter's ``update_config`` (a dequantizer returns ``None``) and, where
+    something is left, the request's groups are merged into it (:func:`merge_configs`).
+
+    Args:
+        source_config: the source's config.json.
+        source: the source plan (its converters, ``append``).
+        resolved: the request.
+        quantized: module -> config group, for every module quantized now.
+        modules: every module of the output with a weight (for the merge's targets).
     """
     if not source.converters and not source.append:
-        return resolved.quantization_config_dict() if quantized else None
+        return MergedConfig(resolved.quantization_config_dict() if quantized else None)
     incoming: QuantizationConfig | None = None
     quant = (source_config or {}).get("quantization_config")
-    if isinstance(quant, Mapping):
+    # Only a compressed-tensors config seeds the chain: llm-compressor also seeds it with a ModelOpt
+    # config that happens to parse, and then writes quant_method "modelopt" over CT tensors.
+    if isinstance(quant, Mapping) and str(quant.get("quant_method", "")).lower() == COMPRESSED_TENSORS:
         try:
             incoming = QuantizationConfig.model_validate({k: v for k, v in quant.items() if k != "version"})
-        except ValidationError:
-            incoming = None
+        except ValidationError as err:
+            raise CheckpointError(f"config.json's compressed-tensors quantization_config cannot be read: {err}") from err
     for converter in source.converters:
         incoming = converter.update_config(incoming)
     if incoming is None:
-        return resolved.quantization_config_dict() if quantized else None
+        return MergedConfig(resolved.quantization_config_dict() if quantized else None)
+    earlier = len(incoming.config_groups)
     if quantized:
-        with warnings.catch_warnings():  # merge() always warns that merging is hard; append checks it
-            warnings.simplefilter("ignore")
-            incoming.merge(resolved.final_config())
-    return config_block(incoming)
+        incoming = merge_configs(incoming, resolved, quantized, modules)
+    return MergedConfig(config_block(incoming), earlier)
+
+
+def merge_configs(
+    earlier: QuantizationConfig, resolved: ResolvedConfig, quantized: Mapping[str, str], modules: Collection[str]
+) -> QuantizationConfig:
+    """compressed-tensors' ``merge`` of the request into ``earlier``, then made loadable.
+
+    ``QuantizationConfig.merge`` keeps only the earlier ignore list and every target as
+    given, so its result often loads wrongly (llm-compressor writes it as is): a module
+    quantized now is still ignored, or matched by two groups that both target ``Linear``.
+    Three repairs, each only as wide as the modules quantized now:
+
+    * the new groups target exactly the modules they quantized (one ``re:`` per layer
+      kind where every module of that kind is theirs, else the names), so a loader's
+      name match (which wins over the class ``Linear``) picks them;
+    * ignore entries that match only modules quantized now are dropped;
+    * the request's own ignore entries are kept where they name no module quantized before.
+
+    ``plan.check_merged_config`` then proves every module resolves to the group it is
+    stored in, or refuses.
+    """
+    new = resolved.final_config()
+    by_group: dict[str, list[str]] = {}
+    for module, group in quantized.items():
+        by_group.setdefault(group, []).append(module)
+    for group, scheme in new.config_groups.items():
+        scheme.targets = _exact_targets(by_group.get(group, []), modules)
+    with warnings.catch_warnings():  # merge() always warns that merging is hard: the check proves it
+        warnings.simplefilter("ignore")
+        earlier.merge(new)
+    others = [m for m in modules if m not in quantized]
+    kept = []
+    for entry in earlier.ignore:
+        hits_now = any(match_name(m, entry) for m in quantized)
+        if hits_now and not any(match_name(m, entry) for m in others):
+            continue
+        kept.append(entry)
+    for entry in new.ignore or []:
+        if entry not in kept and not any(match_name(m, entry) for m in quantized):
+            kept.append(entry)
+    earlier.ignore = kept
+    return earlier
+
+
+def _exact_targets(mine: Sequence[str], modules: Collection[str]) -> list[str]:
+    """Targets naming exactly ``mine``: ``re:`` per layer kind (``model.layers.N.mlp.down_proj``)
+    where every module of that kind is in ``mine``, the exact names elsewhere."""
+    kinds: dict[str, list[str]] = {}
+    for module in modules:
+        kinds.setdefault(_LAYER_INDEX.sub(".#.", module), []).append(module)
+    chosen = set(mine)
+    targets: list[str] = []
+    for kind, members in kinds.items():
+        if not any(m in chosen for m in members):
+            continue
+        if len(members) > 1 and all(m in chosen for m in members):
+            targets.append("re:^" + r"\.\d+\.".join(re.escape(part) for part in kind.split(".#.")) + "$")
+        else:
+            targets += [m for m in members if m in chosen]
+    return sorted(targets)

@@ -32,7 +32,7 @@ from .errors import ConverterError, InvalidOptionError, NonFiniteScaleError, Non
 from .job import Job, make_job
 from .numerics import Scratch, dequantize_fp8_block, global_scale_from_stats, observe_weight, quantize_weight
 from .convert import ST_TO_TORCH, output_quantization_config, run_chain
-from .plan import Plan, PlannedWeight, build_plan, check_append, source_plan
+from .plan import Plan, PlannedWeight, build_plan, check_merged_config, source_plan
 from .source import ProgressCallback, resolve_source
 from .sizes import compression_ratio
 from .writer import (
@@ -222,9 +222,11 @@ def quantize_job(
     checkpoint = open_checkpoint(source)
     config = read_config(source)
     plan = build_plan(checkpoint, job.resolved, source_plan(checkpoint, config, job.converters, append=job.append))
-    quantization_config = output_quantization_config(config, plan.source, job.resolved, bool(plan.quantized))
-    if plan.source.append and quantization_config is not None:
-        check_append(plan, quantization_config, len(config["quantization_config"].get("config_groups") or {}))
+    merged = output_quantization_config(config, plan.source, job.resolved, {i.module: i.group for i in plan.quantized},
+                                        {i.module for i in plan.items if i.name.endswith((".weight", ".weight_packed"))})
+    if merged.earlier_groups:
+        check_merged_config(plan, merged.block, merged.earlier_groups)
+    quantization_config = merged.block
     for name in checkpoint.skipped_weight_files:
         logger.warning("Not copying %s: it duplicates the safetensors weights in another format.", name)
     check_free_space(Path(save_directory), plan.size_after + sum((source / f).stat().st_size for f in checkpoint.extra_files))

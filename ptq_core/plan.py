@@ -40,7 +40,7 @@ __all__ = [
     "PlannedWeight",
     "WeightSource",
     "build_plan",
-    "check_append",
+    "check_merged_config",
     "find_fused_sets",
     "match_name",
     "plan_checkpoint",
@@ -551,56 +551,61 @@ def suggest_ignore(tensor_names: Iterable[str]) -> list[str]:
     return [p for p in DEFAULT_IGNORE if any(match_name(m, p) for m in modules)]
 
 
-def check_append(plan: Plan, merged: Mapping[str, Any], source_groups: int) -> None:
-    """Refuse an append whose merged config a loader would read wrongly.
+def check_merged_config(plan: Plan, merged: Mapping[str, Any], earlier_groups: int) -> None:
+    """Refuse a merged config that a loader would read wrongly (append, or converters that keep
+    modules compressed).
 
-    After llm-compressor's merge (the source's groups first, then the new ones; the
-    source's ignore list, pruned of names the new groups target) every module must
-    match exactly the groups it is stored in: a module the source holds compressed
-    only a source group, a module quantized now only a new group, a dense 2-D weight
-    none. vLLM maps each target string to one scheme, so two groups that both target
-    ``Linear`` (or the same module) cannot be told apart. ``Linear`` is taken to mean
-    every module with a 2-D weight, as the planner does.
-
-    Args:
-        plan: the plan, with ``plan.source.kept`` the source's compressed modules.
-        merged: the output's ``quantization_config`` block.
-        source_groups: how many of ``merged``'s groups (the first ones) are the source's.
+    Each module is resolved as vLLM resolves it: an ignored module has no scheme; else
+    the first group whose targets name it (exact or ``re:``) wins; else the one group
+    targeting its class (``Linear``, taken to mean every module with a 2-D weight, as
+    the planner does), and two such groups cannot be told apart. Then every module must
+    resolve to where it is stored: a module compressed before this run to one of the
+    ``earlier_groups`` (the first ones), a module quantized now to its own group, a
+    dense 2-D weight to nothing.
 
     Raises:
         AppendError: the first module that would load with the wrong scheme, and how to fix it.
     """
     groups = list((merged.get("config_groups") or {}).items())
     ignore = IgnoreMatcher(merged.get("ignore") or [])
-    rules = [(name, None if not g.get("targets") or "Linear" in g["targets"] else list(g["targets"])) for name, g in groups]
+    by_name = [(i, [t for t in g.get("targets") or [] if t != "Linear"]) for i, (_, g) in enumerate(groups)]
+    by_class = [i for i, (_, g) in enumerate(groups) if not g.get("targets") or "Linear" in g["targets"]]
 
-    def matches(module: str) -> list[int]:
+    def resolve(module: str) -> str | int | None:
         if ignore.match(module) is not None:
-            return []
-        return [i for i, (_, targets) in enumerate(rules) if targets is None or any(match_name(module, t) for t in targets)]
+            return None
+        for i, targets in by_name:
+            if any(match_name(module, t) for t in targets):
+                return i
+        if len(by_class) > 1:
+            return "several groups that target Linear (" + ", ".join(groups[i][0] for i in by_class) + ")"
+        return by_class[0] if by_class else None
 
-    quantized = {item.module for item in plan.quantized}
-    modules: dict[str, str] = {}
+    quantized = {item.module: item.group for item in plan.quantized}
+    states: dict[str, str] = {}
     for item in plan.items:
         module, _, param = item.name.rpartition(".")
-        if module in plan.source.kept:
-            modules.setdefault(module, "compressed in the source")
-        elif module in quantized:
-            modules[module] = "quantized now"
+        if module in quantized:
+            states[module] = "quantized now"
+        elif module in plan.source.kept or param == "weight_packed" or (
+                param == "weight" and item.dtype not in FLOAT_WEIGHT_DTYPES):
+            states[module] = "compressed before this run"
         elif param == "weight" and len(item.shape) == 2 and not module.endswith("norm"):
-            modules.setdefault(module, "dense")
-    for module, state in modules.items():
-        hits = matches(module)
-        names = [groups[i][0] for i in hits]
+            states.setdefault(module, "dense")
+    names = [name for name, _ in groups]
+    for module, state in states.items():
+        got = resolve(module)
         if state == "dense":
-            ok = not hits
+            ok = got is None
+        elif state == "quantized now":
+            ok = isinstance(got, int) and names[got] == quantized[module]
         else:
-            ok = len(hits) == 1 and (hits[0] < source_groups) == (state == "compressed in the source")
+            ok = isinstance(got, int) and got < earlier_groups
         if not ok:
+            seen = got if isinstance(got, str) else "no config group" if got is None else f"group {names[got]}"
             raise AppendError(
-                f"Cannot append to this compressed-tensors checkpoint safely: {module} is {state}, but the merged "
-                f"quantization_config matches it to {', '.join(names) or 'no config group'}, so a loader would read it "
-                "wrongly. Give the new scheme targets that only name the modules to quantize and that no source group "
-                "targets (a config with targets=['re:...']), or let ptq dequantize the source and quantize it all again "
-                "(the `ptq` CLI, the Action and the Space do)."
+                f"Cannot merge the new config groups into the source's compressed-tensors config safely: {module} "
+                f"is {state}, but a loader would give it {seen}. Give the new scheme targets and an ignore list that "
+                "separate the modules compressed before from the ones to quantize, or let ptq dequantize the source "
+                "and quantize it all again (the `ptq` CLI, the Action and the Space do)."
             )

@@ -138,12 +138,9 @@ class ResolvedConfig:
 
 def config_block(config: QuantizationConfig) -> dict[str, Any]:
     """A ``QuantizationConfig`` as config.json's ``quantization_config`` block, as the peer writes it."""
-    return {
-        "version": COMPRESSED_TENSORS_VERSION,
-        "quant_method": "compressed-tensors",
-        "transform_config": {},
-        **config.model_dump(),
-    }
+    block = {"version": COMPRESSED_TENSORS_VERSION, "transform_config": {}, **config.model_dump()}
+    block["quant_method"] = "compressed-tensors"  # even where a merged config was read from another format
+    return block
 
 
 def _preset_is_data_free(name: str) -> bool:

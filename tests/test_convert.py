@@ -229,12 +229,24 @@ def test_appending_to_a_compressed_tensors_checkpoint_keeps_its_modules_and_merg
     assert set(config["config_groups"]) == {"nvfp4a16", "fp8_block"} and config["format"] == "mixed-precision"
 
 
+def test_an_append_is_made_loadable_new_groups_name_their_modules_and_stale_ignores_go(llama, tmp_path):
+    """Appending FP8_BLOCK (targets Linear) where the source's NVFP4A16 group also targets Linear."""
+    source = tmp_path / "mlp"
+    model_free_ptq(llama, source, "NVFP4A16", ignore=["lm_head", r"re:.*self_attn.*"], device="cpu")
+    model_free_ptq(source, tmp_path / "both", "FP8_BLOCK", ignore=["lm_head"], device="cpu")
+    config = json.loads((tmp_path / "both" / "config.json").read_text())["quantization_config"]
+    assert config["config_groups"]["NVFP4A16"]["targets"] == ["Linear"]
+    assert config["config_groups"]["FP8_BLOCK"]["targets"] == [
+        rf"re:^model\.layers\.\d+\.self_attn\.{p}$" for p in ("k_proj", "o_proj", "q_proj", "v_proj")]
+    assert config["ignore"] == ["lm_head"]  # re:.*self_attn.* named only modules quantized now
+
+
 def test_an_append_a_loader_would_misread_is_refused_before_anything_is_written(llama, tmp_path):
-    mlp_only = tmp_path / "mlp"
-    model_free_ptq(llama, mlp_only, config=_config("NVFP4A16", [r"re:.*mlp.*"]), device="cpu")
-    with pytest.raises(AppendError, match=r"mlp\.\w+ is compressed in the source, but the merged quantization_config "
-                                          r"matches it to nvfp4a16, FP8_BLOCK"):
-        model_free_ptq(mlp_only, tmp_path / "out", "FP8_BLOCK", ignore=["lm_head"], device="cpu")
+    source = tmp_path / "mlp"
+    model_free_ptq(llama, source, "NVFP4A16", ignore=["lm_head", r"re:.*self_attn.*"], device="cpu")
+    # q_proj only: the source's `re:.*self_attn.*` must stay for k/v/o, and then it hides q_proj
+    with pytest.raises(AppendError, match=r"self_attn\.q_proj is quantized now, but a loader would give it no config group"):
+        model_free_ptq(source, tmp_path / "out", config=_config("FP8_BLOCK", [r"re:.*q_proj$"]), device="cpu")
     assert not (tmp_path / "out").exists()
 
 
