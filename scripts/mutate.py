@@ -58,9 +58,9 @@ class Mutation:
 # The mutations. Anchors are written against the current code; when a refactor
 # moves the code, `--list` still works and a run names every stale anchor.
 # ============================================================================
-NUMERICS, PLAN, WRITER, HTTP, STAGING, REDACT = (
+NUMERICS, PLAN, WRITER, HTTP, STAGING, REDACT, CONVERT = (
     "ptq_core/numerics.py", "ptq_core/plan.py", "ptq_core/writer.py", "ptq_core/_http.py", "ptq_core/staging.py",
-    "ptq_core/redact.py",
+    "ptq_core/redact.py", "ptq_core/convert.py",
 )
 MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
@@ -164,6 +164,30 @@ MUTATIONS: tuple[Mutation, ...] = (
         'text = text.replace(form, "***")',
         "text = text.replace(form, form)",
         ("tests/test_hub.py", "-k", "test_invalid_token or test_network_failure_during_download or test_redaction"),
+    ),
+    Mutation(
+        "converter-in-place-unseen", CONVERT,
+        "out[n] is metas[n] and metas[n]._version == versions[n]",
+        "out[n] is metas[n]",
+        ("tests/test_convert.py", "-k", "in_place"),
+    ),
+    Mutation(
+        "dequantized-qparams-kept", CONVERT,
+        "if k.rpartition(\".\")[2] not in _QPARAMS}",
+        "if k}",
+        ("tests/test_converter_sources.py", "-k", "test_cli_dequantizes"),
+    ),
+    Mutation(
+        "merge-drops-shared-ignore", CONVERT,
+        "if hits_now and not any(match_name(m, entry) for m in others):",
+        "if hits_now:",
+        ("tests/test_convert.py", "-k", "append"),
+    ),
+    Mutation(
+        "merge-regex-too-wide", CONVERT,
+        "if len(members) > 1 and all(m in chosen for m in members):",
+        "if len(members) > 1 and any(m in chosen for m in members):",
+        ("tests/test_convert.py", "-k", "exact_targets"),
     ),
 )
 # ============================================================================

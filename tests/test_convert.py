@@ -282,3 +282,14 @@ def test_a_streamed_compressed_tensors_source_equals_a_local_run(hub, llama, tmp
     assert "source: compressed-tensors, decompressed in memory" in result.plan.to_markdown()
     card = hub.read_file(result.repo_id, "README.md").decode()
     assert "| source weights | compressed-tensors, decompressed in memory |" in card
+
+
+def test_exact_targets_use_a_regex_only_for_layer_kinds_quantized_whole():
+    from ptq_core.convert import _exact_targets
+    from ptq_core.matching import match_name
+
+    modules = [f"model.layers.{i}.mlp.{p}" for i in range(3) for p in ("down_proj", "up_proj")] + ["lm_head"]
+    mine = [f"model.layers.{i}.mlp.down_proj" for i in range(3)] + ["model.layers.1.mlp.up_proj"]
+    targets = _exact_targets(mine, modules)
+    assert targets == ["model.layers.1.mlp.up_proj", r"re:^model\.layers\.\d+\.mlp\.down_proj$"]
+    assert sorted(m for m in modules if any(match_name(m, t) for t in targets)) == sorted(mine)
