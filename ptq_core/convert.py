@@ -28,7 +28,6 @@ checkpoints, and ModelOpt NVFP4 / AutoAWQ converters followed by that dequantize
 
 from __future__ import annotations
 
-import logging
 import re
 import warnings
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -74,8 +73,6 @@ __all__ = [
     "plan_conversion",
     "run_chain",
 ]
-
-logger = logging.getLogger(__name__)
 
 TORCH_TO_ST: dict[torch.dtype, str] = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -142,7 +139,7 @@ def auto_converters(source: SourcePlan, config: Mapping[str, Any]) -> tuple[Any,
     """compressed-tensors' converters that dequantize a detected source (not FP8 blocks: native).
 
     Raises:
-        UnsupportedSourceError: through compressed-tensors, a config it cannot read.
+        CheckpointError: compressed-tensors cannot read the source's ``quantization_config``.
     """
     quant = config.get("quantization_config") or config.get("compression_config") or {}
     name = source.format.name

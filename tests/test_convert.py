@@ -293,3 +293,21 @@ def test_exact_targets_use_a_regex_only_for_layer_kinds_quantized_whole():
     targets = _exact_targets(mine, modules)
     assert targets == ["model.layers.1.mlp.up_proj", r"re:^model\.layers\.\d+\.mlp\.down_proj$"]
     assert sorted(m for m in modules if any(match_name(m, t) for t in targets)) == sorted(mine)
+
+
+def test_a_lone_bf16_fp8_block_dequantizer_is_replaced_by_the_fused_decode_and_others_are_not(tmp_path):
+    from compressed_tensors.entrypoints.convert import FP8BlockDequantizer
+
+    from factory import make_fp8_block_checkpoint
+
+    src = make_fp8_block_checkpoint(tmp_path / "fp8", "llama")
+    for dtype, name in ((torch.bfloat16, "bf16"), (torch.float16, "fp16")):
+        got = model_free_ptq(src, tmp_path / name, "W4A16", ignore=["lm_head"], device="cpu",
+                             converter=[FP8BlockDequantizer.from_pretrained(str(src), dtype=dtype)])
+        oracle = converted_copy(src, tmp_path / f"dense-{name}", [FP8BlockDequantizer.from_pretrained(str(src), dtype=dtype)])
+        model_free_ptq(oracle, tmp_path / f"want-{name}", "W4A16", ignore=["lm_head"], device="cpu")
+        assert same_bytes(load_tensors(tmp_path / name), load_tensors(tmp_path / f"want-{name}"))
+        fused = dtype == torch.bfloat16  # ptq-hub's own decode writes bf16 only
+        assert bool(got.plan.source.converters) != fused
+        assert got.plan.source.format.summary == ("FP8 blocks (128x128), dequantized in memory" if fused
+                                                  else "converted in memory by FP8BlockDequantizer")
