@@ -449,9 +449,11 @@ def _error_title(err: PtqError) -> str:
 INTRO = """\
 # ptq-hub: quantize a Hub model, data-free
 Pick a model and a scheme: the plan below is read from the safetensors headers only.
-One click downloads the model, quantizes it into the
+One click streams the model (never the whole of it on disk), quantizes it into the
 [compressed-tensors](https://github.com/neuralmagic/compressed-tensors) format (loads in vLLM and
 transformers), writes a model card and pushes a **new repo in your account**. No calibration data.
+Sources quantized already (FP8 blocks, compressed-tensors, ModelOpt NVFP4, AWQ) are dequantized in
+memory first; the plan says so.
 """
 
 CSS = """

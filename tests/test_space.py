@@ -152,6 +152,17 @@ def test_preview_reads_headers_only_and_prefills_the_form(hub, source):
     assert weight_reads and all(m == "HEAD" or "range" in h for m, h in weight_reads)
 
 
+def test_preview_of_an_awq_model_says_it_is_dequantized_first(hub, tmp_path):
+    from factory import make_awq_checkpoint
+
+    awq = make_awq_checkpoint(tmp_path / "awq", "llama", group_size=64)
+    hub.seed_repo(SOURCE, _repo_files(awq))
+    plan_md, _, _, button, _ = app.preview_model(SOURCE, "NVFP4A16", [], _token())
+    assert "source: AWQ 4-bit (groups of 64), converted and decompressed in memory (14 weights)" in plan_md
+    assert "| quantized: NVFP4A16 (nvfp4-pack-quantized) | 14 |" in plan_md
+    assert _interactive(button) is True
+
+
 def test_preview_without_sign_in_still_plans_a_public_model(hub, source):
     plan_md, ignore, target, button, _ = app.preview_model(SOURCE, "FP8_BLOCK", None, None)
     assert "Ready to run" in plan_md and ignore == "lm_head\nre:.*embed_tokens$"
