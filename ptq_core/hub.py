@@ -302,7 +302,7 @@ def plan_hub_parts(source: Job | str, parts: int, *, token: str | None = None) -
         InvalidOptionError: ``parts`` below 1 or above the number of output shards.
         the errors of ``plan_hub_model`` for a Hub source.
     """
-    job = source if isinstance(source, Job) else make_job(source)
+    job = _hub_job(source) if isinstance(source, Job) else make_job(source)
     if Path(job.source).expanduser().is_dir():
         folder = Path(job.source).expanduser()
         checkpoint = open_checkpoint(folder)
@@ -410,6 +410,7 @@ def prepare_hub_job(
         the errors of ``quantize_to_hub`` except those of streaming and committing.
     """
     t0 = time.monotonic()
+    _hub_job(job)
     check_repo_id(job.source, "source")
     target = job.target
     if target is not None and "/" in target:
@@ -676,10 +677,24 @@ class _StageClock:
 def _job_from(source: Job | str, scheme: str | None, options: dict[str, Any]) -> Job:
     if isinstance(source, Job):
         _refuse_options_with_job(scheme, **options)
-        return source
+        return _hub_job(source)
     if "max_workers" in options:
         options["workers"] = options.pop("max_workers")
     return make_job(source, scheme, **options)
+
+
+def _hub_job(job: Job) -> Job:
+    """Hub jobs detect and dequantize quantized sources themselves; converter objects stay local.
+
+    A part may run on another machine (an Action matrix job) and the finalize on a third:
+    Python converter objects cannot travel with them, and a merged config would differ.
+    """
+    if job.converters or job.append:
+        raise InvalidOptionError(
+            "converters and append are for a local run (model_free_ptq / quantize_job); a Hub job detects the "
+            "source's format (FP8 blocks, compressed-tensors, ModelOpt, AWQ) and dequantizes it itself."
+        )
+    return job
 
 
 # make_job's defaults: passing one of these next to a Job says nothing the Job does not already say

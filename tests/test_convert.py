@@ -311,3 +311,15 @@ def test_a_lone_bf16_fp8_block_dequantizer_is_replaced_by_the_fused_decode_and_o
         assert bool(got.plan.source.converters) != fused
         assert got.plan.source.format.summary == ("FP8 blocks (128x128), dequantized in memory" if fused
                                                   else "converted in memory by FP8BlockDequantizer")
+
+
+def test_hub_jobs_refuse_converter_objects_before_any_request(hub):
+    from ptq_core.hub import plan_hub_model, plan_hub_parts, quantize_to_hub
+    from ptq_core.job import make_job
+
+    for job in (make_job("bob/tiny", "W4A16", converters=Rescale()), make_job("bob/tiny", "W4A16", append=True)):
+        for call in (lambda: quantize_to_hub(job, token="hf_test_alice"), lambda: plan_hub_model(job),
+                     lambda: plan_hub_parts(job, 2)):
+            with pytest.raises(InvalidOptionError, match="converters and append are for a local run"):
+                call()
+    assert not hub.requests_log
