@@ -28,10 +28,10 @@ from typing import Iterable, Iterator, Protocol, Sequence
 import torch
 
 from .checkpoint import Checkpoint, ShardReader, TensorInfo, open_checkpoint, read_config
+from .convert import ST_TO_TORCH, output_quantization_config, run_chain
 from .errors import ConverterError, InvalidOptionError, NonFiniteScaleError, NonFiniteWeightError, TensorShapeError
 from .job import Job, make_job
 from .numerics import Scratch, dequantize_fp8_block, global_scale_from_stats, observe_weight, quantize_weight
-from .convert import ST_TO_TORCH, output_quantization_config, run_chain
 from .plan import Plan, PlannedWeight, build_plan, check_merged_config, source_plan
 from .source import ProgressCallback, resolve_source
 from .sizes import compression_ratio
