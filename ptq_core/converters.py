@@ -207,6 +207,7 @@ def detect_source(config: Mapping[str, Any], tensor_names: Iterable[str]) -> Sou
     if method == "fp8":
         return _fp8_block(quant, names)
     if method == "compressed-tensors":
+        _refuse_ct_extras(quant)
         return _compressed_tensors(names)
     if method == "modelopt":
         return _modelopt(quant, names)
@@ -242,6 +243,23 @@ def _fp8_block(quant: Mapping[str, Any], names: set[str]) -> SourcePlan:
         steps.append(Dequantization(module, weight, (f"{module}.weight_scale_inv",), weight))
     bh, bw = block
     return SourcePlan(SourceFormat(FP8_BLOCK, f"FP8 blocks ({bh}x{bw}), dequantized in memory", block=(bh, bw)), tuple(steps))
+
+
+def _refuse_ct_extras(quant: Mapping[str, Any]) -> None:
+    """Sparsity and transforms change what the stored weights mean beyond their quantization:
+    dequantizing alone would give other numbers than the model's, so such sources are refused."""
+    sparsity = quant.get("sparsity_config") or {}
+    fmt = sparsity.get("format") if isinstance(sparsity, Mapping) else sparsity
+    if fmt not in (None, "", "dense"):
+        raise UnsupportedSourceError(
+            f"The source is compressed-tensors with {fmt!r} sparsity, which ptq-hub cannot decompress; "
+            "start from the dense (BF16/F16) release of the model."
+        )
+    if quant.get("transform_config"):
+        raise UnsupportedSourceError(
+            "The source is compressed-tensors with a transform_config (rotated weights): dequantizing it alone "
+            "would not give the model's weights; start from the unquantized (BF16/F16) release of the model."
+        )
 
 
 def _compressed_tensors(names: set[str]) -> SourcePlan:

@@ -198,6 +198,10 @@ def test_dense_source():
     ({"quant_method": "fp8", "activation_scheme": "static"}, r"^The source is per-tensor FP8 \(quant_method 'fp8' without weight_block_size\)"),
     ({"quant_method": "awq", "bits": 4, "version": "gemv"}, r"^The source is AWQ 4-bit 'gemv'; ptq-hub converts 4-bit GEMM AWQ only"),
     ({"quant_method": "modelopt", "quant_algo": "FP8"}, r"^The source is ModelOpt FP8; ptq-hub converts ModelOpt NVFP4 only"),
+    ({"quant_method": "compressed-tensors", "sparsity_config": {"format": "sparse-24-bitmask"}},
+     r"^The source is compressed-tensors with 'sparse-24-bitmask' sparsity, which ptq-hub cannot decompress"),
+    ({"quant_method": "compressed-tensors", "transform_config": {"config_groups": {"R1": {"type": "hadamard"}}}},
+     r"^The source is compressed-tensors with a transform_config \(rotated weights\)"),
 ])
 def test_unsupported_sources_are_refused_by_name(quant, message):
     with pytest.raises(UnsupportedSourceError, match=message):
