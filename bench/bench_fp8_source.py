@@ -38,7 +38,9 @@ from safetensors.torch import save_file
 
 import bench_model_free_ptq as bench
 from bench_model_free_ptq import CHUNK, GB, PEER_VERSION, SchemeResult, Tool, parse_count, read_all
-from checkpoint import COMPLETE_MARKER, LlamaShape, _random_tensor, shard_file_names, solve_shape, weight_files
+from checkpoint import (
+    COMPLETE_MARKER, LlamaShape, _random_tensor, plan_shards, shard_file_names, solve_shape, weight_files,
+)
 from peer_env import default_torch_mode
 
 DEFAULT_SCHEMES = ("NVFP4A16", "W4A16")
@@ -64,25 +66,6 @@ def stored_bytes(name: str, shape: tuple[int, ...]) -> int:
     if is_fp8_weight(name, shape):
         return math.prod(shape) + 4 * math.prod(scale_shape(shape))
     return 2 * math.prod(shape)
-
-
-def plan_fp8_shards(shape: LlamaShape, max_shard_bytes: int) -> list[list[str]]:
-    """Greedy in state-dict order over the bytes as stored (FP8 + scales), like
-    ``checkpoint.plan_shards``; a size that gives one shard is shrunk to a third, so
-    the multi-shard path (fused groups straddling shards) is always exercised."""
-    sizes = [(name, stored_bytes(name, s)) for name, s in shape.tensor_shapes()]
-    total = sum(size for _, size in sizes)
-    if total <= max_shard_bytes:
-        max_shard_bytes = math.ceil(total / 3)
-    shards: list[list[str]] = [[]]
-    used = 0
-    for name, size in sizes:
-        if shards[-1] and used + size > max_shard_bytes:
-            shards.append([])
-            used = 0
-        shards[-1].append(name)
-        used += size
-    return shards
 
 
 def to_fp8_block(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,7 +129,7 @@ def ensure_fp8_checkpoint(
     seed; it is built in a temporary folder, marked complete last and renamed.
     """
     shape = solve_shape(target_params, hidden_size)
-    shards = plan_fp8_shards(shape, max_shard_bytes)
+    shards = plan_shards(shape, max_shard_bytes, nbytes=stored_bytes)
     name = (
         f"llama-fp8block{BLOCK}-{shape.num_params() / 1e6:.0f}M-h{shape.hidden_size}-i{shape.intermediate_size}"
         f"-L{shape.num_hidden_layers}-{len(shards)}shard-seed{seed}"
@@ -176,11 +159,7 @@ def ensure_fp8_checkpoint(
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="Columns and caveats: bench/README.md.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = bench.new_parser(__doc__)
     src = p.add_argument_group("input checkpoint")
     src.add_argument("--checkpoint", type=Path, help="use this FP8-block safetensors folder instead of generating one")
     src.add_argument(

@@ -134,12 +134,17 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
+def new_parser(doc: str) -> argparse.ArgumentParser:
+    """The benchmarks' argument parser: the module docstring's first paragraph, defaults shown."""
+    return argparse.ArgumentParser(
+        description=doc.split("\n\n")[0],
         epilog="Columns and caveats: bench/README.md.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = new_parser(__doc__)
     src = p.add_argument_group("input checkpoint")
     src.add_argument("--checkpoint", type=Path, help="use this safetensors folder instead of generating one")
     src.add_argument(

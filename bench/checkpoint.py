@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -133,14 +134,18 @@ def solve_shape(target_params: int, hidden_size: int | None = None) -> LlamaShap
     return LlamaShape(h, inter, layers, heads, kv_heads)
 
 
-def plan_shards(shape: LlamaShape, max_shard_bytes: int | None) -> list[list[str]]:
+def plan_shards(
+    shape: LlamaShape, max_shard_bytes: int | None, nbytes: Callable[[str, tuple[int, ...]], int] | None = None
+) -> list[list[str]]:
     """Split tensors greedily in order, like ``save_pretrained(max_shard_size=...)``.
 
     ``None`` means one file. A size that would give a single shard is shrunk to a
     third of the checkpoint so the multi-shard path (index.json, cross-shard
-    fused q/k/v and gate/up groups) is always exercised.
+    fused q/k/v and gate/up groups) is always exercised. ``nbytes(name, shape)``: a
+    tensor's bytes as stored (default bf16; the FP8-block benchmark passes its own).
     """
-    tensors = [(name, math.prod(s) * 2) for name, s in shape.tensor_shapes()]
+    size_of = nbytes or (lambda _name, s: math.prod(s) * 2)
+    tensors = [(name, size_of(name, s)) for name, s in shape.tensor_shapes()]
     if max_shard_bytes is None:
         return [[name for name, _ in tensors]]
     total = sum(size for _, size in tensors)
