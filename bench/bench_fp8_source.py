@@ -27,7 +27,6 @@ import math
 import os
 import platform
 import shlex
-import shutil
 import signal
 import sys
 from dataclasses import asdict
@@ -39,7 +38,8 @@ from safetensors.torch import save_file
 import bench_model_free_ptq as bench
 from bench_model_free_ptq import CHUNK, GB, PEER_VERSION, SchemeResult, Tool, parse_count, read_all
 from checkpoint import (
-    COMPLETE_MARKER, LlamaShape, _random_tensor, plan_shards, shard_file_names, solve_shape, weight_files,
+    COMPLETE_MARKER, LlamaShape, _random_tensor, build_cached, plan_shards, shard_file_names, solve_shape,
+    weight_files,
 )
 from peer_env import default_torch_mode
 
@@ -134,25 +134,12 @@ def ensure_fp8_checkpoint(
         f"llama-fp8block{BLOCK}-{shape.num_params() / 1e6:.0f}M-h{shape.hidden_size}-i{shape.intermediate_size}"
         f"-L{shape.num_hidden_layers}-{len(shards)}shard-seed{seed}"
     )
-    folder = cache_dir / "checkpoints" / name
-    if (folder / COMPLETE_MARKER).is_file():
-        return folder
-    print(
-        f"generating {shape.num_params() / 1e6:.1f} M-param FP8-block checkpoint in {len(shards)} shard(s) -> {folder}",
-        file=sys.stderr,
-        flush=True,
-    )
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    _write_fp8_checkpoint(tmp, shape, shards, seed)
     fp8 = sum(is_fp8_weight(n, s) for n, s in shape.tensor_shapes())
     marker = {"shape": asdict(shape), "num_params": shape.num_params(), "seed": seed, "fp8_weights": fp8,
               "weight_block_size": [BLOCK, BLOCK]}
-    (tmp / COMPLETE_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-    return folder
+    return build_cached(cache_dir / "checkpoints" / name,
+                        f"{shape.num_params() / 1e6:.1f} M-param FP8-block checkpoint in {len(shards)} shard(s)",
+                        lambda tmp: _write_fp8_checkpoint(tmp, shape, shards, seed), marker)
 
 
 # ----------------------------------------------------------------------------- arguments

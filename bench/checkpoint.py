@@ -219,18 +219,21 @@ def ensure_checkpoint(
     shape = solve_shape(target_params, hidden_size)
     shards = plan_shards(shape, max_shard_bytes)
     folder = cache_dir / "checkpoints" / checkpoint_name(shape, shards, seed)
+    marker = {"shape": asdict(shape), "num_params": shape.num_params(), "seed": seed, "std": WEIGHT_STD}
+    return build_cached(folder, f"{shape.num_params() / 1e6:.1f} M-param bf16 checkpoint in {len(shards)} shard(s)",
+                        lambda tmp: _write_checkpoint(tmp, shape, shards, seed), marker)
+
+
+def build_cached(folder: Path, what: str, write: Callable[[Path], None], marker: dict) -> Path:
+    """``folder`` if a complete build is there, else ``write`` it into a temporary sibling,
+    mark it complete last and rename it into place (an interrupted build never counts)."""
     if (folder / COMPLETE_MARKER).is_file():
         return folder
-    print(
-        f"generating {shape.num_params() / 1e6:.1f} M-param bf16 checkpoint in {len(shards)} shard(s) -> {folder}",
-        file=sys.stderr,
-        flush=True,
-    )
+    print(f"generating {what} -> {folder}", file=sys.stderr, flush=True)
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    _write_checkpoint(tmp, shape, shards, seed)
-    marker = {"shape": asdict(shape), "num_params": shape.num_params(), "seed": seed, "std": WEIGHT_STD}
+    write(tmp)
     (tmp / COMPLETE_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
