@@ -27,20 +27,15 @@ import math
 import os
 import platform
 import shlex
-import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 import bench_model_free_ptq as bench
-from bench_model_free_ptq import CHUNK, GB, PEER_VERSION, SchemeResult, Tool, parse_count, read_all
-from checkpoint import (
-    COMPLETE_MARKER, LlamaShape, _random_tensor, build_cached, plan_shards, shard_file_names, solve_shape,
-    weight_files,
-)
+from bench_model_free_ptq import GB, PEER_VERSION, SchemeResult, parse_count
+from checkpoint import COMPLETE_MARKER, LlamaShape, _write_checkpoint, build_cached, plan_shards, solve_shape
 from peer_env import default_torch_mode
 
 DEFAULT_SCHEMES = ("NVFP4A16", "W4A16")
@@ -91,33 +86,12 @@ def fp8_config_json(shape: LlamaShape) -> dict:
     return config
 
 
-def _write_fp8_checkpoint(folder: Path, shape: LlamaShape, shards: list[list[str]], seed: int) -> None:
-    """One shard at a time. The weights are drawn in state-dict order from one generator,
-    as checkpoint.py draws them, so they are the dense checkpoint's weights before FP8."""
-    gen = torch.Generator().manual_seed(seed)
-    shapes = dict(shape.tensor_shapes())
-    names = shard_file_names(len(shards))
-    weight_map: dict[str, str] = {}
-    total = 0
-    for file_name, tensor_names in zip(names, shards):
-        tensors: dict[str, torch.Tensor] = {}
-        for name in tensor_names:
-            weight = _random_tensor(shapes[name], name, gen)
-            if is_fp8_weight(name, shapes[name]):
-                tensors[name], tensors[name.removesuffix(".weight") + ".weight_scale_inv"] = to_fp8_block(weight)
-            else:
-                tensors[name] = weight
-        total += sum(t.nbytes for t in tensors.values())
-        save_file(tensors, str(folder / file_name), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(tensors, file_name))
-        del tensors
-        print(f"  wrote {file_name}", file=sys.stderr, flush=True)
-    if len(names) > 1:
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    (folder / "config.json").write_text(json.dumps(fp8_config_json(shape), indent=2, sort_keys=True) + "\n")
-    generation = {"bos_token_id": 1, "eos_token_id": 2, "transformers_version": "4.57.0"}
-    (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+def _stored(name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A weight as the FP8 release stores it: FP8 + ``weight_scale_inv``, or bf16 as it is."""
+    if not is_fp8_weight(name, tuple(weight.shape)):
+        return {name: weight}
+    fp8, scale_inv = to_fp8_block(weight)
+    return {name: fp8, name.removesuffix(".weight") + ".weight_scale_inv": scale_inv}
 
 
 def ensure_fp8_checkpoint(
@@ -139,7 +113,7 @@ def ensure_fp8_checkpoint(
               "weight_block_size": [BLOCK, BLOCK]}
     return build_cached(cache_dir / "checkpoints" / name,
                         f"{shape.num_params() / 1e6:.1f} M-param FP8-block checkpoint in {len(shards)} shard(s)",
-                        lambda tmp: _write_fp8_checkpoint(tmp, shape, shards, seed), marker)
+                        lambda tmp: _write_checkpoint(tmp, shape, shards, seed, _stored, fp8_config_json(shape)), marker)
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -247,37 +221,15 @@ def report(ctx: bench.Context, results: list[SchemeResult]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    tools: list[Tool] = []
-    if "ours" in args.tools:
-        tools.append(bench.ours_tool(args.ours_python))  # first: fail before any slow step
-    if "peer" in args.tools:
-        tools.append(bench.peer_tool(args)[0])
+    return bench.run(parse_args(argv), resolve_input, report)
+
+
+def resolve_input(args: argparse.Namespace) -> Path:
+    """``--checkpoint``, or the cached FP8-block checkpoint of ``--params``."""
     if args.checkpoint is not None:
-        model = args.checkpoint.resolve()
-    else:
-        model = ensure_fp8_checkpoint(
-            args.cache_dir, args.params, int(args.shard_mb * 1e6), hidden_size=args.hidden, seed=args.seed
-        )
-    files = weight_files(model)
-    ctx = bench.Context(args, model, files, tools, read_all(files, memoryview(bytearray(CHUNK))), os.getloadavg())
-    results: list[SchemeResult] = []
-    signal.signal(signal.SIGTERM, bench._raise_interrupt)  # `timeout`, CI limits: still report
-    try:
-        for scheme in args.schemes:
-            results.append(SchemeResult(scheme))
-            bench.bench_scheme(results[-1], tools, model, files, args)
-    except KeyboardInterrupt:
-        print("interrupted: reporting the runs that finished", file=sys.stderr)
-        results = [r for r in results if r.runs]
-    ctx.load_after = os.getloadavg()
-    print(report(ctx, results))
-    if args.json:
-        bench.dump_json(args.json, results, tools, ctx.input_bytes)
-    failed = [r for res in results for r in res.runs if not r.ok]
-    if failed:
-        print(f"{len(failed)} run(s) failed; logs under {args.cache_dir / 'runs'}", file=sys.stderr)
-    return 1 if failed else 0
+        return args.checkpoint.resolve()
+    return ensure_fp8_checkpoint(args.cache_dir, args.params, int(args.shard_mb * 1e6), hidden_size=args.hidden,
+                                 seed=args.seed)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -737,12 +738,19 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    return run(args, resolve_input, report)
+
+
+def run(args: argparse.Namespace, resolve: Callable[[argparse.Namespace], Path],
+        render: Callable[[Context, list[SchemeResult]], str]) -> int:
+    """Every scheme x tool x repeat in fresh processes, then the report (also after Ctrl-C or
+    SIGTERM, with the runs that finished). ``resolve(args)`` gives the input folder."""
     tools: list[Tool] = []
     if "ours" in args.tools:
         tools.append(ours_tool(args.ours_python))  # first: fail before any slow step
     if "peer" in args.tools:
         tools.append(peer_tool(args)[0])
-    model = resolve_input(args)
+    model = resolve(args)
     files = weight_files(model)
     ctx = Context(args, model, files, tools, read_all(files, memoryview(bytearray(CHUNK))), os.getloadavg())
     results: list[SchemeResult] = []
@@ -755,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: reporting the runs that finished", file=sys.stderr)
         results = [r for r in results if r.runs]
     ctx.load_after = os.getloadavg()
-    print(report(ctx, results))
+    print(render(ctx, results))
     if args.json:
         dump_json(args.json, results, tools, ctx.input_bytes)
     failed = [r for res in results for r in res.runs if not r.ok]

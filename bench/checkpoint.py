@@ -174,24 +174,40 @@ def _random_tensor(shape: tuple[int, ...], name: str, gen: torch.Generator) -> t
     return torch.empty(shape, dtype=torch.bfloat16).normal_(0.0, WEIGHT_STD, generator=gen)
 
 
-def _write_checkpoint(folder: Path, shape: LlamaShape, shards: list[list[str]], seed: int) -> None:
-    """Write shards one at a time so peak memory is one shard, not the model."""
+def _write_checkpoint(
+    folder: Path,
+    shape: LlamaShape,
+    shards: list[list[str]],
+    seed: int,
+    stored: Callable[[str, torch.Tensor], dict[str, torch.Tensor]] | None = None,
+    config: dict | None = None,
+) -> None:
+    """Write shards one at a time so peak memory is one shard, not the model.
+
+    The weights are drawn in state-dict order from one generator; ``stored(name, weight)``
+    gives the tensors a weight is stored as (default: itself, bf16), ``config`` the
+    config.json (default: the dense Llama's).
+    """
     gen = torch.Generator().manual_seed(seed)
     shapes = dict(shape.tensor_shapes())
     names = shard_file_names(len(shards))
     weight_map: dict[str, str] = {}
     total = 0
     for file_name, tensor_names in zip(names, shards):
-        tensors = {n: _random_tensor(shapes[n], n, gen) for n in tensor_names}
+        tensors: dict[str, torch.Tensor] = {}
+        for name in tensor_names:
+            weight = _random_tensor(shapes[name], name, gen)
+            tensors.update(stored(name, weight) if stored else {name: weight})
         total += sum(t.nbytes for t in tensors.values())
         save_file(tensors, str(folder / file_name), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(tensor_names, file_name))
+        weight_map.update(dict.fromkeys(tensors, file_name))
         del tensors
         print(f"  wrote {file_name}", file=sys.stderr, flush=True)
     if len(names) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
         (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    (folder / "config.json").write_text(json.dumps(shape.config_json(), indent=2, sort_keys=True) + "\n")
+    config = config or shape.config_json()
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     generation = {"bos_token_id": 1, "eos_token_id": 2, "transformers_version": "4.57.0"}
     (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
 
