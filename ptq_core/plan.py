@@ -219,9 +219,11 @@ class Plan:
     def to_markdown(self, *, max_examples: int = 3) -> str:
         """Tables a person reads at a glance: what gets quantized, what not and why, sizes."""
         lines = [f"### Plan: {self.scheme_name}", ""]
-        if self.source.format.is_quantized:
-            lines += [f"source: {self.source.format.summary} ({len(self.source.dequantize):,} weights)", ""]
-        lines += ["| | tensors | before | after |", "|---|---:|---:|---:|"]
+        converted = self.source.format.is_quantized
+        if converted:  # rows count the dense tensors the quantize step sees, the total the files
+            lines += [f"source: {self.source.format.summary} ({len(self.source.dequantize):,} weights), "
+                      f"{format_bytes(self.size_before)} as stored", ""]
+        lines += [f"| | tensors | {'dequantized' if converted else 'before'} | after |", "|---|---:|---:|---:|"]
         per_group: dict[str, list[int]] = {}  # group -> [tensors, bytes before, bytes after]
         for i in self.quantized:
             row = per_group.setdefault(i.group, [0, 0, 0])
@@ -233,7 +235,10 @@ class Plan:
         copied = [i for i in self.items if i.group is None]
         copied_bytes = sum(o.nbytes for i in copied for o in i.outputs)
         lines.append(f"| kept as is | {len(copied)} | {format_bytes(copied_bytes)} | {format_bytes(copied_bytes)} |")
-        lines.append(f"| **total** | {len(self.items)} | **{format_bytes(self.size_before)}** | **{format_bytes(self.size_after)}** ({self.ratio:.2f}x smaller) |")
+        before = sum(row[1] for row in per_group.values()) + copied_bytes if converted else self.size_before
+        than = " than the source as stored" if converted else ""
+        lines.append(f"| **total** | {len(self.items)} | **{format_bytes(before)}** | **{format_bytes(self.size_after)}** "
+                     f"({self.ratio:.2f}x smaller{than}) |")
         if self.skipped:
             by_reason: dict[str, list[str]] = defaultdict(list)
             for name, reason in self.skipped.items():

@@ -323,3 +323,22 @@ def test_hub_jobs_refuse_converter_objects_before_any_request(hub):
             with pytest.raises(InvalidOptionError, match="converters and append are for a local run"):
                 call()
     assert not hub.requests_log
+
+
+def test_the_plan_of_a_quantized_source_counts_dense_rows_and_the_stored_total(tmp_path):
+    from factory import make_awq_checkpoint
+    from ptq_core.checkpoint import open_checkpoint as open_ckpt
+    from ptq_core.plan import plan_checkpoint
+    from ptq_core.sizes import format_bytes
+
+    src = make_awq_checkpoint(tmp_path / "awq", "llama", group_size=64)
+    plan = plan_checkpoint(src, "NVFP4A16", ignore=["lm_head"])
+    text = plan.to_markdown()
+    stored = open_ckpt(src).total_bytes
+    assert plan.size_before == stored
+    assert f"converted and decompressed in memory (14 weights), {format_bytes(stored)} as stored" in text
+    assert "| | tensors | dequantized | after |" in text
+    dense = sum(2 * i.shape[0] * i.shape[1] for i in plan.quantized) + sum(o.nbytes for i in plan.items if i.group is None
+                                                                         for o in i.outputs)
+    assert f"| **total** | {len(plan.items)} | **{format_bytes(dense)}** |" in text
+    assert "smaller than the source as stored) |" in text
