@@ -195,7 +195,7 @@ class ExpertRules:
                     else "there is no config.json to read the expert layout from")
             raise self._error(name, shape, what)
         if family.refused:
-            raise self._error(name, shape, f"{family.name}: {family.refused}")
+            raise self._error(name, shape, f"{family.name}: {family.refused}", fix="")
         experts = self._dim(name, shape, _EXPERT_COUNT_KEYS)
         hidden = self._dim(name, shape, ("hidden_size",))
         inter_key = next((k for k in family.intermediate if isinstance(self._config.get(k), int)), family.intermediate[0])
@@ -225,9 +225,10 @@ class ExpertRules:
                 return value
         raise self._error(name, shape, f"config.json has no {' / '.join(keys)} to check its dimensions against")
 
-    def _error(self, name: str, shape: tuple[int, ...], why: str) -> ExpertLayoutError:
+    def _error(self, name: str, shape: tuple[int, ...], why: str, fix: str = "Fix config.json, or ") -> ExpertLayoutError:
+        guess = " Splitting by guess would write wrong experts." if fix else ""
+        add = f"{fix}add {name.rpartition('.')[0]!r} to ignore"
         return ExpertLayoutError(
-            f"{name}: fused MoE experts {list(shape)} are not split, because {why}. Splitting by guess would write "
-            f"wrong experts. Fix config.json, or add {name.rpartition('.')[0]!r} to ignore to copy the fused "
-            "tensor as it is."
+            f"{name}: fused MoE experts {list(shape)} are not split, because {why}.{guess} {add[0].upper()}{add[1:]} "
+            "to copy the fused tensors (and their biases) as they are."
         )
