@@ -8,50 +8,60 @@ position of its dimensions: the model family (``model_type`` of config.json, or 
 and the shape must then be exactly ``[experts, ...]`` with the config's expert count, hidden size
 and expert intermediate size. Anything else is refused (``ExpertLayoutError``) by name.
 
-Which layout the loaders read, per family (transformers 5.25 and vLLM 0.33 read; the per-expert
-names are the only compressed-tensors layout either of them dequantizes or loads for experts:
-transformers' ``CompressedTensorsDequantize`` (integrations/compressed_tensors.py) takes a list of
-per-expert packed weights and merges them through the model's conversion mapping; vLLM's
-``RoutedExperts.load_weights`` (layers/fused_moe/routed_experts.py) maps
-``experts.{e}.{gate,up,down}.`` with ``build_expert_params_mapping``, and its fused mapping covers
-unquantized 3-D tensors only):
+Which layout the loaders read, per family (read in transformers 5.25 and vLLM 0.33). The per-expert
+2-D layout is the one both read quantized: compressed-tensors compresses modules (``<module>.weight_packed``,
+``.weight_scale``...), transformers' ``CompressedTensorsDequantize`` (integrations/compressed_tensors.py)
+decompresses a list of per-expert modules and merges them through the model's conversion mapping,
+and vLLM's ``RoutedExperts.load_weights`` (layers/fused_moe/routed_experts.py) maps
+``experts.{e}.<gate>.`` / ``<up>.`` / ``<down>.`` through ``build_expert_params_mapping``. A fused
+quantized 3-D tensor has no compressed-tensors module to decompress (transformers cannot read it;
+llm-compressor PR #3183's 3-D repacking targets vLLM alone), so it is never written:
 
-==============  ============================================  ============================================  ==========================================
-family          stored (transformers 5 native / as shipped)   written (per expert, out x in)                evidence
-==============  ============================================  ============================================  ==========================================
-qwen3_moe,      ``mlp.experts.gate_up_proj`` [E, 2I, H],      ``mlp.experts.{e}.gate_proj`` / ``up_proj``    transformers conversion_mapping.py
-qwen2_moe,      gate rows then up rows;                       / ``down_proj`` ``.weight``                    ``"qwen2_moe"`` (MergeModulelist +
-deepseek_v2/v3  ``mlp.experts.down_proj`` [E, H, I]                                                          Concatenate(dim=1)); vLLM qwen3_moe.py /
-                (I = ``moe_intermediate_size``)                                                              qwen2_moe.py ``FusedMoEFactory`` default
-                                                                                                             ckpt_names, deepseek_v2.py ``load_weights``
-                                                                                                             ``fused_moe_make_expert_params_mapping``
-mixtral         ``mlp.experts.gate_up_proj`` [E, 2I, H],      ``block_sparse_moe.experts.{e}.w1`` (gate) /   transformers ``"mixtral"`` mapping
-                ``mlp.experts.down_proj`` [E, H, I]; every    ``w3`` (up) / ``w2`` (down) ``.weight``; the   (``.block_sparse_moe.`` -> ``.mlp.``,
-                module of the layer under ``.mlp.``           router ``mlp.gate`` -> ``block_sparse_moe``    ``experts.*.w1/w3/w2.weight``); vLLM
-                (I = ``intermediate_size``)                   ``.gate`` (the original format)                mixtral.py ``MixtralMoE`` (module
-                                                                                                             ``block_sparse_moe``, ckpt_names w1/w2/w3)
-llama4          ``feed_forward.experts.gate_up_proj``         ``feed_forward.experts.{e}.gate_proj`` /       vLLM llama4.py ``load_weights``
-                [E, H, 2I] (in x out, gate then up on the     ``up_proj`` / ``down_proj`` ``.weight``        (per-expert ``expert_params_mapping``
-                last axis); ``down_proj`` [E, I, H]                                                          gate_proj/down_proj/up_proj; the fused
-                (I = text_config ``intermediate_size``)                                                      one transposes 3-D bf16 tensors only).
-                                                                                                             transformers 5.25 has no llama4
-                                                                                                             conversion: it reads neither layout
-                                                                                                             quantized.
-granitemoe,     ``block_sparse_moe.input_linear.weight``      ``block_sparse_moe.experts.{e}.gate_proj`` /   vLLM granitemoe.py (``FusedMoEFactory``
--shared,        [E, 2I, H] (gate rows first);                 ``up_proj`` / ``down_proj`` ``.weight``        default ckpt_names), granitemoehybrid.py
--hybrid         ``output_linear.weight`` [E, H, I] (or the                                                   ``get_expert_mapping``. transformers'
-                transformers 5 names ``experts.gate_up_proj``                                                ``"granitemoe"`` mapping only renames
-                / ``experts.down_proj``)                                                                     the fused tensors: it reads no
-                                                                                                             quantized layout.
-gpt_oss         ``mlp.experts.gate_up_proj`` [E, H, 2I],      refused (``ExpertLayoutError``): keep the      transformers has no gpt_oss conversion
-                gate/up interleaved on the last axis          experts as they are by ignoring               (``GptOssExperts`` takes only the fused
-                (gate = ``[..., ::2]``), ``down_proj``        ``re:.*mlp\\.experts$``                        3-D parameters); vLLM gpt_oss.py
-                [E, I, H], biases ``gate_up_proj_bias``                                                      ``_load_weights_other`` renames only
-                [E, 2I] (interleaved), ``down_proj_bias``                                                    fused / quark suffixes and skips any
-                [E, H]                                                                                       other name (``if name not in params_dict:
-                                                                                                             continue``): per-expert compressed
-                                                                                                             weights would load as random.
-==============  ============================================  ============================================  ==========================================
+Qwen-MoE (qwen2_moe, qwen3_moe) and DeepSeek (deepseek_v2, deepseek_v3)
+    stored:   ``mlp.experts.gate_up_proj`` [E, 2I, H] (gate rows, then up rows), ``mlp.experts.down_proj``
+              [E, H, I]; I = ``moe_intermediate_size``
+    written:  ``mlp.experts.{e}.gate_proj`` / ``up_proj`` / ``down_proj`` ``.weight``
+    evidence: transformers conversion_mapping.py ``"qwen2_moe"`` (``MergeModulelist(dim=0)`` +
+              ``Concatenate(dim=1)`` of ``experts.*.gate_proj/up_proj.weight``); vLLM qwen3_moe.py and
+              qwen2_moe.py ``FusedMoEFactory`` (default ckpt_names gate_proj/down_proj/up_proj),
+              deepseek_v2.py ``load_weights`` (``fused_moe_make_expert_params_mapping(gate_proj, ...)``).
+
+Mixtral (mixtral)
+    stored:   transformers 5 native ``mlp.experts.gate_up_proj`` [E, 2I, H], ``mlp.experts.down_proj``
+              [E, H, I], router ``mlp.gate``; I = ``intermediate_size``
+    written:  the original format: ``block_sparse_moe.experts.{e}.w1`` (gate) / ``w3`` (up) / ``w2`` (down)
+              ``.weight``, and every other ``.mlp.`` tensor (the router) under ``.block_sparse_moe.``
+    evidence: transformers ``"mixtral"`` mapping (``.block_sparse_moe.`` -> ``.mlp.``, then
+              ``.experts.*.w1/w3.weight`` -> ``gate_up_proj``, ``w2`` -> ``down_proj``); vLLM mixtral.py
+              ``MixtralMoE`` (module ``block_sparse_moe``, ``ckpt_names=("w1", "w2", "w3")``; it has no
+              ``.mlp.`` module, so the native names would not load at all).
+
+Llama-4 (llama4, llama4_text; dims in ``text_config``)
+    stored:   ``feed_forward.experts.gate_up_proj`` [E, H, 2I] (in x out; gate then up on the last axis),
+              ``feed_forward.experts.down_proj`` [E, I, H]; I = ``intermediate_size``
+    written:  ``feed_forward.experts.{e}.gate_proj`` / ``up_proj`` / ``down_proj`` ``.weight`` (out x in)
+    evidence: vLLM llama4.py ``load_weights`` / ``load_moe_expert_weights``: the per-expert
+              ``expert_params_mapping`` (gate_proj/down_proj/up_proj), while the fused path transposes and
+              chunks 3-D tensors. transformers 5.25 has no llama4 conversion (``Llama4TextExperts`` takes the
+              fused parameters only): it reads neither layout once quantized.
+
+GraniteMoE (granitemoe, granitemoeshared, granitemoehybrid)
+    stored:   ``block_sparse_moe.input_linear.weight`` [E, 2I, H] (gate rows first),
+              ``block_sparse_moe.output_linear.weight`` [E, H, I] (transformers 5 native:
+              ``experts.gate_up_proj`` / ``experts.down_proj``, same layout); I = ``intermediate_size``
+    written:  ``block_sparse_moe.experts.{e}.gate_proj`` / ``up_proj`` / ``down_proj`` ``.weight``
+    evidence: vLLM granitemoe.py ``FusedMoEFactory`` (default ckpt_names), granitemoehybrid.py
+              ``get_expert_mapping`` (``block_sparse_moe.experts.{e}.gate_proj.``...). transformers'
+              ``"granitemoe"`` mapping only renames the fused tensors: it reads no quantized layout.
+
+GPT-OSS (gpt_oss): refused
+    stored:   ``mlp.experts.gate_up_proj`` [E, H, 2I], gate/up interleaved on the last axis
+              (gate = ``[..., ::2]``), ``down_proj`` [E, I, H], ``gate_up_proj_bias`` [E, 2I] (interleaved),
+              ``down_proj_bias`` [E, H]
+    evidence: transformers has no gpt_oss conversion (``GptOssExperts`` takes the fused 3-D parameters
+              only); vLLM gpt_oss.py ``_load_weights_other`` renames only the fused and quark suffixes
+              (``hf_to_vllm_mapper``) and skips any other name (``if name not in params_dict: continue``),
+              so per-expert compressed weights would load as random, silently.
 
 A family whose fused experts are refused, and any unknown family, can still be quantized with the
 experts' module ignored: the fused tensors (and their biases) are then copied as they are.
