@@ -708,7 +708,12 @@ def check_merged_config(plan: Plan, merged: Mapping[str, Any], earlier_groups: i
             return "several groups that target Linear (" + ", ".join(groups[i][0] for i in by_class) + ")"
         return by_class[0] if by_class else None
 
-    quantized = {item.module: item.group for item in plan.quantized}
+    names = [name for name, _ in groups]
+    # merge() appends our groups in order, renaming one whose name is taken (a second stacked
+    # run's config_group_0 becomes config_group_1): compare with the name it was given.
+    given = {group: names[earlier_groups + i] for i, (group, _) in enumerate(plan.resolved.groups)
+             if earlier_groups + i < len(names)}
+    quantized = {item.module: given.get(item.group, item.group) for item in plan.quantized}
     states: dict[str, str] = {}
     for item in plan.items:
         module, _, param = item.name.rpartition(".")
@@ -719,7 +724,6 @@ def check_merged_config(plan: Plan, merged: Mapping[str, Any], earlier_groups: i
             states[module] = "compressed before this run"
         elif param == "weight" and len(item.shape) == 2 and not module.endswith("norm"):
             states.setdefault(module, "dense")
-    names = [name for name, _ in groups]
     for module, state in states.items():
         got = resolve(module)
         if state == "dense":

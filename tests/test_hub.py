@@ -76,7 +76,10 @@ def checkpoint(tmp_path_factory) -> Path:
 def _repo_files(folder: Path) -> dict[str, Path | bytes]:
     files: dict[str, Path | bytes] = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
     files["original/consolidated.00.pth"] = b"a duplicate in another format"
+    files["original/params.json"] = b"{}"  # a side file beside weights: the folder stays behind
     files["onnx/model.onnx"] = b"another duplicate"
+    files["1_Pooling/config.json"] = b'{"pooling_mode_mean_tokens": true}'  # sentence-transformers
+    files["additional_chat_templates/tool_use.jinja"] = b"{{ messages }}"
     return files
 
 
@@ -146,6 +149,8 @@ def test_quantize_to_hub_end_to_end(hub, source, checkpoint, work_dir, tmp_path,
         "tokenizer_config.json",
         "chat_template.jinja",
         "generation_config.json",
+        "1_Pooling/config.json",
+        "additional_chat_templates/tool_use.jinja",
     } <= files
     assert not any(f.endswith((".bin", ".pth", ".onnx")) or f.startswith(("original/", "onnx/")) for f in files)
     # Only what the output needs was downloaded.
