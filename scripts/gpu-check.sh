@@ -111,6 +111,7 @@ fi
 t=$(date +%s)
 VLLM_PY=""
 skip=""
+why=""
 has_vllm() { "$1" -c 'import vllm' >/dev/null 2>&1; }
 vllm_version() { "$1" -c 'import vllm; print(vllm.__version__)' 2>/dev/null; }
 index_reachable() {  # the index pip would use answers for vllm within 5 s
@@ -142,7 +143,8 @@ else
     src=(); [ -d .whl ] && src=(--find-links .whl); from="the package index"
   fi
   if [ -z "$from" ]; then
-    skip="vllm is not installed; .whl/ has no vllm-$VLLM_VERSION wheel and no package index answers (offline): vLLM's 336 MB wheel and its torch cannot travel in a 64 MiB carry"
+    skip="vllm is not installed and cannot be (offline, no wheel in .whl/)"
+    why="vllm is not installed; .whl/ has no vllm-$VLLM_VERSION wheel and no package index answers (offline): vLLM's 336 MB wheel and its torch cannot travel in a 64 MiB carry"
   else
     say "installing vllm==$VLLM_VERSION into $WORK/vllm-venv from $from (timeout ${VLLM_INSTALL_TIMEOUT:-900} s)"
     if python3 -m venv "$WORK/vllm-venv" >>"$LOG" 2>&1 &&
@@ -164,7 +166,7 @@ if [ -n "$VLLM_PY" ]; then
     row "setup: vLLM" PASS "vllm $v in $VLLM_PY$note" "$(since "$t")"
   fi
 elif ! grep -q '^setup: vLLM' "$ROWS"; then
-  row "setup: vLLM" SKIPPED "$skip" "$(since "$t")"
+  row "setup: vLLM" SKIPPED "${why:-$skip}" "$(since "$t")"
 fi
 
 # --------------------------------------------------------------------------- the checks
