@@ -221,9 +221,12 @@ def cuda_tests(rep: Report, budget: Budget, info: dict, work: Path) -> None:
         rep.add(Row(name, "SKIPPED", "pytest is not installed in this Python"))
         return
     xml = work / "cuda-tests.xml"
+    xml.unlink(missing_ok=True)
     timeout = budget.timeout(240)
     env = {**os.environ, "PTQ_DISABLE_PROGRESS": "1"}
-    done = run_cmd([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "test_cuda",
+    # pytest-xdist, where installed (the GPU image has it): 4 workers share the one GPU
+    workers = ["-n", "4"] if probe(sys.executable, "import xdist") is not None else []
+    done = run_cmd([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *workers, "-k", "test_cuda",
                     f"--junitxml={xml}", *files], timeout, env=env)
     counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
     if xml.exists():
