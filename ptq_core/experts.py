@@ -17,7 +17,8 @@ and vLLM's ``RoutedExperts.load_weights`` (layers/fused_moe/routed_experts.py) m
 quantized 3-D tensor has no compressed-tensors module to decompress (transformers cannot read it;
 llm-compressor PR #3183's 3-D repacking targets vLLM alone), so it is never written:
 
-Qwen-MoE (qwen2_moe, qwen3_moe) and DeepSeek (deepseek_v2, deepseek_v3)
+Qwen-MoE (qwen2_moe, qwen3_moe, and the families transformers converts like it: glm4_moe, olmoe,
+qwen3_next, ernie4_5_moe...) and DeepSeek (deepseek_v2, deepseek_v3)
     stored:   ``mlp.experts.gate_up_proj`` [E, 2I, H] (gate rows, then up rows), ``mlp.experts.down_proj``
               [E, H, I]; I = ``moe_intermediate_size``
     written:  ``mlp.experts.{e}.gate_proj`` / ``up_proj`` / ``down_proj`` ``.weight``
@@ -104,11 +105,15 @@ class _Family(NamedTuple):
 
 
 _FAMILIES = (
-    _Family("Qwen-MoE", ("qwen2_moe", "qwen3_moe"), False, False, ("gate_proj", "up_proj"), "down_proj",
-            ("moe_intermediate_size",)),
+    # transformers' conversion_mapping.py gives these families qwen2_moe's expert conversion (the same
+    # [E, 2I, H] / [E, H, I] layout); vLLM loads each per expert with gate_proj/up_proj/down_proj.
+    _Family("Qwen-MoE", ("qwen2_moe", "qwen3_moe", "qwen3_next", "qwen3_omni_moe", "qwen3_omni_moe_thinker",
+                         "qwen3_omni_moe_text", "glm4_moe", "glm4_moe_lite", "glm4v_moe", "olmoe", "flex_olmo",
+                         "ernie4_5_moe", "hunyuan_v1_moe", "dots1", "exaone_moe", "cohere2_moe"),
+            False, False, ("gate_proj", "up_proj"), "down_proj", ("moe_intermediate_size", "intermediate_size")),
     _Family("DeepSeek", ("deepseek_v2", "deepseek_v3"), False, False, ("gate_proj", "up_proj"), "down_proj",
             ("moe_intermediate_size",)),
-    _Family("Mixtral", ("mixtral",), False, False, ("w1", "w3"), "w2", ("intermediate_size",),
+    _Family("Mixtral", ("mixtral", "minimax"), False, False, ("w1", "w3"), "w2", ("intermediate_size",),
             module=(".mlp.", ".block_sparse_moe.")),
     _Family("Llama-4", ("llama4", "llama4_text"), True, False, ("gate_proj", "up_proj"), "down_proj",
             ("intermediate_size",)),
