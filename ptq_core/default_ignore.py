@@ -15,7 +15,9 @@ defaults come from ``config.json`` and the tensor shapes:
 * MoE routers: 2-D weights of ``num_experts`` rows and ``hidden_size`` columns;
 * towers: with a ``vision_config`` / ``audio_config`` section, every module under a
   vision/audio tower or multi-modal projector root;
-* MTP layers: ``layers.N`` with ``N >= num_hidden_layers``, and ``mtp`` modules.
+* MTP layers: ``layers.N`` with ``N >= num_hidden_layers``, and ``mtp`` modules;
+* fused 3-D experts of a family whose split experts no loader reads (GPT-OSS,
+  ``experts.ExpertRules``): kept fused in 16 bits, so the rest of the model still quantizes.
 
 Each rule yields ignore entries that match the module however a loader prefixes it
 (``re:.*lm_head$`` matches ``lm_head`` and ``model.language_model.lm_head``), checked
@@ -32,6 +34,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 from .checkpoint import TensorInfo
+from .experts import ExpertRules
 from .matching import IgnoreMatcher
 
 __all__ = ["DefaultIgnore", "loader_pattern", "model_default_ignore", "text_config"]
@@ -162,6 +165,11 @@ def model_default_ignore(
     vocab = _int(text, "vocab_size") or _int(config, "vocab_size")
     hidden = _int(text, "hidden_size", "d_model", "n_embd")
     experts = _int(text, *_EXPERT_COUNT_KEYS)
+    rules = ExpertRules(config)
+    if rules.family is not None and rules.family.refused:
+        for info in tensors:
+            if rules.is_fused(info.name, info.shape):
+                want(info.name.rpartition(".")[0], f"{rules.family.name} MoE experts kept fused (no loader reads them split)")
     for module, info in weights.items():
         leaf = module.rpartition(".")[2]
         if len(info.shape) == 2 and vocab is not None and info.shape[0] == vocab and not _IN_BLOCK.search(module):

@@ -43,8 +43,8 @@ Llama-4 (llama4, llama4_text; dims in ``text_config``)
     written:  ``feed_forward.experts.{e}.gate_proj`` / ``up_proj`` / ``down_proj`` ``.weight`` (out x in)
     evidence: vLLM llama4.py ``load_weights`` / ``load_moe_expert_weights``: the per-expert
               ``expert_params_mapping`` (gate_proj/down_proj/up_proj), while the fused path transposes and
-              chunks 3-D tensors. transformers 5.25 has no llama4 conversion (``Llama4TextExperts`` takes the
-              fused parameters only): it reads neither layout once quantized.
+              chunks 3-D tensors. transformers 5.25 loads the per-expert quantized layout too (the zoo,
+              tests/test_zoo.py, loads it with no missing keys and the pinned logits for every scheme).
 
 GraniteMoE (granitemoe, granitemoeshared, granitemoehybrid)
     stored:   ``block_sparse_moe.input_linear.weight`` [E, 2I, H] (gate rows first),

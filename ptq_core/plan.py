@@ -582,6 +582,8 @@ def _match_units(
         elif module in source.kept:  # copied as is, scales included
             if param in ("weight", "weight_packed"):
                 skipped[name] = "already quantized in the source"
+        elif experts.is_fused(name, shape):  # kept fused: its module is ignored (the plan says by what)
+            skipped[name] = match_module(module)[1]
         elif param == "weight":  # biases, buffers, scales: not weights, copied silently
             group, reason = match_module(module)
             if group is None:

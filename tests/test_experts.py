@@ -208,6 +208,19 @@ def test_gpt_oss_experts_are_refused_and_kept_fused_when_ignored(tmp_path):
     assert got["model.layers.0.self_attn.q_proj.weight"].dtype == torch.float8_e4m3fn
 
 
+def test_the_front_end_defaults_keep_gpt_oss_experts_fused_and_quantize_the_rest(tmp_path):
+    from ptq_core import make_job, quantize_job
+
+    src = gpt_oss(tmp_path / "gpt-oss")
+    out = tmp_path / "out"
+    result = quantize_job(make_job(str(src), "FP8_BLOCK"), out)
+    assert r"re:.*mlp\.experts$" in result.plan.resolved.ignore
+    assert result.plan.skipped["model.layers.0.mlp.experts.gate_up_proj"].startswith("default: GPT-OSS MoE experts kept fused")
+    got, source = load_tensors(out), load_tensors(src)
+    assert torch.equal(got["model.layers.0.mlp.experts.down_proj"], source["model.layers.0.mlp.experts.down_proj"])
+    assert got["model.layers.0.self_attn.q_proj.weight"].dtype == torch.float8_e4m3fn
+
+
 @pytest.mark.parametrize(
     ("config", "why"),
     [
