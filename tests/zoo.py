@@ -193,6 +193,7 @@ def _gpt_oss():
     t = _t()
     # Experts are 3-D parameters in every layout: gate_up_proj [E, H, 2I] with gate/up interleaved
     # along the last dim, down_proj [E, I, H], plus biases; router mlp.router (Linear with bias).
+    # I (256) differs from H (128), so a wrong split axis or a missing transpose shows in the shapes.
     config = t.GptOssConfig(**_TEXT, num_local_experts=EXPERTS, num_experts_per_tok=2, sliding_window=64)
     return t.GptOssForCausalLM, config
 
@@ -211,8 +212,10 @@ def _llama4():
     # Llama4ForConditionalGeneration: vision_model + multi_modal_projector + language_model whose
     # MoE layers have fused 3-D experts (gate_up_proj [E, H, 2I], down_proj [E, I, H]), a
     # shared_expert and a router; interleave_moe_layer_step=2 so layer 0 is dense, layer 1 MoE.
+    # The experts' intermediate size (256) differs from hidden (128), so an expert split on the
+    # wrong axis or without its transpose shows in the shapes.
     text = dict(
-        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=MOE_INTER, intermediate_size_mlp=INTER,
+        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTER, intermediate_size_mlp=INTER,
         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32, num_local_experts=EXPERTS,
         num_experts_per_tok=1, interleave_moe_layer_step=2, max_position_embeddings=256,
         attention_chunk_size=64, no_rope_layer_interval=2,
