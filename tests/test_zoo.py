@@ -17,9 +17,11 @@ Per architecture x scheme:
   ``conftest.min_logits_cosine`` of the cosine a correct run measures (``MEASURED``).
 
 Where transformers cannot load a valid checkpoint, the case is a strict, exactly-recognised
-loader limit (``LOADER_LIMITS``, the pattern of ``test_transformers_load.py``): the group check
-still runs first, then the loader's own failure is expected. A case the core gets wrong is a
-plain failure, never an xfail.
+loader limit (``LOADER_LIMITS``, the pattern of ``test_transformers_load.py``, whose reason quotes
+the loader's code). The output must first prove itself right: the group check, then the output
+decompressed by compressed-tensors' own decompressor, loaded as a dense checkpoint, must meet the
+bound; only then is the loader's exact failure expected (and the case fails the day it loads).
+A case the core gets wrong is a plain failure, never an xfail.
 
 Each source model is built once per session (``zoo_model``), its logits computed once.
 """
@@ -218,7 +220,6 @@ MEASURED: dict[str, float] = {
 FUSED_EXPERTS = {"gpt_oss": "interleaved"}
 _PER_EXPERT = re.compile(r"^(?P<experts>.*\.experts)\.(?P<e>\d+)\.(?P<proj>gate_proj|up_proj|down_proj)\.weight$")
 
-
 _CONVERSION = r"We encountered some issues during automatic conversion of the weights"
 MOE_NVFP4 = LoaderLimit(
     LowCosine,
@@ -400,12 +401,16 @@ def decompressed_by_compressed_tensors(arch: str, src: Path, out: Path, scheme: 
         tensors[f"{module}.weight"] = reference_decompress(state, preset(scheme)).to(torch.bfloat16)
     if arch in FUSED_EXPERTS:
         tensors = fuse_experts(tensors, FUSED_EXPERTS[arch])
-        source = {m: shape for m, shape in _stored_shapes(src).items() if re.search(r"\.experts\.(gate_up|down)_proj$", m)}
-        wrong = {n: (tuple(tensors[n].shape), shape) for n, shape in source.items() if tuple(tensors[n].shape) != shape}
+        source = {n: shape for n, shape in _stored_shapes(src).items()
+                  if re.search(r"\.experts\.(gate_up|down)_proj$", n)}
+        wrong = {n: (tuple(tensors[n].shape), shape) for n, shape in source.items()
+                 if tuple(tensors[n].shape) != shape}
         assert not wrong, (f"{out.name}: the per-expert weights do not rebuild the source's 3-D experts "
-                           f"({FUSED_EXPERTS[arch]} layout; rebuilt vs source shape): {wrong}; split on the wrong axis?")
+                           f"({FUSED_EXPERTS[arch]} layout; rebuilt vs source shape): {wrong}; "
+                           "split on the wrong axis?")
     dense.mkdir()
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(dense / "model.safetensors"), metadata={"format": "pt"})
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(dense / "model.safetensors"),
+              metadata={"format": "pt"})
     config = json.loads((out / "config.json").read_text())
     del config["quantization_config"]
     (dense / "config.json").write_text(json.dumps(config))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["SEED", "ZOO", "ZooArch", "build", "linear_modules"]
+__all__ = ["SEED", "ZOO", "ZooArch", "build", "linear_modules", "make_model"]
 
 SEED = 0
 VOCAB = 512
