@@ -5,8 +5,8 @@ Python calls) turns its own inputs into a ``Job`` through :func:`make_job`, and
 nothing below re-parses a scheme string, an ignore list or a worker count.
 
 The ignore rule, the same for every front end: ``ignore`` **adds** to the
-loader-safe defaults (``schemes.DEFAULT_IGNORE``: ``lm_head``, embeddings, MoE
-routers); ``default_ignore=False`` (``--no-default-ignore``, ``default-ignore:
+loader-safe defaults (the name rules of ``schemes.DEFAULT_IGNORE``, and at plan time
+what the model itself needs: ``default_ignore.model_default_ignore``); ``default_ignore=False`` (``--no-default-ignore``, ``default-ignore:
 false``) drops them. ``model_free_ptq`` is the one exception by design: as a
 drop-in for llm-compressor's function it ignores only what it is given.
 """
@@ -76,7 +76,10 @@ class Job:
 
     @property
     def ignore(self) -> tuple[str, ...]:
-        """The final ignore list (defaults included when they apply)."""
+        """The requested ignore list: the name rules when they apply, and the caller's entries.
+
+        The model's own defaults are added when it is planned (``Plan.resolved.ignore``).
+        """
         return tuple(self.resolved.ignore)
 
     @property
@@ -191,7 +194,8 @@ def make_job(
         raise InvalidOptionError(f"source must be a checkpoint folder or a Hub repo id, got {source!r}.")
     extra = validate_ignore(ignore)
     base = list(DEFAULT_IGNORE) if default_ignore else []
-    resolved = resolve_config(scheme, config, base + [p for p in extra if p not in base], observer=observer)
+    resolved = resolve_config(scheme, config, base + [p for p in extra if p not in base], observer=observer,
+                              model_defaults=default_ignore)
     if target is not None:
         if not isinstance(target, str) or not target.strip():
             raise InvalidOptionError(f"target={target!r} is not a repo id; give 'namespace/name' or leave it out.")

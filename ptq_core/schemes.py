@@ -9,7 +9,7 @@ calibration data, and describes the presets for the front ends.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
 from compressed_tensors import __version__ as COMPRESSED_TENSORS_VERSION
@@ -36,6 +36,7 @@ from .observers import resolve_observer
 __all__ = [
     "COMPRESSED_TENSORS_VERSION",
     "DEFAULT_IGNORE",
+    "DEFAULT_IGNORE_REASONS",
     "ResolvedConfig",
     "SchemeInfo",
     "canonical_scheme_name",
@@ -46,18 +47,21 @@ __all__ = [
     "weight_spec",
 ]
 
-DEFAULT_IGNORE: tuple[str, ...] = (
-    "lm_head",
-    r"re:.*embed_tokens$",
+DEFAULT_IGNORE_REASONS: dict[str, str] = {
+    "lm_head": "head (name)",
+    r"re:.*embed_tokens$": "embedding (name)",
     # MoE routers: vLLM loads them unquantized (Mixtral, Qwen-MoE, DeepSeek `mlp.gate`)
-    r"re:.*\.gate$",
-    r"re:.*\.router$",
-    r"re:.*shared_expert_gate$",
-)
-"""Loader-safe ignore list used by the CLI, the Action and the Space.
+    r"re:.*\.gate$": "MoE router (name)",
+    r"re:.*\.router$": "MoE router (name)",
+    r"re:.*shared_expert_gate$": "MoE router (name)",
+}
+DEFAULT_IGNORE: tuple[str, ...] = tuple(DEFAULT_IGNORE_REASONS)
+"""The name rules of the loader-safe ignore list used by the CLI, the Action and the Space.
 
-The Python ``model_free_ptq`` keeps llm-compressor's semantics and ignores only
-what the caller passes (plus modules ending in ``norm``).
+The planner adds what the model itself needs (``default_ignore.model_default_ignore``:
+vocab-sized weights under any name, routers by shape, vision/audio towers, MTP layers).
+The Python ``model_free_ptq`` keeps llm-compressor's semantics and ignores only what the
+caller passes (plus modules ending in ``norm``).
 """
 
 # One line per preset for the Space's dropdown and the README table.
@@ -105,11 +109,19 @@ class ResolvedConfig:
         config: the ``QuantizationConfig`` (status ``initialized``), groups in order.
         name: a display / repo-suffix name (the preset name, or ``config_group_0``).
         formats: compressed-tensors format of each config group, by group name.
+        model_defaults: the planner adds the model's own loader-safe entries to ``ignore``
+            (the front ends' default rule); False once added, and for ``model_free_ptq``.
     """
 
     config: QuantizationConfig
     name: str
     formats: dict[str, str]
+    model_defaults: bool = False
+
+    def with_ignore(self, extra: Iterable[str]) -> "ResolvedConfig":
+        """A copy whose ignore list ends with ``extra`` (the model's defaults, once added)."""
+        ignore = self.ignore + [e for e in extra if e not in self.ignore]
+        return replace(self, config=self.config.model_copy(update={"ignore": ignore}), model_defaults=False)
 
     @property
     def groups(self) -> list[tuple[str, QuantizationScheme]]:
@@ -207,6 +219,8 @@ def resolve_config(
     config: QuantizationConfig | None = None,
     ignore: Iterable[str] = (),
     observer: str | None = None,
+    *,
+    model_defaults: bool = False,
 ) -> ResolvedConfig:
     """Validate the request and return a private copy ready for planning.
 
@@ -214,7 +228,8 @@ def resolve_config(
     ``config``; a preset name or a ``QuantizationScheme``; ``ignore`` is appended
     to the config's own ignore list; empty targets mean ``["Linear"]``. ``observer``
     (a front end's ``--observer``) replaces every group's weight observer, by its
-    canonical name, so the config.json and the card record what ran.
+    canonical name, so the config.json and the card record what ran. ``model_defaults``:
+    the planner adds the model's loader-safe entries (the front ends' default rule).
 
     Raises:
         SchemeNotSupportedError: unknown preset, both or neither of scheme/config,
@@ -282,7 +297,7 @@ def resolve_config(
         ignore=base_ignore + ignore,
         kv_cache_scheme=kv_cache,
     )
-    return ResolvedConfig(config=final, name=name, formats=formats)
+    return ResolvedConfig(config=final, name=name, formats=formats, model_defaults=model_defaults)
 
 
 def _check_data_free(scheme: QuantizationScheme, name: str) -> None:
