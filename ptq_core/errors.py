@@ -62,6 +62,10 @@ class TensorShapeError(CheckpointError):
     """A tensor's shape does not fit the scheme (not divisible by the group size...)."""
 
 
+class TensorParallelError(CheckpointError):
+    """vLLM could not shard the output at the requested tensor-parallel size (``--tp N``)."""
+
+
 class FusedGroupError(CheckpointError):
     """Weights a loader fuses into one layer (q/k/v, gate/up) would not share one scheme,
     or part of such a group is missing where the scheme needs it whole (NVFP4's global scale).

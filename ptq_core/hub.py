@@ -283,7 +283,7 @@ def plan_hub_model(
     folder = Path(job.source).expanduser()
     if folder.is_dir():  # the same plan of a local copy: what a streamed job of it would use
         checkpoint = open_checkpoint(folder)
-        plan = plan_model(checkpoint, job.resolved, read_config(folder))
+        plan = plan_model(checkpoint, job.resolved, read_config(folder), tp=job.tp)
     else:
         _state, _checkpoint, plan = _open_hub_plan(job, HubHttp(resolve_token(token, required=False)))
     root = Path(constants.PTQ_HUB_CACHE)
@@ -306,7 +306,7 @@ def plan_hub_parts(source: Job | str, parts: int, *, token: str | None = None) -
     if Path(job.source).expanduser().is_dir():
         folder = Path(job.source).expanduser()
         checkpoint = open_checkpoint(folder)
-        plan = plan_model(checkpoint, job.resolved, read_config(folder))
+        plan = plan_model(checkpoint, job.resolved, read_config(folder), tp=job.tp)
         return PartsPlan(plan, split_parts(plan, parts), shard_costs(plan))
     state, _checkpoint, plan = _open_hub_plan(job, HubHttp(resolve_token(token, required=False)))
     identity = job_identity(job, state.sha, tool_version())
@@ -435,7 +435,7 @@ def prepare_hub_job(
         if finished is None or job.part is None:
             refuse_existing_content(target_state, target)
     checkpoint = open_remote_checkpoint(http, source_state)
-    plan = plan_model(checkpoint, job.resolved, read_hub_config(http, job.source, source_state.sha))
+    plan = plan_model(checkpoint, job.resolved, read_hub_config(http, job.source, source_state.sha), tp=job.tp)
     root = Path(work_dir) if work_dir is not None else Path(constants.PTQ_HUB_CACHE)
     root.mkdir(parents=True, exist_ok=True)
     sweep_stale_work(root, _WORK_PREFIX)
@@ -725,7 +725,7 @@ def _open_hub_plan(job: Job, http: HubHttp) -> tuple[SourceState, Checkpoint, Pl
     check_repo_id(job.source, "source")
     state = inspect_source(http, job.source, job.revision)
     checkpoint = open_remote_checkpoint(http, state)
-    return state, checkpoint, plan_model(checkpoint, job.resolved, read_hub_config(http, job.source, state.sha))
+    return state, checkpoint, plan_model(checkpoint, job.resolved, read_hub_config(http, job.source, state.sha), tp=job.tp)
 
 
 def _render_card(prepared: PreparedJob) -> str:

@@ -52,6 +52,8 @@ class Job:
         append: a compressed-tensors source keeps its compressed modules and the new
             groups are merged into its config (``model_free_ptq``'s default, as the peer);
             otherwise it is dequantized in memory and quantized again (the front ends).
+        tp: a tensor-parallel size the output must load at in vLLM (``--tp``); the plan
+            is refused before anything is written if it cannot.
 
     The weight observer lives in ``resolved`` (every group's ``weights.observer``).
     """
@@ -68,6 +70,7 @@ class Job:
     part: tuple[int, int] | None = None
     converters: tuple[Any, ...] = ()
     append: bool = False
+    tp: int | None = None
 
     @property
     def scheme_name(self) -> str:
@@ -99,7 +102,7 @@ class Job:
 
 
 def validate_workers(workers: object, *, name: str = "max_workers") -> int:
-    """The one check of a worker count: a whole number >= 1 (``True`` is not a number here).
+    """The one check of a count (workers, tensor-parallel size): a whole number >= 1 (``True`` is not one).
 
     Raises:
         InvalidOptionError: anything else.
@@ -161,6 +164,7 @@ def make_job(
     part: tuple[int, int] | str | None = None,
     converters: object = None,
     append: bool = False,
+    tp: int | None = None,
 ) -> Job:
     """Validate a request once and return it as a ``Job``; no network, no file reads.
 
@@ -176,13 +180,13 @@ def make_job(
         disk_budget: bytes, or a size such as ``"20GB"`` (see :class:`Job`).
         part: ``(i, k)`` or ``"i/k"`` (see :class:`Job`).
         converters: one compressed-tensors ``Converter`` or a list (see :class:`Job`).
-        append: see :class:`Job`.
+        append, tp: see :class:`Job`.
 
     Raises:
         SchemeNotSupportedError / CalibrationRequiredError: unknown or not data-free scheme.
         InvalidIgnoreError: ``ignore`` is a single string, or an entry is invalid.
-        InvalidOptionError: an empty source or target, a bad worker count, device list,
-            disk budget or part, or a converter without the ``Converter`` methods.
+        InvalidOptionError: an empty source or target, a bad worker count, tensor-parallel size,
+            device list, disk budget or part, or a converter without the ``Converter`` methods.
 
     Example:
         >>> make_job("org/Model", "fp8_block").scheme_name
@@ -215,4 +219,5 @@ def make_job(
         part=None if part is None else parse_part(part),
         converters=check_converters(converters),
         append=bool(append),
+        tp=None if tp is None else validate_workers(tp, name="tp"),
     )

@@ -221,7 +221,7 @@ def quantize_job(
     notify("validate", 0, 1)
     checkpoint = open_checkpoint(source)
     config = read_config(source)
-    plan = plan_model(checkpoint, job.resolved, config, job.converters, append=job.append)
+    plan = plan_model(checkpoint, job.resolved, config, job.converters, append=job.append, tp=job.tp)
     merged = output_quantization_config(config, plan.source, plan.resolved, {i.module: i.group for i in plan.quantized},
                                         {i.module for i in plan.items if i.name.endswith((".weight", ".weight_packed"))})
     if merged.earlier_groups:

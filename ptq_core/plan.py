@@ -27,11 +27,19 @@ from .checkpoint import (
 from .convert import ST_TO_TORCH, TORCH_TO_ST, auto_converters, native_fp8_plan, plan_conversion
 from .converters import COMPRESSED_TENSORS, FP8_BLOCK, Dequantization, SourceFormat, SourcePlan, detect_source
 from .default_ignore import DefaultIgnore, loader_pattern, model_default_ignore
-from .errors import AppendError, CheckpointError, FusedGroupError, InvalidOptionError, TensorShapeError
+from .errors import (
+    AppendError,
+    CheckpointError,
+    FusedGroupError,
+    InvalidOptionError,
+    TensorParallelError,
+    TensorShapeError,
+)
 from .matching import IgnoreMatcher, match_name
 from .numerics import WeightSpec, output_layout
-from .schemes import DEFAULT_IGNORE, DEFAULT_IGNORE_REASONS, ResolvedConfig, resolve_config, weight_spec
+from .schemes import DEFAULT_IGNORE, DEFAULT_IGNORE_REASONS, ResolvedConfig, gpu_support, resolve_config, weight_spec
 from .sizes import compression_ratio, format_bytes
+from .tensor_parallel import TP_SIZES, TensorParallelReport, tensor_parallel_report
 
 __all__ = [
     "Footprint",
@@ -161,6 +169,7 @@ class Plan:
         source: what the source's weights are (dense, or FP8 blocks dequantized in memory).
         defaults: the ignore entries the model itself needed beyond the name rules, with why
             (already part of ``resolved.ignore``).
+        tensor_parallel: the TP sizes vLLM can shard the output at, and why not at the others.
     """
 
     resolved: ResolvedConfig
@@ -175,6 +184,7 @@ class Plan:
     source: SourcePlan = field(default_factory=lambda: DENSE_SOURCE)
     footprint: Footprint | None = None
     defaults: tuple[DefaultIgnore, ...] = ()
+    tensor_parallel: TensorParallelReport | None = None
 
     @property
     def scheme_name(self) -> str:
@@ -261,6 +271,7 @@ class Plan:
             lines += ["", "| fused group (one global scale) | groups | split across shards |", "|---|---:|---:|"]
             for kind, count in kinds.items():
                 lines.append(f"| {kind} | {count} | {split.get(kind, 0)} |")
+        lines += self._loader_lines()
         if self.resolved.ignore:
             lines += ["", "ignore: " + ", ".join(f"`{p}`" for p in self.resolved.ignore)]
         if self.unmatched_ignore:
@@ -275,6 +286,17 @@ class Plan:
                       f"| disk: output shards awaiting upload | {format_bytes(fp.peak_disk)} | {format_bytes(fp.disk_budget)} |",
                       f"| RAM: read-ahead + tensors in flight | {format_bytes(fp.peak_ram)} | {format_bytes(fp.ram_budget)} |"]
         return "\n".join(lines) + "\n"
+
+
+    def _loader_lines(self) -> list[str]:
+        """Where vLLM can serve the output: GPU generations and tensor-parallel sizes."""
+        rows = []
+        gpus = gpu_support(self.scheme_name)
+        if gpus and self.quantized:
+            rows.append(f"| GPUs | {gpus} |")
+        if self.tensor_parallel is not None and self.quantized:
+            rows.append(f"| tensor parallel | {self.tensor_parallel.summary()} |")
+        return ["", "| vLLM 0.33 | |", "|---|---|", *rows] if rows else []
 
 
 def _reason_kind(reason: str) -> str:
@@ -420,6 +442,7 @@ def plan_model(
     converters: Sequence[Any] = (),
     *,
     append: bool = False,
+    tp: int | None = None,
 ) -> Plan:
     """The one way a job is planned: what the source is (``source_plan``), then ``build_plan``.
 
@@ -428,8 +451,10 @@ def plan_model(
         resolved: the request.
         config: the source's ``config.json`` (``None``: none).
         converters, append: as ``source_plan``.
+        tp: refuse the plan unless vLLM can shard the output at this tensor-parallel size.
     """
-    return build_plan(checkpoint, resolved, source_plan(checkpoint, config, converters, append=append), config=config)
+    source = source_plan(checkpoint, config, converters, append=append)
+    return build_plan(checkpoint, resolved, source, config=config, tp=tp)
 
 
 @paused_gc()
@@ -439,6 +464,7 @@ def build_plan(
     source: SourcePlan | None = None,
     *,
     config: Mapping[str, Any] | None = None,
+    tp: int | None = None,
 ) -> Plan:
     """The plan of an opened checkpoint for a resolved request, in one pass over its tensors.
 
@@ -448,7 +474,8 @@ def build_plan(
             entries (``model_default_ignore``) are added to its ignore list first.
         source: from ``source_plan``; FP8-block weights are planned as the dense weights they
             decode to (their ``weight_scale_inv`` is consumed, never written).
-        config: the source's ``config.json``, for the model's defaults.
+        config: the source's ``config.json``, for the model's defaults and head counts.
+        tp: a tensor-parallel size the output must load at in vLLM.
 
     Ignoring one member of a fused group (``re:.*q_proj$``) ignores its siblings too: vLLM
     builds one layer of q/k/v (or gate/up) and refuses shards with different schemes. The
@@ -458,6 +485,7 @@ def build_plan(
         TensorShapeError / CheckpointError: as ``plan_checkpoint``.
         FusedGroupError: members of a fused group fall into different config groups, or an
             NVFP4 fused group lacks a member (its global scale would not be the loader's).
+        TensorParallelError: ``tp`` is given and vLLM could not shard the output at it.
     """
     source = source or DENSE_SOURCE
     decoded = source.by_output
@@ -512,8 +540,16 @@ def build_plan(
     shards = tuple(s for s in checkpoint.shards if s in used)
     # Only the caller's own entries warn: the defaults are offered for every model.
     unmatched = tuple(e for e in ignore.unused() if e not in DEFAULT_IGNORE and e not in reasons)
+    parallel = tensor_parallel_report(((p.module, p.shape, specs[p.group]) for p in planned if p.group is not None),
+                                      config, TP_SIZES + ((tp,) if tp else ()))
+    if tp and tp not in parallel.loads:
+        raise TensorParallelError(
+            f"vLLM could not load this output at tensor parallel size {tp}: {parallel.blocked[tp]}. It loads at TP "
+            f"{', '.join(map(str, parallel.loads)) or 'none of ' + ', '.join(map(str, TP_SIZES))}; "
+            "pick one of those, ignore that layer, or pick a scheme without blocks or groups (FP8_DYNAMIC)."
+        )
     return Plan(resolved, tuple(planned), skipped, tuple(fused_groups), shards, checkpoint.total_bytes, size_after,
-                specs, unmatched, source, defaults=defaults)
+                specs, unmatched, source, defaults=defaults, tensor_parallel=parallel)
 
 
 def _match_units(

@@ -41,6 +41,7 @@ __all__ = [
     "SchemeInfo",
     "canonical_scheme_name",
     "config_block",
+    "gpu_support",
     "list_schemes",
     "resolve_config",
     "scheme_repo_suffix",
@@ -64,12 +65,40 @@ The Python ``model_free_ptq`` keeps llm-compressor's semantics and ignores only 
 caller passes (plus modules ending in ``norm``).
 """
 
+# Which GPUs vLLM 0.33 runs each preset on (each scheme's ``get_min_capability`` in
+# vllm/model_executor/layers/quantization/compressed_tensors/schemes/, and the kernel it picks).
+_GPUS: dict[str, str] = {
+    "FP8_DYNAMIC": "FP8 GEMMs from compute capability 8.9 (Ada, Hopper, Blackwell); weight-only FP8 Marlin from 7.5",
+    "FP8_BLOCK": "FP8 block GEMMs from compute capability 8.9 (Ada, Hopper, Blackwell)",
+    "NVFP4A16": "Blackwell (10.0) FP4 kernels; weight-only NVFP4 Marlin with 16-bit activations from 7.5 (Turing, Ampere, Hopper)",
+    "MXFP4A16": ("weight-only MXFP4 Marlin with 16-bit activations from 8.0 (Ampere, Hopper); on Blackwell (10.0) "
+                 "vLLM 0.33 reads MXFP4 without its activation arguments and runs dynamic MXFP4 activations, as MXFP4"),
+    "MXFP4": "Blackwell (10.0) MXFP4 kernels; weight-only MXFP4 Marlin from 8.0 (Ampere, Hopper)",
+    "MXFP8A16": "weight-only MXFP8 from 7.5; Blackwell (10.0) MX kernels",
+    "MXFP8": "Blackwell (10.0) MXFP8 kernels; weight-only from 7.5",
+    "W4A16": "weight-only INT4 Marlin / Machete from 7.5 (Turing, Ampere, Ada, Hopper, Blackwell)",
+    "W4A16_ASYM": "weight-only INT4 Marlin from 7.5 (Turing, Ampere, Ada, Hopper, Blackwell)",
+    "W8A16": "weight-only INT8 Marlin from 7.5 (Turing, Ampere, Ada, Hopper, Blackwell)",
+    "W8A8": "INT8 GEMMs from 7.5 (Turing, Ampere, Ada, Hopper)",
+    "INT8": "INT8 GEMMs from 7.5 (Turing, Ampere, Ada, Hopper)",
+    "W4AFP8": "Hopper (9.0) mixed INT4 x FP8 GEMMs",
+    "MXFP6A16": "no released vLLM loader yet",
+    "MXFP6A8": "no released vLLM loader yet",
+}
+
+
+def gpu_support(name: str) -> str | None:
+    """Which GPUs vLLM runs a preset on, in one line (None for a custom config)."""
+    return _GPUS.get(name)
+
+
 # One line per preset for the Space's dropdown and the README table.
 _DESCRIPTIONS: dict[str, str] = {
     "FP8_DYNAMIC": "FP8 weights, per-channel scales, dynamic per-token FP8 activations. Hopper/Ada+; ~2x smaller, near-lossless.",
     "FP8_BLOCK": "FP8 weights in 128x128 blocks, dynamic FP8 activations (DeepSeek style). Hopper/Blackwell; ~2x smaller.",
     "NVFP4A16": "NVFP4 weights (16-wide groups, FP8 scales + global scale), 16-bit activations. Blackwell native, Hopper via Marlin; ~3.5x smaller.",
-    "MXFP4A16": "MXFP4 weights (32-wide groups, power-of-two scales), 16-bit activations. Blackwell; ~3.8x smaller.",
+    "MXFP4A16": ("MXFP4 weights (32-wide groups, power-of-two scales), 16-bit activations in transformers and on "
+                 "Ampere/Hopper (Marlin); vLLM 0.33 on Blackwell runs it with dynamic MXFP4 activations; ~3.8x smaller."),
     "MXFP4": "MXFP4 weights and dynamic MXFP4 activations. Blackwell; ~3.8x smaller, lowest precision.",
     "MXFP4XFP8": "MXFP4 weights with dynamic FP8 activations. Blackwell; ~3.8x smaller.",
     "MXFP8A16": "MXFP8 weights (32-wide groups, power-of-two scales), 16-bit activations. Blackwell; ~2x smaller.",
