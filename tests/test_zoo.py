@@ -39,7 +39,7 @@ from factory import load_tensors
 from reference import preset, reference_decompress
 from safetensors.torch import save_file
 from test_transformers_load import LoaderLimit, LowCosine, check_cosine, cosine, expect_loader_limit
-from zoo import ZOO, ZooArch, build, linear_modules
+from zoo import ZOO, ZooArch, build, linear_modules, make_model
 
 from ptq_core import make_job, quantize_job
 
@@ -418,6 +418,17 @@ def decompressed_by_compressed_tensors(arch: str, src: Path, out: Path, scheme: 
 
 
 # --------------------------------------------------------------------------- tests
+
+
+def test_threshold_is_meaningful(zoo_model):
+    """Another random model of the same architecture is far from the zoo's: the bounds have teeth
+    on these tiny models too."""
+    _, base = zoo_model("llama")
+    with torch.no_grad():
+        other = make_model(ZOO["llama"], seed=1)(input_ids=TOKENS).logits.float()
+    cos = cosine(other, base)
+    print(f"logits cosine of an unrelated llama (control): {cos:.5f}")
+    assert cos < 0.9
 
 
 def test_every_case_has_one_measured_cosine():

@@ -294,10 +294,10 @@ ZOO: dict[str, ZooArch] = {
 }
 
 
-def make_model(arch: ZooArch) -> torch.nn.Module:
+def make_model(arch: ZooArch, seed: int = SEED) -> torch.nn.Module:
     """The seeded bf16 model of ``arch`` (transformers' own initialisation)."""
     model_class, config = arch.make()
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     model = model_class(config)
     return model.to(torch.bfloat16).eval()
 
