@@ -329,8 +329,8 @@ def _stored_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
 
 def check_groups(src: Path, out: Path) -> None:
     """Every stored module resolves, through the written ``ignore`` and ``targets``, to the group it
-    is stored with (quantized) or to none (stored as a plain weight); and nothing the defaults must
-    keep (``KEEP_UNQUANTIZED``) is stored quantized."""
+    is stored with (quantized) or to none (stored as a plain weight); nothing the defaults must
+    keep (``KEEP_UNQUANTIZED``) is stored quantized, and every other Linear is."""
     qc = json.loads((out / "config.json").read_text())["quantization_config"]
     groups, ignore = qc["config_groups"], qc.get("ignore") or []
     linear = linear_modules(src)
@@ -359,6 +359,14 @@ def check_groups(src: Path, out: Path) -> None:
                 problems.append(f"{module}: stored unquantized ({tensors['weight']}), resolves to group {matched}")
             if module in source_dtype and tensors["weight"] != source_dtype[module]:
                 problems.append(f"{module}: stored as {tensors['weight']}, source {source_dtype[module]}")
+    # Nothing beyond the defaults is left out: every Linear (and per-expert projection) of the
+    # source that KEEP_UNQUANTIZED does not name is stored quantized.
+    stored = stored_modules(out)
+    for module, tensors in stored_modules(src).items():
+        if (module in linear or _EXPERT.search(module)) and "weight" in tensors \
+                and not any(p.search(module) for p in KEEP_UNQUANTIZED.values()) \
+                and not _QUANT_LOCALS & set(stored.get(module, {})):
+            problems.append(f"{module}: a Linear the defaults need not keep, stored unquantized")
     assert not problems, f"{out.name}: modules that do not resolve to what they are stored as:\n" + \
         "\n".join(problems)
 
