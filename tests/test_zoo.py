@@ -254,8 +254,9 @@ PER_EXPERT_UNLOADABLE = LoaderLimit(
     "transformers 5.25 conversion_mapping.py has no 'gpt_oss' entry (the per-expert -> 3-D "
     "merge 'mixtral' has at line 1436 and 'qwen2_moe' at line 1463), and CompressedTensorsDequantize "
     "'Requires MoE conversion to be defined on conversion mapping' (integrations/compressed_tensors.py:63): "
-    "per-expert experts.N.{gate,up,down}_proj, the layout vLLM loads, stay unexpected and the 3-D "
-    "experts.gate_up_proj/down_proj missing (a dense per-expert checkpoint fails the same way)",
+    "per-expert experts.N.{gate,up,down}_proj (GPT-OSS experts split as llm-compressor linearizes them) stay "
+    "unexpected and the 3-D experts.gate_up_proj/down_proj missing (a dense per-expert checkpoint fails the "
+    "same way)",
 )
 
 # "arch/scheme" -> the loader's exact failure on a valid checkpoint.
