@@ -51,6 +51,8 @@ from pathlib import Path
 
 CAPABILITIES = (90, 100)
 STUB_NAME = "libcuda.so.1"
+# Tried in order when the automatic attention backend needs a GPU to be constructed.
+FALLBACK_ATTENTION_BACKENDS = ("FLASH_ATTN", "TRITON_ATTN", "TRITON_MLA", "FLASHMLA")
 # Float dtypes by width: a load from a wider into a narrower dtype loses bits.
 _FLOAT_BITS = {"float64": 64, "float32": 32, "bfloat16": 16, "float16": 16}
 
@@ -209,6 +211,15 @@ def _scheme_name(scheme) -> str:
     return name
 
 
+def _moe_method_name(method) -> str:
+    """The MoE method class, with the backend enum(s) it chose and whether it runs A16."""
+    extras = [f"{k}={v.name}" for k, v in vars(method).items()
+              if k.endswith("_backend") and hasattr(v, "name")]
+    if getattr(method, "use_a16", False):
+        extras.append("use_a16")
+    return type(method).__name__ + (f" [{', '.join(extras)}]" if extras else "")
+
+
 def config_level(quant_config, modules: dict[str, str], packed: dict[str, list[str]]) -> dict:
     """What ``CompressedTensorsConfig.get_scheme`` (linear) / ``get_scheme_dict`` (MoE, every
     expert, as ``CompressedTensorsMoEMethod.get_moe_method`` reads expert 0) say per layer."""
@@ -239,7 +250,8 @@ def config_level(quant_config, modules: dict[str, str], packed: dict[str, list[s
 
 def check_folder(folder: Path, capability: int) -> dict:
     import torch
-    from vllm.config import LoadConfig, ModelConfig, VllmConfig, set_current_vllm_config
+    from vllm.config import AttentionConfig, LoadConfig, ModelConfig, VllmConfig, set_current_vllm_config
+    from vllm.model_executor.layers.fused_moe import FusedMoEMethodBase
     from vllm.model_executor.layers.linear import LinearBase
     from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
     from vllm.model_executor.model_loader.utils import (
@@ -256,27 +268,52 @@ def check_folder(folder: Path, capability: int) -> dict:
     tensors = read_checkpoint(folder)
     modules = linear_modules(tensors)
 
-    try:
+    def configs(attention_backend: str | None):
         model_config = ModelConfig(model=str(folder), dtype="auto", enforce_eager=True,
                                    max_model_len=256)
         load_config = LoadConfig(load_format="safetensors")
-        vllm_config = VllmConfig(model_config=model_config, load_config=load_config)
+        extra = {}
+        if attention_backend is not None:
+            extra["attention_config"] = AttentionConfig(backend=attention_backend)
+        return model_config, load_config, VllmConfig(model_config=model_config,
+                                                     load_config=load_config, **extra)
+
+    try:
+        model_config, load_config, vllm_config = configs(None)
         model_class, arch = get_model_architecture(model_config)
     except Exception as err:  # noqa: BLE001
         fail({"stage": "config", **describe_error(err)})
         return report
     report["architecture"] = arch
-    quant_config = vllm_config.quant_config
-    configure_quant_config(quant_config, model_class)
 
     # The model first: an instance may extend packed_modules_mapping (DeepSeek's fused q_a/kv_a).
+    # Attention is not what this checks, but a backend may touch the GPU in its __init__
+    # (FlashInfer's calls get_device_sm_count(torch.device("cuda")) at sm_100): then the model
+    # is rebuilt with a backend that does not, and the report says so.
     model = None
+    error = None
+    for backend in (None, *FALLBACK_ATTENTION_BACKENDS):
+        if backend is not None:
+            model_config, load_config, vllm_config = configs(backend)
+        quant_config = vllm_config.quant_config
+        configure_quant_config(quant_config, model_class)
+        with set_current_vllm_config(vllm_config):
+            try:
+                with set_default_torch_dtype(model_config.dtype), torch.device("meta"):
+                    model = initialize_model(vllm_config=vllm_config)
+            except Exception as err:  # noqa: BLE001
+                error = describe_error(err)
+                if error["where"] and error["where"].startswith("vllm/v1/attention/"):
+                    report["notes"].append(f"attention backend {backend or 'auto'} failed without "
+                                           f"a GPU ({error['message']} at {error['where']}); "
+                                           "retrying with another attention backend")
+                    continue
+            break
+    if model is None and error is not None:
+        fail({"stage": "build", **error})
+    elif backend is not None:
+        report["attention_backend"] = backend
     with set_current_vllm_config(vllm_config):
-        try:
-            with set_default_torch_dtype(model_config.dtype), torch.device("meta"):
-                model = initialize_model(vllm_config=vllm_config)
-        except Exception as err:  # noqa: BLE001
-            fail({"stage": "build", **describe_error(err)})
         packed = dict(getattr(quant_config, "packed_modules_mapping", {}) or {})
         report["packed_modules_mapping"] = packed
         layers = config_level(quant_config, modules, packed)
@@ -300,14 +337,14 @@ def check_folder(folder: Path, capability: int) -> dict:
     for name, module in model.named_modules():
         if isinstance(module, LinearBase):
             built[name] = _scheme_name(getattr(module, "scheme", None))
-        elif type(module).__name__ in ("RoutedExperts", "FusedMoE") or hasattr(module, "moe_config"):
-            method = getattr(module, "quant_method", None)
-            if method is not None:
-                built[name] = type(method).__name__
+        elif isinstance(getattr(module, "quant_method", None), FusedMoEMethodBase):
+            built[name] = _moe_method_name(module.quant_method)
     report["built"] = built
     for layer, entry in layers.items():
-        if layer in built:
-            entry["built"] = built[layer]
+        # vLLM's experts layer may hold its weights in a child (mlp.experts.routed_experts).
+        match = [n for n in built if n == layer or n.startswith(layer + ".")]
+        if match:
+            entry["built"] = built[min(match, key=len)]
 
     # load_weights over the real tensors, every parameter's loader wrapped.
     params = dict(model.named_parameters())
@@ -359,8 +396,17 @@ def check_folder(folder: Path, capability: int) -> dict:
     kv_defaults = {f"{name}.{p}" for name, module in model.named_modules()
                    if isinstance(getattr(module, "quant_method", None), BaseKVCacheMethod)
                    for p, _ in module.named_parameters(recurse=False)}
+    # Parameters vLLM creates for W4A4 that an A16 checkpoint cannot carry: the NVFP4 MoE
+    # method registers w13/w2_input_global_scale (torch.empty) whatever the checkpoint, and
+    # with use_a16=True its kernel setup does not use them.
+    a16_unused = {f"{name}.{p}" for name, module in model.named_modules()
+                  if getattr(getattr(module, "quant_method", None), "use_a16", False)
+                  for p, _ in module.named_parameters(recurse=False) if "input" in p}
     dropped = sorted(n for n, p in taken.items() if not p)
-    unfilled = sorted(n for n, f in fills.items() if not f and n not in kv_defaults)
+    unfilled = sorted(n for n, f in fills.items() if not f and n not in kv_defaults | a16_unused)
+    for name in sorted(n for n, f in fills.items() if not f and n in a16_unused):
+        report["notes"].append(f"{name} is filled by nothing; vLLM creates it for W4A4 and its "
+                               "method runs use_a16=True, which does not read it")
     report["load"] = {"tensors": len(taken), "params": len(params), "dropped": dropped,
                       "unfilled": unfilled, "kv_cache_defaults": sorted(kv_defaults), "casts": casts,
                       "filled_by": {n: f for n, f in fills.items() if f}}
@@ -371,15 +417,24 @@ def check_folder(folder: Path, capability: int) -> dict:
         fail({"stage": "load", "type": "Unfilled", "param": name, "where": None,
               "message": f"vLLM parameter {name} was filled by no checkpoint tensor"})
     for cast in casts:
+        # compressed-tensors writes weight_shape as int64; vLLM's MoE WNA16 method keeps it in a
+        # params_dtype placeholder (w13/w2_weight_shape) that nothing reads after loading.
+        if cast["narrowing"] and cast["param"].endswith("_weight_shape"):
+            cast["narrowing"] = False
+            cast["unused_param"] = True
         if cast["narrowing"]:
             fail({"stage": "load", "type": "NarrowingCast", "where": None,
                   "message": f"{cast['tensor']} ({cast['from']}) loaded into {cast['param']} ({cast['to']})"})
-    # vLLM's own strict check, which serving runs only for unquantized models by default.
+    # vLLM's own strict check. Serving runs it only for unquantized models unless the load
+    # config asks (enable_weights_track), so what it says is a note; anything it names that is
+    # not exempted above is already a failure.
     if loaded is not None:
         try:
             DefaultModelLoader(load_config).track_weights_loading(model, set(loaded), quantized=True)
         except Exception as err:  # noqa: BLE001
-            fail({"stage": "track_weights_loading", **describe_error(err)})
+            info = describe_error(err)
+            report["notes"].append(f"vLLM's track_weights_loading (off by default for quantized "
+                                   f"models) would raise: {info['message']} at {info['where']}")
     return report
 
 
@@ -462,15 +517,24 @@ def print_table(folder: str, per_cap: dict[int, dict]) -> None:
             print(f"  sm_{cap}: load_weights took {load['tensors']} tensors into {load['params']} "
                   f"params; dropped {len(load['dropped'])}, unfilled {len(load['unfilled'])}, "
                   f"casts {len(load['casts'])} ({sum(c['narrowing'] for c in load['casts'])} narrowing)")
-        seen = set()
+            kinds = sorted({f"{c['from']}->{c['to']}" for c in load["casts"]})
+            if kinds:
+                print(f"  sm_{cap}: casts on load: {', '.join(kinds)}")
+        notes: dict[str, int] = {}
+        for note in rep.get("notes", []):
+            short = re.sub(r"\.\d+\.", ".N.", note)
+            notes[short] = notes.get(short, 0) + 1
+        for note, n in notes.items():
+            print(f"  note sm_{cap}: {note}" + (f"  (x{n})" if n > 1 else ""))
+        counts: dict[tuple, int] = {}
         for f in rep["failures"]:
-            key = (f.get("type"), f.get("message"))
-            if key in seen:
-                continue
-            seen.add(key)
-            print(f"  FAIL sm_{cap} [{f['stage']}] {f.get('type')}: {f.get('message')}")
-            if f.get("where"):
-                print(f"       at {f['where']}")
+            key = (f["stage"], f.get("type"), re.sub(r"\.\d+\.", ".N.", f.get("message") or ""),
+                   f.get("where"))
+            counts[key] = counts.get(key, 0) + 1
+        for (stage, kind, message, where), n in counts.items():
+            print(f"  FAIL sm_{cap} [{stage}] {kind}: {message}" + (f"  (x{n})" if n > 1 else ""))
+            if where:
+                print(f"       at {where}")
 
 
 def main(argv: list[str] | None = None) -> int:
