@@ -117,6 +117,7 @@ def read_request(environ: Mapping[str, str]) -> Request:
     device = read_input(environ, "device") or None
     parts = _parse_count("parts", read_input(environ, "parts"))
     finalize = _parse_count("finalize", read_input(environ, "finalize"))
+    tp = _parse_count("tp", read_input(environ, "tp"))
     part = read_input(environ, "part") or None
     if sum(x is not None for x in (parts, finalize, part)) > 1:
         raise InvalidOptionError(
@@ -138,7 +139,7 @@ def read_request(environ: Mapping[str, str]) -> Request:
                 "Move them into the recipe, or drop `config`."
             )
         jobs = tuple(
-            entry.to_job(overwrite=overwrite, device=device, workers=workers)
+            entry.to_job(overwrite=overwrite, device=device, workers=workers, tp=tp)
             for entry in ptq_core.load_recipe(Path(config))
         )
     else:
@@ -162,6 +163,7 @@ def read_request(environ: Mapping[str, str]) -> Request:
             workers=workers,
             disk_budget=read_input(environ, "disk-budget") or None,
             part=part,
+            tp=tp,
         )
         jobs = (job,)
     return Request(jobs, bool(config), read_token(environ), parts, finalize)

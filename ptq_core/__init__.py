@@ -34,6 +34,7 @@ _LAZY: dict[str, str] = {
     # dry run from safetensors headers only
     "plan_checkpoint": "plan",
     "build_plan": "plan",
+    "plan_model": "plan",
     "Plan": "plan",
     "suggest_ignore": "plan",
     # schemes
@@ -93,7 +94,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     )
     from .job import Job, make_job
     from .pipeline import QuantizeResult, model_free_ptq, quantize_job
-    from .plan import Plan, build_plan, plan_checkpoint, suggest_ignore
+    from .plan import Plan, build_plan, plan_checkpoint, plan_model, suggest_ignore
     from .recipe import RecipeJob, load_recipe
     from .reindex import ReindexResult, reindex_fused_weights
     from .schemes import DEFAULT_IGNORE, SchemeInfo, canonical_scheme_name, list_schemes, scheme_repo_suffix

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, NamedTuple
 
 from .errors import CorruptCheckpointError, MissingShardError, NoSafetensorsError, UnsafePathError
-from .repo_files import INDEX_NAME, WEIGHT_FILE_SUFFIXES, is_duplicate_weights, select_repo_files
+from .repo_files import INDEX_NAME, WEIGHT_FILE_SUFFIXES, duplicate_weight_files, select_repo_files
 
 logger = logging.getLogger(__name__)
 
@@ -519,7 +519,7 @@ def open_checkpoint(root: str | os.PathLike) -> Checkpoint:
                 )
     # the same rule as a Hub download, so a repo gives the same side files from either place
     extra = tuple(f for f in select_repo_files(files) if not f.endswith(".safetensors") and f != INDEX_NAME)
-    skipped = tuple(f for f in files if is_duplicate_weights(f))
+    skipped = tuple(duplicate_weight_files(files))
     return Checkpoint(root, tuple(shards), tensors, extra, skipped, metadata)
 
 

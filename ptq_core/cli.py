@@ -28,7 +28,7 @@ from .errors import PtqError
 from .redact import install_redaction
 
 # Words for schemes.DEFAULT_IGNORE: `ptq --help` must not import compressed-tensors.
-_DEFAULT_IGNORE_HELP = "lm_head, embeddings, MoE routers"
+_DEFAULT_IGNORE_HELP = "embeddings and heads, MoE routers, vision/audio towers, MTP layers, found from the model"
 
 
 def _progress_bars() -> Callable[[str, int, int], None]:
@@ -68,6 +68,7 @@ def _job(args: argparse.Namespace, source: str):
         workers=getattr(args, "workers", 1),
         disk_budget=getattr(args, "disk_budget", None),
         part=getattr(args, "part", None),
+        tp=args.tp,
     )
 
 
@@ -160,6 +161,8 @@ def _add_common(p: argparse.ArgumentParser, *, scheme_default: str | None = None
     p.add_argument("--observer", metavar="NAME",
                    help="weight observer: memoryless_minmax (default), memoryless_mse, nvfp4_expanded_mse, ... "
                         "(data-free observers of llm-compressor; MSE searches lower the error, slower)")
+    p.add_argument("--tp", type=int, metavar="N",
+                   help="refuse the plan unless vLLM can shard the output at tensor parallel size N")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:

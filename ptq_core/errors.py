@@ -47,12 +47,29 @@ class UnsafePathError(CheckpointError):
     """The index names a shard by a path that could reach outside the model folder."""
 
 
-class MissingShardError(CheckpointError, FileNotFoundError):
-    """The index names a shard file, or a tensor, that is not there."""
+class MissingShardError(CheckpointError, FileNotFoundError, KeyError):
+    """The index names a shard file, or a tensor, that is not there.
+
+    Also a ``KeyError``: llm-compressor's ``model_free_ptq`` raises one for a missing
+    shard, so a drop-in caller's ``except KeyError`` keeps working.
+    """
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return Exception.__str__(self)
 
 
 class TensorShapeError(CheckpointError):
     """A tensor's shape does not fit the scheme (not divisible by the group size...)."""
+
+
+class TensorParallelError(CheckpointError):
+    """vLLM could not shard the output at the requested tensor-parallel size (``--tp N``)."""
+
+
+class FusedGroupError(CheckpointError):
+    """Weights a loader fuses into one layer (q/k/v, gate/up) would not share one scheme,
+    or part of such a group is missing where the scheme needs it whole (NVFP4's global scale).
+    """
 
 
 class NonFiniteWeightError(CheckpointError):

@@ -47,7 +47,7 @@ from .errors import InvalidOptionError, PtqError
 from .job import Job, make_job
 from .parts import Budgets, estimate_footprint, fingerprint, job_identity, resolve_budgets, shard_costs, split_parts
 from .pipeline import resolve_devices
-from .plan import Plan, build_plan, source_plan
+from .plan import Plan, plan_model
 from .publish import (
     TargetState,
     check_namespace,
@@ -283,7 +283,7 @@ def plan_hub_model(
     folder = Path(job.source).expanduser()
     if folder.is_dir():  # the same plan of a local copy: what a streamed job of it would use
         checkpoint = open_checkpoint(folder)
-        plan = build_plan(checkpoint, job.resolved, source_plan(checkpoint, read_config(folder)))
+        plan = plan_model(checkpoint, job.resolved, read_config(folder), tp=job.tp)
     else:
         _state, _checkpoint, plan = _open_hub_plan(job, HubHttp(resolve_token(token, required=False)))
     root = Path(constants.PTQ_HUB_CACHE)
@@ -306,7 +306,7 @@ def plan_hub_parts(source: Job | str, parts: int, *, token: str | None = None) -
     if Path(job.source).expanduser().is_dir():
         folder = Path(job.source).expanduser()
         checkpoint = open_checkpoint(folder)
-        plan = build_plan(checkpoint, job.resolved, source_plan(checkpoint, read_config(folder)))
+        plan = plan_model(checkpoint, job.resolved, read_config(folder), tp=job.tp)
         return PartsPlan(plan, split_parts(plan, parts), shard_costs(plan))
     state, _checkpoint, plan = _open_hub_plan(job, HubHttp(resolve_token(token, required=False)))
     identity = job_identity(job, state.sha, tool_version())
@@ -435,7 +435,7 @@ def prepare_hub_job(
         if finished is None or job.part is None:
             refuse_existing_content(target_state, target)
     checkpoint = open_remote_checkpoint(http, source_state)
-    plan = build_plan(checkpoint, job.resolved, source_plan(checkpoint, read_hub_config(http, job.source, source_state.sha)))
+    plan = plan_model(checkpoint, job.resolved, read_hub_config(http, job.source, source_state.sha), tp=job.tp)
     root = Path(work_dir) if work_dir is not None else Path(constants.PTQ_HUB_CACHE)
     root.mkdir(parents=True, exist_ok=True)
     sweep_stale_work(root, _WORK_PREFIX)
@@ -612,7 +612,7 @@ def _finalize(prepared: PreparedJob, count: int, clock: _StageClock, *, staged: 
                       local_dir=job_dir, role="source", repo_id=state.repo_id)
         shutil.rmtree(job_dir / ".cache", ignore_errors=True)
         write_index(job_dir, plan.weight_map(), plan.size_after)
-        write_config(job_dir, job.resolved.quantization_config_dict())
+        write_config(job_dir, plan.resolved.quantization_config_dict())
         clock("card", 0, 1)
         card = _render_card(prepared)
         (job_dir / "README.md").write_text(card, encoding="utf-8")
@@ -725,7 +725,7 @@ def _open_hub_plan(job: Job, http: HubHttp) -> tuple[SourceState, Checkpoint, Pl
     check_repo_id(job.source, "source")
     state = inspect_source(http, job.source, job.revision)
     checkpoint = open_remote_checkpoint(http, state)
-    return state, checkpoint, build_plan(checkpoint, job.resolved, source_plan(checkpoint, read_hub_config(http, job.source, state.sha)))
+    return state, checkpoint, plan_model(checkpoint, job.resolved, read_hub_config(http, job.source, state.sha), tp=job.tp)
 
 
 def _render_card(prepared: PreparedJob) -> str:
@@ -736,7 +736,7 @@ def _render_card(prepared: PreparedJob) -> str:
         job.scheme_name,
         size_before=plan.size_before,
         size_after=plan.size_after,
-        ignore=list(job.ignore),
+        ignore=list(plan.resolved.ignore),
         source_card_data=prepared.source_state.card_data,
         revision=prepared.source_state.sha,
         plan=plan,
@@ -751,7 +751,7 @@ def _commit_description(prepared: PreparedJob) -> str:
     return (
         f"Quantized {job.source} (revision {prepared.source_state.sha}) to {job.scheme_name} with ptq-hub "
         f"{tool_version()}, data-free.\n\n"
-        f"Ignore list: {', '.join(job.ignore) or 'none'}\n"
+        f"Ignore list: {', '.join(plan.resolved.ignore) or 'none'}\n"
         f"Size: {format_bytes(plan.size_before)} -> {format_bytes(plan.size_after)} ({plan.ratio:.2f}x smaller)"
     )
 

@@ -5,8 +5,8 @@ Python calls) turns its own inputs into a ``Job`` through :func:`make_job`, and
 nothing below re-parses a scheme string, an ignore list or a worker count.
 
 The ignore rule, the same for every front end: ``ignore`` **adds** to the
-loader-safe defaults (``schemes.DEFAULT_IGNORE``: ``lm_head``, embeddings, MoE
-routers); ``default_ignore=False`` (``--no-default-ignore``, ``default-ignore:
+loader-safe defaults (the name rules of ``schemes.DEFAULT_IGNORE``, and at plan time
+what the model itself needs: ``default_ignore.model_default_ignore``); ``default_ignore=False`` (``--no-default-ignore``, ``default-ignore:
 false``) drops them. ``model_free_ptq`` is the one exception by design: as a
 drop-in for llm-compressor's function it ignores only what it is given.
 """
@@ -52,6 +52,8 @@ class Job:
         append: a compressed-tensors source keeps its compressed modules and the new
             groups are merged into its config (``model_free_ptq``'s default, as the peer);
             otherwise it is dequantized in memory and quantized again (the front ends).
+        tp: a tensor-parallel size the output must load at in vLLM (``--tp``); the plan
+            is refused before anything is written if it cannot.
 
     The weight observer lives in ``resolved`` (every group's ``weights.observer``).
     """
@@ -68,6 +70,7 @@ class Job:
     part: tuple[int, int] | None = None
     converters: tuple[Any, ...] = ()
     append: bool = False
+    tp: int | None = None
 
     @property
     def scheme_name(self) -> str:
@@ -76,7 +79,10 @@ class Job:
 
     @property
     def ignore(self) -> tuple[str, ...]:
-        """The final ignore list (defaults included when they apply)."""
+        """The requested ignore list: the name rules when they apply, and the caller's entries.
+
+        The model's own defaults are added when it is planned (``Plan.resolved.ignore``).
+        """
         return tuple(self.resolved.ignore)
 
     @property
@@ -96,7 +102,7 @@ class Job:
 
 
 def validate_workers(workers: object, *, name: str = "max_workers") -> int:
-    """The one check of a worker count: a whole number >= 1 (``True`` is not a number here).
+    """The one check of a count (workers, tensor-parallel size): a whole number >= 1 (``True`` is not one).
 
     Raises:
         InvalidOptionError: anything else.
@@ -158,6 +164,7 @@ def make_job(
     part: tuple[int, int] | str | None = None,
     converters: object = None,
     append: bool = False,
+    tp: int | None = None,
 ) -> Job:
     """Validate a request once and return it as a ``Job``; no network, no file reads.
 
@@ -173,13 +180,13 @@ def make_job(
         disk_budget: bytes, or a size such as ``"20GB"`` (see :class:`Job`).
         part: ``(i, k)`` or ``"i/k"`` (see :class:`Job`).
         converters: one compressed-tensors ``Converter`` or a list (see :class:`Job`).
-        append: see :class:`Job`.
+        append, tp: see :class:`Job`.
 
     Raises:
         SchemeNotSupportedError / CalibrationRequiredError: unknown or not data-free scheme.
         InvalidIgnoreError: ``ignore`` is a single string, or an entry is invalid.
-        InvalidOptionError: an empty source or target, a bad worker count, device list,
-            disk budget or part, or a converter without the ``Converter`` methods.
+        InvalidOptionError: an empty source or target, a bad worker count, tensor-parallel size,
+            device list, disk budget or part, or a converter without the ``Converter`` methods.
 
     Example:
         >>> make_job("org/Model", "fp8_block").scheme_name
@@ -191,7 +198,8 @@ def make_job(
         raise InvalidOptionError(f"source must be a checkpoint folder or a Hub repo id, got {source!r}.")
     extra = validate_ignore(ignore)
     base = list(DEFAULT_IGNORE) if default_ignore else []
-    resolved = resolve_config(scheme, config, base + [p for p in extra if p not in base], observer=observer)
+    resolved = resolve_config(scheme, config, base + [p for p in extra if p not in base], observer=observer,
+                              model_defaults=default_ignore)
     if target is not None:
         if not isinstance(target, str) or not target.strip():
             raise InvalidOptionError(f"target={target!r} is not a repo id; give 'namespace/name' or leave it out.")
@@ -211,4 +219,5 @@ def make_job(
         part=None if part is None else parse_part(part),
         converters=check_converters(converters),
         append=bool(append),
+        tp=None if tp is None else validate_workers(tp, name="tp"),
     )

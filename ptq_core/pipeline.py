@@ -32,7 +32,7 @@ from .convert import ST_TO_TORCH, output_quantization_config, run_chain
 from .errors import ConverterError, InvalidOptionError, NonFiniteScaleError, NonFiniteWeightError, TensorShapeError
 from .job import Job, make_job
 from .numerics import Scratch, dequantize_fp8_block, global_scale_from_stats, observe_weight, quantize_weight
-from .plan import Plan, PlannedWeight, build_plan, check_merged_config, source_plan
+from .plan import Plan, PlannedWeight, check_merged_config, plan_model
 from .source import ProgressCallback, resolve_source
 from .sizes import compression_ratio
 from .writer import (
@@ -221,8 +221,8 @@ def quantize_job(
     notify("validate", 0, 1)
     checkpoint = open_checkpoint(source)
     config = read_config(source)
-    plan = build_plan(checkpoint, job.resolved, source_plan(checkpoint, config, job.converters, append=job.append))
-    merged = output_quantization_config(config, plan.source, job.resolved, {i.module: i.group for i in plan.quantized},
+    plan = plan_model(checkpoint, job.resolved, config, job.converters, append=job.append, tp=job.tp)
+    merged = output_quantization_config(config, plan.source, plan.resolved, {i.module: i.group for i in plan.quantized},
                                         {i.module for i in plan.items if i.name.endswith((".weight", ".weight_packed"))})
     if merged.earlier_groups:
         check_merged_config(plan, merged.block, merged.earlier_groups)

@@ -26,11 +26,20 @@ from .checkpoint import (
 )
 from .convert import ST_TO_TORCH, TORCH_TO_ST, auto_converters, native_fp8_plan, plan_conversion
 from .converters import COMPRESSED_TENSORS, FP8_BLOCK, Dequantization, SourceFormat, SourcePlan, detect_source
-from .errors import AppendError, CheckpointError, InvalidOptionError, TensorShapeError
+from .default_ignore import DefaultIgnore, loader_pattern, model_default_ignore
+from .errors import (
+    AppendError,
+    CheckpointError,
+    FusedGroupError,
+    InvalidOptionError,
+    TensorParallelError,
+    TensorShapeError,
+)
 from .matching import IgnoreMatcher, match_name
 from .numerics import WeightSpec, output_layout
-from .schemes import DEFAULT_IGNORE, ResolvedConfig, resolve_config, weight_spec
+from .schemes import DEFAULT_IGNORE, DEFAULT_IGNORE_REASONS, ResolvedConfig, gpu_support, resolve_config, weight_spec
 from .sizes import compression_ratio, format_bytes
+from .tensor_parallel import TP_SIZES, TensorParallelReport, tensor_parallel_report
 
 __all__ = [
     "Footprint",
@@ -44,6 +53,7 @@ __all__ = [
     "find_fused_sets",
     "match_name",
     "plan_checkpoint",
+    "plan_model",
     "suggest_ignore",
 ]
 
@@ -61,6 +71,9 @@ _FUSED_KINDS: dict[str, tuple[str, ...]] = {
     "gate/up": ("gate_proj", "up_proj"),
     "w1/w3": ("w1", "w3"),
 }
+# Members that are layers of their own when alone: MLA without q-LoRA (DeepSeek-V2-Lite) has
+# q_proj without k/v and kv_a_proj_with_mqa without q_a_proj.
+_LONE_LAYERS = frozenset({"q_proj", "kv_a_proj_with_mqa", "wkv_a_with_mqa"})
 _FUSED_MEMBER_KIND = {member: kind for kind, members in _FUSED_KINDS.items() for member in members}
 
 
@@ -154,6 +167,9 @@ class Plan:
         specs: the kernel spec of each config group.
         unmatched_ignore: ignore entries the caller added that match no module (likely typos).
         source: what the source's weights are (dense, or FP8 blocks dequantized in memory).
+        defaults: the ignore entries the model itself needed beyond the name rules, with why
+            (already part of ``resolved.ignore``).
+        tensor_parallel: the TP sizes vLLM can shard the output at, and why not at the others.
     """
 
     resolved: ResolvedConfig
@@ -167,6 +183,8 @@ class Plan:
     unmatched_ignore: tuple[str, ...] = ()
     source: SourcePlan = field(default_factory=lambda: DENSE_SOURCE)
     footprint: Footprint | None = None
+    defaults: tuple[DefaultIgnore, ...] = ()
+    tensor_parallel: TensorParallelReport | None = None
 
     @property
     def scheme_name(self) -> str:
@@ -253,6 +271,7 @@ class Plan:
             lines += ["", "| fused group (one global scale) | groups | split across shards |", "|---|---:|---:|"]
             for kind, count in kinds.items():
                 lines.append(f"| {kind} | {count} | {split.get(kind, 0)} |")
+        lines += self._loader_lines()
         if self.resolved.ignore:
             lines += ["", "ignore: " + ", ".join(f"`{p}`" for p in self.resolved.ignore)]
         if self.unmatched_ignore:
@@ -267,6 +286,17 @@ class Plan:
                       f"| disk: output shards awaiting upload | {format_bytes(fp.peak_disk)} | {format_bytes(fp.disk_budget)} |",
                       f"| RAM: read-ahead + tensors in flight | {format_bytes(fp.peak_ram)} | {format_bytes(fp.ram_budget)} |"]
         return "\n".join(lines) + "\n"
+
+
+    def _loader_lines(self) -> list[str]:
+        """Where vLLM can serve the output: GPU generations and tensor-parallel sizes."""
+        rows = []
+        gpus = gpu_support(self.scheme_name)
+        if gpus and self.quantized:
+            rows.append(f"| GPUs | {gpus} |")
+        if self.tensor_parallel is not None and self.quantized:
+            rows.append(f"| tensor parallel | {self.tensor_parallel.summary()} |")
+        return ["", "| vLLM 0.33 | |", "|---|---|", *rows] if rows else []
 
 
 def _reason_kind(reason: str) -> str:
@@ -366,7 +396,7 @@ def plan_checkpoint(
     if headers is not None:
         return build_plan(headers_checkpoint(headers), resolved)
     checkpoint = open_checkpoint(model_dir)
-    return build_plan(checkpoint, resolved, source_plan(checkpoint, read_config(model_dir)))
+    return plan_model(checkpoint, resolved, read_config(model_dir))
 
 
 def source_plan(
@@ -405,53 +435,79 @@ def source_plan(
     return plan_conversion(checkpoint, auto_converters(source, config), source.format)
 
 
+def plan_model(
+    checkpoint: Checkpoint,
+    resolved: ResolvedConfig,
+    config: Mapping[str, Any] | None,
+    converters: Sequence[Any] = (),
+    *,
+    append: bool = False,
+    tp: int | None = None,
+) -> Plan:
+    """The one way a job is planned: what the source is (``source_plan``), then ``build_plan``.
+
+    Args:
+        checkpoint: the source's headers (a folder, or a Hub repo read in place).
+        resolved: the request.
+        config: the source's ``config.json`` (``None``: none).
+        converters, append: as ``source_plan``.
+        tp: refuse the plan unless vLLM can shard the output at this tensor-parallel size.
+    """
+    source = source_plan(checkpoint, config, converters, append=append)
+    return build_plan(checkpoint, resolved, source, config=config, tp=tp)
+
+
 @paused_gc()
-def build_plan(checkpoint: Checkpoint, resolved: ResolvedConfig, source: SourcePlan | None = None) -> Plan:
+def build_plan(
+    checkpoint: Checkpoint,
+    resolved: ResolvedConfig,
+    source: SourcePlan | None = None,
+    *,
+    config: Mapping[str, Any] | None = None,
+    tp: int | None = None,
+) -> Plan:
     """The plan of an opened checkpoint for a resolved request, in one pass over its tensors.
 
     Args:
         checkpoint: the source's headers.
-        resolved: the request.
+        resolved: the request. With ``resolved.model_defaults`` the model's own loader-safe
+            entries (``model_default_ignore``) are added to its ignore list first.
         source: from ``source_plan``; FP8-block weights are planned as the dense weights they
             decode to (their ``weight_scale_inv`` is consumed, never written).
+        config: the source's ``config.json``, for the model's defaults and head counts.
+        tp: a tensor-parallel size the output must load at in vLLM.
+
+    Ignoring one member of a fused group (``re:.*q_proj$``) ignores its siblings too: vLLM
+    builds one layer of q/k/v (or gate/up) and refuses shards with different schemes. The
+    siblings' entries are added to the ignore list, and the plan says why.
 
     Raises:
         TensorShapeError / CheckpointError: as ``plan_checkpoint``.
+        FusedGroupError: members of a fused group fall into different config groups, or an
+            NVFP4 fused group lacks a member (its global scale would not be the loader's).
+        TensorParallelError: ``tp`` is given and vLLM could not shard the output at it.
     """
     source = source or DENSE_SOURCE
     decoded = source.by_output
     specs = {g: weight_spec(s, resolved.formats[g]) for g, s in resolved.groups}
-    ignore = IgnoreMatcher(resolved.ignore)
-    match_module = _module_matcher(resolved, ignore)
+    defaults: tuple[DefaultIgnore, ...] = ()
+    reasons: dict[str, str] = {}
+    if resolved.model_defaults:
+        defaults = model_default_ignore(config, checkpoint.tensors.values(), resolved.ignore)
+        resolved = resolved.with_ignore(d.entry for d in defaults)
+        reasons = {e: f"default: {r}" for e, r in DEFAULT_IGNORE_REASONS.items()}
+        reasons.update((d.entry, f"default: {d.reason}") for d in defaults)
 
-    units: list[_Unit] = []
-    skipped: dict[str, str] = {}
-    for name, origin, dtype, shape, shard in _expand_sources(_source_tensors(checkpoint, source)):
-        module, _, param = name.rpartition(".")
-        group = None
-        if module.endswith("norm"):
-            skipped[name] = "norm layer"
-        elif module in source.kept:  # copied as is, scales included
-            if param in ("weight", "weight_packed"):
-                skipped[name] = "already quantized in the source"
-        elif param == "weight":  # biases, buffers, scales: not weights, copied silently
-            group, reason = match_module(module)
-            if group is None:
-                skipped[name] = reason
-            elif len(shape) != 2:
-                skipped[name] = f"not 2-D: shape {list(shape)}"
-                group = None
-            elif 0 in shape:
-                skipped[name] = f"empty: shape {list(shape)}"
-                group = None
-            elif dtype not in FLOAT_WEIGHT_DTYPES:
-                raise CheckpointError(
-                    f"{name} has dtype {dtype}; only BF16/F16/F32 weights can be quantized (is the checkpoint "
-                    f"already quantized?). Add {module!r} to ignore to copy it as is."
-                )
-            else:
-                _check_shape(name, shape, specs[group])
-        units.append(_new(_Unit, (name, origin, dtype, shape, shard, group)))
+    units, skipped, ignore = _match_units(checkpoint, source, resolved, specs, reasons)
+    siblings = _fused_siblings_to_ignore(units, skipped)
+    if siblings:
+        for module, reason in siblings.items():
+            reasons[loader_pattern(module)] = reason
+        resolved = resolved.with_ignore(loader_pattern(m) for m in siblings)
+        units, skipped, ignore = _match_units(checkpoint, source, resolved, specs, reasons)
+        if _fused_siblings_to_ignore(units, skipped):  # the patterns match differently than planned
+            raise FusedGroupError("Could not extend the ignore list to whole fused groups; ignore whole q/k/v and "
+                                  "gate/up groups explicitly.")
 
     fused_groups, fused_index = _find_fused_groups(units, specs)
     shard_of = {u.name: u.shard for u in units}
@@ -482,22 +538,99 @@ def build_plan(checkpoint: Checkpoint, resolved: ResolvedConfig, source: SourceP
 
     used = {p.shard for p in planned}
     shards = tuple(s for s in checkpoint.shards if s in used)
-    # The loader-safe defaults are offered for every model; only the caller's own entries warn.
-    unmatched = tuple(e for e in ignore.unused() if e not in DEFAULT_IGNORE)
+    # Only the caller's own entries warn: the defaults are offered for every model.
+    unmatched = tuple(e for e in ignore.unused() if e not in DEFAULT_IGNORE and e not in reasons)
+    parallel = tensor_parallel_report(((p.module, p.shape, specs[p.group]) for p in planned if p.group is not None),
+                                      config, TP_SIZES + ((tp,) if tp else ()))
+    if tp and tp not in parallel.loads:
+        raise TensorParallelError(
+            f"vLLM could not load this output at tensor parallel size {tp}: {parallel.blocked[tp]}. It loads at TP "
+            f"{', '.join(map(str, parallel.loads)) or 'none of ' + ', '.join(map(str, TP_SIZES))}; "
+            "pick one of those, ignore that layer, or pick a scheme without blocks or groups (FP8_DYNAMIC)."
+        )
     return Plan(resolved, tuple(planned), skipped, tuple(fused_groups), shards, checkpoint.total_bytes, size_after,
-                specs, unmatched, source)
+                specs, unmatched, source, defaults=defaults, tensor_parallel=parallel)
 
 
-def _module_matcher(resolved: ResolvedConfig, ignore: IgnoreMatcher) -> Callable[[str], tuple[str | None, str]]:
+def _match_units(
+    checkpoint: Checkpoint,
+    source: SourcePlan,
+    resolved: ResolvedConfig,
+    specs: Mapping[str, WeightSpec],
+    reasons: Mapping[str, str],
+) -> tuple[list[_Unit], dict[str, str], IgnoreMatcher]:
+    """Every unit with its config group (or None), and why each weight is not quantized."""
+    ignore = IgnoreMatcher(resolved.ignore)
+    match_module = _module_matcher(resolved, ignore, reasons)
+    units: list[_Unit] = []
+    skipped: dict[str, str] = {}
+    for name, origin, dtype, shape, shard in _expand_sources(_source_tensors(checkpoint, source)):
+        module, _, param = name.rpartition(".")
+        group = None
+        if module.endswith("norm"):
+            skipped[name] = "norm layer"
+        elif module in source.kept:  # copied as is, scales included
+            if param in ("weight", "weight_packed"):
+                skipped[name] = "already quantized in the source"
+        elif param == "weight":  # biases, buffers, scales: not weights, copied silently
+            group, reason = match_module(module)
+            if group is None:
+                skipped[name] = reason
+            elif len(shape) != 2:
+                skipped[name] = f"not 2-D: shape {list(shape)}"
+                group = None
+            elif 0 in shape:
+                skipped[name] = f"empty: shape {list(shape)}"
+                group = None
+            elif dtype not in FLOAT_WEIGHT_DTYPES:
+                raise CheckpointError(
+                    f"{name} has dtype {dtype}; only BF16/F16/F32 weights can be quantized (is the checkpoint "
+                    f"already quantized?). Add '{loader_pattern(module)}' to ignore to copy it as is."
+                )
+            else:
+                _check_shape(name, shape, specs[group])
+        units.append(_new(_Unit, (name, origin, dtype, shape, shard, group)))
+    return units, skipped, ignore
+
+
+def _fused_siblings_to_ignore(units: list[_Unit], skipped: Mapping[str, str]) -> dict[str, str]:
+    """Quantized members of fused groups whose other members are ignored: module -> why.
+
+    Raises:
+        FusedGroupError: quantized members of one fused group fall into different config groups.
+    """
+    state = {u.name: u.group for u in units if u.group is not None or skipped.get(u.name, "").startswith(
+        ("ignored", "default"))}
+    out: dict[str, str] = {}
+    for kind, members in find_fused_sets(state):
+        groups = {state[m] for m in members}
+        quantized = [m for m in members if state[m] is not None]
+        if len(groups - {None}) > 1:
+            raise FusedGroupError(
+                f"{', '.join(members)} are one {kind} layer in vLLM, but would be quantized with different config "
+                f"groups ({', '.join(sorted(g for g in groups if g))}); vLLM refuses that. Give them one group."
+            )
+        if None in groups and quantized:
+            ignored = next(m for m in members if state[m] is None)
+            for member in quantized:
+                out[member.rpartition(".")[0]] = (f"ignored with its fused sibling {ignored.rpartition('.')[0].rpartition('.')[2]} "
+                                                  f"({kind} is one layer in vLLM)")
+    return out
+
+
+def _module_matcher(
+    resolved: ResolvedConfig, ignore: IgnoreMatcher, reasons: Mapping[str, str],
+) -> Callable[[str], tuple[str | None, str]]:
     """``module -> (config group, "")`` or ``(None, reason)``: first group whose targets match
     and whose ignore list does not (the peer's semantics), compiled once for the whole plan.
+    ``reasons`` names why a default entry is there ("default: embedding (name)").
     """
     rules = [(group, None if not s.targets or "Linear" in s.targets else list(s.targets)) for group, s in resolved.groups]
 
     def match(module: str) -> tuple[str | None, str]:
         entry = ignore.match(module)
         if entry is not None:
-            return None, f"ignored: matches `{entry}`"
+            return None, reasons.get(entry) or f"ignored: matches `{entry}`"
         for group, targets in rules:
             if targets is None or any(match_name(module, t) for t in targets):
                 return group, ""
@@ -511,7 +644,8 @@ def _check_shape(name: str, shape: tuple[int, ...], spec: WeightSpec) -> None:
     if spec.strategy in ("group", "tensor_group") and cols % spec.group_size:
         raise TensorShapeError(
             f"{name}: {cols} columns are not divisible by the group size {spec.group_size} of this scheme; "
-            f"add {name.rpartition('.')[0]!r} to ignore, or pick a scheme without groups (e.g. FP8_BLOCK pads)."
+            f"add '{loader_pattern(name.rpartition('.')[0])}' to ignore (it matches the module under any loader "
+            "prefix), or pick a scheme without groups (e.g. FP8_BLOCK pads)."
         )
 
 
@@ -521,6 +655,11 @@ def find_fused_sets(names: Iterable[str]) -> list[tuple[str, tuple[str, ...]]]:
     Only sets of two or more present members count; a weight belongs to one set.
     One pass: a fused member is ``<prefix>.<member>.weight`` with a known member name.
     """
+    return [(kind, members) for kind, members, _missing in _fused_sets(names) if len(members) >= 2]
+
+
+def _fused_sets(names: Iterable[str]) -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:
+    """Every fused set with at least one present member: (kind, present members, missing member names)."""
     found: dict[tuple[str, str], dict[str, str]] = {}
     for name in names:
         if not name.endswith(".weight"):
@@ -530,30 +669,49 @@ def find_fused_sets(names: Iterable[str]) -> list[tuple[str, tuple[str, ...]]]:
         if kind is None or not prefix:
             continue
         found.setdefault((kind, prefix), {})[member] = name
-    sets = []
-    for (kind, _prefix), by_member in found.items():
-        members = tuple(by_member[m] for m in _FUSED_KINDS[kind] if m in by_member)
-        if len(members) >= 2:
-            sets.append((kind, members))
-    return sets
+    return [(kind, tuple(by_member[m] for m in _FUSED_KINDS[kind] if m in by_member),
+             tuple(f"{prefix}.{m}" for m in _FUSED_KINDS[kind] if m not in by_member))
+            for (kind, prefix), by_member in found.items()]
 
 
 def _find_fused_groups(units: list[_Unit], specs: Mapping[str, WeightSpec]) -> tuple[list[FusedGroup], dict[str, int]]:
-    """Fused sets among the weights quantized with a global scale (NVFP4's tensor_group)."""
+    """Fused sets among the weights quantized with a global scale (NVFP4's tensor_group).
+
+    Raises:
+        FusedGroupError: a set with a member missing (q and k without v, gate without up), as
+            llm-compressor refuses: the loader's fused layer would not have the global scale
+            computed here. A lone ``q_proj`` or ``kv_a_proj_with_mqa`` is a layer of its own (MLA
+            without q-LoRA), not a partial set.
+    """
     candidates = {u.name: u for u in units if u.group is not None and specs[u.group].strategy == "tensor_group"}
     groups: list[FusedGroup] = []
     index: dict[str, int] = {}
-    for kind, members in find_fused_sets(candidates):
+    for kind, members, missing in _fused_sets(candidates):
+        lone = len(members) == 1 and members[0].rpartition(".")[0].rpartition(".")[2] in _LONE_LAYERS
+        if missing and not lone:
+            raise FusedGroupError(
+                f"{', '.join(m.rpartition('.')[0] for m in members)} belong to a {kind} layer that loaders fuse, but "
+                f"{', '.join(missing)} is not quantized with it (missing from the checkpoint, or ignored or in "
+                "another group): one NVFP4 global scale must cover the whole layer. Quantize the whole set, or "
+                "ignore all of it."
+            )
+        if len(members) < 2:
+            continue
         for n in members:
             index[n] = len(groups)
         groups.append(FusedGroup(kind, members, tuple(candidates[n].shard for n in members)))
     return groups, index
 
 
-def suggest_ignore(tensor_names: Iterable[str]) -> list[str]:
-    """The loader-safe defaults (``DEFAULT_IGNORE``) that match a module of this model."""
-    modules = {n.rpartition(".")[0] for n in tensor_names}
-    return [p for p in DEFAULT_IGNORE if any(match_name(m, p) for m in modules)]
+def suggest_ignore(source: Plan | Iterable[str]) -> list[str]:
+    """The loader-safe defaults this model needs: the name rules (``DEFAULT_IGNORE``) that match
+    one of its modules, then, given a ``Plan`` made with the defaults, the model's own entries
+    (``Plan.defaults``: vocab-sized weights, routers by shape, towers, MTP layers).
+    """
+    names = (i.name for i in source.items) if isinstance(source, Plan) else source
+    modules = {n.rpartition(".")[0] for n in names}
+    found = [p for p in DEFAULT_IGNORE if any(match_name(m, p) for m in modules)]
+    return found + ([d.entry for d in source.defaults] if isinstance(source, Plan) else [])
 
 
 def check_merged_config(plan: Plan, merged: Mapping[str, Any], earlier_groups: int) -> None:
@@ -586,7 +744,12 @@ def check_merged_config(plan: Plan, merged: Mapping[str, Any], earlier_groups: i
             return "several groups that target Linear (" + ", ".join(groups[i][0] for i in by_class) + ")"
         return by_class[0] if by_class else None
 
-    quantized = {item.module: item.group for item in plan.quantized}
+    names = [name for name, _ in groups]
+    # merge() appends our groups in order, renaming one whose name is taken (a second stacked
+    # run's config_group_0 becomes config_group_1): compare with the name it was given.
+    given = {group: names[earlier_groups + i] for i, (group, _) in enumerate(plan.resolved.groups)
+             if earlier_groups + i < len(names)}
+    quantized = {item.module: given.get(item.group, item.group) for item in plan.quantized}
     states: dict[str, str] = {}
     for item in plan.items:
         module, _, param = item.name.rpartition(".")
@@ -597,7 +760,6 @@ def check_merged_config(plan: Plan, merged: Mapping[str, Any], earlier_groups: i
             states[module] = "compressed before this run"
         elif param == "weight" and len(item.shape) == 2 and not module.endswith("norm"):
             states.setdefault(module, "dense")
-    names = [name for name, _ in groups]
     for module, state in states.items():
         got = resolve(module)
         if state == "dense":

@@ -116,7 +116,8 @@ class RecipeJob:
     revision: str | None = None
     line: int | None = field(default=None, compare=False)
 
-    def to_job(self, *, overwrite: bool = False, device: str | None = None, workers: int = 1) -> Job:
+    def to_job(self, *, overwrite: bool = False, device: str | None = None, workers: int = 1,
+               tp: int | None = None) -> Job:
         """The ``Job`` of this entry; the caller adds what a recipe does not set per job."""
         return make_job(
             self.model,
@@ -130,6 +131,7 @@ class RecipeJob:
             overwrite=overwrite,
             device=device,
             workers=workers,
+            tp=tp,
         )
 
 

@@ -9,7 +9,7 @@ calibration data, and describes the presets for the front ends.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
 from compressed_tensors import __version__ as COMPRESSED_TENSORS_VERSION
@@ -36,36 +36,69 @@ from .observers import resolve_observer
 __all__ = [
     "COMPRESSED_TENSORS_VERSION",
     "DEFAULT_IGNORE",
+    "DEFAULT_IGNORE_REASONS",
     "ResolvedConfig",
     "SchemeInfo",
     "canonical_scheme_name",
     "config_block",
+    "gpu_support",
     "list_schemes",
     "resolve_config",
     "scheme_repo_suffix",
     "weight_spec",
 ]
 
-DEFAULT_IGNORE: tuple[str, ...] = (
-    "lm_head",
-    r"re:.*embed_tokens$",
+DEFAULT_IGNORE_REASONS: dict[str, str] = {
+    "lm_head": "head (name)",
+    r"re:.*embed_tokens$": "embedding (name)",
     # MoE routers: vLLM loads them unquantized (Mixtral, Qwen-MoE, DeepSeek `mlp.gate`)
-    r"re:.*\.gate$",
-    r"re:.*\.router$",
-    r"re:.*shared_expert_gate$",
-)
-"""Loader-safe ignore list used by the CLI, the Action and the Space.
+    r"re:.*\.gate$": "MoE router (name)",
+    r"re:.*\.router$": "MoE router (name)",
+    r"re:.*shared_expert_gate$": "MoE router (name)",
+}
+DEFAULT_IGNORE: tuple[str, ...] = tuple(DEFAULT_IGNORE_REASONS)
+"""The name rules of the loader-safe ignore list used by the CLI, the Action and the Space.
 
-The Python ``model_free_ptq`` keeps llm-compressor's semantics and ignores only
-what the caller passes (plus modules ending in ``norm``).
+The planner adds what the model itself needs (``default_ignore.model_default_ignore``:
+vocab-sized weights under any name, routers by shape, vision/audio towers, MTP layers).
+The Python ``model_free_ptq`` keeps llm-compressor's semantics and ignores only what the
+caller passes (plus modules ending in ``norm``).
 """
+
+# Which GPUs vLLM 0.33 runs each preset on (each scheme's ``get_min_capability`` in
+# vllm/model_executor/layers/quantization/compressed_tensors/schemes/, and the kernel it picks).
+_GPUS: dict[str, str] = {
+    "FP8_DYNAMIC": "FP8 GEMMs from compute capability 8.9 (Ada, Hopper, Blackwell); weight-only FP8 Marlin from 7.5",
+    "FP8_BLOCK": "FP8 block GEMMs from compute capability 8.9 (Ada, Hopper, Blackwell)",
+    "NVFP4A16": "Blackwell (10.0) FP4 kernels; weight-only NVFP4 Marlin with 16-bit activations from 7.5 (Turing, Ampere, Hopper)",
+    "MXFP4A16": ("weight-only MXFP4 Marlin with 16-bit activations from 8.0 (Ampere, Hopper); on Blackwell (10.0) "
+                 "vLLM 0.33 reads MXFP4 without its activation arguments and runs dynamic MXFP4 activations, as MXFP4"),
+    "MXFP4": "Blackwell (10.0) MXFP4 kernels; weight-only MXFP4 Marlin from 8.0 (Ampere, Hopper)",
+    "MXFP8A16": "weight-only MXFP8 from 7.5; Blackwell (10.0) MX kernels",
+    "MXFP8": "Blackwell (10.0) MXFP8 kernels; weight-only from 7.5",
+    "W4A16": "weight-only INT4 Marlin / Machete from 7.5 (Turing, Ampere, Ada, Hopper, Blackwell)",
+    "W4A16_ASYM": "weight-only INT4 Marlin from 7.5 (Turing, Ampere, Ada, Hopper, Blackwell)",
+    "W8A16": "weight-only INT8 Marlin from 7.5 (Turing, Ampere, Ada, Hopper, Blackwell)",
+    "W8A8": "INT8 GEMMs from 7.5 (Turing, Ampere, Ada, Hopper)",
+    "INT8": "INT8 GEMMs from 7.5 (Turing, Ampere, Ada, Hopper)",
+    "W4AFP8": "Hopper (9.0) mixed INT4 x FP8 GEMMs",
+    "MXFP6A16": "no released vLLM loader yet",
+    "MXFP6A8": "no released vLLM loader yet",
+}
+
+
+def gpu_support(name: str) -> str | None:
+    """Which GPUs vLLM runs a preset on, in one line (None for a custom config)."""
+    return _GPUS.get(name)
+
 
 # One line per preset for the Space's dropdown and the README table.
 _DESCRIPTIONS: dict[str, str] = {
     "FP8_DYNAMIC": "FP8 weights, per-channel scales, dynamic per-token FP8 activations. Hopper/Ada+; ~2x smaller, near-lossless.",
     "FP8_BLOCK": "FP8 weights in 128x128 blocks, dynamic FP8 activations (DeepSeek style). Hopper/Blackwell; ~2x smaller.",
     "NVFP4A16": "NVFP4 weights (16-wide groups, FP8 scales + global scale), 16-bit activations. Blackwell native, Hopper via Marlin; ~3.5x smaller.",
-    "MXFP4A16": "MXFP4 weights (32-wide groups, power-of-two scales), 16-bit activations. Blackwell; ~3.8x smaller.",
+    "MXFP4A16": ("MXFP4 weights (32-wide groups, power-of-two scales), 16-bit activations in transformers and on "
+                 "Ampere/Hopper (Marlin); vLLM 0.33 on Blackwell runs it with dynamic MXFP4 activations; ~3.8x smaller."),
     "MXFP4": "MXFP4 weights and dynamic MXFP4 activations. Blackwell; ~3.8x smaller, lowest precision.",
     "MXFP4XFP8": "MXFP4 weights with dynamic FP8 activations. Blackwell; ~3.8x smaller.",
     "MXFP8A16": "MXFP8 weights (32-wide groups, power-of-two scales), 16-bit activations. Blackwell; ~2x smaller.",
@@ -105,11 +138,19 @@ class ResolvedConfig:
         config: the ``QuantizationConfig`` (status ``initialized``), groups in order.
         name: a display / repo-suffix name (the preset name, or ``config_group_0``).
         formats: compressed-tensors format of each config group, by group name.
+        model_defaults: the planner adds the model's own loader-safe entries to ``ignore``
+            (the front ends' default rule); False once added, and for ``model_free_ptq``.
     """
 
     config: QuantizationConfig
     name: str
     formats: dict[str, str]
+    model_defaults: bool = False
+
+    def with_ignore(self, extra: Iterable[str]) -> "ResolvedConfig":
+        """A copy whose ignore list ends with ``extra`` (the model's defaults, once added)."""
+        ignore = self.ignore + [e for e in extra if e not in self.ignore]
+        return replace(self, config=self.config.model_copy(update={"ignore": ignore}), model_defaults=False)
 
     @property
     def groups(self) -> list[tuple[str, QuantizationScheme]]:
@@ -207,6 +248,8 @@ def resolve_config(
     config: QuantizationConfig | None = None,
     ignore: Iterable[str] = (),
     observer: str | None = None,
+    *,
+    model_defaults: bool = False,
 ) -> ResolvedConfig:
     """Validate the request and return a private copy ready for planning.
 
@@ -214,7 +257,8 @@ def resolve_config(
     ``config``; a preset name or a ``QuantizationScheme``; ``ignore`` is appended
     to the config's own ignore list; empty targets mean ``["Linear"]``. ``observer``
     (a front end's ``--observer``) replaces every group's weight observer, by its
-    canonical name, so the config.json and the card record what ran.
+    canonical name, so the config.json and the card record what ran. ``model_defaults``:
+    the planner adds the model's loader-safe entries (the front ends' default rule).
 
     Raises:
         SchemeNotSupportedError: unknown preset, both or neither of scheme/config,
@@ -282,7 +326,7 @@ def resolve_config(
         ignore=base_ignore + ignore,
         kv_cache_scheme=kv_cache,
     )
-    return ResolvedConfig(config=final, name=name, formats=formats)
+    return ResolvedConfig(config=final, name=name, formats=formats, model_defaults=model_defaults)
 
 
 def _check_data_free(scheme: QuantizationScheme, name: str) -> None:

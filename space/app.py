@@ -174,7 +174,7 @@ def preview_model(model_id: str | None, scheme: str, recent: list[str] | None, o
         # Keep the loader-safe defaults in the box: a later scheme change re-plans with them.
         defaults = "\n".join(ptq_core.DEFAULT_IGNORE)
         return _refusal(model_id, scheme, err, token), defaults, "", gr.Button(interactive=False), recent
-    ignore = ptq_core.suggest_ignore(item.name for item in plan.items)
+    ignore = ptq_core.suggest_ignore(plan)
     recent = [model_id, *[m for m in recent if m != model_id]][:RECENT_LIMIT]
     text, ok = _plan_markdown(model_id, plan)
     return text, "\n".join(ignore), _default_target(model_id, scheme, token), gr.Button(interactive=ok), recent

@@ -50,7 +50,7 @@ def test_plan_prints_table_with_default_ignore(llama, capsys):
     assert cli.main(["plan", str(llama), "--scheme", "NVFP4A16"]) == 0
     out = capsys.readouterr().out
     assert "### Plan: NVFP4A16" in out
-    assert "ignored: matches `lm_head`" in out
+    assert "default: head (name)" in out
     assert "| q/k/v | 2 | 2 |" in out  # two layers, both split across the two shards
     for pattern in DEFAULT_IGNORE:
         assert f"`{pattern}`" in out

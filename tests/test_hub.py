@@ -76,7 +76,10 @@ def checkpoint(tmp_path_factory) -> Path:
 def _repo_files(folder: Path) -> dict[str, Path | bytes]:
     files: dict[str, Path | bytes] = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
     files["original/consolidated.00.pth"] = b"a duplicate in another format"
+    files["original/params.json"] = b"{}"  # a side file beside weights: the folder stays behind
     files["onnx/model.onnx"] = b"another duplicate"
+    files["1_Pooling/config.json"] = b'{"pooling_mode_mean_tokens": true}'  # sentence-transformers
+    files["additional_chat_templates/tool_use.jinja"] = b"{{ messages }}"
     return files
 
 
@@ -146,6 +149,8 @@ def test_quantize_to_hub_end_to_end(hub, source, checkpoint, work_dir, tmp_path,
         "tokenizer_config.json",
         "chat_template.jinja",
         "generation_config.json",
+        "1_Pooling/config.json",
+        "additional_chat_templates/tool_use.jinja",
     } <= files
     assert not any(f.endswith((".bin", ".pth", ".onnx")) or f.startswith(("original/", "onnx/")) for f in files)
     # Only what the output needs was downloaded.
@@ -426,7 +431,7 @@ def test_source_without_safetensors(hub, work_dir):
 # --- plan_hub_model ---------------------------------------------------------------------
 def test_plan_hub_model_reads_headers_only(hub, source, checkpoint):
     plan = plan_hub_model(source, "NVFP4A16")
-    local = ptq_core.plan_checkpoint(checkpoint, scheme="NVFP4A16", ignore=list(ptq_core.DEFAULT_IGNORE))
+    local = plan_hub_model(str(checkpoint), "NVFP4A16")  # the same job planned from a local copy
     assert (plan.size_before, plan.size_after) == (local.size_before, local.size_after)
     assert dict(plan.skipped) == dict(local.skipped)
     assert "lm_head.weight" in plan.skipped

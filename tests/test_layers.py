@@ -21,7 +21,7 @@ LAYERS: dict[str, int] = {
     "numerics": 3,
     "schemes": 4,
     "job": 5, "checkpoint": 5,
-    "convert": 6,
+    "convert": 6, "default_ignore": 6, "tensor_parallel": 4,
     "plan": 7,
     "_http": 8, "parts": 8,
     "source": 9, "writer": 9,

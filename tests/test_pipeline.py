@@ -562,3 +562,28 @@ def test_reindex_fused_weights(checkpoints, tmp_path, variant):
     model_free_ptq(src, a, scheme="NVFP4A16", ignore=list(DEFAULT_IGNORE))
     model_free_ptq(out, b, scheme="NVFP4A16", ignore=list(DEFAULT_IGNORE))
     assert_same_tensors(load_tensors(b), load_tensors(a), "reindexed vs original")
+
+
+def test_two_stacked_calls_with_scheme_objects_keep_their_groups_apart(tmp_path):
+    """llm-compressor's own model-free tests stack two calls, each with a ``QuantizationScheme``
+    (both named ``config_group_0``): compressed-tensors' merge renames the second group, and
+    every module must still resolve to the group it is stored in."""
+    from compressed_tensors.quantization import QuantizationScheme, preset_name_to_scheme
+
+    from ptq_core.matching import IgnoreMatcher, match_name
+
+    src = make_checkpoint(tmp_path / "src", "llama")
+    mlp = preset_name_to_scheme("FP8_DYNAMIC", [r"re:.*mlp\.(gate|up|down)_proj$"])
+    attn = preset_name_to_scheme("W4A16", [r"re:.*self_attn\.(q|k|v|o)_proj$"])
+    assert isinstance(mlp, QuantizationScheme)
+    model_free_ptq(src, tmp_path / "one", scheme=mlp, ignore=["lm_head"])
+    model_free_ptq(tmp_path / "one", tmp_path / "two", scheme=attn, ignore=["lm_head"])
+    quant = json.loads((tmp_path / "two" / "config.json").read_text())["quantization_config"]
+    assert list(quant["config_groups"]) == ["config_group_0", "config_group_1"]
+    tensors = load_tensors(tmp_path / "two")
+    ignore = IgnoreMatcher(quant["ignore"])
+    for module, group, param in (("model.layers.0.mlp.down_proj", "config_group_0", "weight_scale"),
+                                 ("model.layers.1.self_attn.k_proj", "config_group_1", "weight_packed")):
+        assert f"{module}.{param}" in tensors
+        assert ignore.match(module) is None
+        assert any(match_name(module, t) for t in quant["config_groups"][group]["targets"])

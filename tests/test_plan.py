@@ -59,7 +59,7 @@ def test_records_sizes_and_reasons():
     assert all(isinstance(i, PlannedWeight) for i in plan.items)
     assert all(isinstance(o, OutputTensor) for i in plan.items for o in i.outputs)
     assert plan.skipped["model.layers.0.input_layernorm.weight"] == "norm layer"
-    assert plan.skipped["lm_head.weight"] == "ignored: matches `lm_head`"
+    assert plan.skipped["lm_head.weight"] == "default: head (name)"
     assert plan.skipped["model.layers.0.mlp.empty_proj.weight"] == "empty: shape [0, 128]"
     assert "model.layers.0.self_attn.o_proj.bias" not in plan.skipped  # a bias is copied silently
     assert plan.size_after == sum(o.nbytes for i in plan.items for o in i.outputs)

@@ -9,7 +9,8 @@ import pytest
 from factory import make_checkpoint
 from ptq_core.checkpoint import open_checkpoint
 from ptq_core.errors import DiskSpaceError
-from ptq_core.repo_files import select_repo_files
+from ptq_core import make_job, quantize_job
+from ptq_core.repo_files import duplicate_weight_files, select_repo_files
 from ptq_core.source import check_disk_space, disk_needed, resolve_source
 
 REPO = [
@@ -27,6 +28,35 @@ def test_the_side_file_rule():
         "config.json", "generation_config.json", "tokenizer.json", "tokenizer.model", "vocab.txt", "merges.txt",
         "chat_template.jinja", "modeling_custom.py", "LICENSE", "NOTICE.md",
     ])
+
+
+def test_subfolders_of_side_files_travel_subfolders_with_weights_do_not():
+    repo = ["model.safetensors", "config.json", "modules.json", "1_Pooling/config.json",
+            "additional_chat_templates/tool_use.jinja", "original/params.json", "original/consolidated.00.pth",
+            "metal/model.bin", "metal/config.json", "onnx/model.onnx", "variant/model.safetensors",
+            "variant/config.json", ".cache/x.json", "1_Pooling/README.md"]
+    assert select_repo_files(repo) == [
+        "1_Pooling/config.json", "additional_chat_templates/tool_use.jinja", "config.json", "model.safetensors",
+        "modules.json",
+    ]
+    assert set(duplicate_weight_files(repo)) == {
+        "original/params.json", "original/consolidated.00.pth", "metal/model.bin", "metal/config.json",
+        "onnx/model.onnx", "variant/model.safetensors", "variant/config.json",
+    }
+
+
+def test_a_sentence_transformers_folder_keeps_its_pooling_config(tmp_path):
+    src = make_checkpoint(tmp_path / "src", "llama")
+    (src / "1_Pooling").mkdir()
+    (src / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
+    (src / "modules.json").write_text('[{"idx": 1, "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]')
+    (src / "original").mkdir()
+    (src / "original" / "params.json").write_text("{}")
+    (src / "original" / "consolidated.00.pth").write_bytes(b"x")
+    out = tmp_path / "out"
+    quantize_job(make_job(str(src), "FP8_BLOCK"), out)
+    assert (out / "1_Pooling" / "config.json").read_text() == '{"pooling_mode_mean_tokens": true}'
+    assert (out / "modules.json").exists() and not (out / "original").exists()
 
 
 def test_a_folder_travels_by_the_same_rule_as_a_hub_repo(tmp_path):

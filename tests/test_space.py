@@ -141,7 +141,7 @@ def test_preview_reads_headers_only_and_prefills_the_form(hub, source):
 
     assert "### Plan: FP8_BLOCK" in plan_md
     assert "| quantized: FP8_BLOCK (float-quantized) | 14 |" in plan_md
-    assert "| norm layer | 5 |" in plan_md and "ignored: matches `lm_head`" in plan_md
+    assert "| norm layer | 5 |" in plan_md and "default: head (name)" in plan_md
     assert "Ready to run" in plan_md and "**Streamed:** at most" in plan_md
     assert ignore == "lm_head\nre:.*embed_tokens$"  # only the defaults this model has
     assert target == TARGET
