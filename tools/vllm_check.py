@@ -52,7 +52,8 @@ from pathlib import Path
 CAPABILITIES = (90, 100)
 STUB_NAME = "libcuda.so.1"
 # Tried in order when the automatic attention backend needs a GPU to be constructed.
-FALLBACK_ATTENTION_BACKENDS = ("FLASH_ATTN", "TRITON_ATTN", "TRITON_MLA", "FLASHMLA")
+FALLBACK_ATTENTION_BACKENDS = ("FLASH_ATTN", "TRITON_ATTN", "FLASH_ATTN_MLA", "CUTLASS_MLA", "FLASHINFER_MLA",
+                               "TRITON_MLA", "FLASHMLA")
 # Float dtypes by width: a load from a wider into a narrower dtype loses bits.
 _FLOAT_BITS = {"float64": 64, "float32": 32, "bfloat16": 16, "float16": 16}
 
@@ -124,6 +125,19 @@ def install_platform(capability: int):
         def get_device_capability(cls, device_id: int = 0) -> DeviceCapability:
             return DeviceCapability(major=major, minor=minor)
 
+        # The base asks torch.cuda. vLLM 0.33 reads the name only to word messages on the
+        # paths this tool runs (Triton MLA/attention __init__, config/model.py's dtype error),
+        # never to pick a scheme or kernel.
+        @classmethod
+        def get_device_name(cls, device_id: int = 0) -> str:
+            return f"vllm-check stand-in for compute capability {major}.{minor}"
+
+        # The base asks torch.cuda. Read in model construction only by the Triton MLA and
+        # Triton attention __init__ (split sizes); H100 SXM has 132 SMs, B200 148.
+        @classmethod
+        def num_compute_units(cls, device_id: int = 0) -> int:
+            return 148 if capability >= 100 else 132
+
     platforms.current_platform = CapabilityPlatform()
     return platforms.current_platform
 
@@ -141,7 +155,10 @@ def describe_error(err: BaseException) -> dict:
             where = f"{rel}:{frame.lineno} ({frame.name}): {frame.line}"
             if rel.startswith("vllm/"):
                 break
-    return {"type": type(err).__name__, "message": str(err).strip(), "where": where}
+    stack = [f"{f.filename.split('/site-packages/', 1)[1]}:{f.lineno} ({f.name})"
+             for f in frames if "/site-packages/vllm/" in f.filename.replace(os.sep, "/")]
+    return {"type": type(err).__name__, "message": str(err).strip(), "where": where,
+            "stack": stack[-8:]}
 
 
 # ---------------------------------------------------------------- the checkpoint
@@ -303,10 +320,11 @@ def check_folder(folder: Path, capability: int) -> dict:
                     model = initialize_model(vllm_config=vllm_config)
             except Exception as err:  # noqa: BLE001
                 error = describe_error(err)
-                if error["where"] and error["where"].startswith("vllm/v1/attention/"):
-                    report["notes"].append(f"attention backend {backend or 'auto'} failed without "
-                                           f"a GPU ({error['message']} at {error['where']}); "
-                                           "retrying with another attention backend")
+                if any(f.startswith("vllm/v1/attention/") or "(get_attn_backend_cls)" in f
+                       for f in error["stack"]):
+                    report["notes"].append(f"attention backend {backend or 'auto'} not built "
+                                           f"({error['message'][:120]} at {error['where']}); "
+                                           "tried the next one")
                     continue
             break
     if model is None and error is not None:
