@@ -579,7 +579,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for cap in caps:
             out = Path(tmp) / f"sm_{cap}.json"
-            env = {**os.environ, "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR")}
+            env = {**os.environ, "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR"),
+                   # vLLM's own switch: no CUDA stream for MoE shared experts (the runner
+                   # creates one in __init__ otherwise, shared_experts.py, which needs a GPU).
+                   "VLLM_DISABLE_SHARED_EXPERTS_STREAM": "1"}
             proc = subprocess.run([sys.executable, __file__, *args.folders, "--worker", str(cap),
                                    "--worker-out", str(out)], env=env, capture_output=True, text=True)
             if proc.returncode != 0 or not out.exists():
