@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -34,9 +35,13 @@ CASES = [
     ("llama-NVFP4A16", "llama", "NVFP4A16", ()),
     ("llama-MXFP4A16", "llama", "MXFP4A16", ()),
     ("qwen3_moe-W4A16", "qwen3_moe", "W4A16", ()),
-    # Only q of the fused q/k/v ignored: vLLM refuses the layer.
+    # Only q of the fused q/k/v asked to be ignored: ptq ignores its siblings too, so vLLM
+    # gets one scheme for qkv_proj.
     ("llama-FP8_BLOCK-q-ignored", "llama", "FP8_BLOCK", ("re:.*q_proj$",)),
 ]
+# A config that ignores only q (what ptq wrote before it ignored fused siblings together):
+# made by editing the FP8_BLOCK output's config.json; vLLM must refuse it.
+BROKEN = "llama-FP8_BLOCK-only-q-in-config"
 
 
 def _installed_pin() -> str | None:
@@ -61,6 +66,12 @@ def vllm_report(tmp_path_factory) -> tuple[int, dict, str]:
         out = work / name
         model_free_ptq(src, out, scheme=scheme, ignore=[*DEFAULT_IGNORE, *ignore])
         outs.append(str(out))
+    broken = work / BROKEN
+    shutil.copytree(work / "llama-FP8_BLOCK", broken)
+    config = json.loads((broken / "config.json").read_text())
+    config["quantization_config"]["ignore"].append("re:.*q_proj$")
+    (broken / "config.json").write_text(json.dumps(config, indent=2))
+    outs.append(str(broken))
     report_path = work / "report.json"
     proc = subprocess.run([str(VENV_PYTHON), str(TOOL), *outs, "--json", str(report_path)],
                           capture_output=True, text=True, timeout=1200)
@@ -76,7 +87,7 @@ def _failures(by_cap: dict) -> list[str]:
             for f in rep["failures"]]
 
 
-@pytest.mark.parametrize("name", [c[0] for c in CASES if not c[3]])
+@pytest.mark.parametrize("name", [c[0] for c in CASES])
 def test_vllm_loads_our_output(vllm_report, name):
     _, reports, stdout = vllm_report
     by_cap = reports[name]
@@ -108,8 +119,8 @@ def test_vllm_schemes_per_capability(vllm_report):
 
 def test_vllm_refuses_one_ignored_member_of_qkv(vllm_report):
     returncode, reports, stdout = vllm_report
-    assert returncode == 1
-    by_cap = reports["llama-FP8_BLOCK-q-ignored"]
+    assert returncode == 1  # the broken config fails, and only it (the other cases pass)
+    by_cap = reports[BROKEN]
     for cap in ("90", "100"):
         messages = [f["message"] for f in by_cap[cap]["failures"]]
         assert ("Found different quantization schemes for the shards of "
@@ -117,6 +128,7 @@ def test_vllm_refuses_one_ignored_member_of_qkv(vllm_report):
         wheres = [f["where"] for f in by_cap[cap]["failures"] if f.get("where")]
         assert any(w.startswith("vllm/model_executor/layers/quantization/compressed_tensors/utils.py:")
                    for w in wheres)
+        assert any(f["stage"] == "build" for f in by_cap[cap]["failures"])  # the model refuses too
 
 
 def test_tool_does_not_import_ptq_core():
