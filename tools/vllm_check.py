@@ -184,8 +184,9 @@ def linear_modules(tensors: dict[str, tuple[str, list[int]]]) -> dict[str, str]:
         if leaf == "weight_packed":
             modules[module] = f"packed {dtype}"
         elif leaf == "weight" and len(shape) == 2:
-            if dtype in ("F8_E4M3", "I8") and f"{module}.weight_scale" in tensors:
-                modules[module] = f"quantized {dtype}"
+            if dtype in ("F8_E4M3", "I8"):
+                scaled = f"{module}.weight_scale" in tensors
+                modules[module] = f"quantized {dtype}" + ("" if scaled else " (no weight_scale)")
             else:
                 modules[module] = f"dense {dtype}"
     return modules
