@@ -5,12 +5,18 @@ Runs INSIDE the side venv that ``scripts/vllm-check.sh`` makes (vLLM pinned in
 
 For each checkpoint folder and each compute capability (9.0 Hopper, 10.0 Blackwell):
 
-1. **Platform.** vLLM's own CUDA platform class (``NonNvmlCudaPlatform``) with one method
-   replaced, ``get_device_capability``; ``has_device_capability``, ``is_device_capability``
-   and ``_check_scheme_supported`` all read it. vLLM's extension modules link ``libcuda.so.1``,
-   which a machine without the NVIDIA driver lacks: a stub with the same soname, whose
-   functions all return CUDA_ERROR_NO_DEVICE, is built with ``cc`` and loaded first. No CUDA
-   call is made (``torch.cuda.is_available()`` stays False).
+1. **Platform.** vLLM's own CUDA platform class (``NonNvmlCudaPlatform``) with the compute
+   capability replaced (``get_device_capability``; ``has_device_capability``,
+   ``is_device_capability``, ``_check_scheme_supported`` and the kernel choosers all read it).
+   Two other device properties are answered because attention backends read them while a
+   model is built, never to pick a scheme or kernel: ``get_device_name`` (messages) and
+   ``num_compute_units`` (split sizes). vLLM's extension modules link ``libcuda.so.1``, which
+   a machine without the NVIDIA driver lacks: a stub with the same soname, whose functions all
+   return CUDA_ERROR_NO_DEVICE, is built with ``cc`` and loaded first; ``torch.cuda`` stays
+   unavailable, so any other call that needs the GPU fails and is reported. An attention
+   backend that needs the GPU in its ``__init__`` is replaced by the next one that builds
+   (noted); ``VLLM_DISABLE_SHARED_EXPERTS_STREAM=1`` (vLLM's switch) keeps MoE shared experts
+   from creating a CUDA stream.
 2. **Config.** ``ModelConfig`` / ``VllmConfig`` from the folder, as ``vllm serve`` builds them;
    vLLM's ``CompressedTensorsConfig`` comes from its ``quantization_config``.
 3. **Schemes, layer by layer.** For each linear-like module of the checkpoint (a 2-D
@@ -29,7 +35,9 @@ Failures (exit status 1): a layer vLLM refuses at a capability (``get_scheme`` r
 "Found different quantization schemes for the shards of ..."); a module stored quantized that
 vLLM treats as unquantized, or stored dense that vLLM treats as quantized; a model that does
 not build or load; a checkpoint tensor no parameter took; a parameter nothing filled; a
-narrowing cast on load. Every error names vLLM's source line.
+narrowing cast on load. Every error names vLLM's source line. Notes (not failures): vLLM
+quirks that no checkpoint of that format could avoid (A16 MoE input scales vLLM registers but
+does not read, ``weight_shape`` kept in a bf16 placeholder nothing reads, KV-cache defaults).
 
 Usage (from the repo root, after scripts/vllm-check.sh made .venv-vllm):
     .venv-vllm/bin/python tools/vllm_check.py OUT_DIR [OUT_DIR ...] [--json report.json]
