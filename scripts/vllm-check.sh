@@ -7,9 +7,9 @@
 # vLLM is never a dependency of ptq-hub: it lives in a side venv, .venv-vllm/ in the repo
 # root (git-ignored), made here with the version pinned in tools/vllm-version.txt (the one
 # place that names it; change it there and rerun). pip pulls vLLM's CUDA build of torch and
-# the NVIDIA wheels: with vllm==0.33.0 on Python 3.11 the venv is 9.5 GB; the first install
-# took 4 min 7 s here (2 cores, registry mirror on the local network), a reinstall with pip's
-# cache warm 2 min 7 s. No GPU and no NVIDIA driver are needed: tools/vllm_check.py builds
+# the NVIDIA wheels: with vllm==0.33.0 on Python 3.11 the venv is 9.5 GB and pip's install
+# took 4 min 7 s (2 cores busy with other work) and 2 min 9 s (idle) on the 2-core dev machine;
+# pip kept no cache there, so both downloaded every wheel. No GPU and no NVIDIA driver are needed: tools/vllm_check.py builds
 # a stub libcuda.so.1 (needs cc, readelf, nm) so that vLLM's extension modules import.
 #
 # tools/vllm_check.py then, for each checkpoint folder and capability 9.0 and 10.0, builds
