@@ -219,12 +219,10 @@ def vllm_layer_for(module: str, packed: dict[str, list[str]]) -> tuple[str, str]
 
 # ---------------------------------------------------------------- one capability, all folders
 
-class _DummyLinear:
+def _stand_in(class_name: str):
     """What ``find_matched_target`` sees of a layer: its class name ("Linear" targets match
-    vLLM's *Linear classes by substring)."""
-
-
-_DummyLinear.__name__ = "Linear"
+    vLLM's *Linear classes by substring, not ParallelLMHead or VocabParallelEmbedding)."""
+    return type(class_name, (), {})()
 
 
 def _scheme_name(scheme) -> str:
@@ -246,7 +244,8 @@ def _moe_method_name(method) -> str:
     return type(method).__name__ + (f" [{', '.join(extras)}]" if extras else "")
 
 
-def config_level(quant_config, modules: dict[str, str], packed: dict[str, list[str]]) -> dict:
+def config_level(quant_config, modules: dict[str, str], packed: dict[str, list[str]],
+                 classes: dict[str, str]) -> dict:
     """What ``CompressedTensorsConfig.get_scheme`` (linear) / ``get_scheme_dict`` (MoE, every
     expert, as ``CompressedTensorsMoEMethod.get_moe_method`` reads expert 0) say per layer."""
     layers: dict[str, dict] = {}
@@ -257,11 +256,14 @@ def config_level(quant_config, modules: dict[str, str], packed: dict[str, list[s
     for layer, entry in layers.items():
         try:
             if entry["kind"] == "linear":
-                scheme = quant_config.get_scheme(layer=_DummyLinear(), layer_name=layer)
+                # The built model's class for the layer when there is one, else a Linear.
+                scheme = quant_config.get_scheme(layer=_stand_in(classes.get(layer, "Linear")),
+                                                 layer_name=layer)
                 entry["scheme"] = _scheme_name(scheme)
             else:
                 quant_config._add_fused_moe_to_target_scheme_map()
-                dicts = {m: quant_config.get_scheme_dict(_DummyLinear(), m) for m in entry["modules"]}
+                dicts = {m: quant_config.get_scheme_dict(_stand_in("Linear"), m)
+                         for m in entry["modules"]}
                 kinds = {m: ("quantized" if d and d.get("weights") is not None else "unquantized")
                          for m, d in dicts.items()}
                 if len(set(kinds.values())) > 1:
@@ -343,7 +345,9 @@ def check_folder(folder: Path, capability: int) -> dict:
     with set_current_vllm_config(vllm_config):
         packed = dict(getattr(quant_config, "packed_modules_mapping", {}) or {})
         report["packed_modules_mapping"] = packed
-        layers = config_level(quant_config, modules, packed)
+        classes = {name: type(module).__name__ for name, module in model.named_modules()
+                   } if model is not None else {}
+        layers = config_level(quant_config, modules, packed, classes)
     report["layers"] = layers
 
     for layer, entry in layers.items():
@@ -366,6 +370,10 @@ def check_folder(folder: Path, capability: int) -> dict:
             built[name] = _scheme_name(getattr(module, "scheme", None))
         elif isinstance(getattr(module, "quant_method", None), FusedMoEMethodBase):
             built[name] = _moe_method_name(module.quant_method)
+        elif getattr(module, "quant_method", None) is not None and hasattr(module, "weight"):
+            # embeddings and LM heads: vLLM's get_quant_method chose this for the module
+            method = type(module.quant_method).__name__
+            built[name] = "unquantized" if method.startswith("Unquantized") else method
     report["built"] = built
     for layer, entry in layers.items():
         # vLLM's experts layer may hold its weights in a child (mlp.experts.routed_experts).
