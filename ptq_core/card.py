@@ -25,7 +25,7 @@ import yaml
 
 from .errors import InvalidOptionError
 from .observers import describe_observer
-from .schemes import list_schemes
+from .schemes import gpu_support, list_schemes
 from .sizes import compression_ratio, format_bytes
 
 logger = logging.getLogger(__name__)
@@ -273,6 +273,12 @@ def _plan_lines(plan: Any | None) -> list[str]:
         reasons = Counter(str(reason) for reason in skipped.values())
         kept = "; ".join(f"{_md_cell(reason)} ({count})" for reason, count in reasons.most_common())
         lines.append(f"| kept in original precision | {kept} |")
+    gpus = gpu_support(getattr(plan, "scheme_name", ""))
+    if gpus and quantized:
+        lines.append(f"| GPUs (vLLM 0.33) | {_md_cell(gpus)} |")
+    parallel = getattr(plan, "tensor_parallel", None)
+    if parallel is not None and quantized:
+        lines.append(f"| tensor parallel (vLLM 0.33) | {_md_cell(parallel.summary())} |")
     return lines
 
 

@@ -62,6 +62,11 @@ class TensorShapeError(CheckpointError):
     """A tensor's shape does not fit the scheme (not divisible by the group size...)."""
 
 
+class ExpertLayoutError(CheckpointError):
+    """A fused 3-D MoE expert tensor whose layout cannot be identified from config.json and its shape,
+    or whose family has no per-expert layout a loader reads once quantized."""
+
+
 class TensorParallelError(CheckpointError):
     """vLLM could not shard the output at the requested tensor-parallel size (``--tp N``)."""
 

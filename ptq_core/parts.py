@@ -30,6 +30,7 @@ from typing import Any
 
 from .checkpoint import tensor_nbytes
 from .errors import DiskSpaceError, InvalidOptionError, MemoryBudgetError
+from .experts import is_contiguous
 from .job import Job
 from .plan import Footprint, Plan, PlannedWeight
 from .sizes import format_bytes
@@ -106,16 +107,24 @@ class Budgets:
     workers: int  # worker threads that fit the RAM budget (at most the job's)
 
 
-def _unit_bytes(plan: Plan) -> dict[int | str, int]:
-    """Input bytes of each work unit: a fused group counts whole (one worker holds it all)."""
-    sizes: dict[int | str, int] = {}
+def _unit_bytes(plan: Plan) -> dict[int | str | tuple[str, int], int]:
+    """Input bytes of each work unit: a fused group counts whole (one worker holds it all), and so
+    do the parts of an expert cut from its slice (the slice, and each part copied out of it).
+    """
+    sizes: dict[int | str | tuple[str, int], int] = {}
     for item in plan.items:
-        key: int | str = item.fused if item.fused is not None else item.name
-        sizes[key] = sizes.get(key, 0) + _input_nbytes(item)
+        key: int | str | tuple[str, int] = item.fused if item.fused is not None else item.name
+        held = _input_nbytes(item)
+        if item.source.expert is not None and not is_contiguous(item.source.layout):
+            key = key if item.fused is not None else (item.source.tensor, item.source.expert)
+            held *= 2
+        sizes[key] = sizes.get(key, 0) + held
     return sizes
 
 
 def _input_nbytes(item: PlannedWeight) -> int:
+    """Bytes read for an item: its share of what it is cut from (an expert part read through its
+    slice reads ``parts`` times its own bytes once for all ``parts`` parts)."""
     return tensor_nbytes(item.dtype, item.shape)
 
 
@@ -160,7 +169,8 @@ def resolve_budgets(plan: Plan, job: Job, work_root: Path, *, check: bool = True
     per_worker = 2 * biggest + _SCRATCH_BYTES
     if check and per_worker > ram:
         name = max(units, key=lambda u: units[u])
-        what = f"fused group {plan.fused_groups[name].members}" if isinstance(name, int) else f"tensor {name}"
+        what = (f"fused group {plan.fused_groups[name].members}" if isinstance(name, int)
+                else f"expert {name[1]} of {name[0]}" if isinstance(name, tuple) else f"tensor {name}")
         raise MemoryBudgetError(
             f"The {what} is {format_bytes(biggest)}; quantizing it needs about {format_bytes(per_worker)} of memory, "
             f"more than the {format_bytes(ram)} this job may use (80% of the available memory). Run it on a "

@@ -30,6 +30,7 @@ import torch
 from .checkpoint import Checkpoint, ShardReader, TensorInfo, open_checkpoint, read_config
 from .convert import ST_TO_TORCH, output_quantization_config, run_chain
 from .errors import ConverterError, InvalidOptionError, NonFiniteScaleError, NonFiniteWeightError, TensorShapeError
+from .experts import expert_part, is_contiguous
 from .job import Job, make_job
 from .numerics import Scratch, dequantize_fp8_block, global_scale_from_stats, observe_weight, quantize_weight
 from .plan import Plan, PlannedWeight, check_merged_config, plan_model
@@ -315,7 +316,14 @@ def _unit_keys(item: PlannedWeight) -> tuple[tuple[str, object], ...]:
         keys += (("fused", item.fused),)
     if item.dequantize is not None and item.dequantize.by_converter:
         keys += (("module", item.dequantize.tensor),)
+    if _is_sliced(item):  # the parts of one expert cut from one slice: read once, in one unit
+        keys += (("expert", item.source.tensor, item.source.expert),)
     return keys
+
+
+def _is_sliced(item: PlannedWeight) -> bool:
+    """An expert part that is not one contiguous byte range: its expert's whole slice is read."""
+    return item.source.expert is not None and not is_contiguous(item.source.layout)
 
 
 def unit_reads(checkpoint: Checkpoint, unit: list[PlannedWeight]) -> list[tuple[str, int, int]]:
@@ -335,7 +343,10 @@ def unit_reads(checkpoint: Checkpoint, unit: list[PlannedWeight]) -> list[tuple[
                     info = checkpoint.tensors[name]
                     reads.append((info.shard, info.offset, info.nbytes))
             continue
-        reads.append(_source_span(checkpoint, item))
+        span = _source_span(checkpoint, item)
+        if span in reads:  # an expert slice shared by its parts is read once
+            continue
+        reads.append(span)
         for dependency in step.dependencies if step is not None else ():
             info = checkpoint.tensors[dependency]
             reads.append((info.shard, info.offset, info.nbytes))
@@ -378,26 +389,51 @@ def _run_units(plan, reader, writers, devices, max_workers, notify) -> None:
 
 
 def _source_span(checkpoint: Checkpoint, item: PlannedWeight) -> tuple[str, int, int]:
-    """(shard, absolute offset, nbytes) of an item's values; split experts are contiguous ranges."""
+    """(shard, absolute offset, nbytes) of what is read for an item: the tensor, the contiguous
+    range of an expert part stored by rows, or the whole expert slice of a part that is not
+    contiguous (transposed or interleaved; cut in memory).
+    """
     info = checkpoint.tensors[item.source.tensor]
     if item.source.expert is None:
         return info.shard, info.offset, info.nbytes
     per_expert = info.nbytes // info.shape[0]
+    start = info.offset + item.source.expert * per_expert
+    if not is_contiguous(item.source.layout):
+        return info.shard, start, per_expert
     per_part = per_expert // item.source.parts
-    return info.shard, info.offset + item.source.expert * per_expert + item.source.part * per_part, per_part
+    return info.shard, start + item.source.part * per_part, per_part
+
+
+def _expert_slice(reader: TensorReader, item: PlannedWeight, slices: dict[tuple[str, int], torch.Tensor]) -> torch.Tensor:
+    """The stored 2-D slice of an item's expert, read once per work unit (its parts share it)."""
+    key = (item.source.tensor, item.source.expert)
+    if key not in slices:
+        _shard, offset, nbytes = _source_span(reader.checkpoint, item)
+        info = reader.checkpoint.tensors[item.source.tensor]
+        raw = torch.empty(nbytes, dtype=torch.uint8)
+        reader.read_into(info, raw, offset - info.offset)
+        slices[key] = raw.view(ST_TO_TORCH[info.dtype]).view(info.shape[1:])
+    return slices[key]
 
 
 def _load(
     reader: TensorReader, item: PlannedWeight, device: torch.device, scratch: Scratch, slot: int, plan: Plan,
-    converted: dict[str, dict[str, torch.Tensor]],
+    converted: dict[str, dict[str, torch.Tensor]], slices: dict[tuple[str, int], torch.Tensor],
 ) -> torch.Tensor:
     """Read an item's values into this worker's input buffer ``slot`` (one per fused member).
 
     An output of a converter comes from ``converted`` (one module's chain output, made
-    once per work unit).
+    once per work unit); a transposed or interleaved expert part is cut from its expert's
+    slice in ``slices`` (read once per work unit).
     """
     if item.dequantize is not None and item.dequantize.by_converter:
         tensor = _converted(reader, item, plan, converted)
+    elif _is_sliced(item):
+        part = expert_part(_expert_slice(reader, item, slices), item.source.layout, item.source.part, item.source.parts)
+        tensor = scratch.get(f"in{slot}", item.shape, part.dtype, torch.device("cpu"))
+        tensor.copy_(part)
+        if item.dequantize is not None:
+            tensor = _dequantized(reader, item, tensor, scratch, slot, plan.source.format.block)
     else:
         _shard, offset, nbytes = _source_span(reader.checkpoint, item)
         info = reader.checkpoint.tensors[item.source.tensor]
@@ -432,7 +468,7 @@ def _converted(
             f"{(ST_TO_TORCH[step.dtype], step.shape)} when planned from the headers; its output must not depend on values."
         )
     if item.source.expert is not None:  # one part of one expert of a 3-D converted tensor
-        tensor = tensor[item.source.expert].chunk(item.source.parts, dim=0)[item.source.part]
+        tensor = expert_part(tensor[item.source.expert], item.source.layout, item.source.part, item.source.parts)
     return tensor.contiguous()
 
 
@@ -480,12 +516,13 @@ def process_unit(
     """Quantize (or copy) one unit from ``reader`` into its output shard's writer."""
     scratch = _scratch()
     converted: dict[str, dict[str, torch.Tensor]] = {}
+    slices: dict[tuple[str, int], torch.Tensor] = {}
     for slot, item in enumerate(unit):
         if item.group is not None:
             continue
-        if item.dequantize is not None:  # a kept FP8-block or converted tensor is written as decoded
+        if item.dequantize is not None or _is_sliced(item):  # decoded, or cut from an expert slice
             writers[item.shard].write(item.outputs[0].name,
-                                      _load(reader, item, torch.device("cpu"), scratch, slot, plan, converted))
+                                      _load(reader, item, torch.device("cpu"), scratch, slot, plan, converted, slices))
         else:  # copied as is: local bytes never enter Python
             info = reader.checkpoint.tensors[item.source.tensor]
             _shard, offset, _ = _source_span(reader.checkpoint, item)
@@ -495,15 +532,16 @@ def process_unit(
         if item.group is not None:  # a fused group shares one global scale; others stand alone
             sets.setdefault(item.name if item.fused is None else item.fused, []).append(item)
     for members in sets.values():
-        _quantize_set(plan, members, reader, writers, device, scratch, converted)
+        _quantize_set(plan, members, reader, writers, device, scratch, converted, slices)
 
 
 def _quantize_set(
     plan: Plan, members: list[PlannedWeight], reader: TensorReader, writers: dict[str, ShardWriter],
     device: torch.device, scratch: Scratch, converted: dict[str, dict[str, torch.Tensor]],
+    slices: dict[tuple[str, int], torch.Tensor],
 ) -> None:
     """Quantize one weight, or one fused group with its shared global scale."""
-    weights = [_load(reader, item, device, scratch, slot, plan, converted) for slot, item in enumerate(members)]
+    weights = [_load(reader, item, device, scratch, slot, plan, converted, slices) for slot, item in enumerate(members)]
     global_scale, stats = None, [None] * len(members)
     if len(members) > 1:  # a fused group: one global scale from every member's observed range
         stats = []

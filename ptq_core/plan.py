@@ -30,11 +30,13 @@ from .default_ignore import DefaultIgnore, loader_pattern, model_default_ignore
 from .errors import (
     AppendError,
     CheckpointError,
+    ExpertLayoutError,
     FusedGroupError,
     InvalidOptionError,
     TensorParallelError,
     TensorShapeError,
 )
+from .experts import ROWS, ExpertRules
 from .matching import IgnoreMatcher, match_name
 from .numerics import WeightSpec, output_layout
 from .schemes import DEFAULT_IGNORE, DEFAULT_IGNORE_REASONS, ResolvedConfig, gpu_support, resolve_config, weight_spec
@@ -56,10 +58,6 @@ __all__ = [
     "plan_model",
     "suggest_ignore",
 ]
-
-# 3-D fused MoE expert tensors (transformers 5 `save_original_format=False`) and
-# the per-expert 2-D names compressed-tensors loaders expect, as llm-compressor splits them.
-_EXPERT_SPLITS = {"gate_up_proj": ("gate_proj", "up_proj"), "down_proj": ("down_proj",)}
 
 # Weights that inference engines fuse into one GEMM and that must therefore share
 # one NVFP4 global scale: kind -> member names in canonical order. Every member
@@ -86,14 +84,17 @@ DEQUANTIZED_DTYPE = "BF16"
 class WeightSource(NamedTuple):
     """Where a 2-D output weight's values come from.
 
-    ``expert``/``part`` select ``tensor[expert].chunk(parts, dim=0)[part]`` of a
-    3-D fused expert tensor; both are ``None``/0 for an ordinary tensor.
+    ``expert``/``part``/``parts``/``layout`` select ``experts.expert_part(tensor[expert],
+    layout, part, parts)`` of a 3-D fused expert tensor (``layout`` ``ROWS``: a contiguous
+    byte range; else the whole expert slice is read and cut in memory); ``None``/0/1/``ROWS``
+    for an ordinary tensor. Build it with all five fields (the plan skips the defaults).
     """
 
     tensor: str
     expert: int | None = None
     part: int = 0
     parts: int = 1
+    layout: str = ROWS
 
 
 class OutputTensor(NamedTuple):
@@ -303,11 +304,6 @@ def _reason_kind(reason: str) -> str:
     return reason.split(":")[0]
 
 
-def _split_name(name: str, key: str, expert: int, part_name: str) -> str:
-    out = name.replace(key, f"{expert}.{part_name}")
-    return out if out.endswith(".weight") else out + ".weight"
-
-
 # A NamedTuple's own constructor is a Python function; building the tuple directly skips
 # that frame, which is most of the cost of the ~1M records a 300k-tensor plan makes.
 _new = tuple.__new__
@@ -345,25 +341,29 @@ def _source_tensors(ckpt: Checkpoint, source: SourcePlan) -> Iterator[TensorInfo
             yield info
 
 
-def _expand_sources(tensors: Iterable[TensorInfo]) -> Iterator[tuple[str, WeightSource, str, tuple[int, ...], str]]:
-    """Every unit of the checkpoint, 3-D fused experts split per expert and part."""
+def _expand_sources(
+    tensors: Iterable[TensorInfo], experts: ExpertRules, keep_fused: Callable[[str], bool],
+) -> Iterator[tuple[str, WeightSource, str, tuple[int, ...], str]]:
+    """Every unit of the checkpoint, 3-D fused experts split per expert and part (``experts``).
+
+    A fused tensor that cannot be split is refused, unless ``keep_fused(module)`` (its module
+    is ignored): then it is copied as it is. Other tensors get the loaders' module names.
+    """
     for info in tensors:
-        keys = [k for k in _EXPERT_SPLITS if k in info.name] if len(info.shape) == 3 else []
-        if len(keys) > 1:
-            raise CheckpointError(f"Tensor {info.name!r} matches several fused-expert names {keys}.")
-        if keys:
-            parts = _EXPERT_SPLITS[keys[0]]
-            experts, rows, cols = info.shape
-            if rows % len(parts):
-                raise TensorShapeError(
-                    f"{info.name}: fused experts {list(info.shape)} cannot be split into {len(parts)} equal parts on dim 1."
-                )
-            for e in range(experts):
-                for p, part_name in enumerate(parts):
-                    src = WeightSource(info.name, e, p, len(parts))
-                    yield _split_name(info.name, keys[0], e, part_name), src, info.dtype, (rows // len(parts), cols), info.shard
+        if experts.is_fused(info.name, info.shape):
+            try:
+                parts = experts.split(info.name, info.shape)
+            except ExpertLayoutError:
+                if not keep_fused(info.name.rpartition(".")[0]):
+                    raise
+                yield info.name, _new(WeightSource, (info.name, None, 0, 1, ROWS)), info.dtype, info.shape, info.shard
+                continue
+            for p in parts:
+                src = _new(WeightSource, (info.name, p.expert, p.part, p.parts, p.layout))
+                yield p.name, src, info.dtype, p.shape, info.shard
         else:
-            yield info.name, _new(WeightSource, (info.name, None, 0, 1)), info.dtype, info.shape, info.shard
+            name = experts.rename(info.name)
+            yield name, _new(WeightSource, (info.name, None, 0, 1, ROWS)), info.dtype, info.shape, info.shard
 
 
 def plan_checkpoint(
@@ -373,6 +373,7 @@ def plan_checkpoint(
     ignore: Iterable[str] = (),
     *,
     headers: Mapping[str, Mapping[str, tuple[str, Iterable[int]]]] | None = None,
+    model_config: Mapping[str, Any] | None = None,
 ) -> Plan:
     """Decide the whole job from headers (dry run; no tensor data is read).
 
@@ -381,6 +382,7 @@ def plan_checkpoint(
         scheme, config, ignore: as for ``model_free_ptq`` (``ignore`` is exactly
             what is given; the front ends add the loader-safe defaults through ``make_job``).
         headers: instead of a folder, ``{shard: {tensor: (dtype, shape)}}`` (Hub previews).
+        model_config: with ``headers``, the model's ``config.json`` (fused 3-D experts are split by it).
 
     Returns:
         the ``Plan``.
@@ -389,12 +391,13 @@ def plan_checkpoint(
         SchemeNotSupportedError / CalibrationRequiredError / InvalidIgnoreError: bad request.
         TensorShapeError: a targeted weight's columns are not divisible by the group size.
         CheckpointError: a targeted weight is not a 16/32-bit float tensor.
+        ExpertLayoutError: a fused 3-D expert tensor whose layout config.json does not identify.
     """
     if (model_dir is None) == (headers is None):
         raise InvalidOptionError("plan_checkpoint takes a model folder or headers=, exactly one of them.")
     resolved = resolve_config(scheme, config, ignore)
     if headers is not None:
-        return build_plan(headers_checkpoint(headers), resolved)
+        return build_plan(headers_checkpoint(headers), resolved, config=model_config)
     checkpoint = open_checkpoint(model_dir)
     return plan_model(checkpoint, resolved, read_config(model_dir))
 
@@ -474,7 +477,9 @@ def build_plan(
             entries (``model_default_ignore``) are added to its ignore list first.
         source: from ``source_plan``; FP8-block weights are planned as the dense weights they
             decode to (their ``weight_scale_inv`` is consumed, never written).
-        config: the source's ``config.json``, for the model's defaults and head counts.
+        config: the source's ``config.json``, for the model's defaults and head counts, and to
+            identify and split fused 3-D experts (``experts.ExpertRules``; without it they are
+            refused unless ignored).
         tp: a tensor-parallel size the output must load at in vLLM.
 
     Ignoring one member of a fused group (``re:.*q_proj$``) ignores its siblings too: vLLM
@@ -482,7 +487,7 @@ def build_plan(
     siblings' entries are added to the ignore list, and the plan says why.
 
     Raises:
-        TensorShapeError / CheckpointError: as ``plan_checkpoint``.
+        TensorShapeError / CheckpointError / ExpertLayoutError: as ``plan_checkpoint``.
         FusedGroupError: members of a fused group fall into different config groups, or an
             NVFP4 fused group lacks a member (its global scale would not be the loader's).
         TensorParallelError: ``tp`` is given and vLLM could not shard the output at it.
@@ -498,13 +503,14 @@ def build_plan(
         reasons = {e: f"default: {r}" for e, r in DEFAULT_IGNORE_REASONS.items()}
         reasons.update((d.entry, f"default: {d.reason}") for d in defaults)
 
-    units, skipped, ignore = _match_units(checkpoint, source, resolved, specs, reasons)
+    experts = ExpertRules(config)
+    units, skipped, ignore = _match_units(checkpoint, source, resolved, specs, reasons, experts)
     siblings = _fused_siblings_to_ignore(units, skipped)
     if siblings:
         for module, reason in siblings.items():
             reasons[loader_pattern(module)] = reason
         resolved = resolved.with_ignore(loader_pattern(m) for m in siblings)
-        units, skipped, ignore = _match_units(checkpoint, source, resolved, specs, reasons)
+        units, skipped, ignore = _match_units(checkpoint, source, resolved, specs, reasons, experts)
         if _fused_siblings_to_ignore(units, skipped):  # the patterns match differently than planned
             raise FusedGroupError("Could not extend the ignore list to whole fused groups; ignore whole q/k/v and "
                                   "gate/up groups explicitly.")
@@ -558,13 +564,17 @@ def _match_units(
     resolved: ResolvedConfig,
     specs: Mapping[str, WeightSpec],
     reasons: Mapping[str, str],
+    experts: ExpertRules,
 ) -> tuple[list[_Unit], dict[str, str], IgnoreMatcher]:
-    """Every unit with its config group (or None), and why each weight is not quantized."""
+    """Every unit with its config group (or None), and why each weight is not quantized;
+    fused 3-D experts split by ``experts`` (kept fused when refused and their module is ignored)."""
     ignore = IgnoreMatcher(resolved.ignore)
     match_module = _module_matcher(resolved, ignore, reasons)
     units: list[_Unit] = []
     skipped: dict[str, str] = {}
-    for name, origin, dtype, shape, shard in _expand_sources(_source_tensors(checkpoint, source)):
+    keep_fused = lambda module: ignore.match(module) is not None  # noqa: E731
+    expanded = _expand_sources(_source_tensors(checkpoint, source), experts, keep_fused)
+    for name, origin, dtype, shape, shard in expanded:
         module, _, param = name.rpartition(".")
         group = None
         if module.endswith("norm"):

@@ -163,3 +163,16 @@ def test_the_card_names_the_observer_and_what_it_does():
     text = render_model_card("a/b", "c/d", "W4A16", size_before=10, size_after=5, observer="memoryless_mse")
     assert "| weight observer | `memoryless_mse`: searches 20 shrunk ranges per scale cell" in text
     assert "weight observer" not in render_model_card("a/b", "c/d", "W4A16", size_before=10, size_after=5)
+
+
+def test_card_says_where_vllm_runs_the_output(tmp_path):
+    from factory import make_checkpoint
+
+    from ptq_core import plan_checkpoint
+
+    plan = plan_checkpoint(make_checkpoint(tmp_path / "m", "llama"), scheme="MXFP4A16")
+    card = render_model_card("org/m", "alice/m-MXFP4A16", "MXFP4A16", size_before=plan.size_before,
+                             size_after=plan.size_after, ignore=[], plan=plan)
+    assert "| GPUs (vLLM 0.33) | weight-only MXFP4 Marlin with 16-bit activations from 8.0" in card
+    assert "dynamic MXFP4 activations" in card
+    assert f"| tensor parallel (vLLM 0.33) | {plan.tensor_parallel.summary()} |" in card

@@ -135,7 +135,7 @@ def test_loader_pattern_matches_both_namings():
 
 def test_shape_refusal_suggests_a_loader_proof_entry():
     tensors = {"visual.blocks.0.mlp.down_proj.weight": (H, 3420), **_attn("model.layers.0")}
-    with pytest.raises(TensorShapeError, match=r"re:\.\*visual\\\\.blocks\\\\.0\\\\.mlp\\\\.down_proj\$"):
+    with pytest.raises(TensorShapeError, match=r"add 're:\.\*visual\\\.blocks\\\.0\\\.mlp\\\.down_proj\$' to ignore"):
         _plan(tensors, {"hidden_size": H}, default_ignore=False)
     # with the defaults, a VLM's tower is not quantized in the first place
     plan = _plan(tensors, {"hidden_size": H, "vision_config": {}})

@@ -30,8 +30,12 @@ HEADERS = {
 }
 
 
+# the fused experts are identified from the model's config.json (experts.ExpertRules)
+CONFIG = {"model_type": "qwen3_moe", "hidden_size": H, "moe_intermediate_size": H, "num_experts": 2}
+
+
 def _plan(scheme: str):
-    return build_plan(headers_checkpoint(HEADERS), make_job("o/m", scheme).resolved)
+    return build_plan(headers_checkpoint(HEADERS), make_job("o/m", scheme).resolved, config=CONFIG)
 
 
 def test_fused_groups_share_one_home_shard_and_a_global_scale():

@@ -28,6 +28,7 @@ from ptq_core.errors import (
     CalibrationRequiredError,
     CheckpointError,
     CorruptCheckpointError,
+    ExpertLayoutError,
     InvalidIgnoreError,
     InvalidOptionError,
     MissingShardError,
@@ -134,11 +135,12 @@ def test_columns_not_divisible_by_group_size(tmp_path, scheme, group):
     model_free_ptq(src, tmp_path / "ok-block", scheme="FP8_BLOCK")
 
 
-def test_fused_experts_with_odd_rows(tmp_path):
+def test_fused_experts_of_an_unknown_family_are_refused(tmp_path):
+    """A 3-D tensor named like fused experts in a model whose config says no MoE family: never split by guess."""
     bad = {"model.layers.0.mlp.experts.gate_up_proj": torch.zeros(2, 129, 128, dtype=torch.bfloat16)}
     src = make_checkpoint(tmp_path / "src", "llama", extra_tensors=bad, **DIMS)
-    fails(TensorShapeError, r"model\.layers\.0\.mlp\.experts\.gate_up_proj: fused experts \[2, 129, 128\] "
-          r"cannot be split into 2 equal parts", src, tmp_path / "out")
+    fails(ExpertLayoutError, r"model\.layers\.0\.mlp\.experts\.gate_up_proj: fused MoE experts \[2, 129, 128\] "
+          r"are not split, because model_type llama is not a MoE family", src, tmp_path / "out")
 
 
 @pytest.mark.parametrize("dtype,st", [(torch.int8, "I8"), (torch.float8_e4m3fn, "F8_E4M3")])
