@@ -115,6 +115,9 @@ def test_vllm_schemes_per_capability(vllm_report):
     assert mx["100"]["layers"][qkv]["built"] == "CompressedTensorsW4A4Mxfp4 [FlashInferMxFp4LinearKernel]"
     assert mx["90"]["layers"][qkv]["built"].startswith("CompressedTensorsW4A4Mxfp4 [")
     assert "FlashInfer" not in mx["90"]["layers"][qkv]["built"]
+    assert mx["100"]["mxfp4_activations"].startswith("float4e2m1")
+    # Humming's fallback from FP4 activations, evaluated for 9.0: FP8 per token (W4A8).
+    assert mx["90"]["mxfp4_activations"] == "float8e4m3 (dynamic_token)"
     experts = reports["qwen3_moe-W4A16"]["90"]["layers"]["model.layers.0.mlp.experts"]["built"]
     assert experts.startswith("CompressedTensorsWNA16MoEMethod")
 

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import json
 import os
 import re
@@ -375,6 +376,17 @@ def check_folder(folder: Path, capability: int) -> dict:
             method = type(module.quant_method).__name__
             built[name] = "unquantized" if method.startswith("Unquantized") else method
     report["built"] = built
+    # Only the W4A4 scheme asks for dynamic MXFP4 activations (W4A8Mxfp4 asks for FP8).
+    if "CompressedTensorsW4A4Mxfp4 [HummingMxFp4LinearKernel]" in built.values():
+        report["mxfp4_activations"] = humming_mxfp4_activations(capability)
+        report["notes"].append("CompressedTensorsW4A4Mxfp4 [Humming] layers run activations as "
+                               f"{report['mxfp4_activations']} (humming's fallback, evaluated "
+                               "for this capability; decided after loading on a GPU)")
+    if "CompressedTensorsW4A4Mxfp4 [FlashInferMxFp4LinearKernel]" in built.values():
+        # kernels/linear/mxfp4/flashinfer.py: can_implement accepts only kMxfp4Dynamic
+        report["mxfp4_activations"] = "float4e2m1 (dynamic, MXFP4 groups of 32)"
+        report["notes"].append("CompressedTensorsW4A4Mxfp4 [FlashInfer] layers quantize "
+                               "activations to MXFP4 (W4A4), whatever input_activations say")
     for layer, entry in layers.items():
         # vLLM's experts layer may hold its weights in a child (mlp.experts.routed_experts).
         match = [n for n in built if n == layer or n.startswith(layer + ".")]
@@ -471,6 +483,47 @@ def check_folder(folder: Path, capability: int) -> dict:
             report["notes"].append(f"vLLM's track_weights_loading (off by default for quantized "
                                    f"models) would raise: {info['message']} at {info['where']}")
     return report
+
+
+@functools.cache
+def humming_mxfp4_activations(capability: int) -> str:
+    """The activations vLLM's ``HummingMxFp4LinearKernel`` runs an MXFP4 checkpoint with.
+
+    The kernel decides after loading (``process_weights_after_loading`` ->
+    ``check_and_fallback_input_schema``, quantization/utils/humming/schema.py), asking the
+    device through the ``humming`` package (``cuInit``). Here humming's device answers only
+    the compute capability; the weight schema is the one the kernel declares (FP4 E2M1 in
+    groups of 32 with E8M0 scales) and the requested activations are its key, dynamic MXFP4,
+    which vLLM picks for every MXFP4 checkpoint without FP8 input_activations.
+    """
+    import types
+
+    import humming.schema.humming as humming_schema
+    import torch
+    from vllm.model_executor.layers.quantization.utils.humming.schema import (
+        check_and_fallback_input_schema,
+        quant_key_to_input_schema,
+    )
+    from vllm.model_executor.layers.quantization.utils.quant_utils import kMxfp4Dynamic
+    from vllm.utils.humming import BaseWeightSchema
+
+    saved = humming_schema.current_device
+    major, minor = divmod(capability, 10)
+    humming_schema.current_device = types.SimpleNamespace(
+        sm_version=capability, sm_major=major, sm_minor=minor)
+    try:
+        weight = BaseWeightSchema.from_config({
+            "quant_method": "humming", "dtype": "float4e2m1", "scale_dtype": "float8e8m0",
+            "group_size": 32, "weight_scale_type": "group"})
+        chosen = check_and_fallback_input_schema(
+            weight_schema=weight, input_schema=quant_key_to_input_schema(kMxfp4Dynamic),
+            param_dtype=torch.bfloat16, allow_fallback=True)
+        mode = getattr(chosen.input_quant_mode, "value", chosen.input_quant_mode)
+        return f"{chosen.a_dtype or '16-bit'} ({mode})"
+    except Exception as err:  # noqa: BLE001
+        return f"undetermined ({describe_error(err)['message'][:160]})"
+    finally:
+        humming_schema.current_device = saved
 
 
 def run_worker(capability: int, folders: list[str], out: Path) -> None:
