@@ -71,8 +71,10 @@ _GPUS: dict[str, str] = {
     "FP8_DYNAMIC": "FP8 GEMMs from compute capability 8.9 (Ada, Hopper, Blackwell); weight-only FP8 Marlin from 7.5",
     "FP8_BLOCK": "FP8 block GEMMs from compute capability 8.9 (Ada, Hopper, Blackwell)",
     "NVFP4A16": "Blackwell (10.0) FP4 kernels; weight-only NVFP4 Marlin with 16-bit activations from 7.5 (Turing, Ampere, Hopper)",
-    "MXFP4A16": ("weight-only MXFP4 Marlin with 16-bit activations from 8.0 (Ampere, Hopper); on Blackwell (10.0) "
-                 "vLLM 0.33 reads MXFP4 without its activation arguments and runs dynamic MXFP4 activations, as MXFP4"),
+    # vLLM reads no input_activations for MXFP4 weights (compressed_tensors.py _get_scheme_from_parts);
+    # the kernel picks the activations: tools/vllm_check.py and docs/loaders.md.
+    "MXFP4A16": ("not always with 16-bit activations: Marlin with 16-bit activations from 8.0 (Ampere, Ada); "
+                 "Humming with dynamic FP8 activations on Hopper (9.0); dynamic MXFP4 activations on Blackwell (10.0)"),
     "MXFP4": "Blackwell (10.0) MXFP4 kernels; weight-only MXFP4 Marlin from 8.0 (Ampere, Hopper)",
     "MXFP8A16": "weight-only MXFP8 from 7.5; Blackwell (10.0) MX kernels",
     "MXFP8": "Blackwell (10.0) MXFP8 kernels; weight-only from 7.5",
@@ -81,7 +83,8 @@ _GPUS: dict[str, str] = {
     "W8A16": "weight-only INT8 Marlin from 7.5 (Turing, Ampere, Ada, Hopper, Blackwell)",
     "W8A8": "INT8 GEMMs from 7.5 (Turing, Ampere, Ada, Hopper)",
     "INT8": "INT8 GEMMs from 7.5 (Turing, Ampere, Ada, Hopper)",
-    "W4AFP8": "Hopper (9.0) mixed INT4 x FP8 GEMMs",
+    "W4AFP8": ("none: vLLM 0.33 reads W4A8-FP8 only pack-quantized and only on Hopper (9.0), while compressed-tensors "
+               "0.20 writes it int-quantized (tools/vllm_check.py)"),
     "MXFP6A16": "no released vLLM loader yet",
     "MXFP6A8": "no released vLLM loader yet",
 }
@@ -98,7 +101,7 @@ _DESCRIPTIONS: dict[str, str] = {
     "FP8_BLOCK": "FP8 weights in 128x128 blocks, dynamic FP8 activations (DeepSeek style). Hopper/Blackwell; ~2x smaller.",
     "NVFP4A16": "NVFP4 weights (16-wide groups, FP8 scales + global scale), 16-bit activations. Blackwell native, Hopper via Marlin; ~3.5x smaller.",
     "MXFP4A16": ("MXFP4 weights (32-wide groups, power-of-two scales), 16-bit activations in transformers and on "
-                 "Ampere/Hopper (Marlin); vLLM 0.33 on Blackwell runs it with dynamic MXFP4 activations; ~3.8x smaller."),
+                 "Ampere/Ada (Marlin); vLLM 0.33 runs dynamic FP8 activations on Hopper and MXFP4 on Blackwell; ~3.8x smaller."),
     "MXFP4": "MXFP4 weights and dynamic MXFP4 activations. Blackwell; ~3.8x smaller, lowest precision.",
     "MXFP4XFP8": "MXFP4 weights with dynamic FP8 activations. Blackwell; ~3.8x smaller.",
     "MXFP8A16": "MXFP8 weights (32-wide groups, power-of-two scales), 16-bit activations. Blackwell; ~2x smaller.",
@@ -110,7 +113,7 @@ _DESCRIPTIONS: dict[str, str] = {
     "W8A16": "INT8 weights (groups of 128), 16-bit activations. Any GPU; ~2x smaller, near-lossless.",
     "W8A8": "INT8 per-channel weights, dynamic per-token INT8 activations. Ampere+; ~2x smaller, fast GEMMs.",
     "INT8": "Alias of W8A8.",
-    "W4AFP8": "INT4 weights (groups of 128), dynamic FP8 activations. Hopper; ~3.5x smaller.",
+    "W4AFP8": "INT4 weights (groups of 128), dynamic FP8 activations. vLLM 0.33 cannot load this format yet; ~3.5x smaller.",
 }
 
 # What to offer instead of a scheme that needs calibration data.

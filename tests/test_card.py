@@ -173,6 +173,6 @@ def test_card_says_where_vllm_runs_the_output(tmp_path):
     plan = plan_checkpoint(make_checkpoint(tmp_path / "m", "llama"), scheme="MXFP4A16")
     card = render_model_card("org/m", "alice/m-MXFP4A16", "MXFP4A16", size_before=plan.size_before,
                              size_after=plan.size_after, ignore=[], plan=plan)
-    assert "| GPUs (vLLM 0.33) | weight-only MXFP4 Marlin with 16-bit activations from 8.0" in card
-    assert "dynamic MXFP4 activations" in card
+    assert "| GPUs (vLLM 0.33) | not always with 16-bit activations: Marlin with 16-bit activations from 8.0" in card
+    assert "dynamic FP8 activations on Hopper (9.0); dynamic MXFP4 activations on Blackwell (10.0)" in card
     assert f"| tensor parallel (vLLM 0.33) | {plan.tensor_parallel.summary()} |" in card

@@ -1,7 +1,8 @@
 """Our outputs as vLLM's own code reads them (tools/vllm_check.py, in the side venv).
 
 vLLM is not a dependency of ptq-hub: ``scripts/vllm-check.sh`` installs the pinned release
-(tools/vllm-version.txt) into ``.venv-vllm``. Without that venv these tests skip and say how
+(tools/vllm-version.txt) into a side venv (``$PTQ_VLLM_VENV``, default
+``~/.cache/ptq-hub/vllm-venv``). Without that venv these tests skip and say how
 to make it. With it, a few tiny outputs are quantized here and handed to the tool, which
 builds vLLM's CompressedTensorsConfig and the model on the meta device at capability 9.0
 and 10.0, and runs the model's ``load_weights`` over our tensors (no GPU needed).
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -24,7 +26,8 @@ from ptq_core.schemes import DEFAULT_IGNORE
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-VENV_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
+VENV = Path(os.environ.get("PTQ_VLLM_VENV") or Path.home() / ".cache" / "ptq-hub" / "vllm-venv")
+VENV_PYTHON = VENV / "bin" / "python"
 TOOL = ROOT / "tools" / "vllm_check.py"
 PIN = next(line.strip() for line in (ROOT / "tools" / "vllm-version.txt").read_text().splitlines()
            if line.strip() and not line.startswith("#"))
@@ -47,17 +50,17 @@ KNOWN_BAD = [("llama-W4AFP8", "llama", "W4AFP8", ())]
 
 
 def _installed_pin() -> str | None:
-    marker = ROOT / ".venv-vllm" / ".installed"
+    marker = VENV / ".installed"
     return marker.read_text().strip() if marker.is_file() else None
 
 
 @pytest.fixture(scope="module")
 def vllm_report(tmp_path_factory) -> tuple[int, dict, str]:
     if not VENV_PYTHON.is_file():
-        pytest.skip(f"no side venv with vLLM ({VENV_PYTHON.relative_to(ROOT)}); make it with "
+        pytest.skip(f"no side venv with vLLM ({VENV}); make it with "
                     "scripts/vllm-check.sh (about 4 min and 9.5 GB)")
     if _installed_pin() != PIN:
-        pytest.skip(f".venv-vllm holds {_installed_pin()}, tools/vllm-version.txt pins {PIN}; "
+        pytest.skip(f"{VENV} holds {_installed_pin()}, tools/vllm-version.txt pins {PIN}; "
                     "rerun scripts/vllm-check.sh")
     work = tmp_path_factory.mktemp("vllm")
     outs = []

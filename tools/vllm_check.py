@@ -39,8 +39,8 @@ narrowing cast on load. Every error names vLLM's source line. Notes (not failure
 quirks that no checkpoint of that format could avoid (A16 MoE input scales vLLM registers but
 does not read, ``weight_shape`` kept in a bf16 placeholder nothing reads, KV-cache defaults).
 
-Usage (from the repo root, after scripts/vllm-check.sh made .venv-vllm):
-    .venv-vllm/bin/python tools/vllm_check.py OUT_DIR [OUT_DIR ...] [--json report.json]
+Usage (from the repo root): scripts/vllm-check.sh OUT_DIR [OUT_DIR ...] [--json report.json]
+(it makes the side venv, ``$PTQ_VLLM_VENV`` or ``~/.cache/ptq-hub/vllm-venv``, and runs this file in it).
 """
 
 from __future__ import annotations
