@@ -116,6 +116,12 @@ def write_wide_shard(folder: Path, tensors: int = 300_000) -> Path:
     return path
 
 
+# What the planner reads of DeepSeek-V3's config.json: the model's own default ignore list
+# (vocab rows, routers by shape, the MTP layer) and the tensor-parallel report depend on it.
+MODEL_CONFIG = {"model_type": "deepseek_v3", "vocab_size": VOCAB, "hidden_size": HIDDEN, "n_routed_experts": EXPERTS,
+                "num_hidden_layers": LAYERS, "moe_intermediate_size": MOE_INTER, "num_key_value_heads": 128}
+
+
 def main() -> None:
     headers = deepseek_v3_headers()
     total = sum(len(v) for v in headers.values())
@@ -126,7 +132,7 @@ def main() -> None:
         job = make_job("deepseek-ai/DeepSeek-V3", scheme)
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         t0 = time.perf_counter()
-        plan = build_plan(headers_checkpoint(headers), job.resolved)
+        plan = build_plan(headers_checkpoint(headers), job.resolved, config=MODEL_CONFIG)
         t1 = time.perf_counter()
         plan.to_markdown()
         t2 = time.perf_counter()
@@ -142,7 +148,7 @@ def main() -> None:
     t0 = time.perf_counter()
     source = source_plan(ct, CT_CONFIG)
     t1 = time.perf_counter()
-    plan = build_plan(ct, make_job("org/DeepSeek-V3-NVFP4", "W4A16").resolved, source)
+    plan = build_plan(ct, make_job("org/DeepSeek-V3-NVFP4", "W4A16").resolved, source, config=MODEL_CONFIG)
     t2 = time.perf_counter()
     grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     print(f"| W4A16 | {t1 - t0:.2f} | {t2 - t1:.2f} | {len(source.dequantize):,} | {grown:.0f} |")
