@@ -18,11 +18,12 @@
 # GPU_CHECK_INSTALL_VLLM=0 (never install), VLLM_INSTALL_TIMEOUT (900 s), GPU_CHECK_JOBS (4 engines).
 set -uo pipefail   # no -e: a failed step is a row in the table, not the end of the run
 
-VLLM_VERSION=0.33.0          # the vLLM release ptq-hub's outputs are checked against (the one pin)
 WHEEL_PY=${WHEEL_PY:-3.12}   # the GPU image's Python (KINDS.md: python3 is 3.12 there)
 
 cd "$(dirname "$0")/.." || exit 2
 ROOT=$PWD
+# the vLLM release ptq-hub's outputs are checked against: tools/vllm-version.txt is the one pin
+VLLM_VERSION=$(grep -v '^#' tools/vllm-version.txt | head -n 1 | tr -d '[:space:]' | sed 's/^vllm==//')
 GPU_CHECK_T0=$(date +%s)
 export GPU_CHECK_T0
 WORK=${GPU_CHECK_WORK:-${TMPDIR:-/tmp}/ptq-gpu-check}
