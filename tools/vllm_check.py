@@ -56,6 +56,7 @@ import subprocess
 import sys
 import tempfile
 import traceback
+import weakref
 from pathlib import Path
 
 CAPABILITIES = (90, 100)
@@ -255,6 +256,11 @@ def config_level(quant_config, modules: dict[str, str], packed: dict[str, list[s
         entry = layers.setdefault(layer, {"kind": kind, "modules": {}})
         entry["modules"][module] = storage
     for layer, entry in layers.items():
+        if quant_config is None:
+            # An unquantized checkpoint (no quantization_config, e.g. the bf16 source of an
+            # output, run as a control): vLLM builds every layer unquantized.
+            entry["scheme"] = "unquantized" if entry["kind"] == "linear" else "moe:unquantized"
+            continue
         try:
             if entry["kind"] == "linear":
                 # The built model's class for the layer when there is one, else a Linear.
@@ -275,6 +281,14 @@ def config_level(quant_config, modules: dict[str, str], packed: dict[str, list[s
             entry["scheme"] = "ERROR"
             entry["error"] = describe_error(err)
     return layers
+
+
+def _transformers_backend(model_config) -> bool:
+    """Whether vLLM runs this model through its Transformers modeling backend."""
+    from vllm.model_executor.model_loader.utils import get_model_architecture
+
+    model_class, _ = get_model_architecture(model_config)
+    return model_class.__module__.startswith("vllm.model_executor.models.transformers")
 
 
 def check_folder(folder: Path, capability: int) -> dict:
@@ -304,8 +318,15 @@ def check_folder(folder: Path, capability: int) -> dict:
         extra = {}
         if attention_backend is not None:
             extra["attention_config"] = AttentionConfig(backend=attention_backend)
-        return model_config, load_config, VllmConfig(model_config=model_config,
-                                                     load_config=load_config, **extra)
+        vllm_config = VllmConfig(model_config=model_config, load_config=load_config, **extra)
+        if _transformers_backend(model_config):
+            # vLLM's Transformers modeling backend (GPT-NeoX, OLMo-2... in vLLM 0.33's registry)
+            # allocates the parameters it did not create itself with an explicit
+            # device=device_config.device (models/transformers/base.py:755, init_parameters),
+            # not under the default device this tool builds on: "cuda" needs the driver. The
+            # tool builds every model on the meta device; here it says so to that one reader.
+            vllm_config.device_config.device = torch.device("meta")
+        return model_config, load_config, vllm_config
 
     try:
         model_config, load_config, vllm_config = configs(None)
@@ -325,7 +346,8 @@ def check_folder(folder: Path, capability: int) -> dict:
         if backend is not None:
             model_config, load_config, vllm_config = configs(backend)
         quant_config = vllm_config.quant_config
-        configure_quant_config(quant_config, model_class)
+        if quant_config is not None:  # None: an unquantized checkpoint
+            configure_quant_config(quant_config, model_class)
         with set_current_vllm_config(vllm_config):
             try:
                 with set_default_torch_dtype(model_config.dtype), torch.device("meta"):
@@ -344,7 +366,8 @@ def check_folder(folder: Path, capability: int) -> dict:
     elif backend is not None:
         report["attention_backend"] = backend
     with set_current_vllm_config(vllm_config):
-        packed = dict(getattr(quant_config, "packed_modules_mapping", {}) or {})
+        packed = dict(getattr(quant_config, "packed_modules_mapping", None)
+                      or getattr(model, "packed_modules_mapping", None) or {})
         report["packed_modules_mapping"] = packed
         classes = {name: type(module).__name__ for name, module in model.named_modules()
                    } if model is not None else {}
@@ -401,26 +424,57 @@ def check_folder(folder: Path, capability: int) -> dict:
     casts: list[dict] = []
     current = {"name": None}
 
+    # Which checkpoint tensor a loader call carries: the tensor itself (or the tensor it is a
+    # view of) when the model passes it on unchanged, else the one the iterator yielded last.
+    # Identity matters for models that buffer some tensors and load them after the stream
+    # (Llama-4 loads its vision tower, projector and expert scales last, mllama4.py:1190-1240).
+    yielded: dict[int, tuple[weakref.ref, str]] = {}
+
+    def source_of(tensor) -> str | None:
+        while tensor is not None:
+            entry = yielded.get(id(tensor))
+            if entry is not None and entry[0]() is tensor:
+                return entry[1]
+            tensor = getattr(tensor, "_base", None)
+        return current["name"]
+
+    def record(param, loaded_weight) -> None:
+        pname = ids.get(id(param), "?")
+        tensor = source_of(loaded_weight)
+        fills.setdefault(pname, []).append(tensor)
+        taken.setdefault(tensor, []).append(pname)
+        src, dst = str(loaded_weight.dtype).removeprefix("torch."), str(param.dtype).removeprefix("torch.")
+        if src != dst:
+            narrowing = not (src in _FLOAT_BITS and dst in _FLOAT_BITS
+                             and _FLOAT_BITS[dst] >= _FLOAT_BITS[src])
+            casts.append({"tensor": tensor, "param": pname, "from": src, "to": dst,
+                          "narrowing": narrowing})
+
     def wrap(loader):
         def recording_loader(param, loaded_weight, *args, **kwargs):
             result = loader(param, loaded_weight, *args, **kwargs)
             if result is False:  # FusedMoE's return_success: this expert mapping did not apply
                 return result
-            pname = ids.get(id(param), "?")
-            fills.setdefault(pname, []).append(current["name"])
-            taken.setdefault(current["name"], []).append(pname)
-            src, dst = str(loaded_weight.dtype).removeprefix("torch."), str(param.dtype).removeprefix("torch.")
-            if src != dst:
-                narrowing = not (src in _FLOAT_BITS and dst in _FLOAT_BITS
-                                 and _FLOAT_BITS[dst] >= _FLOAT_BITS[src])
-                casts.append({"tensor": current["name"], "param": pname, "from": src, "to": dst,
-                              "narrowing": narrowing})
+            record(param, loaded_weight)
             return result
         return recording_loader
+
+    def wrap_copy(param):
+        # Some models fill a parameter with param.copy_(...) instead of its weight_loader
+        # (GPT-OSS's unquantized experts, gpt_oss.py:1196-1225): recorded the same way.
+        original = param.copy_
+
+        def recording_copy(src, *args, **kwargs):
+            result = original(src, *args, **kwargs)
+            if isinstance(src, torch.Tensor):
+                record(param, src)
+            return result
+        return recording_copy
 
     for pname, param in params.items():
         loader = getattr(param, "weight_loader", None) or default_weight_loader
         param.weight_loader = wrap(loader)
+        param.copy_ = wrap_copy(param)
 
     loader = DefaultModelLoader(load_config)
 
@@ -428,6 +482,7 @@ def check_folder(folder: Path, capability: int) -> dict:
         for name, tensor in loader.get_all_weights(model_config, model):
             current["name"] = name
             taken.setdefault(name, [])
+            yielded[id(tensor)] = (weakref.ref(tensor), name)
             yield name, tensor
 
     loaded = None
@@ -551,7 +606,11 @@ def run_worker(capability: int, folders: list[str], out: Path) -> None:
 
     reports = []
     for folder in folders:
-        reports.append(check_folder(Path(folder), capability))
+        try:
+            reports.append(check_folder(Path(folder), capability))
+        except Exception as err:  # noqa: BLE001  (one folder the tool cannot handle stops no other)
+            reports.append({"folder": folder, "capability": capability, "notes": [],
+                            "failures": [{"stage": "tool", **describe_error(err)}]})
     out.write_text(json.dumps({"capability": capability,
                                "device_capability": str(platform.get_device_capability()),
                                "cuda_available": torch.cuda.is_available(),
