@@ -705,20 +705,34 @@ def main(argv: list[str] | None = None) -> int:
               f"{pinned_version()}; rerun scripts/vllm-check.sh", file=sys.stderr)
     caps = tuple(args.capability or CAPABILITIES)
     results: dict[int, dict] = {}
+    env = {**os.environ, "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR"),
+           # vLLM's own switch: no CUDA stream for MoE shared experts (the runner
+           # creates one in __init__ otherwise, shared_experts.py, which needs a GPU).
+           "VLLM_DISABLE_SHARED_EXPERTS_STREAM": "1"}
     with tempfile.TemporaryDirectory() as tmp:
+        # The capability workers are independent processes: run side by side.
+        workers = {}
         for cap in caps:
             out = Path(tmp) / f"sm_{cap}.json"
-            env = {**os.environ, "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR"),
-                   # vLLM's own switch: no CUDA stream for MoE shared experts (the runner
-                   # creates one in __init__ otherwise, shared_experts.py, which needs a GPU).
-                   "VLLM_DISABLE_SHARED_EXPERTS_STREAM": "1"}
-            proc = subprocess.run([sys.executable, __file__, *args.folders, "--worker", str(cap),
-                                   "--worker-out", str(out)], env=env, capture_output=True, text=True)
-            if proc.returncode != 0 or not out.exists():
-                sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
-                print(f"error: the sm_{cap} worker failed (exit {proc.returncode})", file=sys.stderr)
-                return 2
-            results[cap] = json.loads(out.read_text())
+            log = open(Path(tmp) / f"sm_{cap}.log", "w+")
+            proc = subprocess.Popen([sys.executable, __file__, *args.folders, "--worker", str(cap),
+                                     "--worker-out", str(out)], env=env, stdout=log,
+                                    stderr=subprocess.STDOUT, text=True)
+            workers[cap] = (proc, out, log)
+        failed_worker = None
+        for cap, (proc, out, log) in workers.items():
+            returncode = proc.wait()
+            log.seek(0)
+            text = log.read()
+            log.close()
+            if (returncode != 0 or not out.exists()) and failed_worker is None:
+                sys.stderr.write(text[-12000:])
+                print(f"error: the sm_{cap} worker failed (exit {returncode})", file=sys.stderr)
+                failed_worker = cap
+            elif failed_worker is None:
+                results[cap] = json.loads(out.read_text())
+        if failed_worker is not None:
+            return 2
     failed = 0
     report = {"vllm": _version(), "capabilities": list(caps), "checkpoints": []}
     for i, folder in enumerate(args.folders):
