@@ -77,7 +77,7 @@ MLA_DIMS = VllmExpected(
     r"^Selected backend AttentionBackendEnum\.FLASHMLA is not valid for this configuration\. "
     r"Reason: \['head_size not supported'",
     _VLLM + "MLA attention needs a prefill backend for the MLA dims (qk_nope, qk_rope, v): "
-    "platforms/interface.py:455-511 (get_mla_prefill_backend_cls; 9.0 tries only FLASH_ATTN) and "
+    "platforms/interface.py:435-511 (get_mla_prefill_backend_cls; 9.0 tries only FLASH_ATTN) and "
     "v1/attention/backends/mla/prefill/flash_attn.py:313-337 accept (128, 64, 128), (192, 64, 256), "
     "(64, 64, 128), (256, 0, 256); flashinfer.py:41 / trtllm_ragged.py:39 (128, 64, 128) only. "
     "The zoo's DeepSeek-V3 has (32, 32, 32), so auto and TRITON_MLA (any decode head size, "
@@ -130,8 +130,9 @@ SOURCE_EXPECTED: dict[str, VllmExpected] = {
     "mixtral_fused": VllmExpected(
         "b",
         r"^There is no module or parameter named 'layers\.0\.mlp' in MixtralModel",
-        _VLLM + "models/mixtral.py: the Mixtral loader reads per-expert block_sparse_moe.experts.N.w1/w2/w3 "
-        "only; transformers 5.25's runtime layout (save_original_format=False: fused 3-D "
+        _VLLM + "models/mixtral.py:131 (FusedMoE ckpt_names w1/w2/w3) and :285-299 (hf_to_vllm_mapper: "
+        "per-expert gate/up/down_proj -> w1/w3/w2): only per-expert block_sparse_moe.experts.N tensors "
+        "are read; transformers 5.25's runtime layout (save_original_format=False: fused 3-D "
         "mlp.experts.gate_up_proj / down_proj) has no mapping (models/utils.py:448)",
     ),
 }

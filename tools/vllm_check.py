@@ -31,6 +31,24 @@ For each checkpoint folder and each compute capability (9.0 Hopper, 10.0 Blackwe
    whether it was cast. ``process_weights_after_loading`` is not run: it repacks for GPU
    kernels (Marlin, CUTLASS, FlashInfer) and needs CUDA.
 
+   * A load is attributed to the checkpoint tensor it carries (by identity, or the tensor it
+     is a view of), else to the tensor the iterator yielded last: models that buffer some
+     tensors and load them after the stream (Llama-4: vision tower, projector, expert scales,
+     ``mllama4.py:1190-1240``) are attributed right.
+   * A parameter a model fills with ``param.copy_`` instead of its weight loader (GPT-OSS's
+     16-bit experts, ``gpt_oss.py:1196-1225``) is recorded the same way (``copy_`` wrapped on
+     each parameter, behaviour unchanged).
+   * Models vLLM runs through its Transformers modeling backend (GPT-NeoX, OLMo-2 in 0.33's
+     registry) allocate the parameters vLLM did not create with an explicit
+     ``device=device_config.device`` (``models/transformers/base.py:755``), not under the
+     default device: for those models only, ``device_config.device`` is set to ``meta``, the
+     device every model is built on here.
+   * A checkpoint without ``quantization_config`` (a bf16 source, run as a control) is read
+     as vLLM reads it: every layer unquantized.
+
+A folder the tool itself cannot handle is reported (stage ``tool``) and the others still run;
+the two capability workers run side by side.
+
 Failures (exit status 1): a layer vLLM refuses at a capability (``get_scheme`` raises, e.g.
 "Found different quantization schemes for the shards of ..."); a module stored quantized that
 vLLM treats as unquantized, or stored dense that vLLM treats as quantized; a model that does
