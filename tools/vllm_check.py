@@ -34,7 +34,7 @@ For each checkpoint folder and each compute capability (9.0 Hopper, 10.0 Blackwe
    * A load is attributed to the checkpoint tensor it carries (by identity, or the tensor it
      is a view of), else to the tensor the iterator yielded last: models that buffer some
      tensors and load them after the stream (Llama-4: vision tower, projector, expert scales,
-     ``mllama4.py:1190-1240``) are attributed right.
+     ``mllama4.py:1153-1240``) are attributed right.
    * A parameter a model fills with ``param.copy_`` instead of its weight loader (GPT-OSS's
      16-bit experts, ``gpt_oss.py:1196-1225``) is recorded the same way (``copy_`` wrapped on
      each parameter, behaviour unchanged).
@@ -445,7 +445,7 @@ def check_folder(folder: Path, capability: int) -> dict:
     # Which checkpoint tensor a loader call carries: the tensor itself (or the tensor it is a
     # view of) when the model passes it on unchanged, else the one the iterator yielded last.
     # Identity matters for models that buffer some tensors and load them after the stream
-    # (Llama-4 loads its vision tower, projector and expert scales last, mllama4.py:1190-1240).
+    # (Llama-4 loads its vision tower, projector and expert scales last, mllama4.py:1153-1240).
     yielded: dict[int, tuple[weakref.ref, str]] = {}
 
     def source_of(tensor) -> str | None:
