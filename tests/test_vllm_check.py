@@ -54,14 +54,19 @@ def _installed_pin() -> str | None:
     return marker.read_text().strip() if marker.is_file() else None
 
 
-@pytest.fixture(scope="module")
-def vllm_report(tmp_path_factory) -> tuple[int, dict, str]:
+def require_side_venv() -> None:
+    """Skip (with how to fix it) unless the side venv holds the pinned vLLM."""
     if not VENV_PYTHON.is_file():
         pytest.skip(f"no side venv with vLLM ({VENV}); make it with "
                     "scripts/vllm-check.sh (about 4 min and 9.5 GB)")
     if _installed_pin() != PIN:
         pytest.skip(f"{VENV} holds {_installed_pin()}, tools/vllm-version.txt pins {PIN}; "
                     "rerun scripts/vllm-check.sh")
+
+
+@pytest.fixture(scope="module")
+def vllm_report(tmp_path_factory) -> tuple[int, dict, str]:
+    require_side_venv()
     work = tmp_path_factory.mktemp("vllm")
     outs = []
     for name, arch, scheme, ignore in CASES + KNOWN_BAD:

@@ -31,6 +31,24 @@ For each checkpoint folder and each compute capability (9.0 Hopper, 10.0 Blackwe
    whether it was cast. ``process_weights_after_loading`` is not run: it repacks for GPU
    kernels (Marlin, CUTLASS, FlashInfer) and needs CUDA.
 
+   * A load is attributed to the checkpoint tensor it carries (by identity, or the tensor it
+     is a view of), else to the tensor the iterator yielded last: models that buffer some
+     tensors and load them after the stream (Llama-4: vision tower, projector, expert scales,
+     ``mllama4.py:1153-1240``) are attributed right.
+   * A parameter a model fills with ``param.copy_`` instead of its weight loader (GPT-OSS's
+     16-bit experts, ``gpt_oss.py:1196-1225``) is recorded the same way (``copy_`` wrapped on
+     each parameter, behaviour unchanged).
+   * Models vLLM runs through its Transformers modeling backend (GPT-NeoX, OLMo-2 in 0.33's
+     registry) allocate the parameters vLLM did not create with an explicit
+     ``device=device_config.device`` (``models/transformers/base.py:755``), not under the
+     default device: for those models only, ``device_config.device`` is set to ``meta``, the
+     device every model is built on here.
+   * A checkpoint without ``quantization_config`` (a bf16 source, run as a control) is read
+     as vLLM reads it: every layer unquantized.
+
+A folder the tool itself cannot handle is reported (stage ``tool``) and the others still run;
+the two capability workers run side by side.
+
 Failures (exit status 1): a layer vLLM refuses at a capability (``get_scheme`` raises, e.g.
 "Found different quantization schemes for the shards of ..."); a module stored quantized that
 vLLM treats as unquantized, or stored dense that vLLM treats as quantized; a model that does
@@ -56,6 +74,7 @@ import subprocess
 import sys
 import tempfile
 import traceback
+import weakref
 from pathlib import Path
 
 CAPABILITIES = (90, 100)
@@ -255,6 +274,11 @@ def config_level(quant_config, modules: dict[str, str], packed: dict[str, list[s
         entry = layers.setdefault(layer, {"kind": kind, "modules": {}})
         entry["modules"][module] = storage
     for layer, entry in layers.items():
+        if quant_config is None:
+            # An unquantized checkpoint (no quantization_config, e.g. the bf16 source of an
+            # output, run as a control): vLLM builds every layer unquantized.
+            entry["scheme"] = "unquantized" if entry["kind"] == "linear" else "moe:unquantized"
+            continue
         try:
             if entry["kind"] == "linear":
                 # The built model's class for the layer when there is one, else a Linear.
@@ -275,6 +299,14 @@ def config_level(quant_config, modules: dict[str, str], packed: dict[str, list[s
             entry["scheme"] = "ERROR"
             entry["error"] = describe_error(err)
     return layers
+
+
+def _transformers_backend(model_config) -> bool:
+    """Whether vLLM runs this model through its Transformers modeling backend."""
+    from vllm.model_executor.model_loader.utils import get_model_architecture
+
+    model_class, _ = get_model_architecture(model_config)
+    return model_class.__module__.startswith("vllm.model_executor.models.transformers")
 
 
 def check_folder(folder: Path, capability: int) -> dict:
@@ -304,8 +336,15 @@ def check_folder(folder: Path, capability: int) -> dict:
         extra = {}
         if attention_backend is not None:
             extra["attention_config"] = AttentionConfig(backend=attention_backend)
-        return model_config, load_config, VllmConfig(model_config=model_config,
-                                                     load_config=load_config, **extra)
+        vllm_config = VllmConfig(model_config=model_config, load_config=load_config, **extra)
+        if _transformers_backend(model_config):
+            # vLLM's Transformers modeling backend (GPT-NeoX, OLMo-2... in vLLM 0.33's registry)
+            # allocates the parameters it did not create itself with an explicit
+            # device=device_config.device (models/transformers/base.py:755, init_parameters),
+            # not under the default device this tool builds on: "cuda" needs the driver. The
+            # tool builds every model on the meta device; here it says so to that one reader.
+            vllm_config.device_config.device = torch.device("meta")
+        return model_config, load_config, vllm_config
 
     try:
         model_config, load_config, vllm_config = configs(None)
@@ -325,7 +364,8 @@ def check_folder(folder: Path, capability: int) -> dict:
         if backend is not None:
             model_config, load_config, vllm_config = configs(backend)
         quant_config = vllm_config.quant_config
-        configure_quant_config(quant_config, model_class)
+        if quant_config is not None:  # None: an unquantized checkpoint
+            configure_quant_config(quant_config, model_class)
         with set_current_vllm_config(vllm_config):
             try:
                 with set_default_torch_dtype(model_config.dtype), torch.device("meta"):
@@ -344,7 +384,8 @@ def check_folder(folder: Path, capability: int) -> dict:
     elif backend is not None:
         report["attention_backend"] = backend
     with set_current_vllm_config(vllm_config):
-        packed = dict(getattr(quant_config, "packed_modules_mapping", {}) or {})
+        packed = dict(getattr(quant_config, "packed_modules_mapping", None)
+                      or getattr(model, "packed_modules_mapping", None) or {})
         report["packed_modules_mapping"] = packed
         classes = {name: type(module).__name__ for name, module in model.named_modules()
                    } if model is not None else {}
@@ -401,26 +442,57 @@ def check_folder(folder: Path, capability: int) -> dict:
     casts: list[dict] = []
     current = {"name": None}
 
+    # Which checkpoint tensor a loader call carries: the tensor itself (or the tensor it is a
+    # view of) when the model passes it on unchanged, else the one the iterator yielded last.
+    # Identity matters for models that buffer some tensors and load them after the stream
+    # (Llama-4 loads its vision tower, projector and expert scales last, mllama4.py:1153-1240).
+    yielded: dict[int, tuple[weakref.ref, str]] = {}
+
+    def source_of(tensor) -> str | None:
+        while tensor is not None:
+            entry = yielded.get(id(tensor))
+            if entry is not None and entry[0]() is tensor:
+                return entry[1]
+            tensor = getattr(tensor, "_base", None)
+        return current["name"]
+
+    def record(param, loaded_weight) -> None:
+        pname = ids.get(id(param), "?")
+        tensor = source_of(loaded_weight)
+        fills.setdefault(pname, []).append(tensor)
+        taken.setdefault(tensor, []).append(pname)
+        src, dst = str(loaded_weight.dtype).removeprefix("torch."), str(param.dtype).removeprefix("torch.")
+        if src != dst:
+            narrowing = not (src in _FLOAT_BITS and dst in _FLOAT_BITS
+                             and _FLOAT_BITS[dst] >= _FLOAT_BITS[src])
+            casts.append({"tensor": tensor, "param": pname, "from": src, "to": dst,
+                          "narrowing": narrowing})
+
     def wrap(loader):
         def recording_loader(param, loaded_weight, *args, **kwargs):
             result = loader(param, loaded_weight, *args, **kwargs)
             if result is False:  # FusedMoE's return_success: this expert mapping did not apply
                 return result
-            pname = ids.get(id(param), "?")
-            fills.setdefault(pname, []).append(current["name"])
-            taken.setdefault(current["name"], []).append(pname)
-            src, dst = str(loaded_weight.dtype).removeprefix("torch."), str(param.dtype).removeprefix("torch.")
-            if src != dst:
-                narrowing = not (src in _FLOAT_BITS and dst in _FLOAT_BITS
-                                 and _FLOAT_BITS[dst] >= _FLOAT_BITS[src])
-                casts.append({"tensor": current["name"], "param": pname, "from": src, "to": dst,
-                              "narrowing": narrowing})
+            record(param, loaded_weight)
             return result
         return recording_loader
+
+    def wrap_copy(param):
+        # Some models fill a parameter with param.copy_(...) instead of its weight_loader
+        # (GPT-OSS's unquantized experts, gpt_oss.py:1196-1225): recorded the same way.
+        original = param.copy_
+
+        def recording_copy(src, *args, **kwargs):
+            result = original(src, *args, **kwargs)
+            if isinstance(src, torch.Tensor):
+                record(param, src)
+            return result
+        return recording_copy
 
     for pname, param in params.items():
         loader = getattr(param, "weight_loader", None) or default_weight_loader
         param.weight_loader = wrap(loader)
+        param.copy_ = wrap_copy(param)
 
     loader = DefaultModelLoader(load_config)
 
@@ -428,6 +500,7 @@ def check_folder(folder: Path, capability: int) -> dict:
         for name, tensor in loader.get_all_weights(model_config, model):
             current["name"] = name
             taken.setdefault(name, [])
+            yielded[id(tensor)] = (weakref.ref(tensor), name)
             yield name, tensor
 
     loaded = None
@@ -551,7 +624,11 @@ def run_worker(capability: int, folders: list[str], out: Path) -> None:
 
     reports = []
     for folder in folders:
-        reports.append(check_folder(Path(folder), capability))
+        try:
+            reports.append(check_folder(Path(folder), capability))
+        except Exception as err:  # noqa: BLE001  (one folder the tool cannot handle stops no other)
+            reports.append({"folder": folder, "capability": capability, "notes": [],
+                            "failures": [{"stage": "tool", **describe_error(err)}]})
     out.write_text(json.dumps({"capability": capability,
                                "device_capability": str(platform.get_device_capability()),
                                "cuda_available": torch.cuda.is_available(),
@@ -646,20 +723,34 @@ def main(argv: list[str] | None = None) -> int:
               f"{pinned_version()}; rerun scripts/vllm-check.sh", file=sys.stderr)
     caps = tuple(args.capability or CAPABILITIES)
     results: dict[int, dict] = {}
+    env = {**os.environ, "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR"),
+           # vLLM's own switch: no CUDA stream for MoE shared experts (the runner
+           # creates one in __init__ otherwise, shared_experts.py, which needs a GPU).
+           "VLLM_DISABLE_SHARED_EXPERTS_STREAM": "1"}
     with tempfile.TemporaryDirectory() as tmp:
+        # The capability workers are independent processes: run side by side.
+        workers = {}
         for cap in caps:
             out = Path(tmp) / f"sm_{cap}.json"
-            env = {**os.environ, "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR"),
-                   # vLLM's own switch: no CUDA stream for MoE shared experts (the runner
-                   # creates one in __init__ otherwise, shared_experts.py, which needs a GPU).
-                   "VLLM_DISABLE_SHARED_EXPERTS_STREAM": "1"}
-            proc = subprocess.run([sys.executable, __file__, *args.folders, "--worker", str(cap),
-                                   "--worker-out", str(out)], env=env, capture_output=True, text=True)
-            if proc.returncode != 0 or not out.exists():
-                sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
-                print(f"error: the sm_{cap} worker failed (exit {proc.returncode})", file=sys.stderr)
-                return 2
-            results[cap] = json.loads(out.read_text())
+            log = open(Path(tmp) / f"sm_{cap}.log", "w+")
+            proc = subprocess.Popen([sys.executable, __file__, *args.folders, "--worker", str(cap),
+                                     "--worker-out", str(out)], env=env, stdout=log,
+                                    stderr=subprocess.STDOUT, text=True)
+            workers[cap] = (proc, out, log)
+        failed_worker = None
+        for cap, (proc, out, log) in workers.items():
+            returncode = proc.wait()
+            log.seek(0)
+            text = log.read()
+            log.close()
+            if (returncode != 0 or not out.exists()) and failed_worker is None:
+                sys.stderr.write(text[-12000:])
+                print(f"error: the sm_{cap} worker failed (exit {returncode})", file=sys.stderr)
+                failed_worker = cap
+            elif failed_worker is None:
+                results[cap] = json.loads(out.read_text())
+        if failed_worker is not None:
+            return 2
     failed = 0
     report = {"vllm": _version(), "capabilities": list(caps), "checkpoints": []}
     for i, folder in enumerate(args.folders):
