@@ -166,10 +166,8 @@ def model_default_ignore(
     hidden = _int(text, "hidden_size", "d_model", "n_embd")
     experts = _int(text, *_EXPERT_COUNT_KEYS)
     rules = ExpertRules(config)
-    if rules.family is not None and rules.family.refused:
-        for info in tensors:
-            if rules.is_fused(info.name, info.shape):
-                want(info.name.rpartition(".")[0], f"{rules.family.name} MoE experts kept fused (no loader reads them split)")
+    kept_fused = {t.name.rpartition(".")[0] for t in tensors if rules.family is not None and rules.family.refused
+                  and rules.is_fused(t.name, t.shape) and already.match(t.name.rpartition(".")[0]) is None}
     for module, info in weights.items():
         leaf = module.rpartition(".")[2]
         if len(info.shape) == 2 and vocab is not None and info.shape[0] == vocab and not _IN_BLOCK.search(module):
@@ -186,6 +184,13 @@ def model_default_ignore(
     ignored = set(wanted) | {m for m in modules.names if already.match(m) is not None}
     for reason, targets in by_reason.items():
         entries += [DefaultIgnore(e, reason) for e in _suffix_entries(targets, ignored, modules)]
+
+    if kept_fused:
+        # vLLM asks about an MoE layer by its per-expert names (experts.0.gate_proj...): the entry
+        # must match those as well as the fused module transformers and ptq see.
+        reason = f"{rules.family.name} MoE experts kept fused (no loader reads them split)"
+        for entry in _suffix_entries(kept_fused, ignored | kept_fused, modules):
+            entries += [DefaultIgnore(entry, reason), DefaultIgnore(entry.removesuffix("$") + r"\.", reason)]
 
     entries += _tower_entries(config, modules, already)
     entries += _mtp_entries(text, modules, already)

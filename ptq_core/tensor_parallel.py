@@ -41,6 +41,7 @@ _MERGED = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "gate_proj": "gate
 _LAST_OF_MERGED = frozenset({"v_proj", "up_proj", "w3"})
 _EXPERT = re.compile(r"\.experts\.\d+\.")
 _KV = frozenset({"k_proj", "v_proj"})
+_STORED_QKV = frozenset({"qkv_proj", "query_key_value", "W_pack", "c_attn", "Wqkv"})
 
 
 class TensorParallelReport(NamedTuple):
@@ -55,44 +56,82 @@ class TensorParallelReport(NamedTuple):
         return text + "".join(f"; TP {tp}: {why}" for tp, why in sorted(self.blocked.items()))
 
 
-def _kv_heads(config: Mapping[str, Any]) -> int | None:
+class _Heads(NamedTuple):
+    heads: int | None
+    kv_heads: int | None
+
+
+def _heads(config: Mapping[str, Any]) -> _Heads:
     text = config.get("text_config") if isinstance(config.get("text_config"), Mapping) else config
-    value = text.get("num_key_value_heads") or text.get("num_attention_heads")
-    return value if isinstance(value, int) and value > 0 else None
+
+    def count(*keys: str) -> int | None:
+        value = next((text[k] for k in keys if isinstance(text.get(k), int) and text[k] > 0), None)
+        return value
+
+    heads = count("num_attention_heads", "n_head")
+    return _Heads(heads, count("num_key_value_heads", "num_kv_heads") or heads)
 
 
-def _problem(module: str, shape: tuple[int, int], spec: WeightSpec, tp: int, kv_heads: int | None) -> str | None:
+def _kv_split(tp: int, kv_heads: int | None) -> int:
+    """How many ways k/v rows split: fewer k/v heads than GPUs are replicated, one head each."""
+    return kv_heads if kv_heads and kv_heads < tp and tp % kv_heads == 0 else tp
+
+
+def _column_parts(leaf: str, rows: int, tp: int, heads: _Heads) -> tuple[list[int], list[int]] | str:
+    """The output rows per GPU of each part vLLM gives a column-parallel layer, and those of them
+    that must fill whole FP8 blocks even at TP 1 (every part of a merged GEMM but its last);
+    or why the rows do not split."""
+    if leaf in _STORED_QKV and heads.heads and heads.kv_heads:
+        head_dim, rest = divmod(rows, heads.heads + 2 * heads.kv_heads)
+        if rest == 0:  # [q, k, v] stored as one tensor (Phi-3 qkv_proj, Falcon query_key_value)
+            sizes = [(heads.heads * head_dim, tp), *[(heads.kv_heads * head_dim, _kv_split(tp, heads.kv_heads))] * 2]
+            bad = next(((n, k) for n, k in sizes if n % k), None)
+            if bad:
+                return f"{bad[0]} output rows, not divisible by {bad[1]}"
+            parts = [n // k for n, k in sizes]
+            return parts, parts[:-1]
+    if leaf == "gate_up_proj":  # [gate, up] stored as one tensor (Phi-3)
+        sizes = [(rows // 2, tp)] * 2
+    else:
+        sizes = [(rows, _kv_split(tp, heads.kv_heads) if leaf in _KV else tp)]
+    bad = next(((n, k) for n, k in sizes if n % k), None)
+    if bad:
+        return f"{bad[0]} output rows, not divisible by {bad[1]}"
+    parts = [n // k for n, k in sizes]
+    if len(parts) > 1:  # stored [gate, up]
+        return parts, parts[:-1]
+    return parts, parts if leaf in _MERGED and leaf not in _LAST_OF_MERGED else []
+
+
+def _problem(module: str, shape: tuple[int, int], spec: WeightSpec, tp: int, heads: _Heads) -> str | None:
     """Why vLLM cannot shard this quantized weight at ``tp`` (None: it can)."""
     leaf = module.rpartition(".")[2]
     rows, cols = shape
     expert = _EXPERT.search(module) is not None
     if leaf in _REPLICATED and not expert:
         return None
-    row_parallel = leaf in _ROW_PARALLEL
-    if row_parallel:
+    block = spec.block if spec.strategy == "block" and spec.block else None
+    if leaf in _ROW_PARALLEL:
         if cols % tp:
             return f"{module} has {cols} input columns, not divisible by {tp}"
-        part, axis = cols // tp, "input columns"
-    else:
-        split = tp
-        if leaf in _KV and kv_heads and kv_heads < tp:
-            split = kv_heads if tp % kv_heads == 0 else tp  # fewer k/v heads than GPUs: replicated per head
-        if rows % split:
-            return f"{module} has {rows} output rows, not divisible by {split}"
-        part, axis = rows // split, "output rows"
-    if spec.strategy == "block" and spec.block:
-        block_n, block_k = spec.block
-        if expert and leaf != "down_proj" and leaf != "w2" and part % block_n:
-            return f"{module}: {part} {axis} per GPU are not a multiple of the {block_n}-row FP8 block (MoE experts)"
-        if expert and tp > 1 and (leaf in ("down_proj", "w2")) and part % block_k:
-            return f"{module}: {part} {axis} per GPU are not a multiple of the {block_k}-column FP8 block (MoE experts)"
-        if not expert and row_parallel and tp > 1 and part % block_k:
-            return f"{module}: {part} {axis} per GPU are not a multiple of the {block_k}-column FP8 block"
-        merged_not_last = leaf in _MERGED and leaf not in _LAST_OF_MERGED
-        if not expert and not row_parallel and (tp > 1 or merged_not_last) and part % block_n:
-            return f"{module}: {part} {axis} per GPU are not a multiple of the {block_n}-row FP8 block"
-    if spec.strategy in ("group", "tensor_group") and spec.group_size and row_parallel and part % spec.group_size:
-        return f"{module}: {part} {axis} per GPU are not whole groups of {spec.group_size}"
+        part = cols // tp
+        if block and tp > 1 and part % block[1]:
+            kind = " (MoE experts)" if expert else ""
+            return f"{module}: {part} input columns per GPU are not a multiple of the {block[1]}-column FP8 block{kind}"
+        if spec.strategy in ("group", "tensor_group") and spec.group_size and part % spec.group_size:
+            return f"{module}: {part} input columns per GPU are not whole groups of {spec.group_size}"
+        return None
+    found = _column_parts(leaf, rows, tp, heads)
+    if isinstance(found, str):
+        return f"{module} has {found}"
+    parts, at_tp1 = found
+    if block:
+        # experts: every gate/up part at any TP; else every part when split, the merged ones at TP 1
+        checked = parts if expert or tp > 1 else at_tp1
+        bad = next((n for n in checked if n % block[0]), None)
+        if bad is not None:
+            kind = " (MoE experts)" if expert else ""
+            return f"{module}: {bad} output rows per GPU are not a multiple of the {block[0]}-row FP8 block{kind}"
     return None
 
 
@@ -105,11 +144,12 @@ def tensor_parallel_report(
 
     Args:
         weights: ``(module, shape, spec)`` of every quantized 2-D weight.
-        config: the source's ``config.json`` (k/v head count).
+        config: the source's ``config.json`` (head counts: how k/v replicate, how a stored
+            q/k/v tensor splits into vLLM's q, k and v parts).
         sizes: the TP sizes to check.
     """
     sizes = tuple(sorted(set(sizes)))
-    kv_heads = _kv_heads(config or {})
+    heads = _heads(config or {})
     blocked: dict[int, str] = {}
     seen: set[tuple[str, bool, tuple[int, ...], WeightSpec]] = set()
     for module, shape, spec in weights:
@@ -120,7 +160,7 @@ def tensor_parallel_report(
         seen.add(key)
         for tp in sizes:
             if tp not in blocked:
-                why = _problem(module, (shape[0], shape[1]), spec, tp, kv_heads)
+                why = _problem(module, (shape[0], shape[1]), spec, tp, heads)
                 if why:
                     blocked[tp] = why
     return TensorParallelReport(tuple(tp for tp in sizes if tp not in blocked), blocked)

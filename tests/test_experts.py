@@ -216,6 +216,12 @@ def test_the_front_end_defaults_keep_gpt_oss_experts_fused_and_quantize_the_rest
     result = quantize_job(make_job(str(src), "FP8_BLOCK"), out)
     assert r"re:.*mlp\.experts$" in result.plan.resolved.ignore
     assert result.plan.skipped["model.layers.0.mlp.experts.gate_up_proj"].startswith("default: GPT-OSS MoE experts kept fused")
+    # vLLM asks about the MoE layer by its per-expert names (compressed_tensors_moe.py): those match too
+    from ptq_core.matching import IgnoreMatcher
+
+    ignore = IgnoreMatcher(result.plan.resolved.ignore)
+    assert ignore.match("model.layers.0.mlp.experts") and ignore.match("model.layers.0.mlp.experts.0.gate_proj")
+    assert ignore.match("model.layers.0.mlp.router") is not None and ignore.match("model.layers.0.self_attn.q_proj") is None
     got, source = load_tensors(out), load_tensors(src)
     assert torch.equal(got["model.layers.0.mlp.experts.down_proj"], source["model.layers.0.mlp.experts.down_proj"])
     assert got["model.layers.0.self_attn.q_proj.weight"].dtype == torch.float8_e4m3fn

@@ -80,3 +80,18 @@ def test_cli_tp_refuses_before_writing(tmp_path, capsys):
     assert cli_main(["quantize", str(src), str(out), "--scheme", "FP8_BLOCK", "--tp", "64"]) != 0
     assert "tensor parallel size 64" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("leaf", ["qkv_proj", "query_key_value"])
+def test_a_stored_qkv_tensor_splits_into_vllms_q_k_v_parts(leaf):
+    """Phi-3's qkv_proj and Falcon's query_key_value are one tensor; vLLM loads them into a
+    QKVParallelLinear with parts [q, k, v], and each but v must fill whole blocks at TP 1."""
+    config = {"num_attention_heads": 4, "num_key_value_heads": 2}  # head_dim 32: q 128, k 64, v 64 rows
+    report = _plan({f"model.layers.0.self_attn.{leaf}.weight": (256, H)}, "FP8_BLOCK", config).tensor_parallel
+    assert report.loads == ()
+    assert report.blocked[1] == (f"model.layers.0.self_attn.{leaf}: 64 output rows per GPU are not a multiple of the "
+                                 "128-row FP8 block")
+    wide = {"num_attention_heads": 32, "num_key_value_heads": 8}  # head_dim 128: q 4096, k 1024, v 1024
+    assert _plan({f"m.layers.0.attn.{leaf}.weight": (6144, 4096)}, "FP8_BLOCK", wide).tensor_parallel.loads == (1, 2, 4, 8)
+    # Phi-3's stored gate_up_proj is [gate, up]
+    assert _plan({"model.layers.0.mlp.gate_up_proj.weight": (2 * 192, H)}, "FP8_BLOCK").tensor_parallel.loads == ()
