@@ -10,6 +10,7 @@ The runner reads commands from the step's stdout (``::add-mask::``, ``::group::`
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -35,20 +36,25 @@ def neutralize(text: str) -> str:
     Tensor names, file names and messages come from the checkpoint being quantized; a line
     such as ``::add-mask::x`` or ``::stop-commands::x`` (or the older ``##[command]`` form)
     in them must not reach the runner as a command. The runner trims a line before it looks
-    for the prefix; a zero-width space inside the prefix keeps the text readable.
+    for the prefix; a zero-width space inside the prefix keeps the text readable. A line ends
+    at ``\\n``, ``\\r\\n`` or a lone ``\\r`` (the runner reads stdout with .NET's
+    ``ReadLine``, which splits on all three), so text after a ``\\r`` is a line of its own.
 
     Example:
         >>> neutralize("  ::error::x") == "  :\u200b:error::x"
         True
     """
-    lines = []
-    for line in text.split("\n"):
+    pieces = _LINE_BREAK.split(text)  # lines at even positions, their breaks (kept as they were) between
+    for i in range(0, len(pieces), 2):
+        line = pieces[i]
         body = line.lstrip()
         if body.startswith(("::", "##[")):
             indent = line[: len(line) - len(body)]
-            line = indent + body[0] + "\u200b" + body[1:]
-        lines.append(line)
-    return "\n".join(lines)
+            pieces[i] = indent + body[0] + "\u200b" + body[1:]
+    return "".join(pieces)
+
+
+_LINE_BREAK = re.compile(r"(\r\n|\r|\n)")
 
 
 class Console:

@@ -377,6 +377,17 @@ def test_log_lines_cannot_inject_commands():
     assert neutralize("a :: b") == "a :: b"
 
 
+def test_log_lines_cannot_inject_commands_after_a_carriage_return():
+    # The runner splits stdout at \r as well as \n: a shard name holding "\r::add-mask::x" is two lines.
+    for text in ("shard\r::add-mask::x", "a\r\n  ::error::b", "a\r\r##[error]c", "::stop-commands::t\r"):
+        lines = re.split(r"\r\n|\r|\n", neutralize(text))
+        assert not any(line.lstrip().startswith(("::", "##[")) for line in lines), (text, lines)
+    assert neutralize("one\r\ntwo\rthree\n") == "one\r\ntwo\rthree\n"  # breaks kept as they were
+    out = io.StringIO()
+    Console(out).line("model-00001.safetensors\r::add-mask::hf_abc")
+    assert "\r::" not in out.getvalue()
+
+
 def test_outputs_use_heredoc_delimiters_and_round_trip():
     text = format_outputs({"one": "1", "multi": "a\nb=c\n<<x"})
     assert re.match(r"one<<ghadelimiter_[0-9a-f-]{36}\n1\nghadelimiter_", text)
