@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 import time
 import warnings
@@ -37,10 +38,11 @@ import regex
 
 from .errors import CheckpointError, InvalidIgnoreError
 
-__all__ = ["IgnoreMatcher", "match_name", "validate_ignore"]
+__all__ = ["MAX_IGNORE_ENTRIES", "IgnoreMatcher", "match_name", "validate_ignore"]
 
 REGEX_PREFIX = "re:"
 MAX_PATTERN_LENGTH = 1000
+MAX_IGNORE_ENTRIES = 1000  # a caller's list; each re: entry is tried on every module (the Space's CPU)
 MAX_NAME_LENGTH = 1024  # real module names are < 200 characters
 MATCH_TIMEOUT = 0.1  # seconds, one name against one pattern
 PATTERN_BUDGET = 2.0  # seconds, one pattern against every name of one plan
@@ -57,14 +59,17 @@ def _short(value: object) -> str:
     return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
 
 
-def validate_ignore(ignore: object) -> list[str]:
+def validate_ignore(ignore: object, *, max_entries: int | None = MAX_IGNORE_ENTRIES) -> list[str]:
     """Check an ignore list; return its entries as a new list, in order.
 
     Args:
         ignore: an iterable of exact module names and ``re:`` patterns (``[]`` for none).
+        max_entries: the most entries accepted (``MAX_IGNORE_ENTRIES``); ``None``: no bound,
+            for lists made of entries already bounded at the front door.
 
     Raises:
-        InvalidIgnoreError: ``ignore`` is None, a single string or a mapping; an entry is
+        InvalidIgnoreError: ``ignore`` is None, a single string or a mapping; it has more than
+            ``max_entries`` entries; an entry is
             not a string or is empty; a pattern does not compile with ``re``, is longer
             than 1000 characters, uses syntax the bounded matcher reads differently, or
             nests counted repeats beyond 1000 copies.
@@ -87,7 +92,14 @@ def validate_ignore(ignore: object) -> list[str]:
         raise InvalidIgnoreError(
             f"ignore must be a list of module names or 're:' patterns, not a {type(ignore).__name__}."
         )
-    entries = list(ignore)
+    # islice: a generator of a million entries is refused after max_entries + 1, not listed whole
+    entries = list(ignore if max_entries is None else itertools.islice(ignore, max_entries + 1))
+    if max_entries is not None and len(entries) > max_entries:
+        raise InvalidIgnoreError(
+            f"The ignore list has more than {max_entries} entries, the limit: each 're:' entry is tried on every "
+            "module name. Merge entries into fewer 're:' patterns (re:model\\.layers\\.\\d+\\.mlp\\.gate$ covers "
+            "every layer's router)."
+        )
     for entry in entries:
         _compile(entry)
     return entries
@@ -246,8 +258,9 @@ class IgnoreMatcher:
     """
 
     def __init__(self, entries: Iterable[str]) -> None:
-        """Raises: InvalidIgnoreError, as ``validate_ignore``."""
-        self.entries: tuple[str, ...] = tuple(validate_ignore(entries))
+        """Raises: InvalidIgnoreError, as ``validate_ignore`` (without its count bound: a caller's
+        list is bounded at the front door, ``make_job``; the planner joins it with the model's defaults)."""
+        self.entries: tuple[str, ...] = tuple(validate_ignore(entries, max_entries=None))
         self._exact: dict[str, list[int]] = {}
         self._patterns: list[tuple[int, _Pattern]] = []
         for index, entry in enumerate(self.entries):

@@ -29,7 +29,7 @@ from compressed_tensors.quantization.quant_scheme import PRESET_SCHEMES
 from compressed_tensors.quantization.utils import should_generate_mx_scales
 
 from .errors import CalibrationRequiredError, SchemeNotSupportedError
-from .matching import validate_ignore
+from .matching import MAX_IGNORE_ENTRIES, validate_ignore
 from .numerics import WeightSpec
 from .observers import resolve_observer
 
@@ -269,7 +269,8 @@ def resolve_config(
         CalibrationRequiredError: static activations or an observer that needs data.
         InvalidIgnoreError: an ignore regex that does not compile.
     """
-    ignore = validate_ignore(ignore)
+    # make_job bounds the caller's entries (MAX_IGNORE_ENTRIES), then adds DEFAULT_IGNORE in front
+    ignore = validate_ignore(ignore, max_entries=MAX_IGNORE_ENTRIES + len(DEFAULT_IGNORE))
     if config is not None and scheme is not None:
         raise SchemeNotSupportedError("Give either `scheme` or `config`, not both.")
     if config is None and scheme is None:

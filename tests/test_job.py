@@ -46,6 +46,13 @@ def test_ignore_must_be_a_list(bad, message):
         make_job("o/m", "W4A16", ignore=bad)
 
 
+def test_ignore_is_bounded_at_the_front_door_and_the_defaults_do_not_count():
+    entries = [f"re:.*layers\\.{i}\\.mlp\\.gate$" for i in range(1000)]
+    assert make_job("o/m", "W4A16", ignore=entries).ignore == (*DEFAULT_IGNORE, *entries)
+    with pytest.raises(InvalidIgnoreError, match="more than 1000 entries, the limit"):
+        make_job("o/m", "W4A16", ignore=[*entries, "lm_head"])
+
+
 @pytest.mark.parametrize("workers", [0, -1, 1.5, "2", None, True])
 def test_workers_are_checked_once_with_one_rule(workers):
     with pytest.raises(InvalidOptionError, match=r"max_workers=.* must be a whole number >= 1"):

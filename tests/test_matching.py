@@ -92,6 +92,25 @@ def test_validate_ignore_refuses(ignore, message):
         IgnoreMatcher(ignore)
 
 
+def test_validate_ignore_bounds_the_number_of_entries():
+    assert matching.MAX_IGNORE_ENTRIES == 1000
+    assert len(validate_ignore([f"re:.*layers\\.{i}\\.x$" for i in range(1000)])) == 1000
+    with pytest.raises(InvalidIgnoreError, match=r"more than 1000 entries, the limit.*fewer 're:' patterns"):
+        validate_ignore([f"re:.*layers\\.{i}\\.x$" for i in range(20_000)])
+    # A generator is refused after the limit, not consumed whole.
+    taken = []
+
+    def endless():
+        while True:
+            taken.append(1)
+            yield "lm_head"
+
+    with pytest.raises(InvalidIgnoreError, match="more than 1000"):
+        validate_ignore(endless())
+    assert len(taken) == 1001
+    assert len(validate_ignore(["a"] * 5000, max_entries=None)) == 5000
+
+
 def test_validate_ignore_returns_a_new_list():
     given_ignore = ("lm_head", r"re:x\{2\}", "re:[{]", r"re:a{2,3}?", "re:[]a]", r"re:[\[]")
     assert validate_ignore(given_ignore) == list(given_ignore)

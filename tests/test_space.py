@@ -232,6 +232,15 @@ def test_replan_with_an_edited_ignore_list(hub, source):
     assert "is not a valid regular expression" in plan_md and _interactive(button) is False
 
 
+def test_replan_refuses_an_overlong_ignore_list_before_reading_the_model(hub, source):
+    hub.requests_log.clear()
+    text = "\n".join(f"re:.*layers\\.{i}\\.x$" for i in range(20_000))
+    plan_md, button = app.preview_plan(SOURCE, "FP8_BLOCK", text, _token())
+    assert plan_md.startswith(f"**Cannot quantize `{SOURCE}` with FP8_BLOCK.**")
+    assert "more than 1000 entries, the limit" in plan_md and _interactive(button) is False
+    assert not hub.requests_log  # refused before any request
+
+
 def test_replan_with_everything_ignored_has_nothing_to_run(hub, source):
     plan_md, button = app.preview_plan(SOURCE, "FP8_BLOCK", "re:.*", _token())
     assert "**Nothing to quantize**" in plan_md and _interactive(button) is False
