@@ -44,7 +44,7 @@ from ._http import HubHttp, check_repo_id, resolve_token, tool_version
 from .card import render_model_card
 from .checkpoint import Checkpoint, open_checkpoint, read_config
 from .errors import InvalidOptionError, PtqError
-from .job import Job, make_job
+from .job import Job, check_hub_source, make_job
 from .parts import Budgets, estimate_footprint, fingerprint, job_identity, resolve_budgets, shard_costs, split_parts
 from .pipeline import resolve_devices
 from .plan import Plan, plan_model
@@ -255,6 +255,7 @@ def plan_hub_model(
     default_ignore: bool = True,
     revision: str | None = None,
     token: str | None = None,
+    hub_only: bool = False,
 ) -> Plan:
     """Dry run on a Hub repo from its safetensors headers only (Range reads, no weight bytes).
 
@@ -268,10 +269,12 @@ def plan_hub_model(
             ``revision`` (see ``make_job``: ``ignore`` adds to the loader-safe defaults).
             A local checkpoint folder gives the same plan, read from its files.
         token: Hub token for private or gated repos; public repos need none.
+        hub_only: plan a Hub repo id only (``make_job(hub_only=True)``): a path is refused before
+            any file-system access, and a local folder is never planned (the Space's previews).
 
     Raises:
         SchemeNotSupportedError / CalibrationRequiredError / InvalidIgnoreError: before any request.
-        InvalidOptionError: an invalid repo id.
+        InvalidOptionError: an invalid repo id (with ``hub_only``: any source that is not one).
         RepoNotFoundError / GatedRepoError / TokenError: no access to the repo.
         NoSafetensorsError: the repo has no safetensors weights at its root.
         HubNetworkError: the Hub could not be reached after retries.
@@ -279,9 +282,14 @@ def plan_hub_model(
     Example:
         >>> print(plan_hub_model("meta-llama/Llama-3.2-1B", "NVFP4A16").to_markdown())  # doctest: +SKIP
     """
-    job = _job_from(source, scheme, {"ignore": ignore, "default_ignore": default_ignore, "revision": revision})
+    options: dict[str, Any] = {"ignore": ignore, "default_ignore": default_ignore, "revision": revision}
+    if hub_only and not isinstance(source, Job):
+        options["hub_only"] = True  # the source is checked first, before the scheme and the ignore list
+    job = _job_from(source, scheme, options)
+    if hub_only:
+        check_hub_source(job.source)  # a Job made without hub_only
     folder = Path(job.source).expanduser()
-    if folder.is_dir():  # the same plan of a local copy: what a streamed job of it would use
+    if not hub_only and folder.is_dir():  # the same plan of a local copy: what a streamed job of it would use
         checkpoint = open_checkpoint(folder)
         plan = plan_model(checkpoint, job.resolved, read_config(folder), tp=job.tp)
     else:

@@ -101,6 +101,90 @@ class Job:
         return f"{self.source} -> {self.scheme_name}"
 
 
+# Linux's PATH_MAX and NAME_MAX: longer text cannot name a folder (stat says ENAMETOOLONG).
+MAX_PATH_LENGTH = 4096
+MAX_NAME_BYTES = 255
+MAX_REPO_ID_LENGTH = 96  # huggingface_hub's validate_repo_id
+MAX_REVISION_LENGTH = 255  # a git ref name component; a commit is 40 hex digits
+_REVISION_FORBIDDEN = set("~^:?*[\\")  # git check-ref-format refuses these in a branch or tag name
+
+
+def _short(value: str) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(value)} characters)"
+
+
+def _check_source_length(source: str) -> None:
+    """Text too long to be a folder or a repo id is refused here, not as ``OSError`` from ``stat``."""
+    names = source.replace("\\", "/").split("/")
+    if len(source) > MAX_PATH_LENGTH or any(len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES for name in names):
+        raise InvalidOptionError(
+            f"source {_short(source)} is too long to be a checkpoint folder (paths are at most {MAX_PATH_LENGTH} "
+            f"characters, {MAX_NAME_BYTES} bytes per name) or a Hub repo id (at most {MAX_REPO_ID_LENGTH} characters)."
+        )
+
+
+def check_hub_source(source: str) -> None:
+    """Refuse a source that is not a Hub repo id ``namespace/name``, without touching the file system.
+
+    For front ends that plan Hub repos only (the Space): a path (``/``, ``~``, ``./x``,
+    ``..``) is refused as one, whether or not such a folder exists here.
+
+    Raises:
+        InvalidOptionError: a path, or text that huggingface_hub's ``validate_repo_id`` refuses,
+            or a name without its namespace.
+    """
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if not isinstance(source, str) or not source.strip():
+        raise InvalidOptionError(f"The source must be a Hub repo id such as 'org/Model', got {source!r}.")
+    if source.startswith(("/", "~", ".", "\\")) or "\\" in source or ".." in source or source.count("/") > 1:
+        raise InvalidOptionError(
+            f"{_short(source)} is a file-system path; only Hub repos can be quantized here. "
+            "Give a repo id such as 'org/Model'."
+        )
+    if len(source) > MAX_REPO_ID_LENGTH:
+        raise InvalidOptionError(
+            f"{_short(source)} is not a Hub repo id: repo ids are at most {MAX_REPO_ID_LENGTH} characters."
+        )
+    try:
+        validate_repo_id(source)
+    except HFValidationError as err:
+        raise InvalidOptionError(f"{_short(source)} is not a valid Hub repo id: {err}") from err
+    if "/" not in source:
+        raise InvalidOptionError(f"The source repo id {source!r} needs its namespace: 'org/{source}'.")
+
+
+def check_revision(revision: object) -> str:
+    """A branch, tag or commit, checked before it reaches a URL: returns it without surrounding spaces.
+
+    Raises:
+        InvalidOptionError: not a string, empty, longer than ``MAX_REVISION_LENGTH``, or holding
+            a control character, whitespace, ``..``, a leading ``-``, ``@{``, a trailing ``/`` or
+            ``.``, ``//``, or one of ``~^:?*[\\`` (what git refuses in a ref name).
+    """
+    if not isinstance(revision, str) or not revision.strip():
+        raise InvalidOptionError(f"revision={revision!r} must be a branch, tag or commit.")
+    value = revision.strip()
+    if len(value) > MAX_REVISION_LENGTH:
+        raise InvalidOptionError(
+            f"revision={_short(value)} is too long for a branch, tag or commit (at most {MAX_REVISION_LENGTH} characters)."
+        )
+    bad = next((c for c in value if c.isspace() or ord(c) < 32 or ord(c) == 127 or c in _REVISION_FORBIDDEN), None)
+    if bad is not None:
+        raise InvalidOptionError(
+            f"revision={_short(value)} holds {bad!r}, which no branch, tag or commit has; "
+            "give a name such as 'main', 'v1.0' or 'refs/pr/1', or a 40-digit commit hash."
+        )
+    if value.startswith("-") or ".." in value or "@{" in value or "//" in value or value.endswith(("/", ".")):
+        raise InvalidOptionError(
+            f"revision={_short(value)} is not a branch, tag or commit name (no leading '-', '..', '@{{', '//', "
+            "or trailing '/' or '.'); give e.g. 'main', 'v1.0' or a 40-digit commit hash."
+        )
+    return value
+
+
 def validate_workers(workers: object, *, name: str = "max_workers") -> int:
     """The one check of a count (workers, tensor-parallel size): a whole number >= 1 (``True`` is not one).
 
@@ -165,6 +249,7 @@ def make_job(
     converters: object = None,
     append: bool = False,
     tp: int | None = None,
+    hub_only: bool = False,
 ) -> Job:
     """Validate a request once and return it as a ``Job``; no network, no file reads.
 
@@ -181,12 +266,16 @@ def make_job(
         part: ``(i, k)`` or ``"i/k"`` (see :class:`Job`).
         converters: one compressed-tensors ``Converter`` or a list (see :class:`Job`).
         append, tp: see :class:`Job`.
+        hub_only: ``source`` must be a Hub repo id (``check_hub_source``): a front end that
+            takes text from strangers (the Space) never has a local folder planned or read.
 
     Raises:
         SchemeNotSupportedError / CalibrationRequiredError: unknown or not data-free scheme.
         InvalidIgnoreError: ``ignore`` is a single string, or an entry is invalid.
-        InvalidOptionError: an empty source or target, a bad worker count, tensor-parallel size,
-            device list, disk budget or part, or a converter without the ``Converter`` methods.
+        InvalidOptionError: an empty or over-long source (or, with ``hub_only``, one that is not a
+            Hub repo id), an empty target, a revision that is not a branch, tag or commit, a bad
+            worker count, tensor-parallel size, device list, disk budget or part, or a converter
+            without the ``Converter`` methods.
 
     Example:
         >>> make_job("org/Model", "fp8_block").scheme_name
@@ -196,6 +285,12 @@ def make_job(
         source = str(Path(source))
     if not isinstance(source, str) or not source.strip():
         raise InvalidOptionError(f"source must be a checkpoint folder or a Hub repo id, got {source!r}.")
+    source = source.strip()
+    if hub_only:
+        check_hub_source(source)
+    else:
+        _check_source_length(source)
+    revision = None if revision is None else check_revision(revision)
     extra = validate_ignore(ignore)
     base = list(DEFAULT_IGNORE) if default_ignore else []
     resolved = resolve_config(scheme, config, base + [p for p in extra if p not in base], observer=observer,
@@ -204,12 +299,10 @@ def make_job(
         if not isinstance(target, str) or not target.strip():
             raise InvalidOptionError(f"target={target!r} is not a repo id; give 'namespace/name' or leave it out.")
         target = target.strip()
-    if revision is not None and (not isinstance(revision, str) or not revision.strip()):
-        raise InvalidOptionError(f"revision={revision!r} must be a branch, tag or commit.")
     return Job(
-        source=source.strip(),
+        source=source,
         resolved=resolved,
-        revision=revision.strip() if revision else None,
+        revision=revision,
         target=target,
         private=bool(private),
         overwrite=bool(overwrite),

@@ -76,6 +76,20 @@ def test_errors_exit_2_with_message(llama, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("source", ["a" * 5000, "org/" + "m" * 5000])
+def test_an_overlong_source_is_refused_by_name_not_with_an_oserror(source, capsys):
+    assert cli.main(["plan", source, "--scheme", "FP8_BLOCK"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: source '")
+    assert "(5000 characters) is too long to be a checkpoint folder" in err or "(5004 characters)" in err
+    assert "File name too long" not in err and len(err) < 400
+
+
+def test_a_revision_with_a_control_character_is_refused_before_any_request(capsys):
+    assert cli.main(["plan", "org/Model", "-s", "FP8_BLOCK", "--revision", "main\r\nx"]) == 2
+    assert "holds '\\r', which no branch, tag or commit has" in capsys.readouterr().err
+
+
 def test_reindex_command(llama, tmp_path, capsys):
     assert cli.reindex_main([str(llama), str(tmp_path / "r"), "--num_workers", "2"]) == 0
     # q/k/v and gate/up in 2 layers; moved: k and v (2 layers x 2) + up (2 layers)

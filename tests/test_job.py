@@ -133,3 +133,60 @@ def test_cli_observer_gives_the_bytes_of_a_scheme_that_names_it(tmp_path):
 def _quantize_minmax(src, out):
     assert main(["quantize", str(src), str(out), "--scheme", "W4A16", "--no-default-ignore", "--ignore", "lm_head"]) == 0
     return out
+
+
+# --- sources and revisions, refused as typed errors before any file or request -------
+def test_an_overlong_source_is_a_typed_error_not_an_oserror():
+    for source in ("a" * 5000, "org/" + "m" * 300, "x/" * 2100):
+        with pytest.raises(InvalidOptionError, match=r"is too long to be a checkpoint folder .* or a Hub repo id"):
+            make_job(source, "FP8_BLOCK")
+
+
+@pytest.mark.parametrize(
+    "source", ["/usr/lib", "/", "~", "~/models", "..", "../x", "./model", "org/../x", "a/b/c", "C:\\models\\x"]
+)
+def test_hub_only_refuses_paths_before_any_file_access(source, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InvalidOptionError, match=r"is a file-system path; only Hub repos can be quantized here"):
+        make_job(source, "FP8_BLOCK", hub_only=True)
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("org/" + "m" * 5000, r"is not a Hub repo id: repo ids are at most 96 characters"),
+        ("org/bad name", r"is not a valid Hub repo id"),
+        ("gpt2", r"needs its namespace: 'org/gpt2'"),
+    ],
+)
+def test_hub_only_takes_repo_ids_only(source, message):
+    with pytest.raises(InvalidOptionError, match=message):
+        make_job(source, "FP8_BLOCK", hub_only=True)
+    assert make_job(" org/Model ", "FP8_BLOCK", hub_only=True).source == "org/Model"
+
+
+@pytest.mark.parametrize(
+    ("revision", "message"),
+    [
+        ("main\r\nx", r"holds '\\r', which no branch, tag or commit has"),
+        ("ma in", r"holds ' '"),
+        ("main\x00", r"holds '\\x00'"),
+        ("v1\x7f", r"holds '\\x7f'"),
+        ("a:b", r"holds ':'"),
+        ("-rf", r"no leading '-', '\.\.'"),
+        ("a/../b", r"no leading '-', '\.\.'"),
+        ("x@{1}", r"'@\{'"),
+        ("dev/", r"trailing '/'"),
+        ("r" * 256, r"too long for a branch, tag or commit \(at most 255 characters\)"),
+        ("", r"must be a branch, tag or commit"),
+        (7, r"must be a branch, tag or commit"),
+    ],
+)
+def test_revision_must_be_a_branch_tag_or_commit(revision, message):
+    with pytest.raises(InvalidOptionError, match=message):
+        make_job("org/Model", "FP8_BLOCK", revision=revision)
+
+
+def test_valid_revisions_pass_trimmed():
+    for revision in ("main", "v1.0", "refs/pr/1", "release-2024_01", "a" * 40, "0" * 255):
+        assert make_job("org/Model", "FP8_BLOCK", revision=f" {revision}\n").revision == revision
