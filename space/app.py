@@ -169,7 +169,7 @@ def preview_model(model_id: str | None, scheme: str, recent: list[str] | None, o
         return _pick_a_model(), "", "", gr.Button(interactive=False), recent
     token = _token_from(oauth_token)
     try:
-        plan = ptq_core.plan_hub_model(model_id, scheme, token=token)
+        plan = ptq_core.plan_hub_model(model_id, scheme, token=token, hub_only=True)
     except PtqError as err:
         # Keep the loader-safe defaults in the box: a later scheme change re-plans with them.
         defaults = "\n".join(ptq_core.DEFAULT_IGNORE)
@@ -189,7 +189,7 @@ def preview_plan(model_id: str | None, scheme: str, ignore_text: str, oauth_toke
     try:
         # The box holds the whole list (pre-filled with the defaults this model has), so it replaces them.
         plan = ptq_core.plan_hub_model(
-            model_id, scheme, ignore=parse_ignore(ignore_text), default_ignore=False, token=token
+            model_id, scheme, ignore=parse_ignore(ignore_text), default_ignore=False, token=token, hub_only=True
         )
     except PtqError as err:
         return _refusal(model_id, scheme, err, token), gr.Button(interactive=False)
@@ -235,18 +235,8 @@ def run_job(
     model_id = (model_id or "").strip()
     if not model_id:
         raise gr.Error("Pick a model first: type a Hub id such as org/Model.", print_exception=False)
-    job = uuid.uuid4().hex[:8]
-    work_dir = Path(tempfile.mkdtemp(prefix=f"ptq-space-{job}-", dir=_jobs_root()))
-    logger.info(
-        "job %s: %s -> %s as %s (private=%s, overwrite=%s)",
-        job,
-        model_id,
-        target or "default",
-        scheme,
-        private,
-        overwrite,
-    )
     try:
+        # hub_only: the typed text must be a Hub repo id; a path is refused before any file is touched.
         request = ptq_core.make_job(
             model_id,
             scheme,
@@ -256,7 +246,22 @@ def run_job(
             target=(target or "").strip() or None,
             private=bool(private),
             overwrite=bool(overwrite),
+            hub_only=True,
         )
+    except PtqError as err:
+        raise gr.Error(redact(str(err), token), title=_error_title(err), duration=None, print_exception=False) from None
+    job = uuid.uuid4().hex[:8]
+    work_dir = Path(tempfile.mkdtemp(prefix=f"ptq-space-{job}-", dir=_jobs_root()))
+    logger.info(
+        "job %s: %s -> %s as %s (private=%s, overwrite=%s)",
+        job,
+        request.source,
+        request.target or "default",
+        request.scheme_name,
+        request.private,
+        request.overwrite,
+    )
+    try:
         result = _quantize(request, token=token, work_dir=work_dir, progress=progress)
     except PtqError as err:
         message = redact(str(err), token)
@@ -413,7 +418,8 @@ def _plan_markdown(model_id: str, plan: Any) -> tuple[str, bool]:
 
 
 def _refusal(model_id: str, scheme: str, err: PtqError, token: str | None) -> str:
-    return f"**Cannot quantize `{model_id}` with {scheme}.** {redact(str(err), token)}"
+    shown = model_id if len(model_id) <= 100 else f"{model_id[:60]}… ({len(model_id)} characters)"
+    return f"**Cannot quantize `{shown}` with {scheme}.** {redact(str(err), token)}"
 
 
 def _pick_a_model() -> str:

@@ -17,6 +17,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -181,6 +182,79 @@ def test_preview_refuses_a_missing_repo(hub):
     assert plan_md.startswith("**Cannot quantize `bob/does-not-exist` with FP8_BLOCK.**")
     assert "was not found" in plan_md and ALICE not in plan_md
     assert _interactive(button) is False and recent == []
+
+
+def _without_file_system(monkeypatch, name: str) -> None:
+    """Run ``ptq_core.<name>`` with stat and directory listings failing (Gradio's own components do both)."""
+    function = getattr(ptq_core, name)
+
+    def guarded(*args, **kwargs):
+        with _no_file_system():
+            return function(*args, **kwargs)
+
+    monkeypatch.setattr(ptq_core, name, guarded)
+
+
+@contextmanager
+def _no_file_system():
+    """Fail any stat or directory listing: the Space must refuse a path from its text alone."""
+    import os as os_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"file-system access: {args!r}")
+
+    saved = {name: getattr(os_module, name) for name in ("stat", "lstat", "scandir", "listdir")}
+    try:
+        for name in saved:
+            setattr(os_module, name, refuse)
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(os_module, name, function)
+
+
+PATHS = ["/usr/lib", "/", "~", "~/models", "..", "../x", "./model", "a/b/c"]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_preview_refuses_a_path_before_touching_the_file_system(hub, path, monkeypatch):
+    app.preview_model(path, "FP8_BLOCK", [], None)  # first imports of the modules read files
+    hub.requests_log.clear()
+    _without_file_system(monkeypatch, "plan_hub_model")
+    plan_md, ignore, target, button, recent = app.preview_model(path, "FP8_BLOCK", [], None)
+    replan_md, replan_button = app.preview_plan(path, "FP8_BLOCK", "lm_head", None)
+    for text in (plan_md, replan_md):
+        assert text.startswith("**Cannot quantize")
+        assert "is a file-system path; only Hub repos can be quantized here" in text and "Plan:" not in text
+    assert (target, recent) == ("", []) and not _interactive(button) and not _interactive(replan_button)
+    assert not hub.requests_log
+
+
+def test_preview_never_plans_a_local_checkpoint_folder(hub, checkpoint, tmp_path, monkeypatch):
+    # An absolute path to a real checkpoint is refused; a repo-id-shaped relative folder is
+    # looked up on the Hub, never read from disk.
+    plan_md, *_ = app.preview_model(str(checkpoint), "FP8_BLOCK", [], None)
+    assert "is a file-system path" in plan_md and "Plan:" not in plan_md
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(checkpoint, tmp_path / "bob" / "local-only")
+    plan_md, *_ = app.preview_model("bob/local-only", "FP8_BLOCK", [], None)
+    assert "was not found" in plan_md and "Plan:" not in plan_md
+
+
+def test_preview_refuses_an_overlong_id_with_a_short_message(hub):
+    plan_md, *_ = app.preview_model("org/" + "m" * 5000, "FP8_BLOCK", [], None)
+    assert "is not a Hub repo id: repo ids are at most 96 characters" in plan_md and len(plan_md) < 400
+
+
+@pytest.mark.parametrize("path", ["/usr/lib", "~", "../x"])
+def test_run_refuses_a_path_before_touching_the_file_system(hub, tmp_path, path, monkeypatch):
+    app.preview_model(path, "FP8_BLOCK", [], None)  # first imports of the modules read files
+    hub.requests_log.clear()
+    _without_file_system(monkeypatch, "make_job")
+    with pytest.raises(gr.Error, match="is a file-system path; only Hub repos") as excinfo:
+        app.run_job(path, "FP8_BLOCK", "lm_head", "", False, False, _token())
+    assert excinfo.value.title == "Invalid option"
+    assert not (tmp_path / "cache" / "space-jobs").exists() and not hub.requests_log  # no job folder made
 
 
 def test_preview_refuses_a_gated_repo_without_access(hub, checkpoint):
@@ -476,6 +550,8 @@ def launch_space(endpoint: str, work: Path, *, token: str = ALICE, timeout: floa
         "PTQ_HUB_CACHE": str(work / "cache"),
         "GRADIO_ANALYTICS_ENABLED": "False",
         "PYTHONUNBUFFERED": "1",
+        # This checkout's ptq_core, not the one an editable install points at (a git worktree's tests).
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     for name in ("SYSTEM", "SPACE_ID", "HUGGING_FACE_HUB_TOKEN", "GRADIO_SERVER_PORT", "GRADIO_SERVER_NAME"):
         env.pop(name, None)
@@ -541,6 +617,23 @@ def test_running_space_previews_and_quantizes(hub, source, space_url):
     message = str(excinfo.value)
     assert f"Target repo {TARGET} already holds" in message
     assert "Traceback" not in message and ALICE not in message
+
+
+def test_running_space_api_refuses_paths(hub, space_url):
+    """The public API routes (no sign-in needed) plan Hub repos only: a path never lists files."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    client = Client(space_url, verbose=False)
+    for path in ("/usr/lib", "~", "/", "../.."):
+        plan_md, ignore, target, recent = client.predict(path, "FP8_BLOCK", [], api_name="/preview")
+        assert "is a file-system path; only Hub repos can be quantized here" in plan_md, plan_md
+        assert "Plan:" not in plan_md and target == "" and recent == []
+        plan_md = client.predict(path, "FP8_BLOCK", "lm_head", api_name="/replan")
+        assert "is a file-system path" in plan_md and "Plan:" not in plan_md
+    signed_in = Client(space_url, oauth_token=ALICE, verbose=False)
+    with pytest.raises(AppError, match="is a file-system path; only Hub repos can be quantized here"):
+        signed_in.predict("/usr/lib", "FP8_BLOCK", "lm_head", "", False, False, api_name="/quantize")
 
 
 def test_running_space_without_sign_in_says_so(hub, source, space_url):
