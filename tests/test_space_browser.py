@@ -145,3 +145,29 @@ def test_sign_in_plan_and_quantize_in_a_browser(browser, hub, checkpoint, space_
     assert "model.safetensors" in hub.list_files(TARGET)
     assert errors == []
     page.close()
+
+
+def test_a_path_typed_in_the_model_box_is_refused_on_the_page(browser, hub, checkpoint, space_url):
+    """Without signing in, the model box plans Hub repos only: a path shows a refusal, never a listing."""
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(space_url)
+    expect(page.get_by_role("button", name=re.compile("Sign in with Hugging Face"))).to_be_visible(timeout=30_000)
+    plan = page.locator("#plan")
+    box = page.locator("#model-id input")
+    for path in ("/usr/lib", "~", str(checkpoint)):
+        # Pasted, not typed: keys typed fast over a previous refusal can trip Gradio's dropdown script
+        # ("Cannot read properties of undefined (reading '0')") while its suggestions are replaced.
+        box.click()
+        box.fill(path)
+        box.press("Enter")
+        expect(plan).to_contain_text("is a file-system path; only Hub repos can be quantized here", timeout=60_000)
+        expect(plan).not_to_contain_text("Plan:")
+        expect(page.locator("#run")).to_be_disabled()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "space-path-refused.png"))
+    assert errors == []
+    page.close()
