@@ -419,7 +419,7 @@ def _safetensors_header(data: bytes) -> dict | None:
 # others to ``_send_faulty`` (processed, then answered badly). Every fault is
 # bounded in time (``hold``), and ``reset`` wakes every handler still holding one.
 # ============================================================================
-NET_FAULT_KINDS = ("stall", "trickle", "rate_limit")
+NET_FAULT_KINDS = ("stall", "trickle", "slow_read", "rate_limit")
 
 
 @dataclass
@@ -467,10 +467,13 @@ class _NetChaosServer:
 
         ``kind``:
             * ``"stall"``: process the request, send the status line and headers, then nothing
-              for ``hold`` seconds, then close the connection (a download or an upload whose
-              answer never comes).
+              for ``hold`` seconds, then close the connection (a download stalled after its
+              headers). An answer without a body (an upload's) is not sent at all.
             * ``"trickle"``: like ``stall``, but send ``trickle_bytes`` of the body every
               ``trickle_every`` seconds until ``hold`` seconds have passed (a slow loris).
+        * ``"slow_read"``: read the request body ``trickle_bytes`` every ``trickle_every``
+          seconds until ``hold`` seconds have passed, then close without answering (an
+          upload whose receiver barely reads).
             * ``"rate_limit"``: answer 429 without processing, with ``Retry-After: retry_after``
               and/or ``RateLimit: ratelimit`` (e.g. ``'"api";r=0;t=55'``) when given. With
               ``window``, every matching request gets it for ``window`` seconds from the first.
@@ -521,7 +524,22 @@ class _NetChaosServer:
 class _NetChaosHandler:
     """``_Handler``'s side of the network faults (mixin)."""
 
-    def _send_rate_limited(self, fault: _NetFault) -> None:
+    def _send_early_fault(self, fault: _NetFault) -> None:
+        """A fault served instead of processing the request: a slow reader, or a 429."""
+        if fault.kind == "slow_read":
+            self.close_connection = True
+            released = self.hub._net_state()[1]
+            deadline = time.monotonic() + fault.hold
+            left = int(self.headers.get("content-length") or 0)
+            while left > 0 and time.monotonic() < deadline:
+                chunk = self.rfile.read(min(left, fault.trickle_bytes))
+                if not chunk:
+                    return
+                left -= len(chunk)
+                if released.wait(fault.trickle_every):
+                    return
+            return
+        self._read_body()  # read and dropped: the connection stays usable for the retry
         payload = json.dumps({"error": "You have been rate-limited; retry later."}).encode()
         self.send_response(429)
         self.send_header("Content-Type", "application/json; charset=utf-8")
@@ -539,6 +557,9 @@ class _NetChaosHandler:
         released = self.hub._net_state()[1]
         deadline = time.monotonic() + fault.hold
         try:
+            if fault.kind == "stall" and (head or not payload):  # no body to stall in: the answer never comes
+                released.wait(fault.hold)
+                return
             self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)
@@ -1717,12 +1738,12 @@ class _Handler(_NetChaosHandler, BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         hub = self.hub
+        fault = hub._take_net_fault(method, self.path)  # network chaos (section below)
+        if fault is not None and fault.kind in ("rate_limit", "slow_read"):
+            self._send_early_fault(fault)
+            return
         body, complete = self._read_body()
         split = urlsplit(self.path)
-        fault = hub._take_net_fault(method, self.path) if complete else None  # network chaos (section below)
-        if fault is not None and fault.kind == "rate_limit":
-            self._send_rate_limited(fault)
-            return
         with hub._lock:
             hub.stats.bytes_in += len(body)
             hub._note_lfs_put(method, split.path, len(body))
