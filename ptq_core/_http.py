@@ -118,7 +118,7 @@ class HubHttp:
                 if asked is not None and asked > constants.RATE_LIMIT_MAX_WAIT:
                     raise HubRateLimitError(self.redact(
                         f"Could not {what} ({repo_id}) on {self.endpoint}: the Hub rate-limits this token/IP (HTTP 429) "
-                        f"and asks to wait {asked:g} s, more than the {constants.RATE_LIMIT_MAX_WAIT:g} s this job waits "
+                        f"and asks to wait {asked:.0f} s, more than the {constants.RATE_LIMIT_MAX_WAIT:g} s this job waits "
                         "(PTQ_RATE_LIMIT_MAX_WAIT). Rerun the job later (it resumes), or raise PTQ_RATE_LIMIT_MAX_WAIT."
                     )) from err
                 if attempt == attempts:
@@ -216,14 +216,17 @@ def _gave_up(
 # t = seconds until the window resets); other servers and proxies use `Retry-After`
 # (seconds or an HTTP date). Waiting less fails again; waiting by our own schedule
 # (1, 2, 4 s) against a 55 s window fails all retries.
-_RATELIMIT_RESET = re.compile(r"(?:^|;)\s*t\s*=\s*(\d+(?:\.\d+)?)\s*(?:;|,|$)")
+_RATELIMIT_RESET = re.compile(r"(?:^|;)\s*t\s*=\s*(\d+(?:\.\d+)?)\s*(?:;|$)")
+_RATELIMIT_REMAINING = re.compile(r"(?:^|;)\s*r\s*=\s*(\d+)\s*(?:;|$)")
 
 
 def rate_limit_wait(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
     """Seconds a 429 answer asks the client to wait, from ``RateLimit``'s ``t=`` or ``Retry-After``; else ``None``.
 
-    ``Retry-After`` may be seconds (``"30"``) or an HTTP date (``"Wed, 21 Oct 2026 07:28:00 GMT"``,
-    counted from ``now``, a Unix time, default the clock). When both are given, the longer wait wins.
+    ``RateLimit`` may list several policies (``"api";r=0;t=55, "resolvers";r=90;t=200``): only
+    exhausted ones (``r=0``, or no ``r``) count. ``Retry-After`` may be seconds (``"30"``) or an
+    HTTP date (``"Wed, 21 Oct 2026 07:28:00 GMT"``, counted from ``now``, a Unix time, default
+    the clock). When several apply, the longest wait wins.
 
     >>> rate_limit_wait({"RateLimit": '"api";r=0;t=55'})
     55.0
@@ -231,9 +234,10 @@ def rate_limit_wait(headers: Mapping[str, str], *, now: float | None = None) -> 
     lowered = {key.lower(): value for key, value in headers.items()}
     waits: list[float] = []
     for policy in lowered.get("ratelimit", "").split(","):
-        match = _RATELIMIT_RESET.search(policy.strip())
-        if match:
-            waits.append(float(match[1]))
+        reset = _RATELIMIT_RESET.search(policy.strip())
+        remaining = _RATELIMIT_REMAINING.search(policy.strip())
+        if reset and (remaining is None or int(remaining[1]) == 0):
+            waits.append(float(reset[1]))
     retry_after = lowered.get("retry-after", "").strip()
     if retry_after:
         try:
@@ -502,6 +506,8 @@ def _transient_reason(err: BaseException) -> str:
     current: BaseException | None = err
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        if isinstance(current, TransferStalledError):  # its text says where (file, byte); its cause only "timed out"
+            return short(current)
         status = status_of(current)
         if status is not None:
             return f"HTTP {status}"
