@@ -62,12 +62,15 @@ def fetch_range(
 ) -> None:
     """Stream bytes ``[start, start + nbytes)`` of ``path`` at the pinned commit into ``sink``, retried.
 
-    A retry after a broken transfer asks only for the bytes not received yet.
+    A retry after a broken or stalled transfer asks only for the bytes not received yet. A
+    transfer stalls when nothing arrives for ``constants.HTTP_READ_TIMEOUT`` or less than
+    ``STALL_MIN_BYTES`` in a ``STALL_WINDOW`` (``_http.install_transfer_deadlines``).
 
     Raises:
         SourceChangedError: the file is gone at the pinned commit (repo deleted, history
             rewritten), or its size is not the one inspected at the start.
-        HubNetworkError: transient failures outlasted the retries.
+        TransferStalledError: every attempt stalled (a ``HubNetworkError``; it names the byte).
+        HubNetworkError: other transient failures outlasted the retries.
     """
     if nbytes <= 0:
         return
