@@ -116,7 +116,7 @@ def _short(value: str) -> str:
 
 def _check_source_length(source: str) -> None:
     """Text too long to be a folder or a repo id is refused here, not as ``OSError`` from ``stat``."""
-    names = source.replace("\\", "/").split("/")
+    names = source.replace(os.sep, "/").split("/")  # a backslash is part of a name on POSIX
     if len(source) > MAX_PATH_LENGTH or any(len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES for name in names):
         raise InvalidOptionError(
             f"source {_short(source)} is too long to be a checkpoint folder (paths are at most {MAX_PATH_LENGTH} "
