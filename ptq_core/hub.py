@@ -26,6 +26,12 @@ are kept, ``main`` untouched, and the error says that rerunning the same job
 resumes: the shards already staged are not downloaded, quantized or uploaded
 again. No local file is left behind either way; a work folder of a killed run
 (its name carries the pid) is removed by the next run.
+
+The commit on ``main`` names the head the job verified as its parent: files
+committed to the target meanwhile stop the job with ``TargetChangedError``
+(or, with ``overwrite``, are replaced), never silently. A rerun of a finished
+job, in any form, returns its commit; so does a run that lost the race to
+another run of the same job.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from . import constants
 from ._http import HubHttp, check_repo_id, resolve_token, tool_version
 from .card import render_model_card
 from .checkpoint import Checkpoint, open_checkpoint, read_config
-from .errors import InvalidOptionError, PtqError, TargetChangedError
+from .errors import HubNetworkError, InvalidOptionError, PtqError, TargetChangedError
 from .job import Job, make_job
 from .parts import Budgets, estimate_footprint, fingerprint, job_identity, resolve_budgets, shard_costs, split_parts
 from .pipeline import resolve_devices
@@ -361,7 +367,10 @@ def quantize_to_hub(
         RepoNotFoundError: the source (or revision) does not exist or is private to others.
         GatedRepoError: the source is gated and the token's user has no access yet.
         HubPermissionError: the token may not create or write the target repo.
-        TargetRepoExistsError: the target has files and ``overwrite`` is false.
+        TargetRepoExistsError: the target has files and ``overwrite`` is false (a target
+            holding this very job, finished, is returned instead).
+        TargetChangedError: files were committed to the target while the job ran and
+            ``overwrite`` is false; the message names them, nothing was overwritten.
         DiskSpaceError: one output shard does not fit the disk budget, or the disk filled up.
         MemoryBudgetError: one tensor (or fused group) needs more memory than the job may use.
         NoSafetensorsError: the source has no safetensors weights.
@@ -412,8 +421,8 @@ def finalize_hub_job(
         return _done(prepared, prepared.finished, clock)
     try:
         return _finalize(prepared, parts, clock)
-    except PtqError:
-        landed = _published_meanwhile(prepared)
+    except PtqError as err:
+        landed = _published_meanwhile(prepared) if _may_be_published(err) else None
         if landed is None:
             raise
         return _done(prepared, landed, clock, by_other=True)
@@ -478,8 +487,8 @@ def run_hub_job(prepared: PreparedJob, *, progress: ProgressCallback | None = No
         if prepared.job.part is not None:
             return _result(prepared, staged.head, clock, card="", peak_disk=staged.peak_disk)
         return _finalize(prepared, 1, clock, staged=staged)
-    except PtqError:
-        landed = _published_meanwhile(prepared)
+    except PtqError as err:
+        landed = _published_meanwhile(prepared) if _may_be_published(err) else None
         if landed is None:
             raise
         return _done(prepared, landed, clock, by_other=True)
@@ -848,6 +857,15 @@ def _delete_leftover_branch(prepared: PreparedJob) -> None:
         logger.warning("The staging branch %s of %s could not be deleted: %s", staging.branch, prepared.target, err)
 
 
+def _may_be_published(err: BaseException) -> bool:
+    """Whether a failure may come from another run of the job publishing it (its branch gone, main moved).
+
+    Not a network failure: the Hub cannot be asked then, and the final commit already
+    read ``main`` after each of its attempts.
+    """
+    return isinstance(err, PtqError) and not isinstance(err, HubNetworkError)
+
+
 def _published_meanwhile(prepared: PreparedJob) -> str | None:
     """After a failure: this job's commit on ``main`` made by another run since the target was inspected."""
     http, target = prepared.http, prepared.target
@@ -901,9 +919,10 @@ def _after_failure(
     When another run of this same job has published it meanwhile, nothing is undone and
     the error is returned as it is: the caller reports the finished model.
     """
-    if isinstance(err, PtqError) and _published_meanwhile(prepared) is not None:
+    if _may_be_published(err) and _published_meanwhile(prepared) is not None:
         return err
-    if staged == 0 and created and not _holds_staged_work(staging):
+    if staged == 0 and created and not isinstance(err, TargetChangedError) and not _holds_staged_work(staging):
+        # (a TargetChangedError: someone else's files are in the repo now; never delete them)
         delete_created(prepared.http, prepared.target)
         return err
     if staged == 0:

@@ -60,7 +60,8 @@ Behaviour copied from the Hub (and relied on by the client):
   ``/api/validate-yaml`` and by the commit route (400), like the Hub.
 
 For tests and benchmarks: ``fail_requests`` injects errors (before or after the
-request is processed), ``stats`` counts bytes, LFS PUTs and commits, and
+request is processed), ``on_request`` runs another writer (``commit_files``,
+``delete_branch``) just before the Nth matching request, ``stats`` counts bytes, LFS PUTs and commits, and
 ``upload_bandwidth``/``download_bandwidth`` cap the bytes per second of request
 and response bodies over all connections together (one token bucket each way).
 ``python tests/hub_server.py --help`` serves in its own process (``main``), with

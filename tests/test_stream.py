@@ -37,7 +37,6 @@ from ptq_core.errors import (
     MissingPartError,
     PartMismatchError,
     SourceChangedError,
-    TargetRepoExistsError,
 )
 from ptq_core.hub import finalize_hub_job, plan_hub_model, plan_hub_parts, prepare_hub_job, quantize_to_hub, run_hub_job
 from ptq_core.job import make_job
