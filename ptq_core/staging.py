@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from . import _http
 from ._http import HubHttp, status_of
 from .errors import HubNetworkError, MissingPartError, PartMismatchError, StagingError
 
@@ -315,8 +316,6 @@ class Staging:
             HubNetworkError: the commit failed on every attempt and did not land.
         """
         from huggingface_hub import CommitOperationAdd, CommitOperationCopy, CommitOperationDelete
-
-        from . import _http
 
         operations: list[Any] = [
             CommitOperationCopy(src_path_in_repo=s, path_in_repo=s, src_revision=revision) for s in shards
