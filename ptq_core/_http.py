@@ -90,6 +90,7 @@ class HubHttp:
         repo_id: str,
         translate: Translate | None = None,
         passthrough: Callable[[Exception], bool] | None = None,
+        retry: bool = True,
         **kwargs: Any,
     ) -> _T:
         """``fn(*args, **kwargs)`` with retries on transient failures and typed errors.
@@ -102,8 +103,11 @@ class HubHttp:
             translate: consulted first for a non-transient failure; its error is raised.
             passthrough: failures it accepts are re-raised untouched (the caller
                 handles that client error itself, e.g. a missing optional file).
+            retry: ``False`` for a request that must not be sent twice blindly (a commit
+                on ``main``): one attempt, a transient failure raises ``HubNetworkError``
+                at once and the caller finds out whether it landed.
         """
-        attempts = len(_RETRY_DELAYS) + 1
+        attempts = len(_RETRY_DELAYS) + 1 if retry else 1
         for attempt in range(1, attempts + 1):
             try:
                 return fn(*args, **kwargs)

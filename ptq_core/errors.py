@@ -139,6 +139,10 @@ class TargetRepoExistsError(HubError, FileExistsError):
     """The target repo already holds files and ``overwrite`` was not given."""
 
 
+class TargetChangedError(TargetRepoExistsError):
+    """Files were committed to the target's ``main`` while the job ran; nothing of theirs was overwritten."""
+
+
 class HubPermissionError(HubError, PermissionError):
     """The token may not create or write the target repo in that namespace."""
 

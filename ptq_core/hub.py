@@ -26,6 +26,12 @@ are kept, ``main`` untouched, and the error says that rerunning the same job
 resumes: the shards already staged are not downloaded, quantized or uploaded
 again. No local file is left behind either way; a work folder of a killed run
 (its name carries the pid) is removed by the next run.
+
+The commit on ``main`` names the head the job verified as its parent: files
+committed to the target meanwhile stop the job with ``TargetChangedError``
+(or, with ``overwrite``, are replaced), never silently. A rerun of a finished
+job, in any form, returns its commit; so does a run that lost the race to
+another run of the same job.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from . import constants
 from ._http import HubHttp, check_repo_id, resolve_token, tool_version
 from .card import render_model_card
 from .checkpoint import Checkpoint, open_checkpoint, read_config
-from .errors import InvalidOptionError, PtqError
+from .errors import HubNetworkError, InvalidOptionError, PtqError, TargetChangedError
 from .job import Job, check_hub_source, make_job
 from .parts import Budgets, estimate_footprint, fingerprint, job_identity, resolve_budgets, shard_costs, split_parts
 from .pipeline import resolve_devices
@@ -54,6 +60,7 @@ from .publish import (
     create_target,
     delete_created,
     inspect_target,
+    new_content,
     refuse_existing_content,
     whoami,
 )
@@ -63,7 +70,16 @@ from .repo_files import select_repo_files
 from .schemes import canonical_scheme_name, scheme_repo_suffix
 from .sizes import compression_ratio, format_bytes
 from .source import ProgressCallback, SourceState, download_checkpoint, inspect_source, read_hub_config
-from .staging import Manifest, ShardStager, Staging, finalized_commit, manifest_path, staging_branch
+from .staging import (
+    MainMovedError,
+    Manifest,
+    ShardStager,
+    Staging,
+    finalized_commit,
+    landed_commit,
+    manifest_path,
+    staging_branch,
+)
 from .stream import StreamReport, stream_shards
 from .writer import new_work_folder, sweep_stale_work, write_config, write_index
 
@@ -93,6 +109,8 @@ STAGE_COMMIT_INTERVAL = 60.0
 The first commit also waits this long: a job shorter than that makes no staging commit at all
 (a one-machine job's final commit then names every shard by sha256)."""
 _RANGE_THREADS = 4
+_MAIN_MOVES = 3
+"""Times the final commit is tried again on a ``main`` that moved without new content (overwrite, or a no-op)."""
 _WORK_PREFIX = "ptq-job-"
 
 
@@ -357,7 +375,10 @@ def quantize_to_hub(
         RepoNotFoundError: the source (or revision) does not exist or is private to others.
         GatedRepoError: the source is gated and the token's user has no access yet.
         HubPermissionError: the token may not create or write the target repo.
-        TargetRepoExistsError: the target has files and ``overwrite`` is false.
+        TargetRepoExistsError: the target has files and ``overwrite`` is false (a target
+            holding this very job, finished, is returned instead).
+        TargetChangedError: files were committed to the target while the job ran and
+            ``overwrite`` is false; the message names them, nothing was overwritten.
         DiskSpaceError: one output shard does not fit the disk budget, or the disk filled up.
         MemoryBudgetError: one tensor (or fused group) needs more memory than the job may use.
         NoSafetensorsError: the source has no safetensors weights.
@@ -405,8 +426,14 @@ def finalize_hub_job(
     prepared = replace(prepare_hub_job(replace(job, part=(parts, parts)), token=token, work_dir=work_dir), job=job)
     clock = _StageClock(progress)
     if prepared.finished is not None:
-        return _result(prepared, prepared.finished, clock, card="")
-    return _finalize(prepared, parts, clock)
+        return _done(prepared, prepared.finished, clock)
+    try:
+        return _finalize(prepared, parts, clock)
+    except PtqError as err:
+        landed = _published_meanwhile(prepared) if _may_be_published(err) else None
+        if landed is None:
+            raise
+        return _done(prepared, landed, clock, by_other=True)
 
 
 def prepare_hub_job(
@@ -438,9 +465,10 @@ def prepare_hub_job(
     job_id = job_identity(job, source_state.sha, tool_version())
     fp = fingerprint(job_id)
     finished = None
-    if [f for f in target_state.files if f != ".gitattributes"] and not job.overwrite:
+    if [f for f in target_state.files if f != ".gitattributes"]:
+        # a job that already finished is done, however it is rerun (one machine, a part, finalize)
         finished = finalized_commit(http, target, fp)
-        if finished is None or job.part is None:
+        if finished is None and not job.overwrite:
             refuse_existing_content(target_state, target)
     checkpoint = open_remote_checkpoint(http, source_state)
     plan = plan_model(checkpoint, job.resolved, read_hub_config(http, job.source, source_state.sha), tp=job.tp)
@@ -460,13 +488,18 @@ def run_hub_job(prepared: PreparedJob, *, progress: ProgressCallback | None = No
     """Phase 2: stage this job's part (all of it for a one-machine job), then, unless a part, finalize."""
     clock = _StageClock(progress)
     if prepared.finished is not None:
-        logger.info("%s already holds this job at commit %s; nothing to do", prepared.target, prepared.finished[:10])
-        return _result(prepared, prepared.finished, clock, card="")
+        return _done(prepared, prepared.finished, clock)
     index, count = prepared.job.part or (1, 1)
-    staged = _stage_part(prepared, index, count, clock)
-    if prepared.job.part is not None:
-        return _result(prepared, staged.head, clock, card="", peak_disk=staged.peak_disk)
-    return _finalize(prepared, 1, clock, staged=staged)
+    try:
+        staged = _stage_part(prepared, index, count, clock)
+        if prepared.job.part is not None:
+            return _result(prepared, staged.head, clock, card="", peak_disk=staged.peak_disk)
+        return _finalize(prepared, 1, clock, staged=staged)
+    except PtqError as err:
+        landed = _published_meanwhile(prepared) if _may_be_published(err) else None
+        if landed is None:
+            raise
+        return _done(prepared, landed, clock, by_other=True)
 
 
 def search_models(query: str, *, limit: int = 20, token: str | None = None) -> list[str]:
@@ -491,6 +524,7 @@ class _Staged:
     peak_disk: int = 0
     stager: ShardStager | None = None  # None: the part was already staged, nothing was done
     created: bool = False  # this run created the target repo
+    target_state: TargetState | None = None  # the target as verified after creating it (None: not created here)
 
 
 def _stage_part(prepared: PreparedJob, index: int, count: int, clock: _StageClock) -> _Staged:
@@ -508,9 +542,14 @@ def _stage_part(prepared: PreparedJob, index: int, count: int, clock: _StageCloc
     job_dir = work.path
     stager: ShardStager | None = None
     reused = 0
+    verified: TargetState | None = None
     try:
         if not prepared.target_state.exists:
             created = create_target(http, target, private=job.private)
+            # the parent of the final commit: main as it is now (another part may have created the repo)
+            verified = inspect_target(http, target)
+            if new_content(verified, prepared.target_state) and not job.overwrite:
+                _refuse_changed(verified, prepared.target_state, target)
         elif job.private:
             logger.info("Target %s exists; its visibility is left as it is", target)
         head = staging.head()
@@ -523,7 +562,7 @@ def _stage_part(prepared: PreparedJob, index: int, count: int, clock: _StageCloc
             logger.info("Part %d/%d of %s is already staged on %s; nothing to do", index, count, job.source,
                         staging.branch)
             clock("stage", len(mine), len(mine))
-            return _Staged(str(head), created=created)
+            return _Staged(str(head), created=created, target_state=verified)
         if head is None:
             staging.ensure()
         todo = [s for s in mine if s not in mine_done]
@@ -544,7 +583,7 @@ def _stage_part(prepared: PreparedJob, index: int, count: int, clock: _StageCloc
             clock("validate", 1, 1)
         if job.part is not None:
             stager.commit()
-        return _Staged(str(staging.head()), peak, stager, created)
+        return _Staged(str(staging.head()), peak, stager, created, verified)
     except BaseException as err:
         if stager is not None and stager.has_pending:
             _salvage(stager)
@@ -628,16 +667,29 @@ def _finalize(prepared: PreparedJob, count: int, clock: _StageClock, *, staged: 
         files = {p.relative_to(job_dir).as_posix(): p for p in sorted(job_dir.rglob("*")) if p.is_file()
                  and not p.relative_to(job_dir).as_posix().startswith(".")}
         new_paths = set(files) | set(plan.shards)
-        deletions = [p for p in prepared.target_state.files if p not in new_paths and p != ".gitattributes"]
-        if deletions:
-            logger.info("Replacing %d stale file(s) in %s", len(deletions), target)
+        verified = staged.target_state if staged is not None and staged.target_state is not None \
+            else prepared.target_state
         clock("commit", 0, 1)
-        sha = staging.commit_to_main(
-            head, [s for s in plan.shards if s in committed], files, deletions,
-            uploaded=[op for op, _ in uploaded.values()],
-            commit_message=f"Add {job.source} quantized to {job.scheme_name} (ptq-hub {tool_version()})",
-            commit_description=_commit_description(prepared),
-        )
+        for _ in range(_MAIN_MOVES):
+            deletions = [p for p in verified.files if p not in new_paths and p != ".gitattributes"]
+            if deletions:
+                logger.info("Replacing %d stale file(s) in %s", len(deletions), target)
+            try:
+                sha = staging.commit_to_main(
+                    head, [s for s in plan.shards if s in committed], files, deletions,
+                    parent_commit=verified.head,
+                    uploaded=[op for op, _ in uploaded.values()],
+                    commit_message=f"Add {job.source} quantized to {job.scheme_name} (ptq-hub {tool_version()})",
+                    commit_description=_commit_description(prepared),
+                )
+                break
+            except MainMovedError:
+                verified = _recheck_target(prepared, verified)
+        else:
+            raise TargetChangedError(
+                f"main of {target} kept moving while this job tried to commit ({_MAIN_MOVES} times); "
+                "nothing was overwritten. Rerun the job when nobody else commits to it."
+            )
         clock("commit", 1, 1)
     except BaseException as err:
         if stager is not None and uploaded:
@@ -784,6 +836,81 @@ def _result(prepared: PreparedJob, sha: str, clock: _StageClock, *, card: str, p
     )
 
 
+def _done(prepared: PreparedJob, sha: str, clock: _StageClock, *, by_other: bool = False) -> HubResult:
+    """The result of a job whose commit is on ``main``: reported as the finished model, whatever the rerun was.
+
+    A staging branch of this job left behind (its deletion failed) is deleted now.
+    """
+    url = f"{prepared.http.endpoint}/{prepared.target}"
+    if by_other:
+        logger.warning("Another run of this same job published it first: %s at commit %s. This run's commit was not "
+                       "needed; main holds the finished model.", url, sha[:10])
+    else:
+        logger.info("%s already holds this job at commit %s; nothing to do", url, sha[:10])
+    _delete_leftover_branch(prepared)
+    return replace(_result(prepared, sha, clock, card=""), part=None, branch=None)
+
+
+def _delete_leftover_branch(prepared: PreparedJob) -> None:
+    """Best effort: a finished job's branch only clutters the repo."""
+    staging = Staging(prepared.http, prepared.target, prepared.fingerprint, prepared.identity)
+    if prepared.finished is not None and staging.branch not in prepared.target_state.branches:
+        return  # the branches were listed when the target was inspected
+    try:
+        if staging.head() is None:
+            return
+        staging.delete()
+        logger.info("Deleted the staging branch %s left behind by an earlier run", staging.branch)
+    except PtqError as err:
+        logger.warning("The staging branch %s of %s could not be deleted: %s", staging.branch, prepared.target, err)
+
+
+def _may_be_published(err: BaseException) -> bool:
+    """Whether a failure may come from another run of the job publishing it (its branch gone, main moved).
+
+    Not a network failure: the Hub cannot be asked then, and the final commit already
+    read ``main`` after each of its attempts.
+    """
+    return isinstance(err, PtqError) and not isinstance(err, HubNetworkError)
+
+
+def _published_meanwhile(prepared: PreparedJob) -> str | None:
+    """After a failure: this job's commit on ``main`` made by another run since the target was inspected."""
+    http, target = prepared.http, prepared.target
+    try:
+        if not prepared.target_state.exists and not http.call(
+                "check the target repo", http.api.repo_exists, target, role="target", repo_id=target):
+            return None
+        return landed_commit(http, target, prepared.fingerprint, since=prepared.target_state.head)
+    except PtqError:  # cannot tell: the original failure stands
+        return None
+
+
+def _recheck_target(prepared: PreparedJob, verified: TargetState) -> TargetState:
+    """``main`` moved under the final commit: what is there now, and may the job still commit on it?
+
+    Raises:
+        TargetChangedError: files were committed meanwhile and ``overwrite`` is false (names them).
+    """
+    now = inspect_target(prepared.http, prepared.target)
+    added = new_content(now, verified)
+    if added and not prepared.job.overwrite:
+        _refuse_changed(now, verified, prepared.target)
+    logger.warning("main of %s moved to %s while the job ran%s; committing on top of it", prepared.target,
+                   str(now.head)[:10], f" (replacing {', '.join(added[:5])})" if added else "")
+    return now
+
+
+def _refuse_changed(now: TargetState, verified: TargetState, target: str) -> None:
+    added = new_content(now, verified)
+    shown = ", ".join(added[:5]) + (", ..." if len(added) > 5 else "")
+    raise TargetChangedError(
+        f"Files were committed to {target} while this job ran: {shown} (main is now at commit "
+        f"{str(now.head)[:10]}). Nothing was overwritten. Pass overwrite=True (--overwrite) to replace them "
+        "with the quantized model, or pick another target."
+    )
+
+
 def _salvage(stager: ShardStager) -> None:
     """After a failure, commit the shards already uploaded so that a rerun skips them; best effort."""
     try:
@@ -795,8 +922,15 @@ def _salvage(stager: ShardStager) -> None:
 def _after_failure(
     err: BaseException, prepared: PreparedJob, staging: Staging, *, created: bool, staged: int, total: int
 ) -> BaseException:
-    """Undo what holds nothing (a created repo), keep what a rerun resumes from, and say which."""
-    if staged == 0 and created and not _holds_staged_work(staging):
+    """Undo what holds nothing (a created repo), keep what a rerun resumes from, and say which.
+
+    When another run of this same job has published it meanwhile, nothing is undone and
+    the error is returned as it is: the caller reports the finished model.
+    """
+    if _may_be_published(err) and _published_meanwhile(prepared) is not None:
+        return err
+    if staged == 0 and created and not isinstance(err, TargetChangedError) and not _holds_staged_work(staging):
+        # (a TargetChangedError: someone else's files are in the repo now; never delete them)
         delete_created(prepared.http, prepared.target)
         return err
     if staged == 0:

@@ -8,7 +8,8 @@ run fails before anything was staged in it (``delete_created``).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from ._http import HubHttp, short, status_of
@@ -22,6 +23,7 @@ __all__ = [
     "create_target",
     "delete_created",
     "inspect_target",
+    "new_content",
     "refuse_existing_content",
     "whoami",
 ]
@@ -29,10 +31,17 @@ __all__ = [
 
 @dataclass(frozen=True)
 class TargetState:
-    """The target repo before the run: does it exist, and which files does it hold."""
+    """The target repo before the run: does it exist, which files does its ``main`` hold, at which commit.
+
+    ``head`` is the commit of ``main`` those files were listed at: the job's commit on
+    ``main`` names it as its parent, so a commit made meanwhile makes that one fail
+    instead of being overwritten. ``branches`` maps every branch to its head.
+    """
 
     exists: bool
     files: tuple[str, ...]
+    head: str | None = None
+    branches: Mapping[str, str] = field(default_factory=dict)
 
 
 def whoami(http: HubHttp) -> dict[str, Any]:
@@ -92,12 +101,23 @@ def check_namespace(http: HubHttp, target: str, identity: dict[str, Any]) -> Non
 
 
 def inspect_target(http: HubHttp, repo_id: str) -> TargetState:
-    """Whether the target exists and which files its ``main`` holds."""
+    """Whether the target exists, which files its ``main`` holds and at which commit, and its branches."""
     exists = http.call("check the target repo", http.api.repo_exists, repo_id, role="target", repo_id=repo_id)
     if not exists:
         return TargetState(exists=False, files=())
-    files = http.call("list the target repo", http.api.list_repo_files, repo_id, role="target", repo_id=repo_id)
-    return TargetState(exists=True, files=tuple(files))
+    refs = http.call("list the branches of", http.api.list_repo_refs, repo_id, role="target", repo_id=repo_id)
+    branches = {b.name: b.target_commit for b in refs.branches}
+    head = branches.get("main")
+    # listed at the head just read, so that the files and the parent of the final commit agree
+    files = http.call("list the target repo", http.api.list_repo_files, repo_id, revision=head, role="target",
+                      repo_id=repo_id)
+    return TargetState(exists=True, files=tuple(files), head=head, branches=branches)
+
+
+def new_content(state: TargetState, verified: TargetState) -> list[str]:
+    """Files of ``main`` in ``state`` that were not in the ``verified`` state (``.gitattributes`` aside)."""
+    before = set(verified.files)
+    return [f for f in state.files if f not in before and f != ".gitattributes"]
 
 
 def refuse_existing_content(state: TargetState, repo_id: str) -> None:

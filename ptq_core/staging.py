@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ._http import HubHttp
-from .errors import HubError, MissingPartError, PartMismatchError, StagingError
+from . import _http
+from ._http import HubHttp, status_of
+from .errors import HubNetworkError, MissingPartError, PartMismatchError, StagingError
 
 logger = logging.getLogger("ptq_core.hub")
 
@@ -48,6 +49,7 @@ __all__ = [
     "StagedShard",
     "Staging",
     "finalized_commit",
+    "landed_commit",
     "manifest_path",
     "staging_branch",
 ]
@@ -291,6 +293,7 @@ class Staging:
         files: Mapping[str, Path | bytes],
         deletions: Iterable[str],
         *,
+        parent_commit: str | None,
         uploaded: Iterable[Any] = (),
         commit_message: str,
         commit_description: str,
@@ -299,10 +302,18 @@ class Staging:
 
         ``uploaded`` are operations of shards already pre-uploaded and not yet committed
         to the branch (a one-machine job's last ones): the commit names them by sha256.
+        ``parent_commit`` is the head of ``main`` the job verified: a commit made since
+        makes the Hub refuse this one (``MainMovedError``) instead of it overwriting
+        anything. A commit whose answer is lost is never sent again blindly: ``main`` is
+        read first, and a commit carrying this job's fingerprint ends the matter.
 
         Returns:
-            the new commit's sha (or that of an identical commit that already landed,
-            when the response to this one was lost).
+            the new commit's sha (or that of this job's commit found on ``main`` after a
+            lost answer).
+
+        Raises:
+            MainMovedError: ``main`` is no longer at ``parent_commit`` and holds no commit of this job.
+            HubNetworkError: the commit failed on every attempt and did not land.
         """
         from huggingface_hub import CommitOperationAdd, CommitOperationCopy, CommitOperationDelete
 
@@ -314,15 +325,40 @@ class Staging:
                        for p, v in files.items()]
         operations += [CommitOperationDelete(path_in_repo=p) for p in deletions]
         description = f"{commit_description}\n\n{FINGERPRINT_TRAILER} {self.fingerprint}"
-        try:
-            info = self._call("commit to", self.http.api.create_commit, self.repo_id, operations,
-                              commit_message=commit_message, commit_description=description)
-        except HubError:
-            landed = finalized_commit(self.http, self.repo_id, self.fingerprint)
-            if landed is None:
-                raise
-            return landed
-        return str(info.oid)
+        delays = _http._RETRY_DELAYS  # the same schedule as every other request, read at call time
+        for attempt in range(len(delays) + 1):
+            try:
+                info = self._call("commit to", self.http.api.create_commit, self.repo_id, operations,
+                                  commit_message=commit_message, commit_description=description,
+                                  parent_commit=parent_commit, retry=False, passthrough=_is_conflict)
+                return str(info.oid)
+            except HubNetworkError as err:  # no answer, or a 5xx: did it land anyway?
+                landed = landed_commit(self.http, self.repo_id, self.fingerprint, since=parent_commit)
+                if landed is not None:
+                    logger.info("The answer to the commit on main was lost; the commit landed: %s", landed[:10])
+                    return landed
+                if attempt == len(delays):
+                    raise HubNetworkError(self.http.redact(
+                        f"Could not commit to ({self.repo_id}) on {self.http.endpoint}: "
+                        f"{_http._transient_reason(err.__cause__ or err)}. Gave up after {attempt + 1} attempts "
+                        "(main was read after each: the commit had not landed); check the connection or the Hub "
+                        "status (https://status.huggingface.co) and retry."
+                    )) from err
+                logger.warning("The commit on main of %s did not land (%s); retry %d/%d in %g s", self.repo_id,
+                               err, attempt + 1, len(delays), delays[attempt])
+                time.sleep(delays[attempt])
+            except Exception as err:  # 409/412: main moved since parent_commit
+                if not _is_conflict(err):
+                    raise
+                landed = landed_commit(self.http, self.repo_id, self.fingerprint, since=parent_commit)
+                if landed is not None:  # not ours: this attempt was refused, so another run's
+                    logger.warning("Another run of this same job published it on main of %s first, at commit %s; "
+                                   "this run's commit was not needed.", self.repo_id, landed[:10])
+                    return landed
+                raise MainMovedError(
+                    f"main of {self.repo_id} moved since commit {str(parent_commit)[:10]}; the commit was refused."
+                ) from err
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return self.http.call(what, fn, *args, role="target", repo_id=self.repo_id, **kwargs)
@@ -333,9 +369,31 @@ def finalized_commit(http: HubHttp, repo_id: str, fingerprint: str) -> str | Non
     commits = http.call("list the commits of", http.api.list_repo_commits, repo_id, role="target", repo_id=repo_id)
     if not commits:
         return None
-    head = commits[0]
-    text = f"{head.title}\n{head.message}"
-    return head.commit_id if f"{FINGERPRINT_TRAILER} {fingerprint}" in text else None
+    return commits[0].commit_id if _carries(commits[0], fingerprint) else None
+
+
+def landed_commit(http: HubHttp, repo_id: str, fingerprint: str, *, since: str | None) -> str | None:
+    """A commit of this job on ``main`` made after ``since`` (``None``: the whole history), or ``None``."""
+    commits = http.call("list the commits of", http.api.list_repo_commits, repo_id, role="target", repo_id=repo_id)
+    for commit in commits:
+        if since is not None and commit.commit_id == since:
+            return None
+        if _carries(commit, fingerprint):
+            return str(commit.commit_id)
+    return None
+
+
+def _carries(commit: Any, fingerprint: str) -> bool:
+    return f"{FINGERPRINT_TRAILER} {fingerprint}" in f"{commit.title}\n{commit.message}"
+
+
+def _is_conflict(err: Exception) -> bool:
+    """The Hub's answer to a commit whose ``parent_commit`` is no longer the branch head."""
+    return status_of(err) in (409, 412)
+
+
+class MainMovedError(StagingError):
+    """``main`` moved since the commit the job verified; the final commit was refused (internal signal)."""
 
 
 class ShardStager:

@@ -60,7 +60,8 @@ Behaviour copied from the Hub (and relied on by the client):
   ``/api/validate-yaml`` and by the commit route (400), like the Hub.
 
 For tests and benchmarks: ``fail_requests`` injects errors (before or after the
-request is processed), ``stats`` counts bytes, LFS PUTs and commits, and
+request is processed), ``on_request`` runs another writer (``commit_files``,
+``delete_branch``) just before the Nth matching request, ``stats`` counts bytes, LFS PUTs and commits, and
 ``upload_bandwidth``/``download_bandwidth`` cap the bytes per second of request
 and response bodies over all connections together (one token bucket each way).
 ``python tests/hub_server.py --help`` serves in its own process (``main``), with
@@ -92,6 +93,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from fnmatch import fnmatch
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -282,6 +284,16 @@ class _Failure:
 
     def matches(self, method: str, path: str) -> bool:
         return self.remaining > 0 and self.path_substring in path and self.method in (None, method)
+
+
+@dataclass
+class _Hook:
+    """``HubServer.on_request``: an action run before the ``nth`` matching request is processed."""
+
+    path_substring: str
+    method: str | None
+    nth: int
+    action: Callable[[str, str], None]
 
 
 @dataclass
@@ -675,6 +687,7 @@ class HubServer(_NetChaosServer):
         self.requests_log: list[tuple[str, str, dict[str, str]]] = []
         self.server_errors: list[str] = []
         self.stats = HubStats()
+        self._hooks: list[_Hook] = []  # chaos: races with the client (see "chaos: commit races")
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -717,6 +730,7 @@ class HubServer(_NetChaosServer):
             self.server_errors.clear()
             self._repos.clear()
             self._failures.clear()
+            self._hooks.clear()
             self._uploads.clear()
             self.requests_log.clear()
             self.stats = HubStats()
@@ -864,6 +878,55 @@ class HubServer(_NetChaosServer):
         """
         with self._lock:
             self._failures.append(_Failure(path_substring, times, status, method, after))
+
+    # ------------------------------------------------------ chaos: commit races
+    # Someone else writes to a repo while a client works on it: ``on_request`` runs an
+    # action (``commit_files``, ``delete_branch``) just before the Nth matching request
+    # is processed. A commit applied and its answer lost is ``fail_requests(after=True)``.
+
+    def on_request(
+        self, path_substring: str, action: Callable[[str, str], None], *, nth: int = 1, method: str | None = None
+    ) -> None:
+        """Call ``action(method, path)`` once, before the ``nth`` request whose path contains ``path_substring``
+        (and whose method is ``method``, if given) is processed: what the client sees is the repo after it."""
+        with self._lock:
+            self._hooks.append(_Hook(path_substring, method, nth, action))
+
+    def commit_files(
+        self,
+        repo_id: str,
+        files: dict[str, bytes | str],
+        *,
+        branch: str = "main",
+        message: str = "Edit files",
+        description: str = "",
+        author: str | None = None,
+        repo_type: str = "model",
+    ) -> str:
+        """Commit ``files`` (added or replaced) on ``branch`` of an existing repo, as another writer would; its oid."""
+        contents = {path: value.encode() if isinstance(value, str) else bytes(value) for path, value in files.items()}
+        with self._lock:
+            repo = self._repos[(repo_type, repo_id)]
+            merged = dict(repo.commits[repo.branches[branch]].files)
+            merged.update(contents)
+            commit = self._append_commit(repo, branch, merged, message, description, author or repo.owner,
+                                         sorted(contents), [])
+            return commit.oid
+
+    def delete_branch(self, repo_id: str, branch: str, *, repo_type: str = "model") -> None:
+        with self._lock:
+            self._delete_branch(self._repos[(repo_type, repo_id)], branch)
+
+    def _fire_hooks(self, method: str, path: str) -> None:
+        due = []
+        with self._lock:
+            for hook in self._hooks:
+                if hook.nth > 0 and hook.path_substring in path and hook.method in (None, method):
+                    hook.nth -= 1
+                    if hook.nth == 0:
+                        due.append(hook)
+        for hook in due:  # outside the lock: an action may take it, or ask this server over HTTP
+            hook.action(method, path)
 
     # ------------------------------------------------------------------ helpers
 
@@ -1744,6 +1807,8 @@ class _Handler(_NetChaosHandler, BaseHTTPRequestHandler):
             return
         body, complete = self._read_body()
         split = urlsplit(self.path)
+        if complete:
+            hub._fire_hooks(method, self.path)
         with hub._lock:
             hub.stats.bytes_in += len(body)
             hub._note_lfs_put(method, split.path, len(body))

@@ -499,3 +499,31 @@ def test_standalone_server_seeds_serves_and_reports_stats(tmp_path):
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0
+
+
+# --- chaos: commit races ---------------------------------------------------------------
+def test_on_request_runs_another_writer_before_the_nth_matching_request(hub):
+    api = _api(hub)
+    hub.seed_repo("alice/race", {"a.txt": b"a"})
+    base = hub.branches("alice/race")["main"]
+    seen = []
+
+    def other_writer(method: str, path: str) -> None:
+        seen.append((method, path))
+        hub.commit_files("alice/race", {"theirs.txt": "x"}, message="meanwhile", description="by someone else")
+
+    hub.on_request("/alice/race/commit/main", other_writer, nth=2, method="POST")
+    api.create_commit("alice/race", [CommitOperationAdd(path_in_repo="b.txt", path_or_fileobj=b"b")],
+                      commit_message="first", parent_commit=base)
+    assert not seen  # the first matching request passes untouched
+    head = hub.branches("alice/race")["main"]
+    with pytest.raises(HfHubHTTPError) as err:  # the action ran first: main moved under `head`
+        api.create_commit("alice/race", [CommitOperationAdd(path_in_repo="c.txt", path_or_fileobj=b"c")],
+                          commit_message="second", parent_commit=head)
+    assert err.value.response.status_code == 412 and seen == [("POST", "/api/models/alice/race/commit/main")]
+    assert hub.list_files("alice/race") == ["a.txt", "b.txt", "theirs.txt"]
+    assert hub.commits("alice/race")[-1]["description"] == "by someone else"
+    assert hub.stats.commits[("alice/race", "main")] == 1  # the other writer's commit is not a client request
+    api.create_branch("alice/race", branch="dev")
+    hub.delete_branch("alice/race", "dev")
+    assert list(hub.branches("alice/race")) == ["main"]

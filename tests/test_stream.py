@@ -37,7 +37,6 @@ from ptq_core.errors import (
     MissingPartError,
     PartMismatchError,
     SourceChangedError,
-    TargetRepoExistsError,
 )
 from ptq_core.hub import finalize_hub_job, plan_hub_model, plan_hub_parts, prepare_hub_job, quantize_to_hub, run_hub_job
 from ptq_core.job import make_job
@@ -345,12 +344,13 @@ def test_rerun_after_a_failed_final_commit_only_commits(hub, llama, tmp_path, lo
     assert not [h for m, p, h in hub.requests_log[log_start:]
                 if m == "GET" and p.endswith(".safetensors") and not h.get("range", "").startswith("bytes=0-")]
     _assert_equals_local(hub, result.repo_id, local_run(llama, "FP8_BLOCK"))
-    # A third run of the whole job is refused as for any model already there; the finalize step of a
-    # multi-part job (and every part) instead finds the job done and returns its commit.
-    with pytest.raises(TargetRepoExistsError, match="already holds"):
-        quantize_to_hub(SOURCE, "FP8_BLOCK", token=ALICE, work_dir=tmp_path / "work")
-    again = finalize_hub_job(SOURCE, "FP8_BLOCK", parts=1, token=ALICE, work_dir=tmp_path / "work")
-    assert again.commit_sha == result.commit_sha and _main_commits(hub, result.repo_id) == 1
+    # A third run of the whole job, the finalize step and a part all find the job done: its commit and URL.
+    for again in (quantize_to_hub(SOURCE, "FP8_BLOCK", token=ALICE, work_dir=tmp_path / "work"),
+                  finalize_hub_job(SOURCE, "FP8_BLOCK", parts=1, token=ALICE, work_dir=tmp_path / "work"),
+                  quantize_to_hub(SOURCE, "FP8_BLOCK", token=ALICE, work_dir=tmp_path / "work", part="1/2")):
+        assert (again.commit_sha, again.repo_url, again.part, again.branch) == (
+            result.commit_sha, result.repo_url, None, None)
+    assert _main_commits(hub, result.repo_id) == 1
 
 
 # --- failures: typed, nothing on main, nothing left locally ------------------------------
