@@ -25,7 +25,16 @@ from .checkpoint import (
     tensor_nbytes,
 )
 from .convert import ST_TO_TORCH, TORCH_TO_ST, auto_converters, native_fp8_plan, plan_conversion
-from .converters import COMPRESSED_TENSORS, FP8_BLOCK, Dequantization, SourceFormat, SourcePlan, detect_source
+from .converters import (
+    COMPRESSED_TENSORS,
+    FP8_BLOCK,
+    Dequantization,
+    SourceFormat,
+    SourcePlan,
+    check_decoded,
+    check_source_shapes,
+    detect_source,
+)
 from .default_ignore import DefaultIgnore, loader_pattern, model_default_ignore
 from .errors import (
     AppendError,
@@ -429,13 +438,25 @@ def source_plan(
         native = native_fp8_plan(converters, checkpoint, config)
         return native if native is not None else plan_conversion(checkpoint, converters)
     source = detect_source(config, checkpoint.tensors)
-    if source.format.name in (DENSE_SOURCE.format.name, FP8_BLOCK):
+    if source.format.name == DENSE_SOURCE.format.name:
         return source
+    tensors = checkpoint.tensors
+    # Before any read (a Hub job creates nothing until its plan stands): scales that do not fit
+    # their weights, absurd block or group sizes.
+    shapes = {n: (i.dtype, i.shape) for n, i in tensors.items()}
+    check_source_shapes(source, shapes, config)
+    if source.format.name == FP8_BLOCK:
+        return source
+    planned = plan_conversion(checkpoint, auto_converters(source, config), source.format)
+    # Decode or refuse, never copy: a module the config does not describe would keep its packed
+    # integers, published under the new config. With ``append`` the modules are kept compressed
+    # under the source's own config, which must then describe them: the proof is that it decodes them.
+    check_decoded(source, planned, config, shapes)
     if append and source.format.name == COMPRESSED_TENSORS:
         kept = frozenset(d.module for d in source.dequantize)
         fmt = replace(source.format, summary="compressed-tensors, its compressed modules kept as they are")
         return SourcePlan(fmt, append=True, kept=kept)
-    return plan_conversion(checkpoint, auto_converters(source, config), source.format)
+    return planned
 
 
 def plan_model(
