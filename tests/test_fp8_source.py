@@ -121,3 +121,19 @@ def test_an_absurd_weight_block_size_is_refused_by_the_plan(tmp_path, block):
     (src / "config.json").write_text(json.dumps(config))
     with pytest.raises(TensorShapeError, match=rf"^weight_block_size \[{block[0]}, 1\] is absurd for model\.\S+\.weight \[\d+, \d+\]"):
         plan_checkpoint(src, "W4A16")
+
+
+def test_the_plans_ram_peak_counts_the_fp8_decode(tmp_path):
+    """Besides the dense weight, the decode holds the FP8 weight, its scales and a float32 chunk:
+    an FP8-block source's peak is above its dense twin's (they were counted the same)."""
+    from ptq_core.parts import Budgets, estimate_footprint
+
+    src = make_fp8_block_checkpoint(tmp_path / "src", "llama")
+    dense = dequantized_by_the_reference(src, tmp_path / "dense")
+    budgets = Budgets(disk=1 << 40, ram=1 << 40, window=0, workers=1)
+    peaks = []
+    for folder in (src, dense):
+        plan = plan_checkpoint(folder, "W4A16", ignore=IGNORE)
+        peaks.append(estimate_footprint(plan, budgets, sorted(set(plan.weight_map().values()))).peak_ram)
+    biggest = max(i.shape[0] * i.shape[1] for i in plan.quantized)
+    assert peaks[0] >= peaks[1] + 2 * biggest, peaks  # the largest unit counts twice, its FP8 bytes with it
