@@ -27,7 +27,7 @@ from typing import Any, Iterable, Mapping
 from .errors import CheckpointError, InvalidOptionError, TensorShapeError, UnsupportedSourceError
 
 __all__ = [
-    "Dequantization", "SourceFormat", "SourcePlan", "check_converters", "check_decoded", "check_source_shapes", "detect_source",
+    "Dequantization", "SourceFormat", "SourcePlan", "check_converters", "check_decoded", "check_no_packed_copies", "check_source_shapes", "detect_source",
 ]
 
 DENSE = "dense"
@@ -455,18 +455,27 @@ def check_decoded(detected: SourcePlan, planned: SourcePlan, config: Mapping[str
             if len(out) == 2:
                 for field, block in _ct_sizes(config):
                     _check_blocks(step.output, out, block, field)
-    dtypes = {n: t[0] for n, t in tensors.items()}
-    for name, dtype in dtypes.items():
+    check_no_packed_copies(planned, tensors, label)
+
+
+def check_no_packed_copies(planned: SourcePlan, tensors: Mapping[str, tuple[str, tuple[int, ...]]], label: str) -> None:
+    """The plan's last check where the output's config describes no stored compression: no packed
+    tensor (``weight_packed``, ``qweight``, ``qzeros``, ``weight_scale_inv``, an integer or FP8
+    ``weight`` with a ``weight_scale``) is left to be copied as it is.
+
+    Raises:
+        CheckpointError: naming the first such tensor.
+    """
+    for name, (dtype, _) in tensors.items():
         packed = name.endswith(_PACKED_SUFFIXES) or (
             name.endswith(".weight") and dtype in ("I32", "U8", "I8", "F8_E4M3", "F8_E5M2")
-            and f"{name.removesuffix('.weight')}.weight_scale" in dtypes)
+            and f"{name.removesuffix('.weight')}.weight_scale" in tensors)
         if packed and name not in planned.consumed:
             raise CheckpointError(
                 f"{name} ({dtype}) holds {label} values that no step decodes; copied as it is it would be "
                 "published under a config that does not describe it. Fix quantization_config, or start from "
                 "the unquantized (BF16/F16) release of the model."
             )
-
 
 def _fp8_block(quant: Mapping[str, Any], names: set[str]) -> SourcePlan:
     block = quant.get("weight_block_size")

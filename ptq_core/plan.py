@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, NamedTuple
 
+from compressed_tensors.quantization import QuantizationConfig
+
 from .checkpoint import (
     FLOAT_WEIGHT_DTYPES,
     Checkpoint,
@@ -24,7 +26,7 @@ from .checkpoint import (
     read_config,
     tensor_nbytes,
 )
-from .convert import ST_TO_TORCH, TORCH_TO_ST, auto_converters, native_fp8_plan, plan_conversion
+from .convert import ST_TO_TORCH, TORCH_TO_ST, auto_converters, chain_label, native_fp8_plan, plan_conversion
 from .converters import (
     COMPRESSED_TENSORS,
     FP8_BLOCK,
@@ -32,6 +34,7 @@ from .converters import (
     SourceFormat,
     SourcePlan,
     check_decoded,
+    check_no_packed_copies,
     check_source_shapes,
     detect_source,
 )
@@ -434,16 +437,21 @@ def source_plan(
         CheckpointError / ConverterError: the chain cannot convert this checkpoint.
     """
     config = config or {}
+    shapes = {n: (i.dtype, i.shape) for n, i in checkpoint.tensors.items()}
     if converters:
         native = native_fp8_plan(converters, checkpoint, config)
-        return native if native is not None else plan_conversion(checkpoint, converters)
+        if native is not None:
+            check_source_shapes(native, shapes)
+            return native
+        planned = plan_conversion(checkpoint, converters)
+        if _chain_config(config, converters) is None:  # the output's config describes no stored compression
+            check_no_packed_copies(planned, shapes, f"compressed ({chain_label(converters)} leaves them)")
+        return planned
     source = detect_source(config, checkpoint.tensors)
     if source.format.name == DENSE_SOURCE.format.name:
         return source
-    tensors = checkpoint.tensors
     # Before any read (a Hub job creates nothing until its plan stands): scales that do not fit
     # their weights, absurd block or group sizes.
-    shapes = {n: (i.dtype, i.shape) for n, i in tensors.items()}
     check_source_shapes(source, shapes, config)
     if source.format.name == FP8_BLOCK:
         return source
@@ -457,6 +465,21 @@ def source_plan(
         fmt = replace(source.format, summary="compressed-tensors, its compressed modules kept as they are")
         return SourcePlan(fmt, append=True, kept=kept)
     return planned
+
+
+def _chain_config(config: Mapping[str, Any], converters: Sequence[Any]) -> Any:
+    """What a caller's chain leaves of the source's compressed-tensors config (as
+    ``convert.output_quantization_config`` seeds it): ``None`` when it dequantizes everything."""
+    quant = config.get("quantization_config")
+    incoming = None
+    if isinstance(quant, Mapping) and str(quant.get("quant_method", "")).lower() == COMPRESSED_TENSORS:
+        try:
+            incoming = QuantizationConfig.model_validate({k: v for k, v in quant.items() if k != "version"})
+        except ValueError as err:  # pydantic's ValidationError
+            raise CheckpointError(f"config.json's compressed-tensors quantization_config cannot be read: {err}") from err
+    for converter in converters:
+        incoming = converter.update_config(incoming)
+    return incoming
 
 
 def plan_model(

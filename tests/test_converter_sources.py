@@ -40,16 +40,18 @@ import torch
 from compressed_tensors.entrypoints.convert.converters import (
     AutoAWQConverter,
     CompressedTensorsDequantizer,
+    FP8BlockDequantizer,
     ModelOptNvfp4Converter,
 )
 from compressed_tensors.quantization import QuantizationConfig
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from factory import (
     load_tensors,
     make_awq_checkpoint,
     make_compressed_tensors_checkpoint,
+    make_fp8_block_checkpoint,
     make_modelopt_nvfp4_checkpoint,
     read_index,
     shard_files,
@@ -463,3 +465,25 @@ def test_a_packed_tensor_left_undecoded_is_refused(tmp_path):
     src = _edit_quant(_awq(tmp_path / "src", group_size=64), lambda q: q.update(modules_to_not_convert=["down_proj"]))
     with pytest.raises(CheckpointError, match=r"model\.layers\.0\.mlp\.down_proj\.qweight \(I32\) holds AWQ .* values that no step decodes"):
         plan_checkpoint(src, "W4A16")
+
+
+def test_a_callers_chain_that_leaves_packed_tensors_is_refused(tmp_path):
+    """A chain whose config says "dense" (``update_config`` gives None) but decodes nothing: the
+    AWQ qweights were copied as they are, under the new scheme's config."""
+    src = _awq(tmp_path / "src", group_size=64)
+    chain = FP8BlockDequantizer(targets=["no-such-module"])
+    with pytest.raises(CheckpointError, match=r"^model\.\S+\.(qweight|qzeros) \(I32\) holds compressed \(FP8BlockDequantizer "
+                                              r"leaves them\) values that no step decodes"):
+        model_free_ptq(src, tmp_path / "out", "W4A16", converter=chain)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_callers_fp8_dequantizer_gets_the_scale_shape_check_in_the_plan(tmp_path):
+    src = make_fp8_block_checkpoint(tmp_path / "src", "llama", **DIMS)
+    (shard,) = shard_files(src)
+    tensors = load_file(str(shard))
+    name = "model.layers.0.mlp.up_proj.weight_scale_inv"
+    tensors[name] = tensors[name][:1].contiguous()
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+    with pytest.raises(TensorShapeError, match=rf"^{re.escape(name)} has shape \[1, \d+\], but its weight"):
+        model_free_ptq(src, tmp_path / "out", "W4A16", converter=FP8BlockDequantizer.from_pretrained(str(src)))
