@@ -27,7 +27,14 @@ from typing import Any, Iterable, Mapping
 from .errors import CheckpointError, InvalidOptionError, TensorShapeError, UnsupportedSourceError
 
 __all__ = [
-    "Dequantization", "SourceFormat", "SourcePlan", "check_converters", "check_decoded", "check_no_packed_copies", "check_source_shapes", "detect_source",
+    "Dequantization",
+    "SourceFormat",
+    "SourcePlan",
+    "check_converters",
+    "check_decoded",
+    "check_no_packed_copies",
+    "check_source_shapes",
+    "detect_source",
 ]
 
 DENSE = "dense"
@@ -211,8 +218,9 @@ def detect_source(config: Mapping[str, Any], tensor_names: Iterable[str]) -> Sou
         return _fp8_block(quant, names)
     if method == "compressed-tensors":
         _refuse_ct_extras(quant)
-        _check_ct_config(quant)
-        return _compressed_tensors(names)
+        source = _compressed_tensors(names)
+        _check_ct_config(quant, compressed=bool(source.dequantize))
+        return source
     if method == "modelopt":
         return _modelopt(quant, names)
     if method == "awq":
@@ -256,15 +264,18 @@ def _string_list(value: object, field: str) -> list[str]:
 _CT_BITS = {"int": range(1, 9), "float": (4, 8)}
 
 
-def _check_ct_config(quant: Mapping[str, Any]) -> None:
+def _check_ct_config(quant: Mapping[str, Any], *, compressed: bool) -> None:
     """Refuse a compressed-tensors config whose fields cannot describe a stored weight.
 
     compressed-tensors' own validation lets through strings where lists belong (``targets:
     "Linear"`` is refused, but ``ignore: "lm_head"`` reads letter by letter), string group
     sizes (then a ``TypeError`` deep inside), 0 or 64 bits, and an empty ``config_groups``:
-    each would leave packed integers undecoded, so each is named here, before any read.
+    each would leave packed integers undecoded, so each is named here, before any read. No
+    config groups at all is valid only where no weight is stored compressed (a kv-cache-only config).
     """
     groups = quant.get("config_groups")
+    if not compressed and not groups:
+        return
     if not isinstance(groups, Mapping) or not groups:
         raise CheckpointError(
             f"config.json's compressed-tensors quantization_config.config_groups is {_short(groups)}: it describes "
@@ -294,8 +305,10 @@ def _check_ct_args(args: Mapping[str, Any], where: str) -> None:
         allowed = "1 to 8" if kind == "int" else "4 or 8"
         raise CheckpointError(f"config.json's {where}.num_bits {_short(bits)} is impossible for type {kind!r} ({allowed}).")
     group = args.get("group_size")
-    if group is not None and (not _is_int(group) or group <= 0):
-        raise CheckpointError(f"config.json's {where}.group_size {_short(group)} is not a positive integer.")
+    if group is not None and (not _is_int(group) or group == 0 or group < -1):  # -1: per channel
+        raise CheckpointError(
+            f"config.json's {where}.group_size {_short(group)} is not a positive integer (or -1 for per channel)."
+        )
     block = args.get("block_structure")
     if block is not None and not (isinstance(block, (list, tuple)) and len(block) == 2
                                   and all(_is_int(v) and v > 0 for v in block)):
@@ -400,7 +413,7 @@ def _ct_sizes(config: Mapping[str, Any]) -> list[tuple[str, tuple[int, int]]]:
     for key, group in (quant.get("config_groups") or {}).items():
         args = group.get("weights") or {}
         where = f"quantization_config.config_groups.{key}.weights"
-        if args.get("group_size"):
+        if (args.get("group_size") or 0) > 0:
             found.append((f"{where}.group_size", (1, args["group_size"])))
         if args.get("block_structure"):
             found.append((f"{where}.block_structure", tuple(args["block_structure"])))

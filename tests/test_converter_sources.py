@@ -487,3 +487,17 @@ def test_a_callers_fp8_dequantizer_gets_the_scale_shape_check_in_the_plan(tmp_pa
     save_file(tensors, str(shard), metadata={"format": "pt"})
     with pytest.raises(TensorShapeError, match=rf"^{re.escape(name)} has shape \[1, \d+\], but its weight"):
         model_free_ptq(src, tmp_path / "out", "W4A16", converter=FP8BlockDequantizer.from_pretrained(str(src)))
+
+
+def test_a_compressed_tensors_config_without_groups_is_fine_where_nothing_is_compressed(tmp_path):
+    """No config groups is refused only where weights are stored compressed: a dense checkpoint
+    whose config only sets a kv-cache scheme plans as before."""
+    from factory import make_checkpoint
+
+    src = make_checkpoint(tmp_path / "src", "llama", **DIMS)
+    config = json.loads((src / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "compressed-tensors", "config_groups": {},
+                                     "format": "dense", "ignore": None}
+    (src / "config.json").write_text(json.dumps(config))
+    plan = plan_checkpoint(src, "W4A16")
+    assert plan.quantized and not plan.source.dequantize
