@@ -63,3 +63,36 @@ def hf_token_from_env() -> str | None:
     """The token from ``HF_TOKEN`` (read at call time so tests and the Space can set it)."""
     token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
     return token or None
+
+
+def _env_seconds(name: str, default: float) -> float:
+    """A positive number of seconds (or bytes) from ``name``; an unset, empty or invalid value means ``default``."""
+    raw = os.environ.get(name, "").strip()
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+# --- transfer deadlines (issue 19) -------------------------------------------------
+# huggingface_hub's shared session waits forever (``timeout=None``): a transfer that
+# stalls after the headers, or trickles, would hold a job until the runner's limit.
+# ``_http`` applies these to every request of that session, ours and the client's.
+HTTP_CONNECT_TIMEOUT: float = _env_seconds("PTQ_HTTP_CONNECT_TIMEOUT", 10.0)
+"""Seconds to open a connection (TCP and TLS) before the attempt counts as failed and is retried."""
+
+HTTP_READ_TIMEOUT: float = _env_seconds("PTQ_HTTP_READ_TIMEOUT", 60.0)
+"""Seconds without one byte received (or, uploading, accepted by the socket) before the attempt is retried.
+A request with its own timeout (the client's file downloads use 10 s) keeps it."""
+
+STALL_WINDOW: float = _env_seconds("PTQ_STALL_WINDOW", 60.0)
+"""Seconds over which a transfer's throughput is measured: a body (download or upload) that moves
+fewer than ``STALL_MIN_BYTES`` in one window has stalled, and is retried like a reset connection."""
+
+STALL_MIN_BYTES: int = int(_env_seconds("PTQ_STALL_MIN_BYTES", 64 * 1024))
+"""The throughput floor: bytes a transfer must move per ``STALL_WINDOW`` (64 KiB per 60 s by default),
+or all its remaining bytes if fewer."""
+
+RATE_LIMIT_MAX_WAIT: float = _env_seconds("PTQ_RATE_LIMIT_MAX_WAIT", 300.0)
+"""The longest wait a 429's ``Retry-After`` / ``RateLimit`` may ask for; a longer one fails the call at once."""

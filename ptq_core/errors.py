@@ -147,6 +147,14 @@ class HubNetworkError(HubError, ConnectionError):
     """The Hub could not be reached, or a transfer broke off after retries."""
 
 
+class TransferStalledError(HubNetworkError):
+    """A download or upload moved fewer than ``STALL_MIN_BYTES`` in a ``STALL_WINDOW`` (retried like a reset)."""
+
+
+class HubRateLimitError(HubNetworkError):
+    """The Hub answered 429 and asked for a longer wait than ``RATE_LIMIT_MAX_WAIT`` allows, or kept answering it."""
+
+
 class SourceChangedError(HubError, FileNotFoundError):
     """A source file pinned at the start of the job can no longer be read as it was."""
 

@@ -25,7 +25,7 @@ from .matching import validate_ignore
 from .schemes import DEFAULT_IGNORE, ResolvedConfig, resolve_config, scheme_repo_suffix
 from .sizes import parse_size
 
-__all__ = ["Job", "make_job", "parse_part", "validate_workers"]
+__all__ = ["MAX_PARTS", "Job", "make_job", "parse_part", "validate_workers"]
 
 
 @dataclass(frozen=True)
@@ -112,11 +112,27 @@ def validate_workers(workers: object, *, name: str = "max_workers") -> int:
     return workers
 
 
+MAX_PARTS = 32
+"""The most parts one Hub job may be split into: what keeps the target repo under the Hub's
+128 commits per hour (per repo) while every part stages into it.
+
+The arithmetic (``staging.ShardStager``, ``hub.STAGE_COMMIT_INTERVAL`` = 60 s): with K
+parts each part commits to the staging branch at most once per 60*K s, the first time 60*K s
+after its run starts, so in any hour a part makes at most floor(60/K) + 1 such commits, however
+often it is rerun (a rerun's first commit also waits 60*K s, and comes after the run before it
+ended). Each run then ends with one more, unspaced commit (the part's final manifest, or the
+pending shards after a failure), and the job with one commit on ``main``. In the worst hour:
+K * (floor(60/K) + 1) + R + 1 commits, R the runs that end in it. One run per part:
+K = 1: 63; K = 32: 97; K = 42: 127; K = 43: 130 and K = 64: 129, over the limit. At 32 the
+margin (31) absorbs a rerun of every second part within the same hour. Creating and deleting
+the staging branch are not commits."""
+
+
 def parse_part(part: object, *, name: str = "part") -> tuple[int, int]:
     """``"2/3"`` or ``(2, 3)`` -> ``(2, 3)``: part ``i`` of ``k``, 1-based.
 
     Raises:
-        InvalidOptionError: not ``I/K`` with ``1 <= I <= K``.
+        InvalidOptionError: not ``I/K`` with ``1 <= I <= K``, or ``K`` above ``MAX_PARTS``.
     """
     if isinstance(part, str):
         index, sep, count = part.strip().partition("/")
@@ -125,6 +141,11 @@ def parse_part(part: object, *, name: str = "part") -> tuple[int, int]:
             part = (int(values[0]), int(values[1]))
     if (isinstance(part, tuple) and len(part) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in part)
             and 1 <= part[0] <= part[1]):
+        if part[1] > MAX_PARTS:
+            raise InvalidOptionError(
+                f"{name}={part[0]}/{part[1]}: at most {MAX_PARTS} parts, so that the staging commits of all parts "
+                "stay under the Hub's 128 commits per hour on the target repo; give each part more shards."
+            )
         return part
     raise InvalidOptionError(f"{name}={part!r} is not a part: write I/K with 1 <= I <= K, e.g. 2/3.")
 

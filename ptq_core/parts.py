@@ -32,7 +32,7 @@ from typing import Any
 from .checkpoint import tensor_nbytes
 from .errors import DiskSpaceError, InvalidOptionError, MemoryBudgetError
 from .experts import is_contiguous
-from .job import Job
+from .job import MAX_PARTS, Job
 from .plan import Footprint, Plan, PlannedWeight
 from .sizes import format_bytes
 
@@ -231,12 +231,19 @@ def split_parts(plan: Plan, parts: int) -> tuple[tuple[str, ...], ...]:
     Deterministic, so every machine of a matrix computes the same split.
 
     Raises:
-        InvalidOptionError: fewer than 1 part, or more parts than output shards.
+        InvalidOptionError: fewer than 1 part, more parts than output shards, or more than
+            ``job.MAX_PARTS`` (the Hub's commit rate limit).
     """
     if parts < 1 or parts > max(1, len(plan.shards)):
         raise InvalidOptionError(
             f"{parts} parts for {len(plan.shards)} output shard(s): a part holds whole output shards, so "
-            f"use between 1 and {len(plan.shards)} parts."
+            f"use between 1 and {min(len(plan.shards), MAX_PARTS)} parts."
+        )
+    if parts > MAX_PARTS:
+        raise InvalidOptionError(
+            f"{parts} parts: at most {MAX_PARTS}, so that the staging commits of all parts stay under the Hub's "
+            f"128 commits per hour on the target repo; split {len(plan.shards)} output shards into {MAX_PARTS} parts "
+            "or fewer."
         )
     costs = shard_costs(plan)
     sizes = shard_sizes(plan)

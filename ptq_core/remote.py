@@ -28,9 +28,15 @@ from pathlib import Path
 
 import torch
 
-from ._http import HubHttp, short, status_of, tool_version
+from ._http import HubHttp, is_stall, short, status_of, tool_version
 from .checkpoint import Checkpoint, TensorInfo, header_length, parse_header
-from .errors import CorruptCheckpointError, MissingShardError, NoSafetensorsError, SourceChangedError
+from .errors import (
+    CorruptCheckpointError,
+    MissingShardError,
+    NoSafetensorsError,
+    SourceChangedError,
+    TransferStalledError,
+)
 from .repo_files import INDEX_NAME, select_repo_files
 from .source import SourceState
 
@@ -56,12 +62,15 @@ def fetch_range(
 ) -> None:
     """Stream bytes ``[start, start + nbytes)`` of ``path`` at the pinned commit into ``sink``, retried.
 
-    A retry after a broken transfer asks only for the bytes not received yet.
+    A retry after a broken or stalled transfer asks only for the bytes not received yet. A
+    transfer stalls when nothing arrives for ``constants.HTTP_READ_TIMEOUT`` or less than
+    ``STALL_MIN_BYTES`` in a ``STALL_WINDOW`` (``_http.install_transfer_deadlines``).
 
     Raises:
         SourceChangedError: the file is gone at the pinned commit (repo deleted, history
             rewritten), or its size is not the one inspected at the start.
-        HubNetworkError: transient failures outlasted the retries.
+        TransferStalledError: every attempt stalled (a ``HubNetworkError``; it names the byte).
+        HubNetworkError: other transient failures outlasted the retries.
     """
     if nbytes <= 0:
         return
@@ -79,16 +88,25 @@ def fetch_range(
         last = start + nbytes - 1
         # identity encoding: the body is the file's bytes, read raw (2-3x less CPU than decoded chunks)
         ranged = {**headers, "Range": f"bytes={first}-{last}", "Accept-Encoding": "identity"}
-        with get_session().stream("GET", url, headers=ranged) as response:
-            if response.status_code >= 400:
-                response.read()
-                hf_raise_for_status(response)
-            _check_range(response, path, first, last, expected_size)
-            for chunk in response.iter_raw():
-                take = chunk[: nbytes - received]
-                if take:
-                    sink(take)
-                    received += len(take)
+        try:
+            # the session applies the read timeout and the throughput floor (_http.install_transfer_deadlines)
+            with get_session().stream("GET", url, headers=ranged) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    hf_raise_for_status(response)
+                _check_range(response, path, first, last, expected_size)
+                for chunk in response.iter_raw():
+                    take = chunk[: nbytes - received]
+                    if take:
+                        sink(take)
+                        received += len(take)
+        except Exception as err:
+            if not is_stall(err):
+                raise
+            raise TransferStalledError(
+                f"{path} stalled at byte {start + received} (range {start}-{start + nbytes - 1}, "
+                f"{received} of {nbytes} bytes received): {short(err)}"
+            ) from err
         if received < nbytes:  # the server closed early: transient, the retry resumes here
             raise ConnectionError(f"{path}: the transfer stopped after {received} of {nbytes} bytes")
 

@@ -410,6 +410,177 @@ def _safetensors_header(data: bytes) -> dict | None:
     return header if isinstance(header, dict) else None
 
 
+# ============================================================================
+# Network chaos: stalls, trickles and rate limits (issue 19, transfer deadlines)
+# ----------------------------------------------------------------------------
+# ``HubServer.inject_network_fault`` arms a fault for the next matching requests;
+# ``_Handler._dispatch`` asks ``_take_net_fault`` once per request and hands a
+# rate limit to ``_send_rate_limited`` (the request is not processed) and the
+# others to ``_send_faulty`` (processed, then answered badly). Every fault is
+# bounded in time (``hold``), and ``reset`` wakes every handler still holding one.
+# ============================================================================
+NET_FAULT_KINDS = ("stall", "trickle", "slow_read", "rate_limit")
+
+
+@dataclass
+class _NetFault:
+    path_substring: str
+    kind: str
+    method: str | None
+    remaining: int
+    hold: float
+    trickle_bytes: int
+    trickle_every: float
+    retry_after: str | None
+    ratelimit: str | None
+    window: float | None  # rate_limit: answer 429 for this many seconds from the first hit (then ``remaining`` is ignored)
+    first_hit: float | None = None
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.path_substring not in path or self.method not in (None, method):
+            return False
+        if self.window is not None:
+            return self.first_hit is None or time.monotonic() - self.first_hit < self.window
+        return self.remaining > 0
+
+
+class _NetChaosServer:
+    """``HubServer``'s network faults (mixin, so that this section stays apart)."""
+
+    _lock: threading.RLock
+
+    def inject_network_fault(
+        self,
+        path_substring: str,
+        kind: str,
+        *,
+        times: int = 1,
+        method: str | None = None,
+        hold: float = 5.0,
+        trickle_bytes: int = 100,
+        trickle_every: float = 2.0,
+        retry_after: str | None = None,
+        ratelimit: str | None = None,
+        window: float | None = None,
+    ) -> None:
+        """Misbehave on the next ``times`` requests whose path contains ``path_substring``.
+
+        ``kind``:
+            * ``"stall"``: process the request, send the status line and headers, then nothing
+              for ``hold`` seconds, then close the connection (a download stalled after its
+              headers). An answer without a body (an upload's) is not sent at all.
+            * ``"trickle"``: like ``stall``, but send ``trickle_bytes`` of the body every
+              ``trickle_every`` seconds until ``hold`` seconds have passed (a slow loris).
+        * ``"slow_read"``: read the request body ``trickle_bytes`` every ``trickle_every``
+          seconds until ``hold`` seconds have passed, then close without answering (an
+          upload whose receiver barely reads).
+            * ``"rate_limit"``: answer 429 without processing, with ``Retry-After: retry_after``
+              and/or ``RateLimit: ratelimit`` (e.g. ``'"api";r=0;t=55'``) when given. With
+              ``window``, every matching request gets it for ``window`` seconds from the first.
+
+        ``method`` narrows the match. Faults are served in the order injected; ``reset`` clears
+        them and releases every handler still holding a connection.
+        """
+        if kind not in NET_FAULT_KINDS:
+            raise ValueError(f"kind must be one of {NET_FAULT_KINDS}, got {kind!r}")
+        if not 0 < hold <= 60:
+            raise ValueError(f"hold must be in (0, 60] seconds so a test cannot hang, got {hold}")
+        fault = _NetFault(path_substring, kind, method, times, hold, trickle_bytes, trickle_every, retry_after, ratelimit,
+                          window)
+        with self._lock:
+            self._net_state()[0].append(fault)
+
+    def _net_state(self) -> tuple[list[_NetFault], threading.Event, list[tuple[str, str, str, float]]]:
+        """(armed faults, event set by ``reset`` to release held connections, log of faults served)."""
+        state = self.__dict__.get("_net_faults_state")
+        if state is None:
+            state = self.__dict__["_net_faults_state"] = ([], threading.Event(), [])
+        return state
+
+    def _clear_net_faults(self) -> None:
+        with self._lock:
+            faults, released, _log = self._net_state()
+            released.set()
+            self.__dict__["_net_faults_state"] = ([], threading.Event(), [])
+
+    def _take_net_fault(self, method: str, path: str) -> _NetFault | None:
+        with self._lock:
+            faults, _released, log = self._net_state()
+            fault = next((f for f in faults if f.matches(method, path)), None)
+            if fault is not None:
+                fault.remaining -= 1
+                if fault.first_hit is None:
+                    fault.first_hit = time.monotonic()
+                log.append((fault.kind, method, path, time.monotonic()))
+            return fault
+
+    @property
+    def net_fault_log(self) -> list[tuple[str, str, str, float]]:
+        """``(kind, method, path, monotonic time)`` per request a fault was served to, in order."""
+        with self._lock:
+            return list(self._net_state()[2])
+
+
+class _NetChaosHandler:
+    """``_Handler``'s side of the network faults (mixin)."""
+
+    def _send_early_fault(self, fault: _NetFault) -> None:
+        """A fault served instead of processing the request: a slow reader, or a 429."""
+        if fault.kind == "slow_read":
+            self.close_connection = True
+            released = self.hub._net_state()[1]
+            deadline = time.monotonic() + fault.hold
+            left = int(self.headers.get("content-length") or 0)
+            while left > 0 and time.monotonic() < deadline:
+                chunk = self.rfile.read(min(left, fault.trickle_bytes))
+                if not chunk:
+                    return
+                left -= len(chunk)
+                if released.wait(fault.trickle_every):
+                    return
+            return
+        self._read_body()  # read and dropped: the connection stays usable for the retry
+        payload = json.dumps({"error": "You have been rate-limited; retry later."}).encode()
+        self.send_response(429)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        if fault.retry_after is not None:
+            self.send_header("Retry-After", fault.retry_after)
+        if fault.ratelimit is not None:
+            self.send_header("RateLimit", fault.ratelimit)
+            self.send_header("RateLimit-Policy", '"fixed window";"api";q=500;w=300')
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _send_faulty(self, fault: _NetFault, status: int, headers: dict, payload: bytes, *, head: bool) -> None:
+        self.close_connection = True  # the connection is unusable afterwards, as after a real stall
+        released = self.hub._net_state()[1]
+        deadline = time.monotonic() + fault.hold
+        try:
+            if fault.kind == "stall" and (head or not payload):  # no body to stall in: the answer never comes
+                released.wait(fault.hold)
+                return
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.flush()
+            sent = 0
+            while not head and fault.kind == "trickle" and sent < len(payload):
+                if released.wait(min(fault.trickle_every, max(0.0, deadline - time.monotonic()))):
+                    return
+                if time.monotonic() >= deadline:
+                    return
+                self.wfile.write(payload[sent : sent + fault.trickle_bytes])
+                self.wfile.flush()
+                sent += fault.trickle_bytes
+            if fault.kind == "stall":
+                released.wait(fault.hold)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up on us: what it should do
+            return
+
+
 # -------------------------------------------------------------------------- server
 
 
@@ -420,7 +591,7 @@ class _Unset:
 _UNSET = _Unset()
 
 
-class HubServer:
+class HubServer(_NetChaosServer):
     """In-memory Hub for tests, served over HTTP on ``127.0.0.1`` (a free port).
 
     Args:
@@ -550,6 +721,7 @@ class HubServer:
             self.requests_log.clear()
             self.stats = HubStats()
             self.configure(**self._defaults)
+        self._clear_net_faults()  # network chaos (section below)
 
     def configure(
         self,
@@ -1500,7 +1672,7 @@ def _ok(payload: Any) -> tuple:
     return 200, {"Content-Type": "application/json; charset=utf-8"}, json.dumps(payload).encode()
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(_NetChaosHandler, BaseHTTPRequestHandler):
     hub: HubServer  # set on the subclass made by HubServer.start
     protocol_version = "HTTP/1.1"  # keep-alive, as the client's connection pool expects
     server_version = "ptq-test-hub/1"
@@ -1566,6 +1738,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         hub = self.hub
+        fault = hub._take_net_fault(method, self.path)  # network chaos (section below)
+        if fault is not None and fault.kind in ("rate_limit", "slow_read"):
+            self._send_early_fault(fault)
+            return
         body, complete = self._read_body()
         split = urlsplit(self.path)
         with hub._lock:
@@ -1597,6 +1773,9 @@ class _Handler(BaseHTTPRequestHandler):
             if error.code:
                 headers["X-Error-Code"] = error.code
             headers.setdefault("X-Error-Message", error.message.splitlines()[0])
+        if fault is not None:
+            self._send_faulty(fault, status, headers, payload, head=method == "HEAD")
+            return
         self.send_response(status)
         for name, value in headers.items():
             self.send_header(name, value)

@@ -421,6 +421,10 @@ def test_download_bandwidth_is_shared_by_concurrent_downloads(hub):
 
     before = hub.stats.bytes_out
     _assert_rate(_timed_in_parallel(fetch("a.bin"), fetch("b.bin")), 2 * SIZE)
+    # the handler counts a body once its last write returned, which can be just after the client has read it
+    settle = time.monotonic() + 2
+    while hub.stats.bytes_out - before < 2 * SIZE and time.monotonic() < settle:
+        time.sleep(0.01)
     assert hub.stats.bytes_out - before == 2 * SIZE
 
     hub.configure(download_bandwidth=None)  # lifted: the same bytes in a blink
@@ -440,6 +444,41 @@ def test_upload_bandwidth_caps_request_bodies(hub):
 
     _assert_rate(_timed_in_parallel(post, post), 2 * SIZE)
     assert hub.stats.bytes_in == 2 * SIZE
+
+
+# --- network chaos (inject_network_fault) ---------------------------------------------
+def test_network_faults_are_per_request_bounded_and_cleared_by_reset(hub):
+    import httpx2
+
+    hub.seed_repo("alice/c", {"a.bin": b"x" * 5000})
+    url = f"{hub.endpoint}/alice/c/resolve/main/a.bin"
+    headers = {"authorization": f"Bearer {ALICE}"}
+    with httpx2.Client(timeout=None) as client:  # a client without deadlines: only the fault's hold ends it
+        hub.inject_network_fault("a.bin", "stall", hold=0.5)
+        began = time.monotonic()
+        with pytest.raises(httpx2.RemoteProtocolError, match="received 0 bytes, expected 5000"):
+            client.get(url, headers=headers)
+        assert 0.5 <= time.monotonic() - began < 2
+
+        hub.inject_network_fault("a.bin", "trickle", hold=0.6, trickle_bytes=100, trickle_every=0.1)
+        with pytest.raises(httpx2.RemoteProtocolError, match=r"received [3-6]00 bytes, expected 5000"):
+            client.get(url, headers=headers)
+        assert client.get(url, headers=headers).content == b"x" * 5000  # one request each, then served
+
+        hub.inject_network_fault("/api/models/alice/c", "rate_limit", times=2, retry_after="7",
+                                 ratelimit='"api";r=0;t=7')
+        for _ in range(2):
+            answer = client.get(f"{hub.endpoint}/api/models/alice/c", headers=headers)
+            assert answer.status_code == 429
+            assert (answer.headers["retry-after"], answer.headers["ratelimit"]) == ("7", '"api";r=0;t=7')
+        assert client.get(f"{hub.endpoint}/api/models/alice/c", headers=headers).status_code == 200
+        assert [kind for kind, *_ in hub.net_fault_log] == ["stall", "trickle", "rate_limit", "rate_limit"]
+
+        hub.inject_network_fault("a.bin", "stall", hold=30)
+        hub.reset()  # clears armed faults and their log
+        assert hub.net_fault_log == []
+    with pytest.raises(ValueError, match="hold must be in"):
+        hub.inject_network_fault("a.bin", "stall", hold=600)
 
 
 def test_standalone_server_seeds_serves_and_reports_stats(tmp_path):

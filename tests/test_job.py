@@ -126,3 +126,17 @@ def test_cli_observer_gives_the_bytes_of_a_scheme_that_names_it(tmp_path):
 def _quantize_minmax(src, out):
     assert main(["quantize", str(src), str(out), "--scheme", "W4A16", "--no-default-ignore", "--ignore", "lm_head"]) == 0
     return out
+
+
+def test_parts_stop_at_what_the_hubs_commit_rate_allows():
+    from ptq_core.job import MAX_PARTS, parse_part
+
+    assert parse_part(f"{MAX_PARTS}/{MAX_PARTS}") == (MAX_PARTS, MAX_PARTS)
+    assert make_job("org/model", "FP8_DYNAMIC", part=(1, MAX_PARTS)).part == (1, MAX_PARTS)
+    with pytest.raises(InvalidOptionError, match=rf"part=1/{MAX_PARTS + 1}: at most {MAX_PARTS} parts, .* 128 commits "
+                                                 r"per hour"):
+        make_job("org/model", "FP8_DYNAMIC", part=f"1/{MAX_PARTS + 1}")
+    # the worst hour of staging commits (job.MAX_PARTS's docstring), one run per part, under the Hub's 128
+    worst = {k: k * (60 // k + 1) + k + 1 for k in range(1, 100)}
+    assert max(worst[k] for k in range(1, MAX_PARTS + 1)) <= 128
+    assert worst[MAX_PARTS] == 97 and worst[43] > 128 and worst[64] > 128

@@ -1,0 +1,184 @@
+"""The one HTTP layer under stress: transfer deadlines (stall, trickle) and rate limits (issue 19).
+
+Every test drives the real huggingface_hub client against the loopback Hub server,
+whose network chaos (``HubServer.inject_network_fault``) stalls, trickles or answers
+429. The deadlines are shrunk to fractions of a second and every fault holds its
+connection for at most a few seconds, so a client that does not notice a stall
+shows up as a test that takes longer than the bound it asserts, never as a hang.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import os
+import time
+
+import pytest
+from hub_server import LFS_UPLOAD_PATH
+from huggingface_hub import CommitOperationAdd
+
+from ptq_core import _http as hub_http
+from ptq_core import constants
+from ptq_core.errors import HubNetworkError, HubRateLimitError, TransferStalledError
+from ptq_core.remote import fetch_range
+from ptq_core.source import SourceState
+
+ALICE = "hf_test_alice"
+SOURCE = "bob/blob"
+FILE = "data.bin"
+DATA = os.urandom(300_000)
+HOLD = 4.0  # how long a faulty answer holds its connection: what a client that never notices would wait
+
+
+@pytest.fixture(autouse=True)
+def _short_deadlines(monkeypatch):
+    monkeypatch.setattr(hub_http, "_RETRY_DELAYS", (0.0, 0.0, 0.0))
+    monkeypatch.setattr(constants, "HTTP_READ_TIMEOUT", 0.5)
+    monkeypatch.setattr(constants, "STALL_WINDOW", 0.5)
+    monkeypatch.setattr(constants, "STALL_MIN_BYTES", 64 * 1024)
+
+
+def _source(hub) -> SourceState:
+    hub.seed_repo(SOURCE, {FILE: DATA})
+    sha = hub.commits(SOURCE)[-1]["oid"]
+    return SourceState(SOURCE, None, sha, {FILE: len(DATA)}, {})
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _ranges(hub) -> list[str]:
+    return [headers.get("range") for method, path, headers in hub.requests_log if method == "GET" and FILE in path]
+
+
+# --- downloads -------------------------------------------------------------------------
+def test_a_download_stalled_after_its_headers_is_retried(hub):
+    state = _source(hub)
+    http = hub_http.HubHttp(ALICE)
+    hub.inject_network_fault(FILE, "stall", method="GET", hold=HOLD)
+    got = bytearray()
+    began = time.monotonic()
+    fetch_range(http, state, FILE, 1000, 200_000, got.extend)
+    elapsed = time.monotonic() - began
+    assert bytes(got) == DATA[1000:201_000]
+    assert elapsed < HOLD - 1, f"the stall was only noticed when the server gave up ({elapsed:.1f} s)"
+    assert _ranges(hub) == ["bytes=1000-200999"] * 2
+    assert len(hub.net_fault_log) == 1
+
+
+def test_a_trickling_download_is_a_stall_and_resumes_at_its_byte(hub):
+    state = _source(hub)
+    http = hub_http.HubHttp(ALICE)
+    hub.inject_network_fault(FILE, "trickle", method="GET", hold=HOLD, trickle_bytes=100, trickle_every=0.1)
+    got = bytearray()
+    began = time.monotonic()
+    fetch_range(http, state, FILE, 1000, 200_000, got.extend)
+    elapsed = time.monotonic() - began
+    assert bytes(got) == DATA[1000:201_000]
+    assert elapsed < HOLD - 1, f"the trickle was only noticed when the server gave up ({elapsed:.1f} s)"
+    first, second = _ranges(hub)
+    resumed_at = int(second.split("=")[1].split("-")[0])
+    assert first == "bytes=1000-200999"
+    assert 1000 < resumed_at < 1000 + 2_000  # a few trickled 100-byte pieces were kept, not fetched again
+    assert second == f"bytes={resumed_at}-200999"
+
+
+def test_a_download_that_keeps_stalling_fails_typed_naming_file_byte_and_fix(hub):
+    state = _source(hub)
+    http = hub_http.HubHttp(ALICE)
+    hub.inject_network_fault(FILE, "stall", method="GET", times=4, hold=HOLD)
+    began = time.monotonic()
+    with pytest.raises(TransferStalledError, match=r"Could not download data.bin \(bob/blob\) .* the transfer stalled "
+                                                   r"\(.*data.bin stalled at byte 1000 .*Gave up after 4 attempts.*"
+                                                   r"PTQ_STALL_WINDOW.*PTQ_HTTP_READ_TIMEOUT.*rerun the job") as excinfo:
+        fetch_range(http, state, FILE, 1000, 200_000, bytearray().extend)
+    assert isinstance(excinfo.value, HubNetworkError)
+    assert time.monotonic() - began < HOLD
+    assert len(hub.net_fault_log) == 4
+
+
+# --- uploads ---------------------------------------------------------------------------
+def _preupload(hub, data: bytes) -> None:
+    http = hub_http.HubHttp(ALICE)
+    http.api.create_repo("alice/up")
+    hub.configure(lfs_threshold=1024)
+    op = CommitOperationAdd(path_in_repo="w.bin", path_or_fileobj=data)
+    # the call ShardStager.upload makes for every output shard
+    http.call("upload w.bin to", http.api.preupload_lfs_files, "alice/up", [op], role="target", repo_id="alice/up")
+
+
+def test_an_lfs_upload_whose_answer_stalls_is_retried(hub):
+    hub.inject_network_fault(LFS_UPLOAD_PATH, "stall", method="PUT", hold=HOLD)
+    began = time.monotonic()
+    _preupload(hub, DATA)
+    elapsed = time.monotonic() - began
+    assert elapsed < HOLD - 0.5, f"the stalled upload was only noticed when the server gave up ({elapsed:.1f} s)"
+    assert hub.lfs_objects("alice/up") == {_sha256(DATA): len(DATA)}
+    assert hub.stats.lfs_puts >= 2
+
+
+def test_an_lfs_upload_the_server_reads_slowly_is_a_stall(hub):
+    data = os.urandom(24 << 20)  # more than the loopback socket buffers hold, so the client must wait on the reader
+    hub.inject_network_fault(LFS_UPLOAD_PATH, "slow_read", method="PUT", hold=HOLD, trickle_bytes=100,
+                             trickle_every=0.1)
+    began = time.monotonic()
+    _preupload(hub, data)
+    elapsed = time.monotonic() - began
+    assert elapsed < HOLD - 0.5, f"the slow reader was only noticed when the server gave up ({elapsed:.1f} s)"
+    assert hub.lfs_objects("alice/up") == {_sha256(data): len(data)}
+
+
+# --- rate limits -----------------------------------------------------------------------
+def test_rate_limit_wait_reads_ratelimit_and_retry_after():
+    assert hub_http.rate_limit_wait({"RateLimit": '"api";r=0;t=55'}) == 55
+    assert hub_http.rate_limit_wait({"ratelimit": '"api";r=0;t=5, "resolvers";r=10;t=300'}) == 5  # not exhausted
+    assert hub_http.rate_limit_wait({"ratelimit": '"api";r=0;t=5, "resolvers";r=0;t=300'}) == 300
+    assert hub_http.rate_limit_wait({"RateLimit": '"api";r=0;t=5', "Retry-After": "9"}) == 9
+    assert hub_http.rate_limit_wait({"Retry-After": "7"}) == 7
+    assert hub_http.rate_limit_wait({"Retry-After": "Wed, 21 Oct 2026 07:28:30 GMT"},
+                                    now=email.utils.parsedate_to_datetime("Wed, 21 Oct 2026 07:28:00 GMT").timestamp()) == 30
+    assert hub_http.rate_limit_wait({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0  # in the past: now
+    assert hub_http.rate_limit_wait({"Retry-After": "soon"}) is None
+    assert hub_http.rate_limit_wait({"Content-Type": "application/json"}) is None
+
+
+@pytest.mark.parametrize("asked", ["retry-after-seconds", "retry-after-date", "ratelimit"])
+def test_a_429_waits_what_the_server_asks(hub, monkeypatch, asked):
+    monkeypatch.setattr(hub_http, "_RETRY_DELAYS", (0.05, 0.05, 0.05))  # our own schedule alone gives up at once
+    hub.seed_repo(SOURCE, {FILE: b"x"})
+    wait = {"retry-after-seconds": {"retry_after": "1"},
+            "retry-after-date": {"retry_after": email.utils.formatdate(time.time() + 2, usegmt=True)},
+            "ratelimit": {"ratelimit": '"api";r=0;t=1'}}[asked]
+    hub.inject_network_fault(f"/api/models/{SOURCE}", "rate_limit", window=0.9, **wait)
+    http = hub_http.HubHttp(ALICE)
+    began = time.monotonic()
+    info = http.call("read", http.api.model_info, SOURCE, role="source", repo_id=SOURCE)
+    elapsed = time.monotonic() - began
+    assert info.id == SOURCE
+    assert len(hub.net_fault_log) == 1  # one 429, then one wait long enough
+    assert 0.9 <= elapsed < 3.5
+
+
+def test_a_429_asking_more_than_the_cap_fails_at_once_and_says_so(hub, monkeypatch, caplog):
+    monkeypatch.setattr(constants, "RATE_LIMIT_MAX_WAIT", 5.0)
+    hub.seed_repo(SOURCE, {FILE: b"x"})
+    hub.inject_network_fault(f"/api/models/{SOURCE}", "rate_limit", times=10, ratelimit='"api";r=0;t=120')
+    http = hub_http.HubHttp(ALICE)
+    began = time.monotonic()
+    with pytest.raises(HubRateLimitError, match=r"Could not read \(bob/blob\) .*\(HTTP 429\) and asks to wait 120 s, more "
+                                                r"than the 5 s this job waits \(PTQ_RATE_LIMIT_MAX_WAIT\)\. Rerun"):
+        http.call("read", http.api.model_info, SOURCE, role="source", repo_id=SOURCE)
+    assert time.monotonic() - began < 1
+    assert len(hub.net_fault_log) == 1
+    assert ALICE not in caplog.text
+
+
+def test_a_429_without_a_wait_still_gives_up_typed(hub):
+    hub.seed_repo(SOURCE, {FILE: b"x"})
+    hub.inject_network_fault(f"/api/models/{SOURCE}", "rate_limit", times=10)
+    http = hub_http.HubHttp(ALICE)
+    with pytest.raises(HubRateLimitError, match=r"kept answering HTTP 429 \(rate limited\) after 4 attempts"):
+        http.call("read", http.api.model_info, SOURCE, role="source", repo_id=SOURCE)
+    assert len(hub.net_fault_log) == 4
