@@ -151,7 +151,12 @@ def header_length(prefix: bytes, size: int, name: str) -> int:
     if len(prefix) < 8:
         raise CorruptCheckpointError(f"{name}: {size} bytes is too short to be a safetensors file.")
     (n,) = struct.unpack("<Q", prefix[:8])
-    if n > _MAX_HEADER or 8 + n > size:
+    if n > _MAX_HEADER:
+        raise CorruptCheckpointError(
+            f"{name}: header length {n:,} bytes is too large: safetensors allows at most {_MAX_HEADER:,}; "
+            "the file is corrupt or not safetensors."
+        )
+    if 8 + n > size:
         raise CorruptCheckpointError(
             f"{name}: header length {n} does not fit a {size}-byte file; the file is truncated or not safetensors."
         )

@@ -1060,12 +1060,16 @@ def dequantize_fp8_block(
         )
     out = torch.empty((rows, cols), dtype=dtype, device=weight_fp8.device) if out is None else out
     full = cols // bw * bw  # columns in whole blocks; the rest share the last block's scale
-    for a, b in _row_chunks(rows, cols, bh):
-        scale = scale_inv[a // bh : math.ceil(b / bh)].to(torch.float32).repeat_interleave(bh, dim=0)[: b - a]
+    # Each chunk's rows look up their own block row of scales (at most the chunk's size, in
+    # float32) and the scale is broadcast over each block's columns: nothing the size of a
+    # block row (bh x K) is made, so a huge weight_block_size costs no memory. The products
+    # are the reference's (float32 x float32, rounded once to ``dtype``): the same bytes.
+    for a, b in _row_chunks(rows, cols):
+        rows_of = torch.arange(a, b, device=scale_inv.device) // bh
+        scale = scale_inv.index_select(0, rows_of).to(torch.float32)
         wide = weight_fp8[a:b].to(torch.float32)
         if full:
-            blocks = wide[:, :full].view(b - a, full // bw, bw)
-            blocks.mul_(scale[:, : full // bw, None])
+            wide[:, :full].view(b - a, full // bw, bw).mul_(scale[:, : full // bw, None])
         if full < cols:
             wide[:, full:].mul_(scale[:, -1:])
         out[a:b].copy_(wide)

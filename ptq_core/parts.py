@@ -20,6 +20,7 @@ No network; planning only.
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import os
 import shutil
@@ -114,7 +115,7 @@ def _unit_bytes(plan: Plan) -> dict[int | str | tuple[str, int], int]:
     sizes: dict[int | str | tuple[str, int], int] = {}
     for item in plan.items:
         key: int | str | tuple[str, int] = item.fused if item.fused is not None else item.name
-        held = _input_nbytes(item)
+        held = _input_nbytes(item) + _decode_nbytes(plan, item)
         if item.source.expert is not None and not is_contiguous(item.source.layout):
             key = key if item.fused is not None else (item.source.tensor, item.source.expert)
             held *= 2
@@ -126,6 +127,22 @@ def _input_nbytes(item: PlannedWeight) -> int:
     """Bytes read for an item: its share of what it is cut from (an expert part read through its
     slice reads ``parts`` times its own bytes once for all ``parts`` parts)."""
     return tensor_nbytes(item.dtype, item.shape)
+
+
+_DECODE_CHUNK = 4 << 22
+"""Bytes of one float32 row chunk of the FP8-block decode (``numerics._CHUNK_ELEMS`` elements)."""
+
+
+def _decode_nbytes(plan: Plan, item: PlannedWeight) -> int:
+    """What ptq-hub's FP8-block decode holds besides the dense weight: the stored FP8 weight (one
+    byte a value), its scale grid (float32 at most) and one float32 row chunk with its scales.
+    Bounded by the weight: the decode never makes a block row (see ``dequantize_fp8_block``)."""
+    if item.dequantize is None or item.dequantize.by_converter or plan.source.format.block is None:
+        return 0
+    (bh, bw), rows = plan.source.format.block, item.shape[0]
+    numel = math.prod(item.shape)
+    cols = numel // max(rows, 1)
+    return numel + 4 * (-(-rows // bh)) * (-(-cols // bw)) + 2 * min(4 * numel, _DECODE_CHUNK)
 
 
 def shard_sizes(plan: Plan) -> dict[str, int]:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, NamedTuple
 
+from compressed_tensors.quantization import QuantizationConfig
+
 from .checkpoint import (
     FLOAT_WEIGHT_DTYPES,
     Checkpoint,
@@ -24,8 +26,18 @@ from .checkpoint import (
     read_config,
     tensor_nbytes,
 )
-from .convert import ST_TO_TORCH, TORCH_TO_ST, auto_converters, native_fp8_plan, plan_conversion
-from .converters import COMPRESSED_TENSORS, FP8_BLOCK, Dequantization, SourceFormat, SourcePlan, detect_source
+from .convert import ST_TO_TORCH, TORCH_TO_ST, auto_converters, chain_label, native_fp8_plan, plan_conversion
+from .converters import (
+    COMPRESSED_TENSORS,
+    FP8_BLOCK,
+    Dequantization,
+    SourceFormat,
+    SourcePlan,
+    check_decoded,
+    check_no_packed_copies,
+    check_source_shapes,
+    detect_source,
+)
 from .default_ignore import DefaultIgnore, loader_pattern, model_default_ignore
 from .errors import (
     AppendError,
@@ -425,17 +437,49 @@ def source_plan(
         CheckpointError / ConverterError: the chain cannot convert this checkpoint.
     """
     config = config or {}
+    shapes = {n: (i.dtype, i.shape) for n, i in checkpoint.tensors.items()}
     if converters:
         native = native_fp8_plan(converters, checkpoint, config)
-        return native if native is not None else plan_conversion(checkpoint, converters)
+        if native is not None:
+            check_source_shapes(native, shapes)
+            return native
+        planned = plan_conversion(checkpoint, converters)
+        if _chain_config(config, converters) is None:  # the output's config describes no stored compression
+            check_no_packed_copies(planned, shapes, f"compressed ({chain_label(converters)} leaves them)")
+        return planned
     source = detect_source(config, checkpoint.tensors)
-    if source.format.name in (DENSE_SOURCE.format.name, FP8_BLOCK):
+    if source.format.name == DENSE_SOURCE.format.name:
         return source
+    # Before any read (a Hub job creates nothing until its plan stands): scales that do not fit
+    # their weights, absurd block or group sizes.
+    check_source_shapes(source, shapes, config)
+    if source.format.name == FP8_BLOCK:
+        return source
+    planned = plan_conversion(checkpoint, auto_converters(source, config), source.format)
+    # Decode or refuse, never copy: a module the config does not describe would keep its packed
+    # integers, published under the new config. With ``append`` the modules are kept compressed
+    # under the source's own config, which must then describe them: the proof is that it decodes them.
+    check_decoded(source, planned, config, shapes)
     if append and source.format.name == COMPRESSED_TENSORS:
         kept = frozenset(d.module for d in source.dequantize)
         fmt = replace(source.format, summary="compressed-tensors, its compressed modules kept as they are")
         return SourcePlan(fmt, append=True, kept=kept)
-    return plan_conversion(checkpoint, auto_converters(source, config), source.format)
+    return planned
+
+
+def _chain_config(config: Mapping[str, Any], converters: Sequence[Any]) -> Any:
+    """What a caller's chain leaves of the source's compressed-tensors config (as
+    ``convert.output_quantization_config`` seeds it): ``None`` when it dequantizes everything."""
+    quant = config.get("quantization_config")
+    incoming = None
+    if isinstance(quant, Mapping) and str(quant.get("quant_method", "")).lower() == COMPRESSED_TENSORS:
+        try:
+            incoming = QuantizationConfig.model_validate({k: v for k, v in quant.items() if k != "version"})
+        except ValueError as err:  # pydantic's ValidationError
+            raise CheckpointError(f"config.json's compressed-tensors quantization_config cannot be read: {err}") from err
+    for converter in converters:
+        incoming = converter.update_config(incoming)
+    return incoming
 
 
 def plan_model(

@@ -40,23 +40,26 @@ import torch
 from compressed_tensors.entrypoints.convert.converters import (
     AutoAWQConverter,
     CompressedTensorsDequantizer,
+    FP8BlockDequantizer,
     ModelOptNvfp4Converter,
 )
 from compressed_tensors.quantization import QuantizationConfig
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from factory import (
     load_tensors,
     make_awq_checkpoint,
     make_compressed_tensors_checkpoint,
+    make_fp8_block_checkpoint,
     make_modelopt_nvfp4_checkpoint,
     read_index,
     shard_files,
 )
 from ptq_core import model_free_ptq
 from ptq_core.cli import main
-from ptq_core.errors import InvalidOptionError
+from ptq_core.errors import CheckpointError, InvalidOptionError, TensorShapeError, UnsupportedSourceError
+from ptq_core.plan import plan_checkpoint
 
 GOLDEN = Path(__file__).parent / "golden"
 sys.path.insert(0, str(GOLDEN))
@@ -391,3 +394,110 @@ def test_plan_names_the_source_format(tmp_path, capsys, make, kwargs, named):
     assert main(["plan", str(src), "--scheme", "W4A16"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("source:")]
     assert len(lines) == 1 and named in lines[0], lines
+
+
+# --------------------------------------------------------------------------- hostile source configs
+# Each of these used to plan "decompressed in memory" and copy packed integers as they are (or
+# fail with an untyped TypeError / ValueError, or plan a 9571 TB weight): now each is a typed
+# error naming the field, before anything is written.
+
+
+def _edit_quant(src: Path, edit) -> Path:
+    config = json.loads((src / "config.json").read_text())
+    edit(config["quantization_config"])
+    (src / "config.json").write_text(json.dumps(config))
+    return src
+
+
+def _weights(**args):
+    return lambda q: [g["weights"].update(args) for g in q["config_groups"].values()]
+
+
+HOSTILE = {
+    "ct-no-groups": (_ct("W4A16"), lambda q: q.update(config_groups={}), CheckpointError, r"config_groups is \{\}"),
+    "ct-0-bits": (_ct("W4A16"), _weights(num_bits=0), CheckpointError, r"W4A16\.weights\.num_bits 0 is impossible"),
+    "ct-64-bits": (_ct("W4A16"), _weights(num_bits=64), CheckpointError, r"num_bits 64 is impossible"),
+    "ct-float-int-packed": (_ct("W4A16"), _weights(type="float"), CheckpointError,
+                            r"model\.layers\.0\.\S+ is stored compressed \(\S+\.weight_packed\).*describes no way to decode"),
+    "ct-targets-unmatched": (_ct("W4A16"), lambda q: [g.update(targets=["Conv2d"]) for g in q["config_groups"].values()],
+                             CheckpointError, r"is stored compressed.*match no such module"),
+    "ct-group-size-string": (_ct("W4A16"), _weights(group_size="128"), CheckpointError,
+                             r"W4A16\.weights\.group_size '128' is not a positive integer"),
+    "ct-ignore-string": (_ct("W4A16"), lambda q: q.update(ignore="lm_head"), CheckpointError,
+                         r"quantization_config\.ignore is the single string 'lm_head'"),
+    "ct-group-size-2^40": (_ct("W4A16"), _weights(group_size=2**40), TensorShapeError,
+                           r"group_size 1099511627776 is absurd for model\.\S+\.weight_packed"),
+    "ct-block-2^21": (_ct("FP8_BLOCK"), _weights(block_structure=[2**21, 1]), TensorShapeError,
+                      r"block_structure \[2097152, 1\] is absurd for model\.\S+\.weight \(F8_E4M3"),
+    "awq-skip-string": (_awq, lambda q: q.update(modules_to_not_convert="mlp"), CheckpointError,
+                        r"modules_to_not_convert is the single string 'mlp'"),
+    "awq-skip-ints": (_awq, lambda q: q.update(modules_to_not_convert=[1, 2]), CheckpointError,
+                      r"modules_to_not_convert holds 1, not a module name"),
+    "awq-group-abc": (_awq, lambda q: q.update(group_size="abc"), CheckpointError, r"group_size 'abc' is not a positive integer"),
+    "awq-bits-string": (_awq, lambda q: q.update(bits="4"), CheckpointError, r"bits '4' is a str, not an integer"),
+    "awq-group-2^40": (_awq, lambda q: q.update(group_size=2**40), TensorShapeError,
+                       r"\.qweight has \d+ input rows, which groups of 1099511627776 .* do not divide"),
+    "awq-group-wrong": (_awq, lambda q: q.update(group_size=32), TensorShapeError,
+                        r"\.(qzeros|scales) has shape \[\d+, \d+\], but \S+\.qweight \[\d+, \d+\] in groups of 32 needs \[\d+, \d+\]"),
+}
+
+
+@pytest.mark.parametrize("key", list(HOSTILE))
+def test_a_hostile_source_config_is_refused_before_anything_is_written(tmp_path, key):
+    make, edit, error, match = HOSTILE[key]
+    src = _edit_quant(make(tmp_path / "src", **({"group_size": 64} if make is _awq else {})), edit)
+    with pytest.raises(error, match=match):
+        plan_checkpoint(src, "FP8_BLOCK")
+    with pytest.raises(error, match=match):
+        model_free_ptq(src, tmp_path / "out", "FP8_BLOCK")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_awq_bits_other_than_4_names_the_bits(tmp_path):
+    src = _edit_quant(_awq(tmp_path / "src", group_size=64), lambda q: q.update(bits=8))
+    with pytest.raises(UnsupportedSourceError, match=r"^The source is AWQ 8-bit 'gemm'; ptq-hub converts 4-bit GEMM AWQ only"):
+        plan_checkpoint(src, "W4A16")
+
+
+def test_a_packed_tensor_left_undecoded_is_refused(tmp_path):
+    """The plan's last check: a packed tensor the chain does not consume (here an AWQ qweight on a
+    module modules_to_not_convert names, so no step decodes it) would be copied under the new config."""
+    src = _edit_quant(_awq(tmp_path / "src", group_size=64), lambda q: q.update(modules_to_not_convert=["down_proj"]))
+    with pytest.raises(CheckpointError, match=r"model\.layers\.0\.mlp\.down_proj\.qweight \(I32\) holds AWQ .* values that no step decodes"):
+        plan_checkpoint(src, "W4A16")
+
+
+def test_a_callers_chain_that_leaves_packed_tensors_is_refused(tmp_path):
+    """A chain whose config says "dense" (``update_config`` gives None) but decodes nothing: the
+    AWQ qweights were copied as they are, under the new scheme's config."""
+    src = _awq(tmp_path / "src", group_size=64)
+    chain = FP8BlockDequantizer(targets=["no-such-module"])
+    with pytest.raises(CheckpointError, match=r"^model\.\S+\.(qweight|qzeros) \(I32\) holds compressed \(FP8BlockDequantizer "
+                                              r"leaves them\) values that no step decodes"):
+        model_free_ptq(src, tmp_path / "out", "W4A16", converter=chain)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_callers_fp8_dequantizer_gets_the_scale_shape_check_in_the_plan(tmp_path):
+    src = make_fp8_block_checkpoint(tmp_path / "src", "llama", **DIMS)
+    (shard,) = shard_files(src)
+    tensors = load_file(str(shard))
+    name = "model.layers.0.mlp.up_proj.weight_scale_inv"
+    tensors[name] = tensors[name][:1].contiguous()
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+    with pytest.raises(TensorShapeError, match=rf"^{re.escape(name)} has shape \[1, \d+\], but its weight"):
+        model_free_ptq(src, tmp_path / "out", "W4A16", converter=FP8BlockDequantizer.from_pretrained(str(src)))
+
+
+def test_a_compressed_tensors_config_without_groups_is_fine_where_nothing_is_compressed(tmp_path):
+    """No config groups is refused only where weights are stored compressed: a dense checkpoint
+    whose config only sets a kv-cache scheme plans as before."""
+    from factory import make_checkpoint
+
+    src = make_checkpoint(tmp_path / "src", "llama", **DIMS)
+    config = json.loads((src / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "compressed-tensors", "config_groups": {},
+                                     "format": "dense", "ignore": None}
+    (src / "config.json").write_text(json.dumps(config))
+    plan = plan_checkpoint(src, "W4A16")
+    assert plan.quantized and not plan.source.dequantize

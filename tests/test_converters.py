@@ -66,6 +66,27 @@ def test_fp8_block_dequantize_other_formats(monkeypatch, fp8, scale_dtype, block
     assert torch.equal(raw(ours), raw(reference_dequantize(weight, scale, torch.bfloat16, block)))
 
 
+@pytest.mark.parametrize("block", [(1, 1), (3, 7), (200, 1), (1, 136), (512, 512)])
+def test_fp8_block_dequantize_odd_blocks_match_reference(monkeypatch, block):
+    """Blocks of one row or column, ragged in both dimensions, and larger than the weight
+    (the reference pads: one block over the whole dimension), over many row chunks."""
+    monkeypatch.setattr(numerics, "_CHUNK_ELEMS", 1000)
+    weight, scale = fp8_block_weight((200, 136), block, seed=5)
+    ours = dequantize_fp8_block(weight, scale, torch.bfloat16, block=block)
+    assert torch.equal(raw(ours), raw(reference_dequantize(weight, scale, torch.bfloat16, block)))
+
+
+@pytest.mark.parametrize("block", [(2**22, 1), (2**40, 1), (1, 2**40)])
+def test_fp8_block_dequantize_of_a_huge_block_allocates_only_the_weight(block):
+    """A block far larger than the weight is one block over that whole dimension: the decode
+    broadcasts its scales and never makes block x columns (the old repeat_interleave took
+    8.5 GB for [2^22, 1] on a small weight, and raised RuntimeError for [2^40, 1])."""
+    weight, scale = fp8_block_weight((64, 4096), block, seed=2)  # [2^22, 1] made 64 GiB here
+    want = reference_dequantize(weight, scale, torch.bfloat16, (min(block[0], 64), min(block[1], 4096)))
+    ours = dequantize_fp8_block(weight, scale, torch.bfloat16, block=block)
+    assert torch.equal(raw(ours), raw(want))
+
+
 def test_fp8_block_dequantize_into_a_buffer():
     weight, scale = fp8_block_weight((130, 260))
     out = torch.empty((130, 260), dtype=torch.bfloat16)

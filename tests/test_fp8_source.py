@@ -9,6 +9,7 @@ see test_pipeline.py). Our path dequantizes in memory, weight by weight, reading
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -18,7 +19,8 @@ from safetensors.torch import load_file, save_file
 from factory import load_tensors, make_fp8_block_checkpoint, read_index, shard_files
 from ptq_core import model_free_ptq
 from ptq_core.cli import main
-from ptq_core.errors import UnsupportedSourceError
+from ptq_core.errors import TensorShapeError, UnsupportedSourceError
+from ptq_core.plan import plan_checkpoint
 
 IGNORE = ["lm_head", "re:.*embed_tokens$", r"re:.*\.gate$"]
 
@@ -88,3 +90,50 @@ def test_other_quantized_sources_are_refused_by_name(tmp_path):
     with pytest.raises(UnsupportedSourceError, match=r"quantized with GPTQ \(quant_method 'gptq'\)"):
         model_free_ptq(src, tmp_path / "out", "W4A16")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_scale_of_the_wrong_shape_is_refused_by_the_plan(tmp_path):
+    """Found in planning, from the headers (a Hub job used to create the repo and stage shards first),
+    naming the weight, its scale, the expected and the found shape."""
+    src = make_fp8_block_checkpoint(tmp_path / "src", "llama")
+    (shard,) = shard_files(src)
+    tensors = load_file(str(shard))
+    name = "model.layers.0.self_attn.q_proj.weight_scale_inv"
+    tensors[name] = tensors[name][:1]
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+    want = (rf"^{re.escape(name)} has shape \[1, \d+\], but its weight model\.layers\.0\.self_attn\.q_proj\.weight "
+            r"\[\d+, \d+\] in 128x128 blocks needs \[\d+, \d+\]")
+    with pytest.raises(TensorShapeError, match=want):
+        plan_checkpoint(src, "W4A16")
+    with pytest.raises(TensorShapeError, match=want):
+        model_free_ptq(src, tmp_path / "out", "W4A16", ignore=IGNORE)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("block", [[2**22, 1], [2**24, 1], [2**40, 1]])
+def test_an_absurd_weight_block_size_is_refused_by_the_plan(tmp_path, block):
+    """[2^22, 1] on a small model took 8.5 GB and 126 s; [2^24, 1] and [2^40, 1] ended in untyped
+    RuntimeErrors. A block larger than a weight is one block over that dimension, so it is legal
+    (see test_converters), but one that pads the weight far beyond its size is no real checkpoint's."""
+    src = make_fp8_block_checkpoint(tmp_path / "src", "llama")
+    config = json.loads((src / "config.json").read_text())
+    config["quantization_config"]["weight_block_size"] = block
+    (src / "config.json").write_text(json.dumps(config))
+    with pytest.raises(TensorShapeError, match=rf"^weight_block_size \[{block[0]}, 1\] is absurd for model\.\S+\.weight \[\d+, \d+\]"):
+        plan_checkpoint(src, "W4A16")
+
+
+def test_the_plans_ram_peak_counts_the_fp8_decode(tmp_path):
+    """Besides the dense weight, the decode holds the FP8 weight, its scales and a float32 chunk:
+    an FP8-block source's peak is above its dense twin's (they were counted the same)."""
+    from ptq_core.parts import Budgets, estimate_footprint
+
+    src = make_fp8_block_checkpoint(tmp_path / "src", "llama")
+    dense = dequantized_by_the_reference(src, tmp_path / "dense")
+    budgets = Budgets(disk=1 << 40, ram=1 << 40, window=0, workers=1)
+    peaks = []
+    for folder in (src, dense):
+        plan = plan_checkpoint(folder, "W4A16", ignore=IGNORE)
+        peaks.append(estimate_footprint(plan, budgets, sorted(set(plan.weight_map().values()))).peak_ram)
+    biggest = max(i.shape[0] * i.shape[1] for i in plan.quantized)
+    assert peaks[0] >= peaks[1] + 2 * biggest, peaks  # the largest unit counts twice, its FP8 bytes with it

@@ -179,6 +179,14 @@ def test_impossible_header_length(src, tmp_path):
           tmp_path / "out")
 
 
+def test_header_length_over_the_limit_says_so(src, tmp_path):
+    """A 101 MB header length is refused for safetensors' 100 MB limit, not as "does not fit a
+    file" (the file may well be that large)."""
+    corrupt_header_length(src, 1, extra=101_000_000)
+    fails(CorruptCheckpointError, rf"{SHARD2}: header length [\d,]+ bytes is too large: safetensors allows at most "
+          r"100,000,000", src, tmp_path / "out")
+
+
 def test_corrupt_single_file_checkpoint(tmp_path):
     src = make_checkpoint(tmp_path / "src", "llama", **DIMS)
     corrupt_truncate_shard(src)
