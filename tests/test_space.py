@@ -609,11 +609,16 @@ def test_running_space_previews_and_quantizes(hub, source, space_url):
     assert "base_model: bob/tiny-llama" in card_md
     assert "model.safetensors" in hub.list_files(TARGET)
 
-    # Same target again, overwrite off: refused with the core's message, no trace, no token.
+    # The same job again: it finished, so the rerun says so with the same commit (issue 19).
+    again_md, _ = client.predict(SOURCE, "FP8_BLOCK", ignore, target, False, False, api_name="/quantize")
+    assert again_md.startswith(f"### Done: [{TARGET}]({hub.endpoint}/{TARGET})")
+    assert len(hub.commits(TARGET)) == 2  # creation + the one job commit: no second commit
+
+    # Another job on the same target, overwrite off: refused with the core's message, no trace, no token.
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError) as excinfo:
-        client.predict(SOURCE, "FP8_BLOCK", ignore, target, False, False, api_name="/quantize")
+        client.predict(SOURCE, "FP8_BLOCK", ignore + "\nre:.*o_proj$", target, False, False, api_name="/quantize")
     message = str(excinfo.value)
     assert f"Target repo {TARGET} already holds" in message
     assert "Traceback" not in message and ALICE not in message
