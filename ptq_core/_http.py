@@ -381,15 +381,26 @@ class _Deadline:
         self._mark, self._mark_moved = now, self.moved
 
 
-def _sync_stream_base():
+def _httpx():
+    """huggingface_hub's HTTP client module (``httpx2``; older clients use ``httpx``)."""
     try:
         import httpx2 as httpx
-    except ImportError:  # older clients use httpx
+    except ImportError:
         import httpx  # type: ignore[no-redef]
-    return httpx.SyncByteStream
+    return httpx
 
 
-class _WatchedBody(_sync_stream_base()):  # type: ignore[misc]
+def _causes(err: BaseException) -> Iterator[BaseException]:
+    """``err`` and its causes (``__cause__``, else ``__context__``), each once."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+class _WatchedBody(_httpx().SyncByteStream):  # type: ignore[misc]
     """A request body sent in small pieces, each counted against the deadline."""
 
     def __init__(self, inner, deadline: _Deadline) -> None:
@@ -410,7 +421,7 @@ class _WatchedBody(_sync_stream_base()):  # type: ignore[misc]
             close()
 
 
-class _WatchedStream(_sync_stream_base()):  # type: ignore[misc]
+class _WatchedStream(_httpx().SyncByteStream):  # type: ignore[misc]
     """A response body whose chunks are counted against the deadline."""
 
     def __init__(self, inner, deadline: _Deadline) -> None:
@@ -428,19 +439,8 @@ class _WatchedStream(_sync_stream_base()):  # type: ignore[misc]
 
 def is_stall(err: BaseException) -> bool:
     """A stalled transfer (throughput floor, or no byte within the read/write timeout) in the cause chain."""
-    try:
-        import httpx2 as httpx
-    except ImportError:  # older clients use httpx
-        import httpx  # type: ignore[no-redef]
-
-    seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, (TransferStalledError, httpx.ReadTimeout, httpx.WriteTimeout)):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+    httpx = _httpx()
+    return any(isinstance(c, (TransferStalledError, httpx.ReadTimeout, httpx.WriteTimeout)) for c in _causes(err))
 
 
 # --- token and ids -----------------------------------------------------------
@@ -486,30 +486,19 @@ def check_repo_id(repo_id: Any, what: str) -> None:
 # --- error classification ----------------------------------------------------
 def _is_transient(err: BaseException) -> bool:
     """Connection errors, timeouts and HTTP 408/429/5xx, anywhere in the cause chain."""
-    try:
-        import httpx2 as httpx
-    except ImportError:  # older clients use httpx
-        import httpx  # type: ignore[no-redef]
-
-    seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    httpx = _httpx()
+    for current in _causes(err):
         if isinstance(current, (httpx.TransportError, ConnectionError, TimeoutError)):
             return True
         status = status_of(current)
         if status is not None:
             return status in _TRANSIENT_STATUS or status >= 500
-        current = current.__cause__ or current.__context__
     return False
 
 
 def _transient_reason(err: BaseException) -> str:
     """The root cause of a transient failure: ``HTTP 503`` or ``ConnectError: ...``."""
-    seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in _causes(err):
         if isinstance(current, TransferStalledError):  # its text says where (file, byte); its cause only "timed out"
             return short(current)
         status = status_of(current)
@@ -517,7 +506,6 @@ def _transient_reason(err: BaseException) -> str:
             return f"HTTP {status}"
         if current.__cause__ is None and current.__context__ is None:
             return f"{type(current).__name__}: {short(current)}"
-        current = current.__cause__ or current.__context__
     return short(err)
 
 
