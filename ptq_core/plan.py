@@ -596,7 +596,9 @@ def build_plan(
         raise TensorParallelError(
             f"vLLM could not load this output at tensor parallel size {tp}: {parallel.blocked[tp]}. It loads at TP "
             f"{', '.join(map(str, parallel.loads)) or 'none of ' + ', '.join(map(str, TP_SIZES))}; "
-            "pick one of those, ignore that layer, or pick a scheme without blocks or groups (FP8_DYNAMIC)."
+            + ("pick one of those, ignore that layer, or pick a scheme without blocks or groups (FP8_DYNAMIC)."
+               if "FP8 block" in parallel.blocked[tp] or "groups of" in parallel.blocked[tp]
+               else "pick one of those: the layer's shape does not split that many ways.")
         )
     return Plan(resolved, tuple(planned), skipped, tuple(fused_groups), shards, checkpoint.total_bytes, size_after,
                 specs, unmatched, source, defaults=defaults, tensor_parallel=parallel)
