@@ -135,3 +135,12 @@ def hub(hub_server: HubServer, monkeypatch: pytest.MonkeyPatch, tmp_path):
 # ============================================================================
 # End of the Hub server block.
 # ============================================================================
+
+
+@pytest.fixture
+def fast_retries(monkeypatch):
+    """Keep the Hub layer's backoff schedule's length, drop its waits (files opt in with
+    ``pytestmark = pytest.mark.usefixtures("fast_retries")``)."""
+    from ptq_core import _http
+
+    monkeypatch.setattr(_http, "_RETRY_DELAYS", (0.0, 0.0, 0.0))

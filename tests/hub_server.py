@@ -564,6 +564,14 @@ class _NetChaosHandler:
         self.end_headers()
         self.wfile.write(payload)
 
+    def _send_head(self, status: int, headers: dict, length: int) -> None:
+        """Status line, headers and Content-Length: every answer, faulty or not, starts so."""
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(length))
+        self.end_headers()
+
     def _send_faulty(self, fault: _NetFault, status: int, headers: dict, payload: bytes, *, head: bool) -> None:
         self.close_connection = True  # the connection is unusable afterwards, as after a real stall
         released = self.hub._net_state()[1]
@@ -572,11 +580,7 @@ class _NetChaosHandler:
             if fault.kind == "stall" and (head or not payload):  # no body to stall in: the answer never comes
                 released.wait(fault.hold)
                 return
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
+            self._send_head(status, headers, len(payload))
             self.wfile.flush()
             sent = 0
             while not head and fault.kind == "trickle" and sent < len(payload):
@@ -1841,11 +1845,7 @@ class _Handler(_NetChaosHandler, BaseHTTPRequestHandler):
         if fault is not None:
             self._send_faulty(fault, status, headers, payload, head=method == "HEAD")
             return
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
+        self._send_head(status, headers, len(payload))
         if method != "HEAD" and len(payload):
             try:
                 self._write_body(payload)

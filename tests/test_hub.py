@@ -22,7 +22,6 @@ from huggingface_hub import HfApi, ModelCard, snapshot_download
 from huggingface_hub.errors import RepositoryNotFoundError
 
 import ptq_core
-from ptq_core import _http as hub_http
 from ptq_core import hub as hub_module
 from ptq_core.errors import (
     CalibrationRequiredError,
@@ -61,10 +60,7 @@ def _not_found(repo_id: str) -> str:
     return rf"Repo '{repo_id}' was not found on .*, or it is private and this token cannot see it"
 
 
-@pytest.fixture(autouse=True)
-def _fast_retries(monkeypatch):
-    """Keep the backoff schedule's length, drop its waits."""
-    monkeypatch.setattr(hub_http, "_RETRY_DELAYS", (0.0, 0.0, 0.0))
+pytestmark = pytest.mark.usefixtures("fast_retries")
 
 
 @pytest.fixture(scope="session")

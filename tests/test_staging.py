@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from factory import make_checkpoint
 
-from ptq_core import _http as hub_http
 from ptq_core import hub as hub_module
 from ptq_core.errors import TargetChangedError, TargetRepoExistsError
 from ptq_core.hub import quantize_to_hub
@@ -25,9 +24,7 @@ TARGET = "alice/tiny-FP8-BLOCK"
 THRESHOLD = 64 * 1024
 
 
-@pytest.fixture(autouse=True)
-def _fast_retries(monkeypatch):
-    monkeypatch.setattr(hub_http, "_RETRY_DELAYS", (0.0, 0.0, 0.0))
+pytestmark = pytest.mark.usefixtures("fast_retries")
 
 
 @pytest.fixture(scope="module")

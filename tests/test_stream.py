@@ -50,9 +50,7 @@ THRESHOLD = 64 * 1024  # output shards (~0.4-0.8 MB) go through LFS, side files 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _fast_retries(monkeypatch):
-    monkeypatch.setattr(hub_http, "_RETRY_DELAYS", (0.0, 0.0, 0.0))
+pytestmark = pytest.mark.usefixtures("fast_retries")
 
 
 @pytest.fixture(scope="module")
