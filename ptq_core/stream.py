@@ -4,13 +4,17 @@ Three stages run at once, joined by bounded hand-offs:
 
 * **read**: the reader (``remote.RemoteReader``) fetches the byte ranges of the
   work units ahead of the workers, within its byte window;
-* **quantize**: ``workers`` threads take the units in order (at most two per
-  worker queued), each writing into its output shard (``writer.ShardWriter``);
-  the dispatcher opens an output shard only when it fits the **disk budget**
-  next to the shards still on disk (and at most ``parts.LOCAL_SHARDS`` of them);
-* **upload**: ``UPLOAD_THREADS`` threads hand finished shards, taken in order, to
-  ``upload`` (which returns once the bytes are safe on the Hub), delete each local
-  file, and so free its room for the next shard.
+* **quantize**: the dispatcher (:func:`stream_shards`) hands the units, in order, to
+  the one executor of work units (``units.UnitExecutor``: ``workers`` threads, at
+  most two units per worker queued), each writing into its output shard
+  (``writer.ShardWriter``); it opens an output shard only when the
+  :class:`DiskGate` admits it: it fits the **disk budget** next to the shards
+  still on disk (and at most ``parts.LOCAL_SHARDS`` of them);
+* **upload**: the :class:`Uploader`'s ``UPLOAD_THREADS`` threads hand finished
+  shards, taken in order, to ``upload`` (which returns once the bytes are safe on
+  the Hub), delete each local file, and release its room at the gate.
+
+The first failure of any of them (``units.FirstFailure``) stops all three.
 
 So on a bandwidth-limited link the wall time approaches the slowest stage, and
 the local disk never holds more than the budget, whatever the model's size.
@@ -24,10 +28,8 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from itertools import cycle
 from pathlib import Path
 
 import torch
@@ -35,15 +37,15 @@ import torch
 from .checkpoint import Checkpoint
 from .errors import DiskSpaceError
 from .parts import LOCAL_SHARDS, shard_sizes
-from .pipeline import TensorReader, process_unit, torch_threads, unit_reads, work_units
-from .plan import Plan
+from .plan import Plan, PlannedWeight
 from .sizes import format_bytes
 from .source import ProgressCallback
+from .units import FirstFailure, TensorReader, UnitExecutor, process_unit, torch_threads, unit_reads, work_units
 from .writer import ShardWriter
 
-logger = logging.getLogger("ptq_core.hub")
+logger = logging.getLogger(__name__)
 
-__all__ = ["ReaderFactory", "StreamReport", "stream_shards"]
+__all__ = ["DiskGate", "ReaderFactory", "StreamReport", "Uploader", "stream_shards"]
 
 ReaderFactory = Callable[[list[list[tuple[str, int, int]]]], AbstractContextManager[TensorReader]]
 """Opens a reader for the units' input ranges, in the order the workers will take them."""
@@ -61,24 +63,176 @@ class StreamReport:
     peak_disk: int
 
 
-class _State:
-    """Shared by the dispatcher, the workers and the uploader; every field under ``cond``."""
+class DiskGate:
+    """The bytes and number of output shards on local disk, bounded: admit, hold, release, peak.
 
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.failure: BaseException | None = None
-        self.local_bytes = 0
-        self.local_shards = 0
-        self.peak_disk = 0
-        self.in_flight = 0
-        self.uploaded = 0
-        self.finished: set[str] = set()
+    A shard is admitted when it fits the budget next to those on disk and fewer than
+    ``max_shards`` are there; the first is always admitted (the plan refused a shard
+    larger than the budget up front). Only the dispatcher admits; uploaders release.
+    """
 
-    def fail(self, err: BaseException) -> None:
-        with self.cond:
-            if self.failure is None:
-                self.failure = err
-            self.cond.notify_all()
+    def __init__(self, budget: int, max_shards: int, failure: FirstFailure) -> None:
+        self.budget = budget
+        self.max_shards = max_shards
+        self._failure = failure
+        self._cond = failure.watch(threading.Condition())
+        self.bytes = 0
+        self.shards = 0
+        self.peak = 0
+
+    def admit(self, needed: int) -> bool:
+        """Wait until ``needed`` more bytes fit; ``False`` when a failure stopped the job meanwhile."""
+        with self._cond:
+            while self._failure.error is None and self.shards and (
+                self.shards >= self.max_shards or self.bytes + needed > self.budget
+            ):
+                self._cond.wait()
+            return self._failure.error is None
+
+    def hold(self, nbytes: int) -> None:
+        """A shard of ``nbytes`` is now on disk."""
+        with self._cond:
+            self.bytes += nbytes
+            self.shards += 1
+            self.peak = max(self.peak, self.bytes)
+
+    def release(self, nbytes: int) -> None:
+        """A shard of ``nbytes`` left the disk: wake the dispatcher."""
+        with self._cond:
+            self.bytes -= nbytes
+            self.shards -= 1
+            self._cond.notify_all()
+
+
+class Uploader:
+    """Threads that upload finished shards in order, delete each, and release its room at the gate.
+
+    Several threads overlap one shard's hashing with another's transfer. ``tick`` is
+    called between shards and about every second while a thread waits for its shard.
+    """
+
+    def __init__(
+        self, shards: Sequence[str], folder: Path, upload: Callable[[str, Path], None], tick: Callable[[], None], *,
+        gate: DiskGate, failure: FirstFailure, progress: ProgressCallback, total: int,
+    ) -> None:
+        self._shards = list(shards)
+        self._folder = folder
+        self._upload = upload
+        self._tick = tick
+        self._gate = gate
+        self._failure = failure
+        self._progress = progress
+        self._total = total  # estimated from the plan (headers generously): the last shard completes it
+        self._cond = failure.watch(threading.Condition())
+        self._ready: dict[str, int] = {}  # finished shard -> bytes on disk
+        self._next = 0
+        self._uploaded = 0
+        self._bytes = 0
+        self._threads: list[threading.Thread] = []
+
+    def start(self, threads: int | None = None) -> None:
+        """Start ``threads`` upload threads (default ``UPLOAD_THREADS``, read now), at most one per shard."""
+        count = UPLOAD_THREADS if threads is None else threads
+        self._threads = [threading.Thread(target=self._loop, name=f"ptq-upload-{i}", daemon=True)
+                         for i in range(min(count, len(self._shards)))]
+        for thread in self._threads:
+            thread.start()
+
+    def join(self) -> None:
+        for thread in self._threads:
+            thread.join()
+
+    def ready(self, shard: str, nbytes: int) -> None:
+        """``shard`` (``nbytes`` on disk) is written and closed: it may be uploaded."""
+        with self._cond:
+            self._ready[shard] = nbytes
+            self._cond.notify_all()
+
+    def _take(self) -> tuple[str, int] | None:
+        """The next shard in order, once it is ready; ``None`` when none is left or the job failed."""
+        with self._cond:
+            if self._next == len(self._shards) or self._failure.error is not None:
+                return None
+            shard = self._shards[self._next]
+            self._next += 1
+            while shard not in self._ready and self._failure.error is None:
+                self._cond.wait(_TICK_SECONDS)
+                if shard not in self._ready and self._failure.error is None:
+                    self._cond.release()
+                    try:
+                        self._tick()
+                    finally:
+                        self._cond.acquire()
+            return None if self._failure.error is not None else (shard, self._ready[shard])
+
+    def _loop(self) -> None:
+        try:
+            while (taken := self._take()) is not None:
+                shard, size = taken
+                path = self._folder / shard
+                self._upload(shard, path)
+                path.unlink()
+                self._gate.release(size)
+                with self._cond:
+                    self._uploaded += 1
+                    self._bytes += size
+                    done = self._total if self._uploaded == len(self._shards) else min(self._bytes, self._total)
+                self._progress("upload", done, self._total)
+                self._tick()
+        except BaseException as err:  # noqa: BLE001 - the dispatcher raises the first failure
+            self._failure.set(err)
+
+
+class _Shards:
+    """The output shards being written: their writers, units left, and progress of ``quantize`` and ``write``."""
+
+    def __init__(self, plan: Plan, folder: Path, units: list[tuple[str, list[PlannedWeight]]], shards: int,
+                 progress: ProgressCallback) -> None:
+        self._plan = plan
+        self._folder = folder
+        self._left = Counter(shard for shard, _ in units)
+        self._units = len(units)
+        self._shards = shards
+        self._progress = progress
+        self._lock = threading.Lock()
+        self._done_units = 0
+        self.writers: dict[str, ShardWriter] = {}
+        self.closed: list[str] = []
+
+    def open(self, shard: str) -> ShardWriter:
+        try:
+            writer = ShardWriter(self._folder / shard, self._plan.shard_outputs(shard))
+        except OSError as err:
+            raise _disk_error(err, self._folder, shard) from err
+        self.writers[shard] = writer
+        return writer
+
+    def unit_done(self, shard: str) -> bool:
+        """Count one finished unit of ``shard``; ``True`` when it was the shard's last."""
+        with self._lock:
+            self._done_units += 1
+            self._left[shard] -= 1
+            done, last = self._done_units, self._left[shard] == 0
+        self._progress("quantize", done, self._units)
+        return last
+
+    def close(self, shard: str) -> int:
+        """Finish ``shard``'s file; its size on disk."""
+        writer = self.writers[shard]
+        try:
+            writer.close()
+        except OSError as err:
+            raise _disk_error(err, self._folder, shard) from err
+        with self._lock:
+            self.closed.append(shard)
+            closed = len(self.closed)
+        self._progress("write", closed, self._shards)
+        return writer.size
+
+    def abort_open(self) -> None:
+        for shard, writer in self.writers.items():
+            if shard not in self.closed:
+                writer.abort()
 
 
 def stream_shards(
@@ -97,6 +251,9 @@ def stream_shards(
 ) -> StreamReport:
     """Quantize the output ``shards`` of ``plan`` one after another into ``folder`` and upload each.
 
+    The dispatcher: units in shard order to the executor, each shard opened when the
+    disk gate admits it, each finished shard handed to the uploader.
+
     Args:
         open_reader: builds the reader for the units' input ranges (see ``ReaderFactory``).
         upload: ``upload(shard, path)``, returning once the shard is safe on the Hub.
@@ -112,148 +269,51 @@ def stream_shards(
         disk fills up below the budget (another process took the space).
     """
     units = [(shard, unit) for shard in shards for unit in work_units(plan, checkpoint, shard=shard)]
-    remaining = Counter(shard for shard, _ in units)
     expected = shard_sizes(plan)
-    upload_total = sum(expected[s] for s in shards)
-    state = _State()
-    writers: dict[str, ShardWriter] = {}
-    uploaded = 0
-
-    next_upload = 0  # index in ``shards`` of the next shard an uploader takes
-
-    def uploader() -> None:
-        """Take finished shards in order; several uploaders overlap one's hashing with another's transfer."""
-        nonlocal uploaded, next_upload
-        try:
-            while True:
-                with state.cond:
-                    if next_upload == len(shards) or state.failure is not None:
-                        return
-                    shard = shards[next_upload]
-                    next_upload += 1
-                    while shard not in state.finished and state.failure is None:
-                        state.cond.wait(_TICK_SECONDS)
-                        if shard not in state.finished and state.failure is None:
-                            state.cond.release()
-                            try:
-                                tick()
-                            finally:
-                                state.cond.acquire()
-                    if state.failure is not None:
-                        return
-                path = folder / shard
-                size = writers[shard].size
-                upload(shard, path)
-                path.unlink()
-                with state.cond:
-                    state.local_bytes -= size
-                    state.local_shards -= 1
-                    state.uploaded += 1
-                    uploaded += size
-                    # the total is estimated from the plan (headers generously): the last shard completes it
-                    done = upload_total if state.uploaded == len(shards) else min(uploaded, upload_total)
-                    state.cond.notify_all()
-                progress("upload", done, upload_total)
-                tick()
-        except BaseException as err:  # noqa: BLE001 - handed to the dispatcher, which raises it
-            state.fail(err)
-
-    def admit(shard: str) -> None:
-        """Wait until the shard fits the disk budget next to those on disk, then open it."""
-        size = expected[shard]
-        with state.cond:
-            while state.failure is None and state.local_shards and (
-                state.local_shards >= LOCAL_SHARDS or state.local_bytes + size > disk_budget
-            ):
-                state.cond.wait()
-            if state.failure is not None:
-                return
-            writer = _open_writer(folder, shard, plan)
-            writers[shard] = writer
-            state.local_bytes += writer.size
-            state.local_shards += 1
-            state.peak_disk = max(state.peak_disk, state.local_bytes)
-        logger.debug("Writing %s (%s; %s of output shards on disk)", shard, format_bytes(writer.size),
-                     format_bytes(state.local_bytes))
-
-    done_units = 0
-    done_shards = 0
-    device_for = cycle(devices)
+    failure = FirstFailure()
+    gate = DiskGate(disk_budget, LOCAL_SHARDS, failure)
+    uploader = Uploader(shards, folder, upload, tick, gate=gate, failure=failure, progress=progress,
+                        total=sum(expected[s] for s in shards))
+    local = _Shards(plan, folder, units, len(shards), progress)
 
     with open_reader([unit_reads(checkpoint, unit) for _, unit in units]) as reader:
         progress("quantize", 0, len(units))
         progress("write", 0, len(shards))
 
-        def run(shard: str, unit, device: torch.device) -> None:
-            nonlocal done_units, done_shards
+        def run(work: tuple[str, list[PlannedWeight]], device: torch.device) -> None:
+            shard, unit = work
             try:
-                with state.cond:
-                    if state.failure is not None:
-                        return
-                try:
-                    process_unit(plan, unit, reader, writers, device)
-                except OSError as err:
-                    raise _disk_error(err, folder, shard) from err
-                with state.cond:
-                    done_units += 1
-                    remaining[shard] -= 1
-                    last = remaining[shard] == 0
-                    units_now = done_units
-                progress("quantize", units_now, len(units))
-                if last:
-                    try:
-                        writers[shard].close()
-                    except OSError as err:
-                        raise _disk_error(err, folder, shard) from err
-                    with state.cond:
-                        done_shards += 1
-                        shards_now = done_shards
-                        state.finished.add(shard)
-                        state.cond.notify_all()
-                    progress("write", shards_now, len(shards))
-            except BaseException as err:  # noqa: BLE001 - the dispatcher raises the first failure
-                state.fail(err)
-            finally:
-                with state.cond:
-                    state.in_flight -= 1
-                    state.cond.notify_all()
+                process_unit(plan, unit, reader, local.writers, device)
+            except OSError as err:
+                raise _disk_error(err, folder, shard) from err
+            if local.unit_done(shard):
+                uploader.ready(shard, local.close(shard))
 
-        upload_threads = [threading.Thread(target=uploader, name=f"ptq-upload-{i}", daemon=True)
-                          for i in range(min(UPLOAD_THREADS, len(shards)))]
-        for thread in upload_threads:
-            thread.start()
+        uploader.start()
         try:
-            with torch_threads(workers), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ptq") as pool:
+            with torch_threads(workers), UnitExecutor(run, workers=workers, devices=devices, failure=failure) as pool:
                 for shard, unit in units:
-                    if shard not in writers:
-                        admit(shard)
-                    with state.cond:
-                        while state.failure is None and state.in_flight >= 2 * workers:
-                            state.cond.wait()
-                        if state.failure is not None:
-                            break
-                        state.in_flight += 1
-                    pool.submit(run, shard, unit, next(device_for))
-            for thread in upload_threads:
-                thread.join()
+                    if shard not in local.writers and not _admit(gate, local, shard, expected[shard]):
+                        break
+                    if not pool.submit((shard, unit)):
+                        break
         except BaseException as err:
-            state.fail(err)
-            for thread in upload_threads:
-                thread.join()
+            failure.set(err)
         finally:
-            for shard, writer in writers.items():
-                if shard not in state.finished:
-                    writer.abort()
-    if state.failure is not None:
-        raise state.failure
-    return StreamReport(shards=tuple(shards), peak_disk=state.peak_disk)
+            uploader.join()
+            local.abort_open()
+    failure.raise_if_set()
+    return StreamReport(shards=tuple(shards), peak_disk=gate.peak)
 
 
-def _open_writer(folder: Path, shard: str, plan: Plan) -> ShardWriter:
-    try:
-        return ShardWriter(folder / shard, plan.shard_outputs(shard))
-    except OSError as err:
-        raise _disk_error(err, folder, shard) from err
+def _admit(gate: DiskGate, local: _Shards, shard: str, needed: int) -> bool:
+    """Open ``shard`` once the gate has room for it; ``False`` when the job failed meanwhile."""
+    if not gate.admit(needed):
+        return False
+    gate.hold(local.open(shard).size)
+    logger.debug("Writing %s (%s; %s of output shards on disk)", shard, format_bytes(local.writers[shard].size),
+                 format_bytes(gate.bytes))
+    return True
 
 
 def _disk_error(err: OSError, folder: Path, shard: str) -> OSError:

@@ -26,7 +26,7 @@ from ptq_core.errors import ExpertLayoutError
 from ptq_core.experts import COLUMNS, INTERLEAVED, ROWS, ExpertRules, expert_part
 from ptq_core.job import make_job
 from ptq_core.parts import _unit_bytes
-from ptq_core.pipeline import unit_reads, work_units
+from ptq_core.units import unit_reads, work_units
 
 SCHEMES = ["NVFP4A16", "W4A16", "FP8_BLOCK"]
 E, H, I = 3, 128, 256  # I != H: a transposed or swapped axis cannot pass unnoticed
