@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, TextIO
 
 import ptq_core
 from ptq_core.constants import parse_bool
-from ptq_core.hub import resolve_token
+from ptq_core._http import resolve_token
 from ptq_core.job import Job
 from ptq_core.redact import install_redaction, redact, secret_forms
 from ptq_core.errors import DiskSpaceError, InvalidOptionError, PtqError, TargetRepoExistsError, TokenError
@@ -40,7 +40,7 @@ from ptq_core.errors import DiskSpaceError, InvalidOptionError, PtqError, Target
 from ._workflow import Console, append_file, format_outputs, split_list
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ptq_core.hub import HubResult
+    from ptq_core.hubjob import HubResult
 
 # Inputs a recipe replaces: giving one next to `config` is refused rather than ignored.
 _RECIPE_INPUTS = ("model", "ignore", "default-ignore", "observer", "target-repo", "private", "revision")

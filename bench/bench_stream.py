@@ -72,10 +72,10 @@ print(json.dumps({"seconds": time.perf_counter() - t, "cpu": cpu() - c, "hwm": h
 """
 STREAM = _HWM + """
 import json, os, signal, sys, time
-import ptq_core, ptq_core.hub
+import ptq_core, ptq_core.hubjob.stage
 kill_at = float(sys.argv[3])  # fraction of the upload after which the run kills itself (0: never)
 if sys.argv[6] != "default":  # seconds between staging commits
-    ptq_core.hub.STAGE_COMMIT_INTERVAL = float(sys.argv[6])
+    ptq_core.hubjob.stage.STAGE_COMMIT_INTERVAL = float(sys.argv[6])
 state = {}
 def progress(stage, done, total):
     state.setdefault(stage, time.perf_counter())
@@ -85,7 +85,7 @@ job = ptq_core.make_job(sys.argv[1], sys.argv[4], target=sys.argv[2], workers=in
 t, c = time.perf_counter(), cpu()
 result = ptq_core.quantize_to_hub(job, progress=progress)
 print(json.dumps({"seconds": time.perf_counter() - t, "cpu": cpu() - c, "hwm": hwm(), "timings": result.timings,
-                  "peak_disk": result.peak_disk, "footprint": result.plan.footprint._asdict(),
+                  "peak_disk": result.peak_disk, "footprint": result.footprint.as_dict(),
                   "size_after": result.size_after}))
 """
 PEER = _HWM + """

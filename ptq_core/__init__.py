@@ -44,15 +44,17 @@ _LAZY: dict[str, str] = {
     "canonical_scheme_name": "schemes",
     "scheme_repo_suffix": "schemes",
     # the one call the front ends make
-    "quantize_to_hub": "hub",
-    "plan_hub_model": "hub",
-    "default_target_repo": "hub",
-    "prepare_hub_job": "hub",
-    "run_hub_job": "hub",
-    "finalize_hub_job": "hub",
-    "plan_hub_parts": "hub",
-    "HubResult": "hub",
-    "PartsPlan": "hub",
+    "quantize_to_hub": "hubjob",
+    "plan_hub_model": "hubjob",
+    "default_target_repo": "hubjob",
+    "prepare_hub_job": "hubjob",
+    "run_hub_job": "hubjob",
+    "finalize_hub_job": "hubjob",
+    "plan_hub_parts": "hubjob",
+    "HubResult": "hubjob",
+    "PartsPlan": "hubjob",
+    "search_models": "hubjob",
+    "download_checkpoint": "hubjob",
     # safety helpers the front ends share
     "IgnoreMatcher": "matching",
     "validate_ignore": "matching",
@@ -81,16 +83,18 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from .hub import (
+    from .hubjob import (
         HubResult,
         PartsPlan,
         default_target_repo,
+        download_checkpoint,
         finalize_hub_job,
         plan_hub_model,
         plan_hub_parts,
         prepare_hub_job,
         quantize_to_hub,
         run_hub_job,
+        search_models,
     )
     from .job import Job, make_job
     from .pipeline import QuantizeResult, model_free_ptq, quantize_job

@@ -97,12 +97,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
     job = _job(args, args.source)
     if args.parts is not None:
-        from .hub import plan_hub_parts
+        from .hubjob import plan_hub_parts
 
         parts = plan_hub_parts(job, args.parts)
         print(json.dumps(parts.matrix()) if args.json else parts.plan.to_markdown() + "\n" + parts.to_markdown())
         return 0
-    from .hub import plan_hub_model
+    from .hubjob import plan_hub_model
 
     plan = plan_hub_model(job)
     print(json.dumps(plan.summary()) if args.json else plan.to_markdown())
@@ -110,7 +110,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .hub import finalize_hub_job, quantize_to_hub
+    from .hubjob import finalize_hub_job, quantize_to_hub
 
     job = _job(args, args.source)
     if args.finalize is not None:

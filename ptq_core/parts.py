@@ -9,7 +9,8 @@ in one output shard), so output shards are the unit of everything here:
 * **budgets**: the local disk the job may fill (finished shards waiting for
   upload) and the memory it may use, by default derived from what is free;
 * **footprint**: the peak disk and RAM the streamed job will use, shown by the
-  plan before anything runs;
+  plan before anything runs, and the one verdict on whether it fits the budgets
+  (``Footprint.fits``: what the Space shows is what the core enforces);
 * **fingerprint**: a short hash of everything that decides the output bytes
   (source, pinned commit, scheme and config, ignore list, observer, tool version),
   which names the staging branch and is checked before parts are combined.
@@ -30,15 +31,16 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import tensor_nbytes
-from .errors import DiskSpaceError, InvalidOptionError, MemoryBudgetError
+from .errors import DiskSpaceError, InvalidOptionError, MemoryBudgetError, PtqError
 from .experts import is_contiguous
 from .job import MAX_PARTS, Job
-from .plan import Footprint, Plan, PlannedWeight
+from .plan import Plan, PlannedWeight
 from .sizes import format_bytes
 
 __all__ = [
     "LOCAL_SHARDS",
     "Budgets",
+    "Footprint",
     "default_disk_budget",
     "default_ram_budget",
     "estimate_footprint",
@@ -106,6 +108,80 @@ class Budgets:
     ram: int
     window: int  # bytes fetched ahead of the workers
     workers: int  # worker threads that fit the RAM budget (at most the job's)
+    disk_from: str = "disk_budget"  # where ``disk`` comes from, for a refusal's message
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """The most a streamed job of a plan holds at once, and the one verdict on whether it fits its budgets.
+
+    ``peak_disk``: output shards written and not yet confirmed on the Hub, never above
+    ``disk_budget`` unless one shard alone is larger. ``peak_ram``: read-ahead buffers
+    plus the tensors the workers hold, an upper estimate that leaves out the interpreter.
+    What decides: the largest output shard against the disk budget (a shard is written
+    whole before it is uploaded), and the memory the largest work unit needs against the
+    RAM budget (fewer workers make room for the rest). ``prepare_hub_job`` raises
+    :meth:`refusal`; the Space shows :attr:`verdict`; both read :attr:`fits`.
+    """
+
+    peak_disk: int
+    peak_ram: int
+    disk_budget: int
+    ram_budget: int
+    largest_shard: str = ""
+    largest_shard_bytes: int = 0
+    largest_unit: str = ""  # "tensor x", "fused group (...)", "expert 3 of x"
+    largest_unit_bytes: int = 0
+    unit_ram: int = 0  # memory one worker needs for the largest unit
+    disk_from: str = "disk_budget"
+
+    @property
+    def fits(self) -> bool:
+        """Whether the streamed job runs within both budgets."""
+        return self.refusal() is None
+
+    @property
+    def verdict(self) -> str:
+        """One sentence: fits, or why not and what to do (the message of the error the core raises)."""
+        refusal = self.refusal()
+        if refusal is not None:
+            return str(refusal)
+        return (f"Fits: at most {format_bytes(self.peak_disk)} of disk (budget {format_bytes(self.disk_budget)}) and "
+                f"about {format_bytes(self.peak_ram)} of RAM (budget {format_bytes(self.ram_budget)}) at once.")
+
+    def refusal(self) -> PtqError | None:
+        """The error a job of this footprint is refused with, or ``None`` when it fits."""
+        if self.largest_shard_bytes > self.disk_budget:
+            return DiskSpaceError(
+                f"Output shard {self.largest_shard} needs {format_bytes(self.largest_shard_bytes)} on local disk "
+                f"before it is uploaded, more than the disk budget of {format_bytes(self.disk_budget)} "
+                f"({self.disk_from}). Free some space, pass work_dir= on a larger disk, or raise disk_budget "
+                "(--disk-budget)."
+            )
+        if self.unit_ram > self.ram_budget:
+            return MemoryBudgetError(
+                f"The {self.largest_unit} is {format_bytes(self.largest_unit_bytes)}; quantizing it needs about "
+                f"{format_bytes(self.unit_ram)} of memory, more than the {format_bytes(self.ram_budget)} this job may "
+                "use (80% of the available memory). Run it on a machine with more memory, or add the module to ignore "
+                "to copy it as is."
+            )
+        return None
+
+    def check(self) -> None:
+        """Raise :meth:`refusal`, if any.
+
+        Raises:
+            DiskSpaceError: one output shard is larger than the disk budget.
+            MemoryBudgetError: one work unit (a tensor, or a fused group) needs more memory than the RAM budget.
+        """
+        refusal = self.refusal()
+        if refusal is not None:
+            raise refusal
+
+    def as_dict(self) -> dict[str, int]:
+        """Peaks and budgets, JSON-ready (a plan's summary)."""
+        return {"peak_disk": self.peak_disk, "peak_ram": self.peak_ram, "disk_budget": self.disk_budget,
+                "ram_budget": self.ram_budget}
 
 
 def _unit_bytes(plan: Plan) -> dict[int | str | tuple[str, int], int]:
@@ -161,41 +237,19 @@ def shard_costs(plan: Plan) -> dict[str, int]:
     return costs
 
 
-def resolve_budgets(plan: Plan, job: Job, work_root: Path, *, check: bool = True) -> Budgets:
-    """The budgets of a streamed job of ``plan``; with ``check``, refuse only what cannot fit even streamed.
+def resolve_budgets(plan: Plan, job: Job, work_root: Path) -> Budgets:
+    """The budgets of a streamed job of ``plan``: the job's ``disk_budget`` or the default, RAM, window, workers.
 
-    Raises:
-        DiskSpaceError: one output shard is larger than the disk budget.
-        MemoryBudgetError: one work unit (a tensor, or a fused group) needs more memory than the RAM budget.
+    Nothing is refused here: :meth:`Footprint.check` says whether the job fits them.
     """
     disk = job.disk_budget if job.disk_budget is not None else default_disk_budget(work_root)
+    disk_from = "disk_budget" if job.disk_budget is not None else f"90% of the free space in {work_root}, minus a margin"
     ram = default_ram_budget()
-    sizes = shard_sizes(plan)
-    if check and sizes:
-        largest = max(sizes, key=lambda s: sizes[s])
-        if sizes[largest] > disk:
-            source = ("disk_budget" if job.disk_budget is not None
-                      else f"90% of the free space in {work_root}, minus a margin")
-            raise DiskSpaceError(
-                f"Output shard {largest} needs {format_bytes(sizes[largest])} on local disk before it is uploaded, "
-                f"more than the disk budget of {format_bytes(disk)} ({source}). Free some space, pass work_dir= on a "
-                "larger disk, or raise disk_budget (--disk-budget)."
-            )
-    units = _unit_bytes(plan)
-    biggest = max(units.values(), default=0)
+    biggest = max(_unit_bytes(plan).values(), default=0)
     per_worker = 2 * biggest + _SCRATCH_BYTES
-    if check and per_worker > ram:
-        name = max(units, key=lambda u: units[u])
-        what = (f"fused group {plan.fused_groups[name].members}" if isinstance(name, int)
-                else f"expert {name[1]} of {name[0]}" if isinstance(name, tuple) else f"tensor {name}")
-        raise MemoryBudgetError(
-            f"The {what} is {format_bytes(biggest)}; quantizing it needs about {format_bytes(per_worker)} of memory, "
-            f"more than the {format_bytes(ram)} this job may use (80% of the available memory). Run it on a "
-            "machine with more memory, or add the module to ignore to copy it as is."
-        )
     window = min(_WINDOW_MAX, max(_WINDOW_MIN, ram // 8, biggest))
     workers = max(1, min(job.workers, (ram - window) // per_worker))
-    return Budgets(disk=disk, ram=ram, window=window, workers=workers)
+    return Budgets(disk=disk, ram=ram, window=window, workers=workers, disk_from=disk_from)
 
 
 def estimate_footprint(plan: Plan, budgets: Budgets, shards: Sequence[str]) -> Footprint:
@@ -204,6 +258,7 @@ def estimate_footprint(plan: Plan, budgets: Budgets, shards: Sequence[str]) -> F
     Disk: at most ``LOCAL_SHARDS`` consecutive output shards are local at once, fewer
     when they would not fit the budget together. RAM: the read-ahead window plus, per
     worker, the largest unit twice (fetched span and input buffer) and its scratch buffers.
+    The verdict weighs the whole plan's largest shard and unit, whichever part runs.
     """
     sizes = shard_sizes(plan)
     order = list(shards)
@@ -219,7 +274,21 @@ def estimate_footprint(plan: Plan, budgets: Budgets, shards: Sequence[str]) -> F
     biggest = max(units.values(), default=0)
     read_ahead = min(budgets.window, sum(units.values()))
     peak_ram = read_ahead + budgets.workers * (2 * biggest + min(_SCRATCH_BYTES, 4 * biggest))
-    return Footprint(peak_disk=peak_disk, peak_ram=peak_ram, disk_budget=budgets.disk, ram_budget=budgets.ram)
+    largest = max(sizes, key=lambda s: sizes[s]) if sizes else ""
+    return Footprint(
+        peak_disk=peak_disk, peak_ram=peak_ram, disk_budget=budgets.disk, ram_budget=budgets.ram,
+        largest_shard=largest, largest_shard_bytes=sizes.get(largest, 0),
+        largest_unit=_describe_unit(plan, max(units, key=lambda u: units[u])) if units else "",
+        largest_unit_bytes=biggest, unit_ram=2 * biggest + _SCRATCH_BYTES, disk_from=budgets.disk_from,
+    )
+
+
+def _describe_unit(plan: Plan, key: int | str | tuple[str, int]) -> str:
+    if isinstance(key, int):
+        return f"fused group {plan.fused_groups[key].members}"
+    if isinstance(key, tuple):
+        return f"expert {key[1]} of {key[0]}"
+    return f"tensor {key}"
 
 
 def split_parts(plan: Plan, parts: int) -> tuple[tuple[str, ...], ...]:

@@ -20,11 +20,11 @@ from typing import Iterable, Sequence
 
 import torch
 
-from .checkpoint import open_checkpoint, read_config
 from .convert import output_quantization_config
 from .errors import InvalidOptionError
 from .job import Job, make_job
-from .plan import Plan, check_merged_config, plan_model
+from .job_plan import plan_job
+from .plan import Plan, check_merged_config
 from .source import ProgressCallback, resolve_source
 from .sizes import compression_ratio
 from .units import LocalReader, TensorReader, UnitExecutor, process_unit, torch_threads, work_units
@@ -177,9 +177,8 @@ def quantize_job(
 
     t = time.perf_counter()
     notify("validate", 0, 1)
-    checkpoint = open_checkpoint(source)
-    config = read_config(source)
-    plan = plan_model(checkpoint, job.resolved, config, job.converters, append=job.append, tp=job.tp)
+    planned = plan_job(job, source)
+    checkpoint, config, plan = planned.checkpoint, planned.config, planned.plan
     merged = output_quantization_config(config, plan.source, plan.resolved, {i.module: i.group for i in plan.quantized},
                                         {i.module for i in plan.items if i.name.endswith((".weight", ".weight_packed"))})
     if merged.earlier_groups:

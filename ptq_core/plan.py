@@ -56,7 +56,6 @@ from .sizes import compression_ratio, format_bytes
 from .tensor_parallel import TP_SIZES, TensorParallelReport, tensor_parallel_report
 
 __all__ = [
-    "Footprint",
     "FusedGroup",
     "OutputTensor",
     "Plan",
@@ -151,20 +150,6 @@ class FusedGroup:
         return len(set(self.source_shards)) > 1
 
 
-class Footprint(NamedTuple):
-    """The most a streamed Hub job of a plan holds at once (computed by ``parts.estimate_footprint``).
-
-    ``peak_disk``: output shards written and not yet confirmed on the Hub, never above
-    ``disk_budget``. ``peak_ram``: read-ahead buffers plus the tensors the workers hold,
-    an upper estimate that leaves out the interpreter itself.
-    """
-
-    peak_disk: int
-    peak_ram: int
-    disk_budget: int
-    ram_budget: int
-
-
 @dataclass(frozen=True)
 class Plan:
     """The whole job, decided before any tensor is read.
@@ -195,7 +180,6 @@ class Plan:
     specs: Mapping[str, WeightSpec] = field(default_factory=dict)
     unmatched_ignore: tuple[str, ...] = ()
     source: SourcePlan = field(default_factory=lambda: DENSE_SOURCE)
-    footprint: Footprint | None = None
     defaults: tuple[DefaultIgnore, ...] = ()
     tensor_parallel: TensorParallelReport | None = None
 
@@ -244,7 +228,6 @@ class Plan:
             "source": self.source.format.name,
             "ignore": self.resolved.ignore,
             "unmatched_ignore": list(self.unmatched_ignore),
-            **(self.footprint._asdict() if self.footprint else {}),  # peak_disk, peak_ram, budgets
         }
 
     def to_markdown(self, *, max_examples: int = 3) -> str:
@@ -293,11 +276,6 @@ class Plan:
         if not self.quantized:
             lines += ["", "**warning:** nothing to quantize with this scheme and ignore list: the output would "
                       "be a copy of the input, written without a quantization_config."]
-        if self.footprint is not None:
-            fp = self.footprint
-            lines += ["", "| streamed Hub job | peak | budget |", "|---|---:|---:|",
-                      f"| disk: output shards awaiting upload | {format_bytes(fp.peak_disk)} | {format_bytes(fp.disk_budget)} |",
-                      f"| RAM: read-ahead + tensors in flight | {format_bytes(fp.peak_ram)} | {format_bytes(fp.ram_budget)} |"]
         return "\n".join(lines) + "\n"
 
 

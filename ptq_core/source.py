@@ -58,6 +58,7 @@ class SourceState:
     files: Mapping[str, int]  # path -> bytes
     card_data: Mapping[str, Any]
     weight_map: Mapping[str, str] | None = None  # the index's tensor -> shard, if the repo has one
+    config: Mapping[str, Any] | None = None  # config.json, read once (it is the access probe)
 
     @property
     def shards(self) -> tuple[str, ...]:
@@ -145,21 +146,23 @@ def inspect_source(http: HubHttp, repo_id: str, revision: str | None) -> SourceS
         )
         siblings.update({e.path: getattr(e, "size", 0) or 0 for e in entries})
     wanted, weight_map = _weights_from_index(http, repo_id, sha, wanted)
-    probe_access(http, repo_id, sha, wanted)
+    config = probe_access(http, repo_id, sha, wanted)
     card_data = info.card_data.to_dict() if info.card_data is not None else {}
     if not card_data and "README.md" in siblings:
         card_data = _fetch_card_data(http, repo_id, sha)
     files = {path: int(siblings.get(path) or 0) for path in wanted}
     logger.info("Source %s@%s: %d files to download (%d bytes)", repo_id, sha[:10], len(files), sum(files.values()))
     return SourceState(repo_id=repo_id, revision=revision, sha=sha, files=files, card_data=card_data,
-                       weight_map=weight_map)
+                       weight_map=weight_map, config=config)
 
 
-def probe_access(http: HubHttp, repo_id: str, revision: str, paths: Sequence[str]) -> None:
-    """model_info is readable on gated repos, the files are not: HEAD one file to find out."""
+def probe_access(http: HubHttp, repo_id: str, revision: str, paths: Sequence[str]) -> dict[str, Any] | None:
+    """model_info is readable on gated repos, the files are not: read ``config.json`` (returned), or HEAD one file."""
     from huggingface_hub.errors import RemoteEntryNotFoundError
 
-    probe = "config.json" if "config.json" in paths else paths[0]
+    if "config.json" in paths:  # the job needs it anyway: reading it is the probe
+        return read_hub_config(http, repo_id, revision)
+    probe = paths[0]
     try:
         http.call(
             "read files of the source repo",
@@ -174,6 +177,7 @@ def probe_access(http: HubHttp, repo_id: str, revision: str, paths: Sequence[str
         )
     except RemoteEntryNotFoundError:
         pass  # a missing probe file is fine: access was granted
+    return None
 
 
 def read_hub_config(http: HubHttp, repo_id: str, revision: str | None) -> dict[str, Any] | None:

@@ -138,7 +138,7 @@ def search_models(query: str, recent: list[str] | None = None, oauth_token: gr.O
         return list(recent or [])[:SEARCH_LIMIT]
     found: list[str] = []
     try:
-        from ptq_core.hub import search_models as hub_search
+        from ptq_core.hubjob import search_models as hub_search
 
         found = hub_search(query, limit=SEARCH_LIMIT, token=_token_from(oauth_token))
     except Exception as err:  # noqa: BLE001 - suggestions are a convenience: never fail the page over them
@@ -169,14 +169,14 @@ def preview_model(model_id: str | None, scheme: str, recent: list[str] | None, o
         return _pick_a_model(), "", "", gr.Button(interactive=False), recent
     token = _token_from(oauth_token)
     try:
-        plan = ptq_core.plan_hub_model(model_id, scheme, token=token, hub_only=True)
+        planned = ptq_core.plan_hub_model(model_id, scheme, token=token, hub_only=True)
     except PtqError as err:
         # Keep the loader-safe defaults in the box: a later scheme change re-plans with them.
         defaults = "\n".join(ptq_core.DEFAULT_IGNORE)
         return _refusal(model_id, scheme, err, token), defaults, "", gr.Button(interactive=False), recent
-    ignore = ptq_core.suggest_ignore(plan)
+    ignore = ptq_core.suggest_ignore(planned.plan)
     recent = [model_id, *[m for m in recent if m != model_id]][:RECENT_LIMIT]
-    text, ok = _plan_markdown(model_id, plan)
+    text, ok = _plan_markdown(model_id, planned)
     return text, "\n".join(ignore), _default_target(model_id, scheme, token), gr.Button(interactive=ok), recent
 
 
@@ -188,12 +188,12 @@ def preview_plan(model_id: str | None, scheme: str, ignore_text: str, oauth_toke
     token = _token_from(oauth_token)
     try:
         # The box holds the whole list (pre-filled with the defaults this model has), so it replaces them.
-        plan = ptq_core.plan_hub_model(
+        planned = ptq_core.plan_hub_model(
             model_id, scheme, ignore=parse_ignore(ignore_text), default_ignore=False, token=token, hub_only=True
         )
     except PtqError as err:
         return _refusal(model_id, scheme, err, token), gr.Button(interactive=False)
-    text, ok = _plan_markdown(model_id, plan)
+    text, ok = _plan_markdown(model_id, planned)
     return text, gr.Button(interactive=ok)
 
 
@@ -348,7 +348,7 @@ def _token_from(oauth_token: gr.OAuthToken | None) -> str | None:
 
 def _local_token() -> str | None:
     """The token Gradio's local sign-in mock stands for: ``HF_TOKEN``, then the cached login."""
-    from ptq_core.hub import resolve_token
+    from ptq_core._http import resolve_token
 
     return resolve_token(None, required=False)
 
@@ -377,44 +377,38 @@ def _jobs_root() -> Path:
     return root
 
 
-def free_disk_bytes() -> int:
-    """Free bytes where jobs download and write (tests replace this)."""
-    return shutil.disk_usage(_jobs_root()).free
-
-
-def _plan_markdown(model_id: str, plan: Any) -> tuple[str, bool]:
-    """The plan table, the disk and RAM check of the streamed job, and whether it can run.
+def _plan_markdown(model_id: str, planned: Any) -> tuple[str, bool]:
+    """The plan table, the streamed job's disk and RAM against its budgets, and whether it can run.
 
     Jobs stream (tensors read over HTTP, each output shard uploaded then deleted), so a
-    model larger than this Space's disk runs; only a job whose few in-flight shards or
-    tensors cannot fit is refused.
+    model larger than this Space's disk runs. Whether it fits is the core's verdict
+    (``footprint.fits``): the job itself is refused by the same rule, in the same words.
     """
-    free = free_disk_bytes()
+    plan, footprint = planned.plan, planned.footprint
     quantized = len(plan.quantized)
     head = f"**Source:** `{model_id}` · {quantized} tensor(s) to quantize · {len(plan.skipped)} not quantized"
     if not quantized:
         return (
             (
-                f"{head}\n\n{plan.to_markdown()}\n**Nothing to quantize** with this scheme and ignore list: "
+                f"{head}\n\n{planned.to_markdown()}\n**Nothing to quantize** with this scheme and ignore list: "
                 "the new repo would be a copy. Shorten the ignore list or pick another model."
             ),
             False,
         )
-    footprint = plan.footprint
     disk = (
-        f"**Streamed:** at most {format_bytes(footprint.peak_disk)} of disk ({format_bytes(free)} free on this "
-        f"Space) and about {format_bytes(footprint.peak_ram)} of RAM at once, whatever the model's size "
+        f"**Streamed:** at most {format_bytes(footprint.peak_disk)} of disk (budget {format_bytes(footprint.disk_budget)} "
+        f"on this Space) and about {format_bytes(footprint.peak_ram)} of RAM at once, whatever the model's size "
         f"({format_bytes(plan.size_before)})."
     )
-    if footprint.peak_disk > free or footprint.peak_ram > footprint.ram_budget:
+    if not footprint.fits:
         return (
             (
-                f"{head}\n\n{plan.to_markdown()}\n**Too large for this Space, even streamed.** {disk} "
-                "Run it on your own machine with `ptq run` or the GitHub Action."
+                f"{head}\n\n{planned.to_markdown()}\n**Too large for this Space, even streamed.** {disk} "
+                f"{footprint.verdict} Run it on your own machine with `ptq run` or the GitHub Action."
             ),
             False,
         )
-    return f"{head}\n\n{plan.to_markdown()}\n{disk} **Ready to run.**", True
+    return f"{head}\n\n{planned.to_markdown()}\n{disk} **Ready to run.**", True
 
 
 def _refusal(model_id: str, scheme: str, err: PtqError, token: str | None) -> str:

@@ -267,7 +267,7 @@ def test_the_front_ends_dequantize_a_compressed_tensors_source_instead(llama, tm
 def test_a_streamed_compressed_tensors_source_equals_a_local_run(hub, llama, tmp_path):
     """Hub jobs read a converted module's tensors by Range, each once, and convert them in memory."""
     import ptq_core
-    from ptq_core.hub import quantize_to_hub
+    from ptq_core.hubjob import quantize_to_hub
     from ptq_core.job import make_job
 
     source = tmp_path / "nvfp4"
@@ -314,7 +314,7 @@ def test_a_lone_bf16_fp8_block_dequantizer_is_replaced_by_the_fused_decode_and_o
 
 
 def test_hub_jobs_refuse_converter_objects_before_any_request(hub):
-    from ptq_core.hub import plan_hub_model, plan_hub_parts, quantize_to_hub
+    from ptq_core.hubjob import plan_hub_model, plan_hub_parts, quantize_to_hub
     from ptq_core.job import make_job
 
     for job in (make_job("bob/tiny", "W4A16", converters=Rescale()), make_job("bob/tiny", "W4A16", append=True)):

@@ -308,7 +308,7 @@ def test_streamed_hub_job_splits_transposed_experts_like_a_local_run(hub, tmp_pa
         assert hub.read_file(result.repo_id, path.name) == path.read_bytes(), path.name
     got = load_tensors(local)
     assert "language_model.model.layers.1.feed_forward.experts.2.up_proj.weight_packed" in got
-    assert result.plan.footprint is not None
+    assert result.footprint is not None
     # and equal to the per-expert source's output
     per_expert = llama4(tmp_path / "l4-per-expert", fused=False, layers=2)
     ptq_core.quantize_job(make_job(str(per_expert), scheme, ignore=["re:.*router$"]), tmp_path / "local-pe")

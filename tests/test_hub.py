@@ -22,7 +22,6 @@ from huggingface_hub import HfApi, ModelCard, snapshot_download
 from huggingface_hub.errors import RepositoryNotFoundError
 
 import ptq_core
-from ptq_core import hub as hub_module
 from ptq_core.errors import (
     CalibrationRequiredError,
     DiskSpaceError,
@@ -36,13 +35,14 @@ from ptq_core.errors import (
     TargetRepoExistsError,
     TokenError,
 )
-from ptq_core.hub import (
+from ptq_core.hubjob import (
     HubResult,
     default_target_repo,
     plan_hub_model,
     quantize_to_hub,
-    select_repo_files,
 )
+from ptq_core.redact import redact
+from ptq_core.repo_files import select_repo_files
 
 ALICE, BOB, CAROL = "hf_test_alice", "hf_test_bob", "hf_test_readonly"
 SOURCE = "bob/tiny-llama"
@@ -426,8 +426,8 @@ def test_source_without_safetensors(hub, work_dir):
 
 # --- plan_hub_model ---------------------------------------------------------------------
 def test_plan_hub_model_reads_headers_only(hub, source, checkpoint):
-    plan = plan_hub_model(source, "NVFP4A16")
-    local = plan_hub_model(str(checkpoint), "NVFP4A16")  # the same job planned from a local copy
+    plan = plan_hub_model(source, "NVFP4A16").plan
+    local = plan_hub_model(str(checkpoint), "NVFP4A16").plan  # the same job planned from a local copy
     assert (plan.size_before, plan.size_after) == (local.size_before, local.size_after)
     assert dict(plan.skipped) == dict(local.skipped)
     assert "lm_head.weight" in plan.skipped
@@ -511,9 +511,9 @@ def test_select_repo_files():
 
 
 def test_redaction():
-    assert hub_module.redact("token hf_test_alice leaked", "hf_test_alice") == "token *** leaked"
-    assert "hf_abcdefghijklmnopqrstuvwxyz12" not in hub_module.redact("x hf_abcdefghijklmnopqrstuvwxyz12 y", None)
-    assert hub_module.redact("Authorization: Bearer abc.def", None) == "Authorization: Bearer ***"
+    assert redact("token hf_test_alice leaked", "hf_test_alice") == "token *** leaked"
+    assert "hf_abcdefghijklmnopqrstuvwxyz12" not in redact("x hf_abcdefghijklmnopqrstuvwxyz12 y", None)
+    assert redact("Authorization: Bearer abc.def", None) == "Authorization: Bearer ***"
 
 
 def test_hub_result_to_markdown():

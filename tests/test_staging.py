@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from factory import make_checkpoint
 
-from ptq_core import hub as hub_module
+from ptq_core.hubjob import stage as hub_module
 from ptq_core.errors import TargetChangedError, TargetRepoExistsError
-from ptq_core.hub import quantize_to_hub
+from ptq_core.hubjob import quantize_to_hub
 from ptq_core.staging import BRANCH_PREFIX, FINGERPRINT_TRAILER
 
 ALICE = "hf_test_alice"

@@ -29,7 +29,7 @@ from huggingface_hub import HfApi
 import ptq_core
 from ptq_core import _http as hub_http
 from ptq_core import cli, parts, stream
-from ptq_core import hub as hub_module
+from ptq_core.hubjob import stage as hub_module
 from ptq_core.errors import (
     DiskSpaceError,
     HubNetworkError,
@@ -38,7 +38,7 @@ from ptq_core.errors import (
     PartMismatchError,
     SourceChangedError,
 )
-from ptq_core.hub import finalize_hub_job, plan_hub_model, plan_hub_parts, prepare_hub_job, quantize_to_hub, run_hub_job
+from ptq_core.hubjob import finalize_hub_job, plan_hub_model, plan_hub_parts, prepare_hub_job, quantize_to_hub, run_hub_job
 from ptq_core.job import make_job
 from ptq_core.remote import RemoteReader, open_remote_checkpoint
 from ptq_core.source import inspect_source
@@ -187,7 +187,7 @@ def test_disk_budget_below_the_model_bounds_the_measured_peak(hub, llama, tmp_pa
 
     result = quantize_to_hub(SOURCE, "FP8_BLOCK", token=ALICE, work_dir=work, disk_budget=budget, progress=progress)
 
-    assert result.plan.footprint.disk_budget == budget and result.plan.footprint.peak_disk <= budget
+    assert result.footprint.disk_budget == budget and result.footprint.peak_disk <= budget
     assert 0 < peak <= budget and 0 < result.peak_disk <= budget
     assert peak < result.size_after  # never the whole output at once
     _assert_equals_local(hub, result.repo_id, local_run(llama, "FP8_BLOCK"))
@@ -245,9 +245,9 @@ def test_parts_never_split_a_fused_group(moe):
 # --- resume --------------------------------------------------------------------------
 _KILL_AFTER_FIRST_STAGED = """
 import os, signal, sys
-import ptq_core, ptq_core.hub
+import ptq_core, ptq_core.hubjob.stage
 
-ptq_core.hub.STAGE_COMMIT_INTERVAL = 0  # stage each shard as it is uploaded (default: once a minute)
+ptq_core.hubjob.stage.STAGE_COMMIT_INTERVAL = 0  # stage each shard as it is uploaded (default: once a minute)
 
 def progress(stage, done, total):
     if stage == "stage" and done >= 1:
