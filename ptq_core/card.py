@@ -91,13 +91,7 @@ def render_model_card(
         >>> "base_model_relation: quantized" in card
         True
     """
-    for name, value in (("source", source), ("target", target), ("scheme", scheme)):
-        if not isinstance(value, str) or not value.strip():
-            raise InvalidOptionError(f"render_model_card needs a non-empty {name}, got {value!r}.")
-    if size_before < 0 or size_after < 0:
-        raise InvalidOptionError(
-            f"Sizes must be byte counts >= 0, got size_before={size_before}, size_after={size_after}."
-        )
+    _check_arguments(source, target, scheme, size_before, size_after)
     if tool_version is None:
         from . import __version__ as tool_version
     date = date or _dt.datetime.now(_dt.timezone.utc).date()
@@ -107,24 +101,24 @@ def render_model_card(
 
     front = _front_matter(source, scheme, dict(source_card_data or {}))
     body = _body(
-        source=source,
-        target=target,
-        scheme=scheme,
-        size_before=size_before,
-        size_after=size_after,
-        ignore=list(ignore),
-        revision=revision,
-        plan=plan,
-        scheme_description=scheme_description,
-        scheme_format=scheme_format,
-        observer=observer,
-        tool_version=str(tool_version),
-        date=date,
+        source=source, target=target, scheme=scheme, size_before=size_before, size_after=size_after,
+        ignore=list(ignore), revision=revision, plan=plan, scheme_description=scheme_description,
+        scheme_format=scheme_format, observer=observer, tool_version=str(tool_version), date=date,
         source_url=f"{endpoint.rstrip('/')}/{source}",
     )
     text = "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---\n\n" + body
     _check_parses(text)
     return text
+
+
+def _check_arguments(source: str, target: str, scheme: str, size_before: int, size_after: int) -> None:
+    for name, value in (("source", source), ("target", target), ("scheme", scheme)):
+        if not isinstance(value, str) or not value.strip():
+            raise InvalidOptionError(f"render_model_card needs a non-empty {name}, got {value!r}.")
+    if size_before < 0 or size_after < 0:
+        raise InvalidOptionError(
+            f"Sizes must be byte counts >= 0, got size_before={size_before}, size_after={size_after}."
+        )
 
 
 def scheme_tag(scheme: str) -> str:
@@ -183,14 +177,22 @@ def _body(
     date: _dt.date,
     source_url: str,
 ) -> str:
-    name = target.split("/")[-1]
-    ratio = compression_ratio(size_before, size_after)
-    saved = (1 - size_after / size_before) * 100 if size_before else 0.0
-    ignore_text = ", ".join(f"`{_md_cell(p)}`" for p in ignore) if ignore else "none"
-    revision_text = f"`{revision}`" if revision else "default branch"
+    rows = _quantization_rows(scheme, scheme_description, scheme_format, plan, observer)
+    rows += [
+        f"| ignore list | {', '.join(f'`{_md_cell(p)}`' for p in ignore) if ignore else 'none'} |",
+        f"| source revision | {f'`{revision}`' if revision else 'default branch'} |",
+        f"| tool | ptq-hub {_md_cell(tool_version)} |",
+        f"| date | {date.isoformat()} |",
+    ]
+    lines = [*_intro_lines(source, target, scheme, source_url), *rows, *_plan_lines(plan),
+             *_size_lines(size_before, size_after), *_usage_lines(target)]
+    return "\n".join(lines)
 
-    lines = [
-        f"# {name}",
+
+def _intro_lines(source: str, target: str, scheme: str, source_url: str) -> list[str]:
+    """The title, what was done, where the model's own card is, and the head of the quantization table."""
+    return [
+        f"# {target.split('/')[-1]}",
         "",
         (
             f"This is [{source}]({source_url}) quantized to **{scheme}** in the "
@@ -208,23 +210,28 @@ def _body(
         "",
         "| | |",
         "|---|---|",
-        f"| scheme | `{scheme}`: {_md_cell(scheme_description)} |",
     ]
+
+
+def _quantization_rows(
+    scheme: str, scheme_description: str, scheme_format: str | None, plan: Any | None, observer: str | None
+) -> list[str]:
+    """Scheme, format, the source's own format when it was dequantized first, the observer."""
+    rows = [f"| scheme | `{scheme}`: {_md_cell(scheme_description)} |"]
     if scheme_format:
-        lines.append(f"| format | compressed-tensors `{_md_cell(scheme_format)}` |")
+        rows.append(f"| format | compressed-tensors `{_md_cell(scheme_format)}` |")
     source_format = getattr(getattr(plan, "source", None), "format", None)
     if source_format is not None and source_format.is_quantized:  # FP8 blocks, AWQ...: dequantized first
-        lines.append(f"| source weights | {_md_cell(source_format.summary)} |")
+        rows.append(f"| source weights | {_md_cell(source_format.summary)} |")
     if observer:
-        lines.append(f"| weight observer | `{_md_cell(observer)}`: {_md_cell(_observer_line(observer))} |")
-    lines += [
-        f"| ignore list | {ignore_text} |",
-        f"| source revision | {revision_text} |",
-        f"| tool | ptq-hub {_md_cell(tool_version)} |",
-        f"| date | {date.isoformat()} |",
-    ]
-    lines += _plan_lines(plan)
-    lines += [
+        rows.append(f"| weight observer | `{_md_cell(observer)}`: {_md_cell(_observer_line(observer))} |")
+    return rows
+
+
+def _size_lines(size_before: int, size_after: int) -> list[str]:
+    ratio = compression_ratio(size_before, size_after)
+    saved = (1 - size_after / size_before) * 100 if size_before else 0.0
+    return [
         "",
         "## Size",
         "",
@@ -235,6 +242,12 @@ def _body(
         f"| ratio | {ratio:.2f}x smaller | {saved:.1f}% saved |",
         "",
         "Sizes count the safetensors weights only.",
+    ]
+
+
+def _usage_lines(target: str) -> list[str]:
+    """How to run it: vLLM and transformers."""
+    return [
         "",
         "## How to use",
         "",
@@ -257,7 +270,6 @@ def _body(
         "```",
         "",
     ]
-    return "\n".join(lines)
 
 
 def _plan_lines(plan: Any | None) -> list[str]:
