@@ -33,7 +33,7 @@ import yaml
 from factory import make_checkpoint
 
 import ptq_core
-from ptq_core import constants
+from ptq_core import constants, parts
 from ptq_core import _http as hub_http
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -284,18 +284,38 @@ def test_preview_refuses_shapes_the_scheme_cannot_split(hub, odd_checkpoint):
     assert "Ready to run" in plan_md and _interactive(button) is True
 
 
+def _free_space(monkeypatch, free: int) -> None:
+    """Pretend every disk has ``free`` bytes free: the core derives its disk budget from it."""
+    usage = shutil.disk_usage("/")
+    monkeypatch.setattr(parts.shutil, "disk_usage", lambda path: usage._replace(free=free))
+
+
 def test_preview_runs_a_model_larger_than_the_disk_and_refuses_what_cannot_fit_streamed(hub, source, monkeypatch):
-    plan = ptq_core.plan_hub_model(SOURCE, "FP8_BLOCK", token=_token().token)
+    plan = ptq_core.plan_hub_model(SOURCE, "FP8_BLOCK", token=_token().token).plan
     largest_shard = max(sum(o.nbytes for o in plan.shard_outputs(s)) for s in plan.shards)
     assert largest_shard < plan.size_before
-    monkeypatch.setattr(app, "free_disk_bytes", lambda: plan.size_before - 1)  # the model does not fit...
+    _free_space(monkeypatch, plan.size_before - 1)  # the model does not fit...
     plan_md, _, _, button, _ = app.preview_model(SOURCE, "FP8_BLOCK", [], _token())
     assert "**Ready to run.**" in plan_md and "**Streamed:** at most" in plan_md  # ...its shards in flight do
     assert _interactive(button) is True
-    monkeypatch.setattr(app, "free_disk_bytes", lambda: 1_000)
+    _free_space(monkeypatch, 1_000)
     plan_md, _, _, button, _ = app.preview_model(SOURCE, "FP8_BLOCK", [], _token())
-    assert "**Too large for this Space, even streamed.**" in plan_md and "(1.00 KB free on this Space)" in plan_md
+    assert "**Too large for this Space, even streamed.**" in plan_md and "(budget 800 B on this Space)" in plan_md
+    assert "more than the disk budget of 800 B" in plan_md
     assert _interactive(button) is False
+
+
+def test_the_space_and_the_core_give_one_verdict_between_the_two_disk_thresholds(hub, source, monkeypatch, tmp_path):
+    largest = ptq_core.plan_hub_model(SOURCE, "FP8_BLOCK", token=_token().token).footprint.largest_shard_bytes
+    free = largest * 11 // 10  # the largest output shard fits the free space, not the budget (90% minus a margin)
+    _free_space(monkeypatch, free)
+    assert parts.default_disk_budget(tmp_path) < largest < free
+    plan_md, _, _, button, _ = app.preview_model(SOURCE, "FP8_BLOCK", [], _token())
+    assert "**Too large for this Space, even streamed.**" in plan_md and _interactive(button) is False
+    with pytest.raises(ptq_core.DiskSpaceError, match="more than the disk budget") as refused:
+        ptq_core.quantize_to_hub(SOURCE, "FP8_BLOCK", token=ALICE, work_dir=tmp_path)
+    assert str(refused.value).split(" (90% of the free space in ")[0] in plan_md  # the same words
+    assert not hub.repo_exists("alice/tiny-llama-FP8-BLOCK")
 
 
 def test_replan_with_an_edited_ignore_list(hub, source):
@@ -512,11 +532,11 @@ def test_deploy_pushes_space_and_core_in_one_commit(hub, monkeypatch):
     assert deploy.main(["--space-id", "alice/ptq-hub"]) == 0
 
     files = set(hub.list_files("alice/ptq-hub", repo_type="space"))
-    core = {f"ptq_core/{p.name}" for p in (ROOT / "ptq_core").glob("*.py")}
+    core = {f"ptq_core/{p.relative_to(ROOT / 'ptq_core').as_posix()}" for p in (ROOT / "ptq_core").rglob("*.py")}
     assert files == {"app.py", "README.md", "requirements.txt", *core}
     assert hub.read_file("alice/ptq-hub", "app.py", repo_type="space") == APP_FILE.read_bytes()
     last = hub.commits("alice/ptq-hub", repo_type="space")[-1]
-    assert last["deleted"] == ["old_helper.py"] and "ptq_core/hub.py" in last["files"]
+    assert last["deleted"] == ["old_helper.py"] and "ptq_core/hubjob/run.py" in last["files"]
     assert len(hub.commits("alice/ptq-hub", repo_type="space")) == 2
 
 
