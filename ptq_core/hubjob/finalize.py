@@ -85,7 +85,7 @@ def finalize(prepared: PreparedJob, count: int, clock: StageClock, *, staged: St
     of what is on the branch, and its uploaded but uncommitted shards, are used as they are.
     """
     stager = staged.stager if staged is not None else None
-    plan, target = prepared.plan, prepared.target
+    plan, target = prepared.planned.plan, prepared.target
     staging = Staging(prepared.http, target, prepared.fingerprint, prepared.identity)
     head = staging.head()
     if head is None and stager is None:
@@ -130,7 +130,7 @@ def finalize(prepared: PreparedJob, count: int, clock: StageClock, *, staged: St
 
 def _write_files(prepared: PreparedJob, job_dir: Path, clock: StageClock) -> tuple[dict[str, Path], str]:
     """The side files, index, config.json and card in ``job_dir``: (repo path -> local file, the card)."""
-    http, state, plan = prepared.http, prepared.source_state, prepared.plan
+    http, state, plan = prepared.http, prepared.planned.source, prepared.planned.plan
     for path in prepared.planned.checkpoint.extra_files:
         if path == "config.json" and state.config is not None:  # read at inspection: not downloaded again
             (job_dir / path).write_text(json.dumps(state.config), encoding="utf-8")
@@ -158,7 +158,7 @@ def _commit_to_main(
     Raises:
         TargetChangedError: ``main`` gained files meanwhile (without ``overwrite``), or kept moving.
     """
-    job, plan, target = prepared.job, prepared.plan, prepared.target
+    job, plan, target = prepared.job, prepared.planned.plan, prepared.target
     new_paths = set(files) | set(plan.shards)
     for _ in range(_MAIN_MOVES):
         deletions = [p for p in verified.files if p not in new_paths and p != ".gitattributes"]
@@ -179,7 +179,7 @@ def _commit_to_main(
 
 
 def _render_card(prepared: PreparedJob) -> str:
-    job, plan = prepared.job, prepared.plan
+    job, plan = prepared.job, prepared.planned.plan
     return render_model_card(
         job.source,
         prepared.target,
@@ -187,8 +187,8 @@ def _render_card(prepared: PreparedJob) -> str:
         size_before=plan.size_before,
         size_after=plan.size_after,
         ignore=list(plan.resolved.ignore),
-        source_card_data=prepared.source_state.card_data,
-        revision=prepared.source_state.sha,
+        source_card_data=prepared.planned.source.card_data,
+        revision=prepared.planned.source.sha,
         plan=plan,
         observer=job.observer,
         tool_version=tool_version(),
@@ -197,9 +197,9 @@ def _render_card(prepared: PreparedJob) -> str:
 
 
 def _commit_description(prepared: PreparedJob) -> str:
-    job, plan = prepared.job, prepared.plan
+    job, plan = prepared.job, prepared.planned.plan
     return (
-        f"Quantized {job.source} (revision {prepared.source_state.sha}) to {job.scheme_name} with ptq-hub "
+        f"Quantized {job.source} (revision {prepared.planned.source.sha}) to {job.scheme_name} with ptq-hub "
         f"{tool_version()}, data-free.\n\n"
         f"Ignore list: {', '.join(plan.resolved.ignore) or 'none'}\n"
         f"Size: {format_bytes(plan.size_before)} -> {format_bytes(plan.size_after)} ({plan.ratio:.2f}x smaller)"

@@ -22,10 +22,9 @@ from ..errors import InvalidOptionError
 from ..job import Job
 from ..job_plan import JobPlan, plan_job
 from ..parts import fingerprint, job_identity
-from ..plan import Plan
 from ..publish import TargetState, check_namespace, inspect_target, refuse_existing_content, whoami
 from ..sizes import compression_ratio
-from ..source import SourceState, inspect_source
+from ..source import inspect_source
 from ..staging import finalized_commit, staging_branch
 from ..writer import sweep_stale_work
 from .request import hub_job, target_name
@@ -42,8 +41,10 @@ WORK_PREFIX = "ptq-job-"
 class PreparedJob:
     """A job whose every early check passed: identity, target, source, plan, parts and budgets are known.
 
-    ``finished`` is the commit of ``main`` that already holds this very job (same
-    fingerprint): a part rerun then does nothing, and ``finalize_hub_job`` returns it.
+    ``planned`` holds the plan, the checkpoint, the budgets, the parts and the pinned
+    source (``planned.source``). ``finished`` is the commit of ``main`` that already holds
+    this very job (same fingerprint): a part rerun then does nothing, and
+    ``finalize_hub_job`` returns it.
     """
 
     job: Job
@@ -58,21 +59,12 @@ class PreparedJob:
     plan_seconds: float = 0.0
 
     @property
-    def plan(self) -> Plan:
-        return self.planned.plan
-
-    @property
-    def source_state(self) -> SourceState:
-        assert self.planned.source is not None  # a prepared job's source is always a pinned Hub repo
-        return self.planned.source
-
-    @property
     def branch(self) -> str:
         return staging_branch(self.fingerprint)
 
     def result(self, sha: str, clock: StageClock, *, card: str, peak_disk: int = 0) -> HubResult:
         """The :class:`HubResult` of this job at commit ``sha`` (of its part's branch, for a part)."""
-        plan, part = self.plan, self.job.part
+        plan, part = self.planned.plan, self.job.part
         return HubResult(
             repo_id=self.target, repo_url=f"{self.http.endpoint}/{self.target}", commit_sha=sha,
             scheme=self.job.scheme_name, size_before=plan.size_before, size_after=plan.size_after,
@@ -90,15 +82,17 @@ def prepare_hub_job(
     Raises:
         the errors of ``quantize_to_hub`` except those of streaming and committing.
     """
-    return prepare_parts(job, job.part[1] if job.part is not None else 1, token=token, work_dir=work_dir)
+    return prepare_parts(hub_job(job), job.part[1] if job.part is not None else 1, token=token, work_dir=work_dir)
 
 
 def prepare_parts(
     job: Job, parts: int, *, token: str | None = None, work_dir: str | os.PathLike[str] | None = None
 ) -> PreparedJob:
-    """``prepare_hub_job`` of a job cut into ``parts`` parts (the finalize step's, whose job names no part)."""
+    """``prepare_hub_job`` of a job cut into ``parts`` parts (the finalize step's, whose job names no part).
+
+    ``job`` passed ``request.hub_job`` (``job_from`` does that).
+    """
     t0 = time.monotonic()
-    hub_job(job)
     check_repo_id(job.source, "source")
     if job.target is not None and "/" in job.target:
         check_repo_id(job.target, "target")

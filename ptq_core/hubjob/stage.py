@@ -138,7 +138,7 @@ def _stream(prepared: PreparedJob, todo: list[str], job_dir: Path, stager: Shard
 
     def open_reader(reads: list[list[tuple[str, int, int]]]) -> RemoteReader:
         nonlocal total
-        reader = RemoteReader(prepared.http, prepared.source_state, planned.checkpoint, reads,
+        reader = RemoteReader(prepared.http, prepared.planned.source, planned.checkpoint, reads,
                               window=planned.budgets.window, threads=_RANGE_THREADS, progress=fetched)
         total = reader.total_bytes
         clock("download", 0, total)
