@@ -62,6 +62,9 @@ NUMERICS, PLAN, WRITER, HTTP, STAGING, REDACT, CONVERT = (
     "ptq_core/numerics.py", "ptq_core/plan.py", "ptq_core/writer.py", "ptq_core/_http.py", "ptq_core/staging.py",
     "ptq_core/redact.py", "ptq_core/convert.py",
 )
+STREAM, UNITS, PARTS, FINALIZE = (
+    "ptq_core/stream.py", "ptq_core/units.py", "ptq_core/parts.py", "ptq_core/hubjob/finalize.py",
+)
 MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "scale-formula", NUMERICS,
@@ -188,6 +191,30 @@ MUTATIONS: tuple[Mutation, ...] = (
         "if len(members) > 1 and all(m in chosen for m in members):",
         "if len(members) > 1 and any(m in chosen for m in members):",
         ("tests/test_convert.py", "-k", "exact_targets"),
+    ),
+    Mutation(
+        "disk-gate-ignores-budget", STREAM,
+        "self.shards >= self.max_shards or self.bytes + needed > self.budget",
+        "self.shards >= self.max_shards",
+        ("tests/core/test_stream.py", "tests/test_stream.py", "-k", "gate or disk_budget"),
+    ),
+    Mutation(
+        "executor-queue-unbounded", UNITS,
+        "self._in_flight >= 2 * self._workers",
+        "self._in_flight >= 4 * self._workers",
+        ("tests/core/test_units.py",),
+    ),
+    Mutation(
+        "fits-verdict-off-by-one", PARTS,
+        "if self.largest_shard_bytes > self.disk_budget:",
+        "if self.largest_shard_bytes >= self.disk_budget:",
+        ("tests/core/test_parts.py",),
+    ),
+    Mutation(
+        "config-downloaded-again", FINALIZE,
+        'if path == "config.json" and state.config is not None:',
+        "if False:",
+        ("tests/core/test_job_plan.py", "-k", "config_json_once"),
     ),
 )
 # ============================================================================
