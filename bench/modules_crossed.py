@@ -17,7 +17,8 @@ caller's is a crossing. Printed:
 * upward: crossings into a module of a higher layer (callbacks; ``tests/test_layers.LAYERS``);
 * per module, how often it was entered (``_http`` above all).
 
-``--no-leaves`` leaves out layer-0/1 modules (errors, constants, sizes, redact...).
+``--no-leaves`` leaves out layer-0/1 modules (errors, constants, sizes, redact...);
+``--pairs`` also prints each (caller -> callee) crossing with its count.
 Run from the repository root: ``python bench/modules_crossed.py``.
 """
 
