@@ -20,7 +20,7 @@ LAYERS: dict[str, int] = {
     "experts": 1,
     "observers": 2,
     "numerics": 3,
-    "schemes": 4,
+    "schemes": 4, "rotation": 4,
     "job": 5, "checkpoint": 5,
     "convert": 6, "default_ignore": 6, "tensor_parallel": 4,
     "plan": 7,

@@ -1,0 +1,156 @@
+"""``ptq_core.rotation``: byte-identical to llm-compressor 0.15's ``SpinQuantConverter``.
+
+The goldens (``tests/golden/rotation.json``, made by ``tests/golden/make_rotation_golden.py``
+from the peer's published source) hold the sha256 of every tensor the peer's converter makes
+from seeded zoo checkpoints: Llama, Qwen3, Qwen3-MoE (per-expert and fused 3-D experts),
+a tied Llama, DeepSeek-V3 (MLA: R1 only) and two VLMs whose towers are left alone. Here the
+same checkpoints are rebuilt, rotated by ``build_spinquant`` (its defaults: the layout,
+rotations, tower ignore list and tied head are chosen as the peer chooses them) and compared
+tensor by tensor. A rotation changed in one column, or fused in float32, must fail.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from conftest import import_tool
+from ptq_core.errors import ConverterError, InvalidOptionError
+from ptq_core.rotation import SpinQuant, build_spinquant, hadamard, rotation_ignore
+
+import_tool("transformers", "transformers is not installed (pip install -e '.[test]')")
+GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden"
+sys.path.insert(0, str(GOLDEN_DIR))
+from rotation_cases import GOLDEN_FILE, build_source, cases, rotate_checkpoint, source_digest  # noqa: E402
+
+GOLDEN = json.loads((GOLDEN_DIR / GOLDEN_FILE).read_text())["cases"]
+CASES = {c.id: c for c in cases()}
+
+
+def _names(path: Path) -> list[str]:
+    names = []
+    for shard in sorted(path.glob("*.safetensors")):
+        with safe_open(str(shard), "pt") as f:
+            names += list(f.keys())
+    return names
+
+
+def _reader(path: Path):
+    def read(wanted: list[str]) -> dict[str, torch.Tensor]:
+        found = {}
+        for shard in sorted(path.glob("*.safetensors")):
+            with safe_open(str(shard), "pt") as f:
+                found.update({n: f.get_tensor(n) for n in f.keys() if n in wanted})
+        return found
+    return read
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    built: dict[str, Path] = {}
+
+    def get(case_id: str) -> Path:
+        if case_id not in built:
+            built[case_id] = build_source(CASES[case_id], tmp_path_factory.mktemp("rotation"))
+        return built[case_id]
+    return get
+
+
+def _ours(path: Path, case_id: str) -> SpinQuant:
+    config = json.loads((path / "config.json").read_text())
+    return build_spinquant(config, _names(path), _reader(path))
+
+
+def _mismatches(got: dict, want: dict) -> list[str]:
+    return sorted(n for n in want.keys() | got.keys() if got.get(n) != want.get(n))
+
+
+def test_every_golden_case_is_built():
+    assert set(GOLDEN) == set(CASES)
+
+
+@pytest.mark.parametrize("case_id", sorted(CASES))
+def test_rotation_matches_the_peer_byte_for_byte(source, case_id):
+    path = source(case_id)
+    golden = GOLDEN[case_id]
+    assert source_digest(path) == golden["source_digest"], "the zoo checkpoint differs from the one the golden used"
+    ours = _ours(path, case_id)
+    assert list(ours.rotations) == golden["rotations"]
+    assert _mismatches(rotate_checkpoint(path, ours.process), golden["tensors"]) == []
+    config = json.loads((path / "config.json").read_text())
+    updated = ours.update_model_config(json.loads(json.dumps(config)))
+    assert [updated.get("tie_word_embeddings"),
+            (updated.get("text_config") or {}).get("tie_word_embeddings")] == golden["tie_word_embeddings"]
+
+
+@pytest.mark.parametrize("case_id", ["qwen2_5_vl", "llava"])
+def test_towers_are_ignored_as_the_golden_was_told(source, case_id):
+    path = source(case_id)
+    config = json.loads((path / "config.json").read_text())
+    assert sorted(rotation_ignore(config, _names(path))) == sorted(CASES[case_id].ignore)
+
+
+def test_a_perturbed_rotation_fails_the_golden(source):
+    path = source("llama")
+    golden = GOLDEN["llama"]["tensors"]
+    ours = _ours(path, "llama")
+    ours.r1 = ours.r1[:, torch.tensor([1, 0, *range(2, ours.r1.shape[1])])]  # still orthogonal: two columns swapped
+    bad = _mismatches(rotate_checkpoint(path, ours.process), golden)
+    assert any("q_proj" in n for n in bad) and any("embed_tokens" in n for n in bad)
+
+
+def test_fusing_in_float32_fails_the_golden(source):
+    path = source("llama")
+    ours = _ours(path, "llama")
+    ours.precision = torch.float32
+    ours.r1, ours.r2 = ours.r1.float(), ours.r2.float()
+    assert _mismatches(rotate_checkpoint(path, ours.process), GOLDEN["llama"]["tensors"])
+
+
+def test_rotated_llama_computes_the_same_logits(source, tmp_path):
+    transformers = import_tool("transformers", "transformers is not installed")
+    from safetensors.torch import save_file
+
+    path = source("llama_tied")
+    ours = _ours(path, "llama_tied")
+    out = tmp_path / "rotated"
+    out.mkdir()
+    tensors = {}
+    for shard in sorted(path.glob("*.safetensors")):
+        with safe_open(str(shard), "pt") as f:
+            tensors.update(ours.process({n: f.get_tensor(n) for n in f.keys()}))
+    save_file({n: t.contiguous() for n, t in tensors.items()}, str(out / "model.safetensors"))
+    config = ours.update_model_config(json.loads((path / "config.json").read_text()))
+    (out / "config.json").write_text(json.dumps(config))
+    ids = torch.arange(7, 71).reshape(2, 32)
+    logits = []
+    for folder in (path, out):
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        with torch.no_grad():
+            logits.append(model(ids).logits.flatten())
+    cosine = torch.nn.functional.cosine_similarity(logits[0], logits[1], dim=0).item()
+    assert cosine > 0.999, cosine  # bf16 rounding of the rotated weights only
+
+
+def test_hadamard_is_orthogonal():
+    r = hadamard(64)
+    assert torch.allclose(r @ r.T, torch.eye(64, dtype=torch.float64))
+
+
+def test_refusals():
+    with pytest.raises(ConverterError, match="power-of-two hidden_size"):
+        SpinQuant(96, 32, {})
+    with pytest.raises(InvalidOptionError, match="R1 and/or R2"):
+        SpinQuant(128, 32, {}, rotations=("R3",))
+    rotation = SpinQuant(128, 32, {"model.layers.0.input_layernorm": torch.ones(128)})
+    with pytest.raises(ConverterError, match="quantized"):
+        rotation.process({"model.layers.0.self_attn.q_proj.weight": torch.zeros(128, 128, dtype=torch.float8_e4m3fn)})
+    with pytest.raises(ConverterError, match="no place in the rotation layout"):
+        rotation.process({"model.layers.0.feed_forward.w1.weight": torch.zeros(256, 128)})
+    with pytest.raises(ConverterError, match="No RMSNorm"):
+        build_spinquant({"hidden_size": 128, "num_attention_heads": 4}, ["a.weight"], lambda names: {})
