@@ -49,11 +49,12 @@ from . import constants
 from ._http import HubHttp, check_repo_id, resolve_token, tool_version
 from .card import render_model_card
 from .checkpoint import Checkpoint, open_checkpoint, read_config
+from .convert import model_config_update
 from .errors import HubNetworkError, InvalidOptionError, PtqError, TargetChangedError
 from .job import Job, check_hub_source, make_job
 from .parts import Budgets, estimate_footprint, fingerprint, job_identity, resolve_budgets, shard_costs, split_parts
-from .pipeline import resolve_devices
-from .plan import Plan, plan_model
+from .pipeline import plan_job, resolve_devices
+from .plan import Plan
 from .publish import (
     TargetState,
     check_namespace,
@@ -309,7 +310,7 @@ def plan_hub_model(
     folder = Path(job.source).expanduser()
     if not hub_only and folder.is_dir():  # the same plan of a local copy: what a streamed job of it would use
         checkpoint = open_checkpoint(folder)
-        plan = plan_model(checkpoint, job.resolved, read_config(folder), tp=job.tp)
+        plan = plan_job(job, checkpoint, read_config(folder))
     else:
         _state, _checkpoint, plan = _open_hub_plan(job, HubHttp(resolve_token(token, required=False)))
     root = Path(constants.PTQ_HUB_CACHE)
@@ -332,7 +333,7 @@ def plan_hub_parts(source: Job | str, parts: int, *, token: str | None = None) -
     if Path(job.source).expanduser().is_dir():
         folder = Path(job.source).expanduser()
         checkpoint = open_checkpoint(folder)
-        plan = plan_model(checkpoint, job.resolved, read_config(folder), tp=job.tp)
+        plan = plan_job(job, checkpoint, read_config(folder))
         return PartsPlan(plan, split_parts(plan, parts), shard_costs(plan))
     state, _checkpoint, plan = _open_hub_plan(job, HubHttp(resolve_token(token, required=False)))
     identity = job_identity(job, state.sha, tool_version())
@@ -471,7 +472,8 @@ def prepare_hub_job(
         if finished is None and not job.overwrite:
             refuse_existing_content(target_state, target)
     checkpoint = open_remote_checkpoint(http, source_state)
-    plan = plan_model(checkpoint, job.resolved, read_hub_config(http, job.source, source_state.sha), tp=job.tp)
+    plan = plan_job(job, checkpoint, read_hub_config(http, job.source, source_state.sha),
+                    _range_reader(http, source_state, checkpoint))
     root = Path(work_dir) if work_dir is not None else Path(constants.PTQ_HUB_CACHE)
     root.mkdir(parents=True, exist_ok=True)
     sweep_stale_work(root, _WORK_PREFIX)
@@ -659,7 +661,7 @@ def _finalize(prepared: PreparedJob, count: int, clock: _StageClock, *, staged: 
                       local_dir=job_dir, role="source", repo_id=state.repo_id)
         shutil.rmtree(job_dir / ".cache", ignore_errors=True)
         write_index(job_dir, plan.weight_map(), plan.size_after)
-        write_config(job_dir, plan.resolved.quantization_config_dict())
+        write_config(job_dir, plan.resolved.quantization_config_dict(), model_config_update(plan.source.converters))
         clock("card", 0, 1)
         card = _render_card(prepared)
         (job_dir / "README.md").write_text(card, encoding="utf-8")
@@ -785,7 +787,14 @@ def _open_hub_plan(job: Job, http: HubHttp) -> tuple[SourceState, Checkpoint, Pl
     check_repo_id(job.source, "source")
     state = inspect_source(http, job.source, job.revision)
     checkpoint = open_remote_checkpoint(http, state)
-    return state, checkpoint, plan_model(checkpoint, job.resolved, read_hub_config(http, job.source, state.sha), tp=job.tp)
+    config = read_hub_config(http, job.source, state.sha)
+    return state, checkpoint, plan_job(job, checkpoint, config, _range_reader(http, state, checkpoint))
+
+
+def _range_reader(http: HubHttp, state: SourceState, checkpoint: Checkpoint):
+    """Tensor infos -> a ``RemoteReader`` of just them (a rotated job's norm scales, before planning)."""
+    return lambda infos: RemoteReader(http, state, checkpoint, [[(i.shard, i.offset, i.nbytes) for i in infos]],
+                                      window=max(1, sum(i.nbytes for i in infos)))
 
 
 def _render_card(prepared: PreparedJob) -> str:

@@ -272,6 +272,7 @@ def job_identity(job: Job, source_sha: str, tool_version: str) -> dict[str, Any]
         "observer": observers,
         "quantization_config": job.resolved.quantization_config_dict(),
         "tool_version": tool_version,
+        **({"rotate": True} if job.rotate else {}),  # absent otherwise: unrotated jobs keep their fingerprints
     }
 
 

@@ -18,22 +18,23 @@ import logging
 import os
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from itertools import cycle
 from pathlib import Path
 from threading import Lock, local
-from typing import Iterable, Iterator, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 import torch
 
 from .checkpoint import Checkpoint, ShardReader, TensorInfo, open_checkpoint, read_config
-from .convert import ST_TO_TORCH, output_quantization_config, run_chain
+from .convert import ST_TO_TORCH, model_config_update, output_quantization_config, run_chain
 from .errors import ConverterError, InvalidOptionError, NonFiniteScaleError, NonFiniteWeightError, TensorShapeError
 from .experts import expert_part, is_contiguous
 from .job import Job, make_job
 from .numerics import Scratch, dequantize_fp8_block, global_scale_from_stats, observe_weight, quantize_weight
 from .plan import Plan, PlannedWeight, check_merged_config, plan_model
+from .rotation import rotation_chain
 from .source import ProgressCallback, resolve_source
 from .sizes import compression_ratio
 from .writer import (
@@ -197,6 +198,25 @@ def model_free_ptq(
     return quantize_job(job, save_directory, token=token, progress=progress)
 
 
+def plan_job(
+    job: Job,
+    checkpoint: Checkpoint,
+    config: dict | None,
+    open_reader: Callable[[list[TensorInfo]], ShardReader | AbstractContextManager] | None = None,
+) -> Plan:
+    """A ``Job``'s plan: its converter chain, then ``plan_model``.
+
+    With ``rotate`` the chain ends with the rotation (after the caller's chain or the source's
+    dequantizers), whose norm scales are read first through ``open_reader`` (tensor infos -> a
+    reader): a local ``pread`` by default, Range reads for a Hub job.
+    """
+    converters = job.converters
+    if job.rotate:
+        converters = rotation_chain(checkpoint, config, converters,
+                                    open_reader or (lambda infos: LocalReader(checkpoint)))
+    return plan_model(checkpoint, job.resolved, config, converters, append=job.append, tp=job.tp)
+
+
 def quantize_job(
     job: Job,
     save_directory: str | os.PathLike,
@@ -222,7 +242,7 @@ def quantize_job(
     notify("validate", 0, 1)
     checkpoint = open_checkpoint(source)
     config = read_config(source)
-    plan = plan_model(checkpoint, job.resolved, config, job.converters, append=job.append, tp=job.tp)
+    plan = plan_job(job, checkpoint, config)
     merged = output_quantization_config(config, plan.source, plan.resolved, {i.module: i.group for i in plan.quantized},
                                         {i.module for i in plan.items if i.name.endswith((".weight", ".weight_packed"))})
     if merged.earlier_groups:
@@ -256,7 +276,7 @@ def quantize_job(
         if not plan.quantized:  # without a quantization_config loaders do not expect packed weights
             logger.warning("Nothing to quantize with %s and this ignore list; the output %s.", job.scheme_name,
                            "keeps the source's converted config" if quantization_config else "has no quantization_config")
-        write_config(work, quantization_config)
+        write_config(work, quantization_config, model_config_update(plan.source.converters))
         publish_output(work)
         notify("write", 1, 1)
         timings["write"] = time.perf_counter() - t

@@ -28,15 +28,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from compressed_tensors.entrypoints.convert.converters import FP8BlockDequantizer
 from compressed_tensors.transform.utils.hadamard import deterministic_hadamard_matrix
 
+from .checkpoint import Checkpoint, TensorInfo
+from .convert import ST_TO_TORCH, auto_converters
+from .converters import DENSE, FP8_BLOCK, detect_source
 from .errors import ConverterError, InvalidOptionError
 
-__all__ = ["ROTATIONS", "RotationLayout", "SpinQuant", "build_spinquant", "rotation_ignore", "rotations_label"]
+__all__ = [
+    "ROTATIONS", "RotationLayout", "SpinQuant", "build_spinquant", "rotation_chain", "rotation_ignore", "rotation_note",
+]
 
 ROTATIONS = ("R1", "R2")
 
@@ -137,6 +144,7 @@ class SpinQuant:
         precision: torch.dtype = torch.float64,
     ):
         self.rotations = tuple(r.upper() for r in rotations)
+        self.label = f"SpinQuant {'+'.join(self.rotations)}"
         if not self.rotations or not set(self.rotations) <= set(ROTATIONS):
             raise InvalidOptionError(f"rotations must be R1 and/or R2, got {list(rotations)}.")
         for what, size in (("hidden_size", hidden_size), ("head_dim", head_dim if "R2" in self.rotations else 1)):
@@ -300,9 +308,14 @@ class SpinQuant:
             )
 
 
-def rotations_label(rotations: Sequence[str]) -> str:
-    """``"R1+R2"``: how plans, cards and logs name the rotations applied."""
-    return "+".join(rotations)
+def rotation_note(converters: Sequence[Any]) -> str | None:
+    """What a card says of a chain's rotation (ours, or the peer's ``SpinQuantConverter``); ``None``: none."""
+    for converter in converters:
+        rotations = getattr(converter, "rotations", None)
+        if rotations and "SpinQuant" in type(converter).__name__:
+            return (f"SpinQuant {'+'.join(rotations)} (Hadamard rotations, norm scales folded into the linears) "
+                    "fused into the weights before quantizing: the same function, fewer outliers")
+    return None
 
 
 def rotation_ignore(config: Mapping[str, Any], names: Iterable[str]) -> list[str]:
@@ -373,3 +386,52 @@ def build_spinquant(
         hidden, head_dim, norms, rotations=rotations, tied=tied, emit_lm_head=tied and not has_head,
         heads=(heads, text.get("num_key_value_heads")), ignore=ignore, layout=layout,
     )
+
+
+def _dequantizers(checkpoint: Checkpoint, config: Mapping[str, Any]) -> tuple[Any, ...]:
+    """compressed-tensors' converters that make a quantized source dense, for the rotation to read.
+
+    FP8 blocks get ``FP8BlockDequantizer`` (bf16, the source's block size, its modules): the
+    rotation must see the dense weights, so the fused decode of a plain FP8-block job cannot be used.
+    """
+    source = detect_source(config, checkpoint.tensors)
+    if source.format.name == DENSE:
+        return ()
+    if source.format.name == FP8_BLOCK:
+        modules = sorted({d.module for d in source.dequantize})
+        return (FP8BlockDequantizer(targets=modules, weight_block_size=source.format.block),)
+    return auto_converters(source, config)
+
+
+def rotation_chain(
+    checkpoint: Checkpoint,
+    config: Mapping[str, Any] | None,
+    converters: Sequence[Any],
+    open_reader: Callable[[list[TensorInfo]], AbstractContextManager],
+) -> tuple[Any, ...]:
+    """The converter chain of a rotated job: the caller's chain (or the source's dequantizers), then SpinQuant.
+
+    Args:
+        checkpoint: the source's headers.
+        config: its ``config.json``.
+        converters: the caller's chain; empty: the dequantizers the source's format needs.
+        open_reader: tensor infos -> a reader (``read_into``) for them, as a context manager:
+            the norm scales are read through it, before planning (a Hub job reads them by Range).
+
+    Raises:
+        ConverterError: the model cannot be rotated (no norms, widths that are not powers of two).
+    """
+    config = config or {}
+    chain = tuple(converters) or _dequantizers(checkpoint, config)
+
+    def read(names: list[str]) -> dict[str, torch.Tensor]:
+        infos = [checkpoint.tensors[n] for n in names]
+        found = {}
+        with open_reader(infos) as reader:
+            for info in infos:
+                raw = torch.empty(info.nbytes, dtype=torch.uint8)
+                reader.read_into(info, raw)
+                found[info.name] = raw.view(ST_TO_TORCH[info.dtype]).reshape(info.shape)
+        return found
+
+    return (*chain, build_spinquant(config, checkpoint.tensors, read))
