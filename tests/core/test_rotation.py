@@ -154,3 +154,116 @@ def test_refusals():
         rotation.process({"model.layers.0.feed_forward.w1.weight": torch.zeros(256, 128)})
     with pytest.raises(ConverterError, match="No RMSNorm"):
         build_spinquant({"hidden_size": 128, "num_attention_heads": 4}, ["a.weight"], lambda names: {})
+
+
+# ---------------------------------------------------------------------------- the rotation in a job
+def _write_dense(folder: Path, tensors: dict[str, torch.Tensor], config: dict) -> Path:
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    save_file({n: t.contiguous() for n, t in tensors.items()}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def _rotated_copy(path: Path, folder: Path) -> Path:
+    """The source rotated tensor by tensor (the goldens' ``process``), as a plain dense checkpoint."""
+    ours = _ours(path, "")
+    tensors = {}
+    for shard in sorted(path.glob("*.safetensors")):
+        with safe_open(str(shard), "pt") as f:
+            tensors.update(ours.process({n: f.get_tensor(n) for n in f.keys()}))
+    return _write_dense(folder, tensors, ours.update_model_config(json.loads((path / "config.json").read_text())))
+
+
+def _outputs(folder: Path) -> dict[str, list]:
+    from rotation_cases import shard_tensors, tensor_record
+
+    return {n: tensor_record(t) for shard in shard_tensors(folder) for n, t in shard.items()}
+
+
+@pytest.mark.parametrize("scheme", ["W4A16", "NVFP4A16"])
+def test_a_rotated_job_quantizes_the_rotated_weights(source, tmp_path, scheme):
+    from ptq_core.job import make_job
+    from ptq_core.pipeline import quantize_job
+
+    path = source("llama_tied")
+    rotated = quantize_job(make_job(str(path), scheme, rotate=True, workers=2), tmp_path / "rotated")
+    plain = quantize_job(make_job(str(_rotated_copy(path, tmp_path / "dense")), scheme), tmp_path / "plain")
+    assert _outputs(tmp_path / "rotated") == _outputs(tmp_path / "plain")
+    config = json.loads((tmp_path / "rotated" / "config.json").read_text())
+    assert config["tie_word_embeddings"] is False and "quantization_config" in config
+    assert "SpinQuant R1+R2" in rotated.plan.to_markdown()
+    assert len(rotated.plan.quantized) == len(plain.plan.quantized) > 0
+
+
+def test_an_fp8_block_source_is_dequantized_then_rotated(tmp_path):
+    from compressed_tensors.entrypoints.convert.converters import FP8BlockDequantizer
+    from factory import load_tensors, make_fp8_block_checkpoint
+
+    from ptq_core.job import make_job
+    from ptq_core.pipeline import quantize_job
+
+    src = make_fp8_block_checkpoint(tmp_path / "fp8", "llama")
+    config = json.loads((src / "config.json").read_text())
+    tensors = load_tensors(src)
+    modules = sorted(n.removesuffix(".weight_scale_inv") for n in tensors if n.endswith(".weight_scale_inv"))
+    dense = FP8BlockDequantizer(targets=modules).process(tensors)
+    config.pop("quantization_config")
+    dense_dir = _write_dense(tmp_path / "dense", dense, config)
+    quantize_job(make_job(str(src), "MXFP4A16", rotate=True), tmp_path / "from-fp8")
+    quantize_job(make_job(str(dense_dir), "MXFP4A16", rotate=True), tmp_path / "from-dense")
+    assert _outputs(tmp_path / "from-fp8") == _outputs(tmp_path / "from-dense")
+
+
+def test_the_card_names_the_rotations(source, tmp_path):
+    from ptq_core.card import render_model_card
+    from ptq_core.job import make_job
+    from ptq_core.pipeline import quantize_job
+
+    result = quantize_job(make_job(str(source("deepseek_v3")), "FP8_DYNAMIC", rotate=True), tmp_path / "out")
+    card = render_model_card("org/DeepSeek-tiny", "me/DeepSeek-tiny-FP8", "FP8_DYNAMIC", size_before=1, size_after=1,
+                             plan=result.plan)
+    assert "| rotation | SpinQuant R1 (Hadamard" in card
+
+
+def test_update_model_config_is_honoured_for_any_converter(source, tmp_path):
+    from ptq_core.pipeline import model_free_ptq
+
+    class Marker:  # a pass-through converter with llm-compressor 0.15's model-config hook
+        def process(self, tensors):
+            return tensors
+
+        def get_dependencies(self, weight_name):
+            return set()
+
+        def update_config(self, config):
+            return config
+
+        def update_model_config(self, config):
+            return {**config, "marked_by": "Marker"}
+
+    model_free_ptq(str(source("llama")), tmp_path / "out", "W4A16", converter=Marker())
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["marked_by"] == "Marker"
+
+
+def test_rotate_is_refused_with_append_or_as_text(source):
+    from ptq_core.job import make_job
+
+    with pytest.raises(InvalidOptionError, match="append"):
+        make_job("org/Model", "W4A16", rotate=True, append=True)
+    with pytest.raises(InvalidOptionError, match="True or False"):
+        make_job("org/Model", "W4A16", rotate="false")
+
+
+def test_the_ram_estimate_counts_the_float64_fusing(source):
+    from ptq_core.checkpoint import open_checkpoint, read_config
+    from ptq_core.job import make_job
+    from ptq_core.parts import _unit_bytes
+    from ptq_core.pipeline import plan_job
+
+    path = source("llama")
+    plain = _unit_bytes(plan_job(make_job(str(path), "W4A16"), open_checkpoint(path), read_config(path)))
+    rotated = _unit_bytes(plan_job(make_job(str(path), "W4A16", rotate=True), open_checkpoint(path), read_config(path)))
+    name = "model.layers.0.mlp.down_proj.weight"
+    assert rotated[name] == plain[name] + 2 * 8 * 128 * 256  # a float64 copy and product of a 128x256 weight
