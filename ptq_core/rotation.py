@@ -26,6 +26,7 @@ A tied embedding is untied (the rotated head is not the rotated embedding), and
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -36,7 +37,7 @@ import torch
 from compressed_tensors.entrypoints.convert.converters import FP8BlockDequantizer
 from compressed_tensors.transform.utils.hadamard import deterministic_hadamard_matrix
 
-from .checkpoint import Checkpoint, TensorInfo
+from .checkpoint import Checkpoint, ShardReader, TensorInfo, open_checkpoint, read_config
 from .convert import ST_TO_TORCH, auto_converters
 from .converters import DENSE, FP8_BLOCK, detect_source
 from .errors import ConverterError, InvalidOptionError
@@ -114,7 +115,8 @@ def _rows(tensor: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
 class SpinQuant:
     """The R1 / R2 rotations as a compressed-tensors ``Converter`` (``process`` per tensor).
 
-    Build it with :func:`build_spinquant` (reads ``config.json`` and the norm scales).
+    Build it with :meth:`from_pretrained` (a local folder) or :func:`build_spinquant` (any reader):
+    both read ``config.json`` and the norm scales.
 
     Args:
         hidden_size: the residual stream's width (a power of two: a Sylvester Hadamard).
@@ -166,6 +168,13 @@ class SpinQuant:
         self._writes = compile_all(layout.attn_out + layout.mlp_out)
         self._v, self._o = re.compile(layout.attn_v), re.compile(layout.attn_o)
         self._residual = compile_all(layout.residual)
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | os.PathLike, **options: Any) -> SpinQuant:
+        """The rotation of a local checkpoint folder (``build_spinquant``'s ``options``), for ``converter=``."""
+        checkpoint = open_checkpoint(model_dir)
+        read = _tensor_reader(checkpoint, lambda infos: ShardReader(checkpoint))
+        return build_spinquant(read_config(model_dir) or {}, checkpoint.tensors, read, **options)
 
     # ------------------------------------------------------------------ the Converter protocol
     def process(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -423,7 +432,13 @@ def rotation_chain(
     """
     config = config or {}
     chain = tuple(converters) or _dequantizers(checkpoint, config)
+    return (*chain, build_spinquant(config, checkpoint.tensors, _tensor_reader(checkpoint, open_reader)))
 
+
+def _tensor_reader(
+    checkpoint: Checkpoint, open_reader: Callable[[list[TensorInfo]], AbstractContextManager]
+) -> Callable[[list[str]], dict[str, torch.Tensor]]:
+    """names -> tensors, read through one reader opened for just them (the norm scales)."""
     def read(names: list[str]) -> dict[str, torch.Tensor]:
         infos = [checkpoint.tensors[n] for n in names]
         found = {}
@@ -433,5 +448,4 @@ def rotation_chain(
                 reader.read_into(info, raw)
                 found[info.name] = raw.view(ST_TO_TORCH[info.dtype]).reshape(info.shape)
         return found
-
-    return (*chain, build_spinquant(config, checkpoint.tensors, read))
+    return read

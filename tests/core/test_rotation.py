@@ -267,3 +267,15 @@ def test_the_ram_estimate_counts_the_float64_fusing(source):
     rotated = _unit_bytes(plan_job(make_job(str(path), "W4A16", rotate=True), open_checkpoint(path), read_config(path)))
     name = "model.layers.0.mlp.down_proj.weight"
     assert rotated[name] == plain[name] + 2 * 8 * 128 * 256  # a float64 copy and product of a 128x256 weight
+
+
+def test_from_pretrained_as_converter_equals_rotate(source, tmp_path):
+    from ptq_core import SpinQuant, model_free_ptq
+
+    path = source("qwen3_moe")
+    model_free_ptq(str(path), tmp_path / "converter", "W4A16", converter=SpinQuant.from_pretrained(path))
+    from ptq_core.job import make_job
+    from ptq_core.pipeline import quantize_job
+
+    quantize_job(make_job(str(path), "W4A16", default_ignore=False, rotate=True), tmp_path / "rotate")
+    assert _outputs(tmp_path / "converter") == _outputs(tmp_path / "rotate")
