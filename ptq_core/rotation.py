@@ -85,6 +85,10 @@ class RotationLayout:
     final_norm: str = "norm"
 
 
+def _compiled(patterns: Iterable[str]) -> list[re.Pattern]:
+    return [re.compile(p) for p in patterns]
+
+
 def _any(patterns: Sequence[re.Pattern], name: str) -> bool:
     return any(p.search(name) for p in patterns)
 
@@ -161,13 +165,12 @@ class SpinQuant:
         self._r2_rows = None if heads[1] is None else heads[1] * head_dim  # v_proj's outputs
         self._r2_cols = None if heads[0] is None else heads[0] * head_dim  # o_proj's inputs
         self.layout = layout = layout or RotationLayout()
-        self._ignore = [re.compile(p) for p in ignore]
-        compile_all = lambda patterns: [re.compile(p) for p in patterns]  # noqa: E731
+        self._ignore = _compiled(ignore)
         self._embedding, self._lm_head = re.compile(layout.embedding), re.compile(layout.lm_head)
-        self._reads_attn, self._reads_mlp = compile_all(layout.attn_in), compile_all(layout.mlp_in)
-        self._writes = compile_all(layout.attn_out + layout.mlp_out)
+        self._reads_attn, self._reads_mlp = _compiled(layout.attn_in), _compiled(layout.mlp_in)
+        self._writes = _compiled(layout.attn_out + layout.mlp_out)
         self._v, self._o = re.compile(layout.attn_v), re.compile(layout.attn_o)
-        self._residual = compile_all(layout.residual)
+        self._residual = _compiled(layout.residual)
 
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike, **options: Any) -> SpinQuant:
@@ -380,7 +383,7 @@ def build_spinquant(
     head_dim = text.get("head_dim") or (hidden // heads if heads else 0)
     tied = bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", False)))
     ignore = rotation_ignore(config, names) if ignore is None else list(ignore)
-    skipped = [re.compile(p) for p in ignore]
+    skipped = _compiled(ignore)
     kept = [n for n in names if not _any(skipped, n)]
     norm_names = _norm_names(kept, layout)
     if not norm_names:

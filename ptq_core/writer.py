@@ -663,8 +663,10 @@ def write_config(folder: WorkFolder | Path, quantization_config: dict | None,
     path = Path(folder) / "config.json"
     if not path.is_file():
         if quantization_config is not None:
-            logger.warning("No config.json in the checkpoint; quantization_config is written to quantization_config.json")
-            _write_text(path.with_name("quantization_config.json"), json.dumps(quantization_config, indent=2, sort_keys=True))
+            logger.warning("No config.json in the checkpoint; quantization_config is written to "
+                           "quantization_config.json")
+            text = json.dumps(quantization_config, indent=2, sort_keys=True)
+            _write_text(path.with_name("quantization_config.json"), text)
         return
     data = json.loads(path.read_text())
     changed = quantization_config is not None or update is not None

@@ -291,7 +291,8 @@ def test_a_streamed_hub_job_rotates_like_a_local_one(hub, source, tmp_path):
     path = source("llama_tied")
     hub.seed_repo("bob/tiny-tied", {p.name: p for p in path.iterdir() if p.is_file()})
     result = quantize_to_hub("bob/tiny-tied", "W4A16", rotate=True, token="hf_test_alice", work_dir=tmp_path / "w")
-    got = Path(snapshot_download(result.repo_id, endpoint=hub.endpoint, token="hf_test_alice", cache_dir=tmp_path / "dl"))
+    got = Path(snapshot_download(result.repo_id, endpoint=hub.endpoint, token="hf_test_alice",
+                                 cache_dir=tmp_path / "dl"))
     quantize_job(make_job(str(path), "W4A16", rotate=True), tmp_path / "local")
     assert _outputs(got) == _outputs(tmp_path / "local")
     assert json.loads((got / "config.json").read_text())["tie_word_embeddings"] is False
