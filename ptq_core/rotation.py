@@ -66,9 +66,15 @@ class RotationLayout:
     """Where the rotations are fused, as regexes searched in module names.
 
     The peer's ``SpinQuantConverterMapping`` defaults (Llama-style names, MoE experts and
-    routers, DeepSeek-V4 mHC mixers as ``residual``), plus MLA's two residual readers
-    (``q_a_proj``, ``kv_a_proj_with_mqa``), which the peer's defaults leave out: without them
-    an MLA model cannot be rotated at all, and for every other model they match nothing.
+    routers, DeepSeek-V4 mHC mixers as ``residual``), plus two additions for which the peer's
+    defaults give a wrong or no model:
+
+    * MLA's two residual readers (``q_a_proj``, ``kv_a_proj_with_mqa``): without them an MLA
+      model cannot be rotated at all; for every other model they match nothing.
+    * ``projector_out``: the last linear of a multimodal projector, whose outputs replace token
+      embeddings in the residual stream, so they are rotated by R1 like the embedding (rows, and
+      its bias), although the rest of its tower is left alone. The peer leaves the whole tower to
+      ``ignore``, and its rotated model then reads un-rotated image features.
     """
 
     embedding: str = r"(^|\.)embed_tokens$"
@@ -80,6 +86,11 @@ class RotationLayout:
     mlp_out: tuple[str, ...] = (r"\.mlp\.(.+\.)?down_proj$",)
     lm_head: str = r"(^|\.)lm_head$"
     residual: tuple[str, ...] = (r"(^|\.)hc_(attn|ffn|head)_fn$",)
+    projector_out: tuple[str, ...] = (
+        r"(^|\.)multi_modal_projector\.linear_2$",                      # LLaVA
+        r"(^|\.)visual\.merger\.mlp\.2$",                              # Qwen2-VL, Qwen2.5-VL
+        r"(^|\.)visual\.(merger|deepstack_merger_list\.\d+)\.linear_fc2$",  # Qwen3-VL
+    )
     attn_norm: str = "input_layernorm"
     mlp_norm: str = "post_attention_layernorm"
     final_norm: str = "norm"
@@ -171,6 +182,7 @@ class SpinQuant:
         self._writes = _compiled(layout.attn_out + layout.mlp_out)
         self._v, self._o = re.compile(layout.attn_v), re.compile(layout.attn_o)
         self._residual = _compiled(layout.residual)
+        self._projector = _compiled(layout.projector_out)
 
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike, **options: Any) -> SpinQuant:
@@ -184,10 +196,13 @@ class SpinQuant:
         """Every tensor rotated where the layout places it; untouched ones are returned as they came."""
         out: dict[str, torch.Tensor] = {}
         for name, tensor in tensors.items():
+            module, param = _split(name, tensor)
+            if param in ("weight", "bias") and _any(self._projector, module):
+                out[name] = self._projected(module, param, tensor)
+                continue
             if _any(self._ignore, name):
                 out[name] = tensor
                 continue
-            module, param = _split(name, tensor)
             if param in _QPARAM_NAMES or (param == "weight" and tensor.dtype in _PACKED_DTYPES):
                 raise ConverterError(f"{name} is quantized ({tensor.dtype}); the rotation needs dense weights, so "
                                      "dequantize first (a dequantizer earlier in the chain).")
@@ -271,6 +286,14 @@ class SpinQuant:
         self._refuse_unmapped(name, tensor)
         return tensor
 
+    def _projected(self, module: str, param: str, tensor: torch.Tensor) -> torch.Tensor:
+        """A projector's output joins the residual stream: rotated as an embedding row is."""
+        if param == "bias":
+            return self._fused(tensor, cols=self.r1)
+        if self.r1 is not None:
+            self._check_hidden(module, tensor, -2)
+        return self._fused(tensor, rows=self.r1)
+
     def _head(self, module: str, tensor: torch.Tensor) -> torch.Tensor:
         self._check_hidden(module, tensor, -1)
         finals = [n for n in self.norms if not _LAYER.match(n) and n.rpartition(".")[2] == self.layout.final_norm]
@@ -342,6 +365,16 @@ def rotation_ignore(config: Mapping[str, Any], names: Iterable[str]) -> list[str
     return [r"(^|\.)" + re.escape(root) for root in roots]
 
 
+def _check_projector(ignore: list[str], names: Sequence[str], layout: RotationLayout) -> None:
+    """A multimodal model's towers are left alone only if its projector's output can be rotated."""
+    projector = _compiled(layout.projector_out)
+    if ignore and not any(_any(projector, n.rpartition(".")[0]) for n in names):
+        raise ConverterError(
+            "This multimodal model's projector is not one SpinQuant knows (LLaVA, Qwen2/2.5/3-VL): its image or "
+            "audio features would enter the rotated residual stream un-rotated. Run without rotate."
+        )
+
+
 def _norm_names(names: Sequence[str], layout: RotationLayout) -> list[str]:
     """Every per-layer attention / MLP norm, and the final norm beside each embedding."""
     per_layer = re.compile(rf"(^|\.)layers\.\d+\.({layout.attn_norm}|{layout.mlp_norm})\.weight$")
@@ -382,7 +415,9 @@ def build_spinquant(
     heads = text.get("num_attention_heads")
     head_dim = text.get("head_dim") or (hidden // heads if heads else 0)
     tied = bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", False)))
-    ignore = rotation_ignore(config, names) if ignore is None else list(ignore)
+    if ignore is None:
+        ignore = rotation_ignore(config, names)
+        _check_projector(ignore, names, layout)
     skipped = _compiled(ignore)
     kept = [n for n in names if not _any(skipped, n)]
     norm_names = _norm_names(kept, layout)

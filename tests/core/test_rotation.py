@@ -6,12 +6,15 @@ from seeded zoo checkpoints: Llama, Qwen3, Qwen3-MoE (per-expert and fused 3-D e
 a tied Llama, DeepSeek-V3 (MLA: R1 only) and two VLMs whose towers are left alone. Here the
 same checkpoints are rebuilt, rotated by ``build_spinquant`` (its defaults: the layout,
 rotations, tower ignore list and tied head are chosen as the peer chooses them) and compared
-tensor by tensor. A rotation changed in one column, or fused in float32, must fail.
+tensor by tensor. A rotation changed in one column, or fused in float32, must fail. The one
+deliberate difference: a VLM's projector output (``RotationLayout.projector_out``), which the peer
+leaves un-rotated although it feeds the rotated stream (a rotated LLaVA then reads images wrongly).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -21,7 +24,7 @@ from safetensors import safe_open
 
 from conftest import import_tool
 from ptq_core.errors import ConverterError, InvalidOptionError
-from ptq_core.rotation import SpinQuant, build_spinquant, hadamard, rotation_ignore
+from ptq_core.rotation import RotationLayout, SpinQuant, build_spinquant, hadamard, rotation_ignore
 
 import_tool("transformers", "transformers is not installed (pip install -e '.[test]')")
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden"
@@ -66,6 +69,12 @@ def _ours(path: Path, case_id: str) -> SpinQuant:
     return build_spinquant(config, _names(path), _reader(path))
 
 
+def _projector_outputs(names) -> list[str]:
+    """The multimodal projector's last linear: rotated by ptq-hub, left alone by the peer (see RotationLayout)."""
+    patterns = [re.compile(p) for p in RotationLayout().projector_out]
+    return sorted(n for n in names if any(p.search(n.rpartition(".")[0]) for p in patterns))
+
+
 def _mismatches(got: dict, want: dict) -> list[str]:
     return sorted(n for n in want.keys() | got.keys() if got.get(n) != want.get(n))
 
@@ -81,7 +90,10 @@ def test_rotation_matches_the_peer_byte_for_byte(source, case_id):
     assert source_digest(path) == golden["source_digest"], "the zoo checkpoint differs from the one the golden used"
     ours = _ours(path, case_id)
     assert list(ours.rotations) == golden["rotations"]
-    assert _mismatches(rotate_checkpoint(path, ours.process), golden["tensors"]) == []
+    bad = _mismatches(rotate_checkpoint(path, ours.process), golden["tensors"])
+    projector = _projector_outputs(golden["tensors"])
+    assert set(bad) <= set(projector)  # every other tensor is the peer's, byte for byte
+    assert [n for n in projector if n.endswith(".weight")] == [n for n in bad if n.endswith(".weight")]
     config = json.loads((path / "config.json").read_text())
     updated = ours.update_model_config(json.loads(json.dumps(config)))
     assert [updated.get("tie_word_embeddings"),
@@ -297,3 +309,27 @@ def test_a_streamed_hub_job_rotates_like_a_local_one(hub, source, tmp_path):
     assert _outputs(got) == _outputs(tmp_path / "local")
     assert json.loads((got / "config.json").read_text())["tie_word_embeddings"] is False
     assert "| rotation | SpinQuant R1+R2" in (got / "README.md").read_text()
+
+
+def test_a_rotated_llava_sees_images_as_before(source, tmp_path):
+    """Its tower is left alone, but the projector's output joins the rotated stream: rotated too."""
+    transformers = import_tool("transformers", "transformers is not installed")
+    path = source("llava")
+    config = json.loads((path / "config.json").read_text())
+    images = config["image_seq_length"]
+    ids = torch.cat([torch.tensor([1]), torch.full((images,), config["image_token_index"]), torch.arange(7, 39)])[None]
+    pixels = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    logits = []
+    for folder in (path, _rotated_copy(path, tmp_path / "rotated")):
+        model = transformers.AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()
+        with torch.no_grad():
+            logits.append(model(input_ids=ids, pixel_values=pixels).logits[0, images + 1:].flatten())
+    cosine = torch.nn.functional.cosine_similarity(logits[0], logits[1], dim=0).item()
+    assert cosine > 0.999, cosine
+
+
+def test_a_multimodal_projector_it_does_not_know_is_refused():
+    names = ["model.embed_tokens.weight", "model.layers.0.input_layernorm.weight", "vision_tower.blocks.0.w.weight"]
+    config = {"hidden_size": 128, "num_attention_heads": 4, "vision_config": {}}
+    with pytest.raises(ConverterError, match="projector is not one SpinQuant knows"):
+        build_spinquant(config, names, lambda wanted: {n: torch.ones(128) for n in wanted})
