@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ptq_core.hubjob import HubResult
 
 # Inputs a recipe replaces: giving one next to `config` is refused rather than ignored.
-_RECIPE_INPUTS = ("model", "ignore", "default-ignore", "observer", "target-repo", "private", "revision")
+_RECIPE_INPUTS = ("model", "ignore", "default-ignore", "observer", "target-repo", "private", "revision", "rotate")
 _DEFAULT_SCHEME = "FP8_BLOCK"
 # action.yml's defaults arrive as values: equal to these, an input counts as not given.
 _INPUT_DEFAULTS = {"scheme": _DEFAULT_SCHEME, "default-ignore": "true"}
@@ -113,6 +113,7 @@ def read_request(environ: Mapping[str, str]) -> Request:
     overwrite = parse_bool_input("overwrite", read_input(environ, "overwrite"))
     private = parse_bool_input("private", read_input(environ, "private"))
     default_ignore = parse_bool_input("default-ignore", read_input(environ, "default-ignore"), default=True)
+    rotate = parse_bool_input("rotate", read_input(environ, "rotate"))
     workers = _parse_max_workers(read_input(environ, "max-workers"))
     device = read_input(environ, "device") or None
     parts = _parse_count("parts", read_input(environ, "parts"))
@@ -164,6 +165,7 @@ def read_request(environ: Mapping[str, str]) -> Request:
             disk_budget=read_input(environ, "disk-budget") or None,
             part=part,
             tp=tp,
+            rotate=rotate,
         )
         jobs = (job,)
     return Request(jobs, bool(config), read_token(environ), parts, finalize)

@@ -43,6 +43,9 @@ _LAZY: dict[str, str] = {
     "DEFAULT_IGNORE": "schemes",
     "canonical_scheme_name": "schemes",
     "scheme_repo_suffix": "schemes",
+    # data-free SpinQuant rotations, a converter (``converter=`` or ``make_job(rotate=True)``)
+    "SpinQuant": "rotation",
+    "build_spinquant": "rotation",
     # the one call the front ends make
     "quantize_to_hub": "hubjob",
     "plan_hub_model": "hubjob",
@@ -100,5 +103,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .pipeline import QuantizeResult, model_free_ptq, quantize_job
     from .plan import Plan, build_plan, plan_checkpoint, plan_model, suggest_ignore
     from .recipe import RecipeJob, load_recipe
+    from .rotation import SpinQuant, build_spinquant
     from .reindex import ReindexResult, reindex_fused_weights
     from .schemes import DEFAULT_IGNORE, SchemeInfo, canonical_scheme_name, list_schemes, scheme_repo_suffix

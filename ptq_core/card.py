@@ -25,6 +25,7 @@ import yaml
 
 from .errors import InvalidOptionError
 from .observers import describe_observer
+from .rotation import rotation_note
 from .schemes import gpu_support, list_schemes
 from .sizes import compression_ratio, format_bytes
 
@@ -223,6 +224,8 @@ def _quantization_rows(
     source_format = getattr(getattr(plan, "source", None), "format", None)
     if source_format is not None and source_format.is_quantized:  # FP8 blocks, AWQ...: dequantized first
         rows.append(f"| source weights | {_md_cell(source_format.summary)} |")
+    if note := rotation_note(getattr(getattr(plan, "source", None), "converters", ())):
+        rows.append(f"| rotation | {_md_cell(note)} |")
     if observer:
         rows.append(f"| weight observer | `{_md_cell(observer)}`: {_md_cell(_observer_line(observer))} |")
     return rows

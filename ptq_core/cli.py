@@ -69,6 +69,7 @@ def _job(args: argparse.Namespace, source: str):
         disk_budget=getattr(args, "disk_budget", None),
         part=getattr(args, "part", None),
         tp=args.tp,
+        rotate=args.rotate,
     )
 
 
@@ -163,6 +164,9 @@ def _add_common(p: argparse.ArgumentParser, *, scheme_default: str | None = None
                         "(data-free observers of llm-compressor; MSE searches lower the error, slower)")
     p.add_argument("--tp", type=int, metavar="N",
                    help="refuse the plan unless vLLM can shard the output at tensor parallel size N")
+    p.add_argument("--rotate", action="store_true",
+                   help="fold SpinQuant Hadamard rotations (R1+R2; R1 only for MLA) into the weights first: "
+                        "the same model, fewer outliers, usually better 4-bit quality")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:

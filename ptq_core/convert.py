@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -68,6 +68,7 @@ __all__ = [
     "auto_converters",
     "chain_label",
     "merge_configs",
+    "model_config_update",
     "native_fp8_plan",
     "output_quantization_config",
     "plan_conversion",
@@ -131,8 +132,9 @@ class _ConfigDequantizer(CompressedTensorsDequantizer):
 
 
 def chain_label(converters: Sequence[Any]) -> str:
-    """``ModelOptNvfp4Converter -> CompressedTensorsDequantizer``: how plans and errors name a chain."""
-    return " -> ".join(type(c).__name__.lstrip("_") for c in converters)
+    """``ModelOptNvfp4Converter -> CompressedTensorsDequantizer``: how plans and errors name a chain
+    (a converter's own ``label``, where it has one: ``SpinQuant R1+R2``)."""
+    return " -> ".join(getattr(c, "label", None) or type(c).__name__.lstrip("_") for c in converters)
 
 
 def auto_converters(source: SourcePlan, config: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -156,6 +158,23 @@ def auto_converters(source: SourcePlan, config: Mapping[str, Any]) -> tuple[Any,
     except (ValidationError, ValueError) as err:
         raise CheckpointError(f"config.json's quantization_config ({source.format.summary}) cannot be read: {err}") from err
     raise AssertionError(f"no converter chain for source format {name!r}")
+
+
+def model_config_update(converters: Sequence[Any]) -> Callable[[dict], dict] | None:
+    """The chain's ``update_model_config`` hooks (llm-compressor 0.15's) as one edit of config.json, in order.
+
+    A converter that changes the model itself, not only its weights' format (a rotation
+    unties a tied head), says so through this hook; ``None`` when no converter has one.
+    """
+    hooks = [c.update_model_config for c in converters if callable(getattr(c, "update_model_config", None))]
+    if not hooks:
+        return None
+
+    def update(config: dict) -> dict:
+        for hook in hooks:
+            config = hook(config)
+        return config
+    return update
 
 
 def native_fp8_plan(converters: Sequence[Any], checkpoint: Checkpoint, config: Mapping[str, Any]) -> SourcePlan | None:

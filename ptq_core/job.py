@@ -54,6 +54,8 @@ class Job:
             otherwise it is dequantized in memory and quantized again (the front ends).
         tp: a tensor-parallel size the output must load at in vLLM (``--tp``); the plan
             is refused before anything is written if it cannot.
+        rotate: fold SpinQuant rotations into the weights before quantizing (R1 + R2; R1
+            only for MLA models), after the source is made dense (``rotation.py``).
 
     The weight observer lives in ``resolved`` (every group's ``weights.observer``).
     """
@@ -71,6 +73,7 @@ class Job:
     converters: tuple[Any, ...] = ()
     append: bool = False
     tp: int | None = None
+    rotate: bool = False
 
     @property
     def scheme_name(self) -> str:
@@ -251,6 +254,16 @@ def _device_tuple(device: str | object | Sequence[str | object] | None) -> tuple
     return names
 
 
+def _check_rotate(rotate: object, append: bool) -> bool:
+    """``rotate`` as a bool; refused with ``append`` (a rotated model has no compressed module left)."""
+    if not isinstance(rotate, bool):
+        raise InvalidOptionError(f"rotate must be True or False, got {rotate!r}.")
+    if rotate and append:
+        raise InvalidOptionError("rotate needs every weight dense, but append keeps a compressed-tensors source's "
+                                 "modules compressed; pass a dequantizer (or no converter) without append.")
+    return rotate
+
+
 def make_job(
     source: str | os.PathLike[str],
     scheme: object = None,
@@ -270,6 +283,7 @@ def make_job(
     converters: object = None,
     append: bool = False,
     tp: int | None = None,
+    rotate: bool = False,
     hub_only: bool = False,
 ) -> Job:
     """Validate a request once and return it as a ``Job``; no network, no file reads.
@@ -286,7 +300,7 @@ def make_job(
         disk_budget: bytes, or a size such as ``"20GB"`` (see :class:`Job`).
         part: ``(i, k)`` or ``"i/k"`` (see :class:`Job`).
         converters: one compressed-tensors ``Converter`` or a list (see :class:`Job`).
-        append, tp: see :class:`Job`.
+        append, tp, rotate: see :class:`Job`.
         hub_only: ``source`` must be a Hub repo id (``check_hub_source``): a front end that
             takes text from strangers (the Space) never has a local folder planned or read.
 
@@ -296,7 +310,7 @@ def make_job(
         InvalidOptionError: an empty or over-long source (or, with ``hub_only``, one that is not a
             Hub repo id), an empty target, a revision that is not a branch, tag or commit, a bad
             worker count, tensor-parallel size, device list, disk budget or part, or a converter
-            without the ``Converter`` methods.
+            without the ``Converter`` methods, or ``rotate`` with ``append`` (rotated weights are dense).
 
     Example:
         >>> make_job("org/Model", "fp8_block").scheme_name
@@ -334,4 +348,5 @@ def make_job(
         converters=check_converters(converters),
         append=bool(append),
         tp=None if tp is None else validate_workers(tp, name="tp"),
+        rotate=_check_rotate(rotate, append),
     )

@@ -22,11 +22,13 @@ from typing import Any
 
 from . import constants
 from ._http import HubHttp
-from .checkpoint import Checkpoint, open_checkpoint, read_config
+from .checkpoint import Checkpoint, TensorInfo, open_checkpoint, read_config
 from .job import Job
+from .units import LocalReader
 from .parts import Budgets, Footprint, estimate_footprint, resolve_budgets, split_parts
 from .plan import Plan, plan_model
-from .remote import open_remote_checkpoint
+from .remote import RemoteReader, open_remote_checkpoint
+from .rotation import rotation_chain
 from .sizes import format_bytes
 from .source import SourceState
 
@@ -111,7 +113,12 @@ def plan_job(
     else:
         checkpoint = open_checkpoint(source)
         config = read_config(source)
-    plan = plan_model(checkpoint, job.resolved, config, job.converters, append=job.append, tp=job.tp)
+    converters = job.converters
+    if job.rotate:  # the chain ends with the rotation; its norm scales are read before planning
+        hub = source if isinstance(source, SourceState) else None
+        converters = rotation_chain(checkpoint, config, converters,
+                                    lambda infos: _norm_reader(checkpoint, infos, http, hub))
+    plan = plan_model(checkpoint, job.resolved, config, converters, append=job.append, tp=job.tp)
     if parts is None:
         parts = job.part[1] if job.part is not None else 1
     split = split_parts(plan, parts)
@@ -122,3 +129,11 @@ def plan_job(
         footprint=estimate_footprint(plan, budgets, mine), parts=split,
         source=source if isinstance(source, SourceState) else None,
     )
+
+
+def _norm_reader(checkpoint: Checkpoint, infos: list[TensorInfo], http: HubHttp | None, source: SourceState | None):
+    """A reader of just ``infos`` (a rotated job's norm scales): ``pread`` locally, Range reads on the Hub."""
+    if source is None or http is None:
+        return LocalReader(checkpoint)
+    return RemoteReader(http, source, checkpoint, [[(i.shard, i.offset, i.nbytes) for i in infos]],
+                        window=max(1, sum(i.nbytes for i in infos)))

@@ -191,7 +191,7 @@ def _unit_bytes(plan: Plan) -> dict[int | str | tuple[str, int], int]:
     sizes: dict[int | str | tuple[str, int], int] = {}
     for item in plan.items:
         key: int | str | tuple[str, int] = item.fused if item.fused is not None else item.name
-        held = _input_nbytes(item) + _decode_nbytes(plan, item)
+        held = _input_nbytes(item) + _decode_nbytes(plan, item) + _fusing_nbytes(plan, item)
         if item.source.expert is not None and not is_contiguous(item.source.layout):
             key = key if item.fused is not None else (item.source.tensor, item.source.expert)
             held *= 2
@@ -219,6 +219,15 @@ def _decode_nbytes(plan: Plan, item: PlannedWeight) -> int:
     numel = math.prod(item.shape)
     cols = numel // max(rows, 1)
     return numel + 4 * (-(-rows // bh)) * (-(-cols // bw)) + 2 * min(4 * numel, _DECODE_CHUNK)
+
+
+def _fusing_nbytes(plan: Plan, item: PlannedWeight) -> int:
+    """A converter that fuses in a wider dtype (a rotation: float64, its ``precision``) holds a copy
+    of the weight and the product in it at once: two values of that width per weight value."""
+    if item.dequantize is None or not item.dequantize.by_converter:
+        return 0
+    widths = [getattr(getattr(c, "precision", None), "itemsize", 0) for c in plan.source.converters]
+    return 2 * max(widths, default=0) * math.prod(item.shape)
 
 
 def shard_sizes(plan: Plan) -> dict[str, int]:
@@ -341,6 +350,7 @@ def job_identity(job: Job, source_sha: str, tool_version: str) -> dict[str, Any]
         "observer": observers,
         "quantization_config": job.resolved.quantization_config_dict(),
         "tool_version": tool_version,
+        **({"rotate": True} if job.rotate else {}),  # absent otherwise: unrotated jobs keep their fingerprints
     }
 
 

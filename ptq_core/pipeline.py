@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from .convert import output_quantization_config
+from .convert import model_config_update, output_quantization_config
 from .errors import InvalidOptionError
 from .job import Job, make_job
 from .job_plan import plan_job
@@ -212,7 +212,7 @@ def quantize_job(
         if not plan.quantized:  # without a quantization_config loaders do not expect packed weights
             logger.warning("Nothing to quantize with %s and this ignore list; the output %s.", job.scheme_name,
                            "keeps the source's converted config" if quantization_config else "has no quantization_config")
-        write_config(work, quantization_config)
+        write_config(work, quantization_config, model_config_update(plan.source.converters))
         publish_output(work)
         notify("write", 1, 1)
         timings["write"] = time.perf_counter() - t

@@ -44,6 +44,8 @@ target      string                  target repo id; default ``{you}/{name}-{SCHE
                                     list of schemes it must contain ``{scheme}``
 private     boolean                 create the target repo private (default ``false``)
 revision    string                  source branch, tag or commit (default: the main branch)
+rotate      boolean                 fold SpinQuant rotations (R1+R2; R1 only for MLA) into the
+                                    weights before quantizing (default ``false``)
 =========== ======================= ===========================================================
 
 Only plain YAML values are read: a tag such as ``!!python/object`` is refused (it is never
@@ -76,7 +78,7 @@ from .schemes import canonical_scheme_name, resolve_config, scheme_repo_suffix
 
 __all__ = ["JOB_KEYS", "RecipeJob", "load_recipe"]
 
-JOB_KEYS = ("model", "scheme", "ignore", "default_ignore", "observer", "target", "private", "revision")
+JOB_KEYS = ("model", "scheme", "ignore", "default_ignore", "observer", "target", "private", "revision", "rotate")
 """Keys a job (and ``defaults:``) may set."""
 
 _TOP_KEYS = ("jobs", "defaults")
@@ -103,6 +105,7 @@ class RecipeJob:
         target: target repo id (``{scheme}`` already filled in), or ``None`` for the default name.
         private: create the target private.
         revision: source revision, or ``None`` for the main branch.
+        rotate: fold SpinQuant rotations into the weights first (``make_job(rotate=)``).
         line: 1-based line of the job in the file (for messages; not part of equality).
     """
 
@@ -114,6 +117,7 @@ class RecipeJob:
     target: str | None = None
     private: bool = False
     revision: str | None = None
+    rotate: bool = False
     line: int | None = field(default=None, compare=False)
 
     def to_job(self, *, overwrite: bool = False, device: str | None = None, workers: int = 1,
@@ -132,6 +136,7 @@ class RecipeJob:
             device=device,
             workers=workers,
             tp=tp,
+            rotate=self.rotate,
         )
 
 
@@ -386,6 +391,7 @@ class _Parser:
         default_ignore = self.boolean(fields["default_ignore"], "default_ignore") if "default_ignore" in fields else True
         observer = self.observer(fields["observer"]) if "observer" in fields else None
         private = self.boolean(fields["private"], "private") if "private" in fields else False
+        rotate = self.boolean(fields["rotate"], "rotate") if "rotate" in fields else False
         revision = self.revision(fields["revision"]) if "revision" in fields else None
         target_template = self.string(fields["target"], "target", optional=True) if "target" in fields else None
         if target_template is not None and len(schemes) > 1 and "{scheme}" not in target_template:
@@ -411,6 +417,7 @@ class _Parser:
                     target=target,
                     private=private,
                     revision=revision,
+                    rotate=rotate,
                     line=line,
                 )
             )

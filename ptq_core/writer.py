@@ -35,7 +35,7 @@ import shutil
 import threading
 import weakref
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 
@@ -652,27 +652,32 @@ def write_index(folder: WorkFolder | Path, weight_map: dict[str, str], total_siz
     _write_text(Path(folder) / INDEX_NAME, json.dumps(index, indent=2) + "\n")
 
 
-def write_config(folder: WorkFolder | Path, quantization_config: dict | None) -> None:
+def write_config(folder: WorkFolder | Path, quantization_config: dict | None,
+                 update: Callable[[dict], dict] | None = None) -> None:
     """Set ``quantization_config`` in config.json (written like the peer: sorted keys).
 
     ``None`` removes it: a dequantized copy of a quantized source must not keep the
-    source's config, or loaders would expect its packed weights.
+    source's config, or loaders would expect its packed weights. ``update``: the converter
+    chain's ``update_model_config`` hooks (``convert.model_config_update``), applied last.
     """
     path = Path(folder) / "config.json"
-    if quantization_config is None:
-        if path.is_file():
-            data = json.loads(path.read_text())
-            if data.pop("quantization_config", None) is not None:
-                _write_text(path, json.dumps(data, indent=2, sort_keys=True))
-        return
     if not path.is_file():
-        logger.warning("No config.json in the checkpoint; quantization_config is written to quantization_config.json")
-        text = json.dumps(quantization_config, indent=2, sort_keys=True)
-        _write_text(path.with_name("quantization_config.json"), text)
+        if quantization_config is not None:
+            logger.warning("No config.json in the checkpoint; quantization_config is written to "
+                           "quantization_config.json")
+            text = json.dumps(quantization_config, indent=2, sort_keys=True)
+            _write_text(path.with_name("quantization_config.json"), text)
         return
     data = json.loads(path.read_text())
-    data["quantization_config"] = quantization_config
-    _write_text(path, json.dumps(data, indent=2, sort_keys=True))
+    changed = quantization_config is not None or update is not None
+    if quantization_config is None:
+        changed |= data.pop("quantization_config", None) is not None
+    else:
+        data["quantization_config"] = quantization_config
+    if update is not None:
+        data = update(data)
+    if changed:
+        _write_text(path, json.dumps(data, indent=2, sort_keys=True))
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -23,7 +23,7 @@ LAYERS: dict[str, int] = {
     "schemes": 4,
     "job": 5, "checkpoint": 5,
     "convert": 6, "default_ignore": 6, "tensor_parallel": 4,
-    "plan": 7,
+    "plan": 7, "rotation": 7,
     "_http": 8, "parts": 8,
     "source": 9, "writer": 9,
     "units": 10, "reindex": 10, "remote": 10,

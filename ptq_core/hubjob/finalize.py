@@ -24,6 +24,7 @@ from ..publish import TargetState
 from ..sizes import format_bytes
 from ..source import ProgressCallback
 from ..staging import MainMovedError, Staging, finalized_commit
+from ..convert import model_config_update
 from ..writer import new_work_folder, write_config, write_index
 from .prepare import WORK_PREFIX, PreparedJob, prepare_parts
 from .recovery import after_failure, done, landed_meanwhile, recheck_target, salvage
@@ -139,7 +140,7 @@ def _write_files(prepared: PreparedJob, job_dir: Path, clock: StageClock) -> tup
                   local_dir=job_dir, role="source", repo_id=state.repo_id)
     shutil.rmtree(job_dir / ".cache", ignore_errors=True)
     write_index(job_dir, plan.weight_map(), plan.size_after)
-    write_config(job_dir, plan.resolved.quantization_config_dict())
+    write_config(job_dir, plan.resolved.quantization_config_dict(), model_config_update(plan.source.converters))
     clock("card", 0, 1)
     card = _render_card(prepared)
     (job_dir / "README.md").write_text(card, encoding="utf-8")

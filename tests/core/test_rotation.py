@@ -1,0 +1,334 @@
+"""``ptq_core.rotation``: byte-identical to llm-compressor 0.15's ``SpinQuantConverter``.
+
+The goldens (``tests/golden/rotation.json``, made by ``tests/golden/make_rotation_golden.py``
+from the peer's published source) hold the sha256 of every tensor the peer's converter makes
+from seeded zoo checkpoints: Llama, Qwen3, Qwen3-MoE (per-expert and fused 3-D experts),
+a tied Llama, DeepSeek-V3 (MLA: R1 only) and two VLMs whose towers are left alone. Here the
+same checkpoints are rebuilt, rotated by ``build_spinquant`` (its defaults: the layout,
+rotations, tower ignore list and tied head are chosen as the peer chooses them) and compared
+tensor by tensor. A rotation changed in one column, or fused in float32, must fail. The one
+deliberate difference: a VLM's projector output (``RotationLayout.projector_out``), which the peer
+leaves un-rotated although it feeds the rotated stream (a rotated LLaVA then reads images wrongly).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from conftest import import_tool
+from ptq_core.errors import ConverterError, InvalidOptionError
+from ptq_core.rotation import RotationLayout, SpinQuant, build_spinquant, hadamard, rotation_ignore
+
+import_tool("transformers", "transformers is not installed (pip install -e '.[test]')")
+GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden"
+sys.path.insert(0, str(GOLDEN_DIR))
+from rotation_cases import GOLDEN_FILE, build_source, cases, rotate_checkpoint, source_digest  # noqa: E402
+
+GOLDEN = json.loads((GOLDEN_DIR / GOLDEN_FILE).read_text())["cases"]
+CASES = {c.id: c for c in cases()}
+
+
+def _names(path: Path) -> list[str]:
+    names = []
+    for shard in sorted(path.glob("*.safetensors")):
+        with safe_open(str(shard), "pt") as f:
+            names += list(f.keys())
+    return names
+
+
+def _reader(path: Path):
+    def read(wanted: list[str]) -> dict[str, torch.Tensor]:
+        found = {}
+        for shard in sorted(path.glob("*.safetensors")):
+            with safe_open(str(shard), "pt") as f:
+                found.update({n: f.get_tensor(n) for n in f.keys() if n in wanted})
+        return found
+    return read
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    built: dict[str, Path] = {}
+
+    def get(case_id: str) -> Path:
+        if case_id not in built:
+            built[case_id] = build_source(CASES[case_id], tmp_path_factory.mktemp("rotation"))
+        return built[case_id]
+    return get
+
+
+def _ours(path: Path, case_id: str) -> SpinQuant:
+    config = json.loads((path / "config.json").read_text())
+    return build_spinquant(config, _names(path), _reader(path))
+
+
+def _projector_outputs(names) -> list[str]:
+    """The multimodal projector's last linear: rotated by ptq-hub, left alone by the peer (see RotationLayout)."""
+    patterns = [re.compile(p) for p in RotationLayout().projector_out]
+    return sorted(n for n in names if any(p.search(n.rpartition(".")[0]) for p in patterns))
+
+
+def _mismatches(got: dict, want: dict) -> list[str]:
+    return sorted(n for n in want.keys() | got.keys() if got.get(n) != want.get(n))
+
+
+def test_every_golden_case_is_built():
+    assert set(GOLDEN) == set(CASES)
+
+
+@pytest.mark.parametrize("case_id", sorted(CASES))
+def test_rotation_matches_the_peer_byte_for_byte(source, case_id):
+    path = source(case_id)
+    golden = GOLDEN[case_id]
+    assert source_digest(path) == golden["source_digest"], "the zoo checkpoint differs from the one the golden used"
+    ours = _ours(path, case_id)
+    assert list(ours.rotations) == golden["rotations"]
+    bad = _mismatches(rotate_checkpoint(path, ours.process), golden["tensors"])
+    projector = _projector_outputs(golden["tensors"])
+    assert set(bad) <= set(projector)  # every other tensor is the peer's, byte for byte
+    assert [n for n in projector if n.endswith(".weight")] == [n for n in bad if n.endswith(".weight")]
+    config = json.loads((path / "config.json").read_text())
+    updated = ours.update_model_config(json.loads(json.dumps(config)))
+    assert [updated.get("tie_word_embeddings"),
+            (updated.get("text_config") or {}).get("tie_word_embeddings")] == golden["tie_word_embeddings"]
+
+
+@pytest.mark.parametrize("case_id", ["qwen2_5_vl", "llava"])
+def test_towers_are_ignored_as_the_golden_was_told(source, case_id):
+    path = source(case_id)
+    config = json.loads((path / "config.json").read_text())
+    assert sorted(rotation_ignore(config, _names(path))) == sorted(CASES[case_id].ignore)
+
+
+def test_a_perturbed_rotation_fails_the_golden(source):
+    path = source("llama")
+    golden = GOLDEN["llama"]["tensors"]
+    ours = _ours(path, "llama")
+    ours.r1 = ours.r1[:, torch.tensor([1, 0, *range(2, ours.r1.shape[1])])]  # still orthogonal: two columns swapped
+    bad = _mismatches(rotate_checkpoint(path, ours.process), golden)
+    assert any("q_proj" in n for n in bad) and any("embed_tokens" in n for n in bad)
+
+
+def test_fusing_in_float32_fails_the_golden(source):
+    path = source("llama")
+    ours = _ours(path, "llama")
+    ours.precision = torch.float32
+    ours.r1, ours.r2 = ours.r1.float(), ours.r2.float()
+    assert _mismatches(rotate_checkpoint(path, ours.process), GOLDEN["llama"]["tensors"])
+
+
+def test_rotated_llama_computes_the_same_logits(source, tmp_path):
+    transformers = import_tool("transformers", "transformers is not installed")
+    from safetensors.torch import save_file
+
+    path = source("llama_tied")
+    ours = _ours(path, "llama_tied")
+    out = tmp_path / "rotated"
+    out.mkdir()
+    tensors = {}
+    for shard in sorted(path.glob("*.safetensors")):
+        with safe_open(str(shard), "pt") as f:
+            tensors.update(ours.process({n: f.get_tensor(n) for n in f.keys()}))
+    save_file({n: t.contiguous() for n, t in tensors.items()}, str(out / "model.safetensors"))
+    config = ours.update_model_config(json.loads((path / "config.json").read_text()))
+    (out / "config.json").write_text(json.dumps(config))
+    ids = torch.arange(7, 71).reshape(2, 32)
+    logits = []
+    for folder in (path, out):
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        with torch.no_grad():
+            logits.append(model(ids).logits.flatten())
+    cosine = torch.nn.functional.cosine_similarity(logits[0], logits[1], dim=0).item()
+    assert cosine > 0.999, cosine  # bf16 rounding of the rotated weights only
+
+
+def test_hadamard_is_orthogonal():
+    r = hadamard(64)
+    assert torch.allclose(r @ r.T, torch.eye(64, dtype=torch.float64))
+
+
+def test_refusals():
+    with pytest.raises(ConverterError, match="power-of-two hidden_size"):
+        SpinQuant(96, 32, {})
+    with pytest.raises(InvalidOptionError, match="R1 and/or R2"):
+        SpinQuant(128, 32, {}, rotations=("R3",))
+    rotation = SpinQuant(128, 32, {"model.layers.0.input_layernorm": torch.ones(128)})
+    with pytest.raises(ConverterError, match="quantized"):
+        rotation.process({"model.layers.0.self_attn.q_proj.weight": torch.zeros(128, 128, dtype=torch.float8_e4m3fn)})
+    with pytest.raises(ConverterError, match="no place in the rotation layout"):
+        rotation.process({"model.layers.0.feed_forward.w1.weight": torch.zeros(256, 128)})
+    with pytest.raises(ConverterError, match="No RMSNorm"):
+        build_spinquant({"hidden_size": 128, "num_attention_heads": 4}, ["a.weight"], lambda names: {})
+
+
+# ---------------------------------------------------------------------------- the rotation in a job
+def _write_dense(folder: Path, tensors: dict[str, torch.Tensor], config: dict) -> Path:
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    save_file({n: t.contiguous() for n, t in tensors.items()}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def _rotated_copy(path: Path, folder: Path) -> Path:
+    """The source rotated tensor by tensor (the goldens' ``process``), as a plain dense checkpoint."""
+    ours = _ours(path, "")
+    tensors = {}
+    for shard in sorted(path.glob("*.safetensors")):
+        with safe_open(str(shard), "pt") as f:
+            tensors.update(ours.process({n: f.get_tensor(n) for n in f.keys()}))
+    return _write_dense(folder, tensors, ours.update_model_config(json.loads((path / "config.json").read_text())))
+
+
+def _outputs(folder: Path) -> dict[str, list]:
+    from rotation_cases import shard_tensors, tensor_record
+
+    return {n: tensor_record(t) for shard in shard_tensors(folder) for n, t in shard.items()}
+
+
+@pytest.mark.parametrize("scheme", ["W4A16", "NVFP4A16"])
+def test_a_rotated_job_quantizes_the_rotated_weights(source, tmp_path, scheme):
+    from ptq_core.job import make_job
+    from ptq_core.pipeline import quantize_job
+
+    path = source("llama_tied")
+    rotated = quantize_job(make_job(str(path), scheme, rotate=True, workers=2), tmp_path / "rotated")
+    plain = quantize_job(make_job(str(_rotated_copy(path, tmp_path / "dense")), scheme), tmp_path / "plain")
+    assert _outputs(tmp_path / "rotated") == _outputs(tmp_path / "plain")
+    config = json.loads((tmp_path / "rotated" / "config.json").read_text())
+    assert config["tie_word_embeddings"] is False and "quantization_config" in config
+    assert "SpinQuant R1+R2" in rotated.plan.to_markdown()
+    assert len(rotated.plan.quantized) == len(plain.plan.quantized) > 0
+
+
+def test_an_fp8_block_source_is_dequantized_then_rotated(tmp_path):
+    from compressed_tensors.entrypoints.convert.converters import FP8BlockDequantizer
+    from factory import load_tensors, make_fp8_block_checkpoint
+
+    from ptq_core.job import make_job
+    from ptq_core.pipeline import quantize_job
+
+    src = make_fp8_block_checkpoint(tmp_path / "fp8", "llama")
+    config = json.loads((src / "config.json").read_text())
+    tensors = load_tensors(src)
+    modules = sorted(n.removesuffix(".weight_scale_inv") for n in tensors if n.endswith(".weight_scale_inv"))
+    dense = FP8BlockDequantizer(targets=modules).process(tensors)
+    config.pop("quantization_config")
+    dense_dir = _write_dense(tmp_path / "dense", dense, config)
+    quantize_job(make_job(str(src), "MXFP4A16", rotate=True), tmp_path / "from-fp8")
+    quantize_job(make_job(str(dense_dir), "MXFP4A16", rotate=True), tmp_path / "from-dense")
+    assert _outputs(tmp_path / "from-fp8") == _outputs(tmp_path / "from-dense")
+
+
+def test_the_card_names_the_rotations(source, tmp_path):
+    from ptq_core.card import render_model_card
+    from ptq_core.job import make_job
+    from ptq_core.pipeline import quantize_job
+
+    result = quantize_job(make_job(str(source("deepseek_v3")), "FP8_DYNAMIC", rotate=True), tmp_path / "out")
+    card = render_model_card("org/DeepSeek-tiny", "me/DeepSeek-tiny-FP8", "FP8_DYNAMIC", size_before=1, size_after=1,
+                             plan=result.plan)
+    assert "| rotation | SpinQuant R1 (Hadamard" in card
+
+
+def test_update_model_config_is_honoured_for_any_converter(source, tmp_path):
+    from ptq_core.pipeline import model_free_ptq
+
+    class Marker:  # a pass-through converter with llm-compressor 0.15's model-config hook
+        def process(self, tensors):
+            return tensors
+
+        def get_dependencies(self, weight_name):
+            return set()
+
+        def update_config(self, config):
+            return config
+
+        def update_model_config(self, config):
+            return {**config, "marked_by": "Marker"}
+
+    model_free_ptq(str(source("llama")), tmp_path / "out", "W4A16", converter=Marker())
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["marked_by"] == "Marker"
+
+
+def test_rotate_is_refused_with_append_or_as_text(source):
+    from ptq_core.job import make_job
+
+    with pytest.raises(InvalidOptionError, match="append"):
+        make_job("org/Model", "W4A16", rotate=True, append=True)
+    with pytest.raises(InvalidOptionError, match="True or False"):
+        make_job("org/Model", "W4A16", rotate="false")
+
+
+def test_the_ram_estimate_counts_the_float64_fusing(source):
+    from ptq_core.job import make_job
+    from ptq_core.job_plan import plan_job
+    from ptq_core.parts import _unit_bytes
+
+    path = source("llama")
+    plain = _unit_bytes(plan_job(make_job(str(path), "W4A16"), path).plan)
+    rotated = _unit_bytes(plan_job(make_job(str(path), "W4A16", rotate=True), path).plan)
+    name = "model.layers.0.mlp.down_proj.weight"
+    assert rotated[name] == plain[name] + 2 * 8 * 128 * 256  # a float64 copy and product of a 128x256 weight
+
+
+def test_from_pretrained_as_converter_equals_rotate(source, tmp_path):
+    from ptq_core import SpinQuant, model_free_ptq
+
+    path = source("qwen3_moe")
+    model_free_ptq(str(path), tmp_path / "converter", "W4A16", converter=SpinQuant.from_pretrained(path))
+    from ptq_core.job import make_job
+    from ptq_core.pipeline import quantize_job
+
+    quantize_job(make_job(str(path), "W4A16", default_ignore=False, rotate=True), tmp_path / "rotate")
+    assert _outputs(tmp_path / "converter") == _outputs(tmp_path / "rotate")
+
+
+def test_a_streamed_hub_job_rotates_like_a_local_one(hub, source, tmp_path):
+    from huggingface_hub import snapshot_download
+
+    from ptq_core.hubjob import quantize_to_hub
+    from ptq_core.job import make_job
+    from ptq_core.pipeline import quantize_job
+
+    path = source("llama_tied")
+    hub.seed_repo("bob/tiny-tied", {p.name: p for p in path.iterdir() if p.is_file()})
+    result = quantize_to_hub("bob/tiny-tied", "W4A16", rotate=True, token="hf_test_alice", work_dir=tmp_path / "w")
+    got = Path(snapshot_download(result.repo_id, endpoint=hub.endpoint, token="hf_test_alice",
+                                 cache_dir=tmp_path / "dl"))
+    quantize_job(make_job(str(path), "W4A16", rotate=True), tmp_path / "local")
+    assert _outputs(got) == _outputs(tmp_path / "local")
+    assert json.loads((got / "config.json").read_text())["tie_word_embeddings"] is False
+    assert "| rotation | SpinQuant R1+R2" in (got / "README.md").read_text()
+
+
+def test_a_rotated_llava_sees_images_as_before(source, tmp_path):
+    """Its tower is left alone, but the projector's output joins the rotated stream: rotated too."""
+    transformers = import_tool("transformers", "transformers is not installed")
+    path = source("llava")
+    config = json.loads((path / "config.json").read_text())
+    images = config["image_seq_length"]
+    ids = torch.cat([torch.tensor([1]), torch.full((images,), config["image_token_index"]), torch.arange(7, 39)])[None]
+    pixels = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    logits = []
+    for folder in (path, _rotated_copy(path, tmp_path / "rotated")):
+        model = transformers.AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()
+        with torch.no_grad():
+            logits.append(model(input_ids=ids, pixel_values=pixels).logits[0, images + 1:].flatten())
+    cosine = torch.nn.functional.cosine_similarity(logits[0], logits[1], dim=0).item()
+    assert cosine > 0.999, cosine
+
+
+def test_a_multimodal_projector_it_does_not_know_is_refused():
+    names = ["model.embed_tokens.weight", "model.layers.0.input_layernorm.weight", "vision_tower.blocks.0.w.weight"]
+    config = {"hidden_size": 128, "num_attention_heads": 4, "vision_config": {}}
+    with pytest.raises(ConverterError, match="projector is not one SpinQuant knows"):
+        build_spinquant(config, names, lambda wanted: {n: torch.ones(128) for n in wanted})
