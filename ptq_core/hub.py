@@ -53,7 +53,8 @@ from .errors import HubNetworkError, InvalidOptionError, PtqError, TargetChanged
 from .job import Job, check_hub_source, make_job
 from .parts import Budgets, estimate_footprint, fingerprint, job_identity, resolve_budgets, shard_costs, split_parts
 from .pipeline import resolve_devices
-from .plan import Plan, plan_model
+from .plan import Plan
+from .planner import plan_model
 from .publish import (
     TargetState,
     check_namespace,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .converters import check_converters
+from .sources.formats import check_converters
 from .errors import InvalidOptionError
 from .matching import validate_ignore
 from .schemes import DEFAULT_IGNORE, ResolvedConfig, resolve_config, scheme_repo_suffix

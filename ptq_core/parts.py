@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import tensor_nbytes
+from .sources.safetensors_header import tensor_nbytes
 from .errors import DiskSpaceError, InvalidOptionError, MemoryBudgetError
 from .experts import is_contiguous
 from .job import MAX_PARTS, Job

@@ -28,12 +28,14 @@ from typing import Iterable, Iterator, Protocol, Sequence
 import torch
 
 from .checkpoint import Checkpoint, ShardReader, TensorInfo, open_checkpoint, read_config
-from .convert import ST_TO_TORCH, output_quantization_config, run_chain
+from .convert import ST_TO_TORCH, run_chain
 from .errors import ConverterError, InvalidOptionError, NonFiniteScaleError, NonFiniteWeightError, TensorShapeError
 from .experts import expert_part, is_contiguous
 from .job import Job, make_job
 from .numerics import Scratch, dequantize_fp8_block, global_scale_from_stats, observe_weight, quantize_weight
-from .plan import Plan, PlannedWeight, check_merged_config, plan_model
+from .output_config import check_merged_config, output_quantization_config
+from .plan import Plan, PlannedWeight
+from .planner import plan_model
 from .source import ProgressCallback, resolve_source
 from .sizes import compression_ratio
 from .writer import (

@@ -39,7 +39,8 @@ from typing import Iterable
 
 import torch
 
-from .checkpoint import DTYPE_SIZES, INDEX_NAME
+from .repo_files import INDEX_NAME
+from .sources.safetensors_header import DTYPE_SIZES
 from .errors import DiskSpaceError, OutputExistsError, OutputLocationError, OutputNotWritableError, PtqError
 from .plan import OutputTensor
 from .sizes import format_bytes
