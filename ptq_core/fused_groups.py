@@ -36,6 +36,9 @@ _FUSED_MEMBER_KIND = {member: kind for kind, members in _FUSED_KINDS.items() for
 
 @dataclass(frozen=True)
 class FusedGroup:
+    """Weights quantized with one NVFP4 global scale: ``kind`` (``q/k/v``...), its members in
+    canonical order, and the input shard of each."""
+
     kind: str
     members: tuple[str, ...]
     source_shards: tuple[str, ...]
