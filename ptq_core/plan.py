@@ -35,6 +35,7 @@ __all__ = [
 
 DENSE_SOURCE = SourcePlan(SourceFormat(DENSE, "dense weights"))
 
+
 # The per-tensor records are NamedTuples: a DeepSeek-sized plan makes ~300k of them,
 # and a tuple is built several times faster than a frozen dataclass.
 class WeightSource(NamedTuple):

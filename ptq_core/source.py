@@ -1,7 +1,8 @@
 """The source side: a local folder or a Hub repo, inspected, and downloaded when needed.
 
-One rule decides which files travel (``repo_files.select_repo_files``), for a
-folder and for the Hub alike. Inspection reads metadata, file sizes and the
+One rule decides which files travel (``repo_files.select_repo_files``) and one
+which of them are the shards (``sources.shards.select_shards``), for a folder and
+for the Hub alike. Inspection reads metadata, file sizes and the
 index, and pins the commit; the streamed Hub job then reads headers and tensor
 bytes in place (``remote``), while ``model_free_ptq`` with a Hub id downloads
 exactly the inspected files at the pinned commit, checked against the disk rule
