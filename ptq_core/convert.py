@@ -44,6 +44,7 @@ __all__ = [
     "TORCH_TO_ST",
     "auto_converters",
     "chain_label",
+    "chain_output_config",
     "native_fp8_plan",
     "plan_conversion",
     "run_chain",
@@ -147,6 +148,31 @@ def auto_converters(source: SourcePlan, config: Mapping[str, Any]) -> tuple[Any,
     except (ValidationError, ValueError) as err:
         raise CheckpointError(f"config.json's quantization_config ({source.format.summary}) cannot be read: {err}") from err
     raise AssertionError(f"no converter chain for source format {name!r}")
+
+
+def chain_output_config(config: Mapping[str, Any] | None, converters: Sequence[Any]) -> Any:
+    """What a chain leaves of the source's compressed-tensors config: the config read by
+    compressed-tensors, then each converter's ``update_config`` in order (a dequantizer returns
+    ``None``). ``None``: the output's config describes no stored compression.
+
+    Only a compressed-tensors config seeds the chain: llm-compressor also seeds it with a ModelOpt
+    config that happens to parse, and then writes quant_method "modelopt" over CT tensors.
+
+    Raises:
+        CheckpointError: compressed-tensors cannot read the source's ``quantization_config``.
+    """
+    quant = (config or {}).get("quantization_config")
+    incoming = None
+    if isinstance(quant, Mapping) and str(quant.get("quant_method", "")).lower() == COMPRESSED_TENSORS:
+        from compressed_tensors.quantization import QuantizationConfig
+
+        try:
+            incoming = QuantizationConfig.model_validate({k: v for k, v in quant.items() if k != "version"})
+        except ValueError as err:  # pydantic's ValidationError
+            raise CheckpointError(f"config.json's compressed-tensors quantization_config cannot be read: {err}") from err
+    for converter in converters:
+        incoming = converter.update_config(incoming)
+    return incoming
 
 
 def native_fp8_plan(converters: Sequence[Any], checkpoint: Checkpoint, config: Mapping[str, Any]) -> SourcePlan | None:

@@ -17,11 +17,12 @@ import warnings
 from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .errors import AppendError, CheckpointError
+from .convert import chain_output_config
+from .errors import AppendError
 from .matching import IgnoreMatcher, match_name
 from .plan import Plan
 from .schemes import ResolvedConfig, config_block
-from .sources.formats import COMPRESSED_TENSORS, SourcePlan
+from .sources.formats import SourcePlan
 from .sources.safetensors_header import FLOAT_WEIGHT_DTYPES
 
 if TYPE_CHECKING:
@@ -62,20 +63,7 @@ def output_quantization_config(
     """
     if not source.converters and not source.append:
         return MergedConfig(resolved.quantization_config_dict() if quantized else None)
-    from compressed_tensors.quantization import QuantizationConfig
-    from pydantic import ValidationError
-
-    incoming: QuantizationConfig | None = None
-    quant = (source_config or {}).get("quantization_config")
-    # Only a compressed-tensors config seeds the chain: llm-compressor also seeds it with a ModelOpt
-    # config that happens to parse, and then writes quant_method "modelopt" over CT tensors.
-    if isinstance(quant, Mapping) and str(quant.get("quant_method", "")).lower() == COMPRESSED_TENSORS:
-        try:
-            incoming = QuantizationConfig.model_validate({k: v for k, v in quant.items() if k != "version"})
-        except ValidationError as err:
-            raise CheckpointError(f"config.json's compressed-tensors quantization_config cannot be read: {err}") from err
-    for converter in source.converters:
-        incoming = converter.update_config(incoming)
+    incoming = chain_output_config(source_config, source.converters)
     if incoming is None:
         return MergedConfig(resolved.quantization_config_dict() if quantized else None)
     earlier = len(incoming.config_groups)

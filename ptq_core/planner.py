@@ -16,7 +16,15 @@ from dataclasses import replace
 from typing import Any, NamedTuple
 
 from .checkpoint import Checkpoint, TensorInfo, headers_checkpoint, open_checkpoint, paused_gc, read_config
-from .convert import ST_TO_TORCH, TORCH_TO_ST, auto_converters, chain_label, native_fp8_plan, plan_conversion
+from .convert import (
+    ST_TO_TORCH,
+    TORCH_TO_ST,
+    auto_converters,
+    chain_label,
+    chain_output_config,
+    native_fp8_plan,
+    plan_conversion,
+)
 from .default_ignore import DefaultIgnore, loader_pattern, model_default_ignore
 from .errors import (
     CheckpointError,
@@ -171,7 +179,7 @@ def source_plan(
             check_source_shapes(native, shapes)
             return native
         planned = plan_conversion(checkpoint, converters)
-        if _chain_config(config, converters) is None:  # the output's config describes no stored compression
+        if chain_output_config(config, converters) is None:  # the output's config describes no stored compression
             check_no_packed_copies(planned, shapes, f"compressed ({chain_label(converters)} leaves them)")
         return planned
     source = detect_source(config, checkpoint.tensors)
@@ -192,23 +200,6 @@ def source_plan(
         fmt = replace(source.format, summary="compressed-tensors, its compressed modules kept as they are")
         return SourcePlan(fmt, append=True, kept=kept)
     return planned
-
-
-def _chain_config(config: Mapping[str, Any], converters: Sequence[Any]) -> Any:
-    """What a caller's chain leaves of the source's compressed-tensors config (as
-    ``output_config.output_quantization_config`` seeds it): ``None`` when it dequantizes everything."""
-    quant = config.get("quantization_config")
-    incoming = None
-    if isinstance(quant, Mapping) and str(quant.get("quant_method", "")).lower() == COMPRESSED_TENSORS:
-        from compressed_tensors.quantization import QuantizationConfig
-
-        try:
-            incoming = QuantizationConfig.model_validate({k: v for k, v in quant.items() if k != "version"})
-        except ValueError as err:  # pydantic's ValidationError
-            raise CheckpointError(f"config.json's compressed-tensors quantization_config cannot be read: {err}") from err
-    for converter in converters:
-        incoming = converter.update_config(incoming)
-    return incoming
 
 
 def plan_model(
