@@ -39,11 +39,11 @@ from typing import Iterable
 
 import torch
 
-from .repo_files import INDEX_NAME
-from .sources.safetensors_header import DTYPE_SIZES
 from .errors import DiskSpaceError, OutputExistsError, OutputLocationError, OutputNotWritableError, PtqError
 from .plan import OutputTensor
+from .repo_files import INDEX_NAME
 from .sizes import format_bytes
+from .sources.safetensors_header import DTYPE_SIZES
 
 logger = logging.getLogger(__name__)
 
