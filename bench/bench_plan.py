@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ptq_core.checkpoint import headers_checkpoint, open_checkpoint  # noqa: E402
 from ptq_core.job import make_job  # noqa: E402
-from ptq_core.plan import build_plan, source_plan  # noqa: E402
+from ptq_core.planner import build_plan, source_plan  # noqa: E402
 
 HIDDEN, INTER, MOE_INTER, EXPERTS, LAYERS, DENSE, VOCAB = 7168, 18432, 2048, 256, 61, 3, 129280
 Q_LORA, KV_LORA, ROPE, HEADS, NOPE, V = 1536, 512, 64, 128, 128, 128

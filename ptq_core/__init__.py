@@ -32,11 +32,12 @@ _LAZY: dict[str, str] = {
     "reindex_fused_weights": "reindex",
     "ReindexResult": "reindex",
     # dry run from safetensors headers only
-    "plan_checkpoint": "plan",
-    "build_plan": "plan",
-    "plan_model": "plan",
+    "plan_checkpoint": "planner",
+    "build_plan": "planner",
+    "plan_model": "planner",
+    "source_plan": "planner",
     "Plan": "plan",
-    "suggest_ignore": "plan",
+    "suggest_ignore": "planner",
     # schemes
     "list_schemes": "schemes",
     "SchemeInfo": "schemes",
@@ -63,7 +64,7 @@ _LAZY: dict[str, str] = {
     "validate_ignore": "matching",
     "redact": "redact",
     "install_redaction": "redact",
-    "validate_shard_name": "checkpoint",
+    "validate_shard_name": "sources.shards",
     # recipes (Action / CLI)
     "load_recipe": "recipe",
     "RecipeJob": "recipe",
@@ -101,7 +102,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     )
     from .job import Job, make_job
     from .pipeline import QuantizeResult, model_free_ptq, quantize_job
-    from .plan import Plan, build_plan, plan_checkpoint, plan_model, suggest_ignore
+    from .plan import Plan
+    from .planner import build_plan, plan_checkpoint, plan_model, source_plan, suggest_ignore
     from .recipe import RecipeJob, load_recipe
     from .rotation import SpinQuant, build_spinquant
     from .reindex import ReindexResult, reindex_fused_weights

@@ -28,49 +28,25 @@ checkpoints, and ModelOpt NVFP4 / AutoAWQ converters followed by that dequantize
 
 from __future__ import annotations
 
-import re
-import warnings
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import cache
+from typing import Any
 
 import torch
-from compressed_tensors.compressors.format import infer_module_format
-from compressed_tensors.config import CompressionFormat
-from compressed_tensors.entrypoints.convert.converters import (
-    AutoAWQConverter,
-    CompressedTensorsDequantizer,
-    FP8BlockDequantizer,
-    ModelOptNvfp4Converter,
-)
-from compressed_tensors.quantization import KVCacheScaleType, QuantizationConfig, QuantizationMetadata
-from pydantic import ValidationError
 
 from .checkpoint import Checkpoint, TensorInfo, paused_gc
-from .converters import (
-    AWQ,
-    COMPRESSED_TENSORS,
-    CONVERTED,
-    FP8_BLOCK,
-    MODELOPT_NVFP4,
-    Dequantization,
-    SourceFormat,
-    SourcePlan,
-    detect_source,
-)
 from .errors import CheckpointError, ConverterError
-from .matching import match_name
-from .schemes import ResolvedConfig, config_block
+from .sources.detect import detect_source
+from .sources.formats import AWQ, COMPRESSED_TENSORS, CONVERTED, FP8_BLOCK, MODELOPT_NVFP4, Dequantization, SourceFormat, SourcePlan
 
 __all__ = [
-    "MergedConfig",
     "ST_TO_TORCH",
     "TORCH_TO_ST",
     "auto_converters",
     "chain_label",
-    "merge_configs",
+    "chain_output_config",
     "model_config_update",
     "native_fp8_plan",
-    "output_quantization_config",
     "plan_conversion",
     "run_chain",
 ]
@@ -82,53 +58,65 @@ TORCH_TO_ST: dict[torch.dtype, str] = {
 }
 ST_TO_TORCH = {v: k for k, v in TORCH_TO_ST.items()}
 
-_LAYER_INDEX = re.compile(r"\.\d+\.")
-_KV_SCALES = tuple(v.value for v in KVCacheScaleType)
-_QPARAMS = frozenset(QuantizationMetadata.all_qparam_names())
 
 # A probe answer: (output name relative to the module, safetensors dtype, shape).
 _Outputs = list[tuple[str, str, tuple[int, ...]]]
 
 
-class _ConfigDequantizer(CompressedTensorsDequantizer):
-    """compressed-tensors' own dequantizer, built from a config instead of a checkpoint folder.
+@cache
+def _config_dequantizer() -> type:
+    """``_ConfigDequantizer``, defined on first use: compressed-tensors (and the transformers
+    and ``torch.distributed`` it imports) costs seconds to import, and only a converted source
+    needs it, so planning a dense or FP8-block checkpoint never loads it."""
+    from compressed_tensors.compressors.format import infer_module_format
+    from compressed_tensors.config import CompressionFormat
+    from compressed_tensors.entrypoints.convert.converters import CompressedTensorsDequantizer
+    from compressed_tensors.quantization import KVCacheScaleType, QuantizationConfig, QuantizationMetadata
 
-    A Hub job has the source's config.json but no folder, and the ModelOpt / AWQ chains
-    dequantize what the converter before them describes (``update_config``).
-    Its ``process`` and ``get_dependencies`` are compressed-tensors' own.
-    """
+    kv_scales = tuple(v.value for v in KVCacheScaleType)
+    qparams = frozenset(QuantizationMetadata.all_qparam_names())
 
-    def __init__(
-        self,
-        config: QuantizationConfig | Mapping[str, Any],
-        modules: Iterable[str],
-        dtype: torch.dtype = torch.bfloat16,
-    ):
-        self.dtype = dtype
-        self.modules = frozenset(modules)
-        if isinstance(config, QuantizationConfig):
-            self.quant_config = config.model_copy(deep=True)
-        else:
-            self.quant_config = QuantizationConfig.model_validate({k: v for k, v in config.items() if k != "version"})
-        for scheme in self.quant_config.config_groups.values():  # as CompressedTensorsDequantizer.__init__ does
-            scheme.format = CompressionFormat(infer_module_format(torch.nn.Linear, scheme))
+    class _ConfigDequantizer(CompressedTensorsDequantizer):
+        """compressed-tensors' own dequantizer, built from a config instead of a checkpoint folder.
 
-    # Scoped to the modules the source holds compressed: compressed-tensors' own matching
-    # takes a ``Linear`` target to mean every ``weight``, and would then look for the
-    # scales of embeddings, or of a dense float-quantized checkpoint's other weights.
-    def get_dependencies(self, weight_name: str) -> set[str]:
-        if weight_name.rpartition(".")[0] not in self.modules:
-            return set()
-        return super().get_dependencies(weight_name)
+        A Hub job has the source's config.json but no folder, and the ModelOpt / AWQ chains
+        dequantize what the converter before them describes (``update_config``).
+        Its ``process`` and ``get_dependencies`` are compressed-tensors' own.
+        """
 
-    def process(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        mine = {k: v for k, v in tensors.items() if k.rpartition(".")[0] in self.modules or k.endswith(_KV_SCALES)}
-        rest = {k: v for k, v in tensors.items() if k not in mine}
-        # A dense module keeps its weight and bias: activation scales (ModelOpt's input_scale
-        # becomes input_global_scale) would be stray tensors; kv-cache scales go, as
-        # compressed-tensors drops them.
-        dense = {k: v for k, v in super().process(mine).items() if k.rpartition(".")[2] not in _QPARAMS}
-        return {**rest, **dense}
+        def __init__(
+            self,
+            config: QuantizationConfig | Mapping[str, Any],
+            modules: Iterable[str],
+            dtype: torch.dtype = torch.bfloat16,
+        ):
+            self.dtype = dtype
+            self.modules = frozenset(modules)
+            if isinstance(config, QuantizationConfig):
+                self.quant_config = config.model_copy(deep=True)
+            else:
+                self.quant_config = QuantizationConfig.model_validate({k: v for k, v in config.items() if k != "version"})
+            for scheme in self.quant_config.config_groups.values():  # as CompressedTensorsDequantizer.__init__ does
+                scheme.format = CompressionFormat(infer_module_format(torch.nn.Linear, scheme))
+
+        # Scoped to the modules the source holds compressed: compressed-tensors' own matching
+        # takes a ``Linear`` target to mean every ``weight``, and would then look for the
+        # scales of embeddings, or of a dense float-quantized checkpoint's other weights.
+        def get_dependencies(self, weight_name: str) -> set[str]:
+            if weight_name.rpartition(".")[0] not in self.modules:
+                return set()
+            return super().get_dependencies(weight_name)
+
+        def process(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            mine = {k: v for k, v in tensors.items() if k.rpartition(".")[0] in self.modules or k.endswith(kv_scales)}
+            rest = {k: v for k, v in tensors.items() if k not in mine}
+            # A dense module keeps its weight and bias: activation scales (ModelOpt's input_scale
+            # becomes input_global_scale) would be stray tensors; kv-cache scales go, as
+            # compressed-tensors drops them.
+            dense = {k: v for k, v in super().process(mine).items() if k.rpartition(".")[2] not in qparams}
+            return {**rest, **dense}
+
+    return _ConfigDequantizer
 
 
 def chain_label(converters: Sequence[Any]) -> str:
@@ -143,18 +131,22 @@ def auto_converters(source: SourcePlan, config: Mapping[str, Any]) -> tuple[Any,
     Raises:
         CheckpointError: compressed-tensors cannot read the source's ``quantization_config``.
     """
+    from compressed_tensors.entrypoints.convert.converters import AutoAWQConverter, ModelOptNvfp4Converter
+    from pydantic import ValidationError
+
     quant = config.get("quantization_config") or config.get("compression_config") or {}
     name = source.format.name
     modules = sorted({d.module for d in source.dequantize})
+    dequantizer = _config_dequantizer()
     try:
         if name == COMPRESSED_TENSORS:
-            return (_ConfigDequantizer(quant, modules),)
+            return (dequantizer(quant, modules),)
         if name == MODELOPT_NVFP4:
             modelopt = ModelOptNvfp4Converter(targets=modules)
-            return modelopt, _ConfigDequantizer(modelopt.update_config(None), modules)
+            return modelopt, dequantizer(modelopt.update_config(None), modules)
         if name == AWQ:
             awq = AutoAWQConverter.from_autoawq_config(dict(quant))
-            return awq, _ConfigDequantizer(awq.update_config(None), modules)
+            return awq, dequantizer(awq.update_config(None), modules)
     except (ValidationError, ValueError) as err:
         raise CheckpointError(f"config.json's quantization_config ({source.format.summary}) cannot be read: {err}") from err
     raise AssertionError(f"no converter chain for source format {name!r}")
@@ -177,12 +169,39 @@ def model_config_update(converters: Sequence[Any]) -> Callable[[dict], dict] | N
     return update
 
 
+def chain_output_config(config: Mapping[str, Any] | None, converters: Sequence[Any]) -> Any:
+    """What a chain leaves of the source's compressed-tensors config: the config read by
+    compressed-tensors, then each converter's ``update_config`` in order (a dequantizer returns
+    ``None``). ``None``: the output's config describes no stored compression.
+
+    Only a compressed-tensors config seeds the chain: llm-compressor also seeds it with a ModelOpt
+    config that happens to parse, and then writes quant_method "modelopt" over CT tensors.
+
+    Raises:
+        CheckpointError: compressed-tensors cannot read the source's ``quantization_config``.
+    """
+    quant = (config or {}).get("quantization_config")
+    incoming = None
+    if isinstance(quant, Mapping) and str(quant.get("quant_method", "")).lower() == COMPRESSED_TENSORS:
+        from compressed_tensors.quantization import QuantizationConfig
+
+        try:
+            incoming = QuantizationConfig.model_validate({k: v for k, v in quant.items() if k != "version"})
+        except ValueError as err:  # pydantic's ValidationError
+            raise CheckpointError(f"config.json's compressed-tensors quantization_config cannot be read: {err}") from err
+    for converter in converters:
+        incoming = converter.update_config(incoming)
+    return incoming
+
+
 def native_fp8_plan(converters: Sequence[Any], checkpoint: Checkpoint, config: Mapping[str, Any]) -> SourcePlan | None:
     """ptq-hub's fused FP8-block decode in place of a lone ``FP8BlockDequantizer``, where bytes match.
 
     The same modules are decoded (those the converter targets, by its own
     ``get_dependencies``), into bf16, with the same block size.
     """
+    from compressed_tensors.entrypoints.convert.converters import FP8BlockDequantizer
+
     if len(converters) != 1 or type(converters[0]) is not FP8BlockDequantizer:
         return None
     converter = converters[0]
@@ -323,112 +342,3 @@ def plan_conversion(checkpoint: Checkpoint, converters: Sequence[Any], fmt: Sour
             made[name] = module
             steps.append(Dequantization(module, inputs[0], tuple(inputs[1:]), name, dtype, shape))
     return SourcePlan(fmt, tuple(steps), converters=tuple(converters))
-
-
-class MergedConfig(NamedTuple):
-    """The output's ``quantization_config`` block and how many of its groups came before ours."""
-
-    block: dict[str, Any] | None
-    earlier_groups: int = 0  # > 0: merged (append, or a converter that leaves modules compressed)
-
-
-def output_quantization_config(
-    source_config: Mapping[str, Any] | None,
-    source: SourcePlan,
-    resolved: ResolvedConfig,
-    quantized: Mapping[str, str],
-    modules: Collection[str],
-) -> MergedConfig:
-    """The output's ``quantization_config``, built as llm-compressor builds it, but loadable.
-
-    Without converters and without ``append`` it is the request's own config (``None``
-    when nothing was quantized). Otherwise a compressed-tensors source's config goes
-    through each converter's ``update_config`` (a dequantizer returns ``None``) and, where
-    something is left, the request's groups are merged into it (:func:`merge_configs`).
-
-    Args:
-        source_config: the source's config.json.
-        source: the source plan (its converters, ``append``).
-        resolved: the request.
-        quantized: module -> config group, for every module quantized now.
-        modules: every module of the output with a weight (for the merge's targets).
-    """
-    if not source.converters and not source.append:
-        return MergedConfig(resolved.quantization_config_dict() if quantized else None)
-    incoming: QuantizationConfig | None = None
-    quant = (source_config or {}).get("quantization_config")
-    # Only a compressed-tensors config seeds the chain: llm-compressor also seeds it with a ModelOpt
-    # config that happens to parse, and then writes quant_method "modelopt" over CT tensors.
-    if isinstance(quant, Mapping) and str(quant.get("quant_method", "")).lower() == COMPRESSED_TENSORS:
-        try:
-            incoming = QuantizationConfig.model_validate({k: v for k, v in quant.items() if k != "version"})
-        except ValidationError as err:
-            raise CheckpointError(f"config.json's compressed-tensors quantization_config cannot be read: {err}") from err
-    for converter in source.converters:
-        incoming = converter.update_config(incoming)
-    if incoming is None:
-        return MergedConfig(resolved.quantization_config_dict() if quantized else None)
-    earlier = len(incoming.config_groups)
-    if quantized:
-        incoming = merge_configs(incoming, resolved, quantized, modules)
-    return MergedConfig(config_block(incoming), earlier)
-
-
-def merge_configs(
-    earlier: QuantizationConfig, resolved: ResolvedConfig, quantized: Mapping[str, str], modules: Collection[str]
-) -> QuantizationConfig:
-    """compressed-tensors' ``merge`` of the request into ``earlier``, then made loadable.
-
-    ``QuantizationConfig.merge`` keeps only the earlier ignore list and every target as
-    given, so its result often loads wrongly (llm-compressor writes it as is): a module
-    quantized now is still ignored, or matched by two groups that both target ``Linear``.
-    Three repairs, each only as wide as the modules quantized now:
-
-    * the new groups target exactly the modules they quantized (one ``re:`` per layer
-      kind where every module of that kind is theirs, else the names), so a loader's
-      name match (which wins over the class ``Linear``) picks them;
-    * ignore entries that match only modules quantized now are dropped;
-    * the request's own ignore entries are kept where they name no module quantized before.
-
-    ``plan.check_merged_config`` then proves every module resolves to the group it is
-    stored in, or refuses.
-    """
-    new = resolved.final_config()
-    by_group: dict[str, list[str]] = {}
-    for module, group in quantized.items():
-        by_group.setdefault(group, []).append(module)
-    for group, scheme in new.config_groups.items():
-        scheme.targets = _exact_targets(by_group.get(group, []), modules)
-    with warnings.catch_warnings():  # merge() always warns that merging is hard: the check proves it
-        warnings.simplefilter("ignore")
-        earlier.merge(new)
-    others = [m for m in modules if m not in quantized]
-    kept = []
-    for entry in earlier.ignore:
-        hits_now = any(match_name(m, entry) for m in quantized)
-        if hits_now and not any(match_name(m, entry) for m in others):
-            continue
-        kept.append(entry)
-    for entry in new.ignore or []:
-        if entry not in kept and not any(match_name(m, entry) for m in quantized):
-            kept.append(entry)
-    earlier.ignore = kept
-    return earlier
-
-
-def _exact_targets(mine: Sequence[str], modules: Collection[str]) -> list[str]:
-    """Targets naming exactly ``mine``: ``re:`` per layer kind (``model.layers.N.mlp.down_proj``)
-    where every module of that kind is in ``mine``, the exact names elsewhere."""
-    kinds: dict[str, list[str]] = {}
-    for module in modules:
-        kinds.setdefault(_LAYER_INDEX.sub(".#.", module), []).append(module)
-    chosen = set(mine)
-    targets: list[str] = []
-    for kind, members in kinds.items():
-        if not any(m in chosen for m in members):
-            continue
-        if len(members) > 1 and all(m in chosen for m in members):
-            targets.append("re:^" + r"\.\d+\.".join(re.escape(part) for part in kind.split(".#.")) + "$")
-        else:
-            targets += [m for m in members if m in chosen]
-    return sorted(targets)

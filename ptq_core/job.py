@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .converters import check_converters
 from .errors import InvalidOptionError
 from .matching import validate_ignore
 from .schemes import DEFAULT_IGNORE, ResolvedConfig, resolve_config, scheme_repo_suffix
 from .sizes import parse_size
+from .sources.formats import check_converters
 
 __all__ = ["MAX_PARTS", "Job", "make_job", "parse_part", "validate_workers"]
 

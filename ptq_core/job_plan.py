@@ -26,7 +26,8 @@ from .checkpoint import Checkpoint, TensorInfo, open_checkpoint, read_config
 from .job import Job
 from .units import LocalReader
 from .parts import Budgets, Footprint, estimate_footprint, resolve_budgets, split_parts
-from .plan import Plan, plan_model
+from .plan import Plan
+from .planner import plan_model
 from .remote import RemoteReader, open_remote_checkpoint
 from .rotation import rotation_chain
 from .sizes import format_bytes

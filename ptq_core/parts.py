@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import tensor_nbytes
 from .errors import DiskSpaceError, InvalidOptionError, MemoryBudgetError, PtqError
 from .experts import is_contiguous
 from .job import MAX_PARTS, Job
 from .plan import Plan, PlannedWeight
 from .sizes import format_bytes
+from .sources.safetensors_header import tensor_nbytes
 
 __all__ = [
     "LOCAL_SHARDS",

@@ -20,11 +20,12 @@ from typing import Iterable, Sequence
 
 import torch
 
-from .convert import model_config_update, output_quantization_config
+from .convert import model_config_update
 from .errors import InvalidOptionError
 from .job import Job, make_job
 from .job_plan import plan_job
-from .plan import Plan, check_merged_config
+from .output_config import check_merged_config, output_quantization_config
+from .plan import Plan
 from .source import ProgressCallback, resolve_source
 from .sizes import compression_ratio
 from .units import LocalReader, TensorReader, UnitExecutor, process_unit, torch_threads, work_units

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from .checkpoint import ShardReader, open_checkpoint
 from .job import validate_workers
-from .plan import OutputTensor, find_fused_sets
+from .fused_groups import find_fused_sets
+from .plan import OutputTensor
 from .source import ProgressCallback, resolve_source
 from .writer import ShardWriter, copy_extra_files, discard_output, prepare_output, publish_output, write_index
 

@@ -2,7 +2,7 @@
 
 The streamed Hub job never stores an input file. Each shard's header is read
 with one or two Range requests (the 8-byte length, then the JSON header) and
-validated by the same code as a local shard (``checkpoint.parse_header``), so
+validated by the same code as a local shard (``sources.safetensors_header.parse_header``), so
 every tensor's absolute offset in the remote file is known before any weight is
 read. :class:`RemoteReader` then fetches exactly the byte ranges the work units
 need, at the pinned commit: adjacent small tensors are coalesced into spans
@@ -29,9 +29,8 @@ from pathlib import Path
 import torch
 
 from ._http import HubHttp, is_stall, short, status_of, tool_version
-from .checkpoint import Checkpoint, TensorInfo, header_length, parse_header
+from .checkpoint import Checkpoint, TensorInfo, tensor_table
 from .errors import (
-    CorruptCheckpointError,
     MissingShardError,
     NoSafetensorsError,
     SourceChangedError,
@@ -39,6 +38,7 @@ from .errors import (
 )
 from .repo_files import INDEX_NAME, select_repo_files
 from .source import SourceState
+from .sources.safetensors_header import header_length, parse_header
 
 logger = logging.getLogger("ptq_core.hub")
 
@@ -162,7 +162,7 @@ def open_remote_checkpoint(
         NoSafetensorsError: the source has no safetensors shard.
         MissingShardError: the index names a shard that is not in the repo, or a tensor
             that its shard does not hold.
-        CorruptCheckpointError: a header is not valid (see ``checkpoint.parse_header``),
+        CorruptCheckpointError: a header is not valid (see ``sources.safetensors_header.parse_header``),
             or a tensor appears in two shards.
         SourceChangedError / HubNetworkError: as ``fetch_range``.
     """
@@ -190,22 +190,7 @@ def open_remote_checkpoint(
     with ThreadPoolExecutor(max_workers=min(_HEADER_THREADS, len(shards)), thread_name_prefix="ptq-header") as pool:
         parsed = list(pool.map(read, shards))
 
-    tensors: dict[str, TensorInfo] = {}
-    metadata = {}
-    for shard, (header, data_start, meta) in zip(shards, parsed, strict=True):
-        metadata[shard] = meta
-        for name, entry in header.items():
-            if name in tensors:
-                raise CorruptCheckpointError(f"Tensor {name!r} appears in both {tensors[name].shard} and {shard}.")
-            begin, end = entry["data_offsets"]
-            tensors[name] = TensorInfo(name, shard, entry["dtype"], tuple(entry["shape"]), data_start + begin,
-                                       end - begin)
-    for name, shard in (source.weight_map or {}).items():
-        info = tensors.get(name)
-        if info is None or info.shard != shard:
-            raise MissingShardError(
-                f"{INDEX_NAME} maps tensor {name!r} to {shard}, but that shard does not contain it."
-            )
+    tensors, metadata = tensor_table(zip(shards, parsed, strict=True), source.weight_map)
     extra = tuple(f for f in select_repo_files(source.files) if not f.endswith(".safetensors") and f != INDEX_NAME)
     return Checkpoint(Path(source.repo_id), shards, tensors, extra, (), metadata)
 

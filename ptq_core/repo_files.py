@@ -13,7 +13,6 @@ new card. Leaf module (stdlib only).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import PurePosixPath
 
 __all__ = ["INDEX_NAME", "WEIGHT_FILE_SUFFIXES", "duplicate_weight_files", "select_repo_files"]
 

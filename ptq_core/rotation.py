@@ -34,12 +34,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from compressed_tensors.entrypoints.convert.converters import FP8BlockDequantizer
-from compressed_tensors.transform.utils.hadamard import deterministic_hadamard_matrix
 
 from .checkpoint import Checkpoint, ShardReader, TensorInfo, open_checkpoint, read_config
 from .convert import ST_TO_TORCH, auto_converters
-from .converters import DENSE, FP8_BLOCK, detect_source
+from .sources.detect import detect_source
+from .sources.formats import DENSE, FP8_BLOCK
 from .errors import ConverterError, InvalidOptionError
 
 __all__ = [
@@ -114,6 +113,8 @@ def _split(name: str, tensor: torch.Tensor) -> tuple[str, str]:
 
 def hadamard(size: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """compressed-tensors' Sylvester Hadamard matrix over ``sqrt(size)``: orthogonal (R @ R.T = I)."""
+    from compressed_tensors.transform.utils.hadamard import deterministic_hadamard_matrix
+
     return deterministic_hadamard_matrix(size, dtype) / torch.tensor(size, dtype=dtype).sqrt()
 
 
@@ -445,6 +446,8 @@ def _dequantizers(checkpoint: Checkpoint, config: Mapping[str, Any]) -> tuple[An
     if source.format.name == DENSE:
         return ()
     if source.format.name == FP8_BLOCK:
+        from compressed_tensors.entrypoints.convert.converters import FP8BlockDequantizer
+
         modules = sorted({d.module for d in source.dequantize})
         return (FP8BlockDequantizer(targets=modules, weight_block_size=source.format.block),)
     return auto_converters(source, config)

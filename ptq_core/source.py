@@ -1,7 +1,8 @@
 """The source side: a local folder or a Hub repo, inspected, and downloaded when needed.
 
-One rule decides which files travel (``repo_files.select_repo_files``), for a
-folder and for the Hub alike. Inspection reads metadata, file sizes and the
+One rule decides which files travel (``repo_files.select_repo_files``) and one
+which of them are the shards (``sources.shards.select_shards``), for a folder and
+for the Hub alike. Inspection reads metadata, file sizes and the
 index, and pins the commit; the streamed Hub job then reads headers and tensor
 bytes in place (``remote``), while ``model_free_ptq`` with a Hub id downloads
 exactly the inspected files at the pinned commit, checked against the disk rule
@@ -23,10 +24,11 @@ from typing import Any
 
 from . import constants
 from ._http import HubHttp, check_repo_id, resolve_token, short
-from .checkpoint import read_config, validate_shard_name
+from .checkpoint import read_config
 from .errors import DiskSpaceError, NoSafetensorsError, RepoNotFoundError
 from .repo_files import INDEX_NAME, WEIGHT_FILE_SUFFIXES, select_repo_files
 from .sizes import format_bytes
+from .sources.shards import SHARD_SUFFIX, select_shards, validate_shard_name
 
 logger = logging.getLogger("ptq_core.hub")
 
@@ -62,10 +64,8 @@ class SourceState:
 
     @property
     def shards(self) -> tuple[str, ...]:
-        """The safetensors files of the checkpoint, in index order (as ``open_checkpoint`` lists them)."""
-        if self.weight_map is not None:
-            return tuple(dict.fromkeys(self.weight_map.values()))
-        return tuple(path for path in self.files if path.endswith(".safetensors"))
+        """The safetensors files of the checkpoint, by the folder's rule (``sources.shards.select_shards``)."""
+        return tuple(select_shards(self.files, self.weight_map))
 
     @property
     def weight_bytes(self) -> int:
@@ -214,16 +214,24 @@ def _fetch_card_data(http: HubHttp, repo_id: str, sha: str) -> dict[str, Any]:
 def _weights_from_index(
     http: HubHttp, repo_id: str, sha: str, wanted: list[str]
 ) -> tuple[list[str], dict[str, str] | None]:
-    """Only the shards the checkpoint uses: those the index names, else ``model.safetensors``.
+    """Only the shards the checkpoint uses (``sources.shards.select_shards``, the folder's rule).
 
     Repos such as Mistral's also hold ``consolidated.safetensors``, the same weights
     under other names; quantizing both would duplicate every tensor. Also returns the
     index's weight map (``None`` without an index, or with one the reader will refuse).
+
+    Raises:
+        UnsafePathError: a shard name that points outside the repo, before any download.
     """
-    if INDEX_NAME not in wanted:
-        if "model.safetensors" in wanted:
-            return [p for p in wanted if not p.endswith(".safetensors") or p == "model.safetensors"], None
-        return wanted, None
+    weight_map = _read_hub_index(http, repo_id, sha) if INDEX_NAME in wanted else None
+    shards = set(select_shards(wanted, weight_map))
+    for shard in shards:
+        validate_shard_name(shard)
+    return [p for p in wanted if not p.endswith(SHARD_SUFFIX) or p in shards], weight_map
+
+
+def _read_hub_index(http: HubHttp, repo_id: str, sha: str) -> dict[str, str] | None:
+    """The index's ``weight_map``; ``None`` when it is broken (the checkpoint reader reports it precisely)."""
     with tempfile.TemporaryDirectory(prefix="ptq-index-") as tmp:
         path = http.call(
             f"download {INDEX_NAME}", http.api.hf_hub_download, repo_id, INDEX_NAME,
@@ -231,14 +239,12 @@ def _weights_from_index(
         )
         try:
             weight_map = json.loads(Path(path).read_text(encoding="utf-8"))["weight_map"]
-            shards = set(weight_map.values())
+            pairs = weight_map.items()
         except (ValueError, KeyError, TypeError, AttributeError):
-            return wanted, None  # the checkpoint reader reports a broken index with a precise error
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
-        return wanted, None
-    for shard in shards:  # an index that points outside the repo fails before any download
-        validate_shard_name(shard)
-    return [p for p in wanted if not p.endswith(".safetensors") or p in shards], weight_map
+            return None
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in pairs):
+        return None
+    return weight_map
 
 
 # --- download ----------------------------------------------------------------

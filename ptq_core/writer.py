@@ -39,10 +39,11 @@ from typing import Callable, Iterable
 
 import torch
 
-from .checkpoint import DTYPE_SIZES, INDEX_NAME
 from .errors import DiskSpaceError, OutputExistsError, OutputLocationError, OutputNotWritableError, PtqError
 from .plan import OutputTensor
+from .repo_files import INDEX_NAME
 from .sizes import format_bytes
+from .sources.safetensors_header import DTYPE_SIZES
 
 logger = logging.getLogger(__name__)
 

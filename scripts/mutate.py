@@ -58,9 +58,10 @@ class Mutation:
 # The mutations. Anchors are written against the current code; when a refactor
 # moves the code, `--list` still works and a run names every stale anchor.
 # ============================================================================
-NUMERICS, PLAN, WRITER, HTTP, STAGING, REDACT, CONVERT = (
-    "ptq_core/numerics.py", "ptq_core/plan.py", "ptq_core/writer.py", "ptq_core/_http.py", "ptq_core/staging.py",
-    "ptq_core/redact.py", "ptq_core/convert.py",
+NUMERICS, FUSED, PLANNER, WRITER, HTTP, STAGING, REDACT, CONVERT, OUTPUT_CONFIG, SHARDS = (
+    "ptq_core/numerics.py", "ptq_core/fused_groups.py", "ptq_core/planner.py", "ptq_core/writer.py",
+    "ptq_core/_http.py", "ptq_core/staging.py", "ptq_core/redact.py", "ptq_core/convert.py",
+    "ptq_core/output_config.py", "ptq_core/sources/shards.py",
 )
 STREAM, UNITS, PARTS, FINALIZE = (
     "ptq_core/stream.py", "ptq_core/units.py", "ptq_core/parts.py", "ptq_core/hubjob/finalize.py",
@@ -97,25 +98,25 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_numerics.py", "-k", "test_quantize_weight_matches_reference"),
     ),
     Mutation(
-        "global-scale-sharing", PLAN,
+        "global-scale-sharing", FUSED,
         'specs[u.group].strategy == "tensor_group"',
         'specs[u.group].strategy == "group"',
         ("tests/test_pipeline.py", "-k", "test_llama_every_preset_matches_reference and NVFP4A16"),
     ),
     Mutation(
-        "fused-group-detection", PLAN,
+        "fused-group-detection", FUSED,
         '"mla q_a/kv_a": ("q_a_proj", "kv_a_proj_with_mqa"),',
         '"mla q_a/kv_a": ("q_a_proj", "kv_a_proj"),',
         ("tests/test_pipeline.py", "-k", "test_architectures_match_reference and deepseek_v3-split-NVFP4A16"),
     ),
     Mutation(
-        "ignore-matching", PLAN,
+        "ignore-matching", PLANNER,
         "entry = ignore.match(module)",
         'entry = ignore.match(module + ".weight")',
         ("tests/test_pipeline.py", "-k", "test_llama_every_preset_matches_reference and FP8_BLOCK"),
     ),
     Mutation(
-        "norm-skip", PLAN,
+        "norm-skip", PLANNER,
         'if module.endswith("norm"):',
         'if module.endswith("layernorm"):',
         ("tests/test_space.py", "-k", "test_preview_reads_headers_only"),
@@ -176,18 +177,18 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "dequantized-qparams-kept", CONVERT,
-        "if k.rpartition(\".\")[2] not in _QPARAMS}",
+        "if k.rpartition(\".\")[2] not in qparams}",
         "if k}",
         ("tests/test_converter_sources.py", "-k", "test_cli_dequantizes"),
     ),
     Mutation(
-        "merge-drops-shared-ignore", CONVERT,
+        "merge-drops-shared-ignore", OUTPUT_CONFIG,
         "if hits_now and not any(match_name(m, entry) for m in others):",
         "if hits_now:",
         ("tests/test_convert.py", "-k", "append"),
     ),
     Mutation(
-        "merge-regex-too-wide", CONVERT,
+        "merge-regex-too-wide", OUTPUT_CONFIG,
         "if len(members) > 1 and all(m in chosen for m in members):",
         "if len(members) > 1 and any(m in chosen for m in members):",
         ("tests/test_convert.py", "-k", "exact_targets"),
@@ -215,6 +216,12 @@ MUTATIONS: tuple[Mutation, ...] = (
         'if path == "config.json" and state.config is not None:',
         "if False:",
         ("tests/core/test_job_plan.py", "-k", "config_json_once"),
+    ),
+    Mutation(
+        "shard-rule-single-file", SHARDS,
+        "return [SINGLE_FILE] if SINGLE_FILE in top else top",
+        "return top",
+        ("tests/core/test_shards.py", "-k", "mistral"),
     ),
 )
 # ============================================================================

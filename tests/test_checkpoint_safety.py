@@ -23,7 +23,9 @@ from hypothesis import strategies as st
 from safetensors import deserialize
 
 from ptq_core import model_free_ptq, reindex_fused_weights
-from ptq_core.checkpoint import DTYPE_SIZES, INDEX_NAME, open_checkpoint, read_header, validate_shard_name
+from ptq_core.checkpoint import INDEX_NAME, open_checkpoint
+from ptq_core.sources.safetensors_header import DTYPE_SIZES, read_header
+from ptq_core.sources.shards import validate_shard_name
 from ptq_core.errors import CorruptCheckpointError, PtqError, UnsafePathError
 
 DIMS = dict(hidden_size=128, intermediate_size=256, num_attention_heads=2, num_key_value_heads=1, head_dim=64,

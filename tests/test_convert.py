@@ -285,7 +285,7 @@ def test_a_streamed_compressed_tensors_source_equals_a_local_run(hub, llama, tmp
 
 
 def test_exact_targets_use_a_regex_only_for_layer_kinds_quantized_whole():
-    from ptq_core.convert import _exact_targets
+    from ptq_core.output_config import _exact_targets
     from ptq_core.matching import match_name
 
     modules = [f"model.layers.{i}.mlp.{p}" for i in range(3) for p in ("down_proj", "up_proj")] + ["lm_head"]
@@ -328,7 +328,7 @@ def test_hub_jobs_refuse_converter_objects_before_any_request(hub):
 def test_the_plan_of_a_quantized_source_counts_dense_rows_and_the_stored_total(tmp_path):
     from factory import make_awq_checkpoint
     from ptq_core.checkpoint import open_checkpoint as open_ckpt
-    from ptq_core.plan import plan_checkpoint
+    from ptq_core.planner import plan_checkpoint
     from ptq_core.sizes import format_bytes
 
     src = make_awq_checkpoint(tmp_path / "awq", "llama", group_size=64)

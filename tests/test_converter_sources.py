@@ -59,7 +59,7 @@ from factory import (
 from ptq_core import model_free_ptq
 from ptq_core.cli import main
 from ptq_core.errors import CheckpointError, InvalidOptionError, TensorShapeError, UnsupportedSourceError
-from ptq_core.plan import plan_checkpoint
+from ptq_core.planner import plan_checkpoint
 
 GOLDEN = Path(__file__).parent / "golden"
 sys.path.insert(0, str(GOLDEN))
@@ -147,7 +147,7 @@ def rebuilt_source(case: Case, tmp_path: Path) -> Path:
 # Where the converter leaves modules compressed and the new groups are merged in, the peer writes
 # a config no loader reads right (compressed-tensors' merge keeps every target and only the first
 # ignore list; a ModelOpt config that parses seeds it, and its quant_method "modelopt" wins). Ours
-# keeps the peer's groups and schemes, and repairs targets and ignore (convert.merge_configs):
+# keeps the peer's groups and schemes, and repairs targets and ignore (output_config.merge_configs):
 # case -> (targets per group, ignore).
 REPAIRED = {
     "awq/FP8_DYNAMIC": ({"FP8_DYNAMIC": ["lm_head", "model.layers.0.mlp.down_proj"], "config_group_0": ["Linear"]},

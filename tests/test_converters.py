@@ -17,7 +17,7 @@ from reference import preset, reference_quantize
 from safetensors.torch import save_file
 
 from ptq_core import numerics
-from ptq_core.converters import detect_source
+from ptq_core.sources.detect import detect_source
 from ptq_core.errors import CheckpointError, TensorShapeError, UnsupportedSourceError
 from ptq_core.numerics import dequantize_fp8_block, quantize_weight
 from ptq_core.schemes import resolve_config, weight_spec

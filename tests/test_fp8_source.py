@@ -20,7 +20,7 @@ from factory import load_tensors, make_fp8_block_checkpoint, read_index, shard_f
 from ptq_core import model_free_ptq
 from ptq_core.cli import main
 from ptq_core.errors import TensorShapeError, UnsupportedSourceError
-from ptq_core.plan import plan_checkpoint
+from ptq_core.planner import plan_checkpoint
 
 IGNORE = ["lm_head", "re:.*embed_tokens$", r"re:.*\.gate$"]
 

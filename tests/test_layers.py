@@ -15,16 +15,16 @@ CORE = Path(__file__).resolve().parents[1] / "ptq_core"
 
 # docs/ARCHITECTURE.md's table: a module may import only from strictly lower layers.
 LAYERS: dict[str, int] = {
-    "errors": 0,
-    "constants": 1, "sizes": 1, "redact": 1, "repo_files": 1, "matching": 1, "converters": 1,
-    "experts": 1,
-    "observers": 2,
+    "errors": 0, "sources": 0,
+    "constants": 1, "sizes": 1, "redact": 1, "repo_files": 1, "matching": 1, "experts": 1,
+    "sources.safetensors_header": 1, "sources.formats": 1,
+    "observers": 2, "sources.shards": 2, "sources.detect": 2, "sources.decode_checks": 2,
     "numerics": 3,
-    "schemes": 4,
+    "schemes": 4, "fused_groups": 4,
     "job": 5, "checkpoint": 5,
     "convert": 6, "default_ignore": 6, "tensor_parallel": 4,
     "plan": 7, "rotation": 7,
-    "_http": 8, "parts": 8,
+    "_http": 8, "parts": 8, "planner": 8, "output_config": 8,
     "source": 9, "writer": 9,
     "units": 10, "reindex": 10, "remote": 10,
     "job_plan": 11, "card": 11, "stream": 11,
@@ -44,46 +44,63 @@ LAZY_IMPORTERS = {"cli", "__init__"}
 
 
 def _module_path(module: str) -> Path:
-    """``"hub"`` -> ptq_core/hub.py; ``"hubjob"`` -> ptq_core/hubjob/__init__.py; ``"hubjob.stage"`` -> its file."""
+    """``sources.shards`` -> ptq_core/sources/shards.py; a subpackage's own name -> its ``__init__.py``."""
     path = CORE.joinpath(*module.split("."))
     return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
 
 
-def _core_imports(module: str) -> list[tuple[str, bool]]:
-    """(imported core module, imported at module level?) for every relative import of ``module``.
+def _module_name(path: Path) -> str:
+    """The inverse of ``_module_path``: ptq_core/sources/shards.py -> ``sources.shards``."""
+    parts = path.relative_to(CORE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
-    Resolved against the module's package, to the names ``LAYERS`` uses (``from ..plan`` in
-    ``hubjob.stage`` is ``plan``; ``from .prepare`` there is ``hubjob.prepare``).
-    """
-    path = _module_path(module)
-    tree = ast.parse(path.read_text())
+
+def _resolve(module: str, node: ast.ImportFrom) -> list[str]:
+    """The core modules a relative import names, seen from ``module`` (``sources.x``: ``..errors``
+    is ``errors``, ``.formats`` is ``sources.formats``; ``from .sources import shards`` names
+    ``sources.shards``)."""
+    package = module.split(".")[:-1] if not _module_path(module).name == "__init__.py" else module.split(".")
+    base = package[: len(package) - (node.level - 1)]
+    target = ".".join(base + (node.module.split(".") if node.module else []))
+    found = []
+    for alias in node.names:
+        full = f"{target}.{alias.name}" if target else alias.name
+        if full in LAYERS:
+            found.append(full)
+        elif target and alias.name != "__version__":  # __version__: the package's constant, not a module
+            found.append(target)
+    return list(dict.fromkeys(found))
+
+
+def _core_imports(module: str) -> list[tuple[str, bool]]:
+    """(imported core module, imported at module level?) for every relative import of ``module``."""
+    tree = ast.parse(_module_path(module).read_text())
     top_level = {id(node) for node in tree.body}
-    package = module.split(".")[:-1] if path.name != "__init__.py" else module.split(".")
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level >= 1:
-            base = package[: len(package) - (node.level - 1)]
-            names = [node.module] if node.module else [a.name for a in node.names]
-            for name in names:
-                if name == "__version__":  # the package's version constant, not a module
-                    continue
-                parts = [*base, *name.split(".")]
-                # the deepest prefix LAYERS knows: "hubjob.stage", or "plan" for "plan.Plan"
-                known = next((".".join(parts[:n]) for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in LAYERS),
-                             ".".join(parts))
-                found.append((known, id(node) in top_level))
+            found += [(name, id(node) in top_level) for name in _resolve(module, node)]
     return found
 
 
 def test_every_core_module_has_a_layer():
-    modules = {".".join(p.relative_to(CORE).with_suffix("").parts) for p in CORE.rglob("*.py")}
-    modules = {m.removesuffix(".__init__") for m in modules} - {"__init__"}
+    modules = {_module_name(p) for p in CORE.rglob("*.py")} - {""}
     assert modules == set(LAYERS), "add the module to LAYERS and to docs/ARCHITECTURE.md"
+
+
+def test_subpackage_imports_are_resolved():
+    """The resolution itself: a subpackage module's ``..`` and ``.`` imports name the right modules."""
+    source = "from ..errors import PtqError\nfrom .safetensors_header import quote\n"
+    nodes = [n for n in ast.parse(source).body if isinstance(n, ast.ImportFrom)]
+    assert [_resolve("sources.shards", n) for n in nodes] == [["errors"], ["sources.safetensors_header"]]
+    top = ast.parse("from .sources import shards\nfrom .sources.detect import detect_source\n").body
+    assert [_resolve("planner", n) for n in top] == [["sources.shards"], ["sources.detect"]]
 
 
 @pytest.mark.parametrize("module", sorted(LAYERS))
 def test_imports_only_go_down(module):
     for imported, _ in _core_imports(module):
+        assert imported in LAYERS, f"{module} imports {imported}, which is not a core module"
         assert LAYERS[imported] < LAYERS[module], f"{module} (layer {LAYERS[module]}) imports {imported} (layer {LAYERS[imported]})"
 
 
@@ -91,3 +108,21 @@ def test_imports_only_go_down(module):
 def test_imports_are_at_module_level(module):
     lazy = [name for name, top in _core_imports(module) if not top]
     assert not lazy, f"{module} imports {lazy} inside a function"
+
+
+# compressed-tensors imports transformers and torch.distributed (seconds): the core imports it
+# inside the functions that convert a source or merge a config, so planning never loads it.
+# schemes.py is the one module left that imports it at load (being made lazy in its own change).
+LOADS_COMPRESSED_TENSORS = {"schemes"}
+
+
+@pytest.mark.parametrize("module", sorted(set(LAYERS) - LOADS_COMPRESSED_TENSORS))
+def test_compressed_tensors_is_imported_where_it_is_used(module):
+    at_load = []
+    for node in ast.parse(_module_path(module).read_text()).body:  # module level only; TYPE_CHECKING is an `if`
+        if isinstance(node, ast.Import):
+            at_load += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            at_load.append(node.module)
+    heavy = [name for name in at_load if name.split(".")[0] in ("compressed_tensors", "transformers")]
+    assert not heavy, f"{module} imports {heavy} when it is loaded; import it in the function that uses it"

@@ -9,7 +9,8 @@ import pytest
 from ptq_core import build_plan, make_job, plan_checkpoint
 from ptq_core.checkpoint import headers_checkpoint
 from ptq_core.errors import InvalidOptionError
-from ptq_core.plan import OutputTensor, PlannedWeight, find_fused_sets
+from ptq_core.fused_groups import find_fused_sets
+from ptq_core.plan import OutputTensor, PlannedWeight
 
 H = 128
 HEADERS = {
