@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import *  # noqa: F401,F403  (errors are a leaf module: cheap to import)
 from .errors import __all__ as _error_names
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 _LAZY: dict[str, str] = {
     # one request value, built once by every front end

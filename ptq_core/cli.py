@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import __version__
+from ._version import __version__
 from .constants import PTQ_DISABLE_PROGRESS, hf_token_from_env
 from .errors import PtqError
 from .redact import install_redaction

@@ -28,7 +28,7 @@ from .errors import DiskSpaceError, NoSafetensorsError, RepoNotFoundError
 from .repo_files import INDEX_NAME, WEIGHT_FILE_SUFFIXES, select_repo_files
 from .sizes import format_bytes
 
-logger = logging.getLogger("ptq_core.hub")
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "ProgressCallback",

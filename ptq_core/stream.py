@@ -41,7 +41,7 @@ from .sizes import format_bytes
 from .source import ProgressCallback
 from .writer import ShardWriter
 
-logger = logging.getLogger("ptq_core.hub")
+logger = logging.getLogger(__name__)
 
 __all__ = ["ReaderFactory", "StreamReport", "stream_shards"]
 

@@ -15,7 +15,7 @@ CORE = Path(__file__).resolve().parents[1] / "ptq_core"
 
 # docs/ARCHITECTURE.md's table: a module may import only from strictly lower layers.
 LAYERS: dict[str, int] = {
-    "errors": 0,
+    "errors": 0, "_version": 0,
     "constants": 1, "sizes": 1, "redact": 1, "repo_files": 1, "matching": 1, "converters": 1,
     "experts": 1,
     "observers": 2,
@@ -45,8 +45,7 @@ def _core_imports(path: Path) -> list[tuple[str, bool]]:
         if isinstance(node, ast.ImportFrom) and node.level == 1:
             names = [node.module] if node.module else [a.name for a in node.names]
             for name in names:
-                if name != "__version__":  # the package's version constant, not a module
-                    found.append((name.split(".")[0], id(node) in top_level))
+                found.append((name.split(".")[0], id(node) in top_level))
     return found
 
 
