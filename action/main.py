@@ -35,6 +35,7 @@ from ptq_core.constants import parse_bool
 from ptq_core.hub import resolve_token
 from ptq_core.job import Job
 from ptq_core.redact import install_redaction, redact, secret_forms
+from ptq_core.stages import Stage
 from ptq_core.errors import DiskSpaceError, InvalidOptionError, PtqError, TargetRepoExistsError, TokenError
 
 from ._workflow import Console, append_file, format_outputs, split_list
@@ -50,18 +51,17 @@ _INPUT_DEFAULTS = {"scheme": _DEFAULT_SCHEME, "default-ignore": "true"}
 
 # The progress callback's stages, folded into four log groups. Groups only move forward:
 # a late callback for an earlier stage logs its line in the group that is open.
-_STAGE_GROUPS = {
-    "download": "Download",
-    "validate": "Plan",
-    "quantize": "Quantize",
-    "write": "Quantize",
-    "card": "Push",
-    "upload": "Push",
-    "stage": "Push",
-    "commit": "Push",
+_STAGE_GROUPS: dict[Stage, str] = {
+    Stage.DOWNLOAD: "Download",
+    Stage.VALIDATE: "Plan",
+    Stage.QUANTIZE: "Quantize",
+    Stage.WRITE: "Quantize",
+    Stage.CARD: "Push",
+    Stage.UPLOAD: "Push",
+    Stage.STAGE: "Push",
+    Stage.COMMIT: "Push",
 }
 _GROUP_ORDER = ("Download", "Plan", "Quantize", "Push")
-_BYTE_STAGES = ("download", "upload")  # the others count tensors, shards or files
 
 
 @dataclass(frozen=True)
@@ -199,7 +199,8 @@ class StageLog:
         self._shown: dict[str, int] = {}
 
     def __call__(self, stage: str, done: int, total: int) -> None:
-        title = _STAGE_GROUPS.get(stage)
+        known = Stage.parse(stage)
+        title = _STAGE_GROUPS.get(known) if known is not None else None
         rank = _GROUP_ORDER.index(title) if title else self._rank
         if rank > self._rank:
             self._rank = rank
@@ -208,7 +209,7 @@ class StageLog:
         if tenth <= self._shown.get(stage, -1):
             return
         self._shown[stage] = tenth
-        unit = " bytes" if stage in _BYTE_STAGES else ""
+        unit = " bytes" if known is not None and known.counts_bytes else ""
         self._console.line(f"{stage}: {done:,} of {total:,}{unit}" if total > 0 else f"{stage}: {done:,}{unit}")
 
 

@@ -78,6 +78,7 @@ from gradio.utils import get_space
 from ptq_core.errors import PtqError
 from ptq_core.redact import install_redaction, redact
 from ptq_core.sizes import format_bytes
+from ptq_core.stages import Stage
 
 logger = logging.getLogger("ptq_space")
 
@@ -94,19 +95,18 @@ NOT_SIGNED_IN = (
     "account with your own token; nothing was run."
 )
 
-_STAGES: dict[str, tuple[float, float, str]] = {
-    # stage: (start fraction, end fraction, label). A streamed job downloads, quantizes and
-    # uploads at once; the bar shows the furthest point, which the uploads set last.
-    "validate": (0.00, 0.05, "Reading the headers"),
-    "download": (0.05, 0.85, "Downloading"),
-    "quantize": (0.05, 0.85, "Quantizing"),
-    "write": (0.05, 0.85, "Writing shards"),
-    "upload": (0.05, 0.92, "Uploading"),
-    "stage": (0.92, 0.94, "Staging shards"),
-    "card": (0.94, 0.96, "Writing the model card"),
-    "commit": (0.96, 1.00, "Committing"),
+_BAR: dict[Stage, tuple[float, float]] = {
+    # stage: (start fraction, end fraction) of the page's one bar. A streamed job downloads,
+    # quantizes and uploads at once; the bar shows the furthest point, which the uploads set last.
+    Stage.VALIDATE: (0.00, 0.05),
+    Stage.DOWNLOAD: (0.05, 0.85),
+    Stage.QUANTIZE: (0.05, 0.85),
+    Stage.WRITE: (0.05, 0.85),
+    Stage.UPLOAD: (0.05, 0.92),
+    Stage.STAGE: (0.92, 0.94),
+    Stage.CARD: (0.94, 0.96),
+    Stage.COMMIT: (0.96, 1.00),
 }
-_BYTE_STAGES = {"download", "upload"}
 
 
 # =============================================================================
@@ -322,11 +322,13 @@ def _progress_reporter(progress: Any) -> Callable[[str, int, int], None]:
     shown = [0.0]  # a streamed job's stages overlap: the bar shows the furthest point reached
 
     def report(stage: str, done: int, total: int) -> None:
-        start, end, label = _STAGES.get(stage, (0.0, 1.0, stage.capitalize()))
+        known = Stage.parse(stage)
+        start, end = _BAR[known] if known is not None else (0.0, 1.0)
+        label = known.label if known is not None else str(stage).capitalize()
         part = min(max(done / total, 0.0), 1.0) if total else 1.0
-        if stage in _BYTE_STAGES:
+        if known is not None and known.counts_bytes:
             desc = f"{label} {format_bytes(done)} / {format_bytes(total)}"
-        elif stage == "quantize":
+        elif known is Stage.QUANTIZE:
             desc = f"{label} tensor {done}/{total}"
         else:
             desc = label

@@ -53,10 +53,20 @@ def test_ignore_is_bounded_at_the_front_door_and_the_defaults_do_not_count():
         make_job("o/m", "W4A16", ignore=[*entries, "lm_head"])
 
 
-@pytest.mark.parametrize("workers", [0, -1, 1.5, "2", None, True])
+@pytest.mark.parametrize("workers", [0, -1, 1.5, "2.0", "two", "", None, True])
 def test_workers_are_checked_once_with_one_rule(workers):
-    with pytest.raises(InvalidOptionError, match=r"max_workers=.* must be a whole number >= 1"):
+    with pytest.raises(InvalidOptionError, match=r"max_workers=.* must be a whole number >= 1, or 'auto'") as info:
         make_job("o/m", "W4A16", workers=workers)
+    assert info.value.option == "workers"
+
+
+def test_workers_given_as_text_are_the_number_and_auto_is_resolved_in_the_core(monkeypatch):
+    import ptq_core.workers as workers
+
+    assert make_job("o/m", "W4A16", workers=" 3 ").workers == 3  # an Action input, a CLI argument
+    monkeypatch.setattr(workers, "usable_cores", lambda: 5)
+    assert make_job("o/m", "W4A16", workers="auto", device="cpu").workers == 5
+    assert make_job("o/m", "W4A16", workers="AUTO", device="cpu").workers == 5
 
 
 def test_devices_become_a_tuple_of_names():

@@ -17,7 +17,7 @@ CORE = Path(__file__).resolve().parents[1] / "ptq_core"
 LAYERS: dict[str, int] = {
     "errors": 0, "_version": 0,
     "constants": 1, "sizes": 1, "redact": 1, "repo_files": 1, "matching": 1, "converters": 1,
-    "experts": 1,
+    "experts": 1, "stages": 1, "ignore_text": 1, "workers": 1,
     "observers": 2,
     "numerics": 3,
     "schemes": 4,
