@@ -25,29 +25,38 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 import ptq_core
-from ptq_core.constants import parse_bool
+from ptq_core.constants import DEFAULT_SCHEME, parse_bool
+from ptq_core.ignore_text import parse_ignore_text
 from ptq_core.hub import resolve_token
 from ptq_core.job import Job
 from ptq_core.redact import install_redaction, redact, secret_forms
 from ptq_core.stages import Stage
-from ptq_core.errors import DiskSpaceError, InvalidOptionError, PtqError, TargetRepoExistsError, TokenError
+from ptq_core.errors import DiskSpaceError, InvalidOptionError, PtqError, RecipeError, TargetRepoExistsError, TokenError
 
-from ._workflow import Console, append_file, format_outputs, split_list
+from ptq_core.workers import parse_count
+
+from ._workflow import Console, append_file, format_outputs
 
 if TYPE_CHECKING:  # pragma: no cover
     from ptq_core.hub import HubResult
 
 # Inputs a recipe replaces: giving one next to `config` is refused rather than ignored.
 _RECIPE_INPUTS = ("model", "ignore", "default-ignore", "observer", "target-repo", "private", "revision")
-_DEFAULT_SCHEME = "FP8_BLOCK"
 # action.yml's defaults arrive as values: equal to these, an input counts as not given.
-_INPUT_DEFAULTS = {"scheme": _DEFAULT_SCHEME, "default-ignore": "true"}
+_INPUT_DEFAULTS = {"scheme": DEFAULT_SCHEME, "default-ignore": "true"}
+# make_job names the argument an error is about (PtqError.option); the step names its input.
+_OPTION_INPUTS = {
+    "source": "model", "scheme": "scheme", "ignore": "ignore", "observer": "observer", "target": "target-repo",
+    "revision": "revision", "device": "device", "workers": "max-workers", "disk_budget": "disk-budget",
+    "part": "part", "tp": "tp",
+}
 
 # The progress callback's stages, folded into four log groups. Groups only move forward:
 # a late callback for an earlier stage logs its line in the group that is open.
@@ -113,18 +122,18 @@ def read_request(environ: Mapping[str, str]) -> Request:
     overwrite = parse_bool_input("overwrite", read_input(environ, "overwrite"))
     private = parse_bool_input("private", read_input(environ, "private"))
     default_ignore = parse_bool_input("default-ignore", read_input(environ, "default-ignore"), default=True)
-    workers = _parse_max_workers(read_input(environ, "max-workers"))
+    workers = read_input(environ, "max-workers") or "1"  # a number or `auto`: make_job checks and resolves it
     device = read_input(environ, "device") or None
-    parts = _parse_count("parts", read_input(environ, "parts"))
-    finalize = _parse_count("finalize", read_input(environ, "finalize"))
-    tp = _parse_count("tp", read_input(environ, "tp"))
+    parts = _count_input(environ, "parts")
+    finalize = _count_input(environ, "finalize")
+    tp = read_input(environ, "tp") or None
     part = read_input(environ, "part") or None
     if sum(x is not None for x in (parts, finalize, part)) > 1:
         raise InvalidOptionError(
             "Inputs `parts`, `part` and `finalize` are the three steps of a multi-part job; give one per step."
         )
     config = read_input(environ, "config")
-    scheme = read_input(environ, "scheme") or _DEFAULT_SCHEME
+    scheme = read_input(environ, "scheme") or DEFAULT_SCHEME
 
     if config:
         if parts or finalize or part:
@@ -138,10 +147,11 @@ def read_request(environ: Mapping[str, str]) -> Request:
                 f"Inputs {', '.join(given)} are given next to `config`; a recipe sets them per job. "
                 "Move them into the recipe, or drop `config`."
             )
-        jobs = tuple(
-            entry.to_job(overwrite=overwrite, device=device, workers=workers, tp=tp)
-            for entry in ptq_core.load_recipe(Path(config))
-        )
+        with _named_input():
+            jobs = tuple(
+                entry.to_job(overwrite=overwrite, device=device, workers=workers, tp=tp)
+                for entry in ptq_core.load_recipe(Path(config))
+            )
     else:
         source = read_input(environ, "model")
         if not source:
@@ -149,43 +159,50 @@ def read_request(environ: Mapping[str, str]) -> Request:
                 "Input `model` is empty; give a Hub repo id (e.g. meta-llama/Llama-3.2-1B), "
                 "or a recipe file in `config`."
             )
-        job = ptq_core.make_job(
-            source,
-            scheme,
-            ignore=split_list(read_input(environ, "ignore")),
-            default_ignore=default_ignore,
-            observer=read_input(environ, "observer") or None,
-            target=read_input(environ, "target-repo") or None,
-            private=private,
-            revision=read_input(environ, "revision") or None,
-            overwrite=overwrite,
-            device=device,
-            workers=workers,
-            disk_budget=read_input(environ, "disk-budget") or None,
-            part=part,
-            tp=tp,
-        )
+        with _named_input():
+            job = ptq_core.make_job(
+                source,
+                scheme,
+                ignore=parse_ignore_text(read_input(environ, "ignore")),
+                default_ignore=default_ignore,
+                observer=read_input(environ, "observer") or None,
+                target=read_input(environ, "target-repo") or None,
+                private=private,
+                revision=read_input(environ, "revision") or None,
+                overwrite=overwrite,
+                device=device,
+                workers=workers,
+                disk_budget=read_input(environ, "disk-budget") or None,
+                part=part,
+                tp=tp,
+            )
         jobs = (job,)
     return Request(jobs, bool(config), read_token(environ), parts, finalize)
 
 
-def _parse_count(name: str, text: str) -> int | None:
-    """A whole number >= 1, or None for an empty input."""
+def _count_input(environ: Mapping[str, str], name: str) -> int | None:
+    """A count input (``parts``, ``finalize``) checked by the core's one rule, or None when empty."""
+    text = read_input(environ, name)
     if not text:
         return None
-    if not text.isdigit() or int(text) < 1:
-        raise InvalidOptionError(f"Input `{name}` is {text!r}; give a whole number of at least 1.")
-    return int(text)
-
-
-def _parse_max_workers(text: str) -> int:
     try:
-        value = int(text or "1")
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise InvalidOptionError(f"Input `max-workers` is {text!r}; give a whole number of at least 1.")
-    return value
+        return parse_count(text, name=name)
+    except InvalidOptionError as err:
+        raise InvalidOptionError(f"Input `{name}`: {err}") from None
+
+
+@contextmanager
+def _named_input() -> Iterator[None]:
+    """Name the step input a ``make_job`` error is about: ``Input `max-workers`: max_workers='x' must...``."""
+    try:
+        yield
+    except PtqError as err:
+        name = _OPTION_INPUTS.get(err.option or "")
+        if name is None or isinstance(err, RecipeError):  # a recipe error already names its file and line
+            raise
+        named = type(err)(f"Input `{name}`: {err}")
+        named.option = err.option
+        raise named from None
 
 
 # --- progress and log --------------------------------------------------------

@@ -279,7 +279,7 @@ def check_source(source: str | os.PathLike[str], *, hub_only: bool = False) -> s
         check_hub_source(source)
         return source
     _check_source_length(source)
-    reads_as_path = source.startswith(("/", "~", ".", os.sep)) or source.count("/") > 1 or os.sep in source
+    reads_as_path = source.startswith(("/", "~", ".")) or source.count("/") > 1
     if _repo_id_problem(source) is None or reads_as_path or os.path.lexists(os.path.expanduser(source)):
         return source
     raise InvalidOptionError(

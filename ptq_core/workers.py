@@ -45,11 +45,10 @@ def parse_count(value: object, *, name: str) -> int:
     Raises:
         InvalidOptionError: anything else.
     """
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    count = int(value.strip()) if isinstance(value, str) and value.strip().isdigit() else value
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
         raise InvalidOptionError(f"{name}={value!r} must be a whole number >= 1.")
-    return value
+    return count
 
 
 def resolve_workers(value: object, devices: Sequence[str] | None = None, *, name: str = "max_workers") -> int:
