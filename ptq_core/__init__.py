@@ -24,6 +24,11 @@ _LAZY: dict[str, str] = {
     # one request value, built once by every front end
     "make_job": "job",
     "Job": "job",
+    "is_default_target": "job",
+    # the front ends' shared surface (cheap leaves: no torch)
+    "DEFAULT_SCHEME": "constants",
+    "Stage": "stages",
+    "parse_ignore_text": "ignore_text",
     # quantize a local folder or a Hub id into a local folder (llm-compressor drop-in)
     "model_free_ptq": "pipeline",
     "quantize_job": "pipeline",
@@ -92,7 +97,10 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         quantize_to_hub,
         run_hub_job,
     )
-    from .job import Job, make_job
+    from .constants import DEFAULT_SCHEME
+    from .ignore_text import parse_ignore_text
+    from .job import Job, is_default_target, make_job
+    from .stages import Stage
     from .pipeline import QuantizeResult, model_free_ptq, quantize_job
     from .plan import Plan, build_plan, plan_checkpoint, plan_model, suggest_ignore
     from .recipe import RecipeJob, load_recipe
