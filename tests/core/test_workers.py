@@ -73,3 +73,18 @@ def test_auto_without_a_device_uses_the_gpus_when_there_are_some(cgroup, monkeyp
 def test_anything_else_is_refused_with_the_rule():
     with pytest.raises(InvalidOptionError, match=r"max_workers='many' must be a whole number >= 1, or 'auto'"):
         workers.resolve_workers("many")
+
+
+def test_model_free_ptq_takes_auto(tmp_path, monkeypatch):
+    """The drop-in's ``max_workers="auto"`` is resolved by the same rule, and the output is the same bytes."""
+    from factory import make_checkpoint
+
+    from ptq_core import model_free_ptq
+
+    source = make_checkpoint(tmp_path / "src", "llama")
+    monkeypatch.setattr(workers, "usable_cores", lambda: 3)
+    auto = model_free_ptq(str(source), tmp_path / "auto", scheme="FP8_BLOCK", max_workers="auto", device="cpu")
+    one = model_free_ptq(str(source), tmp_path / "one", scheme="FP8_BLOCK", max_workers=1, device="cpu")
+    assert auto.size_after == one.size_after
+    for shard in sorted(p.name for p in (tmp_path / "one").glob("*.safetensors")):
+        assert (tmp_path / "auto" / shard).read_bytes() == (tmp_path / "one" / shard).read_bytes()
