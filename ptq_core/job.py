@@ -153,9 +153,6 @@ def check_hub_source(source: str) -> None:
         InvalidOptionError: a path, or text that huggingface_hub's ``validate_repo_id`` refuses,
             or a name without its namespace.
     """
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
     if not isinstance(source, str) or not source.strip():
         raise InvalidOptionError(f"The source must be a Hub repo id such as 'org/Model', got {source!r}.")
     if source.startswith(("/", "~", ".", "\\")) or "\\" in source or ".." in source or source.count("/") > 1:
@@ -167,10 +164,9 @@ def check_hub_source(source: str) -> None:
         raise InvalidOptionError(
             f"{_short(source)} is not a Hub repo id: repo ids are at most {MAX_REPO_ID_LENGTH} characters."
         )
-    try:
-        validate_repo_id(source)
-    except HFValidationError as err:
-        raise InvalidOptionError(f"{_short(source)} is not a valid Hub repo id: {err}") from err
+    problem = _repo_id_problem(source)
+    if problem is not None:
+        raise InvalidOptionError(f"{_short(source)} is not a valid Hub repo id: {problem}")
     if "/" not in source:
         raise InvalidOptionError(f"The source repo id {source!r} needs its namespace: 'org/{source}'.")
 

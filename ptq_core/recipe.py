@@ -42,8 +42,9 @@ default_ignore boolean              start from ``DEFAULT_IGNORE`` (default ``tru
                                     keeps only ``ignore``
 observer    string                  weight observer (``memoryless_mse``, ``nvfp4_expanded_mse``...);
                                     default: the scheme's min/max
-target      string                  target repo id; default ``{you}/{name}-{SCHEME}``. With a
-                                    list of schemes it must contain ``{scheme}``
+target      string                  target repo id (``namespace/name``, or a bare name under your
+                                    user); default ``{you}/{name}-{SCHEME}``. With a list of
+                                    schemes it must contain ``{scheme}``
 private     boolean                 create the target repo private (default ``false``)
 revision    string                  source branch, tag or commit (default: the main branch)
 =========== ======================= ===========================================================
