@@ -60,7 +60,8 @@ class Job:
         private: create the target repo private.
         overwrite: replace an existing output folder or non-empty target repo.
         device: devices for the kernels (``("cuda:0",)``); ``None`` means every GPU if any, else CPU.
-        workers: threads, each quantizing one weight or fused group at a time.
+        workers: threads, each quantizing one weight or fused group at a time (``make_job`` resolves
+            ``"auto"`` to a number: ``workers.auto_workers``).
         disk_budget: bytes of local disk a Hub job may fill at once (output shards
             waiting for upload); ``None`` means derived from the free space of the work folder.
         part: ``(i, k)``: a Hub job stages only part ``i`` of ``k`` (1-based) on the target's
