@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
@@ -120,18 +120,3 @@ def append_file(variable: str, text: str, environ: Mapping[str, str] = os.enviro
     with Path(path).open("a", encoding="utf-8") as file:
         file.write(text)
     return True
-
-
-def split_list(text: str) -> list[str]:
-    """Split a list input: one entry per line, or comma-separated when it is one line.
-
-    A ``re:`` regex may contain commas (``re:.{1,3}``); written one per line, it stays whole.
-
-    Example:
-        >>> split_list("lm_head, re:.*embed_tokens$")
-        ['lm_head', 're:.*embed_tokens$']
-        >>> split_list("re:.*a{1,2}$\\nlm_head\\n")
-        ['re:.*a{1,2}$', 'lm_head']
-    """
-    parts: Iterable[str] = text.splitlines() if "\n" in text.strip() else text.split(",")
-    return [part.strip() for part in parts if part.strip()]

@@ -25,43 +25,52 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 import ptq_core
-from ptq_core.constants import parse_bool
+from ptq_core.constants import DEFAULT_SCHEME, parse_bool
+from ptq_core.ignore_text import parse_ignore_text
 from ptq_core._http import resolve_token
 from ptq_core.job import Job
 from ptq_core.redact import install_redaction, redact, secret_forms
-from ptq_core.errors import DiskSpaceError, InvalidOptionError, PtqError, TargetRepoExistsError, TokenError
+from ptq_core.stages import Stage
+from ptq_core.errors import DiskSpaceError, InvalidOptionError, PtqError, RecipeError, TargetRepoExistsError, TokenError
 
-from ._workflow import Console, append_file, format_outputs, split_list
+from ptq_core.workers import parse_count
+
+from ._workflow import Console, append_file, format_outputs
 
 if TYPE_CHECKING:  # pragma: no cover
     from ptq_core.hubjob import HubResult
 
 # Inputs a recipe replaces: giving one next to `config` is refused rather than ignored.
 _RECIPE_INPUTS = ("model", "ignore", "default-ignore", "observer", "target-repo", "private", "revision", "rotate")
-_DEFAULT_SCHEME = "FP8_BLOCK"
 # action.yml's defaults arrive as values: equal to these, an input counts as not given.
-_INPUT_DEFAULTS = {"scheme": _DEFAULT_SCHEME, "default-ignore": "true"}
+_INPUT_DEFAULTS = {"scheme": DEFAULT_SCHEME, "default-ignore": "true"}
+# make_job names the argument an error is about (PtqError.option); the step names its input.
+_OPTION_INPUTS = {
+    "source": "model", "scheme": "scheme", "ignore": "ignore", "observer": "observer", "target": "target-repo",
+    "revision": "revision", "device": "device", "workers": "max-workers", "disk_budget": "disk-budget",
+    "part": "part", "tp": "tp", "rotate": "rotate",
+}
 
 # The progress callback's stages, folded into four log groups. Groups only move forward:
 # a late callback for an earlier stage logs its line in the group that is open.
-_STAGE_GROUPS = {
-    "download": "Download",
-    "validate": "Plan",
-    "quantize": "Quantize",
-    "write": "Quantize",
-    "card": "Push",
-    "upload": "Push",
-    "stage": "Push",
-    "commit": "Push",
+_STAGE_GROUPS: dict[Stage, str] = {
+    Stage.DOWNLOAD: "Download",
+    Stage.VALIDATE: "Plan",
+    Stage.QUANTIZE: "Quantize",
+    Stage.WRITE: "Quantize",
+    Stage.CARD: "Push",
+    Stage.UPLOAD: "Push",
+    Stage.STAGE: "Push",
+    Stage.COMMIT: "Push",
 }
 _GROUP_ORDER = ("Download", "Plan", "Quantize", "Push")
-_BYTE_STAGES = ("download", "upload")  # the others count tensors, shards or files
 
 
 @dataclass(frozen=True)
@@ -114,18 +123,18 @@ def read_request(environ: Mapping[str, str]) -> Request:
     private = parse_bool_input("private", read_input(environ, "private"))
     default_ignore = parse_bool_input("default-ignore", read_input(environ, "default-ignore"), default=True)
     rotate = parse_bool_input("rotate", read_input(environ, "rotate"))
-    workers = _parse_max_workers(read_input(environ, "max-workers"))
+    workers = read_input(environ, "max-workers") or "1"  # a number or `auto`: make_job checks and resolves it
     device = read_input(environ, "device") or None
-    parts = _parse_count("parts", read_input(environ, "parts"))
-    finalize = _parse_count("finalize", read_input(environ, "finalize"))
-    tp = _parse_count("tp", read_input(environ, "tp"))
+    parts = _count_input(environ, "parts")
+    finalize = _count_input(environ, "finalize")
+    tp = read_input(environ, "tp") or None
     part = read_input(environ, "part") or None
     if sum(x is not None for x in (parts, finalize, part)) > 1:
         raise InvalidOptionError(
             "Inputs `parts`, `part` and `finalize` are the three steps of a multi-part job; give one per step."
         )
     config = read_input(environ, "config")
-    scheme = read_input(environ, "scheme") or _DEFAULT_SCHEME
+    scheme = read_input(environ, "scheme") or DEFAULT_SCHEME
 
     if config:
         if parts or finalize or part:
@@ -139,10 +148,11 @@ def read_request(environ: Mapping[str, str]) -> Request:
                 f"Inputs {', '.join(given)} are given next to `config`; a recipe sets them per job. "
                 "Move them into the recipe, or drop `config`."
             )
-        jobs = tuple(
-            entry.to_job(overwrite=overwrite, device=device, workers=workers, tp=tp)
-            for entry in ptq_core.load_recipe(Path(config))
-        )
+        with _named_input():
+            jobs = tuple(
+                entry.to_job(overwrite=overwrite, device=device, workers=workers, tp=tp)
+                for entry in ptq_core.load_recipe(Path(config))
+            )
     else:
         source = read_input(environ, "model")
         if not source:
@@ -150,44 +160,51 @@ def read_request(environ: Mapping[str, str]) -> Request:
                 "Input `model` is empty; give a Hub repo id (e.g. meta-llama/Llama-3.2-1B), "
                 "or a recipe file in `config`."
             )
-        job = ptq_core.make_job(
-            source,
-            scheme,
-            ignore=split_list(read_input(environ, "ignore")),
-            default_ignore=default_ignore,
-            observer=read_input(environ, "observer") or None,
-            target=read_input(environ, "target-repo") or None,
-            private=private,
-            revision=read_input(environ, "revision") or None,
-            overwrite=overwrite,
-            device=device,
-            workers=workers,
-            disk_budget=read_input(environ, "disk-budget") or None,
-            part=part,
-            tp=tp,
-            rotate=rotate,
-        )
+        with _named_input():
+            job = ptq_core.make_job(
+                source,
+                scheme,
+                ignore=parse_ignore_text(read_input(environ, "ignore")),
+                default_ignore=default_ignore,
+                observer=read_input(environ, "observer") or None,
+                target=read_input(environ, "target-repo") or None,
+                private=private,
+                revision=read_input(environ, "revision") or None,
+                overwrite=overwrite,
+                device=device,
+                workers=workers,
+                disk_budget=read_input(environ, "disk-budget") or None,
+                part=part,
+                tp=tp,
+                rotate=rotate,
+            )
         jobs = (job,)
     return Request(jobs, bool(config), read_token(environ), parts, finalize)
 
 
-def _parse_count(name: str, text: str) -> int | None:
-    """A whole number >= 1, or None for an empty input."""
+def _count_input(environ: Mapping[str, str], name: str) -> int | None:
+    """A count input (``parts``, ``finalize``) checked by the core's one rule, or None when empty."""
+    text = read_input(environ, name)
     if not text:
         return None
-    if not text.isdigit() or int(text) < 1:
-        raise InvalidOptionError(f"Input `{name}` is {text!r}; give a whole number of at least 1.")
-    return int(text)
-
-
-def _parse_max_workers(text: str) -> int:
     try:
-        value = int(text or "1")
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise InvalidOptionError(f"Input `max-workers` is {text!r}; give a whole number of at least 1.")
-    return value
+        return parse_count(text, name=name)
+    except InvalidOptionError as err:
+        raise InvalidOptionError(f"Input `{name}`: {err}") from None
+
+
+@contextmanager
+def _named_input() -> Iterator[None]:
+    """Name the step input a ``make_job`` error is about: ``Input `max-workers`: max_workers='x' must...``."""
+    try:
+        yield
+    except PtqError as err:
+        name = _OPTION_INPUTS.get(err.option or "")
+        if name is None or isinstance(err, RecipeError):  # a recipe error already names its file and line
+            raise
+        named = type(err)(f"Input `{name}`: {err}")
+        named.option = err.option
+        raise named from None
 
 
 # --- progress and log --------------------------------------------------------
@@ -201,7 +218,8 @@ class StageLog:
         self._shown: dict[str, int] = {}
 
     def __call__(self, stage: str, done: int, total: int) -> None:
-        title = _STAGE_GROUPS.get(stage)
+        known = Stage.parse(stage)
+        title = _STAGE_GROUPS.get(known) if known is not None else None
         rank = _GROUP_ORDER.index(title) if title else self._rank
         if rank > self._rank:
             self._rank = rank
@@ -210,7 +228,7 @@ class StageLog:
         if tenth <= self._shown.get(stage, -1):
             return
         self._shown[stage] = tenth
-        unit = " bytes" if stage in _BYTE_STAGES else ""
+        unit = " bytes" if known is not None and known.counts_bytes else ""
         self._console.line(f"{stage}: {done:,} of {total:,}{unit}" if total > 0 else f"{stage}: {done:,}{unit}")
 
 

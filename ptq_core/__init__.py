@@ -18,12 +18,17 @@ from typing import TYPE_CHECKING, Any
 from .errors import *  # noqa: F401,F403  (errors are a leaf module: cheap to import)
 from .errors import __all__ as _error_names
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 _LAZY: dict[str, str] = {
     # one request value, built once by every front end
     "make_job": "job",
     "Job": "job",
+    "is_default_target": "job",
+    # the front ends' shared surface (cheap leaves: no torch)
+    "DEFAULT_SCHEME": "constants",
+    "Stage": "stages",
+    "parse_ignore_text": "ignore_text",
     # quantize a local folder or a Hub id into a local folder (llm-compressor drop-in)
     "model_free_ptq": "pipeline",
     "quantize_job": "pipeline",
@@ -100,7 +105,10 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         run_hub_job,
         search_models,
     )
-    from .job import Job, make_job
+    from .constants import DEFAULT_SCHEME
+    from .ignore_text import parse_ignore_text
+    from .job import Job, is_default_target, make_job
+    from .stages import Stage
     from .pipeline import QuantizeResult, model_free_ptq, quantize_job
     from .plan import Plan
     from .planner import build_plan, plan_checkpoint, plan_model, source_plan, suggest_ignore

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from . import constants
+from ._version import __version__
 from .errors import (
     GatedRepoError,
     HubError,
@@ -33,7 +34,7 @@ from .errors import (
 )
 from .redact import redact
 
-logger = logging.getLogger("ptq_core.hub")
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "NO_TOKEN_MESSAGE",
@@ -524,6 +525,4 @@ def short(err: BaseException) -> str:
 
 
 def tool_version() -> str:
-    from . import __version__
-
     return __version__

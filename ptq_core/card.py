@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from ._version import __version__
 from .errors import InvalidOptionError
 from .observers import describe_observer
 from .rotation import rotation_note
@@ -94,7 +95,7 @@ def render_model_card(
     """
     _check_arguments(source, target, scheme, size_before, size_after)
     if tool_version is None:
-        from . import __version__ as tool_version
+        tool_version = __version__
     date = date or _dt.datetime.now(_dt.timezone.utc).date()
     description, fmt = _describe_scheme(scheme)
     scheme_description = scheme_description or description

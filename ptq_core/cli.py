@@ -22,12 +22,14 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import __version__
-from .constants import PTQ_DISABLE_PROGRESS, hf_token_from_env
+from ._version import __version__
+from .constants import DEFAULT_SCHEME, PTQ_DISABLE_PROGRESS, hf_token_from_env
 from .errors import PtqError
 from .redact import install_redaction
 
 # Words for schemes.DEFAULT_IGNORE: `ptq --help` must not import compressed-tensors.
+_WORKERS_HELP = ("threads, each quantizing one weight or fused group at a time; 'auto': one per usable core "
+                 "(CPU affinity and cgroup quota), or per 4 GiB of free memory on each GPU")
 _DEFAULT_IGNORE_HELP = "embeddings and heads, MoE routers, vision/audio towers, MTP layers, found from the model"
 
 
@@ -52,12 +54,13 @@ def _progress_bars() -> Callable[[str, int, int], None]:
 
 def _job(args: argparse.Namespace, source: str):
     """The one request value, built from the command line (see ``job.make_job``)."""
+    from .ignore_text import parse_ignore_text
     from .job import make_job
 
     return make_job(
         source,
         args.scheme,
-        ignore=[p.strip() for entry in args.ignore for p in entry.split(",") if p.strip()],
+        ignore=parse_ignore_text("\n".join(args.ignore)),
         default_ignore=not args.no_default_ignore,
         observer=args.observer,
         revision=getattr(args, "revision", None),
@@ -71,6 +74,13 @@ def _job(args: argparse.Namespace, source: str):
         tp=args.tp,
         rotate=args.rotate,
     )
+
+
+def _count(value: str | None, name: str) -> int:
+    """A count argument (``--parts``, ``--finalize``) checked by the core's one rule."""
+    from .workers import parse_count
+
+    return parse_count(value, name=name)
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
@@ -100,7 +110,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if args.parts is not None:
         from .hubjob import plan_hub_parts
 
-        parts = plan_hub_parts(job, args.parts)
+        parts = plan_hub_parts(job, _count(args.parts, "parts"))
         print(json.dumps(parts.matrix()) if args.json else parts.plan.to_markdown() + "\n" + parts.to_markdown())
         return 0
     from .hubjob import plan_hub_model
@@ -115,7 +125,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     job = _job(args, args.source)
     if args.finalize is not None:
-        result = finalize_hub_job(job, parts=args.finalize, progress=_progress_bars())
+        result = finalize_hub_job(job, parts=_count(args.finalize, "finalize"), progress=_progress_bars())
     else:
         result = quantize_to_hub(job, progress=_progress_bars())
     print(result.to_markdown())
@@ -156,13 +166,14 @@ def _add_common(p: argparse.ArgumentParser, *, scheme_default: str | None = None
     p.add_argument("--scheme", "-s", default=scheme_default, required=scheme_default is None,
                    help="preset name, e.g. FP8_BLOCK, NVFP4A16, MXFP4A16, W4A16 (see `ptq schemes`)")
     p.add_argument("--ignore", action="append", default=[], metavar="PATTERN",
-                   help="module name or 're:<regex>' to keep unquantized; repeatable or comma-separated; "
+                   help="module name or 're:<regex>' to keep unquantized; repeatable or comma-separated (a comma "
+                        "inside a regex's (), [] or {} belongs to it); "
                         f"added to the defaults ({_DEFAULT_IGNORE_HELP})")
     p.add_argument("--no-default-ignore", action="store_true", help="start from an empty ignore list")
     p.add_argument("--observer", metavar="NAME",
                    help="weight observer: memoryless_minmax (default), memoryless_mse, nvfp4_expanded_mse, ... "
                         "(data-free observers of llm-compressor; MSE searches lower the error, slower)")
-    p.add_argument("--tp", type=int, metavar="N",
+    p.add_argument("--tp", metavar="N",
                    help="refuse the plan unless vLLM can shard the output at tensor parallel size N")
     p.add_argument("--rotate", action="store_true",
                    help="fold SpinQuant Hadamard rotations (R1+R2; R1 only for MLA) into the weights first: "
@@ -170,7 +181,7 @@ def _add_common(p: argparse.ArgumentParser, *, scheme_default: str | None = None
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", "-j", type=int, default=1, help="threads, each quantizing one weight or fused group at a time")
+    p.add_argument("--workers", "-j", default="1", metavar="N|auto", help=_WORKERS_HELP)
     p.add_argument("--device", help="cpu, cuda, cuda:N, or a comma-separated list (default: GPU if present)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output")
     p.add_argument("--revision", help="Hub revision (branch, tag or commit) of the source")
@@ -193,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reindex", help="move each fused group (q/k/v, gate/up, ...) into one shard")
     p.add_argument("source")
     p.add_argument("output")
-    p.add_argument("--num-workers", "--num_workers", type=int, default=1)
+    p.add_argument("--num-workers", "--num_workers", default="1")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_reindex)
 
@@ -202,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("--revision")
     p.add_argument("--disk-budget", metavar="SIZE", help="local disk a streamed run may fill, e.g. 20GB")
-    p.add_argument("--parts", type=int, metavar="K",
+    p.add_argument("--parts", metavar="K",
                    help="split the job into K parts of whole output shards, balanced by bytes")
     p.add_argument("--json", action="store_true",
                    help="print JSON: the plan summary, or with --parts a GitHub Actions matrix")
@@ -220,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     step = p.add_mutually_exclusive_group()
     step.add_argument("--part", metavar="I/K",
                       help="stage only part I of K on the target's staging branch (see `ptq plan --parts K`)")
-    step.add_argument("--finalize", type=int, metavar="K",
+    step.add_argument("--finalize", metavar="K",
                       help="check that all K parts are staged and consistent, then make the one commit")
     p.set_defaults(func=_cmd_run)
 
@@ -228,8 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_schemes)
 
     p = sub.add_parser("demo", help="quantize an embedded tiny Llama-shaped checkpoint (no Hub needed)")
-    _add_common(p, scheme_default="FP8_BLOCK")
-    p.add_argument("--workers", "-j", type=int, default=2)
+    _add_common(p, scheme_default=DEFAULT_SCHEME)
+    p.add_argument("--workers", "-j", default="2", metavar="N|auto", help=_WORKERS_HELP)
     p.add_argument("--workdir", help="where to write the demo (default: a new temp folder)")
     p.set_defaults(func=_cmd_demo)
     return parser

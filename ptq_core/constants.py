@@ -1,4 +1,4 @@
-"""Environment, read once.
+"""Environment, read once, and the defaults every front end shares.
 
 Every environment variable ptq-hub honours is read here and nowhere else. An
 explicit argument always beats the variable. ``HF_TOKEN`` and ``HF_ENDPOINT``
@@ -12,6 +12,11 @@ import os
 from pathlib import Path
 
 from .errors import InvalidOptionError
+
+DEFAULT_SCHEME = "FP8_BLOCK"
+"""The scheme every front end starts from (``ptq demo``, the Action's ``scheme`` input, the Space's
+dropdown): FP8 weights in 128x128 blocks, near-lossless and served by vLLM on Hopper and newer.
+Kept here, a leaf, so that ``ptq --help`` and the Space read it without loading compressed-tensors."""
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}

@@ -10,7 +10,16 @@ from __future__ import annotations
 
 
 class PtqError(Exception):
-    """Root of every error that ptq-hub raises deliberately."""
+    """Root of every error that ptq-hub raises deliberately.
+
+    Attributes:
+        option: the ``make_job`` argument the error is about (``"source"``, ``"target"``,
+            ``"scheme"``, ``"ignore"``, ``"observer"``, ``"revision"``...), set by ``make_job``;
+            ``None`` elsewhere. Front ends map it back to their own input (a recipe's key and
+            line, an Action input) instead of validating the value a second time.
+    """
+
+    option: str | None = None
 
 
 # --- schemes and options -----------------------------------------------------

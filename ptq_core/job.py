@@ -14,18 +14,37 @@ drop-in for llm-compressor's function it ignores only what it is given.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidOptionError
+from .errors import InvalidOptionError, PtqError
 from .matching import validate_ignore
-from .schemes import DEFAULT_IGNORE, ResolvedConfig, resolve_config, scheme_repo_suffix
+from .observers import resolve_observer
+from .schemes import (
+    DEFAULT_IGNORE,
+    ResolvedConfig,
+    canonical_scheme_name,
+    list_schemes,
+    resolve_config,
+    scheme_repo_suffix,
+)
 from .sizes import parse_size
 from .sources.formats import check_converters
+from .workers import parse_count, resolve_workers
 
-__all__ = ["MAX_PARTS", "Job", "make_job", "parse_part", "validate_workers"]
+__all__ = [
+    "MAX_PARTS",
+    "Job",
+    "check_source",
+    "check_target",
+    "default_repo_name",
+    "is_default_target",
+    "make_job",
+    "parse_part",
+]
 
 
 @dataclass(frozen=True)
@@ -41,7 +60,8 @@ class Job:
         private: create the target repo private.
         overwrite: replace an existing output folder or non-empty target repo.
         device: devices for the kernels (``("cuda:0",)``); ``None`` means every GPU if any, else CPU.
-        workers: threads, each quantizing one weight or fused group at a time.
+        workers: threads, each quantizing one weight or fused group at a time (``make_job`` resolves
+            ``"auto"`` to a number: ``workers.auto_workers``).
         disk_budget: bytes of local disk a Hub job may fill at once (output shards
             waiting for upload); ``None`` means derived from the free space of the work folder.
         part: ``(i, k)``: a Hub job stages only part ``i`` of ``k`` (1-based) on the target's
@@ -137,9 +157,6 @@ def check_hub_source(source: str) -> None:
         InvalidOptionError: a path, or text that huggingface_hub's ``validate_repo_id`` refuses,
             or a name without its namespace.
     """
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
     if not isinstance(source, str) or not source.strip():
         raise InvalidOptionError(f"The source must be a Hub repo id such as 'org/Model', got {source!r}.")
     if source.startswith(("/", "~", ".", "\\")) or "\\" in source or ".." in source or source.count("/") > 1:
@@ -151,10 +168,9 @@ def check_hub_source(source: str) -> None:
         raise InvalidOptionError(
             f"{_short(source)} is not a Hub repo id: repo ids are at most {MAX_REPO_ID_LENGTH} characters."
         )
-    try:
-        validate_repo_id(source)
-    except HFValidationError as err:
-        raise InvalidOptionError(f"{_short(source)} is not a valid Hub repo id: {err}") from err
+    problem = _repo_id_problem(source)
+    if problem is not None:
+        raise InvalidOptionError(f"{_short(source)} is not a valid Hub repo id: {problem}")
     if "/" not in source:
         raise InvalidOptionError(f"The source repo id {source!r} needs its namespace: 'org/{source}'.")
 
@@ -186,17 +202,6 @@ def check_revision(revision: object) -> str:
             "or trailing '/' or '.'); give e.g. 'main', 'v1.0' or a 40-digit commit hash."
         )
     return value
-
-
-def validate_workers(workers: object, *, name: str = "max_workers") -> int:
-    """The one check of a count (workers, tensor-parallel size): a whole number >= 1 (``True`` is not one).
-
-    Raises:
-        InvalidOptionError: anything else.
-    """
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise InvalidOptionError(f"{name}={workers!r} must be a whole number >= 1.")
-    return workers
 
 
 MAX_PARTS = 32
@@ -264,6 +269,87 @@ def _check_rotate(rotate: object, append: bool) -> bool:
     return rotate
 
 
+def check_source(source: str | os.PathLike[str], *, hub_only: bool = False) -> str:
+    """The source, stripped: a Hub repo id, or (unless ``hub_only``) a local path.
+
+    Text that is not a valid repo id is taken as a path when it reads as one (it starts
+    with ``/``, ``~`` or ``.``, or has more than one ``/``) or names something that exists
+    here; anything else (``org/My Model``, ``org/--x``) is refused before a request is made.
+
+    Raises:
+        InvalidOptionError: empty or over-long, not a repo id and not a path, or (``hub_only``)
+            not a Hub repo id ``namespace/name`` (see ``check_hub_source``).
+    """
+    if isinstance(source, os.PathLike):
+        source = str(Path(source))
+    if not isinstance(source, str) or not source.strip():
+        raise InvalidOptionError(f"source must be a checkpoint folder or a Hub repo id, got {source!r}.")
+    source = source.strip()
+    if hub_only:
+        check_hub_source(source)
+        return source
+    _check_source_length(source)
+    reads_as_path = source.startswith(("/", "~", ".")) or source.count("/") > 1
+    if _repo_id_problem(source) is None or reads_as_path or os.path.lexists(os.path.expanduser(source)):
+        return source
+    raise InvalidOptionError(
+        f"source {_short(source)} is neither a folder here nor a valid Hub repo id: {_repo_id_problem(source)}"
+    )
+
+
+def check_target(target: object) -> str:
+    """The target repo, stripped: ``namespace/name``, or a bare ``name`` (created under the token's user).
+
+    Raises:
+        InvalidOptionError: not a string, empty, more than one ``/``, or a name the Hub refuses.
+    """
+    if not isinstance(target, str) or not target.strip():
+        raise InvalidOptionError(f"target={target!r} is not a repo id; give 'namespace/name' or leave it out.")
+    target = target.strip()
+    problem = "it has more than one '/'" if target.count("/") > 1 else _repo_id_problem(target)
+    if problem is not None:
+        raise InvalidOptionError(f"target {_short(target)} is not a valid repo id ('namespace/name'): {problem}")
+    return target
+
+
+def _repo_id_problem(text: str) -> str | None:
+    """Why huggingface_hub's ``validate_repo_id`` refuses ``text``, or ``None`` if it is a repo id."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError as err:
+        return str(err).strip()[:300]
+    return None
+
+
+def default_repo_name(source: str, scheme: str) -> str:
+    """The default target's name, without its namespace: ``org/Model`` + ``fp8_block`` -> ``Model-FP8-BLOCK``."""
+    return f"{source.rstrip('/').split('/')[-1]}-{scheme_repo_suffix(canonical_scheme_name(scheme))}"
+
+
+def is_default_target(target: str, source: str) -> bool:
+    """Whether ``target`` has the default name of ``source`` under some data-free scheme.
+
+    A front end renames such a target when the scheme changes (``Model-FP8-BLOCK`` ->
+    ``Model-W4A16``), and keeps a name the user chose.
+    """
+    tail = (target or "").strip().split("/")[-1]
+    return any(tail == default_repo_name(source, info.name) for info in list_schemes())
+
+
+@contextmanager
+def _about(option: str) -> Iterator[None]:
+    """Tag a ``PtqError`` raised while checking ``option`` with its name (``PtqError.option``)."""
+    try:
+        yield
+    except PtqError as err:
+        if err.option is None:
+            err.option = option
+        raise
+
+
 def make_job(
     source: str | os.PathLike[str],
     scheme: object = None,
@@ -277,76 +363,66 @@ def make_job(
     private: bool = False,
     overwrite: bool = False,
     device: str | object | Sequence[str | object] | None = None,
-    workers: int = 1,
+    workers: int | str = 1,
     disk_budget: int | str | None = None,
     part: tuple[int, int] | str | None = None,
     converters: object = None,
     append: bool = False,
-    tp: int | None = None,
+    tp: int | str | None = None,
     rotate: bool = False,
     hub_only: bool = False,
 ) -> Job:
     """Validate a request once and return it as a ``Job``; no network, no file reads.
 
-    Args:
-        source: a checkpoint folder or a Hub repo id.
-        scheme: a preset name (any case: ``fp8_block`` is ``FP8_BLOCK``) or a ``QuantizationScheme``.
-        config: a ``QuantizationConfig`` instead of ``scheme``.
-        ignore: module names or ``re:`` regexes kept unquantized, added to the defaults.
-        default_ignore: start from ``DEFAULT_IGNORE`` (the loader-safe list).
-        observer: a data-free weight observer (``memoryless_mse``...) for every group;
-            ``None`` keeps the scheme's own (min/max for the presets).
-        revision, target, private, overwrite, device, workers: see :class:`Job`.
-        disk_budget: bytes, or a size such as ``"20GB"`` (see :class:`Job`).
-        part: ``(i, k)`` or ``"i/k"`` (see :class:`Job`).
-        converters: one compressed-tensors ``Converter`` or a list (see :class:`Job`).
-        append, tp, rotate: see :class:`Job`.
-        hub_only: ``source`` must be a Hub repo id (``check_hub_source``): a front end that
-            takes text from strangers (the Space) never has a local folder planned or read.
+    Args: see :class:`Job`; in addition ``scheme`` (a preset name in any case, or a
+    ``QuantizationScheme``) or ``config`` (a ``QuantizationConfig``); ``ignore`` (names or
+    ``re:`` regexes, added to ``DEFAULT_IGNORE`` unless ``default_ignore`` is false);
+    ``observer`` (a data-free weight observer for every group); ``workers`` (a whole number,
+    or ``"auto"``: ``workers.auto_workers``); ``disk_budget`` (bytes or ``"20GB"``); ``part``
+    (``(i, k)`` or ``"i/k"``); ``hub_only`` (the source must be a Hub repo id, never a path:
+    a front end that takes text from strangers, the Space); ``rotate`` (SpinQuant R1+R2 folded
+    into the weights first, see :class:`Job`).
 
-    Raises:
-        SchemeNotSupportedError / CalibrationRequiredError: unknown or not data-free scheme.
+    Raises (each error's ``option`` names the argument it is about):
+        SchemeNotSupportedError / CalibrationRequiredError: unknown or not data-free scheme or observer.
         InvalidIgnoreError: ``ignore`` is a single string, or an entry is invalid.
-        InvalidOptionError: an empty or over-long source (or, with ``hub_only``, one that is not a
-            Hub repo id), an empty target, a revision that is not a branch, tag or commit, a bad
-            worker count, tensor-parallel size, device list, disk budget or part, or a converter
-            without the ``Converter`` methods, or ``rotate`` with ``append`` (rotated weights are dense).
+        InvalidOptionError: a source that is neither a repo id nor a path (with ``hub_only``: not a
+            repo id), an invalid target repo id, a bad revision, worker count, tensor-parallel size,
+            device list, disk budget or part, or a converter without the ``Converter`` methods,
+            or ``rotate`` with ``append`` (rotated weights are dense).
 
     Example:
         >>> make_job("org/Model", "fp8_block").scheme_name
         'FP8_BLOCK'
     """
-    if isinstance(source, os.PathLike):
-        source = str(Path(source))
-    if not isinstance(source, str) or not source.strip():
-        raise InvalidOptionError(f"source must be a checkpoint folder or a Hub repo id, got {source!r}.")
-    source = source.strip()
-    if hub_only:
-        check_hub_source(source)
-    else:
-        _check_source_length(source)
-    revision = None if revision is None else check_revision(revision)
-    extra = validate_ignore(ignore)
-    base = list(DEFAULT_IGNORE) if default_ignore else []
-    resolved = resolve_config(scheme, config, base + [p for p in extra if p not in base], observer=observer,
-                              model_defaults=default_ignore)
-    if target is not None:
-        if not isinstance(target, str) or not target.strip():
-            raise InvalidOptionError(f"target={target!r} is not a repo id; give 'namespace/name' or leave it out.")
-        target = target.strip()
-    return Job(
-        source=source,
-        resolved=resolved,
-        revision=revision,
-        target=target,
-        private=bool(private),
-        overwrite=bool(overwrite),
-        device=_device_tuple(device),
-        workers=validate_workers(workers),
-        disk_budget=None if disk_budget is None else parse_size(disk_budget, name="disk_budget"),
-        part=None if part is None else parse_part(part),
-        converters=check_converters(converters),
-        append=bool(append),
-        tp=None if tp is None else validate_workers(tp, name="tp"),
-        rotate=_check_rotate(rotate, append),
-    )
+    with _about("source"):
+        source = check_source(source, hub_only=hub_only)
+    with _about("revision"):
+        revision = None if revision is None else check_revision(revision)
+    with _about("ignore"):
+        extra = validate_ignore(ignore)
+    with _about("observer"):
+        observer = None if observer is None else resolve_observer(observer, None)[0]
+    with _about("scheme"):
+        base = list(DEFAULT_IGNORE) if default_ignore else []
+        resolved = resolve_config(scheme, config, base + [p for p in extra if p not in base], observer=observer,
+                                  model_defaults=default_ignore)
+    with _about("target"):
+        target = None if target is None else check_target(target)
+    with _about("device"):
+        devices = _device_tuple(device)
+    with _about("workers"):
+        workers = resolve_workers(workers, devices)
+    with _about("disk_budget"):
+        budget = None if disk_budget is None else parse_size(disk_budget, name="disk_budget")
+    with _about("part"):
+        part = None if part is None else parse_part(part)
+    with _about("converters"):
+        chain = check_converters(converters)
+    with _about("rotate"):
+        rotate = _check_rotate(rotate, append)
+    with _about("tp"):
+        tp = None if tp is None else parse_count(tp, name="tp")
+    return Job(source=source, resolved=resolved, revision=revision, target=target, private=bool(private),
+               overwrite=bool(overwrite), device=devices, workers=workers, disk_budget=budget, part=part,
+               converters=chain, append=bool(append), tp=tp, rotate=rotate)

@@ -15,7 +15,7 @@ from typing import Any
 from ._http import HubHttp, short, status_of
 from .errors import HubPermissionError, TargetRepoExistsError, TokenError
 
-logger = logging.getLogger("ptq_core.hub")
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "TargetState",

@@ -2,8 +2,10 @@
 
 A recipe lists jobs for ``quantize_to_hub``; the GitHub Action and ``ptq`` read
 it and make one call per job. The whole file is validated before any job runs:
-an unknown key, a wrong type, an invalid repo id or a scheme that cannot run
-data-free raises :class:`~ptq_core.errors.RecipeError` naming the line and key.
+an unknown key or a wrong YAML type is caught here, and every entry goes through
+``make_job`` (the one validator of repo ids, schemes, observers, ignore lists and
+revisions), whose error names the argument it is about (``PtqError.option``); either
+way :class:`~ptq_core.errors.RecipeError` names the line and key.
 
 Format
 ------
@@ -40,8 +42,9 @@ default_ignore boolean              start from ``DEFAULT_IGNORE`` (default ``tru
                                     keeps only ``ignore``
 observer    string                  weight observer (``memoryless_mse``, ``nvfp4_expanded_mse``...);
                                     default: the scheme's min/max
-target      string                  target repo id; default ``{you}/{name}-{SCHEME}``. With a
-                                    list of schemes it must contain ``{scheme}``
+target      string                  target repo id (``namespace/name``, or a bare name under your
+                                    user); default ``{you}/{name}-{SCHEME}``. With a list of
+                                    schemes it must contain ``{scheme}``
 private     boolean                 create the target repo private (default ``false``)
 revision    string                  source branch, tag or commit (default: the main branch)
 rotate      boolean                 fold SpinQuant rotations (R1+R2; R1 only for MLA) into the
@@ -63,7 +66,7 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +75,7 @@ import yaml
 from .constants import parse_bool
 from .errors import PtqError, RecipeError
 from .job import Job, make_job
-from .matching import validate_ignore
-from .observers import resolve_observer
-from .schemes import canonical_scheme_name, resolve_config, scheme_repo_suffix
+from .schemes import canonical_scheme_name, scheme_repo_suffix
 
 __all__ = ["JOB_KEYS", "RecipeJob", "load_recipe"]
 
@@ -82,6 +83,10 @@ JOB_KEYS = ("model", "scheme", "ignore", "default_ignore", "observer", "target",
 """Keys a job (and ``defaults:``) may set."""
 
 _TOP_KEYS = ("jobs", "defaults")
+
+# make_job names the argument an error is about (PtqError.option): the recipe key it came from.
+_OPTION_KEYS = {"source": "model", "scheme": "scheme", "ignore": "ignore", "observer": "observer",
+                "target": "target", "revision": "revision", "rotate": "rotate"}
 
 # A recipe lists a few jobs: these bounds are far above any real one and far below
 # what makes YAML slow. Aliases cost nothing while composing, but every reader that
@@ -120,12 +125,13 @@ class RecipeJob:
     rotate: bool = False
     line: int | None = field(default=None, compare=False)
 
-    def to_job(self, *, overwrite: bool = False, device: str | None = None, workers: int = 1,
+    def to_job(self, *, overwrite: bool = False, device: str | None = None, workers: int | str = 1,
                tp: int | None = None) -> Job:
         """The ``Job`` of this entry; the caller adds what a recipe does not set per job."""
         return make_job(
             self.model,
             self.scheme,
+            hub_only=True,
             ignore=self.ignore,
             default_ignore=self.default_ignore,
             observer=self.observer,
@@ -377,127 +383,88 @@ class _Parser:
         return out
 
     def job(self, node: yaml.Node, defaults: Mapping[str, tuple[yaml.Node, yaml.Node]]) -> list[RecipeJob]:
+        """The entry's jobs, one per scheme, each checked by ``make_job``; its errors point at their key's line."""
         if not isinstance(node, yaml.MappingNode):
             raise self.fail(node, "each job must be a mapping with `model:` and `scheme:`.")
         fields = {**defaults, **self.mapping(node, allowed=JOB_KEYS)}
-        line = node.start_mark.line + 1
         for required in ("model", "scheme"):
             if required not in fields:
                 raise self.fail(node, f"the job has no `{required}:`.")
-
-        model = self.repo_id(fields["model"], "model")
-        schemes = self.schemes(fields["scheme"])
-        ignore = self.ignore(fields["ignore"]) if "ignore" in fields else ()
-        default_ignore = self.boolean(fields["default_ignore"], "default_ignore") if "default_ignore" in fields else True
-        observer = self.observer(fields["observer"]) if "observer" in fields else None
-        private = self.boolean(fields["private"], "private") if "private" in fields else False
-        rotate = self.boolean(fields["rotate"], "rotate") if "rotate" in fields else False
-        revision = self.revision(fields["revision"]) if "revision" in fields else None
-        target_template = self.string(fields["target"], "target", optional=True) if "target" in fields else None
-        if target_template is not None and len(schemes) > 1 and "{scheme}" not in target_template:
+        scheme_node = fields["scheme"][1]
+        schemes = list(scheme_node.value) if isinstance(scheme_node, yaml.SequenceNode) else [scheme_node]
+        if not schemes:
+            raise self.fail(scheme_node, "`scheme` is an empty list; give at least one preset name.")
+        template = self.string(fields["target"], "target") if "target" in fields else None
+        if template is not None and len(schemes) > 1 and "{scheme}" not in template:
             raise self.fail(
                 fields["target"][1],
-                f"target {_describe(target_template)} would be shared by {len(schemes)} schemes; "
+                f"target {_describe(template)} would be shared by {len(schemes)} schemes; "
                 "put `{scheme}` in it (e.g. my-org/Model-{scheme}) or split the job.",
             )
-
-        jobs = []
-        for scheme, _node in schemes:
-            target = None
-            if target_template is not None:
-                target = target_template.replace("{scheme}", scheme_repo_suffix(scheme))
-                self.check_repo_id(fields["target"][1], target, "target")
-            jobs.append(
-                RecipeJob(
-                    model=model,
-                    scheme=scheme,
-                    ignore=ignore,
-                    default_ignore=default_ignore,
-                    observer=observer,
-                    target=target,
-                    private=private,
-                    revision=revision,
-                    rotate=rotate,
-                    line=line,
-                )
-            )
+        options = self.options(fields)
+        jobs: list[RecipeJob] = []
+        for item in schemes:
+            job = self.checked(fields, item, options, template)
+            if any(job.scheme == seen.scheme for seen in jobs):
+                raise self.fail(item, f"scheme {_describe(job.scheme)} is listed twice.")
+            jobs.append(replace(job, line=node.start_mark.line + 1))
         return jobs
+
+    def options(self, fields: Mapping[str, tuple[yaml.Node, yaml.Node]]) -> dict[str, Any]:
+        """``make_job`` keyword arguments from the entry's YAML values.
+
+        Only the YAML shape is checked here (a list of strings, a string...), so that a message
+        describes a huge or aliased value instead of printing it; ``make_job`` checks the rest.
+        """
+        ignore = self.value(fields["ignore"]) if "ignore" in fields else ()
+        ignore = () if ignore is None else [ignore] if isinstance(ignore, str) else ignore
+        if not isinstance(ignore, (list, tuple)) or not all(isinstance(entry, str) for entry in ignore):
+            raise self.fail(fields["ignore"][1],
+                            f"`ignore` must be a list of module names or 're:' regexes, got {_describe(ignore)}.")
+        revision = self.value(fields["revision"]) if "revision" in fields else None
+        if isinstance(revision, int) and not isinstance(revision, bool):  # an all-digit commit or tag parses as a YAML int
+            revision = str(fields["revision"][1].value)
+        if revision is not None and not isinstance(revision, str):
+            raise self.fail(fields["revision"][1], f"`revision` must be a branch, tag or commit, got {_describe(revision)}.")
+        return {
+            "ignore": ignore,
+            "default_ignore": self.boolean(fields["default_ignore"], "default_ignore") if "default_ignore" in fields else True,
+            "observer": self.string(fields["observer"], "observer") if "observer" in fields else None,
+            "private": self.boolean(fields["private"], "private") if "private" in fields else False,
+            "revision": revision,
+            "rotate": self.boolean(fields["rotate"], "rotate") if "rotate" in fields else False,
+        }
+
+    def checked(self, fields: Mapping[str, tuple[yaml.Node, yaml.Node]], item: yaml.Node, options: dict[str, Any],
+                template: str | None) -> RecipeJob:
+        """One (model, scheme) entry through ``make_job``; an error is reported at the key it is about."""
+        scheme = self.loader.construct_object(item, deep=True)
+        target = None
+        try:
+            if template is not None:
+                target = template.replace("{scheme}", scheme_repo_suffix(canonical_scheme_name(scheme)))
+            job = make_job(self.string(fields["model"], "model"), scheme, target=target, hub_only=True, **options)
+        except PtqError as err:
+            key = _OPTION_KEYS.get(err.option or "", "scheme")
+            where = item if key == "scheme" or key not in fields else fields[key][1]
+            raise self.fail(where, f"`{key}`: {err}") from err
+        return RecipeJob(
+            model=job.source, scheme=job.scheme_name, ignore=tuple(options["ignore"]),
+            default_ignore=options["default_ignore"], observer=None if options["observer"] is None else job.observer,
+            target=job.target, private=job.private, revision=job.revision, rotate=job.rotate,
+        )
 
     # values ------------------------------------------------------------------
     def value(self, pair: tuple[yaml.Node, yaml.Node]) -> Any:
         return self.loader.construct_object(pair[1], deep=True)
 
-    def string(self, pair: tuple[yaml.Node, yaml.Node], key: str, *, optional: bool = False) -> str | None:
+    def string(self, pair: tuple[yaml.Node, yaml.Node], key: str) -> str | None:
         value = self.value(pair)
-        if value is None and optional:
+        if value is None:
             return None
         if not isinstance(value, str) or not value.strip():
             raise self.fail(pair[1], f"`{key}` must be a non-empty string, got {_describe(value)}.")
         return value.strip()
-
-    def repo_id(self, pair: tuple[yaml.Node, yaml.Node], key: str) -> str:
-        value = self.string(pair, key) or ""
-        self.check_repo_id(pair[1], value, key)
-        return value
-
-    def check_repo_id(self, node: yaml.Node, value: str, key: str) -> None:
-        from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-        try:
-            validate_repo_id(value)
-        except HFValidationError as err:
-            raise self.fail(node, f"`{key}` {_describe(value)} is not a valid repo id: {str(err)[:200]}") from err
-        if value.count("/") != 1:
-            raise self.fail(node, f"`{key}` {_describe(value)} must be `namespace/name`.")
-
-    def schemes(self, pair: tuple[yaml.Node, yaml.Node]) -> list[tuple[str, yaml.Node]]:
-        node = pair[1]
-        items = list(node.value) if isinstance(node, yaml.SequenceNode) else [node]
-        if not items:
-            raise self.fail(node, "`scheme` is an empty list; give at least one preset name.")
-        out: list[tuple[str, yaml.Node]] = []
-        for item in items:
-            name = self.loader.construct_object(item, deep=True)
-            if not isinstance(name, str) or not name.strip():
-                raise self.fail(item, f"`scheme` entries must be preset names like FP8_BLOCK, got {_describe(name)}.")
-            name = self.check_scheme(item, name)
-            if any(name == seen for seen, _ in out):
-                raise self.fail(item, f"scheme {_describe(name)} is listed twice.")
-            out.append((name, item))
-        return out
-
-    def check_scheme(self, node: yaml.Node, name: str) -> str:
-        """The canonical name of a data-free preset, or a RecipeError at the entry's line."""
-        try:
-            canonical = canonical_scheme_name(name)
-            resolve_config(scheme=canonical)
-        except PtqError as err:
-            raise self.fail(node, f"`scheme` {name}: {err}") from err
-        return canonical
-
-    def observer(self, pair: tuple[yaml.Node, yaml.Node]) -> str:
-        """A data-free weight observer's canonical name, or a RecipeError at its line."""
-        name = self.string(pair, "observer") or ""
-        try:
-            canonical, _ = resolve_observer(name, None)
-        except PtqError as err:
-            raise self.fail(pair[1], f"`observer` {name}: {err}") from err
-        return canonical
-
-    def ignore(self, pair: tuple[yaml.Node, yaml.Node]) -> tuple[str, ...]:
-        value = self.value(pair)
-        if value is None:
-            return ()
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise self.fail(
-                pair[1], f"`ignore` must be a list of module names or 're:' regexes, got {_describe(value)}."
-            )
-        try:
-            return tuple(validate_ignore(value))
-        except PtqError as err:
-            raise self.fail(pair[1], f"`ignore`: {err}") from err
 
     def boolean(self, pair: tuple[yaml.Node, yaml.Node], key: str) -> bool:
         value = self.value(pair)
@@ -509,15 +476,3 @@ class _Parser:
             except ValueError as err:
                 raise self.fail(pair[1], str(err)) from err
         raise self.fail(pair[1], f"`{key}` must be true or false, got {_describe(value)}.")
-
-    def revision(self, pair: tuple[yaml.Node, yaml.Node]) -> str | None:
-        value = self.value(pair)
-        if value is None:
-            return None
-        # An all-digit commit prefix or a numeric tag parses as a YAML int.
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = str(pair[1].value)
-        if not isinstance(value, str) or not value.strip():
-            raise self.fail(pair[1], f"`revision` must be a branch, tag or commit, got {_describe(value)}.")
-        return value.strip()
-

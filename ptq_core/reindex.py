@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoint import ShardReader, open_checkpoint
-from .job import validate_workers
 from .fused_groups import find_fused_sets
 from .plan import OutputTensor
+from .workers import parse_count
 from .source import ProgressCallback, resolve_source
 from .writer import ShardWriter, copy_extra_files, discard_output, prepare_output, publish_output, write_index
 
@@ -60,7 +60,7 @@ def reindex_fused_weights(
     Raises:
         the checkpoint and output errors of ``model_free_ptq``.
     """
-    validate_workers(num_workers, name="num_workers")
+    parse_count(num_workers, name="num_workers")
     notify = progress or (lambda stage, done, total: None)
     source = resolve_source(str(model_stub), revision=revision, token=token, progress=progress)
     ckpt = open_checkpoint(source)

@@ -40,7 +40,7 @@ from .repo_files import INDEX_NAME, select_repo_files
 from .source import SourceState
 from .sources.safetensors_header import header_length, parse_header
 
-logger = logging.getLogger("ptq_core.hub")
+logger = logging.getLogger(__name__)
 
 __all__ = ["RANGE_GAP", "RANGE_PIECE", "RANGE_SPAN", "RemoteReader", "fetch_range", "open_remote_checkpoint"]
 

@@ -1,40 +1,32 @@
 """Schemes: resolving what the caller asked for into compressed-tensors objects.
 
-This is the only module that imports ``compressed_tensors``. It turns a preset
-name, a ``QuantizationScheme`` or a ``QuantizationConfig`` into a validated
-*copy* (the caller's objects are never mutated), refuses schemes that need
-calibration data, and describes the presets for the front ends.
+With ``convert.py`` and ``plan.py``, the only module that uses ``compressed_tensors``. It turns
+a preset name, a ``QuantizationScheme`` or a ``QuantizationConfig`` into a validated *copy*
+(the caller's objects are never mutated), refuses schemes that need calibration data, and
+describes the presets for the front ends.
+
+compressed-tensors is imported at first use, not with this module: any of its submodules
+runs its package ``__init__``, which loads transformers and ``torch.distributed`` (2-3 s of
+CPU), and ``import ptq_core.job`` (every ``ptq`` command, Action step and recipe) must not pay
+that before it needs a scheme.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from typing import Any, Iterable
-
-from compressed_tensors import __version__ as COMPRESSED_TENSORS_VERSION
-from compressed_tensors.compressors.format import infer_module_format
-from compressed_tensors.config import CompressionFormat
-from compressed_tensors.quantization import (
-    QuantizationArgs,
-    QuantizationConfig,
-    QuantizationScheme,
-    QuantizationStatus,
-    QuantizationStrategy,
-    QuantizationType,
-    preset_name_to_scheme,
-)
-from compressed_tensors.quantization.quant_args import DynamicType
-from compressed_tensors.quantization.quant_scheme import PRESET_SCHEMES
-from compressed_tensors.quantization.utils import should_generate_mx_scales
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, Iterable
 
 from .errors import CalibrationRequiredError, SchemeNotSupportedError
 from .matching import MAX_IGNORE_ENTRIES, validate_ignore
 from .numerics import WeightSpec
 from .observers import resolve_observer
 
+if TYPE_CHECKING:  # pragma: no cover
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
+
 __all__ = [
-    "COMPRESSED_TENSORS_VERSION",
     "DEFAULT_IGNORE",
     "DEFAULT_IGNORE_REASONS",
     "ResolvedConfig",
@@ -47,6 +39,40 @@ __all__ = [
     "scheme_repo_suffix",
     "weight_spec",
 ]
+
+
+def _ct() -> SimpleNamespace:
+    """The compressed-tensors names this module uses, imported once, at first use (see the module doc)."""
+    global _CT
+    if _CT is None:
+        import torch
+        from compressed_tensors import __version__
+        from compressed_tensors.compressors.format import infer_module_format
+        from compressed_tensors.config import CompressionFormat
+        from compressed_tensors.quantization import (
+            DynamicType,
+            QuantizationConfig,
+            QuantizationScheme,
+            QuantizationStatus,
+            QuantizationStrategy,
+            QuantizationType,
+            preset_name_to_scheme,
+        )
+        from compressed_tensors.quantization.quant_scheme import PRESET_SCHEMES
+        from compressed_tensors.quantization.utils import should_generate_mx_scales
+
+        _CT = SimpleNamespace(
+            version=__version__, infer_module_format=infer_module_format, CompressionFormat=CompressionFormat,
+            DynamicType=DynamicType, QuantizationConfig=QuantizationConfig, QuantizationScheme=QuantizationScheme,
+            QuantizationStatus=QuantizationStatus, QuantizationStrategy=QuantizationStrategy,
+            QuantizationType=QuantizationType, preset_name_to_scheme=preset_name_to_scheme,
+            PRESET_SCHEMES=PRESET_SCHEMES, should_generate_mx_scales=should_generate_mx_scales,
+            Linear=torch.nn.Linear,  # formats are inferred for Linear modules
+        )
+    return _CT
+
+
+_CT: SimpleNamespace | None = None
 
 DEFAULT_IGNORE_REASONS: dict[str, str] = {
     "lm_head": "head (name)",
@@ -171,28 +197,29 @@ class ResolvedConfig:
         """The request as the ``QuantizationConfig`` an output carries (status compressed)."""
         formats = set(self.formats.values())
         fmt = formats.pop() if len(formats) == 1 else ("mixed-precision" if formats else "dense")
-        return QuantizationConfig(
+        ct = _ct()
+        return ct.QuantizationConfig(
             config_groups=self.config.config_groups,
             kv_cache_scheme=self.config.kv_cache_scheme,
             ignore=list(self.config.ignore or []),
-            quantization_status=QuantizationStatus.COMPRESSED,
+            quantization_status=ct.QuantizationStatus.COMPRESSED,
             format=fmt,
         )
 
 
 def config_block(config: QuantizationConfig) -> dict[str, Any]:
     """A ``QuantizationConfig`` as config.json's ``quantization_config`` block, as the peer writes it."""
-    block = {"version": COMPRESSED_TENSORS_VERSION, "transform_config": {}, **config.model_dump()}
+    block = {"version": _ct().version, "transform_config": {}, **config.model_dump()}
     block["quant_method"] = "compressed-tensors"  # even where a merged config was read from another format
     return block
 
 
 def _preset_is_data_free(name: str) -> bool:
-    preset = PRESET_SCHEMES[name]
-    if "weights" not in preset:
+    ct = _ct()
+    if "weights" not in ct.PRESET_SCHEMES[name]:
         return False
     try:
-        _check_data_free(preset_name_to_scheme(name, ["Linear"]), name)
+        _check_data_free(ct.preset_name_to_scheme(name, ["Linear"]), name)
     except SchemeNotSupportedError:
         return False
     return True
@@ -204,13 +231,14 @@ def list_schemes(*, data_free_only: bool = True) -> list[SchemeInfo]:
     Args:
         data_free_only: list only presets ptq-hub can produce (the default).
     """
+    ct = _ct()
     infos = []
-    for name in PRESET_SCHEMES:
+    for name in ct.PRESET_SCHEMES:
         free = _preset_is_data_free(name)
         if data_free_only and not free:
             continue
-        scheme = preset_name_to_scheme(name, ["Linear"])
-        fmt = infer_module_format(_LINEAR, scheme).value if scheme.weights else "dense"
+        scheme = ct.preset_name_to_scheme(name, ["Linear"])
+        fmt = ct.infer_module_format(ct.Linear, scheme).value if scheme.weights else "dense"
         description = _DESCRIPTIONS.get(name) or _describe(scheme.weights, scheme.input_activations)
         infos.append(SchemeInfo(name=name, description=description, format=fmt, data_free=free))
     return infos
@@ -235,7 +263,7 @@ def canonical_scheme_name(name: str) -> str:
         SchemeNotSupportedError: not a preset of the installed compressed-tensors.
     """
     canonical = name.strip().upper() if isinstance(name, str) else ""
-    if canonical not in PRESET_SCHEMES:
+    if canonical not in _ct().PRESET_SCHEMES:
         known = ", ".join(s.name for s in list_schemes())
         raise SchemeNotSupportedError(f"Unknown scheme {name!r}. Data-free presets: {known}.")
     return canonical
@@ -278,63 +306,68 @@ def resolve_config(
             "No scheme given; pass a preset such as scheme='FP8_BLOCK' (see `ptq schemes`)."
         )
     if scheme is not None:
-        if isinstance(scheme, str):
-            name = canonical_scheme_name(scheme)
-            resolved_scheme = preset_name_to_scheme(name, [])
-        elif isinstance(scheme, QuantizationScheme):
-            name = "config_group_0"
-            resolved_scheme = scheme.model_copy(deep=True)
-        else:
-            raise SchemeNotSupportedError(
-                f"scheme must be a preset name or a QuantizationScheme, not {type(scheme).__name__}."
-            )
-        groups = {name: resolved_scheme}
+        name, groups = _groups_of_scheme(scheme)
         base_ignore: list[str] = []
-        kv_cache = None
     else:
-        if not isinstance(config, QuantizationConfig):
-            raise SchemeNotSupportedError(f"config must be a QuantizationConfig, not {type(config).__name__}.")
-        copy = config.model_copy(deep=True)
-        groups = {}
-        for group_name, group in copy.config_groups.items():
-            if not isinstance(group, QuantizationScheme):  # a bare list of targets means the default scheme
-                raise SchemeNotSupportedError(
-                    f"config group {group_name!r} is a bare target list; give a full QuantizationScheme."
-                )
-            groups[group_name] = group
-        base_ignore = list(copy.ignore or [])
-        kv_cache = copy.kv_cache_scheme
-        name = next(iter(groups)) if len(groups) == 1 else "mixed"
-        if kv_cache is not None:
-            raise CalibrationRequiredError(
-                "The config quantizes the KV cache, which needs calibration data; drop kv_cache_scheme "
-                "for a data-free run."
-            )
-
+        name, groups, base_ignore = _groups_of_config(config)
     if observer is not None:
         canonical, _ = resolve_observer(observer, None)
         for group in groups.values():
             if group.weights is not None:
                 group.weights = group.weights.model_copy(update={"observer": canonical, "observer_kwargs": {}})
+    ct = _ct()
     formats = {}
     for group_name, group in groups.items():
         _check_data_free(group, group_name)
         if not group.targets:
             group.targets.append("Linear")
         # compress_module records the format on the scheme; the peer's config.json carries it
-        group.format = group.format or infer_module_format(_LINEAR, group)
+        group.format = group.format or ct.infer_module_format(ct.Linear, group)
         formats[group_name] = getattr(group.format, "value", group.format)
-    final = QuantizationConfig(
-        config_groups=groups,
-        quantization_status=QuantizationStatus.INITIALIZED,
-        ignore=base_ignore + ignore,
-        kv_cache_scheme=kv_cache,
+    final = ct.QuantizationConfig(
+        config_groups=groups, quantization_status=ct.QuantizationStatus.INITIALIZED, ignore=base_ignore + ignore,
     )
     return ResolvedConfig(config=final, name=name, formats=formats, model_defaults=model_defaults)
 
 
+def _groups_of_scheme(scheme: object) -> tuple[str, dict[str, QuantizationScheme]]:
+    """(name, {name: a private copy}) of a preset name or a ``QuantizationScheme``."""
+    ct = _ct()
+    if isinstance(scheme, str):
+        name = canonical_scheme_name(scheme)
+        return name, {name: ct.preset_name_to_scheme(name, [])}
+    if isinstance(scheme, ct.QuantizationScheme):
+        return "config_group_0", {"config_group_0": scheme.model_copy(deep=True)}
+    raise SchemeNotSupportedError(
+        f"scheme must be a preset name or a QuantizationScheme, not {type(scheme).__name__}."
+    )
+
+
+def _groups_of_config(config: object) -> tuple[str, dict[str, QuantizationScheme], list[str]]:
+    """(name, groups, the config's own ignore list) of a private copy of a ``QuantizationConfig``."""
+    ct = _ct()
+    if not isinstance(config, ct.QuantizationConfig):
+        raise SchemeNotSupportedError(f"config must be a QuantizationConfig, not {type(config).__name__}.")
+    copy = config.model_copy(deep=True)
+    groups = {}
+    for group_name, group in copy.config_groups.items():
+        if not isinstance(group, ct.QuantizationScheme):  # a bare list of targets means the default scheme
+            raise SchemeNotSupportedError(
+                f"config group {group_name!r} is a bare target list; give a full QuantizationScheme."
+            )
+        groups[group_name] = group
+    if copy.kv_cache_scheme is not None:
+        raise CalibrationRequiredError(
+            "The config quantizes the KV cache, which needs calibration data; drop kv_cache_scheme "
+            "for a data-free run."
+        )
+    name = next(iter(groups)) if len(groups) == 1 else "mixed"
+    return name, groups, list(copy.ignore or [])
+
+
 def _check_data_free(scheme: QuantizationScheme, name: str) -> None:
     """Refuse what cannot be computed from the weights alone, saying what to pick instead."""
+    ct = _ct()
     upper = name.upper()
     alternative = _DATA_FREE_ALTERNATIVE.get(upper)
     hint = f" Pick {alternative} for a data-free run." if alternative else ""
@@ -346,7 +379,7 @@ def _check_data_free(scheme: QuantizationScheme, name: str) -> None:
             continue
         why = (
             "a calibrated input global scale"
-            if act.dynamic == DynamicType.LOCAL
+            if act.dynamic == ct.DynamicType.LOCAL
             else f"static {role} activation scales"
         )
         raise CalibrationRequiredError(f"{name} needs {why}, which needs calibration data.{hint or ' Use llm-compressor oneshot.'}")
@@ -358,22 +391,23 @@ def _check_data_free(scheme: QuantizationScheme, name: str) -> None:
         raise type(err)(f"{name}: {err}") from None
     if weights.actorder not in (None, False):
         raise CalibrationRequiredError(f"{name} sets actorder, which is a GPTQ (calibration) option.")
-    if weights.type == QuantizationType.FLOAT and weights.num_bits not in (4, 6, 8):
+    float_type, int_type, strategy = ct.QuantizationType.FLOAT, ct.QuantizationType.INT, ct.QuantizationStrategy
+    if weights.type == float_type and weights.num_bits not in (4, 6, 8):
         raise SchemeNotSupportedError(
             f"{name}: {weights.num_bits}-bit float weights are not defined by compressed-tensors (4, 6 or 8 bits)."
         )
-    if weights.type == QuantizationType.FLOAT and weights.num_bits == 6:
-        if not hasattr(CompressionFormat, "mxfp6_pack_quantized"):
+    if weights.type == float_type and weights.num_bits == 6:
+        if not hasattr(ct.CompressionFormat, "mxfp6_pack_quantized"):
             raise SchemeNotSupportedError(
-                f"{name}: compressed-tensors {COMPRESSED_TENSORS_VERSION} has no MXFP6 format; "
+                f"{name}: compressed-tensors {ct.version} has no MXFP6 format; "
                 "upgrade it to 0.20.1 or later, or pick MXFP4A16 or MXFP8A16."
             )
-        if not should_generate_mx_scales(weights):
+        if not ct.should_generate_mx_scales(weights):
             raise SchemeNotSupportedError(
                 f"{name}: 6-bit float weights exist only as MXFP6 (groups of 32, uint8 power-of-two scales); "
                 "use the MXFP6A16 preset's weights."
             )
-    if weights.type == QuantizationType.FLOAT and not weights.symmetric and (
+    if weights.type == float_type and not weights.symmetric and (
         weights.num_bits != 8 or weights.scale_dtype is not None
     ):
         raise SchemeNotSupportedError(
@@ -385,24 +419,20 @@ def _check_data_free(scheme: QuantizationScheme, name: str) -> None:
             f"{name}: zero points in {weights.zp_dtype} are not supported; drop zp_dtype "
             f"(the default is {weights.pytorch_dtype()})."
         )
-    if weights.type == QuantizationType.INT and not 2 <= weights.num_bits <= 8:
+    if weights.type == int_type and not 2 <= weights.num_bits <= 8:
         raise SchemeNotSupportedError(f"{name}: {weights.num_bits}-bit integer weights are not supported (2-8).")
     if weights.strategy not in (
-        QuantizationStrategy.TENSOR,
-        QuantizationStrategy.CHANNEL,
-        QuantizationStrategy.GROUP,
-        QuantizationStrategy.TENSOR_GROUP,
-        QuantizationStrategy.BLOCK,
+        strategy.TENSOR,
+        strategy.CHANNEL,
+        strategy.GROUP,
+        strategy.TENSOR_GROUP,
+        strategy.BLOCK,
     ):
         raise SchemeNotSupportedError(f"{name}: weight strategy {weights.strategy!r} does not apply to weights.")
-    if weights.strategy == QuantizationStrategy.TENSOR_GROUP and not (
-        weights.type == QuantizationType.FLOAT and weights.num_bits == 4
+    if weights.strategy == strategy.TENSOR_GROUP and not (
+        weights.type == float_type and weights.num_bits == 4
     ):
         raise SchemeNotSupportedError(f"{name}: the tensor_group strategy is only defined for FP4 (NVFP4).")
-
-
-# formats are inferred for Linear modules (compressed_tensors already imported torch)
-_LINEAR = __import__("torch").nn.Linear
 
 
 def weight_spec(scheme: QuantizationScheme, fmt: str):

@@ -30,7 +30,7 @@ from .repo_files import INDEX_NAME, WEIGHT_FILE_SUFFIXES, select_repo_files
 from .sizes import format_bytes
 from .sources.shards import SHARD_SUFFIX, select_shards, validate_shard_name
 
-logger = logging.getLogger("ptq_core.hub")
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "ProgressCallback",

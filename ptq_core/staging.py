@@ -39,7 +39,7 @@ from . import _http
 from ._http import HubHttp, status_of
 from .errors import HubNetworkError, MissingPartError, PartMismatchError, StagingError
 
-logger = logging.getLogger("ptq_core.hub")
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "BRANCH_PREFIX",

@@ -49,20 +49,13 @@ def _env_int(name: str, default: int) -> int:
         return default
 
 
-def _env_flag(name: str) -> bool:
-    try:
-        return constants.parse_bool(os.environ.get(name, "false"), name=name)
-    except ValueError:
-        return False
-
-
 QUEUE_MAX_SIZE: int = _env_int("PTQ_SPACE_QUEUE_SIZE", 8)
 """Jobs allowed to wait behind the running one; the next visitor is told the queue is full."""
 
 GPU_SECONDS: int = _env_int("PTQ_SPACE_GPU_SECONDS", 900)
 """ZeroGPU time budget of one job (``spaces.GPU(duration=...)``)."""
 
-ON_ZERO_GPU: bool = _env_flag("SPACES_ZERO_GPU")
+ON_ZERO_GPU: bool = constants.parse_bool(os.environ.get("SPACES_ZERO_GPU"), name="SPACES_ZERO_GPU")
 """Set by Hugging Face on ZeroGPU hardware."""
 
 spaces = None
@@ -75,13 +68,15 @@ if ON_ZERO_GPU:  # pragma: no cover - only on Hugging Face ZeroGPU hardware
 import gradio as gr
 from gradio.utils import get_space
 
+from ptq_core.constants import DEFAULT_SCHEME
 from ptq_core.errors import PtqError
+from ptq_core.ignore_text import parse_ignore_text
 from ptq_core.redact import install_redaction, redact
 from ptq_core.sizes import format_bytes
+from ptq_core.stages import Stage
 
 logger = logging.getLogger("ptq_space")
 
-DEFAULT_SCHEME = "FP8_BLOCK"
 SEARCH_LIMIT = 10
 RECENT_LIMIT = 20
 
@@ -94,19 +89,18 @@ NOT_SIGNED_IN = (
     "account with your own token; nothing was run."
 )
 
-_STAGES: dict[str, tuple[float, float, str]] = {
-    # stage: (start fraction, end fraction, label). A streamed job downloads, quantizes and
-    # uploads at once; the bar shows the furthest point, which the uploads set last.
-    "validate": (0.00, 0.05, "Reading the headers"),
-    "download": (0.05, 0.85, "Downloading"),
-    "quantize": (0.05, 0.85, "Quantizing"),
-    "write": (0.05, 0.85, "Writing shards"),
-    "upload": (0.05, 0.92, "Uploading"),
-    "stage": (0.92, 0.94, "Staging shards"),
-    "card": (0.94, 0.96, "Writing the model card"),
-    "commit": (0.96, 1.00, "Committing"),
+_BAR: dict[Stage, tuple[float, float]] = {
+    # stage: (start fraction, end fraction) of the page's one bar. A streamed job downloads,
+    # quantizes and uploads at once; the bar shows the furthest point, which the uploads set last.
+    Stage.VALIDATE: (0.00, 0.05),
+    Stage.DOWNLOAD: (0.05, 0.85),
+    Stage.QUANTIZE: (0.05, 0.85),
+    Stage.WRITE: (0.05, 0.85),
+    Stage.UPLOAD: (0.05, 0.92),
+    Stage.STAGE: (0.92, 0.94),
+    Stage.CARD: (0.94, 0.96),
+    Stage.COMMIT: (0.96, 1.00),
 }
-_BYTE_STAGES = {"download", "upload"}
 
 
 # =============================================================================
@@ -189,7 +183,7 @@ def preview_plan(model_id: str | None, scheme: str, ignore_text: str, oauth_toke
     try:
         # The box holds the whole list (pre-filled with the defaults this model has), so it replaces them.
         planned = ptq_core.plan_hub_model(
-            model_id, scheme, ignore=parse_ignore(ignore_text), default_ignore=False, token=token, hub_only=True
+            model_id, scheme, ignore=parse_ignore_text(ignore_text), default_ignore=False, token=token, hub_only=True
         )
     except PtqError as err:
         return _refusal(model_id, scheme, err, token), gr.Button(interactive=False)
@@ -201,7 +195,7 @@ def change_scheme(model_id: str | None, scheme: str, ignore_text: str, target: s
     """The scheme changed: plan again; rename a default-looking target. Returns (plan, target, run button)."""
     text, button = preview_plan(model_id, scheme, ignore_text, oauth_token)
     model_id = (model_id or "").strip()
-    if model_id and (not (target or "").strip() or _is_default_target(target, model_id)):
+    if model_id and (not (target or "").strip() or ptq_core.is_default_target(target, model_id)):
         target = _default_target(model_id, scheme, _token_from(oauth_token))
     return text, target, button
 
@@ -241,7 +235,7 @@ def run_job(
         request = ptq_core.make_job(
             model_id,
             scheme,
-            ignore=parse_ignore(ignore_text),
+            ignore=parse_ignore_text(ignore_text),
             default_ignore=False,  # the box holds the whole list, defaults included
             observer=observer or None,
             target=(target or "").strip() or None,
@@ -294,12 +288,6 @@ def show_failure():
     return "**The job did not finish.** The reason is in the red message; temporary files were removed."
 
 
-def parse_ignore(text: str | None) -> list[str]:
-    """One entry per line (``re:`` regexes may hold commas); blank lines and ``#`` comments dropped."""
-    lines = (line.strip() for line in (text or "").splitlines())
-    return [line for line in lines if line and not line.startswith("#")]
-
-
 # --- handler helpers ---------------------------------------------------------
 def _quantize(job: Any, *, progress: Any, **kwargs: Any):
     """The one core call, with progress forwarded to the page."""
@@ -324,11 +312,13 @@ def _progress_reporter(progress: Any) -> Callable[[str, int, int], None]:
     shown = [0.0]  # a streamed job's stages overlap: the bar shows the furthest point reached
 
     def report(stage: str, done: int, total: int) -> None:
-        start, end, label = _STAGES.get(stage, (0.0, 1.0, stage.capitalize()))
+        known = Stage.parse(stage)
+        start, end = _BAR[known] if known is not None else (0.0, 1.0)
+        label = known.label if known is not None else str(stage).capitalize()
         part = min(max(done / total, 0.0), 1.0) if total else 1.0
-        if stage in _BYTE_STAGES:
+        if known is not None and known.counts_bytes:
             desc = f"{label} {format_bytes(done)} / {format_bytes(total)}"
-        elif stage == "quantize":
+        elif known is Stage.QUANTIZE:
             desc = f"{label} tensor {done}/{total}"
         else:
             desc = label
@@ -364,13 +354,6 @@ def _default_target(model_id: str, scheme: str, token: str | None) -> str:
     except PtqError as err:
         logger.info("No default target for %s: %s", model_id, type(err).__name__)
         return ""
-
-
-def _is_default_target(target: str, model_id: str) -> bool:
-    name = model_id.split("/")[-1]
-    suffixes = {ptq_core.scheme_repo_suffix(s.name) for s in ptq_core.list_schemes()}
-    tail = target.strip().split("/")[-1]
-    return any(tail == f"{name}-{suffix}" for suffix in suffixes)
 
 
 def _jobs_root() -> Path:

@@ -26,10 +26,11 @@ import pytest
 import yaml
 from huggingface_hub import HfApi
 
-from action._workflow import Console, escape_data, format_outputs, neutralize, split_list
+from action._workflow import Console, escape_data, format_outputs, neutralize
 from action.main import output_values, parse_bool_input, read_input, read_request
 from conftest import missing_tool
 from factory import make_checkpoint
+from ptq_core.constants import DEFAULT_SCHEME
 from ptq_core.errors import InvalidOptionError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -403,10 +404,35 @@ def test_booleans_are_exactly_true_or_false():
             parse_bool_input("private", text)
 
 
-def test_ignore_lists_split_on_lines_or_commas():
-    assert split_list("lm_head, re:.*embed_tokens$") == ["lm_head", "re:.*embed_tokens$"]
-    assert split_list("re:.*a{1,2}$\nlm_head\n") == ["re:.*a{1,2}$", "lm_head"]
-    assert split_list("lm_head\n") == ["lm_head"]
+def test_the_ignore_input_is_read_by_the_core_parser():
+    # one line, commas, and a regex whose comma belongs to it: the same entries as the CLI and the Space
+    (job,) = read_request({"INPUT_MODEL": "bob/tiny-llama", "INPUT_DEFAULT_IGNORE": "false",
+                           "INPUT_IGNORE": "lm_head, re:.*a{1,2}$\n# routers\nre:.*\\.gate$"}).jobs
+    assert job.ignore == ("lm_head", "re:.*a{1,2}$", r"re:.*\.gate$")
+
+
+def test_action_yml_default_scheme_is_the_core_default():
+    inputs = yaml.safe_load((ROOT / "action.yml").read_text())["inputs"]
+    assert inputs["scheme"]["default"] == DEFAULT_SCHEME
+
+
+def test_an_input_error_names_the_input_the_core_says_it_is_about():
+    base = {"INPUT_MODEL": "bob/tiny-llama"}
+    with pytest.raises(InvalidOptionError, match=r"^Input `target-repo`: target 'a/b/c' is not a valid repo id") as info:
+        read_request({**base, "INPUT_TARGET_REPO": "a/b/c"})
+    assert info.value.option == "target"
+    with pytest.raises(InvalidOptionError, match=r"^Input `tp`: tp='0' must be a whole number >= 1"):
+        read_request({**base, "INPUT_TP": "0"})
+    with pytest.raises(InvalidOptionError, match=r"^Input `model`: source 'bob/my model' is neither a folder"):
+        read_request({"INPUT_MODEL": "bob/my model"})
+
+
+def test_max_workers_auto_is_resolved_by_the_core(monkeypatch):
+    import ptq_core.workers
+
+    monkeypatch.setattr(ptq_core.workers, "usable_cores", lambda: 3)
+    (job,) = read_request({"INPUT_MODEL": "bob/tiny-llama", "INPUT_MAX_WORKERS": "auto", "INPUT_DEVICE": "cpu"}).jobs
+    assert job.workers == 3
 
 
 PLAN_OUTPUTS = {"matrix", "revision"}  # written only by the plan step of a multi-part job (`parts`)
@@ -603,7 +629,7 @@ def _gated(hub, source_repo):
                      "Pick NVFP4A16", id="calibration-scheme"),
         pytest.param({"model": ""}, "Input `model` is empty; give a Hub repo id", id="missing-model"),
         pytest.param({"private": "yes"}, "Input `private` is 'yes'; write true or false.", id="bad-boolean"),
-        pytest.param({"max-workers": "two"}, "Input `max-workers` is 'two'; give a whole number of at least 1",
+        pytest.param({"max-workers": "two"}, "Input `max-workers`: max_workers='two' must be a whole number >= 1, or 'auto'",
                      id="bad-max-workers"),
         pytest.param({"hf-token": ""}, "write access.%0AIn the action: set `hf-token:", id="no-token"),
         pytest.param({"config": "recipe.yml"}, "unknown key 'modle'. Did you mean 'model'?", id="bad-recipe-key"),
@@ -666,7 +692,7 @@ def test_multi_part_inputs_are_one_step_each():
     assert read_request({**base, "INPUT_FINALIZE": "3"}).finalize == 3
     with pytest.raises(InvalidOptionError, match=r"`parts`, `part` and `finalize` are the three steps"):
         read_request({**base, "INPUT_PART": "1/3", "INPUT_FINALIZE": "3"})
-    with pytest.raises(InvalidOptionError, match=r"Input `parts` is '0'; give a whole number of at least 1"):
+    with pytest.raises(InvalidOptionError, match=r"Input `parts`: parts='0' must be a whole number >= 1"):
         read_request({**base, "INPUT_PARTS": "0"})
     with pytest.raises(InvalidOptionError, match=r"part=\(4, 3\) is not a part: write I/K"):
         read_request({**base, "INPUT_PART": "4/3"})

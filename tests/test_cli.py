@@ -68,6 +68,26 @@ def test_quantize_writes_checkpoint_and_honours_no_default_ignore(llama, tmp_pat
     assert f"Wrote {out_dir}: " in capsys.readouterr().out
 
 
+def test_ignore_is_read_by_the_core_parser_and_auto_workers_by_the_core(llama, tmp_path, monkeypatch):
+    import ptq_core.workers
+
+    monkeypatch.setattr(ptq_core.workers, "usable_cores", lambda: 3)
+    args = cli.build_parser().parse_args(
+        ["quantize", str(llama), str(tmp_path / "q"), "-s", "W4A16", "--no-default-ignore", "-j", "auto",
+         "--device", "cpu", "--ignore", "lm_head, re:.*a{1,2}$", "--ignore", r"re:.*\.(q,k)_proj$"])
+    job = cli._job(args, str(llama))
+    assert job.ignore == ("lm_head", "re:.*a{1,2}$", r"re:.*\.(q,k)_proj$")  # the regexes' commas stay theirs
+    assert job.workers == 3
+
+
+def test_import_of_the_job_module_loads_no_compressed_tensors():
+    # compressed-tensors pulls in transformers and torch.distributed (seconds): only a scheme needs it
+    proc = _run_python("import sys, ptq_core.job, ptq_core.cli\n"
+                       "print('CT', sorted(m for m in sys.modules if m.split('.')[0] in ('compressed_tensors', 'transformers')))")
+    assert proc.returncode == 0, proc.stderr
+    assert "CT []" in proc.stdout
+
+
 def test_errors_exit_2_with_message(llama, tmp_path, capsys):
     assert cli.main(["quantize", str(llama), str(tmp_path / "x"), "--scheme", "NVFP4"]) == 2
     err = capsys.readouterr().err

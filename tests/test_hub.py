@@ -259,7 +259,7 @@ def test_unknown_or_calibration_scheme_fails_before_any_request(hub, source, wor
         quantize_to_hub(source, "FP9_MAGIC", token=ALICE, work_dir=work_dir)
     with pytest.raises(CalibrationRequiredError, match=NVFP4_NEEDS_CALIBRATION):
         quantize_to_hub(source, "NVFP4", token=ALICE, work_dir=work_dir)
-    with pytest.raises(InvalidOptionError, match=r"'bob/bad--name' is not a valid source repo id"):
+    with pytest.raises(InvalidOptionError, match=r"'bob/bad--name' is neither a folder here nor a valid Hub repo id"):
         quantize_to_hub("bob/bad--name", "FP8_BLOCK", token=ALICE, work_dir=work_dir)
     assert hub.requests_log == []
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -10,7 +11,14 @@ import torch
 from factory import load_tensors, make_checkpoint
 from ptq_core import DEFAULT_IGNORE, make_job
 from ptq_core.cli import main
-from ptq_core.errors import CalibrationRequiredError, InvalidIgnoreError, InvalidOptionError, SchemeNotSupportedError
+from ptq_core.errors import (
+    CalibrationRequiredError,
+    InvalidIgnoreError,
+    InvalidOptionError,
+    PtqError,
+    SchemeNotSupportedError,
+)
+from ptq_core.job import default_repo_name, is_default_target
 
 
 def test_scheme_spelling_is_canonical_everywhere():
@@ -53,10 +61,20 @@ def test_ignore_is_bounded_at_the_front_door_and_the_defaults_do_not_count():
         make_job("o/m", "W4A16", ignore=[*entries, "lm_head"])
 
 
-@pytest.mark.parametrize("workers", [0, -1, 1.5, "2", None, True])
+@pytest.mark.parametrize("workers", [0, -1, 1.5, "2.0", "two", "", None, True])
 def test_workers_are_checked_once_with_one_rule(workers):
-    with pytest.raises(InvalidOptionError, match=r"max_workers=.* must be a whole number >= 1"):
+    with pytest.raises(InvalidOptionError, match=r"max_workers=.* must be a whole number >= 1, or 'auto'") as info:
         make_job("o/m", "W4A16", workers=workers)
+    assert info.value.option == "workers"
+
+
+def test_workers_given_as_text_are_the_number_and_auto_is_resolved_in_the_core(monkeypatch):
+    import ptq_core.workers as workers
+
+    assert make_job("o/m", "W4A16", workers=" 3 ").workers == 3  # an Action input, a CLI argument
+    monkeypatch.setattr(workers, "usable_cores", lambda: 5)
+    assert make_job("o/m", "W4A16", workers="auto", device="cpu").workers == 5
+    assert make_job("o/m", "W4A16", workers="AUTO", device="cpu").workers == 5
 
 
 def test_devices_become_a_tuple_of_names():
@@ -204,3 +222,59 @@ def test_parts_stop_at_what_the_hubs_commit_rate_allows():
     worst = {k: k * (60 // k + 1) + k + 1 for k in range(1, 100)}
     assert max(worst[k] for k in range(1, MAX_PARTS + 1)) <= 128
     assert worst[MAX_PARTS] == 97 and worst[43] > 128 and worst[64] > 128
+
+
+@pytest.mark.parametrize("source", ["org/Model", "gpt2", "/abs/folder", "./rel", "~/models/x", "a/b/c", "..."])
+def test_a_source_is_a_repo_id_or_a_path(source):
+    assert make_job(source, "W4A16").source == source
+
+
+def test_an_existing_folder_that_is_not_a_repo_id_is_a_path(tmp_path, monkeypatch):
+    (tmp_path / "my model").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert make_job("my model", "W4A16").source == "my model"
+
+
+@pytest.mark.parametrize("source", ["org/My Model", "org/--x", "bad name"])
+def test_a_source_that_is_neither_is_refused_with_the_hub_reason(source):
+    with pytest.raises(InvalidOptionError, match=r"is neither a folder here nor a valid Hub repo id: Repo id must") as info:
+        make_job(source, "W4A16")
+    assert info.value.option == "source"
+
+
+@pytest.mark.parametrize("source", ["./rel", "/abs", "a/b/c", "gpt2"])
+def test_hub_only_sources_are_repo_ids_with_a_namespace(source):
+    with pytest.raises(InvalidOptionError) as info:
+        make_job(source, "W4A16", hub_only=True)
+    assert info.value.option == "source"
+
+
+@pytest.mark.parametrize("target", ["me/Model-FP8", "Model-FP8", " me/x "])
+def test_targets_are_repo_ids_or_bare_names(target):
+    assert make_job("o/m", "W4A16", target=target).target == target.strip()
+
+
+@pytest.mark.parametrize("target,why", [("a/b/c", "more than one '/'"), ("me/bad name", "Repo id must"),
+                                        ("", "is not a repo id"), ("me/-x", "Repo id must")])
+def test_bad_targets_are_refused_before_any_request(target, why):
+    with pytest.raises(InvalidOptionError, match=re.escape(why)) as info:
+        make_job("o/m", "W4A16", target=target)
+    assert info.value.option == "target"
+
+
+@pytest.mark.parametrize("kwargs,option", [
+    ({"scheme": "NOPE"}, "scheme"), ({"observer": "imatrix_mse"}, "observer"), ({"ignore": ["re:("]}, "ignore"),
+    ({"revision": "a..b"}, "revision"), ({"part": "3/2"}, "part"), ({"tp": "x"}, "tp"), ({"disk_budget": "lots"}, "disk_budget"),
+    ({"device": " , "}, "device"), ({"converters": [object()]}, "converters"),
+])
+def test_every_error_names_the_argument_it_is_about(kwargs, option):
+    kwargs = {"scheme": "W4A16", **kwargs}
+    with pytest.raises(PtqError) as info:
+        make_job("o/m", **kwargs)
+    assert info.value.option == option
+
+
+def test_default_repo_names_follow_the_canonical_scheme():
+    assert default_repo_name("meta-llama/Llama-3.2-1B", "fp8_block") == "Llama-3.2-1B-FP8-BLOCK"
+    assert is_default_target("me/Llama-3.2-1B-NVFP4A16", "meta-llama/Llama-3.2-1B")
+    assert not is_default_target("me/Llama-3.2-1B-mine", "meta-llama/Llama-3.2-1B")

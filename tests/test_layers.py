@@ -15,8 +15,9 @@ CORE = Path(__file__).resolve().parents[1] / "ptq_core"
 
 # docs/ARCHITECTURE.md's table: a module may import only from strictly lower layers.
 LAYERS: dict[str, int] = {
-    "errors": 0, "sources": 0,
+    "errors": 0, "sources": 0, "_version": 0,
     "constants": 1, "sizes": 1, "redact": 1, "repo_files": 1, "matching": 1, "experts": 1,
+    "stages": 1, "ignore_text": 1, "workers": 1,
     "sources.safetensors_header": 1, "sources.formats": 1,
     "observers": 2, "sources.shards": 2, "sources.detect": 2, "sources.decode_checks": 2,
     "numerics": 3,

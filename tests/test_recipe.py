@@ -111,20 +111,26 @@ def test_error_messages_carry_the_file_name(tmp_path):
         ("scheme: FP8_BLOCK\n", r"line 1: the job has no `model:`"),
         ("model: a/b\nscheme: FP8_BLOCK\nsheme: W4A16\n", r"line 3: unknown key 'sheme'. Did you mean 'scheme'\?"),
         ("model: a/b\nscheme: FP8_BLOCK\nmodel: c/d\n", r"line 3: key 'model' is given twice"),
-        ("model: not a repo\nscheme: FP8_BLOCK\n", r"line 1: `model` 'not a repo' is not a valid repo id"),
-        ("model: justname\nscheme: FP8_BLOCK\n", r"line 1: `model` 'justname' must be `namespace/name`"),
-        ("model: a/b\nscheme: NVFP4\n", r"line 2: `scheme` NVFP4: .*Pick NVFP4A16"),
-        ("model: a/b\nscheme: FP8\n", r"line 2: `scheme` FP8: .*static input activation scales.*FP8_DYNAMIC"),
-        ("model: a/b\nscheme: NOPE\n", r"line 2: `scheme` NOPE: Unknown scheme"),
+        ("model: not a repo\nscheme: FP8_BLOCK\n", r"line 1: `model`: 'not a repo' is not a valid Hub repo id"),
+        ("model: justname\nscheme: FP8_BLOCK\n", r"line 1: `model`: The source repo id 'justname' needs its namespace"),
+        ("model: ./folder\nscheme: FP8_BLOCK\n", r"line 1: `model`: './folder' is a file-system path"),
+        ("model: a/b\nscheme: NVFP4\n", r"line 2: `scheme`: NVFP4 needs .*Pick NVFP4A16"),
+        ("model: a/b\nscheme: FP8\n", r"line 2: `scheme`: FP8 needs static input activation scales.*FP8_DYNAMIC"),
+        ("model: a/b\nscheme: NOPE\n", r"line 2: `scheme`: Unknown scheme 'NOPE'"),
+        ("model: a/b\nscheme:\n  - W4A16\n  - NOPE\n", r"line 4: `scheme`: Unknown scheme 'NOPE'"),
+        ("model: a/b\nscheme: [W4A16, NOPE]\ntarget: me/x-{scheme}\n", r"line 2: `scheme`: Unknown scheme 'NOPE'"),
         ("model: a/b\nscheme: []\n", r"line 2: `scheme` is an empty list"),
         ("model: a/b\nscheme: [W4A16, w4a16]\n", r"line 2: scheme 'W4A16' is listed twice"),
-        ("model: a/b\nscheme: [W4A16, 3]\n", r"line 2: `scheme` entries must be preset names"),
+        ("model: a/b\nscheme: [W4A16, 3]\n", r"line 2: `scheme`: scheme must be a preset name"),
         ("model: a/b\nscheme: W4A16\nignore: 5\n", r"line 3: `ignore` must be a list"),
         ("model: a/b\nscheme: W4A16\nignore: ['re:(']\n", r"line 3: `ignore`: .*not a valid regular expression"),
+        ("model: a/b\nscheme: W4A16\nobserver: [mse]\n", r"line 3: `observer` must be a non-empty string"),
         ("model: a/b\nscheme: W4A16\nprivate: maybe\n", r"line 3: private is 'maybe'; write true or false"),
         ("model: a/b\nscheme: W4A16\nprivate: 1\n", r"line 3: `private` must be true or false"),
-        ("model: a/b\nscheme: W4A16\nrevision: ''\n", r"line 3: `revision` must be a branch"),
-        ("model: a/b\nscheme: W4A16\ntarget: 'bad name/x'\n", r"line 3: `target` 'bad name/x' is not a valid"),
+        ("model: a/b\nscheme: W4A16\nrevision: ''\n", r"line 3: `revision`: revision='' must be a branch"),
+        ("model: a/b\nscheme: W4A16\nrevision: 'a..b'\n", r"line 3: `revision`: revision='a..b' is not a branch"),
+        ("model: a/b\nscheme: W4A16\ntarget: 'bad name/x'\n", r"line 3: `target`: target 'bad name/x' is not a valid"),
+        ("model: a/b\nscheme: W4A16\ntarget: 'a/b/c'\n", r"line 3: `target`: target 'a/b/c' is not a valid"),
         (
             "model: a/b\nscheme: [W4A16, FP8_BLOCK]\ntarget: me/fixed\n",
             r"line 3: target 'me/fixed' would be shared by 2 schemes; put `\{scheme\}` in it",
@@ -162,5 +168,5 @@ def test_observer_key_is_canonical_and_checked():
     (job,) = _load("model: a/b\nscheme: W4A16\nobserver: MSE\n")
     assert job.observer == "memoryless_mse"
     assert job.to_job().observer == "memoryless_mse"
-    with pytest.raises(RecipeError, match=r"line 3: `observer` imatrix_mse: The 'imatrix_mse' observer"):
+    with pytest.raises(RecipeError, match=r"line 3: `observer`: The 'imatrix_mse' observer"):
         _load("model: a/b\nscheme: W4A16\nobserver: imatrix_mse\n")

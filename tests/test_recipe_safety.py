@@ -93,7 +93,7 @@ def test_huge_values_are_described():
     err = refused(JOB + "revision: [" + ", ".join(["x"] * 5000) + "]\n",
                   r"line 3: `revision` must be a branch, tag or commit, got a list of 5000 item\(s\)")
     assert "x, x" not in str(err)
-    refused(JOB.replace("a/b", "a/" + "b" * 5000), r"`model` 'a/bbbbbbbb.*\.\.\. \(5002 characters\) is not a valid")
+    refused(JOB.replace("a/b", "a/" + "b" * 5000), r"`model`: 'a/bbbbbbbb.*\.\.\. \(5002 characters\) is not a Hub repo id")
 
 
 def test_oversized_recipe(tmp_path):

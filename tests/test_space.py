@@ -117,10 +117,26 @@ def test_scheme_choices_have_one_line_each_and_no_calibration_schemes():
     assert "Hopper" in choices["FP8_BLOCK"]
 
 
-def test_parse_ignore_one_entry_per_line():
-    text = "lm_head\n\n  re:.*embed_tokens$ \n# a comment\nre:.*mlp\\.(gate|router)$\n"
-    assert app.parse_ignore(text) == ["lm_head", "re:.*embed_tokens$", "re:.*mlp\\.(gate|router)$"]
-    assert app.parse_ignore("") == [] and app.parse_ignore(None) == []
+def test_the_ignore_box_is_read_by_the_core_parser(monkeypatch):
+    """What the box holds reaches the job as the CLI and the Action would read it."""
+    seen = {}
+
+    def fake_plan(model_id, scheme, **kwargs):
+        seen.update(kwargs)
+        raise ptq_core.InvalidOptionError("stop here")
+
+    monkeypatch.setattr(ptq_core, "plan_hub_model", fake_plan)
+    text = "lm_head, re:.*a{1,2}$\n\n# a comment\nre:.*mlp\\.(gate|router)$\n"
+    app.preview_plan(SOURCE, "FP8_BLOCK", text, _token())
+    assert seen["ignore"] == ["lm_head", "re:.*a{1,2}$", "re:.*mlp\\.(gate|router)$"]
+    assert seen["default_ignore"] is False
+
+
+def test_a_default_looking_target_follows_the_scheme_and_a_chosen_one_stays():
+    assert ptq_core.is_default_target("alice/tiny-llama-FP8-BLOCK", "bob/tiny-llama")
+    assert ptq_core.is_default_target("tiny-llama-W4A16", "bob/tiny-llama")
+    assert not ptq_core.is_default_target("alice/tiny-llama-fast", "bob/tiny-llama")
+    assert not ptq_core.is_default_target("alice/other-FP8-BLOCK", "bob/tiny-llama")
 
 
 def test_local_mock_token_becomes_hf_token(monkeypatch):
@@ -276,7 +292,7 @@ def test_preview_refuses_shapes_the_scheme_cannot_split(hub, odd_checkpoint):
     plan_md, ignore, _, button, _ = app.preview_model("bob/odd-llama", "W4A16", [], _token())
     assert "320 columns are not divisible by the group size 128" in plan_md
     assert _interactive(button) is False
-    assert app.parse_ignore(ignore) == list(ptq_core.DEFAULT_IGNORE)  # still safe for the next scheme
+    assert ptq_core.parse_ignore_text(ignore) == list(ptq_core.DEFAULT_IGNORE)  # still safe for the next scheme
     plan_md, target, button = app.change_scheme("bob/odd-llama", "FP8_BLOCK", ignore, "", _token())
     assert "ignored: matches `lm_head`" in plan_md and target == "alice/odd-llama-FP8-BLOCK" and _interactive(button)
     # FP8_BLOCK pads the scale grid, so the same model is fine with it.

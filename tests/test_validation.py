@@ -327,7 +327,7 @@ def test_empty_existing_output_is_fine(src, tmp_path):
 # --------------------------------------------------------------------------- options
 
 
-@pytest.mark.parametrize("workers", [0, -1, 1.5, "2", None, True])
+@pytest.mark.parametrize("workers", [0, -1, 1.5, "2.5", "many", None, True])
 def test_bad_max_workers(src, tmp_path, workers):
     fails(InvalidOptionError, rf"max_workers={re.escape(repr(workers))} must be a whole number >= 1", src,
           tmp_path / "out", max_workers=workers)
