@@ -82,6 +82,8 @@ class Request:
     token: str | None
     parts: int | None = None  # plan a multi-part job: write the matrix, quantize nothing
     finalize: int | None = None  # the last step of a multi-part job: make the one commit
+    on_jobs: str | None = None  # run on Hugging Face Jobs: a flavor, or "auto" (the plan's pick)
+    job_spec: tuple[str, str, dict] | None = None  # (model, scheme, make_job options): what a Job is sent
 
 
 # --- inputs ------------------------------------------------------------------
@@ -135,6 +137,9 @@ def read_request(environ: Mapping[str, str]) -> Request:
         )
     config = read_input(environ, "config")
     scheme = read_input(environ, "scheme") or DEFAULT_SCHEME
+    on_jobs = read_input(environ, "on-jobs") or None
+    if on_jobs and config:
+        raise InvalidOptionError("Input `on-jobs` runs one model (`model`), not a recipe; drop one of them.")
 
     if config:
         if parts or finalize or part:
@@ -160,25 +165,24 @@ def read_request(environ: Mapping[str, str]) -> Request:
                 "Input `model` is empty; give a Hub repo id (e.g. meta-llama/Llama-3.2-1B), "
                 "or a recipe file in `config`."
             )
+        options = dict(
+            ignore=parse_ignore_text(read_input(environ, "ignore")),
+            default_ignore=default_ignore,
+            observer=read_input(environ, "observer") or None,
+            target=read_input(environ, "target-repo") or None,
+            private=private,
+            revision=read_input(environ, "revision") or None,
+            overwrite=overwrite,
+            device=device,
+            workers=workers,
+            disk_budget=read_input(environ, "disk-budget") or None,
+            part=part,
+            tp=tp,
+            rotate=rotate,
+        )
         with _named_input():
-            job = ptq_core.make_job(
-                source,
-                scheme,
-                ignore=parse_ignore_text(read_input(environ, "ignore")),
-                default_ignore=default_ignore,
-                observer=read_input(environ, "observer") or None,
-                target=read_input(environ, "target-repo") or None,
-                private=private,
-                revision=read_input(environ, "revision") or None,
-                overwrite=overwrite,
-                device=device,
-                workers=workers,
-                disk_budget=read_input(environ, "disk-budget") or None,
-                part=part,
-                tp=tp,
-                rotate=rotate,
-            )
-        jobs = (job,)
+            jobs = (ptq_core.make_job(source, scheme, **options),)
+        return Request(jobs, False, read_token(environ), parts, finalize, on_jobs, (source, scheme, options))
     return Request(jobs, bool(config), read_token(environ), parts, finalize)
 
 
@@ -279,6 +283,8 @@ def _code(text: str) -> str:
 def result_markdown(job: Job, result: HubResult) -> str:
     """The summary section of one pushed repo: link, sizes, ratio, time per stage, then the plan."""
     heading = f"### {_code(job.source)} -> {_code(job.scheme_name)}"
+    if getattr(result, "plan", None) is None:  # an HfJobResult: the plan stayed in the job's log
+        return f"{heading}\n\n{result.to_markdown()}\nRan as Hugging Face Job [{result.job.id}]({result.job.url}).\n"
     return f"{heading}\n\n{result.to_markdown()}\n{result.plan.to_markdown()}\n"
 
 
@@ -306,13 +312,15 @@ def run(environ: Mapping[str, str], stdout: TextIO) -> int:
     index = 0
     try:
         request = read_request(environ)
-        if request.parts is not None:  # the plan step of a matrix workflow: no quantization
+        if request.parts is not None and request.on_jobs is None:  # the plan step of a matrix workflow: no quantization
             return _plan_parts(console, environ, request)
         for index, job in enumerate(request.jobs, start=1):
             if len(request.jobs) > 1:
                 console.line(f"Job {index} of {len(request.jobs)}: {job.label}")
             try:
-                if request.finalize is not None:
+                if request.on_jobs is not None:
+                    result = _run_on_jobs(console, request)
+                elif request.finalize is not None:
                     result = ptq_core.finalize_hub_job(
                         job, parts=request.finalize, token=request.token, progress=StageLog(console, job.label),
                         work_dir=_work_dir(environ),
@@ -346,6 +354,18 @@ def run(environ: Mapping[str, str], stdout: TextIO) -> int:
     _write_outputs(console, environ, output_values(results, as_lists=request.from_recipe))
     _write_summary(console, environ, _summary_header(results, failed=False) + "\n".join(sections))
     return 0
+
+
+def _run_on_jobs(console: Console, request: Request):
+    """``on-jobs``: the job (or ``parts`` part jobs and a finalize job) on the token's Hugging Face Jobs."""
+    source, scheme, options = request.job_spec
+    flavor = None if request.on_jobs.lower() == "auto" else request.on_jobs
+    return ptq_core.run_on_hf_jobs(
+        source, scheme, parts=request.parts, finalize=request.finalize, flavor=flavor, token=request.token,
+        progress=StageLog(console, request.jobs[0].label),
+        on_launch=lambda job: console.line(f"Launched Hugging Face Job {job.id} ({job.label}, {job.flavor}): {job.url}"),
+        **options,
+    )
 
 
 def _plan_parts(console: Console, environ: Mapping[str, str], request: Request) -> int:

@@ -73,6 +73,15 @@ _LAZY: dict[str, str] = {
     # recipes (Action / CLI)
     "load_recipe": "recipe",
     "RecipeJob": "recipe",
+    # the same job on Hugging Face Jobs, on the caller's account (--on-jobs)
+    "run_on_hf_jobs": "hf_jobs",
+    "launch_hf_job": "hf_jobs",
+    "follow_hf_job": "hf_jobs",
+    "cancel_hf_job": "hf_jobs",
+    "HfJob": "hf_jobs",
+    "HfJobResult": "hf_jobs",
+    # a release's variants side by side
+    "add_to_collection": "hub_collections",
 }
 
 __all__ = sorted([*_LAZY, *_error_names, "__version__"])

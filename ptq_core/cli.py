@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 
 from ._version import __version__
 from .constants import DEFAULT_SCHEME, PTQ_DISABLE_PROGRESS, hf_token_from_env
+from .cli_jobs import add_jobs_command, add_on_jobs_options, run_on_jobs, uses_jobs
 from .errors import PtqError
 from .redact import install_redaction
 
@@ -54,12 +55,16 @@ def _progress_bars() -> Callable[[str, int, int], None]:
 
 def _job(args: argparse.Namespace, source: str):
     """The one request value, built from the command line (see ``job.make_job``)."""
-    from .ignore_text import parse_ignore_text
     from .job import make_job
 
-    return make_job(
-        source,
-        args.scheme,
+    return make_job(source, args.scheme, **_job_options(args))
+
+
+def _job_options(args: argparse.Namespace) -> dict:
+    """``make_job``'s keyword arguments from the command line (also what ``--on-jobs`` sends to the job)."""
+    from .ignore_text import parse_ignore_text
+
+    return dict(
         ignore=parse_ignore_text("\n".join(args.ignore)),
         default_ignore=not args.no_default_ignore,
         observer=args.observer,
@@ -123,6 +128,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from .hubjob import finalize_hub_job, quantize_to_hub
 
+    if uses_jobs(args):
+        return run_on_jobs(args, args.source, args.scheme, _job_options(args), _progress_bars())
     job = _job(args, args.source)
     if args.finalize is not None:
         result = finalize_hub_job(job, parts=_count(args.finalize, "finalize"), progress=_progress_bars())
@@ -233,7 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stage only part I of K on the target's staging branch (see `ptq plan --parts K`)")
     step.add_argument("--finalize", metavar="K",
                       help="check that all K parts are staged and consistent, then make the one commit")
+    add_on_jobs_options(p)
     p.set_defaults(func=_cmd_run)
+    add_jobs_command(sub, _progress_bars)
 
     p = sub.add_parser("schemes", help="list the data-free presets")
     p.set_defaults(func=_cmd_schemes)

@@ -188,4 +188,30 @@ class RecipeError(PtqError, ValueError):
     """A YAML recipe (Action / CLI) has an unknown key or an invalid value."""
 
 
+
+# --- Hugging Face Jobs (hf_jobs.py) -------------------------------------------
+class HfJobsError(PtqError):
+    """A Hugging Face Job could not be launched, or did not finish its work."""
+
+
+class JobsPermissionError(HfJobsError, PermissionError):
+    """The token may not run Jobs in that namespace (no ``jobs`` scope, or no write role there)."""
+
+
+class JobsCreditsError(HfJobsError, PermissionError):
+    """The namespace has no credit left for Jobs (the Hub answers 402 Payment Required)."""
+
+
+class UnknownFlavorError(HfJobsError, ValueError):
+    """The hardware flavor is not one the Jobs API runs."""
+
+
+class JobFailedError(HfJobsError, RuntimeError):
+    """A launched Job ended in ERROR, CANCELED or DELETED; its staged shards stay for a rerun."""
+
+
+class JobTimedOutError(JobFailedError, TimeoutError):
+    """A launched Job ran past its timeout and was stopped; its staged shards stay for a rerun."""
+
+
 __all__ = [name for name, obj in globals().items() if isinstance(obj, type) and issubclass(obj, PtqError)]

@@ -40,6 +40,9 @@ except ImportError:  # `python space/app.py` in a checkout; on the Space, ptq_co
 
 from ptq_core import constants
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # jobs_panel.py sits next to app.py (tests load app by path)
+from jobs_panel import add_jobs_panel  # noqa: E402
+
 
 # --- the Space's own settings, read once (the core's are in ptq_core.constants) ---
 def _env_int(name: str, default: int) -> int:
@@ -547,6 +550,9 @@ def build_demo() -> gr.Blocks:
             api_name="quantize",
         )
         job.failure(show_failure, None, result_md, queue=False, api_visibility="private")
+        form = {"model_id": model_id, "scheme": scheme, "ignore": ignore, "target": target, "private": private,
+                "overwrite": overwrite, "observer": observer, "rotate": rotate}
+        add_jobs_panel(demo, form, _token_from)
     # One job at a time (a Space has one disk and one GPU); a bounded line behind it.
     demo.queue(default_concurrency_limit=1, max_size=QUEUE_MAX_SIZE)
     return demo

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SPACE_DIR = ROOT / "space"
 CORE_DIR = ROOT / "ptq_core"
 
-SPACE_FILES = ("app.py", "README.md", "requirements.txt")
+SPACE_FILES = ("app.py", "jobs_panel.py", "README.md", "requirements.txt")
 """Files of ``space/`` that go to the Space root (``deploy.py`` itself stays here)."""
 
 logger = logging.getLogger("ptq_space.deploy")

@@ -67,6 +67,11 @@ and response bodies over all connections together (one token bucket each way).
 ``python tests/hub_server.py --help`` serves in its own process (``main``), with
 the counters as JSON at ``STATS_PATH``.
 
+Hugging Face Jobs (``/api/jobs``, ``tests/hub_jobs_server.py``, ``server.jobs``): create,
+inspect, logs (streamed), cancel; each job's command really runs as a local process against
+this server. Collections (``/api/collections``, ``tests/hub_collections_server.py``): create,
+get, add an item.
+
 Not implemented (404 or 400): pull requests, tags, Xet transfers, cross-repo
 LFS duplication, buckets, spaces runtime.
 """
@@ -98,6 +103,8 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
+from hub_collections_server import CollectionsApi
+from hub_jobs_server import JobsApi
 
 DEFAULT_USERS: dict[str, str] = {
     "hf_test_alice": "alice",
@@ -692,6 +699,8 @@ class HubServer(_NetChaosServer):
         self.server_errors: list[str] = []
         self.stats = HubStats()
         self._hooks: list[_Hook] = []  # chaos: races with the client (see "chaos: commit races")
+        self.jobs = JobsApi(_HubError)  # /api/jobs: Hugging Face Jobs run as local processes (hub_jobs_server.py)
+        self.collections = CollectionsApi(_HubError)  # /api/collections (hub_collections_server.py)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -711,6 +720,7 @@ class HubServer(_NetChaosServer):
 
     def stop(self) -> None:
         """Stop serving and close the socket."""
+        self.jobs.stop()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -740,6 +750,8 @@ class HubServer(_NetChaosServer):
             self.stats = HubStats()
             self.configure(**self._defaults)
         self._clear_net_faults()  # network chaos (section below)
+        self.jobs.reset()
+        self.collections.reset()
 
     def configure(
         self,
@@ -1118,6 +1130,12 @@ class HubServer(_NetChaosServer):
             return self._create_repo(user, _json(body))
         if path == "/api/repos/delete" and method == "DELETE":
             return self._delete_repo(user, _json(body))
+        if raw[:2] == ["api", "jobs"]:
+            from huggingface_hub import JobHardware
+
+            return self.jobs.handle(method, [unquote(p) for p in raw[2:]], user, body, {h.value for h in JobHardware})
+        if raw[:2] == ["api", "collections"]:
+            return self.collections.handle(method, [unquote(p) for p in raw[2:]], user, body)
         if len(raw) >= 4 and raw[0] == "api" and raw[1] in _REPO_TYPES:
             repo_type, repo_id = _REPO_TYPES[raw[1]], f"{unquote(raw[2])}/{unquote(raw[3])}"
             action, rest = (raw[4], raw[5:]) if len(raw) > 4 else ("", [])
@@ -1803,6 +1821,21 @@ class _Handler(_NetChaosHandler, BaseHTTPRequestHandler):
             self.hub._outbound.take(len(piece))
             self.wfile.write(piece)
 
+    def _send_stream(self, status: int, headers: dict, chunks: Any) -> None:
+        """An answer of unknown length: no Content-Length, each chunk flushed, the connection closed at the end."""
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        try:
+            for chunk in chunks:
+                self.wfile.write(chunk)
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):  # the follower went away (Ctrl-C detaches)
+            pass
+
     def _dispatch(self, method: str) -> None:
         hub = self.hub
         fault = hub._take_net_fault(method, self.path)  # network chaos (section below)
@@ -1844,6 +1877,9 @@ class _Handler(_NetChaosHandler, BaseHTTPRequestHandler):
             headers.setdefault("X-Error-Message", error.message.splitlines()[0])
         if fault is not None:
             self._send_faulty(fault, status, headers, payload, head=method == "HEAD")
+            return
+        if not isinstance(payload, (bytes, bytearray, memoryview)):  # a stream (job logs): sent until it ends
+            self._send_stream(status, headers, payload)
             return
         self._send_head(status, headers, len(payload))
         if method != "HEAD" and len(payload):

@@ -15,7 +15,7 @@ CORE = Path(__file__).resolve().parents[1] / "ptq_core"
 
 # docs/ARCHITECTURE.md's table: a module may import only from strictly lower layers.
 LAYERS: dict[str, int] = {
-    "errors": 0, "sources": 0, "_version": 0,
+    "errors": 0, "job_events": 1, "sources": 0, "_version": 0,
     "constants": 1, "sizes": 1, "redact": 1, "repo_files": 1, "matching": 1, "experts": 1,
     "stages": 1, "ignore_text": 1, "workers": 1,
     "sources.safetensors_header": 1, "sources.formats": 1,
@@ -26,7 +26,7 @@ LAYERS: dict[str, int] = {
     "convert": 6, "default_ignore": 6, "tensor_parallel": 4,
     "plan": 7, "rotation": 7,
     "_http": 8, "parts": 8, "planner": 8, "output_config": 8,
-    "source": 9, "writer": 9,
+    "source": 9, "writer": 9, "hf_jobs_runtime": 9, "hub_collections": 9,
     "units": 10, "reindex": 10, "remote": 10,
     "job_plan": 11, "card": 11, "stream": 11,
     "pipeline": 12, "publish": 12, "staging": 12,
@@ -38,10 +38,12 @@ LAYERS: dict[str, int] = {
     "hubjob.finalize": 17,
     "hubjob.run": 18,
     "hubjob": 19,
-    "recipe": 20, "demo": 20, "cli": 21,
+    "recipe": 20, "demo": 20, "hf_jobs": 20, "hf_job_entry": 20,
+    "cli_jobs": 21,
+    "cli": 22,
 }
 # Only these may import inside functions: they stay cheap to import (`ptq --help`).
-LAZY_IMPORTERS = {"cli", "__init__"}
+LAZY_IMPORTERS = {"cli", "cli_jobs", "__init__"}
 
 
 def _module_path(module: str) -> Path:

@@ -549,7 +549,7 @@ def test_deploy_pushes_space_and_core_in_one_commit(hub, monkeypatch):
 
     files = set(hub.list_files("alice/ptq-hub", repo_type="space"))
     core = {f"ptq_core/{p.relative_to(ROOT / 'ptq_core').as_posix()}" for p in (ROOT / "ptq_core").rglob("*.py")}
-    assert files == {"app.py", "README.md", "requirements.txt", *core}
+    assert files == {"app.py", "jobs_panel.py", "README.md", "requirements.txt", *core}
     assert hub.read_file("alice/ptq-hub", "app.py", repo_type="space") == APP_FILE.read_bytes()
     last = hub.commits("alice/ptq-hub", repo_type="space")[-1]
     assert last["deleted"] == ["old_helper.py"] and "ptq_core/hubjob/run.py" in last["files"]
