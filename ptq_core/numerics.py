@@ -805,6 +805,7 @@ class _SearchChunk:
     hi: torch.Tensor | None
     best_err: torch.Tensor
     best_step: torch.Tensor
+    table: _PairTable | None = None
 
 
 def _mse_stats(weight: torch.Tensor, spec: WeightSpec, scratch: Scratch) -> WeightStats:
@@ -826,22 +827,30 @@ def _mse_stats(weight: torch.Tensor, spec: WeightSpec, scratch: Scratch) -> Weig
         spans = [(0, rows)]
     else:
         multiple = spec.block[0] if spec.strategy == "block" else 1
-        spans = list(_row_chunks(rows, cols, multiple, _CHUNK_ELEMS // 16))
+        # the table path wants big chunks (more repeated values); the direct one, cache-sized ones
+        elems = _CHUNK_ELEMS if _tables_apply(weight, spec) else _CHUNK_ELEMS // 16
+        spans = list(_row_chunks(rows, cols, multiple, elems))
     chunks = []
     for a, b in spans:
         lo, hi = _finite(*_stats(weight[a:b], spec, scratch))
         lo, hi = _expanded(lo, params.expand), (_expanded(hi, params.expand) if hi is not None else None)
         best_err, best_step = observers.initial_best(lo)
-        chunks.append(_SearchChunk(a, b, lo, hi, best_err, best_step))
+        table = _pair_table(weight[a:b], lo, hi, search, scratch) if steps else None
+        chunks.append(_SearchChunk(a, b, lo, hi, best_err, best_step, table))
     cells = sum(c.lo.numel() for c in chunks)
     step, stale = 0, 0
     while step < steps:
-        size = min(steps - step, max(1, params.patience - stale), max(1, _SEARCH_CELLS // cells))
+        # a table costs little per factor: evaluate past a possible early stop (advance() replays it)
+        patience = steps if all(c.table is not None for c in chunks) else params.patience
+        size = min(steps - step, max(1, patience - stale), max(1, _SEARCH_CELLS // cells))
         factors = shrink[step : step + size]
         results = []
         improved_any = torch.zeros(size, dtype=torch.bool, device=weight.device)
         for c in chunks:
-            err = _errors(weight[c.first : c.end], c.lo, c.hi, search, params.norm, factors, scratch)
+            if c.table is not None:
+                err = _table_errors(c.table, search, params.norm, factors, scratch).reshape(size, *c.lo.shape)
+            else:
+                err = _errors(weight[c.first : c.end], c.lo, c.hi, search, params.norm, factors, scratch)
             found = observers.improvements(err, c.best_err)
             improved_any |= found.improved.flatten(1).any(dim=1)
             results.append(found)
@@ -913,11 +922,9 @@ def _search_cells(x: torch.Tensor, spec: WeightSpec, scratch: Scratch) -> torch.
 def _mse_errors(x, scales, zps, spec: WeightSpec, norm: float, scratch: Scratch) -> torch.Tensor:
     """``sum |fake_quantize(w) - w| ** norm`` per candidate and cell: ``[candidates, *cells]``.
 
-    The peer's ``_calculate_error`` op for op (``x / scale``, ``+ zp``, clamp and
-    round to the grid, ``- zp``, ``* scale``, the difference, ``abs().pow(norm)``, a
-    sum over each cell's contiguous elements), all in the weight's dtype. For
-    16-bit weights the grid rounding and the power are table lookups over every
-    bit pattern, built with the same torch ops.
+    The peer's ``_calculate_error``: :func:`_pointwise_errors`, then a sum over each
+    cell's contiguous elements in the weight's dtype (torch's own reduction, so the
+    same rounding as the peer's).
 
     Cells of fewer than 64 elements (NVFP4's 16, MX's 32) are worked on
     cell-minor (``[candidates, element, cell]``): torch broadcasts a per-cell scale
@@ -927,33 +934,175 @@ def _mse_errors(x, scales, zps, spec: WeightSpec, norm: float, scratch: Scratch)
     cells = _search_cells(x, spec, scratch)
     n, width = cells.shape
     k = scales.shape[0]
-    dtype = x.dtype
-    narrow = width < 64
-    if narrow:
-        src = scratch.get("mse_xt", (width, n), dtype, x.device).copy_(cells.t())
-        shape, s = (k, width, n), scales.reshape(k, 1, n)
+    if width < 64:
+        src = scratch.get("mse_xt", (width, n), x.dtype, x.device).copy_(cells.t())
+        s = scales.reshape(k, 1, n)
+        z = zps.reshape(k, 1, n) if zps is not None else None
+        out = _pointwise_errors(src.unsqueeze(0), s, z, spec, norm, scratch, lambda t: t.permute(0, 2, 1))
     else:
-        src, shape, s = cells, (k, n, width), scales.reshape(k, n, 1)
-    t = scratch.get("mse_t", shape, dtype, x.device)
-    torch.div(src.unsqueeze(0), s, out=t)
-    z = zps.reshape(s.shape).to(dtype) if zps is not None else None
+        s = scales.reshape(k, n, 1)
+        z = zps.reshape(k, n, 1) if zps is not None else None
+        out = _pointwise_errors(cells.unsqueeze(0), s, z, spec, norm, scratch)
+    return out.sum(dim=-1).view(k, *scales.shape[1:])
+
+
+def _pointwise_errors(src, s, z, spec: WeightSpec, norm: float, scratch: Scratch, arrange=None) -> torch.Tensor:
+    """``|fake_quantize(src) - src| ** norm`` elementwise, as the peer computes each element.
+
+    ``x / scale``, ``+ zp``, clamp and round to the grid, ``- zp``, ``* scale``, the
+    difference, ``abs().pow(norm)``, all in ``src``'s dtype (``s`` and ``z`` broadcast
+    against ``src``). For 16-bit weights the grid rounding and the power are table
+    lookups over every bit pattern, built with the same torch ops. ``arrange`` maps
+    the broadcast result to the layout returned (a permuted view); the result lives
+    in ``scratch`` until the next call.
+    """
+    dtype = src.dtype
+    shape = torch.broadcast_shapes(src.shape, s.shape)
+    t = scratch.get("mse_t", tuple(shape), dtype, src.device)
+    torch.div(src, s, out=t)
+    z = z.to(dtype) if z is not None else None
     if z is not None:
         t += z
     _round_to_grid(t, spec, scratch)
     if z is not None:
         t -= z
     t *= s
-    t -= src.unsqueeze(0)
-    out = scratch.get("mse_pow", (k, n, width), dtype, x.device)
+    t -= src
+    arranged = arrange(t) if arrange is not None else t
+    out = scratch.get("mse_pow", tuple(arranged.shape), dtype, src.device)
     if dtype in _HALF_BITS:
-        idx = scratch.get("mse_idx", (k, n, width), torch.int32, x.device)
-        bits = t.view(torch.uint16)
-        idx.copy_(bits.permute(0, 2, 1) if narrow else bits)
-        torch.index_select(_pow_lut(dtype, norm, x.device), 0, idx.view(-1), out=out.view(-1))
+        idx = scratch.get("mse_idx", tuple(arranged.shape), torch.int32, src.device)
+        idx.copy_(arranged.view(torch.uint16) if arrange is None else arrange(t.view(torch.uint16)))
+        torch.index_select(_pow_lut(dtype, norm, src.device), 0, idx.view(-1), out=out.view(-1))
     else:
         t.abs_().pow_(norm)
-        out.copy_(t.permute(0, 2, 1) if narrow else t)
-    return out.sum(dim=-1).view(k, *scales.shape[1:])
+        out.copy_(arranged)
+    return out
+
+
+# --------------------------------------------------------------------------- pair tables
+_TABLE_MAX_WIDTH = 512  # widest cell whose sums the table path certifies (error bound ~ width)
+
+
+@dataclass(frozen=True)
+class _PairTable:
+    """A row chunk's cells grouped by statistics, as ids of the chunk's distinct values.
+
+    Cells with the same statistics (bit for bit) get the same candidate scales, and a
+    chunk holds few distinct values, so every element's error is one of
+    ``distinct qparams x distinct values`` numbers: :func:`_table_errors` computes those
+    once with the peer's elementwise ops and sums each cell's entries.
+    """
+
+    cells: torch.Tensor  # [cells, width], the chunk in the peer's order
+    group: torch.Tensor  # [cells] int64: the cell's statistics group
+    order: torch.Tensor  # [cells] int64: the cells sorted by group
+    ids: torch.Tensor  # [cells, width] int32: value ids, cells in ``order``
+    bounds: tuple[int, ...]  # group g's cells are ``order[bounds[g]:bounds[g + 1]]``
+    lo: torch.Tensor  # [groups] each group's (expanded) statistic
+    hi: torch.Tensor | None
+    values: torch.Tensor  # [distinct values] in the weight's dtype
+
+
+def _tables_apply(weight: torch.Tensor, spec: WeightSpec) -> bool:
+    """Whether the search may use pair tables: 16-bit errors (whose float32 sums the table
+    path certifies) and cells of at most ``_TABLE_MAX_WIDTH`` elements."""
+    if weight.dtype not in _HALF_BITS or spec.strategy in ("tensor", "block"):
+        return False
+    width = weight.shape[1] if spec.strategy == "channel" else spec.group_size
+    return width <= _TABLE_MAX_WIDTH
+
+
+def _pair_table(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor | None, spec: WeightSpec, scratch: Scratch):
+    """The chunk's :class:`_PairTable`, or ``None`` where the table would not pay."""
+    if not _tables_apply(x, spec):
+        return None
+    cells = _search_cells(x, spec, scratch)
+    n, width = cells.shape
+    stat = _bits16(lo)
+    if hi is not None:
+        stat = (stat << 16) | _bits16(hi)
+    uniq, group = torch.unique(stat, return_inverse=True)
+    groups = uniq.numel()
+    order = torch.argsort(group, stable=True)
+    sorted_cells = cells.index_select(0, order)
+    bits = sorted_cells.reshape(-1).view(torch.int16).to(torch.int32).bitwise_and_(0xFFFF)
+    present = torch.bincount(bits, minlength=65536) > 0
+    distinct = int(present.sum())
+    if distinct * groups > cells.numel() // _TABLE_GAIN:
+        return None
+    ids = torch.index_select(torch.cumsum(present, 0, dtype=torch.int32).sub_(1), 0, bits).view(n, width)
+    values = torch.nonzero(present).view(-1).to(torch.int16).view(x.dtype)
+    bounds = (0, *torch.cumsum(torch.bincount(group, minlength=groups), 0).tolist())
+    lo_g, hi_g = (uniq >> 16, uniq & 0xFFFF) if hi is not None else (uniq, None)
+    as_dtype = lambda b: b.to(torch.int16).view(x.dtype) if b is not None else None  # noqa: E731
+    return _PairTable(cells, group, order, ids, bounds, as_dtype(lo_g), as_dtype(hi_g), values)
+
+
+_TABLE_GAIN = 4  # the table path needs at least this many elements per table row
+
+
+def _bits16(t: torch.Tensor) -> torch.Tensor:
+    """A 16-bit float tensor's bit patterns, flattened, as non-negative int64."""
+    return t.reshape(-1).view(torch.int16).to(torch.int64).bitwise_and_(0xFFFF)
+
+
+def _qparams_key(scales: torch.Tensor, zps: torch.Tensor | None) -> torch.Tensor:
+    """One int64 per (scale, zero point): equal exactly when both are equal bit for bit."""
+    key = scales.reshape(-1).to(torch.float32).view(torch.int32).to(torch.int64).bitwise_and_(0xFFFFFFFF)
+    if zps is None:
+        return key
+    return (key << 8) | zps.reshape(-1).view(torch.uint8).to(torch.int64)
+
+
+def _table_errors(table: _PairTable, spec: WeightSpec, norm: float, factors: torch.Tensor, scratch: Scratch) -> torch.Tensor:
+    """``[factors, cells]`` errors, equal to :func:`_mse_errors`' without a pass per element.
+
+    1. Each distinct (scale, zero point) among the groups' candidates is applied to each
+       distinct value with :func:`_pointwise_errors`: the peer's elementwise numbers.
+    2. Each cell's sum runs over its elements' table rows in float32 (``embedding_bag``),
+       in another order than torch's reduction. Both float32 sums of the same
+       non-negative numbers lie within ``width * 2**-24`` (relative) of the exact sum,
+       so where that whole interval rounds to one value of the weight's dtype, that
+       value is the peer's. The rest (about 1%, and any non-finite sum) are summed
+       again on the peer's layout with torch's reduction.
+    """
+    k, groups = factors.shape[0], table.lo.numel()
+    cand_hi = observers.candidates(table.hi, factors) if table.hi is not None else None
+    scales, zps = _qparams(observers.candidates(table.lo, factors), cand_hi, spec, None)  # [k, groups]
+    uniq, which = torch.unique(_qparams_key(scales, zps), return_inverse=True)
+    first = torch.zeros(uniq.numel(), dtype=torch.int64).scatter_(0, which, torch.arange(which.numel()))
+    s = scales.reshape(-1)[first].view(-1, 1)
+    z = zps.reshape(-1)[first].view(-1, 1) if zps is not None else None
+    # [values, qparams]: the elementwise errors of every distinct value under every distinct qparams
+    per_value = _pointwise_errors(table.values.view(-1, 1), s.view(1, -1), z.view(1, -1) if z is not None else None,
+                                  spec, norm, scratch).float()
+    which = which.view(k, groups)
+    sums = []
+    for g in range(groups):
+        a, b = table.bounds[g], table.bounds[g + 1]
+        rows = per_value.index_select(1, which[:, g])  # [values, k]: group g's candidates
+        sums.append(torch.nn.functional.embedding_bag(table.ids[a:b], rows, mode="sum"))
+    approx = torch.empty((table.cells.shape[0], k), dtype=torch.float32)
+    approx.index_copy_(0, table.order, torch.cat(sums))
+    return _certified(approx, table, scales, zps, spec, norm, scratch).t()
+
+
+def _certified(approx, table: _PairTable, scales, zps, spec: WeightSpec, norm: float, scratch: Scratch) -> torch.Tensor:
+    """The sums in the weight's dtype: ``approx`` rounded where the rounding is certain, else recomputed."""
+    width, dtype, groups = table.cells.shape[1], table.cells.dtype, table.lo.numel()
+    # |ours - torch's| <= 2 (width - 1) 2**-24 of the sum; the slack covers these two products' rounding
+    margin = (2 * width + 4) * 2.0**-24
+    low = (approx * (1 - margin)).to(dtype)
+    high = (approx * (1 + margin)).to(dtype)
+    unsure = (low.view(torch.int16) != high.view(torch.int16)) | ~torch.isfinite(approx)
+    cell, col = torch.nonzero(unsure, as_tuple=True)
+    if cell.numel():
+        flat = col * groups + table.group[cell]
+        z = zps.reshape(-1)[flat].view(-1, 1) if zps is not None else None
+        exact = _pointwise_errors(table.cells.index_select(0, cell), scales.reshape(-1)[flat].view(-1, 1), z, spec, norm, scratch)
+        low[cell, col] = exact.sum(dim=-1)
+    return low
 
 
 _HALF_BITS = (torch.bfloat16, torch.float16)
