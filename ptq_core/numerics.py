@@ -813,42 +813,28 @@ def _mse_stats(weight: torch.Tensor, spec: WeightSpec, scratch: Scratch) -> Weig
 
     The peer evaluates one shrink factor at a time over the whole weight and stops
     once ``patience`` consecutive factors improve no cell anywhere. Here factors are
-    evaluated in blocks over every row chunk; a block is never longer than the
-    number of factors that could still pass before the peer stops, so no factor
-    the peer skips is ever evaluated, and the choices are the peer's.
+    evaluated in blocks over every row chunk and :func:`observers.advance` replays the
+    peer's stop, so the choices are the peer's. The direct path never evaluates a
+    factor the peer skips (a block is never longer than the factors that could still
+    pass before it stops); pair tables cost little per factor and take all at once.
     """
     params = observers.mse_params(spec.observer_kwargs)
-    rows, cols = weight.shape
     # NVFP4's search takes scales unrounded and without the global scale (the peer drops scale_dtype)
     search = replace(spec, scale_dtype=None) if spec.strategy == "tensor_group" else spec
     steps = len(params.shrink)
     shrink = observers.shrink_tensor(params, weight.dtype, weight.device)
-    if spec.strategy == "tensor":  # one cell: the peer's single whole-tensor sum, one factor at a time
-        spans = [(0, rows)]
-    else:
-        multiple = spec.block[0] if spec.strategy == "block" else 1
-        # the table path wants big chunks (more repeated values); the direct one, cache-sized ones
-        elems = _CHUNK_ELEMS if _tables_apply(weight, spec) else _CHUNK_ELEMS // 16
-        spans = list(_row_chunks(rows, cols, multiple, elems))
-    chunks = []
-    for a, b in spans:
-        lo, hi = _finite(*_stats(weight[a:b], spec, scratch))
-        lo, hi = _expanded(lo, params.expand), (_expanded(hi, params.expand) if hi is not None else None)
-        best_err, best_step = observers.initial_best(lo)
-        table = _pair_table(weight[a:b], lo, hi, search, scratch) if steps else None
-        chunks.append(_SearchChunk(a, b, lo, hi, best_err, best_step, table))
+    chunks = _search_chunks(weight, spec, search, params, scratch)
     cells = sum(c.lo.numel() for c in chunks)
+    patience = steps if all(c.table is not None for c in chunks) else params.patience
     step, stale = 0, 0
     while step < steps:
-        # a table costs little per factor: evaluate past a possible early stop (advance() replays it)
-        patience = steps if all(c.table is not None for c in chunks) else params.patience
         size = min(steps - step, max(1, patience - stale), max(1, _SEARCH_CELLS // cells))
         factors = shrink[step : step + size]
         results = []
         improved_any = torch.zeros(size, dtype=torch.bool, device=weight.device)
         for c in chunks:
-            if c.table is not None:
-                err = _table_errors(c.table, search, params.norm, factors, scratch).reshape(size, *c.lo.shape)
+            if c.table is not None:  # [factors, cells] with the cells in the table's order
+                err = _table_errors(c.table, search, params.norm, factors, scratch)
             else:
                 err = _errors(weight[c.first : c.end], c.lo, c.hi, search, params.norm, factors, scratch)
             found = observers.improvements(err, c.best_err)
@@ -860,15 +846,45 @@ def _mse_stats(weight: torch.Tensor, spec: WeightSpec, scratch: Scratch) -> Weig
         step += taken
         if stopped:
             break
-    picked = []
-    for c in chunks:
-        factor = shrink[c.best_step] if steps else None
-        lo = (c.lo.to(factor.dtype) * factor).to(c.lo.dtype) if steps else c.lo
-        hi = (c.hi.to(factor.dtype) * factor).to(c.hi.dtype) if steps and c.hi is not None else c.hi
-        picked.append((lo, hi))
+    picked = [_picked(c, shrink if steps else None) for c in chunks]
     if spec.strategy == "tensor":
         return WeightStats(*picked[0])
     return WeightStats(torch.cat([lo for lo, _ in picked]), torch.cat([hi for _, hi in picked]) if picked[0][1] is not None else None)
+
+
+def _search_chunks(weight: torch.Tensor, spec: WeightSpec, search: WeightSpec, params, scratch: Scratch) -> list[_SearchChunk]:
+    """The weight's row chunks with their expanded statistics and starting state.
+
+    The table path wants big chunks (more repeated values), the direct one cache-sized
+    ones. A chunk with a table keeps its running best in the table's cell order.
+    """
+    rows, cols = weight.shape
+    if spec.strategy == "tensor":  # one cell: the peer's single whole-tensor sum, one factor at a time
+        spans = [(0, rows)]
+    else:
+        multiple = spec.block[0] if spec.strategy == "block" else 1
+        spans = _row_chunks(rows, cols, multiple, _CHUNK_ELEMS if _tables_apply(weight, spec) else _CHUNK_ELEMS // 16)
+    chunks = []
+    for a, b in spans:
+        lo, hi = _finite(*_stats(weight[a:b], spec, scratch))
+        lo, hi = _expanded(lo, params.expand), (_expanded(hi, params.expand) if hi is not None else None)
+        table = _pair_table(weight[a:b], lo, hi, search, scratch) if params.shrink else None
+        best_err, best_step = observers.initial_best(lo if table is None else lo.reshape(-1))
+        chunks.append(_SearchChunk(a, b, lo, hi, best_err, best_step, table))
+    return chunks
+
+
+def _picked(c: _SearchChunk, shrink: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The chunk's statistics shrunk by each cell's chosen factor (``shrink`` is None: no search)."""
+    if shrink is None:
+        return c.lo, c.hi
+    step = c.best_step
+    if c.table is not None:  # back from the table's cell order
+        step = torch.empty_like(step).index_copy_(0, c.table.order, step).view(c.lo.shape)
+    factor = shrink[step]
+    lo = (c.lo.to(factor.dtype) * factor).to(c.lo.dtype)
+    hi = (c.hi.to(factor.dtype) * factor).to(c.hi.dtype) if c.hi is not None else None
+    return lo, hi
 
 
 def _expanded(stat: torch.Tensor, expand: float) -> torch.Tensor:
@@ -1039,7 +1055,7 @@ def _pair_table(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor | None, spec
     return _PairTable(cells, group, order, ids, bounds, as_dtype(lo_g), as_dtype(hi_g), values)
 
 
-_TABLE_GAIN = 4  # the table path needs at least this many elements per table row
+_TABLE_GAIN = 1  # the table path needs at least this many elements per table row
 
 
 def _bits16(t: torch.Tensor) -> torch.Tensor:
@@ -1056,7 +1072,7 @@ def _qparams_key(scales: torch.Tensor, zps: torch.Tensor | None) -> torch.Tensor
 
 
 def _table_errors(table: _PairTable, spec: WeightSpec, norm: float, factors: torch.Tensor, scratch: Scratch) -> torch.Tensor:
-    """``[factors, cells]`` errors, equal to :func:`_mse_errors`' without a pass per element.
+    """``[factors, cells]`` errors (cells in ``table.order``), equal to :func:`_mse_errors`' without a pass per element.
 
     1. Each distinct (scale, zero point) among the groups' candidates is applied to each
        distinct value with :func:`_pointwise_errors`: the peer's elementwise numbers.
@@ -1083,25 +1099,32 @@ def _table_errors(table: _PairTable, spec: WeightSpec, norm: float, factors: tor
         a, b = table.bounds[g], table.bounds[g + 1]
         rows = per_value.index_select(1, which[:, g])  # [values, k]: group g's candidates
         sums.append(torch.nn.functional.embedding_bag(table.ids[a:b], rows, mode="sum"))
-    approx = torch.empty((table.cells.shape[0], k), dtype=torch.float32)
-    approx.index_copy_(0, table.order, torch.cat(sums))
-    return _certified(approx, table, scales, zps, spec, norm, scratch).t()
+    return _certified(torch.cat(sums), table, scales, zps, spec, norm, scratch).t().contiguous()
+
+
+def _sum_margin(width: int) -> float:
+    """Relative distance within which torch's float32 sum of ``width`` non-negative numbers
+    lies from any other float32 sum of them: ``2 (width - 1) 2**-24`` (each is within
+    ``(width - 1) 2**-24`` of the exact sum), plus slack for the two products that apply it."""
+    return (2 * width + 4) * 2.0**-24
 
 
 def _certified(approx, table: _PairTable, scales, zps, spec: WeightSpec, norm: float, scratch: Scratch) -> torch.Tensor:
-    """The sums in the weight's dtype: ``approx`` rounded where the rounding is certain, else recomputed."""
+    """The sums in the weight's dtype: ``approx`` rounded where the rounding is certain, else recomputed.
+
+    ``approx``: ``[cells, factors]`` float32 sums, cells in the table's order."""
     width, dtype, groups = table.cells.shape[1], table.cells.dtype, table.lo.numel()
-    # |ours - torch's| <= 2 (width - 1) 2**-24 of the sum; the slack covers these two products' rounding
-    margin = (2 * width + 4) * 2.0**-24
+    margin = _sum_margin(width)
     low = (approx * (1 - margin)).to(dtype)
     high = (approx * (1 + margin)).to(dtype)
     unsure = (low.view(torch.int16) != high.view(torch.int16)) | ~torch.isfinite(approx)
-    cell, col = torch.nonzero(unsure, as_tuple=True)
-    if cell.numel():
+    row, col = torch.nonzero(unsure, as_tuple=True)
+    if row.numel():
+        cell = table.order[row]
         flat = col * groups + table.group[cell]
         z = zps.reshape(-1)[flat].view(-1, 1) if zps is not None else None
         exact = _pointwise_errors(table.cells.index_select(0, cell), scales.reshape(-1)[flat].view(-1, 1), z, spec, norm, scratch)
-        low[cell, col] = exact.sum(dim=-1)
+        low[row, col] = exact.sum(dim=-1)
     return low
 
 

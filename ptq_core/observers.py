@@ -231,9 +231,13 @@ def improvements(err: torch.Tensor, best_err: torch.Tensor) -> Improvements:
     never improves, since every comparison with NaN is false.
     """
     e = torch.nan_to_num(err.to(best_err.dtype), nan=math.inf)
-    running = torch.minimum(torch.cummin(e, dim=0).values, best_err.unsqueeze(0))
-    before = torch.cat([best_err.unsqueeze(0), running[:-1]])
-    return Improvements(e < before, running)
+    running = torch.empty_like(e)
+    improved = torch.empty(e.shape, dtype=torch.bool, device=e.device)
+    before = best_err
+    for i in range(e.shape[0]):  # one factor at a time: torch's cummin over dim 0 is many times slower
+        torch.lt(e[i], before, out=improved[i])
+        before = torch.minimum(e[i], before, out=running[i])
+    return Improvements(improved, running)
 
 
 def advance(improved_any: torch.Tensor, stale: int, patience: int) -> tuple[int, int, bool]:
@@ -255,7 +259,7 @@ def keep_best(found: Improvements, taken: int, first_step: int, best_err: torch.
     The last improving factor is the one holding the running minimum (first
     occurrence, since improvements are strict).
     """
-    improved = found.improved[:taken]
-    steps = torch.arange(first_step, first_step + taken, device=improved.device).view(-1, *([1] * (improved.dim() - 1)))
-    last = torch.where(improved, steps, torch.full_like(steps, -1)).amax(dim=0)
-    return found.running[taken - 1], torch.where(last >= 0, last, best_step)
+    step = best_step.clone()
+    for i in range(taken):
+        step.masked_fill_(found.improved[i], first_step + i)
+    return found.running[taken - 1], step
