@@ -23,9 +23,9 @@ import torch
 from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme, preset_name_to_scheme
 from safetensors import safe_open
 
-from ptq_core import numerics, observers
+from ptq_core import observers
 from ptq_core.errors import CalibrationRequiredError, NonFiniteScaleError, SchemeNotSupportedError
-from ptq_core.numerics import global_scale_from_stats, observe_weight, quantize_weight
+from ptq_core.numerics import Scratch, global_scale_from_stats, mse_search, observe_weight, quantize_weight, scales
 from ptq_core.schemes import resolve_config, weight_spec
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -134,9 +134,9 @@ def test_search_blocks_and_chunks_change_no_byte(monkeypatch, case):
     search is cut up (chunk boundaries, one factor per block, patience carried across blocks)."""
     if _nan_zero_point_case(case):
         pytest.skip("refused (NaN zero points)")
-    monkeypatch.setattr(numerics, "_CHUNK_ELEMS", 16 * 1024)
-    monkeypatch.setattr(numerics, "_SEARCH_ELEMS", 2048)
-    monkeypatch.setattr(numerics, "_SEARCH_CELLS", 64)
+    monkeypatch.setattr(scales, "_CHUNK_ELEMS", 16 * 1024)
+    monkeypatch.setattr(mse_search, "_SEARCH_ELEMS", 2048)
+    monkeypatch.setattr(mse_search, "_SEARCH_CELLS", 64)
     assert_same(run_case(case), golden(case), f"{case.id} in small pieces")
 
 
@@ -279,9 +279,9 @@ def test_odd_shapes_match_the_oracle(scheme, shape):
 
 def _table_calls(monkeypatch) -> list:
     """Force a pair table wherever the search may take one, and record each use."""
-    monkeypatch.setattr(numerics, "_TABLE_GAIN", 1e-9)
-    calls, real = [], numerics._table_errors
-    monkeypatch.setattr(numerics, "_table_errors", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(mse_search, "_TABLE_GAIN", 1e-9)
+    calls, real = [], mse_search._table_errors
+    monkeypatch.setattr(mse_search, "_table_errors", lambda *a, **k: calls.append(1) or real(*a, **k))
     return calls
 
 
@@ -324,18 +324,18 @@ def test_table_errors_equal_the_direct_errors(monkeypatch, scheme, cols, dtype, 
     """The certified table sums equal torch's reduction bit for bit, error by error (odd row and
     group counts); a 5% margin sends most sums to the fallback, which must agree too."""
     if margin is not None:
-        monkeypatch.setattr(numerics, "_sum_margin", lambda width: margin)
-    monkeypatch.setattr(numerics, "_TABLE_GAIN", 1e-9)
+        monkeypatch.setattr(mse_search, "_sum_margin", lambda width: margin)
+    monkeypatch.setattr(mse_search, "_TABLE_GAIN", 1e-9)
     spec = spec_of(scheme_for(scheme, "memoryless_mse"))
     params = observers.mse_params(spec.observer_kwargs)
     w = _hard_weight(37, cols, DTYPES[dtype], cols)
-    lo, hi = numerics._stats(w, spec, numerics.Scratch())
+    lo, hi = scales._stats(w, spec, Scratch())
     factors = observers.shrink_tensor(params, w.dtype, w.device)
-    direct = numerics._errors(w, lo, hi, spec, params.norm, factors, numerics.Scratch())
-    table = numerics._pair_table(w, lo, hi, spec, numerics.Scratch())
-    fallbacks, real = [], numerics._pointwise_errors
-    monkeypatch.setattr(numerics, "_pointwise_errors", lambda *a, **k: fallbacks.append(a[0].shape) or real(*a, **k))
-    in_order = numerics._table_errors(table, spec, params.norm, factors, numerics.Scratch())
+    direct = mse_search._errors(w, lo, hi, spec, params.norm, factors, Scratch())
+    table = mse_search._pair_table(w, lo, hi, spec, Scratch())
+    fallbacks, real = [], mse_search._pointwise_errors
+    monkeypatch.setattr(mse_search, "_pointwise_errors", lambda *a, **k: fallbacks.append(a[0].shape) or real(*a, **k))
+    in_order = mse_search._table_errors(table, spec, params.norm, factors, Scratch())
     tabled = torch.empty_like(in_order).index_copy_(1, table.order, in_order).reshape(direct.shape)
     assert torch.isinf(direct).any() and (direct == 0).any()
     assert torch.equal(raw(tabled), raw(direct)), f"{(raw(tabled) != raw(direct)).sum()} bytes differ"
@@ -346,8 +346,8 @@ def test_table_errors_equal_the_direct_errors(monkeypatch, scheme, cols, dtype, 
 
 def test_table_gain_rule_keeps_small_weights_direct(monkeypatch):
     """Without forcing, a weight with as many distinct values as elements takes the direct path."""
-    calls, real = [], numerics._table_errors
-    monkeypatch.setattr(numerics, "_table_errors", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls, real = [], mse_search._table_errors
+    monkeypatch.setattr(mse_search, "_table_errors", lambda *a, **k: calls.append(1) or real(*a, **k))
     spec = spec_of(scheme_for("W4A16", "memoryless_mse"))
     w = (torch.randn(16, 256, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 0.02).to(torch.bfloat16)
     observe_weight(w, spec)
