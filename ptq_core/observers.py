@@ -19,8 +19,9 @@ computes for each name, byte-identical to the peer on CPU:
 
 Names are matched as the peer's registry matches them (case, ``-`` and ``_``
 ignored). The search is the peer's eager (CPU) ``_grid_search_mse``, evaluated
-for many candidate scales at once: the same tensor ops in the same dtypes per
-candidate, so the selected ranges are the same bit for bit. Its Triton path
+for many candidate scales at once: the same elementwise ops in the same dtypes per
+candidate, and per-cell sums that round as the peer's (``numerics.mse_search``),
+so the selected ranges are the same bit for bit. Its Triton path
 (CUDA) differs; like every kernel here, this one follows the CPU path on any
 device so that output never depends on the device.
 
@@ -30,8 +31,8 @@ float32 bytes are the peer's when it runs with one torch thread (bf16 and f16
 round the power to 16 bits identically either way).
 
 This module holds the names, the defaults and the search's bookkeeping
-(candidate ranges, the peer's improvement rule, its early stop); ``numerics``
-evaluates the errors with its kernels. It imports torch only.
+(candidate ranges, the peer's improvement rule, its early stop);
+``numerics.mse_search`` evaluates the errors with its kernels. It imports torch only.
 """
 
 from __future__ import annotations

@@ -299,6 +299,7 @@ def _pair_table(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor | None, spec
 
 
 _TABLE_GAIN = 1  # the table path needs at least this many elements per table row
+_TABLE_ENTRIES = 1 << 22  # (distinct qparams x distinct values) errors held at once (~50 MB of buffers)
 
 
 def _bits16(t: torch.Tensor) -> torch.Tensor:
@@ -330,6 +331,10 @@ def _table_errors(table: _PairTable, spec: WeightSpec, norm: float, factors: tor
     cand_hi = observers.candidates(table.hi, factors) if table.hi is not None else None
     scales, zps = _qparams(observers.candidates(table.lo, factors), cand_hi, spec, None)  # [k, groups]
     uniq, which = torch.unique(_qparams_key(scales, zps), return_inverse=True)
+    if k > 1 and uniq.numel() * table.values.numel() > _TABLE_ENTRIES:  # bound the table: fewer factors at once
+        half = k // 2
+        return torch.cat([_table_errors(table, spec, norm, factors[:half], scratch),
+                          _table_errors(table, spec, norm, factors[half:], scratch)])
     first = torch.zeros(uniq.numel(), dtype=torch.int64).scatter_(0, which, torch.arange(which.numel()))
     s = scales.reshape(-1)[first].view(-1, 1)
     z = zps.reshape(-1)[first].view(-1, 1) if zps is not None else None
