@@ -324,7 +324,7 @@ def _table_errors(table: _PairTable, spec: WeightSpec, norm: float, factors: tor
        in another order than torch's reduction. Both float32 sums of the same
        non-negative numbers lie within ``width * 2**-24`` (relative) of the exact sum,
        so where that whole interval rounds to one value of the weight's dtype, that
-       value is the peer's. The rest (about 1%, and any non-finite sum) are summed
+       value is the peer's. The rest (under 1% on the benchmark's weights, and any non-finite sum) are summed
        again on the peer's layout with torch's reduction.
     """
     k, groups = factors.shape[0], table.lo.numel()
