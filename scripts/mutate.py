@@ -58,8 +58,8 @@ class Mutation:
 # The mutations. Anchors are written against the current code; when a refactor
 # moves the code, `--list` still works and a run names every stale anchor.
 # ============================================================================
-NUMERICS_SPEC, NUMERICS_SCALES, FUSED, PLANNER, WRITER, HTTP, STAGING, REDACT, CONVERT, OUTPUT_CONFIG, SHARDS = (
-    "ptq_core/numerics/spec.py", "ptq_core/numerics/scales.py", "ptq_core/fused_groups.py", "ptq_core/planner.py", "ptq_core/writer.py",
+NUMERICS_SPEC, NUMERICS_SCALES, NUMERICS_MSE, FUSED, PLANNER, WRITER, HTTP, STAGING, REDACT, CONVERT, OUTPUT_CONFIG, SHARDS = (
+    "ptq_core/numerics/spec.py", "ptq_core/numerics/scales.py", "ptq_core/numerics/mse_search.py", "ptq_core/fused_groups.py", "ptq_core/planner.py", "ptq_core/writer.py",
     "ptq_core/_http.py", "ptq_core/staging.py", "ptq_core/redact.py", "ptq_core/convert.py",
     "ptq_core/output_config.py", "ptq_core/sources/shards.py",
 )
@@ -96,6 +96,12 @@ MUTATIONS: tuple[Mutation, ...] = (
         "_MX_ELEM_OFFSET = {4: 2, 6: 2, 8: 8}",
         "_MX_ELEM_OFFSET = {4: 3, 6: 2, 8: 8}",
         ("tests/test_numerics.py", "-k", "test_quantize_weight_matches_reference"),
+    ),
+    Mutation(
+        "table-sum-margin", NUMERICS_MSE,
+        "return (2 * width + 4) * 2.0**-24",
+        "return 0.0",
+        ("tests/test_observers.py", "-k", "test_table_errors_equal_the_direct_errors"),
     ),
     Mutation(
         "global-scale-sharing", FUSED,
