@@ -317,7 +317,7 @@ def _hard_weight(rows: int, cols: int, dtype: torch.dtype, seed: int) -> torch.T
 
 
 @pytest.mark.parametrize("scheme,cols", [("W4A16", 384), ("W4A16_ASYM", 384), ("NVFP4A16", 48),
-                                         ("MXFP4A16", 96), ("W8A8", 200)])
+                                         ("MXFP4A16", 96), ("W8A8", 200), ("FP8_DYNAMIC", 1032)])
 @pytest.mark.parametrize("dtype", ["bf16", "f16"])
 @pytest.mark.parametrize("margin", [None, 0.05])
 def test_table_errors_equal_the_direct_errors(monkeypatch, scheme, cols, dtype, margin):

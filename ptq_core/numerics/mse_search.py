@@ -240,7 +240,7 @@ def _pointwise_errors(src, s, z, spec: WeightSpec, norm: float, scratch: Scratch
 
 
 # --------------------------------------------------------------------------- pair tables
-_TABLE_MAX_WIDTH = 512  # widest cell whose sums the table path certifies (error bound ~ width)
+_TABLE_MAX_WIDTH = 4096  # widest cell (a channel) for tables: the certificate's margin grows with it
 
 
 @dataclass(frozen=True)
@@ -375,12 +375,14 @@ def _certified(approx, table: _PairTable, scales, zps, spec: WeightSpec, norm: f
     high = (approx * (1 + margin)).to(dtype)
     unsure = (low.view(torch.int16) != high.view(torch.int16)) | ~torch.isfinite(approx)
     row, col = torch.nonzero(unsure, as_tuple=True)
-    if row.numel():
-        cell = table.order[row]
-        flat = col * groups + table.group[cell]
+    step = max(1, _SEARCH_ELEMS // width)  # bounded buffers, however many sums are unsure
+    for a in range(0, row.numel(), step):
+        r, c = row[a : a + step], col[a : a + step]
+        cell = table.order[r]
+        flat = c * groups + table.group[cell]
         z = zps.reshape(-1)[flat].view(-1, 1) if zps is not None else None
         exact = _pointwise_errors(table.cells.index_select(0, cell), scales.reshape(-1)[flat].view(-1, 1), z, spec, norm, scratch)
-        low[row, col] = exact.sum(dim=-1)
+        low[r, c] = exact.sum(dim=-1)
     return low
 
 
