@@ -257,8 +257,8 @@ def advance(improved_any: torch.Tensor, stale: int, patience: int) -> tuple[int,
 def keep_best(found: Improvements, taken: int, first_step: int, best_err: torch.Tensor, best_step: torch.Tensor):
     """Running best error and step per cell after the block's first ``taken`` factors.
 
-    The last improving factor is the one holding the running minimum (first
-    occurrence, since improvements are strict).
+    Each cell keeps the step of its last improvement (the peer's ``best_min_val[improved]
+    = ...``, factor after factor); a cell that never improved keeps ``best_step``.
     """
     step = best_step.clone()
     for i in range(taken):
