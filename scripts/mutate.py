@@ -58,10 +58,10 @@ class Mutation:
 # The mutations. Anchors are written against the current code; when a refactor
 # moves the code, `--list` still works and a run names every stale anchor.
 # ============================================================================
-NUMERICS, FUSED, PLANNER, WRITER, HTTP, STAGING, REDACT, CONVERT, OUTPUT_CONFIG, SHARDS = (
+NUMERICS, FUSED, PLANNER, WRITER, HTTP, HTTP_ERRORS, STAGING, REDACT, CONVERT, OUTPUT_CONFIG, SHARDS = (
     "ptq_core/numerics.py", "ptq_core/fused_groups.py", "ptq_core/planner.py", "ptq_core/writer.py",
-    "ptq_core/_http.py", "ptq_core/staging.py", "ptq_core/redact.py", "ptq_core/convert.py",
-    "ptq_core/output_config.py", "ptq_core/sources/shards.py",
+    "ptq_core/_http.py", "ptq_core/http_errors.py", "ptq_core/staging.py", "ptq_core/redact.py",
+    "ptq_core/convert.py", "ptq_core/output_config.py", "ptq_core/sources/shards.py",
 )
 STREAM, UNITS, PARTS, FINALIZE = (
     "ptq_core/stream.py", "ptq_core/units.py", "ptq_core/parts.py", "ptq_core/hubjob/finalize.py",
@@ -152,7 +152,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_hub.py", "-k", "test_transient_download_failures or test_network_failure_during_download"),
     ),
     Mutation(
-        "transient-status", HTTP,
+        "transient-status", HTTP_ERRORS,
         "return status in _TRANSIENT_STATUS or status >= 500",
         "return status in _TRANSIENT_STATUS",
         ("tests/test_hub.py", "-k", "test_transient_download_failures or test_network_failure_during_download"),

@@ -131,19 +131,6 @@ def test_an_lfs_upload_the_server_reads_slowly_is_a_stall(hub):
 
 
 # --- rate limits -----------------------------------------------------------------------
-def test_rate_limit_wait_reads_ratelimit_and_retry_after():
-    assert hub_http.rate_limit_wait({"RateLimit": '"api";r=0;t=55'}) == 55
-    assert hub_http.rate_limit_wait({"ratelimit": '"api";r=0;t=5, "resolvers";r=10;t=300'}) == 5  # not exhausted
-    assert hub_http.rate_limit_wait({"ratelimit": '"api";r=0;t=5, "resolvers";r=0;t=300'}) == 300
-    assert hub_http.rate_limit_wait({"RateLimit": '"api";r=0;t=5', "Retry-After": "9"}) == 9
-    assert hub_http.rate_limit_wait({"Retry-After": "7"}) == 7
-    assert hub_http.rate_limit_wait({"Retry-After": "Wed, 21 Oct 2026 07:28:30 GMT"},
-                                    now=email.utils.parsedate_to_datetime("Wed, 21 Oct 2026 07:28:00 GMT").timestamp()) == 30
-    assert hub_http.rate_limit_wait({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0  # in the past: now
-    assert hub_http.rate_limit_wait({"Retry-After": "soon"}) is None
-    assert hub_http.rate_limit_wait({"Content-Type": "application/json"}) is None
-
-
 @pytest.mark.parametrize("asked", ["retry-after-seconds", "retry-after-date", "ratelimit"])
 def test_a_429_waits_what_the_server_asks(hub, monkeypatch, asked):
     monkeypatch.setattr(hub_http, "_RETRY_DELAYS", (0.05, 0.05, 0.05))  # our own schedule alone gives up at once
