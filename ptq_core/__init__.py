@@ -61,6 +61,7 @@ _LAZY: dict[str, str] = {
     "plan_hub_model": "hubjob",
     "default_target_repo": "hubjob",
     "prepare_hub_job": "hubjob",
+    "PreparedJob": "hubjob",
     "run_hub_job": "hubjob",
     "finalize_hub_job": "hubjob",
     "plan_hub_parts": "hubjob",
@@ -108,6 +109,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .hubjob import (
         HubResult,
         PartsPlan,
+        PreparedJob,
         default_target_repo,
         download_checkpoint,
         finalize_hub_job,
