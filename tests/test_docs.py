@@ -18,6 +18,7 @@ import importlib.util
 import inspect
 import re
 import sys
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import yaml
 from test_layers import LAYERS, _module_path
 
 import ptq_core
-from ptq_core import constants, job, matching, parts, remote, workers
+from ptq_core import constants, job, matching, parts, remote, stream, workers
 from ptq_core._http import _RETRY_DELAYS
 from ptq_core.hubjob import stage
 
@@ -253,6 +254,23 @@ def _bar_claim() -> str:
             f"{_percent(min(s for s, _ in tail))}–{_percent(max(e for _, e in tail))} %")
 
 
+def _requirements() -> str:
+    """README's "Requires ..." line, rendered from pyproject.toml's lower (and exclusive upper) bounds."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = {re.split(r"[<>=!~ ]", d, maxsplit=1)[0]: d for d in project["dependencies"]}
+
+    def lower(name: str) -> str:
+        return re.search(r">=\s*([\d.]+)", deps[name])[1]
+
+    ct_low = ".".join(lower("compressed-tensors").split(".")[:2])
+    major, minor = re.search(r"<\s*(\d+)\.(\d+)", deps["compressed-tensors"]).groups()
+    return (f"Requires Python {project['requires-python'].replace('>=', '>= ')}, torch >= {lower('torch')}, "
+            f"compressed-tensors {ct_low}-{major}.{int(minor) - 1}, huggingface_hub >= {lower('huggingface_hub')}.")
+
+
+_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
+_PERIODS = {60.0: "once a minute", 3600.0: "once an hour"}
+
 CORE = ROOT / "ptq_core"
 # (doc, the claim rendered from the code): the rendered text must appear in the doc.
 QUOTED: list[tuple[str, Callable[[], str]]] = [
@@ -283,6 +301,11 @@ QUOTED: list[tuple[str, Callable[[], str]]] = [
     ("docs/space.md", lambda: f"| `PTQ_SPACE_QUEUE_SIZE` | {_env_default(ROOT / 'space' / 'app.py', 'PTQ_SPACE_QUEUE_SIZE')} |"),
     ("docs/space.md", lambda: f"| `PTQ_SPACE_GPU_SECONDS` | {_env_default(ROOT / 'space' / 'app.py', 'PTQ_SPACE_GPU_SECONDS')} |"),
     ("docs/space.md", _bar_claim),
+    ("README.md", _requirements),
+    ("README.md", lambda: "vLLM ({}, pinned once in".format(
+        (ROOT / "tools" / "vllm-version.txt").read_text().split("vllm==")[1].split()[0])),
+    ("docs/ARCHITECTURE.md", lambda: f"by one of {_WORDS[stream.UPLOAD_THREADS]} upload threads (`Uploader`)"),
+    ("docs/ARCHITECTURE.md", lambda: f"at most {_PERIODS[stage.STAGE_COMMIT_INTERVAL]} per repo"),
 ]
 
 
