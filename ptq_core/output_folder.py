@@ -36,6 +36,7 @@ __all__ = [
     "publish_output",
 ]
 
+
 class OutputWork(WorkFolder):
     """The work folder of one run, with what ``publish_output``/``discard_output`` need.
 

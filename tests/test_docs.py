@@ -274,7 +274,7 @@ _PERIODS = {60.0: "once a minute", 3600.0: "once an hour"}
 CORE = ROOT / "ptq_core"
 # (doc, the claim rendered from the code): the rendered text must appear in the doc.
 QUOTED: list[tuple[str, Callable[[], str]]] = [
-    ("docs/ARCHITECTURE.md", lambda: f"`DEFAULT_SCHEME = {constants.DEFAULT_SCHEME!r}`".replace("'", '"').strip("`")),
+    ("docs/ARCHITECTURE.md", lambda: f'DEFAULT_SCHEME = "{constants.DEFAULT_SCHEME}"'),
     ("README.md", lambda: f"`DEFAULT_SCHEME` (`{constants.DEFAULT_SCHEME}`)"),
     ("docs/action.md", lambda: f"| `scheme` | `{constants.DEFAULT_SCHEME}` (`ptq_core.DEFAULT_SCHEME`"),
     ("docs/ARCHITECTURE.md", lambda: "(`PTQ_HTTP_CONNECT_TIMEOUT`, "
@@ -298,6 +298,7 @@ QUOTED: list[tuple[str, Callable[[], str]]] = [
         f"{matching.MAX_IGNORE_ENTRIES:,} entries"),
     ("README.md", lambda: f"it plants {_mutations()} one-line bugs"),
     ("docs/action.md", lambda: f"at most {job.MAX_REVISION_LENGTH} characters"),
+    ("docs/action.md", lambda: f"one per {_iec(workers.VRAM_PER_WORKER)} of its free memory"),
     ("docs/space.md", lambda: f"| `PTQ_SPACE_QUEUE_SIZE` | {_env_default(ROOT / 'space' / 'app.py', 'PTQ_SPACE_QUEUE_SIZE')} |"),
     ("docs/space.md", lambda: f"| `PTQ_SPACE_GPU_SECONDS` | {_env_default(ROOT / 'space' / 'app.py', 'PTQ_SPACE_GPU_SECONDS')} |"),
     ("docs/space.md", _bar_claim),

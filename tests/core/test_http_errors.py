@@ -91,5 +91,3 @@ def test_rate_limit_wait_reads_ratelimit_and_retry_after():
     assert rate_limit_wait({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0  # in the past: now
     assert rate_limit_wait({"Retry-After": "soon"}) is None
     assert rate_limit_wait({"Content-Type": "application/json"}) is None
-
-
