@@ -1,7 +1,8 @@
 """The docs say what the code does: ARCHITECTURE's layer table and public API, and every quoted default.
 
 * docs/ARCHITECTURE.md's layer table lists exactly tests/test_layers.py's ``LAYERS`` (same
-  modules, same layer numbers), and every module it names exists.
+  modules, same layer numbers), and every module it names exists; its diagram names existing
+  modules, the hubjob phases, and code (``make_job``, ``DiskGate``...) some core module defines.
 * Every name in its "Public API" block (and the "One request value" block) is importable from
   ``ptq_core``; a name shown with a signature has those parameters (names, kinds, literal
   defaults), and a constant shown with a literal value has that value.
@@ -14,6 +15,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import importlib.util
 import inspect
 import re
@@ -87,6 +89,40 @@ def test_layer_table_parser_reads_shared_rows_and_subpackages():
     text = ("\n## Layers\n| layer | module | owns |\n|---|---|---|\n| 0 | `errors.py` | x |\n"
             "| | `sources/__init__.py` | y |\n| 2 leaves | `a.py`, `hubjob/b.py` | z |\n## Next\n")
     assert documented_layers(text) == {"errors": 0, "sources": 0, "a": 2, "hubjob.b": 2}
+
+
+# --- the diagram -------------------------------------------------------------------
+# Capitalized words of the diagram that are prose, not code.
+_DIAGRAM_PROSE = {"CLI", "Action", "Space", "Python", "Hub", "HTTP", "Range", "ONE"}
+
+
+def _diagram() -> str:
+    return re.search(r"```\n(.*?)```", ARCHITECTURE.read_text(), re.DOTALL)[1]
+
+
+def _core_attribute(name: str) -> bool:
+    """Some core module defines ``name`` (``Footprint.check`` for ``footprint.check()``)."""
+    owner, _, attr = name.partition(".")
+    for module in LAYERS:
+        loaded = importlib.import_module(f"ptq_core.{module}")
+        if not attr and hasattr(loaded, owner):
+            return True
+        if attr and hasattr(getattr(loaded, owner[:1].upper() + owner[1:], None), attr):
+            return True
+    return False
+
+
+def test_the_diagram_names_existing_modules_phases_and_code():
+    diagram = _diagram()
+    modules = {_doc_module_name(m) for m in re.findall(r"\b([\w/]+\.py)\b", diagram)}
+    assert modules and modules <= set(LAYERS), modules - set(LAYERS)
+    phases = re.findall(r"^\s+(\w+):", diagram, re.MULTILINE)
+    assert phases == ["prepare", "stage", "finalize"] and all(f"hubjob.{p}" in LAYERS for p in phases)
+    code = {w for w in re.findall(r"[A-Za-z_]\w*(?:\.\w+)?(?=\(\))|\b[a-z]+_\w+\b(?!\.py)|\b[A-Z]\w*\b", diagram)
+            if w not in _DIAGRAM_PROSE}
+    assert {"make_job", "plan_job", "JobPlan", "DiskGate", "Uploader", "footprint.check"} <= code
+    missing = sorted(w for w in code if not _core_attribute(w))
+    assert not missing, f"the diagram names code that no core module defines: {missing}"
 
 
 # --- the public API -----------------------------------------------------------------
