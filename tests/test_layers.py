@@ -17,11 +17,12 @@ CORE = Path(__file__).resolve().parents[1] / "ptq_core"
 LAYERS: dict[str, int] = {
     "errors": 0, "job_events": 1, "sources": 0, "_version": 0,
     "constants": 1, "sizes": 1, "redact": 1, "repo_files": 1, "matching": 1, "experts": 1,
-    "stages": 1, "ignore_text": 1, "workers": 1,
+    "stages": 1, "ignore_text": 1, "workers": 1, "output_errors": 1, "http_errors": 1,
     "sources.safetensors_header": 1, "sources.formats": 1,
     "observers": 1, "sources.shards": 2, "sources.detect": 2, "sources.decode_checks": 2,
+    "work_folders": 2, "http_deadlines": 2,
     # the kernels: a package, one module per topic, its __init__ the public API
-    "numerics.spec": 2, "numerics.scales": 3, "numerics.mse_search": 4, "numerics": 5,
+    "numerics.spec": 2, "numerics.scales": 3, "numerics.mse_search": 4, "numerics": 5, "output_folder": 3,
     "schemes": 6, "fused_groups": 6,
     "job": 7, "checkpoint": 7,
     "convert": 8, "default_ignore": 8, "tensor_parallel": 6,

@@ -16,7 +16,7 @@ The package's modules: ``spec`` (``WeightSpec``, the format -> stored-tensors
 table), ``scales`` (statistics, qparams, FP codes, packing), ``mse_search`` (the MSE
 observers' search); this module quantizes and observes whole weights.
 
-Every equality claim here is checked tensor by tensor in ``tests/test_numerics.py``
+Every equality claim here is checked tensor by tensor in ``tests/core/test_numerics.py``
 against compressed-tensors itself. The same ops run on CUDA, so a GPU gives the
 CPU's bytes (the reference's Triton kernels divide in float32 instead; we follow
 the CPU path everywhere so that output never depends on the device).

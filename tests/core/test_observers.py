@@ -28,7 +28,7 @@ from ptq_core.errors import CalibrationRequiredError, NonFiniteScaleError, Schem
 from ptq_core.numerics import Scratch, global_scale_from_stats, mse_search, observe_weight, quantize_weight, scales
 from ptq_core.schemes import resolve_config, weight_spec
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 sys.path.insert(0, str(GOLDEN))
 from observer_cases import DTYPES, GOLDEN_FILE, SCHEMES, Case, build_inputs, cases  # noqa: E402
 
