@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-CORE = Path(__file__).resolve().parents[1] / "ptq_core"
+ROOT = Path(__file__).resolve().parents[1]
+CORE = ROOT / "ptq_core"
 
 # docs/ARCHITECTURE.md's table: a module may import only from strictly lower layers.
 LAYERS: dict[str, int] = {
@@ -131,3 +132,19 @@ def test_compressed_tensors_is_imported_where_it_is_used(module):
             at_load.append(node.module)
     heavy = [name for name in at_load if name.split(".")[0] in ("compressed_tensors", "transformers")]
     assert not heavy, f"{module} imports {heavy} when it is loaded; import it in the function that uses it"
+
+
+def test_every_core_package_is_in_the_wheel():
+    """A subpackage missing from the build's package list installs a core that cannot import.
+
+    ``pip install .`` (not ``-e``) ships only what setuptools finds under pyproject's rule; the
+    checkout's tests would pass while an installed ptq_core lacked ``sources/`` or ``hubjob/``.
+    """
+    import tomllib
+
+    from setuptools import find_packages
+
+    rule = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    shipped = set(find_packages(str(ROOT), include=rule["include"]))
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "ptq_core").rglob("__init__.py")}
+    assert on_disk and on_disk <= shipped, f"not shipped: {sorted(on_disk - shipped)}"
