@@ -257,7 +257,7 @@ def build_plan(
         TensorParallelError: ``tp`` is given and vLLM could not shard the output at it.
     """
     source = source or DENSE_SOURCE
-    specs = {g: weight_spec(s, resolved.formats[g]) for g, s in resolved.groups}
+    specs = {g: weight_spec(w, resolved.formats[g]) for g, w in resolved.weights.items()}
     resolved, defaults, reasons = _with_model_defaults(resolved, config, checkpoint)
     experts = ExpertRules(config)
     resolved, units, skipped, ignore = _match_whole_groups(checkpoint, source, resolved, specs, reasons, experts)
@@ -421,7 +421,7 @@ def _module_matcher(
     and whose ignore list does not (the peer's semantics), compiled once for the whole plan.
     ``reasons`` names why a default entry is there ("default: embedding (name)").
     """
-    rules = [(group, None if not s.targets or "Linear" in s.targets else list(s.targets)) for group, s in resolved.groups]
+    rules = [(group, None if not t or "Linear" in t else list(t)) for group, t in resolved.targets.items()]
 
     def match(module: str) -> tuple[str | None, str]:
         entry = ignore.match(module)
