@@ -191,7 +191,9 @@ def _unit_bytes(plan: Plan) -> dict[int | str | tuple[str, int], int]:
     sizes: dict[int | str | tuple[str, int], int] = {}
     for item in plan.items:
         key: int | str | tuple[str, int] = item.fused if item.fused is not None else item.name
-        held = _input_nbytes(item) + _decode_nbytes(plan, item) + _fusing_nbytes(plan, item)
+        held = _input_nbytes(item)
+        if item.dequantize is not None:
+            held += _decode_nbytes(plan, item) + _fusing_nbytes(plan, item)
         if item.source.expert is not None and not is_contiguous(item.source.layout):
             key = key if item.fused is not None else (item.source.tensor, item.source.expert)
             held *= 2
@@ -232,18 +234,12 @@ def _fusing_nbytes(plan: Plan, item: PlannedWeight) -> int:
 
 def shard_sizes(plan: Plan) -> dict[str, int]:
     """Bytes of each output shard file (data exact, header estimated generously)."""
-    sizes = {s: 8 for s in plan.shards}
-    for item in plan.items:
-        sizes[item.shard] += sum(o.nbytes + _HEADER_BYTES_PER_TENSOR for o in item.outputs)
-    return sizes
+    return {s: 8 + out + count * _HEADER_BYTES_PER_TENSOR for s, (_, out, count) in plan.shard_totals.items()}
 
 
 def shard_costs(plan: Plan) -> dict[str, int]:
     """Bytes each output shard moves: its inputs read plus its output written (what parts balance)."""
-    costs = shard_sizes(plan)
-    for item in plan.items:
-        costs[item.shard] += _input_nbytes(item)
-    return costs
+    return {s: size + plan.shard_totals[s][0] for s, size in shard_sizes(plan).items()}
 
 
 def resolve_budgets(plan: Plan, job: Job, work_root: Path) -> Budgets:

@@ -138,6 +138,18 @@ class Plan:
             by_shard[item.shard].extend(item.outputs)
         return by_shard
 
+    @cached_property
+    def shard_totals(self) -> dict[str, tuple[int, int, int]]:
+        """Each output shard's (input bytes read, output bytes written, output tensors), summed once:
+        sizing shards, balancing parts and the footprint all read them."""
+        totals = {s: [0, 0, 0] for s in self.shards}
+        for item in self.items:
+            row = totals[item.shard]
+            row[0] += tensor_nbytes(item.dtype, item.shape)
+            row[1] += sum(tensor_nbytes(o.dtype, o.shape) for o in item.outputs)
+            row[2] += len(item.outputs)
+        return {s: (i, o, n) for s, (i, o, n) in totals.items()}
+
     def shard_outputs(self, shard: str) -> list[OutputTensor]:
         """The tensors written into output shard ``shard``."""
         return list(self._outputs_by_shard.get(shard, ()))

@@ -172,7 +172,11 @@ def source_plan(
         CheckpointError / ConverterError: the chain cannot convert this checkpoint.
     """
     config = config or {}
-    shapes = {n: (i.dtype, i.shape) for n, i in checkpoint.tensors.items()}
+    if not converters:
+        source = detect_source(config, checkpoint.tensors)
+        if source.format.name == DENSE_SOURCE.format.name:
+            return source
+    shapes = {n: (i.dtype, i.shape) for n, i in checkpoint.tensors.items()}  # a quantized source's checks read them
     if converters:
         native = native_fp8_plan(converters, checkpoint, config)
         if native is not None:
@@ -182,9 +186,6 @@ def source_plan(
         if chain_output_config(config, converters) is None:  # the output's config describes no stored compression
             check_no_packed_copies(planned, shapes, f"compressed ({chain_label(converters)} leaves them)")
         return planned
-    source = detect_source(config, checkpoint.tensors)
-    if source.format.name == DENSE_SOURCE.format.name:
-        return source
     # Before any read (a Hub job creates nothing until its plan stands): scales that do not fit
     # their weights, absurd block or group sizes.
     check_source_shapes(source, shapes, config)
