@@ -158,8 +158,9 @@ def model_default_ignore(
     config = config or {}
     text = text_config(config)
     tensors = list(tensors)
-    weights = {t.name.rpartition(".")[0]: t for t in tensors if t.name.endswith(".weight")}
-    modules = _Modules(t.name.rpartition(".")[0] for t in tensors)
+    names = [t.name.rpartition(".")[0] for t in tensors]  # each tensor's module
+    weights = {module: t for module, t in zip(names, tensors) if t.name.endswith(".weight")}
+    modules = _Modules(names)
     already = IgnoreMatcher(list(base))
     wanted: dict[str, str] = {}  # module -> reason
 

@@ -74,6 +74,9 @@ def _source_tensors(ckpt: Checkpoint, source: SourcePlan) -> Iterator[TensorInfo
     place, and the shard, of the module's first stored tensor; the tensors read only to
     convert are left out. FP8-block weights keep their name and shape (decoded to BF16).
     """
+    if not source.dequantize:  # a dense source: every stored tensor, as it is
+        yield from ckpt.tensors.values()
+        return
     made = source.by_tensor if source.converters else {}
     skip = source.consumed - source.by_output.keys() if not source.converters else source.consumed
     for info in ckpt.tensors.values():
@@ -97,7 +100,7 @@ def _expand_sources(
     is ignored): then it is copied as it is. Other tensors get the loaders' module names.
     """
     for info in tensors:
-        if experts.is_fused(info.name, info.shape):
+        if len(info.shape) == 3 and experts.is_fused(info.name, info.shape):  # the length first: ~100k tensors
             try:
                 parts = experts.split(info.name, info.shape)
             except ExpertLayoutError:
@@ -319,7 +322,7 @@ def _lay_out(
 ) -> tuple[list[PlannedWeight], int]:
     """Every unit's output tensors and shard (a fused group is written whole into its first
     member's shard), and the output's exact size in bytes."""
-    shard_of = {u.name: u.shard for u in units}
+    shard_of = {u.name: u.shard for u in units} if fused_groups else {}
     # Experts repeat a handful of shapes: lay each (group, shape, dtype) out once.
     layouts: dict[tuple[str, tuple[int, ...], str], tuple[list[tuple[str, str, tuple[int, ...]]], int]] = {}
     planned = []
@@ -337,7 +340,7 @@ def _lay_out(
                 layouts[key] = (layout, sum(tensor_nbytes(dt, shape) for _, dt, shape in layout))
             layout, nbytes = layouts[key]
             prefix = unit.name.rpartition(".")[0]
-            outputs = tuple(_new(OutputTensor, (f"{prefix}.{local}", dt, shape)) for local, dt, shape in layout)
+            outputs = tuple([_new(OutputTensor, (f"{prefix}.{local}", dt, shape)) for local, dt, shape in layout])
         else:
             outputs = (_new(OutputTensor, (unit.name, unit.dtype, unit.shape)),)
             nbytes = tensor_nbytes(unit.dtype, unit.shape)
@@ -392,7 +395,7 @@ def _match_units(
         elif module in source.kept:  # copied as is, scales included
             if param in ("weight", "weight_packed"):
                 skipped[name] = "already quantized in the source"
-        elif experts.is_fused(name, shape):  # kept fused: its module is ignored (the plan says by what)
+        elif len(shape) == 3 and experts.is_fused(name, shape):  # kept fused: its module is ignored (the plan says by what)
             skipped[name] = match_module(module)[1]
         elif param == "weight":  # biases, buffers, scales: not weights, copied silently
             group, reason = match_module(module)
