@@ -202,13 +202,14 @@ def _unit_bytes(plan: Plan) -> dict[int | str | tuple[str, int], int]:
         return last[1]
     sizes: dict[int | str | tuple[str, int], int] = {}
     get = sizes.get
-    for item in plan.items:  # ~100k items on a DeepSeek-sized plan: the sizes inline
-        key: int | str | tuple[str, int] = item.fused if item.fused is not None else item.name
-        held = DTYPE_SIZES[item.dtype] * math.prod(item.shape)
-        if item.dequantize is not None:
+    for item in plan.items:  # ~100k items on a DeepSeek-sized plan: unpacked, the sizes inline
+        name, source, dtype, shape, _, _, _, fused, dequantize = item
+        key: int | str | tuple[str, int] = fused if fused is not None else name
+        held = DTYPE_SIZES[dtype] * math.prod(shape)
+        if dequantize is not None:
             held += _decode_nbytes(plan, item) + _fusing_nbytes(plan, item)
-        if item.source.expert is not None and not is_contiguous(item.source.layout):
-            key = key if item.fused is not None else (item.source.tensor, item.source.expert)
+        if source.expert is not None and not is_contiguous(source.layout):
+            key = key if fused is not None else (source.tensor, source.expert)
             held *= 2
         sizes[key] = get(key, 0) + held
     _last_units = (weakref.ref(plan), sizes)

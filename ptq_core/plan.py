@@ -144,12 +144,12 @@ class Plan:
         """Each output shard's (input bytes read, output bytes written, output tensors), summed once:
         sizing shards, balancing parts and the footprint all read them."""
         totals = {s: [0, 0, 0] for s in self.shards}
-        for item in self.items:  # ~100k items on a DeepSeek-sized plan: the sizes inline
-            row = totals[item.shard]
-            row[0] += DTYPE_SIZES[item.dtype] * prod(item.shape)
-            for o in item.outputs:
-                row[1] += DTYPE_SIZES[o.dtype] * prod(o.shape)
-            row[2] += len(item.outputs)
+        for _, _, dtype, shape, shard, outputs, *_ in self.items:  # ~100k items: unpacked, the sizes inline
+            row = totals[shard]
+            row[0] += DTYPE_SIZES[dtype] * prod(shape)
+            for _, out_dtype, out_shape in outputs:
+                row[1] += DTYPE_SIZES[out_dtype] * prod(out_shape)
+            row[2] += len(outputs)
         return {s: (i, o, n) for s, (i, o, n) in totals.items()}
 
     def shard_outputs(self, shard: str) -> list[OutputTensor]:

@@ -327,26 +327,25 @@ def _lay_out(
     layouts: dict[tuple[str, tuple[int, ...], str], tuple[list[tuple[str, str, tuple[int, ...]]], int]] = {}
     planned = []
     size_after = 0
-    for unit in units:
-        shard = unit.shard
-        fused = fused_index.get(unit.name)
+    for name, source, dtype, shape, shard, group in units:  # unpacked: ~100k units, attribute reads cost
+        fused = fused_index.get(name)
         if fused is not None:
             shard = shard_of[fused_groups[fused].members[0]]
-        if unit.group is not None:
-            key = (unit.group, unit.shape, unit.dtype)
+        if group is not None:
+            key = (group, shape, dtype)
             if key not in layouts:
-                layout = [(local, TORCH_TO_ST[dt], tuple(shape))
-                          for local, dt, shape in output_layout(specs[unit.group], unit.shape, ST_TO_TORCH[unit.dtype])]
-                layouts[key] = (layout, sum(tensor_nbytes(dt, shape) for _, dt, shape in layout))
+                layout = [(local, TORCH_TO_ST[dt], tuple(dims))
+                          for local, dt, dims in output_layout(specs[group], shape, ST_TO_TORCH[dtype])]
+                layouts[key] = (layout, sum(tensor_nbytes(dt, dims) for _, dt, dims in layout))
             layout, nbytes = layouts[key]
-            prefix = unit.name.rpartition(".")[0]
-            outputs = tuple([_new(OutputTensor, (f"{prefix}.{local}", dt, shape)) for local, dt, shape in layout])
+            prefix = name.rpartition(".")[0]
+            outputs = tuple([_new(OutputTensor, (f"{prefix}.{local}", dt, dims)) for local, dt, dims in layout])
         else:
-            outputs = (_new(OutputTensor, (unit.name, unit.dtype, unit.shape)),)
-            nbytes = tensor_nbytes(unit.dtype, unit.shape)
+            outputs = (_new(OutputTensor, (name, dtype, shape)),)
+            nbytes = tensor_nbytes(dtype, shape)
         size_after += nbytes
-        planned.append(_new(PlannedWeight, (unit.name, unit.source, unit.dtype, unit.shape, shard, outputs, unit.group,
-                                            fused, decoded.get(unit.source.tensor))))
+        planned.append(_new(PlannedWeight, (name, source, dtype, shape, shard, outputs, group, fused,
+                                            decoded.get(source.tensor))))
     return planned, size_after
 
 
