@@ -16,7 +16,6 @@ drops it, and the plan always shows the final list.
 from __future__ import annotations
 
 import argparse
-import functools
 import gc
 import logging
 import os
@@ -92,19 +91,9 @@ def _count(value: str | None, name: str) -> int:
 
 
 def _read_only(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """A read-only one-shot command (``plan``). Its records (~10^6 for a DeepSeek-sized plan) all
-    live until it exits, so the cyclic collector would only rescan them and torch's modules again
-    and again (a fifth of its time): it runs without it (memory is still freed by reference
-    counting). Run as the ``ptq`` script it also ends without the interpreter's teardown
-    (:func:`console_main`): ~0.6 s of freeing what the OS frees anyway, with nothing to clean up."""
-
-    @functools.wraps(command)
-    def run(args: argparse.Namespace) -> int:
-        gc.disable()
-        return command(args)
-
-    _READ_ONLY.add(run)
-    return run
+    """Mark a read-only one-shot command (``plan``), which the console script runs lean (``main``)."""
+    _READ_ONLY.add(command)
+    return command
 
 
 _READ_ONLY: set[Callable[[argparse.Namespace], int]] = set()
@@ -279,19 +268,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, *, exit_read_only: bool = False) -> int:
-    """Run one command; its exit status. ``exit_read_only``: a read-only command ends the process
-    itself, without the interpreter's teardown (the console script; never in a caller's process)."""
+    """Run one command; its exit status.
+
+    ``exit_read_only`` (the console script; never in a caller's process): a read-only command
+    (``plan``) runs without the cyclic collector, whose passes would only rescan its records
+    (~10^6 for a DeepSeek-sized plan, all alive until it exits) and torch's modules, a fifth of
+    its time; memory is still freed by reference counting. It then ends the process itself,
+    output flushed, without the interpreter's teardown (~0.6 s of freeing what the OS frees).
+    """
     args = build_parser().parse_args(argv)
     level = logging.WARNING if args.verbose == 0 else (logging.INFO if args.verbose == 1 else logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     # -vv turns on third-party debug logs, which can print request headers: clean every record.
     install_redaction(hf_token_from_env)
+    lean = exit_read_only and args.func in _READ_ONLY
+    if lean:
+        gc.disable()
     try:
         code = args.func(args)
     except PtqError as err:
         print(f"error: {err}", file=sys.stderr)
         code = 2
-    if exit_read_only and args.func in _READ_ONLY:
+    if lean:
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
