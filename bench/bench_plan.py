@@ -173,20 +173,65 @@ def whole_process_seconds(argv: list[str], runs: int) -> list[float]:
     return times
 
 
+# One ``ptq plan`` in a fresh process, its phases timed from inside: the interpreter is up when
+# it starts; torch, then the modules ``ptq plan`` imports beyond it, then the command itself.
+_PHASES = """
+import json, sys, time
+t0 = time.perf_counter()
+import torch
+t1 = time.perf_counter()
+import ptq_core.cli, ptq_core.job, ptq_core.hubjob
+t2 = time.perf_counter()
+sys.argv = ["ptq", "plan", *sys.argv[1:]]
+import contextlib, io
+with contextlib.redirect_stdout(io.StringIO()):
+    ptq_core.cli.main()
+t3 = time.perf_counter()
+loaded = "compressed_tensors" in sys.modules
+print(json.dumps({"torch import": t1 - t0, "ptq_core import": t2 - t1, "plan + table": t3 - t2, "ct": loaded}))
+"""
+
+
+def phase_seconds(folder: Path, scheme: str, runs: int) -> tuple[dict[str, float], bool]:
+    """Per phase, the least seconds over ``runs`` fresh processes; and whether compressed-tensors was loaded."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+           "PTQ_DISABLE_PROGRESS": "1"}
+    best: dict[str, float] = {}
+    loaded = False
+    for _ in range(runs):
+        done = subprocess.run([sys.executable, "-c", _PHASES, str(folder), "-s", scheme], env=env, capture_output=True,
+                              text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"phases of ptq plan -s {scheme} failed:\n{done.stderr[-2000:]}")
+        phases = json.loads(done.stdout.strip().splitlines()[-1])
+        loaded |= phases.pop("ct")
+        best = {k: min(v, best.get(k, v)) for k, v in phases.items()}
+    return best, loaded
+
+
 def print_whole_process(runs: int = 5) -> None:
-    """``ptq plan FOLDER`` of the DeepSeek-V3-sized folder as a whole process, and ``import torch`` beside it."""
+    """``ptq plan FOLDER`` of the DeepSeek-V3-sized folder as a whole process, ``import torch`` beside it, and its phases."""
     headers = deepseek_v3_headers()
     with tempfile.TemporaryDirectory(prefix="ptq-bench-plan-") as tmp:
         folder = write_header_folder(Path(tmp) / "DeepSeek-V3", headers)
         print(f"`ptq plan` of a DeepSeek-V3-sized folder ({sum(len(v) for v in headers.values()):,} tensors, "
               f"{len(headers)} sparse shards) as a whole process, {runs} runs (issue target: under 2 s)\n")
         print("| command | min s | median s |\n|---|---:|---:|")
+        # ``ptq plan`` ends without the interpreter's teardown (cli.console_main): the floor is shown both ways
         for label, argv in (("python -c 'import torch'", ["-c", "import torch"]),
+                            ("python -c 'import torch, os; os._exit(0)'", ["-c", "import torch, os; os._exit(0)"]),
                             ("python -c 'import ptq_core.job'", ["-c", "import ptq_core.job"]),
                             *((f"ptq plan FOLDER -s {s}", ["-m", "ptq_core.cli", "plan", str(folder), "-s", s])
                               for s in ("FP8_BLOCK", "W4A16"))):
             times = whole_process_seconds(argv, runs)
             print(f"| `{label}` | {min(times):.2f} | {statistics.median(times):.2f} |")
+        print(f"\nThe same command's phases, timed inside a fresh process (least of {runs} runs each)\n")
+        print("| scheme | torch import s | ptq_core import s (beyond torch) | plan + table s | compressed-tensors loaded |")
+        print("|---|---:|---:|---:|---|")
+        for scheme in ("FP8_BLOCK", "W4A16"):
+            best, loaded = phase_seconds(folder, scheme, runs)
+            print(f"| {scheme} | {best['torch import']:.2f} | {best['ptq_core import']:.2f} | {best['plan + table']:.2f} "
+                  f"| {'yes' if loaded else 'no'} |")
     print()
 
 

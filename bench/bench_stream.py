@@ -72,13 +72,18 @@ print(json.dumps({"seconds": time.perf_counter() - t, "cpu": cpu() - c, "hwm": h
 """
 STREAM = _HWM + """
 import json, os, signal, sys, time
-import ptq_core, ptq_core.hubjob.stage
+# compressed-tensors too: a preset's job imports it when it builds its config (imports are outside the clock)
+import ptq_core, ptq_core.hubjob.stage, compressed_tensors
 kill_at = float(sys.argv[3])  # fraction of the upload after which the run kills itself (0: never)
 if sys.argv[6] != "default":  # seconds between staging commits
     ptq_core.hubjob.stage.STAGE_COMMIT_INTERVAL = float(sys.argv[6])
 state = {}
 def progress(stage, done, total):
     state.setdefault(stage, time.perf_counter())
+    if stage == "download" and done:  # where the link is busy: first and last source byte
+        state.setdefault("first byte", time.perf_counter())
+        if done >= total:
+            state.setdefault("last byte", time.perf_counter())
     if kill_at and stage == "upload" and total and done >= kill_at * total:
         os.kill(os.getpid(), signal.SIGKILL)
 job = ptq_core.make_job(sys.argv[1], sys.argv[4], target=sys.argv[2], workers=int(sys.argv[5]))
@@ -86,7 +91,7 @@ t, c = time.perf_counter(), cpu()
 result = ptq_core.quantize_to_hub(job, progress=progress)
 print(json.dumps({"seconds": time.perf_counter() - t, "cpu": cpu() - c, "hwm": hwm(), "timings": result.timings,
                   "peak_disk": result.peak_disk, "footprint": result.footprint.as_dict(),
-                  "size_after": result.size_after}))
+                  "size_after": result.size_after, "marks": {k: v - t for k, v in state.items()}}))
 """
 PEER = _HWM + """
 import json, sys, time
@@ -275,6 +280,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _waits(stream: dict, down: dict) -> str:
+    """Before the first source byte, the download span against the plain download, and after the last byte."""
+    marks = stream["marks"]
+    first, last = marks.get("first byte"), marks.get("last byte")
+    if first is None or last is None:
+        return "n/a"
+    commit = marks.get("commit", stream["seconds"])
+    return (f"{first:.1f} s before the first byte; bytes {last - first:.1f} s ({(last - first) / down['seconds']:.2f}x the "
+            f"plain download); after the last byte {commit - last:.1f} s (the last shard quantized, written and "
+            f"uploaded; side files and card), then {stream['seconds'] - commit:.1f} s of final commit")
+
+
 def _table(r: dict[str, dict], model_bytes: int, shards: int, args: argparse.Namespace) -> str:
     down, stream = r["download"], r["streamed"]
     ratio = stream["seconds"] / down["seconds"]
@@ -286,6 +303,7 @@ def _table(r: dict[str, dict], model_bytes: int, shards: int, args: argparse.Nam
         ("streamed job (quantize_to_hub)",
          f"{stream['seconds']:.1f} s = **{ratio:.2f}x** the download (target <= 1.3x)"),
         ("  stage spans (overlapping)", ", ".join(f"{k} {v:.1f} s" for k, v in stream["timings"].items())),
+        ("  where the link waits", _waits(stream, down)),
         ("  peak disk (sampled)", f"{_gb(stream['peak_disk'])} = **{100 * stream['peak_disk'] / model_bytes:.0f}%** "
                                   "of the model (target < 60%)"),
         ("  planned peak disk / budget", f"{_gb(stream['footprint']['peak_disk'])} / "

@@ -113,13 +113,15 @@ def tensor_table(
     """
     tensors: dict[str, TensorInfo] = {}
     metadata: dict[str, dict[str, str]] = {}
+    new = tuple.__new__  # TensorInfo's fields in order, without NamedTuple's argument parsing (~100k of them)
     for shard, (header, data_start, meta) in parsed:
         metadata[shard] = meta
         for name, entry in header.items():
             if name in tensors:
                 raise CorruptCheckpointError(f"Tensor {name!r} appears in both {tensors[name].shard} and {shard}.")
             begin, end = entry["data_offsets"]
-            tensors[name] = TensorInfo(name, shard, entry["dtype"], tuple(entry["shape"]), data_start + begin, end - begin)
+            tensors[name] = new(TensorInfo, (name, shard, entry["dtype"], tuple(entry["shape"]), data_start + begin,
+                                             end - begin))
     for name, shard in (weight_map or {}).items():
         info = tensors.get(name)
         if info is None or info.shard != shard:

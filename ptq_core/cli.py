@@ -16,7 +16,9 @@ drops it, and the plan always shows the final list.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -88,6 +90,15 @@ def _count(value: str | None, name: str) -> int:
     return parse_count(value, name=name)
 
 
+def _read_only(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Mark a read-only one-shot command (``plan``), which the console script runs lean (``main``)."""
+    _READ_ONLY.add(command)
+    return command
+
+
+_READ_ONLY: set[Callable[[argparse.Namespace], int]] = set()
+
+
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from .pipeline import quantize_job
     from .sizes import format_bytes
@@ -108,6 +119,7 @@ def _cmd_reindex(args: argparse.Namespace) -> int:
     return 0
 
 
+@_read_only
 def _cmd_plan(args: argparse.Namespace) -> int:
     import json
 
@@ -255,17 +267,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, exit_read_only: bool = False) -> int:
+    """Run one command; its exit status.
+
+    ``exit_read_only`` (the console script; never in a caller's process): a read-only command
+    (``plan``) runs without the cyclic collector, whose passes would only rescan its records
+    (~10^6 for a DeepSeek-sized plan, all alive until it exits) and torch's modules, a fifth of
+    its time; memory is still freed by reference counting. It then ends the process itself,
+    output flushed, without the interpreter's teardown (~0.6 s of freeing what the OS frees).
+    """
     args = build_parser().parse_args(argv)
     level = logging.WARNING if args.verbose == 0 else (logging.INFO if args.verbose == 1 else logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     # -vv turns on third-party debug logs, which can print request headers: clean every record.
     install_redaction(hf_token_from_env)
+    lean = exit_read_only and args.func in _READ_ONLY
+    if lean:
+        gc.disable()
     try:
-        return args.func(args)
+        code = args.func(args)
     except PtqError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        code = 2
+    if lean:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def console_main() -> None:
+    """The ``ptq`` console script."""
+    sys.exit(main(exit_read_only=True))
 
 
 def reindex_main(argv: Sequence[str] | None = None) -> int:
@@ -274,4 +308,4 @@ def reindex_main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    console_main()

@@ -31,6 +31,7 @@ from __future__ import annotations
 import bisect
 import re
 from collections.abc import Iterable, Mapping
+from functools import cached_property
 from typing import Any, NamedTuple
 
 from .checkpoint import TensorInfo
@@ -57,6 +58,7 @@ _TOWER_ROOTS = {
 }
 _EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 _LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+_MTP_ROOTS = frozenset({"mtp", "mtp_layers"})
 # Embeddings and heads live outside the repeated blocks (layers.N, h.N, blocks.N): a projection
 # inside one whose width happens to equal the vocabulary is not one.
 _IN_BLOCK = re.compile(r"\.\d+\.")
@@ -99,7 +101,10 @@ class _Modules:
 
     def __init__(self, modules: Iterable[str]) -> None:
         self.names = sorted(set(modules))
-        self._reversed = sorted(name[::-1] for name in self.names)
+
+    @cached_property
+    def _reversed(self) -> list[str]:  # sorted only when an entry is looked for (most models need none)
+        return sorted(name[::-1] for name in self.names)
 
     def ending_with(self, tail: str) -> list[str]:
         key = tail[::-1]
@@ -153,8 +158,9 @@ def model_default_ignore(
     config = config or {}
     text = text_config(config)
     tensors = list(tensors)
-    weights = {t.name.rpartition(".")[0]: t for t in tensors if t.name.endswith(".weight")}
-    modules = _Modules(t.name.rpartition(".")[0] for t in tensors)
+    names = [t.name.rpartition(".")[0] for t in tensors]  # each tensor's module
+    weights = {module: t for module, t in zip(names, tensors) if t.name.endswith(".weight")}
+    modules = _Modules(names)
     already = IgnoreMatcher(list(base))
     wanted: dict[str, str] = {}  # module -> reason
 
@@ -181,7 +187,7 @@ def model_default_ignore(
     by_reason: dict[str, set[str]] = {}
     for module, reason in wanted.items():
         by_reason.setdefault(reason, set()).add(module)
-    ignored = set(wanted) | {m for m in modules.names if already.match(m) is not None}
+    ignored = set(wanted) | {m for m in modules.names if already.match(m) is not None} if wanted or kept_fused else set()
     for reason, targets in by_reason.items():
         entries += [DefaultIgnore(e, reason) for e in _suffix_entries(targets, ignored, modules)]
 
@@ -225,15 +231,13 @@ def _mtp_entries(text: Mapping[str, Any], modules: _Modules, already: IgnoreMatc
     extra: set[int] = set()
     mtp_roots: set[str] = set()
     for name in modules.names:
-        if any(part in _TOWER_ROOTS for part in name.split(".")):
-            continue  # a tower's own layers are counted by its own config
-        found = _LAYER_INDEX.search(name)
-        if layers is not None and found and int(found.group(1)) >= layers:
-            extra.add(int(found.group(1)))
         parts = name.split(".")
-        for part in ("mtp", "mtp_layers"):
-            if part in parts:
-                mtp_roots.add(part)
+        if not _TOWER_ROOTS.keys().isdisjoint(parts):
+            continue  # a tower's own layers are counted by its own config
+        found = _LAYER_INDEX.search(name) if layers is not None else None
+        if found and int(found.group(1)) >= layers:
+            extra.add(int(found.group(1)))
+        mtp_roots.update(_MTP_ROOTS.intersection(parts))
     entries = [DefaultIgnore(f"re:.*layers\\.{n}\\.", "MTP layer (beyond num_hidden_layers)") for n in sorted(extra)
                if any(already.match(m) is None for m in modules.containing(f"layers.{n}."))]
     entries += [DefaultIgnore("re:.*" + re.escape(root + "."), "MTP layer (name)") for root in sorted(mtp_roots)]

@@ -116,7 +116,7 @@ class Job:
     @property
     def observer(self) -> str:
         """The weight observer every group runs (``memoryless_minmax`` unless asked otherwise)."""
-        names = {s.weights.observer for _, s in self.resolved.groups if s.weights is not None}
+        names = {w["observer"] for w in self.resolved.weights.values()}
         return ", ".join(sorted(n or "memoryless_minmax" for n in names))
 
     @property

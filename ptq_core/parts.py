@@ -25,6 +25,7 @@ import math
 import json
 import os
 import shutil
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ from .experts import is_contiguous
 from .job import MAX_PARTS, Job
 from .plan import Plan, PlannedWeight
 from .sizes import format_bytes
-from .sources.safetensors_header import tensor_nbytes
+from .sources.safetensors_header import DTYPE_SIZES
 
 __all__ = [
     "LOCAL_SHARDS",
@@ -184,25 +185,35 @@ class Footprint:
                 "ram_budget": self.ram_budget}
 
 
+_last_units: tuple[weakref.ref[Plan], dict[int | str | tuple[str, int], int]] | None = None
+
+
 def _unit_bytes(plan: Plan) -> dict[int | str | tuple[str, int], int]:
     """Input bytes of each work unit: a fused group counts whole (one worker holds it all), and so
     do the parts of an expert cut from its slice (the slice, and each part copied out of it).
+
+    An item's input is its own bytes: an expert part read through its slice reads ``parts``
+    times its own bytes once for all ``parts`` parts. The last plan's answer is kept (the
+    budgets and then the footprint of one plan read it; never modify it).
     """
+    global _last_units
+    last = _last_units
+    if last is not None and last[0]() is plan:
+        return last[1]
     sizes: dict[int | str | tuple[str, int], int] = {}
-    for item in plan.items:
-        key: int | str | tuple[str, int] = item.fused if item.fused is not None else item.name
-        held = _input_nbytes(item) + _decode_nbytes(plan, item) + _fusing_nbytes(plan, item)
-        if item.source.expert is not None and not is_contiguous(item.source.layout):
-            key = key if item.fused is not None else (item.source.tensor, item.source.expert)
+    get = sizes.get
+    for item in plan.items:  # ~100k items on a DeepSeek-sized plan: unpacked, the sizes inline
+        name, source, dtype, shape, _, _, _, fused, dequantize = item
+        key: int | str | tuple[str, int] = fused if fused is not None else name
+        held = DTYPE_SIZES[dtype] * math.prod(shape)
+        if dequantize is not None:
+            held += _decode_nbytes(plan, item) + _fusing_nbytes(plan, item)
+        if source.expert is not None and not is_contiguous(source.layout):
+            key = key if fused is not None else (source.tensor, source.expert)
             held *= 2
-        sizes[key] = sizes.get(key, 0) + held
+        sizes[key] = get(key, 0) + held
+    _last_units = (weakref.ref(plan), sizes)
     return sizes
-
-
-def _input_nbytes(item: PlannedWeight) -> int:
-    """Bytes read for an item: its share of what it is cut from (an expert part read through its
-    slice reads ``parts`` times its own bytes once for all ``parts`` parts)."""
-    return tensor_nbytes(item.dtype, item.shape)
 
 
 _DECODE_CHUNK = 4 << 22
@@ -232,18 +243,12 @@ def _fusing_nbytes(plan: Plan, item: PlannedWeight) -> int:
 
 def shard_sizes(plan: Plan) -> dict[str, int]:
     """Bytes of each output shard file (data exact, header estimated generously)."""
-    sizes = {s: 8 for s in plan.shards}
-    for item in plan.items:
-        sizes[item.shard] += sum(o.nbytes + _HEADER_BYTES_PER_TENSOR for o in item.outputs)
-    return sizes
+    return {s: 8 + out + count * _HEADER_BYTES_PER_TENSOR for s, (_, out, count) in plan.shard_totals.items()}
 
 
 def shard_costs(plan: Plan) -> dict[str, int]:
     """Bytes each output shard moves: its inputs read plus its output written (what parts balance)."""
-    costs = shard_sizes(plan)
-    for item in plan.items:
-        costs[item.shard] += _input_nbytes(item)
-    return costs
+    return {s: size + plan.shard_totals[s][0] for s, size in shard_sizes(plan).items()}
 
 
 def resolve_budgets(plan: Plan, job: Job, work_root: Path) -> Budgets:

@@ -12,6 +12,7 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from math import prod
 from typing import NamedTuple
 
 from .default_ignore import DefaultIgnore
@@ -21,7 +22,7 @@ from .numerics import WeightSpec
 from .schemes import ResolvedConfig, gpu_support
 from .sizes import compression_ratio, format_bytes
 from .sources.formats import DENSE, Dequantization, SourceFormat, SourcePlan
-from .sources.safetensors_header import tensor_nbytes
+from .sources.safetensors_header import DTYPE_SIZES, tensor_nbytes
 from .tensor_parallel import TensorParallelReport
 
 __all__ = [
@@ -137,6 +138,19 @@ class Plan:
         for item in self.items:
             by_shard[item.shard].extend(item.outputs)
         return by_shard
+
+    @cached_property
+    def shard_totals(self) -> dict[str, tuple[int, int, int]]:
+        """Each output shard's (input bytes read, output bytes written, output tensors), summed once:
+        sizing shards, balancing parts and the footprint all read them."""
+        totals = {s: [0, 0, 0] for s in self.shards}
+        for _, _, dtype, shape, shard, outputs, *_ in self.items:  # ~100k items: unpacked, the sizes inline
+            row = totals[shard]
+            row[0] += DTYPE_SIZES[dtype] * prod(shape)
+            for _, out_dtype, out_shape in outputs:
+                row[1] += DTYPE_SIZES[out_dtype] * prod(out_shape)
+            row[2] += len(outputs)
+        return {s: (i, o, n) for s, (i, o, n) in totals.items()}
 
     def shard_outputs(self, shard: str) -> list[OutputTensor]:
         """The tensors written into output shard ``shard``."""

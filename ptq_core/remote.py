@@ -97,7 +97,8 @@ def fetch_range(
                     hf_raise_for_status(response)
                 _check_range(response, path, first, last, expected_size)
                 for chunk in response.iter_raw():
-                    take = chunk[: nbytes - received]
+                    # sliced (a copy) only past the range's end: the link's bytes are copied once less
+                    take = chunk if len(chunk) <= nbytes - received else chunk[: nbytes - received]
                     if take:
                         sink(take)
                         received += len(take)

@@ -8,20 +8,31 @@ describes the presets for the front ends.
 compressed-tensors is imported at first use, not with this module: any of its submodules
 runs its package ``__init__``, which loads transformers and ``torch.distributed`` (2-3 s of
 CPU), and ``import ptq_core.job`` (every ``ptq`` command, Action step and recipe) must not pay
-that before it needs a scheme.
+that before it needs a scheme. A preset named by the request is not even resolved with it:
+``presets.py`` holds what planning reads of each preset (generated from the installed
+compressed-tensors, checked against it by tests/core/test_presets.py), and the
+``QuantizationConfig`` objects are built only when a run or a merge asks for them
+(``ResolvedConfig.config``), so ``ptq plan`` of a 16-bit checkpoint never loads it.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from functools import cached_property
+from importlib import metadata
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Iterable
+
+import torch
 
 from .errors import CalibrationRequiredError, SchemeNotSupportedError
 from .matching import MAX_IGNORE_ENTRIES, validate_ignore
 from .numerics import WeightSpec
 from .observers import resolve_observer
+from .preset_notes import DESCRIPTIONS, describe, gpu_support
+from .presets import COMPRESSED_TENSORS_VERSION, PRESETS
 
 if TYPE_CHECKING:  # pragma: no cover
     from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
@@ -37,6 +48,7 @@ __all__ = [
     "list_schemes",
     "resolve_config",
     "scheme_repo_suffix",
+    "weight_args",
     "weight_spec",
 ]
 
@@ -91,57 +103,6 @@ The Python ``model_free_ptq`` keeps llm-compressor's semantics and ignores only 
 caller passes (plus modules ending in ``norm``).
 """
 
-# Which GPUs vLLM 0.33 runs each preset on (each scheme's ``get_min_capability`` in
-# vllm/model_executor/layers/quantization/compressed_tensors/schemes/, and the kernel it picks).
-_GPUS: dict[str, str] = {
-    "FP8_DYNAMIC": "FP8 GEMMs from compute capability 8.9 (Ada, Hopper, Blackwell); weight-only FP8 Marlin from 7.5",
-    "FP8_BLOCK": "FP8 block GEMMs from compute capability 8.9 (Ada, Hopper, Blackwell)",
-    "NVFP4A16": "Blackwell (10.0) FP4 kernels; weight-only NVFP4 Marlin with 16-bit activations from 7.5 (Turing, Ampere, Hopper)",
-    # vLLM reads no input_activations for MXFP4 weights (compressed_tensors.py _get_scheme_from_parts);
-    # the kernel picks the activations: tools/vllm_check.py and docs/loaders.md.
-    "MXFP4A16": ("not always with 16-bit activations: Marlin with 16-bit activations from 8.0 (Ampere, Ada); "
-                 "Humming with dynamic FP8 activations on Hopper (9.0); dynamic MXFP4 activations on Blackwell (10.0)"),
-    "MXFP4": "Blackwell (10.0) MXFP4 kernels; weight-only MXFP4 Marlin from 8.0 (Ampere, Hopper)",
-    "MXFP8A16": "weight-only MXFP8 from 7.5; Blackwell (10.0) MX kernels",
-    "MXFP8": "Blackwell (10.0) MXFP8 kernels; weight-only from 7.5",
-    "W4A16": "weight-only INT4 Marlin / Machete from 7.5 (Turing, Ampere, Ada, Hopper, Blackwell)",
-    "W4A16_ASYM": "weight-only INT4 Marlin from 7.5 (Turing, Ampere, Ada, Hopper, Blackwell)",
-    "W8A16": "weight-only INT8 Marlin from 7.5 (Turing, Ampere, Ada, Hopper, Blackwell)",
-    "W8A8": "INT8 GEMMs from 7.5 (Turing, Ampere, Ada, Hopper)",
-    "INT8": "INT8 GEMMs from 7.5 (Turing, Ampere, Ada, Hopper)",
-    "W4AFP8": ("none: vLLM 0.33 reads W4A8-FP8 only pack-quantized and only on Hopper (9.0), while compressed-tensors "
-               "0.20 writes it int-quantized (tools/vllm_check.py)"),
-    "MXFP6A16": "no released vLLM loader yet",
-    "MXFP6A8": "no released vLLM loader yet",
-}
-
-
-def gpu_support(name: str) -> str | None:
-    """Which GPUs vLLM runs a preset on, in one line (None for a custom config)."""
-    return _GPUS.get(name)
-
-
-# One line per preset for the Space's dropdown and the README table.
-_DESCRIPTIONS: dict[str, str] = {
-    "FP8_DYNAMIC": "FP8 weights, per-channel scales, dynamic per-token FP8 activations. Hopper/Ada+; ~2x smaller, near-lossless.",
-    "FP8_BLOCK": "FP8 weights in 128x128 blocks, dynamic FP8 activations (DeepSeek style). Hopper/Blackwell; ~2x smaller.",
-    "NVFP4A16": "NVFP4 weights (16-wide groups, FP8 scales + global scale), 16-bit activations. Blackwell native, Hopper via Marlin; ~3.5x smaller.",
-    "MXFP4A16": ("MXFP4 weights (32-wide groups, power-of-two scales), 16-bit activations in transformers and on "
-                 "Ampere/Ada (Marlin); vLLM 0.33 runs dynamic FP8 activations on Hopper and MXFP4 on Blackwell; ~3.8x smaller."),
-    "MXFP4": "MXFP4 weights and dynamic MXFP4 activations. Blackwell; ~3.8x smaller, lowest precision.",
-    "MXFP4XFP8": "MXFP4 weights with dynamic FP8 activations. Blackwell; ~3.8x smaller.",
-    "MXFP8A16": "MXFP8 weights (32-wide groups, power-of-two scales), 16-bit activations. Blackwell; ~2x smaller.",
-    "MXFP8": "MXFP8 weights and dynamic MXFP8 activations. Blackwell; ~2x smaller.",
-    "MXFP6A16": "MXFP6 (E2M3) weights (32-wide groups, power-of-two scales), 16-bit activations. No released loader yet; ~2.6x smaller.",
-    "MXFP6A8": "MXFP6 (E2M3) weights and dynamic MXFP8 activations. No released loader yet; ~2.6x smaller.",
-    "W4A16": "INT4 weights (groups of 128, symmetric), 16-bit activations. Any GPU via Marlin/Machete; ~3.5x smaller.",
-    "W4A16_ASYM": "INT4 weights (groups of 128, with zero points), 16-bit activations. Any GPU; ~3.5x smaller, better on outliers.",
-    "W8A16": "INT8 weights (groups of 128), 16-bit activations. Any GPU; ~2x smaller, near-lossless.",
-    "W8A8": "INT8 per-channel weights, dynamic per-token INT8 activations. Ampere+; ~2x smaller, fast GEMMs.",
-    "INT8": "Alias of W8A8.",
-    "W4AFP8": "INT4 weights (groups of 128), dynamic FP8 activations. vLLM 0.33 cannot load this format yet; ~3.5x smaller.",
-}
-
 # What to offer instead of a scheme that needs calibration data.
 _DATA_FREE_ALTERNATIVE: dict[str, str] = {
     "FP8": "FP8_DYNAMIC",
@@ -163,23 +124,42 @@ class SchemeInfo:
 class ResolvedConfig:
     """A validated, private copy of the caller's quantization request.
 
+    Planning reads plain values only (``weights``, ``targets``, ``formats``, ``ignore``);
+    the compressed-tensors objects (``config``, ``groups``) are built at first use, so a
+    preset can be planned without importing compressed-tensors.
+
     Attributes:
-        config: the ``QuantizationConfig`` (status ``initialized``), groups in order.
         name: a display / repo-suffix name (the preset name, or ``config_group_0``).
         formats: compressed-tensors format of each config group, by group name.
+        weights: each group's weight args as plain values (:func:`weight_args`), groups in order.
+        targets: each group's targets (``("Linear",)`` when the request gave none).
+        ignore_entries: the ignore list (``ignore`` is a list copy of it).
         model_defaults: the planner adds the model's own loader-safe entries to ``ignore``
             (the front ends' default rule); False once added, and for ``model_free_ptq``.
+        observer: the request's observer (a preset's objects are built with it).
+        objects: a scheme or config object request, resolved at once (status ``initialized``);
+            ``None`` for a preset name, whose objects ``config`` builds from the name.
     """
 
-    config: QuantizationConfig
     name: str
     formats: dict[str, str]
+    weights: dict[str, dict[str, Any]]
+    targets: dict[str, tuple[str, ...]]
+    ignore_entries: tuple[str, ...] = ()
     model_defaults: bool = False
+    observer: str | None = None
+    objects: QuantizationConfig | None = None
 
     def with_ignore(self, extra: Iterable[str]) -> "ResolvedConfig":
         """A copy whose ignore list ends with ``extra`` (the model's defaults, once added)."""
-        ignore = self.ignore + [e for e in extra if e not in self.ignore]
-        return replace(self, config=self.config.model_copy(update={"ignore": ignore}), model_defaults=False)
+        ignore = self.ignore_entries + tuple(e for e in extra if e not in self.ignore_entries)
+        return replace(self, ignore_entries=ignore, model_defaults=False)
+
+    @cached_property
+    def config(self) -> QuantizationConfig:
+        """The ``QuantizationConfig`` (status ``initialized``), groups in order, with this ignore list."""
+        objects = self.objects if self.objects is not None else _resolve_objects(self.name, None, self.observer)[0]
+        return objects.model_copy(update={"ignore": list(self.ignore_entries)})
 
     @property
     def groups(self) -> list[tuple[str, QuantizationScheme]]:
@@ -187,7 +167,7 @@ class ResolvedConfig:
 
     @property
     def ignore(self) -> list[str]:
-        return list(self.config.ignore or [])
+        return list(self.ignore_entries)
 
     def quantization_config_dict(self) -> dict[str, Any]:
         """The ``quantization_config`` block of config.json, as the peer writes it."""
@@ -214,15 +194,45 @@ def config_block(config: QuantizationConfig) -> dict[str, Any]:
     return block
 
 
-def _preset_is_data_free(name: str) -> bool:
+def preset_table() -> dict[str, dict[str, Any]]:
+    """What planning reads of each preset, as plain values, from the installed compressed-tensors.
+
+    ``{name: {"data_free", "format", "weights": weight_args or None, "inputs": {"type", "num_bits"} or None}}``
+    in compressed-tensors' order: the content of ``presets.py`` (``scripts/gen_presets.py``).
+    """
     ct = _ct()
-    if "weights" not in ct.PRESET_SCHEMES[name]:
-        return False
+    table = {}
+    for name in ct.PRESET_SCHEMES:
+        scheme = ct.preset_name_to_scheme(name, ["Linear"])
+        free = scheme.weights is not None
+        try:
+            if free:
+                _check_data_free(scheme, name)
+        except SchemeNotSupportedError:  # CalibrationRequiredError included
+            free = False
+        inputs = scheme.input_activations
+        table[name] = {
+            "data_free": free,
+            "format": ct.infer_module_format(ct.Linear, scheme).value if scheme.weights else "dense",
+            "weights": weight_args(scheme.weights) if scheme.weights else None,
+            "inputs": {"type": str(inputs.type), "num_bits": inputs.num_bits} if inputs else None,
+        }
+    return table
+
+
+def _presets() -> dict[str, dict[str, Any]]:
+    """``presets.PRESETS`` when it was generated from the installed compressed-tensors, else computed from it."""
+    if _installed_version() == COMPRESSED_TENSORS_VERSION:
+        return PRESETS
+    return preset_table()
+
+
+def _installed_version() -> str | None:
+    """compressed-tensors' installed version, from its metadata (importing it would cost seconds)."""
     try:
-        _check_data_free(ct.preset_name_to_scheme(name, ["Linear"]), name)
-    except SchemeNotSupportedError:
-        return False
-    return True
+        return metadata.version("compressed-tensors")
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def list_schemes(*, data_free_only: bool = True) -> list[SchemeInfo]:
@@ -231,26 +241,12 @@ def list_schemes(*, data_free_only: bool = True) -> list[SchemeInfo]:
     Args:
         data_free_only: list only presets ptq-hub can produce (the default).
     """
-    ct = _ct()
-    infos = []
-    for name in ct.PRESET_SCHEMES:
-        free = _preset_is_data_free(name)
-        if data_free_only and not free:
-            continue
-        scheme = ct.preset_name_to_scheme(name, ["Linear"])
-        fmt = ct.infer_module_format(ct.Linear, scheme).value if scheme.weights else "dense"
-        description = _DESCRIPTIONS.get(name) or _describe(scheme.weights, scheme.input_activations)
-        infos.append(SchemeInfo(name=name, description=description, format=fmt, data_free=free))
-    return infos
-
-
-def _describe(weights: QuantizationArgs | None, inputs: QuantizationArgs | None) -> str:
-    if weights is None:
-        return "No quantization."
-    w = f"{weights.type.upper()}{weights.num_bits} weights ({weights.strategy}"
-    w += f", groups of {weights.group_size})" if weights.group_size else ")"
-    a = f", dynamic {inputs.type.upper()}{inputs.num_bits} activations" if inputs else ", 16-bit activations"
-    return w + a + "."
+    return [
+        SchemeInfo(name=name, description=DESCRIPTIONS.get(name) or describe(p["weights"], p["inputs"]),
+                   format=p["format"], data_free=p["data_free"])
+        for name, p in _presets().items()
+        if p["data_free"] or not data_free_only
+    ]
 
 
 def canonical_scheme_name(name: str) -> str:
@@ -263,7 +259,7 @@ def canonical_scheme_name(name: str) -> str:
         SchemeNotSupportedError: not a preset of the installed compressed-tensors.
     """
     canonical = name.strip().upper() if isinstance(name, str) else ""
-    if canonical not in _ct().PRESET_SCHEMES:
+    if canonical not in _presets():
         known = ", ".join(s.name for s in list_schemes())
         raise SchemeNotSupportedError(f"Unknown scheme {name!r}. Data-free presets: {known}.")
     return canonical
@@ -305,6 +301,32 @@ def resolve_config(
         raise SchemeNotSupportedError(
             "No scheme given; pass a preset such as scheme='FP8_BLOCK' (see `ptq schemes`)."
         )
+    preset = _presets().get(scheme.strip().upper()) if isinstance(scheme, str) else None
+    if preset is not None and preset["data_free"]:  # planned from the table; objects built at first use
+        name = scheme.strip().upper()
+        weights = dict(preset["weights"])
+        if observer is not None:
+            weights.update(observer=resolve_observer(observer, None)[0], observer_kwargs={})
+        return ResolvedConfig(name=name, formats={name: preset["format"]}, weights={name: weights},
+                              targets={name: ("Linear",)}, ignore_entries=tuple(ignore),
+                              model_defaults=model_defaults, observer=observer)
+    objects, name, formats = _resolve_objects(scheme, config, observer)
+    objects = objects.model_copy(update={"ignore": list(objects.ignore or []) + ignore})
+    groups = objects.config_groups
+    return ResolvedConfig(
+        name=name, formats=formats, weights={g: weight_args(s.weights) for g, s in groups.items()},
+        targets={g: tuple(s.targets) for g, s in groups.items()}, ignore_entries=tuple(objects.ignore),
+        model_defaults=model_defaults, observer=observer, objects=objects,
+    )
+
+
+def _resolve_objects(
+    scheme: object, config: object, observer: str | None
+) -> tuple[QuantizationConfig, str, dict[str, str]]:
+    """(the request's ``QuantizationConfig`` with the config's own ignore list, its name, formats by group).
+
+    Raises what ``resolve_config`` raises about the scheme or config.
+    """
     if scheme is not None:
         name, groups = _groups_of_scheme(scheme)
         base_ignore: list[str] = []
@@ -324,10 +346,10 @@ def resolve_config(
         # compress_module records the format on the scheme; the peer's config.json carries it
         group.format = group.format or ct.infer_module_format(ct.Linear, group)
         formats[group_name] = getattr(group.format, "value", group.format)
-    final = ct.QuantizationConfig(
-        config_groups=groups, quantization_status=ct.QuantizationStatus.INITIALIZED, ignore=base_ignore + ignore,
+    objects = ct.QuantizationConfig(
+        config_groups=groups, quantization_status=ct.QuantizationStatus.INITIALIZED, ignore=base_ignore,
     )
-    return ResolvedConfig(config=final, name=name, formats=formats, model_defaults=model_defaults)
+    return objects, name, formats
 
 
 def _groups_of_scheme(scheme: object) -> tuple[str, dict[str, QuantizationScheme]]:
@@ -435,23 +457,36 @@ def _check_data_free(scheme: QuantizationScheme, name: str) -> None:
         raise SchemeNotSupportedError(f"{name}: the tensor_group strategy is only defined for FP4 (NVFP4).")
 
 
-def weight_spec(scheme: QuantizationScheme, fmt: str):
-    """The kernel-facing summary (``numerics.WeightSpec``) of a scheme's weight args.
+def weight_args(weights: QuantizationArgs) -> dict[str, Any]:
+    """The weight args a plan and its kernels read, as plain values (``presets.py`` holds each preset's)."""
+    return {
+        "type": str(weights.type), "num_bits": weights.num_bits, "strategy": str(weights.strategy),
+        "symmetric": weights.symmetric, "group_size": weights.group_size,
+        "block_structure": list(weights.block_structure) if weights.block_structure else None,
+        "scale_dtype": str(weights.scale_dtype) if weights.scale_dtype is not None else None,
+        "observer": weights.observer, "observer_kwargs": weights.observer_kwargs,
+    }
 
-    The observer is resolved to its canonical name with every kwarg filled in, so
-    two spellings of the same search give equal (hashable) specs.
+
+def weight_spec(weights: Mapping[str, Any] | QuantizationScheme, fmt: str) -> WeightSpec:
+    """The kernel-facing summary (``numerics.WeightSpec``) of a group's weight args.
+
+    ``weights``: :func:`weight_args`' values (``ResolvedConfig.weights[group]``), or a
+    ``QuantizationScheme``. The observer is resolved to its canonical name with every kwarg
+    filled in, so two spellings of the same search give equal (hashable) specs.
     """
-    w = scheme.weights
-    observer, observer_kwargs = resolve_observer(w.observer, w.observer_kwargs)
+    w = weights if isinstance(weights, Mapping) else weight_args(weights.weights)
+    observer, observer_kwargs = resolve_observer(w["observer"], w["observer_kwargs"])
+    scale_dtype = w["scale_dtype"]
     return WeightSpec(
-        kind=str(w.type),
-        num_bits=w.num_bits,
-        strategy=str(w.strategy),
-        symmetric=w.symmetric,
+        kind=w["type"],
+        num_bits=w["num_bits"],
+        strategy=w["strategy"],
+        symmetric=w["symmetric"],
         fmt=fmt,
-        group_size=w.group_size,
-        block=tuple(w.block_structure) if w.block_structure else None,
-        scale_dtype=w.scale_dtype,
+        group_size=w["group_size"],
+        block=tuple(w["block_structure"]) if w["block_structure"] else None,
+        scale_dtype=getattr(torch, scale_dtype.removeprefix("torch.")) if scale_dtype else None,
         observer=observer,
         observer_kwargs=observer_kwargs,
     )

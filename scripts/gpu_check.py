@@ -298,7 +298,7 @@ def dir_bytes(path: Path) -> int:
 
 
 def ptq_command() -> list[str]:
-    """``ptq`` of this checkout (the console script is ``ptq_core.cli:main``; an installed ``ptq``
+    """``ptq`` of this checkout (the console script is ``ptq_core.cli:console_main``; an installed ``ptq``
     may belong to another copy)."""
     return [sys.executable, "-m", "ptq_core.cli"]
 

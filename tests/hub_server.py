@@ -205,6 +205,11 @@ class _Blob(bytes):
     def lfs_pointer(self) -> bytes:
         return f"version https://git-lfs.github.com/spec/v1\noid sha256:{self.sha256}\nsize {len(self)}\n".encode()
 
+    @functools.cached_property
+    def pointer_oid(self) -> str:
+        """The git blob id of the LFS pointer: what git, and the Hub, store for an LFS file."""
+        return _git_blob_oid(self.lfs_pointer)
+
 
 def _matches_lfs_pattern(path: str) -> bool:
     name = path.rsplit("/", 1)[-1]
@@ -977,8 +982,6 @@ class HubServer(_NetChaosServer):
         digest = hashlib.sha1()
         digest.update(f"{repo.repo_type}/{repo.repo_id}\n{parent}\n{message}\n{next(self._counter)}\n".encode())
         files = {path: data if isinstance(data, _Blob) else _Blob(data) for path, data in files.items()}
-        for path in sorted(files):
-            digest.update(f"{path}\0{files[path].git_oid}\n".encode())
         inherited = repo.commits[parent].lfs if parent else frozenset()
         fresh = set(changed)
         lfs = frozenset(
@@ -986,6 +989,11 @@ class HubServer(_NetChaosServer):
             for path, data in files.items()
             if path in lfs_added or (self._is_lfs(path, len(data)) if path in fresh else path in inherited)
         )
+        for path in sorted(files):
+            # git holds an LFS file as its pointer blob, as the Hub does: the commit never rehashes the
+            # content (sha1 of a model's shards took ~1 s of every final commit here, nothing on the Hub)
+            oid = files[path].pointer_oid if path in lfs else files[path].git_oid
+            digest.update(f"{path}\0{oid}\n".encode())
         commit = _Commit(
             oid=digest.hexdigest(),
             parent=parent,
@@ -1066,7 +1074,7 @@ class HubServer(_NetChaosServer):
         data = commit.files[path]
         entry: dict[str, Any] = {"type": "file", "path": path, "size": len(data)}
         if path in commit.lfs:
-            entry["oid"] = _git_blob_oid(data.lfs_pointer)
+            entry["oid"] = data.pointer_oid
             entry["lfs"] = {"oid": data.sha256, "size": len(data), "pointerSize": len(data.lfs_pointer)}
         else:
             entry["oid"] = data.git_oid

@@ -18,7 +18,8 @@ CORE = ROOT / "ptq_core"
 LAYERS: dict[str, int] = {
     "errors": 0, "job_events": 1, "sources": 0, "_version": 0,
     "constants": 1, "sizes": 1, "redact": 1, "repo_files": 1, "matching": 1, "experts": 1,
-    "stages": 1, "ignore_text": 1, "workers": 1, "output_errors": 1, "http_errors": 1,
+    "stages": 1, "ignore_text": 1, "workers": 1, "output_errors": 1, "http_errors": 1, "presets": 1,
+    "preset_notes": 1,
     "sources.safetensors_header": 1, "sources.formats": 1,
     "observers": 1, "sources.shards": 2, "sources.detect": 2, "sources.decode_checks": 2,
     "work_folders": 2, "http_deadlines": 2,
@@ -117,12 +118,9 @@ def test_imports_are_at_module_level(module):
 
 
 # compressed-tensors imports transformers and torch.distributed (seconds): the core imports it
-# inside the functions that convert a source or merge a config, so planning never loads it.
-# schemes.py is the one module left that imports it at load (being made lazy in its own change).
-LOADS_COMPRESSED_TENSORS = {"schemes"}
-
-
-@pytest.mark.parametrize("module", sorted(set(LAYERS) - LOADS_COMPRESSED_TENSORS))
+# inside the functions that build a scheme's objects, convert a source or merge a config, so
+# planning a preset never loads it (tests/core/test_presets.py runs that case).
+@pytest.mark.parametrize("module", sorted(LAYERS))
 def test_compressed_tensors_is_imported_where_it_is_used(module):
     at_load = []
     for node in ast.parse(_module_path(module).read_text()).body:  # module level only; TYPE_CHECKING is an `if`

@@ -70,12 +70,12 @@ def detect_source(config: Mapping[str, Any], tensor_names: Iterable[str]) -> Sou
         >>> plan.format.summary, plan.dequantize[0].dependencies
         ('FP8 blocks (128x128), dequantized in memory', ('m.q_proj.weight_scale_inv',))
     """
-    names = set(tensor_names)
     quant = config.get("quantization_config") or config.get("compression_config")
     if not quant:
         return SourcePlan(SourceFormat(DENSE, "dense weights"))
     if not isinstance(quant, Mapping):
         raise CheckpointError(f"config.json's quantization_config is a {type(quant).__name__}, not an object.")
+    names = set(tensor_names)
     method = str(quant.get("quant_method", "")).lower()
     if method == "fp8":
         return _fp8_block(quant, names)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -54,6 +55,22 @@ def test_plan_prints_table_with_default_ignore(llama, capsys):
     assert "| q/k/v | 2 | 2 |" in out  # two layers, both split across the two shards
     for pattern in DEFAULT_IGNORE:
         assert f"`{pattern}`" in out
+
+
+def test_the_script_ends_a_plan_itself_with_its_output_and_status_intact(llama):
+    """``python -m ptq_core.cli plan`` (the console script's path) leaves without the interpreter's
+    teardown: what it printed to a pipe and its exit status must still arrive whole."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout to a pipe: block-buffered
+
+    def script(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "ptq_core.cli", "plan", *args], capture_output=True, text=True,
+                              timeout=300, env=env)
+
+    done = script(str(llama), "--scheme", "NVFP4A16", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["scheme"] == "NVFP4A16"  # the whole buffered output, flushed
+    refused = script(str(llama), "--scheme", "NVFP4")
+    assert refused.returncode == 2 and "error:" in refused.stderr and "NVFP4A16" in refused.stderr
 
 
 def test_quantize_writes_checkpoint_and_honours_no_default_ignore(llama, tmp_path, capsys):
