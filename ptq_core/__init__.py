@@ -23,6 +23,7 @@ from ._version import __version__
 _LAZY: dict[str, str] = {
     # one request value, built once by every front end
     "make_job": "job",
+    "make_jobs": "job",
     "Job": "job",
     "is_default_target": "job",
     # the front ends' shared surface (cheap leaves: no torch)
@@ -54,6 +55,8 @@ _LAZY: dict[str, str] = {
     "build_spinquant": "rotation",
     # the one call the front ends make
     "quantize_to_hub": "hubjob",
+    "quantize_many_to_hub": "hubjob",
+    "plan_hub_models": "hubjob",
     "plan_hub_model": "hubjob",
     "default_target_repo": "hubjob",
     "prepare_hub_job": "hubjob",
@@ -110,13 +113,15 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         plan_hub_model,
         plan_hub_parts,
         prepare_hub_job,
+        plan_hub_models,
+        quantize_many_to_hub,
         quantize_to_hub,
         run_hub_job,
         search_models,
     )
     from .constants import DEFAULT_SCHEME
     from .ignore_text import parse_ignore_text
-    from .job import Job, is_default_target, make_job
+    from .job import Job, is_default_target, make_job, make_jobs
     from .stages import Stage
     from .pipeline import QuantizeResult, model_free_ptq, quantize_job
     from .plan import Plan
