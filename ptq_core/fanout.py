@@ -73,11 +73,12 @@ class JointUnit:
 
 
 def joint_units(checkpoint: Checkpoint, targets: Sequence[FanOutTarget]) -> list[JointUnit]:
-    """Every target's units joined by shared input ranges, in output-shard order, then by first input byte.
+    """Every target's units joined by shared input ranges, in input-shard order, then by first input byte.
 
     Output shards are named after the input shard that holds their first tensor
     (``planner``), so every target's shard ``k`` fills from about the same input bytes and
-    all targets finish their shards in step. A range read by several units (a fused
+    all targets finish their shards in step (each target uploads its shards in this order,
+    not in its ``shards`` order, which for a part is biggest first). A range read by several units (a fused
     group's partner in another shard, read by NVFP4's group and by FP8's lone weight)
     puts them into one joint unit, so the reader still sees each range once.
     """
@@ -164,30 +165,35 @@ class _AllTargets(FirstFailure):
 class _TargetRun:
     """One target's gate, uploader and open shards during a fan-out."""
 
-    def __init__(self, target: FanOutTarget, members: list[_Member]) -> None:
+    def __init__(self, target: FanOutTarget, members: list[_Member], order: dict[str, int]) -> None:
         self.target = target
+        self.shards = sorted(target.shards, key=lambda s: order.get(s, len(order)))  # the joint units' order
         self.failure = FirstFailure()
         expected = shard_sizes(target.plan)
-        self.expected = {s: expected[s] for s in target.shards}
+        self.expected = {s: expected[s] for s in self.shards}
         self.gate = DiskGate(target.disk_budget, LOCAL_SHARDS, self.failure)
-        self.uploader = Uploader(target.shards, target.folder, target.upload, target.tick, gate=self.gate,
+        self.uploader = Uploader(self.shards, target.folder, target.upload, target.tick, gate=self.gate,
                                  failure=self.failure, progress=target.progress, total=sum(self.expected.values()))
-        self.local = _Shards(target.plan, target.folder, [(m.shard, m.unit) for m in members], len(target.shards),
+        self.local = _Shards(target.plan, target.folder, [(m.shard, m.unit) for m in members], len(self.shards),
                              target.progress)
         self.undispatched = Counter(m.shard for m in members)
+        self.position = {s: i for i, s in enumerate(self.shards)}
         self.units = len(members)
 
     def open(self, shard: str) -> bool:
         """Open ``shard`` when the gate has room; ``False`` once this target failed.
 
-        While another open shard of this target still has units to dispatch (a joint unit
-        that writes into two of its shards), the gate is not waited on: its room only frees
-        when that shard is finished, which needs this very dispatcher.
+        The gate is waited on only when that cannot deadlock: every shard opened so far
+        comes before ``shard`` in upload order and has all its units dispatched, so each
+        one finishes and uploads without this dispatcher. Otherwise (a joint unit that
+        writes into a later shard of this target first) the shard is held at once: the
+        room it needs frees only after ``shard`` itself is made.
         """
         if self.failure.error is not None:
             return False
-        busy = any(self.undispatched[s] for s in self.local.writers if s not in self.local.closed)
-        if not busy and not self.gate.admit(self.expected[shard]):
+        # (a shard after ``shard`` in upload order cannot have been uploaded yet: it is still held)
+        safe = all(self.position[s] < self.position[shard] and not self.undispatched[s] for s in self.local.writers)
+        if safe and not self.gate.admit(self.expected[shard]):
             return False
         self.gate.hold(self.local.open(shard).size)
         return True
@@ -208,13 +214,14 @@ def fan_out_shards(
     Every target's folder holds no shard afterwards.
     """
     units = joint_units(checkpoint, targets)
-    runs = [_TargetRun(t, [m for u in units for m in u.members if m.target == k]) for k, t in enumerate(targets)]
+    order = {name: k for k, name in enumerate(checkpoint.shards)}
+    runs = [_TargetRun(t, [m for u in units for m in u.members if m.target == k], order) for k, t in enumerate(targets)]
     failure = _AllTargets([r.failure for r in runs])
 
     with open_reader([u.reads for u in units]) as reader:
         for run in runs:
             run.target.progress("quantize", 0, run.units)
-            run.target.progress("write", 0, len(run.target.shards))
+            run.target.progress("write", 0, len(run.shards))
 
         def work(unit: JointUnit, device: torch.device) -> None:
             data = _UnitBytes(reader, unit.reads)
@@ -242,7 +249,7 @@ def fan_out_shards(
             for run in runs:
                 run.uploader.join()
                 run.local.abort_open()
-    return [run.failure.error or StreamReport(tuple(run.target.shards), run.gate.peak) for run in runs]
+    return [run.failure.error or StreamReport(tuple(run.shards), run.gate.peak) for run in runs]
 
 
 def _dispatch(unit: JointUnit, runs: list[_TargetRun], pool: UnitExecutor[JointUnit]) -> bool:
