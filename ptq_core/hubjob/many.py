@@ -22,6 +22,7 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..errors import InvalidOptionError, PtqError
@@ -88,9 +89,10 @@ def prepare_many(
     jobs = check_jobs(jobs)
     count = parts if parts is not None else (jobs[0].part[1] if jobs[0].part is not None else 1)
     first = prepare_parts(jobs[0], count, token=token, work_dir=work_dir)
-    prepared = [first]
-    for job in jobs[1:]:
-        prepared.append(prepare_parts(job, count, token=token, work_dir=work_dir, pinned=first))
+    with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="ptq-prepare") as pool:  # each: Hub calls, a plan
+        others = list(pool.map(lambda job: prepare_parts(job, count, token=token, work_dir=work_dir, pinned=first),
+                               jobs[1:]))
+    prepared = [first, *others]
     if len({p.target for p in prepared}) != len(prepared):
         raise InvalidOptionError(f"Two schemes resolve to the same target {[p.target for p in prepared]}.")
     return prepared
@@ -143,19 +145,15 @@ def quantize_many_to_hub(
     combined = _Combined(progress)
     clocks = [StageClock(combined.of(k)) for k in range(len(prepared))]
     staged, errors, downloaded = _stage_all(prepared, clocks)
+    live = [k for k, p in enumerate(prepared) if _scheme(p) not in errors]
+    with ThreadPoolExecutor(max_workers=max(1, len(live)), thread_name_prefix="ptq-finalize") as pool:  # Hub calls
+        outcomes = list(pool.map(lambda k: _finish_or_error(prepared[k], staged[k], clocks[k]), live))
     results: dict[str, HubResult] = {}
-    for k, p in enumerate(prepared):
-        name = p.job.scheme_name
-        if name in errors:
-            continue
-        try:
-            results[name] = _finish(p, staged[k], clocks[k])
-        except PtqError as err:
-            landed = landed_meanwhile(p, err)
-            if landed is None:
-                errors[name] = err
-            else:
-                results[name] = done(p, landed, clocks[k], by_other=True)
+    for k, outcome in sorted(zip(live, outcomes)):
+        if isinstance(outcome, HubResult):
+            results[_scheme(prepared[k])] = outcome
+        else:
+            errors[_scheme(prepared[k])] = outcome
     url = None
     if collection and results and prepared[0].job.part is None:
         url = add_to_collection(collection, [r.repo_id for r in results.values()], token=token)
@@ -166,6 +164,15 @@ def quantize_many_to_hub(
 
 def _scheme(prepared: PreparedJob) -> str:
     return prepared.job.scheme_name
+
+
+def _finish_or_error(prepared: PreparedJob, staged: Staged | str, clock: StageClock) -> HubResult | PtqError:
+    """``_finish``, its error returned (the other schemes go on); a finished run by another process is a result."""
+    try:
+        return _finish(prepared, staged, clock)
+    except PtqError as err:
+        landed = landed_meanwhile(prepared, err)
+        return err if landed is None else done(prepared, landed, clock, by_other=True)
 
 
 def _finish(prepared: PreparedJob, staged: Staged | str, clock: StageClock) -> HubResult:
