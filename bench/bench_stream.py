@@ -103,7 +103,8 @@ result = quantize_many_to_hub(jobs)
 assert result.ok, result.errors
 print(json.dumps({"seconds": time.perf_counter() - t, "cpu": cpu() - c, "hwm": hwm(), "read": result.downloaded,
                   "size_after": sum(r.size_after for r in result.results.values()),
-                  "peak_disk": sum(r.peak_disk for r in result.results.values())}))
+                  "peak_disk": sum(r.peak_disk for r in result.results.values()),
+                  "timings": {name: r.timings for name, r in result.results.items()}}))
 """
 PEER = _HWM + """
 import json, sys, time
@@ -325,6 +326,8 @@ def _schemes_table(r: dict[str, dict], model_bytes: int, shards: int, args: argp
         (f"{len(schemes)} schemes from one read (quantize_many_to_hub)",
          f"{many['seconds']:.1f} s = **{many['seconds'] / slowest:.2f}x** the slowest single run (target <= 1.25x), "
          f"{many['seconds'] / separate:.2f}x the separate runs"),
+        *((f"  stage spans of {name} (overlapping)", ", ".join(f"{k} {v:.1f} s" for k, v in spans.items()))
+          for name, spans in many["timings"].items()),
         ("  bytes downloaded (server) / model", f"{_gb(many['downloaded'])} / {_gb(model_bytes)} = "
                                                 f"**{many['downloaded'] / model_bytes:.3f}x** (target: one copy)"),
         ("  source bytes read by the job's reader", _gb(many["read"])),
