@@ -183,16 +183,17 @@ class _TargetRun:
     def open(self, shard: str) -> bool:
         """Open ``shard`` when the gate has room; ``False`` once this target failed.
 
-        The gate is waited on only when that cannot deadlock: every shard opened so far
-        comes before ``shard`` in upload order and has all its units dispatched, so each
-        one finishes and uploads without this dispatcher. Otherwise (a joint unit that
-        writes into a later shard of this target first) the shard is held at once: the
-        room it needs frees only after ``shard`` itself is made.
+        The gate is waited on only when that cannot deadlock: the shards opened so far are
+        exactly those before ``shard`` in upload order, each with all its units dispatched, so
+        they finish and upload, in order, without this dispatcher. Otherwise (a joint unit that
+        wrote into a later shard of this target first) the shard is held at once: the room
+        the gate waits for would only free after ``shard`` itself is made.
         """
         if self.failure.error is not None:
             return False
-        # (a shard after ``shard`` in upload order cannot have been uploaded yet: it is still held)
-        safe = all(self.position[s] < self.position[shard] and not self.undispatched[s] for s in self.local.writers)
+        before = self.shards[: self.position[shard]]
+        safe = len(self.local.writers) == len(before) and all(
+            s in self.local.writers and not self.undispatched[s] for s in before)
         if safe and not self.gate.admit(self.expected[shard]):
             return False
         self.gate.hold(self.local.open(shard).size)
