@@ -199,6 +199,23 @@ def test_fan_out_finishes_in_any_shard_order_with_no_room_to_spare(tmp_path):
         assert not list((tmp_path / f"t{k}").iterdir())
 
 
+def test_parts_of_several_schemes_then_finalize_each(hub, moe, tmp_path, monkeypatch, capsys):
+    _seed(hub, moe)
+    singles, _ = _single_runs(hub, ["FP8_BLOCK", "NVFP4A16"])
+    for i in (1, 2):  # each part: part i of each scheme's own cut, from one read
+        staged = quantize_many_to_hub(make_jobs(SOURCE, "FP8_BLOCK,NVFP4A16", part=f"{i}/2"), token=ALICE,
+                                      work_dir=tmp_path / "work")
+        assert staged.ok and all(r.part == (i, 2) and r.branch for r in staged.results.values())
+    assert hub.list_files("alice/tiny-FP8-BLOCK") == [".gitattributes"]  # parts never touch main
+    monkeypatch.setenv("HF_TOKEN", ALICE)
+    assert cli.main(["run", SOURCE, "--scheme", "FP8_BLOCK,NVFP4A16", "--finalize", "2"]) == 0
+    assert capsys.readouterr().out.count("| commit |") == 2
+    for scheme in ("FP8_BLOCK", "NVFP4A16"):
+        repo = f"alice/tiny-{scheme.replace('_', '-')}"
+        assert _card_free(_repo_files(hub, repo)) == _card_free(singles[scheme])
+        assert hub.stats.commits.get((repo, "main"), 0) == 1
+
+
 # --- front ends ------------------------------------------------------------------------
 def test_make_jobs_validates_the_request_once():
     jobs = make_jobs("org/Model", "fp8_block, NVFP4A16\nw4a16", ignore=["re:.*gate$"], revision="main")
