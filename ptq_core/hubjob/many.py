@@ -149,7 +149,7 @@ def quantize_many_to_hub(
     with ThreadPoolExecutor(max_workers=max(1, len(live)), thread_name_prefix="ptq-finalize") as pool:  # Hub calls
         outcomes = list(pool.map(lambda k: _finish_or_error(prepared[k], staged[k], clocks[k]), live))
     results: dict[str, HubResult] = {}
-    for k, outcome in sorted(zip(live, outcomes)):
+    for k, outcome in zip(live, outcomes):
         if isinstance(outcome, HubResult):
             results[_scheme(prepared[k])] = outcome
         else:
@@ -209,10 +209,12 @@ def _stage_all(prepared: list[PreparedJob], clocks: list[StageClock]
             outcomes, downloaded = {k: err for k in live}, 0
         for k, part in live.items():
             outcome = outcomes.get(k, 0)
-            if isinstance(outcome, BaseException):
-                errors[_scheme(prepared[k])] = part.fail(outcome)
-            else:
+            try:
+                if isinstance(outcome, BaseException):
+                    raise outcome
                 staged[k] = part.end(outcome)
+            except Exception as err:  # noqa: BLE001 - this scheme alone stops; its staged work is kept
+                errors[_scheme(prepared[k])] = part.fail(err)
     finally:
         for part in parts.values():
             part.close()
