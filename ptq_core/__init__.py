@@ -34,6 +34,10 @@ _LAZY: dict[str, str] = {
     "model_free_ptq": "pipeline",
     "quantize_job": "pipeline",
     "QuantizeResult": "pipeline",
+    "ProgressCallback": "source",
+    # the one planning of a job (local or Hub), with its budgets and footprint
+    "plan_job": "job_plan",
+    "JobPlan": "job_plan",
     # rewrite shards so every fused group sits in one file
     "reindex_fused_weights": "reindex",
     "ReindexResult": "reindex",
@@ -60,6 +64,7 @@ _LAZY: dict[str, str] = {
     "plan_hub_model": "hubjob",
     "default_target_repo": "hubjob",
     "prepare_hub_job": "hubjob",
+    "PreparedJob": "hubjob",
     "run_hub_job": "hubjob",
     "finalize_hub_job": "hubjob",
     "plan_hub_parts": "hubjob",
@@ -107,6 +112,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .hubjob import (
         HubResult,
         PartsPlan,
+        PreparedJob,
         default_target_repo,
         download_checkpoint,
         finalize_hub_job,
@@ -122,6 +128,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .constants import DEFAULT_SCHEME
     from .ignore_text import parse_ignore_text
     from .job import Job, is_default_target, make_job, make_jobs
+    from .job_plan import JobPlan, plan_job
     from .stages import Stage
     from .pipeline import QuantizeResult, model_free_ptq, quantize_job
     from .plan import Plan
@@ -129,4 +136,5 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .recipe import RecipeJob, load_recipe
     from .rotation import SpinQuant, build_spinquant
     from .reindex import ReindexResult, reindex_fused_weights
+    from .source import ProgressCallback
     from .schemes import DEFAULT_IGNORE, SchemeInfo, canonical_scheme_name, list_schemes, scheme_repo_suffix

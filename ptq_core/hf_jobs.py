@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from . import constants
-from ._http import HubHttp, resolve_token, short, status_of
+from ._http import HubHttp, resolve_token
 from .errors import (
     HfJobsError,
     InvalidOptionError,
@@ -35,6 +35,7 @@ from .errors import (
     UnknownFlavorError,
 )
 from .hf_jobs_runtime import UV_IMAGE, job_command, upload_runtime
+from .http_errors import short, status_of
 from .hubjob import plan_hub_model, plan_hub_parts
 from .job import make_job
 from .job_events import parse_event

@@ -29,16 +29,8 @@ from .plan import Plan
 from .source import ProgressCallback, resolve_source
 from .sizes import compression_ratio
 from .units import LocalReader, TensorReader, UnitExecutor, process_unit, torch_threads, work_units
-from .writer import (
-    ShardWriter,
-    check_free_space,
-    copy_extra_files,
-    discard_output,
-    prepare_output,
-    publish_output,
-    write_config,
-    write_index,
-)
+from .output_folder import check_free_space, discard_output, prepare_output, publish_output
+from .writer import ShardWriter, copy_extra_files, write_config, write_index
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._http import HubHttp, short, status_of
+from ._http import HubHttp
 from .errors import HubPermissionError, TargetRepoExistsError, TokenError
+from .http_errors import short, status_of
 
 logger = logging.getLogger(__name__)
 

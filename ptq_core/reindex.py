@@ -18,7 +18,8 @@ from .fused_groups import find_fused_sets
 from .plan import OutputTensor
 from .workers import parse_count
 from .source import ProgressCallback, resolve_source
-from .writer import ShardWriter, copy_extra_files, discard_output, prepare_output, publish_output, write_index
+from .output_folder import discard_output, prepare_output, publish_output
+from .writer import ShardWriter, copy_extra_files, write_index
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from ._http import HubHttp, is_stall, short, status_of, tool_version
+from ._http import HubHttp, tool_version
 from .checkpoint import Checkpoint, TensorInfo, tensor_table
 from .errors import (
     MissingShardError,
@@ -37,6 +37,7 @@ from .errors import (
     SourceChangedError,
     TransferStalledError,
 )
+from .http_errors import is_stall, short, status_of
 from .repo_files import INDEX_NAME, select_repo_files
 from .source import SourceState
 from .sources.safetensors_header import header_length, parse_header
@@ -65,7 +66,7 @@ def fetch_range(
 
     A retry after a broken or stalled transfer asks only for the bytes not received yet. A
     transfer stalls when nothing arrives for ``constants.HTTP_READ_TIMEOUT`` or less than
-    ``STALL_MIN_BYTES`` in a ``STALL_WINDOW`` (``_http.install_transfer_deadlines``).
+    ``STALL_MIN_BYTES`` in a ``STALL_WINDOW`` (``http_deadlines.install_transfer_deadlines``).
 
     Raises:
         SourceChangedError: the file is gone at the pinned commit (repo deleted, history
@@ -90,7 +91,7 @@ def fetch_range(
         # identity encoding: the body is the file's bytes, read raw (2-3x less CPU than decoded chunks)
         ranged = {**headers, "Range": f"bytes={first}-{last}", "Accept-Encoding": "identity"}
         try:
-            # the session applies the read timeout and the throughput floor (_http.install_transfer_deadlines)
+            # the session applies the read timeout and the throughput floor (http_deadlines.install_transfer_deadlines)
             with get_session().stream("GET", url, headers=ranged) as response:
                 if response.status_code >= 400:
                     response.read()

@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from . import constants
-from ._http import HubHttp, check_repo_id, resolve_token, short
+from ._http import HubHttp, check_repo_id, resolve_token
 from .checkpoint import read_config
 from .errors import DiskSpaceError, NoSafetensorsError, RepoNotFoundError
+from .http_errors import short
 from .repo_files import INDEX_NAME, WEIGHT_FILE_SUFFIXES, select_repo_files
 from .sizes import format_bytes
 from .sources.shards import SHARD_SUFFIX, select_shards, validate_shard_name

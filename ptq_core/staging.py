@@ -36,8 +36,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import _http
-from ._http import HubHttp, status_of
+from ._http import HubHttp
 from .errors import HubNetworkError, MissingPartError, PartMismatchError, StagingError
+from .http_errors import status_of, transient_reason
 
 logger = logging.getLogger(__name__)
 
@@ -340,7 +341,7 @@ class Staging:
                 if attempt == len(delays):
                     raise HubNetworkError(self.http.redact(
                         f"Could not commit to ({self.repo_id}) on {self.http.endpoint}: "
-                        f"{_http._transient_reason(err.__cause__ or err)}. Gave up after {attempt + 1} attempts "
+                        f"{transient_reason(err.__cause__ or err)}. Gave up after {attempt + 1} attempts "
                         "(main was read after each: the commit had not landed); check the connection or the Hub "
                         "status (https://status.huggingface.co) and retry."
                     )) from err

@@ -58,10 +58,10 @@ class Mutation:
 # The mutations. Anchors are written against the current code; when a refactor
 # moves the code, `--list` still works and a run names every stale anchor.
 # ============================================================================
-NUMERICS, FUSED, PLANNER, WRITER, HTTP, STAGING, REDACT, CONVERT, OUTPUT_CONFIG, SHARDS = (
+NUMERICS, FUSED, PLANNER, WRITER, HTTP, HTTP_ERRORS, STAGING, REDACT, CONVERT, OUTPUT_CONFIG, SHARDS = (
     "ptq_core/numerics.py", "ptq_core/fused_groups.py", "ptq_core/planner.py", "ptq_core/writer.py",
-    "ptq_core/_http.py", "ptq_core/staging.py", "ptq_core/redact.py", "ptq_core/convert.py",
-    "ptq_core/output_config.py", "ptq_core/sources/shards.py",
+    "ptq_core/_http.py", "ptq_core/http_errors.py", "ptq_core/staging.py", "ptq_core/redact.py",
+    "ptq_core/convert.py", "ptq_core/output_config.py", "ptq_core/sources/shards.py",
 )
 STREAM, UNITS, PARTS, FINALIZE = (
     "ptq_core/stream.py", "ptq_core/units.py", "ptq_core/parts.py", "ptq_core/hubjob/finalize.py",
@@ -101,19 +101,19 @@ MUTATIONS: tuple[Mutation, ...] = (
         "global-scale-sharing", FUSED,
         'specs[u.group].strategy == "tensor_group"',
         'specs[u.group].strategy == "group"',
-        ("tests/test_pipeline.py", "-k", "test_llama_every_preset_matches_reference and NVFP4A16"),
+        ("tests/core/test_pipeline.py", "-k", "test_llama_every_preset_matches_reference and NVFP4A16"),
     ),
     Mutation(
         "fused-group-detection", FUSED,
         '"mla q_a/kv_a": ("q_a_proj", "kv_a_proj_with_mqa"),',
         '"mla q_a/kv_a": ("q_a_proj", "kv_a_proj"),',
-        ("tests/test_pipeline.py", "-k", "test_architectures_match_reference and deepseek_v3-split-NVFP4A16"),
+        ("tests/core/test_pipeline.py", "-k", "test_architectures_match_reference and deepseek_v3-split-NVFP4A16"),
     ),
     Mutation(
         "ignore-matching", PLANNER,
         "entry = ignore.match(module)",
         'entry = ignore.match(module + ".weight")',
-        ("tests/test_pipeline.py", "-k", "test_llama_every_preset_matches_reference and FP8_BLOCK"),
+        ("tests/core/test_pipeline.py", "-k", "test_llama_every_preset_matches_reference and FP8_BLOCK"),
     ),
     Mutation(
         "norm-skip", PLANNER,
@@ -125,25 +125,25 @@ MUTATIONS: tuple[Mutation, ...] = (
         "shard-data-offset", WRITER,
         "self._data_start = 8 + len(raw)",
         "self._data_start = len(raw)",
-        ("tests/test_pipeline.py", "-k", "test_llama_every_preset_matches_reference and FP8_BLOCK"),
+        ("tests/core/test_pipeline.py", "-k", "test_llama_every_preset_matches_reference and FP8_BLOCK"),
     ),
     Mutation(
         "shard-alignment", WRITER,
         "ordered = sorted(tensors, key=lambda t: (-DTYPE_SIZES[t.dtype], t.name))",
         "ordered = sorted(tensors, key=lambda t: (DTYPE_SIZES[t.dtype], t.name))",
-        ("tests/test_pipeline.py", "-k", "test_shards_keep_every_tensor_aligned"),
+        ("tests/core/test_pipeline.py", "-k", "test_shards_keep_every_tensor_aligned"),
     ),
     Mutation(
         "index-weight-map", WRITER,
         '"weight_map": dict(sorted(weight_map.items()))',
         '"weight_map": dict(sorted(weight_map.items())[1:])',
-        ("tests/test_pipeline.py", "-k", "test_llama_every_preset_matches_reference and FP8_BLOCK"),
+        ("tests/core/test_pipeline.py", "-k", "test_llama_every_preset_matches_reference and FP8_BLOCK"),
     ),
     Mutation(
         "config-quantization-config", WRITER,
         'data["quantization_config"] = quantization_config',
         'data["quantization_config"] = {**quantization_config, "quantization_status": "frozen"}',
-        ("tests/test_pipeline.py", "-k", "test_llama_every_preset_matches_reference and FP8_BLOCK"),
+        ("tests/core/test_pipeline.py", "-k", "test_llama_every_preset_matches_reference and FP8_BLOCK"),
     ),
     Mutation(
         "retry-count", HTTP,
@@ -152,7 +152,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_hub.py", "-k", "test_transient_download_failures or test_network_failure_during_download"),
     ),
     Mutation(
-        "transient-status", HTTP,
+        "transient-status", HTTP_ERRORS,
         "return status in _TRANSIENT_STATUS or status >= 500",
         "return status in _TRANSIENT_STATUS",
         ("tests/test_hub.py", "-k", "test_transient_download_failures or test_network_failure_during_download"),
@@ -173,7 +173,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "converter-in-place-unseen", CONVERT,
         "out[n] is metas[n] and metas[n]._version == versions[n]",
         "out[n] is metas[n]",
-        ("tests/test_convert.py", "-k", "in_place"),
+        ("tests/core/test_convert.py", "-k", "in_place"),
     ),
     Mutation(
         "dequantized-qparams-kept", CONVERT,
@@ -185,13 +185,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         "merge-drops-shared-ignore", OUTPUT_CONFIG,
         "if hits_now and not any(match_name(m, entry) for m in others):",
         "if hits_now:",
-        ("tests/test_convert.py", "-k", "append"),
+        ("tests/core/test_convert.py", "-k", "append"),
     ),
     Mutation(
         "merge-regex-too-wide", OUTPUT_CONFIG,
         "if len(members) > 1 and all(m in chosen for m in members):",
         "if len(members) > 1 and any(m in chosen for m in members):",
-        ("tests/test_convert.py", "-k", "exact_targets"),
+        ("tests/core/test_convert.py", "-k", "exact_targets"),
     ),
     Mutation(
         "disk-gate-ignores-budget", STREAM,

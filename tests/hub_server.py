@@ -1012,6 +1012,15 @@ class HubServer(_NetChaosServer):
     def _can_read(self, repo: _Repo, user: _User | None) -> bool:
         return not repo.private or (user is not None and user.owns(repo.owner))
 
+    def _search_models(self, user: _User | None, query: dict[str, list[str]]) -> tuple:
+        """``GET /api/models?search=&limit=``: readable model repos whose id contains the text, by id."""
+        text = (query.get("search") or [""])[0].lower()
+        limit = int((query.get("limit") or ["1000"])[0])
+        with self._lock:
+            found = sorted(r.repo_id for (kind, _), r in self._repos.items()
+                           if kind == "model" and text in r.repo_id.lower() and self._can_read(r, user))
+        return _ok([{"id": repo_id, "modelId": repo_id} for repo_id in found[:limit]])
+
     def _can_download(self, repo: _Repo, user: _User | None) -> bool:
         if not repo.gated:
             return True
@@ -1126,6 +1135,8 @@ class HubServer(_NetChaosServer):
             return self._whoami(user)
         if path == "/api/validate-yaml" and method == "POST":
             return self._validate_yaml(_json(body))
+        if path == "/api/models" and method == "GET":
+            return self._search_models(user, query)
         if path == "/api/repos/create" and method == "POST":
             return self._create_repo(user, _json(body))
         if path == "/api/repos/delete" and method == "DELETE":

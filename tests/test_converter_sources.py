@@ -14,7 +14,7 @@ Three oracles, none of them our own decoder:
 
 * **compressed-tensors' converters, in process.** A converter chain applied to the whole
   checkpoint's tensors, the result written as a dense copy and quantized by our dense path
-  (itself byte-identical to the reference, see test_pipeline.py).
+  (itself byte-identical to the reference, see tests/core/test_pipeline.py).
 
 * **The same, plus its compressors' ``decompress``** (through ``CompressedTensorsDequantizer``,
   bfloat16): what the CLI must do on its own when ``config.json`` says the source is

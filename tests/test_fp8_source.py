@@ -2,7 +2,7 @@
 
 The oracle: compressed-tensors' own ``FP8BlockDequantizer`` turns the FP8 checkpoint into a
 dense one, which then goes through the dense path (itself byte-identical to the reference,
-see test_pipeline.py). Our path dequantizes in memory, weight by weight, reading each
+see tests/core/test_pipeline.py). Our path dequantizes in memory, weight by weight, reading each
 ``weight_scale_inv`` from whichever shard holds it; the outputs must be the same bytes.
 """
 

@@ -17,10 +17,11 @@ CORE = Path(__file__).resolve().parents[1] / "ptq_core"
 LAYERS: dict[str, int] = {
     "errors": 0, "job_events": 1, "sources": 0, "_version": 0,
     "constants": 1, "sizes": 1, "redact": 1, "repo_files": 1, "matching": 1, "experts": 1,
-    "stages": 1, "ignore_text": 1, "workers": 1,
+    "stages": 1, "ignore_text": 1, "workers": 1, "output_errors": 1, "http_errors": 1,
     "sources.safetensors_header": 1, "sources.formats": 1,
     "observers": 2, "sources.shards": 2, "sources.detect": 2, "sources.decode_checks": 2,
-    "numerics": 3,
+    "work_folders": 2, "http_deadlines": 2,
+    "numerics": 3, "output_folder": 3,
     "schemes": 4, "fused_groups": 4,
     "job": 5, "checkpoint": 5,
     "convert": 6, "default_ignore": 6, "tensor_parallel": 4,

@@ -42,7 +42,7 @@ from ptq_core.hubjob import finalize_hub_job, plan_hub_model, plan_hub_parts, pr
 from ptq_core.job import make_job
 from ptq_core.remote import RemoteReader, open_remote_checkpoint
 from ptq_core.source import inspect_source
-from ptq_core.writer import new_work_folder
+from ptq_core.work_folders import new_work_folder
 
 ALICE, BOB = "hf_test_alice", "hf_test_bob"
 SOURCE = "bob/tiny"

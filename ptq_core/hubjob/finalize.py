@@ -25,7 +25,8 @@ from ..sizes import format_bytes
 from ..source import ProgressCallback
 from ..staging import MainMovedError, Staging, finalized_commit
 from ..convert import model_config_update
-from ..writer import new_work_folder, write_config, write_index
+from ..work_folders import new_work_folder
+from ..writer import write_config, write_index
 from .prepare import WORK_PREFIX, PreparedJob, prepare_parts
 from .recovery import after_failure, done, landed_meanwhile, recheck_target, salvage
 from .request import job_from

@@ -26,7 +26,7 @@ from ..publish import TargetState, check_namespace, inspect_target, refuse_exist
 from ..sizes import compression_ratio
 from ..source import inspect_source
 from ..staging import finalized_commit, staging_branch
-from ..writer import sweep_stale_work
+from ..work_folders import sweep_stale_work
 from .request import hub_job, target_name
 from .results import HubResult, StageClock
 

@@ -19,7 +19,7 @@ from ..publish import TargetState, create_target, inspect_target, new_content
 from ..remote import RemoteReader
 from ..staging import Manifest, ShardStager, Staging, manifest_path
 from ..stream import StreamReport, stream_shards
-from ..writer import new_work_folder
+from ..work_folders import new_work_folder
 from .prepare import WORK_PREFIX, PreparedJob
 from .recovery import after_failure, refuse_changed, salvage
 from .results import StageClock

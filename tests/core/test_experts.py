@@ -18,7 +18,7 @@ import torch
 from factory import load_tensors, make_checkpoint
 from reference import preset
 from safetensors.torch import save_file
-from test_pipeline import assert_same_tensors, expected_outputs
+from core.test_pipeline import assert_same_tensors, expected_outputs
 
 import ptq_core
 from ptq_core import model_free_ptq

@@ -5,6 +5,9 @@ whose network chaos (``HubServer.inject_network_fault``) stalls, trickles or ans
 429. The deadlines are shrunk to fractions of a second and every fault holds its
 connection for at most a few seconds, so a client that does not notice a stall
 shows up as a test that takes longer than the bound it asserts, never as a hang.
+
+At the end, ``HubHttp.call`` itself without a server: retries, typed errors by status and
+role, per-call ``translate``/``passthrough``, the 429 cap, the token and repo id checks.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import email.utils
 import hashlib
 import os
 import time
+from types import SimpleNamespace
 
 import pytest
 from hub_server import LFS_UPLOAD_PATH
@@ -20,7 +24,17 @@ from huggingface_hub import CommitOperationAdd
 
 from ptq_core import _http as hub_http
 from ptq_core import constants
-from ptq_core.errors import HubNetworkError, HubRateLimitError, TransferStalledError
+from ptq_core.errors import (
+    HubError,
+    HubNetworkError,
+    HubPermissionError,
+    HubRateLimitError,
+    InvalidOptionError,
+    RepoNotFoundError,
+    StagingError,
+    TokenError,
+    TransferStalledError,
+)
 from ptq_core.remote import fetch_range
 from ptq_core.source import SourceState
 
@@ -131,19 +145,6 @@ def test_an_lfs_upload_the_server_reads_slowly_is_a_stall(hub):
 
 
 # --- rate limits -----------------------------------------------------------------------
-def test_rate_limit_wait_reads_ratelimit_and_retry_after():
-    assert hub_http.rate_limit_wait({"RateLimit": '"api";r=0;t=55'}) == 55
-    assert hub_http.rate_limit_wait({"ratelimit": '"api";r=0;t=5, "resolvers";r=10;t=300'}) == 5  # not exhausted
-    assert hub_http.rate_limit_wait({"ratelimit": '"api";r=0;t=5, "resolvers";r=0;t=300'}) == 300
-    assert hub_http.rate_limit_wait({"RateLimit": '"api";r=0;t=5', "Retry-After": "9"}) == 9
-    assert hub_http.rate_limit_wait({"Retry-After": "7"}) == 7
-    assert hub_http.rate_limit_wait({"Retry-After": "Wed, 21 Oct 2026 07:28:30 GMT"},
-                                    now=email.utils.parsedate_to_datetime("Wed, 21 Oct 2026 07:28:00 GMT").timestamp()) == 30
-    assert hub_http.rate_limit_wait({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0  # in the past: now
-    assert hub_http.rate_limit_wait({"Retry-After": "soon"}) is None
-    assert hub_http.rate_limit_wait({"Content-Type": "application/json"}) is None
-
-
 @pytest.mark.parametrize("asked", ["retry-after-seconds", "retry-after-date", "ratelimit"])
 def test_a_429_waits_what_the_server_asks(hub, monkeypatch, asked):
     monkeypatch.setattr(hub_http, "_RETRY_DELAYS", (0.05, 0.05, 0.05))  # our own schedule alone gives up at once
@@ -182,3 +183,88 @@ def test_a_429_without_a_wait_still_gives_up_typed(hub):
     with pytest.raises(HubRateLimitError, match=r"kept answering HTTP 429 \(rate limited\) after 4 attempts"):
         http.call("read", http.api.model_info, SOURCE, role="source", repo_id=SOURCE)
     assert len(hub.net_fault_log) == 4
+
+
+# --- HubHttp.call and the token, without a server ---------------------------------------
+class _Answered(Exception):
+    def __init__(self, status: int, headers: dict[str, str] | None = None) -> None:
+        super().__init__(f"{status} Client Error: token {ALICE} rejected")
+        self.response = SimpleNamespace(status_code=status, headers=headers or {})
+
+
+def _flaky(*failures: BaseException):
+    """A call that raises ``failures`` in turn, then answers "ok"; ``calls`` counts the attempts."""
+    queue = list(failures)
+
+    def call():
+        call.calls += 1
+        if queue:
+            raise queue.pop(0)
+        return "ok"
+
+    call.calls = 0
+    return call
+
+
+def test_transient_failures_are_retried_then_the_answer_returned():
+    call = _flaky(_Answered(503), ConnectionResetError("reset"))
+    assert hub_http.HubHttp(ALICE).call("read x", call, role="source", repo_id="a/b") == "ok" and call.calls == 3
+
+
+def test_after_the_last_attempt_the_error_is_typed_and_the_token_redacted():
+    call = _flaky(*[_Answered(503)] * 4)
+    with pytest.raises(HubNetworkError, match=r"Could not read x \(a/b\) on .*: HTTP 503. Gave up after 4 attempts") as info:
+        hub_http.HubHttp(ALICE).call("read x", call, role="source", repo_id="a/b")
+    assert call.calls == 4 and ALICE not in str(info.value)
+
+
+def test_a_request_that_must_not_be_sent_twice_gets_one_attempt():
+    call = _flaky(_Answered(502))
+    with pytest.raises(HubNetworkError, match="Gave up after 1 attempts"):
+        hub_http.HubHttp(ALICE).call("commit", call, role="target", repo_id="a/b", retry=False)
+    assert call.calls == 1
+
+
+@pytest.mark.parametrize("status,role,error", [
+    (401, "source", TokenError), (403, "target", HubPermissionError), (404, "source", RepoNotFoundError),
+    (403, "source", RepoNotFoundError), (400, "source", HubError),
+])
+def test_client_errors_map_by_status_and_role_at_once(status, role, error):
+    call = _flaky(_Answered(status))
+    with pytest.raises(error) as info:
+        hub_http.HubHttp(ALICE).call("read x", call, role=role, repo_id="a/b")
+    assert call.calls == 1 and ALICE not in str(info.value)
+
+
+def test_per_call_translate_and_passthrough():
+    http = hub_http.HubHttp(ALICE)
+    with pytest.raises(StagingError, match="mine"):
+        http.call("x", _flaky(_Answered(409)), role="target", repo_id="a/b", translate=lambda err: StagingError("mine"))
+    with pytest.raises(_Answered):
+        http.call("x", _flaky(_Answered(404)), role="source", repo_id="a/b", passthrough=lambda err: True)
+
+
+def test_a_429_asking_more_than_the_cap_fails_without_waiting(monkeypatch):
+    monkeypatch.setattr(constants, "RATE_LIMIT_MAX_WAIT", 5.0)
+    call = _flaky(_Answered(429, {"Retry-After": "600"}))
+    began = time.monotonic()
+    with pytest.raises(HubRateLimitError, match="asks to wait 600 s, more than the 5 s"):
+        hub_http.HubHttp(ALICE).call("x", call, role="source", repo_id="a/b")
+    assert call.calls == 1 and time.monotonic() - began < 1
+
+
+def test_resolve_token_argument_then_environment(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_from_env")
+    assert hub_http.resolve_token("  hf_given ", required=True) == "hf_given"
+    assert hub_http.resolve_token(None, required=True) == "hf_from_env"
+    with pytest.raises(TokenError, match="token must be a string"):
+        hub_http.resolve_token(123, required=False)
+
+
+def test_check_repo_id():
+    hub_http.check_repo_id("org/Model-1.5", "source")
+    with pytest.raises(InvalidOptionError, match="needs its namespace"):
+        hub_http.check_repo_id("Model", "source")
+    hub_http.check_repo_id("Model", "target")  # a bare target goes under the user
+    with pytest.raises(InvalidOptionError, match="not a valid target repo id"):
+        hub_http.check_repo_id("org/bad name", "target")

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from factory import TINY_LLAMA_DIMS, make_checkpoint
 
-import ptq_core.writer as writer
+import ptq_core.output_folder as output_folder
 from ptq_core import model_free_ptq
 from ptq_core.errors import (
     DiskSpaceError,
@@ -35,18 +35,12 @@ from ptq_core.errors import (
     PtqError,
 )
 from ptq_core.plan import OutputTensor
-from ptq_core.writer import (
-    ShardWriter,
-    check_free_space,
-    discard_output,
-    new_work_folder,
-    prepare_output,
-    publish_output,
-    sweep_stale_work,
-)
+from ptq_core.output_folder import check_free_space, discard_output, prepare_output, publish_output
+from ptq_core.work_folders import new_work_folder, sweep_stale_work
+from ptq_core.writer import ShardWriter
 
 DIMS = TINY_LLAMA_DIMS
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -57,10 +51,10 @@ def src(tmp_path) -> Path:
 @pytest.fixture(params=["renameat2", "fallback"])
 def rename_impl(request, monkeypatch):
     """Run a test with renameat2 and again with the rename(2) fallback of systems without it."""
-    if request.param == "renameat2" and writer._renameat2 is None:
+    if request.param == "renameat2" and output_folder._renameat2 is None:
         pytest.skip("no renameat2 here")
     if request.param == "fallback":
-        monkeypatch.setattr(writer, "_renameat2", None)
+        monkeypatch.setattr(output_folder, "_renameat2", None)
     return request.param
 
 
@@ -235,7 +229,7 @@ def test_sigkill_then_rerun_removes_the_dead_runs_work(src, tmp_path, caplog):
         child.wait(timeout=60)
     left = work_folders(tmp_path)
     assert len(left) == 1 and re.fullmatch(rf"\.out\.ptq-tmp-{child.pid}-[0-9a-f]{{8}}", left[0]), left
-    with caplog.at_level(logging.WARNING, logger="ptq_core.writer"):
+    with caplog.at_level(logging.WARNING, logger="ptq_core.work_folders"):
         model_free_ptq(src, out, "FP8_BLOCK")
     assert work_folders(tmp_path) == []
     assert f"Removed {tmp_path / left[0]}: left behind by process {child.pid}, which is no longer running." \
@@ -264,7 +258,7 @@ def test_sweep_removes_only_dead_owners_folders(tmp_path, prefix, caplog):
     (tmp_path / f"{prefix}1-ab").write_text("a file, not a folder")
     (tmp_path / f"{prefix}2-ab").symlink_to(tmp_path / f"{prefix}notapid-00")
     with new_work_folder(tmp_path, prefix) as mine:
-        with caplog.at_level(logging.WARNING, logger="ptq_core.writer"):
+        with caplog.at_level(logging.WARNING, logger="ptq_core.work_folders"):
             removed = sweep_stale_work(tmp_path, prefix)
         assert sorted(removed) == sorted([dead, previous_me])
         assert mine.path.is_dir() and alive.is_dir() and all(p.exists() for p in unrelated)
@@ -345,7 +339,7 @@ def test_write_errors_are_typed_and_leave_nothing(src, tmp_path, monkeypatch, co
         return real_pwrite(fd, data, offset)
 
     real_pwrite = os.pwrite
-    monkeypatch.setattr(writer.os, "pwrite", failing_pwrite)
+    monkeypatch.setattr(os, "pwrite", failing_pwrite)
     out = tmp_path / "out"
     with pytest.raises(error, match=rf"Could not write .*/\.out\.ptq-tmp-\d+-[0-9a-f]+/model\.safetensors: "
                                     rf"{re.escape(os.strerror(code))}\..*{fix}") as info:
@@ -358,7 +352,7 @@ def test_publish_error_is_typed(src, tmp_path, monkeypatch):
     def refuse(src_path, dst_path, flags):
         raise OSError(errno.EACCES, os.strerror(errno.EACCES), str(src_path), None, str(dst_path))
 
-    monkeypatch.setattr(writer, "_call_renameat2", refuse)
+    monkeypatch.setattr(output_folder, "_call_renameat2", refuse)
     with pytest.raises(OutputNotWritableError, match=r"Could not publish the output to .*out: Permission denied"):
         model_free_ptq(src, tmp_path / "out", "FP8_BLOCK")
     assert work_folders(tmp_path) == []
