@@ -1,4 +1,6 @@
-"""Several schemes from one read (issue 21): one download, one repo per scheme, each as its single-scheme run.
+"""hubjob.many: several schemes from one read (issue 21): one download, one repo per scheme, each as its single run.
+
+The joint units and the fan-out underneath: tests/core/test_fanout.py.
 
 Real huggingface_hub client against the loopback Hub (``hub`` fixture). The bytes the
 source served are counted from the server's request log (the Range headers of GETs of
@@ -8,25 +10,17 @@ the source's weight files), so "downloaded once" is what the server saw.
 from __future__ import annotations
 
 import re
-import threading
 from pathlib import Path
 
 import pytest
-import torch
 from factory import make_checkpoint
 from hub_server import LFS_UPLOAD_PATH
 
 from ptq_core import cli
 from ptq_core.errors import HubNetworkError, InvalidOptionError
-from ptq_core.fanout import FanOutTarget, fan_out_shards, joint_units
 from ptq_core.hubjob import quantize_to_hub
-from ptq_core.hubjob.many import prepare_many, quantize_many_to_hub
+from ptq_core.hubjob.many import quantize_many_to_hub
 from ptq_core.job import make_jobs
-from ptq_core.job_plan import plan_job
-from ptq_core.parts import shard_sizes
-from ptq_core.pipeline import quantize_job
-from ptq_core.stream import StreamReport
-from ptq_core.units import LocalReader
 
 ALICE, BOB = "hf_test_alice", "hf_test_bob"
 SOURCE = "bob/tiny"
@@ -125,20 +119,6 @@ def test_three_schemes_from_one_read_equal_their_single_runs(hub, moe, tmp_path)
     assert list((tmp_path / "work").rglob("*.safetensors")) == []
 
 
-def test_joint_units_read_each_range_once_and_cover_every_scheme(hub, moe):
-    _seed(hub, moe)
-    prepared = prepare_many(make_jobs(SOURCE, SCHEMES), token=ALICE)
-    targets = [FanOutTarget(p.planned.plan, p.planned.plan.shards, Path("."), None, None, 0, None) for p in prepared]
-    units = joint_units(prepared[0].planned.checkpoint, targets)
-    keys = [(s, o) for u in units for s, o, _ in u.reads]
-    assert len(keys) == len(set(keys))  # each range once
-    for k, p in enumerate(prepared):
-        members = [m for u in units for m in u.members if m.target == k]
-        assert sorted(w.name for m in members for w in m.unit) == sorted(w.name for w in p.planned.plan.items)
-    # NVFP4's fused groups read partners from the next shard: some joint units span output shards
-    assert any(len({m.shard for m in u.members}) > 1 for u in units)
-
-
 def test_one_schemes_upload_failure_keeps_the_others_and_a_rerun_finishes(hub, moe, tmp_path):
     _seed(hub, moe)
     singles, single_served = _single_runs(hub, ["W4A16"])
@@ -167,36 +147,6 @@ def test_one_schemes_upload_failure_keeps_the_others_and_a_rerun_finishes(hub, m
     assert hub.stats.commits.get((w4.repo_id, "main"), 0) == 1
     assert 0 < served < single_served[0]  # the staged shards' inputs are not fetched again
     assert list((tmp_path / "work").rglob("*.safetensors")) == []
-
-
-def test_fan_out_finishes_in_any_shard_order_with_no_room_to_spare(tmp_path):
-    """Targets list their shards in any order (a part: biggest first) and the gate holds one shard:
-    no deadlock, and every target's shards are byte-identical to ``quantize_job``'s."""
-    checkpoint = make_checkpoint(tmp_path / "ck", "llama", shards=4, num_hidden_layers=4)
-    jobs = make_jobs(str(checkpoint), "FP8_BLOCK,W4A16")  # no fused group crosses a shard: one shard at a time
-    plans = [plan_job(jobs[0], checkpoint)]
-    plans.append(plan_job(jobs[1], checkpoint, checkpoint=plans[0].checkpoint))
-    uploaded: list[dict[str, bytes]] = [{}, {}]
-    targets = []
-    for k, planned in enumerate(plans):
-        (tmp_path / f"t{k}").mkdir()
-        targets.append(FanOutTarget(planned.plan, tuple(reversed(planned.plan.shards)), tmp_path / f"t{k}",
-                                    lambda shard, path, k=k: uploaded[k].__setitem__(shard, path.read_bytes()),
-                                    lambda: None, 1, lambda *_: None))
-    done: list = []
-    worker = threading.Thread(target=lambda: done.append(fan_out_shards(
-        plans[0].checkpoint, targets, lambda reads: LocalReader(plans[0].checkpoint),
-        devices=[torch.device("cpu")], workers=2)), daemon=True)
-    worker.start()
-    worker.join(timeout=120)
-    assert done, "fan_out_shards did not finish (deadlock)"
-    assert all(isinstance(report, StreamReport) for report in done[0])
-    for k, (job, report) in enumerate(zip(jobs, done[0])):
-        assert report.peak_disk <= max(shard_sizes(plans[k].plan).values())  # one shard at a time, in input order
-        local = tmp_path / f"local{k}"
-        quantize_job(job, local)
-        assert uploaded[k] == {p.name: p.read_bytes() for p in local.glob("*.safetensors")}
-        assert not list((tmp_path / f"t{k}").iterdir())
 
 
 def test_parts_of_several_schemes_then_finalize_each(hub, moe, tmp_path, monkeypatch, capsys):
