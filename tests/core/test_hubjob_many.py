@@ -201,3 +201,7 @@ def test_cli_run_and_plan_take_several_schemes(hub, moe, monkeypatch, capsys):
 
     assert cli.main(["run", SOURCE, "--scheme", "FP8_BLOCK,W4A16", "--to", "alice/x"]) == 2
     assert "target cannot be given with several schemes" in capsys.readouterr().err
+    assert cli.main(["run", SOURCE, "--scheme", "FP8_BLOCK,W4A16", "--on-jobs"]) == 2
+    assert "--on-jobs runs one scheme per job" in capsys.readouterr().err
+    assert cli.main(["plan", SOURCE, "--scheme", "FP8_BLOCK,W4A16", "--parts", "2"]) == 2
+    assert "--parts plans one scheme" in capsys.readouterr().err
