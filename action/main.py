@@ -391,7 +391,8 @@ def _run_many(
         if result is not None:
             results.append(result)
             sections.append(result_markdown(job, result))
-            console.line(f"Pushed {result.repo_url} (commit {result.commit_sha}), {result.ratio:.2f}x smaller.")
+            console.line(f"Staged part {job.part[0]}/{job.part[1]} on {result.repo_id}." if job.part is not None
+                         else f"Pushed {result.repo_url} (commit {result.commit_sha}), {result.ratio:.2f}x smaller.")
     console.line(f"Source downloaded once for {len(request.jobs)} schemes: {format_bytes(many.downloaded)}.")
     if many.collection:
         console.line(f"Added to the collection {many.collection}")
