@@ -60,7 +60,9 @@ _LAZY: dict[str, str] = {
     # the one call the front ends make
     "quantize_to_hub": "hubjob",
     "quantize_many_to_hub": "hubjob",
+    "ManyResult": "hubjob",
     "plan_hub_models": "hubjob",
+    "plans_to_markdown": "hubjob",
     "plan_hub_model": "hubjob",
     "default_target_repo": "hubjob",
     "prepare_hub_job": "hubjob",
@@ -111,6 +113,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .hubjob import (
         HubResult,
+        ManyResult,
         PartsPlan,
         PreparedJob,
         default_target_repo,
@@ -120,6 +123,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         plan_hub_parts,
         prepare_hub_job,
         plan_hub_models,
+        plans_to_markdown,
         quantize_many_to_hub,
         quantize_to_hub,
         run_hub_job,
