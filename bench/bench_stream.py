@@ -320,7 +320,7 @@ def _schemes_table(r: dict[str, dict], model_bytes: int, shards: int, args: argp
         ("link (test Hub server, own process)", f"{args.bandwidth / MB:.0f} MB/s each way"),
         ("plain download of the same files", f"{down['seconds']:.1f} s"),
         *((f"single-scheme streamed run: {s}", f"{one['seconds']:.1f} s, downloaded {_gb(one['downloaded'])}, "
-           f"CPU {one['cpu']:.1f} s") for s, one in zip(schemes, singles)),
+           f"CPU {one['cpu']:.1f} s client, {one['server_cpu']:.1f} s server") for s, one in zip(schemes, singles)),
         (f"{len(schemes)} separate runs (the baseline)", f"{separate:.1f} s, downloaded "
                                                          f"{_gb(sum(one['downloaded'] for one in singles))}"),
         (f"{len(schemes)} schemes from one read (quantize_many_to_hub)",
@@ -333,7 +333,7 @@ def _schemes_table(r: dict[str, dict], model_bytes: int, shards: int, args: argp
         ("  source bytes read by the job's reader", _gb(many["read"])),
         ("  uploaded (LFS) / output of all schemes", f"{_gb(many['lfs_uploaded'])} / {_gb(many['size_after'])}"),
         ("  peak disk (per-scheme peaks summed) / peak RSS / CPU", f"{_gb(many['peak_disk'])} / {_gb(many['hwm'])} / "
-                                                   f"{many['cpu']:.1f} s client"),
+                                                   f"{many['cpu']:.1f} s client, {many['server_cpu']:.1f} s server"),
     ]
     lines = ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
     return "\n".join(lines) + "\n"
