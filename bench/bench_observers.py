@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """Weight observers: ptq_core against llm-compressor 0.14.0.1, and what each observer buys.
 
+(llm-compressor 0.15.0 is a GitHub release only; the package index serves 0.14.0.1,
+the peer measured here. Its newest nightly there, 0.14.1a20261020, registers no
+MXFP4-specific MSE observer.)
+
 Two tables, in Markdown on stdout:
 
 1. **Call time** for one weight of the benchmark checkpoint (seeded N(0, 0.02) bf16,
@@ -16,10 +20,14 @@ Two tables, in Markdown on stdout:
    degrees of freedom, same std), dequantized by compressed-tensors' own decompressors.
    Our outputs equal the peer's, so these are the peer's numbers too.
 
+``--all`` times every scheme of the error table with every observer (slow on the
+peer's side: use fewer rows).
+
 It reports and never asserts a timing::
 
     .venv/bin/python bench/bench_observers.py
     .venv/bin/python bench/bench_observers.py --rows 1024 --cols 2048 --repeats 1 --skip-errors
+    .venv/bin/python bench/bench_observers.py --all --rows 512 --rounds 1 --repeats 2 --skip-errors
 """
 
 from __future__ import annotations
@@ -40,6 +48,11 @@ PEER_VERSION = "0.14.0.1"
 TIMED = (("W4A16", "memoryless_mse"), ("NVFP4A16", "nvfp4_expanded_mse"), ("W4A16", "memoryless_minmax"))
 ERROR_SCHEMES = ("W4A16", "W4A16_ASYM", "W8A16", "FP8_DYNAMIC", "FP8_BLOCK", "NVFP4A16", "MXFP4A16", "MXFP8A16")
 OBSERVERS = ("memoryless_minmax", "memoryless_mse", "nvfp4_expanded_mse")
+TIMED_ALL = tuple((name, observer) for name in ERROR_SCHEMES for observer in OBSERVERS)
+
+
+def timed(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    return TIMED_ALL if args.all else TIMED
 
 
 def bench_weight(rows: int, cols: int, seed: int, heavy: bool = False) -> torch.Tensor:
@@ -85,7 +98,7 @@ def peer_main(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     weight = bench_weight(args.rows, args.cols, args.seed)
     results, tensors = [], {}
-    for name, observer in TIMED:
+    for name, observer in timed(args):
         def call(name=name, observer=observer):
             module = initialize_quantized_linear(weight, _scheme(name, observer), "cpu")
             calibrate_weight(module)
@@ -102,6 +115,7 @@ def peer_main(args: argparse.Namespace) -> None:
 def run_peer(args: argparse.Namespace, python: Path, out: Path) -> list[dict]:
     cmd = [str(python), __file__, "--as-peer", "--peer-out", str(out), "--rows", str(args.rows), "--cols",
            str(args.cols), "--seed", str(args.seed), "--repeats", str(args.repeats), "--threads", str(args.threads)]
+    cmd += ["--all"] if args.all else []
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing of ours in the peer
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
@@ -117,7 +131,7 @@ def ours_times(args: argparse.Namespace) -> tuple[list[dict], dict]:
 
     weight = bench_weight(args.rows, args.cols, args.seed)
     results, tensors = [], {}
-    for name, observer in TIMED:
+    for name, observer in timed(args):
         spec, scratch = _spec(name, observer), Scratch()
         quantize_weight(weight[:256], spec, scratch=scratch)  # tables and buffers, as in a long run
         cpu, wall, out = _timed(lambda: quantize_weight(weight, spec, scratch=scratch), args.repeats)
@@ -182,6 +196,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "ptq-hub" / "bench")
     parser.add_argument("--skip-errors", action="store_true", help="only the timing table")
+    parser.add_argument("--all", action="store_true", help="time every scheme x observer of the error table")
     parser.add_argument("--skip-timing", action="store_true", help="only the error table")
     parser.add_argument("--as-peer", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--peer-out", help=argparse.SUPPRESS)

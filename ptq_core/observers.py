@@ -19,8 +19,9 @@ computes for each name, byte-identical to the peer on CPU:
 
 Names are matched as the peer's registry matches them (case, ``-`` and ``_``
 ignored). The search is the peer's eager (CPU) ``_grid_search_mse``, evaluated
-for many candidate scales at once: the same tensor ops in the same dtypes per
-candidate, so the selected ranges are the same bit for bit. Its Triton path
+for many candidate scales at once: the same elementwise ops in the same dtypes per
+candidate, and per-cell sums that round as the peer's (``numerics.mse_search``),
+so the selected ranges are the same bit for bit. Its Triton path
 (CUDA) differs; like every kernel here, this one follows the CPU path on any
 device so that output never depends on the device.
 
@@ -30,8 +31,8 @@ float32 bytes are the peer's when it runs with one torch thread (bf16 and f16
 round the power to 16 bits identically either way).
 
 This module holds the names, the defaults and the search's bookkeeping
-(candidate ranges, the peer's improvement rule, its early stop); ``numerics``
-evaluates the errors with its kernels. It imports torch only.
+(candidate ranges, the peer's improvement rule, its early stop);
+``numerics.mse_search`` evaluates the errors with its kernels. It imports torch only.
 """
 
 from __future__ import annotations
@@ -231,9 +232,13 @@ def improvements(err: torch.Tensor, best_err: torch.Tensor) -> Improvements:
     never improves, since every comparison with NaN is false.
     """
     e = torch.nan_to_num(err.to(best_err.dtype), nan=math.inf)
-    running = torch.minimum(torch.cummin(e, dim=0).values, best_err.unsqueeze(0))
-    before = torch.cat([best_err.unsqueeze(0), running[:-1]])
-    return Improvements(e < before, running)
+    running = torch.empty_like(e)
+    improved = torch.empty(e.shape, dtype=torch.bool, device=e.device)
+    before = best_err
+    for i in range(e.shape[0]):  # one factor at a time: torch's cummin over dim 0 is many times slower
+        torch.lt(e[i], before, out=improved[i])
+        before = torch.minimum(e[i], before, out=running[i])
+    return Improvements(improved, running)
 
 
 def advance(improved_any: torch.Tensor, stale: int, patience: int) -> tuple[int, int, bool]:
@@ -252,10 +257,10 @@ def advance(improved_any: torch.Tensor, stale: int, patience: int) -> tuple[int,
 def keep_best(found: Improvements, taken: int, first_step: int, best_err: torch.Tensor, best_step: torch.Tensor):
     """Running best error and step per cell after the block's first ``taken`` factors.
 
-    The last improving factor is the one holding the running minimum (first
-    occurrence, since improvements are strict).
+    Each cell keeps the step of its last improvement (the peer's ``best_min_val[improved]
+    = ...``, factor after factor); a cell that never improved keeps ``best_step``.
     """
-    improved = found.improved[:taken]
-    steps = torch.arange(first_step, first_step + taken, device=improved.device).view(-1, *([1] * (improved.dim() - 1)))
-    last = torch.where(improved, steps, torch.full_like(steps, -1)).amax(dim=0)
-    return found.running[taken - 1], torch.where(last >= 0, last, best_step)
+    step = best_step.clone()
+    for i in range(taken):
+        step.masked_fill_(found.improved[i], first_step + i)
+    return found.running[taken - 1], step

@@ -58,8 +58,9 @@ class Mutation:
 # The mutations. Anchors are written against the current code; when a refactor
 # moves the code, `--list` still works and a run names every stale anchor.
 # ============================================================================
-NUMERICS, FUSED, PLANNER, WRITER, HTTP, HTTP_ERRORS, STAGING, REDACT, CONVERT, OUTPUT_CONFIG, SHARDS = (
-    "ptq_core/numerics.py", "ptq_core/fused_groups.py", "ptq_core/planner.py", "ptq_core/writer.py",
+NUMERICS_SPEC, NUMERICS_SCALES, NUMERICS_MSE, FUSED, PLANNER, WRITER, HTTP, HTTP_ERRORS, STAGING, REDACT, CONVERT, OUTPUT_CONFIG, SHARDS = (
+    "ptq_core/numerics/spec.py", "ptq_core/numerics/scales.py", "ptq_core/numerics/mse_search.py",
+    "ptq_core/fused_groups.py", "ptq_core/planner.py", "ptq_core/writer.py",
     "ptq_core/_http.py", "ptq_core/http_errors.py", "ptq_core/staging.py", "ptq_core/redact.py",
     "ptq_core/convert.py", "ptq_core/output_config.py", "ptq_core/sources/shards.py",
 )
@@ -68,34 +69,40 @@ STREAM, UNITS, PARTS, FINALIZE = (
 )
 MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
-        "scale-formula", NUMERICS,
+        "scale-formula", NUMERICS_SCALES,
         "scales = max_val_pos / (bit_range.to(max_val_pos.dtype) / 2)",
         "scales = max_val_pos / bit_range.to(max_val_pos.dtype)",
-        ("tests/test_numerics.py", "-k", "test_quantize_weight_matches_reference"),
+        ("tests/core/test_numerics.py", "-k", "test_quantize_weight_matches_reference"),
     ),
     Mutation(
-        "fp4-rounding-tie", NUMERICS,
+        "fp4-rounding-tie", NUMERICS_SCALES,
         "idx += a >= 0.75",
         "idx += a > 0.75",
-        ("tests/test_numerics.py", "-k", "test_ties_construction or test_quantize_weight_matches_reference"),
+        ("tests/core/test_numerics.py", "-k", "test_ties_construction or test_quantize_weight_matches_reference"),
     ),
     Mutation(
-        "nibble-order", NUMERICS,
+        "nibble-order", NUMERICS_SCALES,
         "pairs = codes.view(codes.shape[0], -1, 2)",
         "pairs = codes.view(codes.shape[0], -1, 2).flip(-1)",
-        ("tests/test_numerics.py", "-k", "test_quantize_weight_matches_reference"),
+        ("tests/core/test_numerics.py", "-k", "test_quantize_weight_matches_reference"),
     ),
     Mutation(
-        "int-packing-offset", NUMERICS,
+        "int-packing-offset", NUMERICS_SCALES,
         "offset = 1 << (num_bits - 1)",
         "offset = (1 << (num_bits - 1)) - 1",
-        ("tests/test_numerics.py", "-k", "test_quantize_weight_matches_reference or test_channel_int_schemes"),
+        ("tests/core/test_numerics.py", "-k", "test_quantize_weight_matches_reference or test_channel_int_schemes"),
     ),
     Mutation(
-        "mx-exponent-offset", NUMERICS,
+        "mx-exponent-offset", NUMERICS_SPEC,
         "_MX_ELEM_OFFSET = {4: 2, 6: 2, 8: 8}",
         "_MX_ELEM_OFFSET = {4: 3, 6: 2, 8: 8}",
-        ("tests/test_numerics.py", "-k", "test_quantize_weight_matches_reference"),
+        ("tests/core/test_numerics.py", "-k", "test_quantize_weight_matches_reference"),
+    ),
+    Mutation(
+        "table-sum-margin", NUMERICS_MSE,
+        "return (2 * width + 4) * 2.0**-24",
+        "return 0.0",
+        ("tests/core/test_observers.py", "-k", "test_table_errors_equal_the_direct_errors"),
     ),
     Mutation(
         "global-scale-sharing", FUSED,

@@ -60,7 +60,7 @@ def test_fp8_block_dequantize_matches_reference(shape, dtype):
 ])
 def test_fp8_block_dequantize_other_formats(monkeypatch, fp8, scale_dtype, block):
     """E5M2 weights, bf16 scales, other block sizes, and many row chunks."""
-    monkeypatch.setattr(numerics, "_CHUNK_ELEMS", 4096)
+    monkeypatch.setattr(numerics.scales, "_CHUNK_ELEMS", 4096)
     weight, scale = fp8_block_weight((200, 136), block, seed=3, fp8=fp8, scale_dtype=scale_dtype)
     ours = dequantize_fp8_block(weight, scale, torch.bfloat16, block=block)
     assert torch.equal(raw(ours), raw(reference_dequantize(weight, scale, torch.bfloat16, block)))
@@ -70,7 +70,7 @@ def test_fp8_block_dequantize_other_formats(monkeypatch, fp8, scale_dtype, block
 def test_fp8_block_dequantize_odd_blocks_match_reference(monkeypatch, block):
     """Blocks of one row or column, ragged in both dimensions, and larger than the weight
     (the reference pads: one block over the whole dimension), over many row chunks."""
-    monkeypatch.setattr(numerics, "_CHUNK_ELEMS", 1000)
+    monkeypatch.setattr(numerics.scales, "_CHUNK_ELEMS", 1000)
     weight, scale = fp8_block_weight((200, 136), block, seed=5)
     ours = dequantize_fp8_block(weight, scale, torch.bfloat16, block=block)
     assert torch.equal(raw(ours), raw(reference_dequantize(weight, scale, torch.bfloat16, block)))

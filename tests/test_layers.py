@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-CORE = Path(__file__).resolve().parents[1] / "ptq_core"
+ROOT = Path(__file__).resolve().parents[1]
+CORE = ROOT / "ptq_core"
 
 # docs/ARCHITECTURE.md's table: a module may import only from strictly lower layers.
 LAYERS: dict[str, int] = {
@@ -19,29 +20,30 @@ LAYERS: dict[str, int] = {
     "constants": 1, "sizes": 1, "redact": 1, "repo_files": 1, "matching": 1, "experts": 1,
     "stages": 1, "ignore_text": 1, "workers": 1, "output_errors": 1, "http_errors": 1,
     "sources.safetensors_header": 1, "sources.formats": 1,
-    "observers": 2, "sources.shards": 2, "sources.detect": 2, "sources.decode_checks": 2,
+    "observers": 1, "sources.shards": 2, "sources.detect": 2, "sources.decode_checks": 2,
     "work_folders": 2, "http_deadlines": 2,
-    "numerics": 3, "output_folder": 3,
-    "schemes": 4, "fused_groups": 4,
-    "job": 5, "checkpoint": 5,
-    "convert": 6, "default_ignore": 6, "tensor_parallel": 4,
-    "plan": 7, "rotation": 7,
-    "_http": 8, "parts": 8, "planner": 8, "output_config": 8,
-    "source": 9, "writer": 9, "hf_jobs_runtime": 9, "hub_collections": 9,
-    "units": 10, "reindex": 10, "remote": 10,
-    "job_plan": 11, "card": 11, "stream": 11,
-    "pipeline": 12, "publish": 12, "staging": 12, "fanout": 12,
+    # the kernels: a package, one module per topic, its __init__ the public API
+    "numerics.spec": 2, "numerics.scales": 3, "numerics.mse_search": 4, "numerics": 5, "output_folder": 3,
+    "schemes": 6, "fused_groups": 6,
+    "job": 7, "checkpoint": 7,
+    "convert": 8, "default_ignore": 8, "tensor_parallel": 6,
+    "plan": 9, "rotation": 9,
+    "_http": 10, "parts": 10, "planner": 10, "output_config": 10,
+    "source": 11, "writer": 11, "hf_jobs_runtime": 11, "hub_collections": 11,
+    "units": 12, "reindex": 12, "remote": 12,
+    "job_plan": 13, "card": 13, "stream": 13,
+    "pipeline": 14, "publish": 14, "staging": 14, "fanout": 14,
     # the Hub job: a package, one module per phase (a dotted name is a module of a subpackage)
-    "hubjob.results": 13, "hubjob.request": 13,
-    "hubjob.prepare": 14, "hubjob.preview": 14,
-    "hubjob.recovery": 15,
-    "hubjob.stage": 16,
-    "hubjob.finalize": 17,
-    "hubjob.run": 18, "hubjob.many": 18,
-    "hubjob": 19,
-    "recipe": 20, "demo": 20, "hf_jobs": 20, "hf_job_entry": 20,
-    "cli_jobs": 21,
-    "cli": 22,
+    "hubjob.results": 15, "hubjob.request": 15,
+    "hubjob.prepare": 16, "hubjob.preview": 16,
+    "hubjob.recovery": 17,
+    "hubjob.stage": 18,
+    "hubjob.finalize": 19,
+    "hubjob.run": 20, "hubjob.many": 20,
+    "hubjob": 21,
+    "recipe": 22, "demo": 22, "hf_jobs": 22, "hf_job_entry": 22,
+    "cli_jobs": 23,
+    "cli": 24,
 }
 # Only these may import inside functions: they stay cheap to import (`ptq --help`).
 LAZY_IMPORTERS = {"cli", "cli_jobs", "__init__"}
@@ -130,3 +132,19 @@ def test_compressed_tensors_is_imported_where_it_is_used(module):
             at_load.append(node.module)
     heavy = [name for name in at_load if name.split(".")[0] in ("compressed_tensors", "transformers")]
     assert not heavy, f"{module} imports {heavy} when it is loaded; import it in the function that uses it"
+
+
+def test_every_core_package_is_in_the_wheel():
+    """A subpackage missing from the build's package list installs a core that cannot import.
+
+    ``pip install .`` (not ``-e``) ships only what setuptools finds under pyproject's rule; the
+    checkout's tests would pass while an installed ptq_core lacked ``sources/`` or ``hubjob/``.
+    """
+    import tomllib
+
+    from setuptools import find_packages
+
+    rule = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    shipped = set(find_packages(str(ROOT), include=rule["include"]))
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "ptq_core").rglob("__init__.py")}
+    assert on_disk and on_disk <= shipped, f"not shipped: {sorted(on_disk - shipped)}"

@@ -18,11 +18,7 @@ MAX_MODULE_LINES = 500
 
 # Modules allowed over MAX_MODULE_LINES, each with the reason. Keep it empty; an entry is a
 # debt with a named owner, not a permission.
-MODULE_ALLOW_LIST: dict[str, str] = {
-    # the quantize kernels and the one format -> stored-tensors table; being split into
-    # kernel modules by its own change (issue 18, numerics/observers), which removes this entry
-    "numerics.py": "kernel table, split in progress",
-}
+MODULE_ALLOW_LIST: dict[str, str] = {}
 # Functions allowed over MAX_FUNCTION_LINES ("module.py:qualname" -> reason). Empty.
 FUNCTION_ALLOW_LIST: dict[str, str] = {}
 

@@ -40,7 +40,7 @@ def scheme_for(case) -> QuantizationScheme:
 
 
 def main() -> None:
-    torch.set_num_threads(1)  # float32 error sums: see tests/test_observers.py
+    torch.set_num_threads(1)  # float32 error sums: see tests/core/test_observers.py
     out: dict[str, torch.Tensor] = {}
     for case in cases():
         config = validate_config(None, scheme_for(case), ignore=[])

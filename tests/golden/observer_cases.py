@@ -1,7 +1,7 @@
 """The observer golden cases: seeded inputs and the schemes/observers they go through.
 
 Imported both by ``make_observer_golden.py`` (run in the peer's venv, with
-llm-compressor 0.14.0.1) and by ``tests/test_observers.py`` (ours), so the inputs
+llm-compressor 0.14.0.1) and by ``tests/core/test_observers.py`` (ours), so the inputs
 are regenerated bit for bit on both sides and only the peer's outputs are stored.
 Pure torch: no compressed-tensors, no llm-compressor.
 """

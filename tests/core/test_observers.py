@@ -23,14 +23,14 @@ import torch
 from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme, preset_name_to_scheme
 from safetensors import safe_open
 
-from ptq_core import numerics, observers
+from ptq_core import observers
 from ptq_core.errors import CalibrationRequiredError, NonFiniteScaleError, SchemeNotSupportedError
-from ptq_core.numerics import global_scale_from_stats, observe_weight, quantize_weight
+from ptq_core.numerics import Scratch, global_scale_from_stats, mse_search, observe_weight, quantize_weight, scales
 from ptq_core.schemes import resolve_config, weight_spec
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 sys.path.insert(0, str(GOLDEN))
-from observer_cases import GOLDEN_FILE, SCHEMES, Case, build_inputs, cases  # noqa: E402
+from observer_cases import DTYPES, GOLDEN_FILE, SCHEMES, Case, build_inputs, cases  # noqa: E402
 
 CASES = cases()
 
@@ -134,9 +134,9 @@ def test_search_blocks_and_chunks_change_no_byte(monkeypatch, case):
     search is cut up (chunk boundaries, one factor per block, patience carried across blocks)."""
     if _nan_zero_point_case(case):
         pytest.skip("refused (NaN zero points)")
-    monkeypatch.setattr(numerics, "_CHUNK_ELEMS", 16 * 1024)
-    monkeypatch.setattr(numerics, "_SEARCH_ELEMS", 2048)
-    monkeypatch.setattr(numerics, "_SEARCH_CELLS", 64)
+    monkeypatch.setattr(scales, "_CHUNK_ELEMS", 16 * 1024)
+    monkeypatch.setattr(mse_search, "_SEARCH_ELEMS", 2048)
+    monkeypatch.setattr(mse_search, "_SEARCH_CELLS", 64)
     assert_same(run_case(case), golden(case), f"{case.id} in small pieces")
 
 
@@ -272,3 +272,97 @@ def test_odd_shapes_match_the_oracle(scheme, shape):
     for observer in ("memoryless_mse", "nvfp4_expanded_mse"):
         s = scheme_for(scheme, observer)
         assert_same(quantize_weight(w, spec_of(s)), reference_quantize(w, s), f"{scheme} {observer} {shape}")
+
+
+# --------------------------------------------------------------------------- pair tables
+
+
+def _table_calls(monkeypatch) -> list:
+    """Force a pair table wherever the search may take one, and record each use."""
+    monkeypatch.setattr(mse_search, "_TABLE_GAIN", 1e-9)
+    calls, real = [], mse_search._table_errors
+    monkeypatch.setattr(mse_search, "_table_errors", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+PEER_CASES = [c for c in CASES if not _nan_zero_point_case(c)]
+
+
+@pytest.mark.parametrize("case", PEER_CASES, ids=[c.id for c in PEER_CASES])
+def test_pair_tables_give_the_peers_bytes(monkeypatch, case):
+    """Every golden case through the table path (bf16 / f16 searches over groups or channels);
+    float32 weights and whole-tensor or block cells keep the direct path."""
+    calls = _table_calls(monkeypatch)
+    assert_same(run_case(case), golden(case), f"{case.id} through pair tables")
+    spec = spec_of(scheme_for(case.scheme, case.observer, case.kwargs))
+    tabled = case.dtype != "f32" and spec.observer != observers.MINMAX and spec.strategy not in ("tensor", "block")
+    assert bool(calls) == tabled
+
+
+def _hard_weight(rows: int, cols: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """Heavy tails, all-zero and negative-zero cells, tiny values, repeated cells, exact
+    rounding ties, and values whose errors overflow the dtype (NaN-free extremes)."""
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.randn(rows, cols, generator=gen, dtype=torch.float64)
+    w = 0.02 * t / torch.randn(rows, cols, generator=gen, dtype=torch.float64).abs().clamp(min=0.1)
+    w[0] = 0.0
+    w[1] = -0.0
+    w[2] = 1e-6 * torch.sign(w[2])
+    w[3] = w[4]  # a repeated row: cells with the same statistics share one group
+    step = 2.0 ** -6
+    w[5] = ((torch.arange(cols) % 15) - 7 + 0.5) * step  # ties at the first candidate's grid
+    w[5, ::16] = 7.5 * step
+    w[6, : cols // 2] = torch.finfo(dtype).max / 4  # |q - w| ** 2.4 overflows to inf
+    return w.to(dtype)
+
+
+@pytest.mark.parametrize("scheme,cols", [("W4A16", 384), ("W4A16_ASYM", 384), ("NVFP4A16", 48),
+                                         ("MXFP4A16", 96), ("W8A8", 200), ("FP8_DYNAMIC", 1032)])
+@pytest.mark.parametrize("dtype", ["bf16", "f16"])
+@pytest.mark.parametrize("margin", [None, 0.05])
+def test_table_errors_equal_the_direct_errors(monkeypatch, scheme, cols, dtype, margin):
+    """The certified table sums equal torch's reduction bit for bit, error by error (odd row and
+    group counts); a 5% margin sends most sums to the fallback, which must agree too."""
+    if margin is not None:
+        monkeypatch.setattr(mse_search, "_sum_margin", lambda width: margin)
+    monkeypatch.setattr(mse_search, "_TABLE_GAIN", 1e-9)
+    spec = spec_of(scheme_for(scheme, "memoryless_mse"))
+    params = observers.mse_params(spec.observer_kwargs)
+    w = _hard_weight(37, cols, DTYPES[dtype], cols)
+    lo, hi = scales._stats(w, spec, Scratch())
+    factors = observers.shrink_tensor(params, w.dtype, w.device)
+    direct = mse_search._errors(w, lo, hi, spec, params.norm, factors, Scratch())
+    table = mse_search._pair_table(w, lo, hi, spec, Scratch())
+    fallbacks, real = [], mse_search._pointwise_errors
+    monkeypatch.setattr(mse_search, "_pointwise_errors", lambda *a, **k: fallbacks.append(a[0].shape) or real(*a, **k))
+    in_order = mse_search._table_errors(table, spec, params.norm, factors, Scratch())
+    tabled = torch.empty_like(in_order).index_copy_(1, table.order, in_order).reshape(direct.shape)
+    assert torch.isinf(direct).any() and (direct == 0).any()
+    assert torch.equal(raw(tabled), raw(direct)), f"{(raw(tabled) != raw(direct)).sum()} bytes differ"
+    recomputed = sum(shape[0] for shape in fallbacks if shape[-1] > 1)  # table calls take [values, 1]
+    assert recomputed >= int(torch.isinf(direct).sum()), "the non-finite sums must be recomputed"
+    if margin is not None:
+        assert recomputed > direct.numel() // 2
+
+
+def test_table_gain_rule_keeps_small_weights_direct(monkeypatch):
+    """Without forcing, a weight with as many distinct values as elements takes the direct path."""
+    calls, real = [], mse_search._table_errors
+    monkeypatch.setattr(mse_search, "_table_errors", lambda *a, **k: calls.append(1) or real(*a, **k))
+    spec = spec_of(scheme_for("W4A16", "memoryless_mse"))
+    w = (torch.randn(16, 256, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 0.02).to(torch.bfloat16)
+    observe_weight(w, spec)
+    assert not calls
+    big = (torch.randn(512, 1024, generator=torch.Generator().manual_seed(1)) * 0.02).to(torch.bfloat16)
+    observe_weight(big, spec)
+    assert calls
+
+
+def test_table_splits_its_factors_to_bound_memory(monkeypatch):
+    """A table over too many (qparams x values) entries evaluates half the factors at a time:
+    the same bytes."""
+    case = next(c for c in CASES if c.scheme == "NVFP4A16" and c.observer == "nvfp4_expanded_mse" and c.kind == "edge")
+    calls = _table_calls(monkeypatch)
+    monkeypatch.setattr(mse_search, "_TABLE_ENTRIES", 4096)
+    assert_same(run_case(case), golden(case), f"{case.id} with small tables")
+    assert len(calls) > 3, "the factor block was not split"

@@ -309,7 +309,7 @@ def test_quantize_weight_matches_reference(name, dname, case):
 @pytest.mark.parametrize("name", KERNELS)
 def test_small_chunks_match_reference(monkeypatch, name):
     """Force many row chunks (block schemes: chunk boundaries at 128-row multiples)."""
-    monkeypatch.setattr(numerics, "_CHUNK_ELEMS", 4096)
+    monkeypatch.setattr(numerics.scales, "_CHUNK_ELEMS", 4096)
     w, ref = _reference(name, "bf16", "edge_160x256")
     assert_same_outputs(quantize_weight(w, spec_for(name)), ref, f"{name} chunked")
     w, ref = _reference(name, "f16", "random_160x256")
@@ -320,7 +320,7 @@ def test_sink_and_shared_scratch_match_reference(monkeypatch):
     """The streaming path the pipeline uses: the main tensor arrives in row chunks through
     ``sink`` (copied, since a chunk is valid only during the call), one ``Scratch`` is reused
     across every preset, dtype and shape in turn (stale or undersized buffers would show)."""
-    monkeypatch.setattr(numerics, "_CHUNK_ELEMS", 8192)
+    monkeypatch.setattr(numerics.scales, "_CHUNK_ELEMS", 8192)
     scratch = Scratch()
     for name in KERNELS:
         spec = spec_for(name)
@@ -423,7 +423,7 @@ def test_nvfp4_fused_group_global_scale(variant, dname):
 
 
 def test_tensor_absmax_over_chunks(monkeypatch):
-    monkeypatch.setattr(numerics, "_CHUNK_ELEMS", 1000)
+    monkeypatch.setattr(numerics.scales, "_CHUNK_ELEMS", 1000)
     w = _randn((300, 64), 31).to(torch.bfloat16)
     w[250, 3] = -0.7  # in a late chunk, negative
     got = tensor_absmax(w)
@@ -574,7 +574,7 @@ def test_per_tensor_strategy_matches_reference(kind, num_bits, symmetric, dname,
 def test_per_tensor_scale_spans_every_chunk(monkeypatch):
     """Many row chunks still share the one scale taken from the whole tensor: the max |w| sits in
     the last chunk, so a per-chunk scale would differ in every earlier one."""
-    monkeypatch.setattr(numerics, "_CHUNK_ELEMS", 2048)
+    monkeypatch.setattr(numerics.scales, "_CHUNK_ELEMS", 2048)
     for kind, num_bits, symmetric in PER_TENSOR:
         scheme, spec = _custom(num_bits=num_bits, type=kind, strategy="tensor", symmetric=symmetric)
         weight = _randn((160, 256), 41).to(torch.bfloat16)
