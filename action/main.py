@@ -37,6 +37,7 @@ from ptq_core.ignore_text import parse_ignore_text
 from ptq_core._http import resolve_token
 from ptq_core.job import Job
 from ptq_core.redact import install_redaction, redact, secret_forms
+from ptq_core.sizes import format_bytes
 from ptq_core.stages import Stage
 from ptq_core.errors import DiskSpaceError, InvalidOptionError, PtqError, RecipeError, TargetRepoExistsError, TokenError
 
@@ -84,6 +85,8 @@ class Request:
     finalize: int | None = None  # the last step of a multi-part job: make the one commit
     on_jobs: str | None = None  # run on Hugging Face Jobs: a flavor, or "auto" (the plan's pick)
     job_spec: tuple[str, str, dict] | None = None  # (model, scheme, make_job options): what a Job is sent
+    collection: str | None = None  # a collection title: the pushed repos are added to it
+    several: bool = False  # several schemes of one model: one read, one repo each (outputs as lists)
 
 
 # --- inputs ------------------------------------------------------------------
@@ -138,6 +141,7 @@ def read_request(environ: Mapping[str, str]) -> Request:
     config = read_input(environ, "config")
     scheme = read_input(environ, "scheme") or DEFAULT_SCHEME
     on_jobs = read_input(environ, "on-jobs") or None
+    collection = read_input(environ, "collection") or None
     if on_jobs and config:
         raise InvalidOptionError("Input `on-jobs` runs one model (`model`), not a recipe; drop one of them.")
 
@@ -181,9 +185,15 @@ def read_request(environ: Mapping[str, str]) -> Request:
             rotate=rotate,
         )
         with _named_input():
-            jobs = (ptq_core.make_job(source, scheme, **options),)
-        return Request(jobs, False, read_token(environ), parts, finalize, on_jobs, (source, scheme, options))
-    return Request(jobs, bool(config), read_token(environ), parts, finalize)
+            jobs = ptq_core.make_jobs(source, scheme, **options)
+        several = len(jobs) > 1
+        if several and (on_jobs or parts):
+            raise InvalidOptionError(
+                f"Input `{'on-jobs' if on_jobs else 'parts'}` takes one scheme; `scheme` lists {len(jobs)}. "
+                "Give one scheme, or drop it to quantize them all from one read on this runner.")
+        return Request(jobs, False, read_token(environ), parts, finalize, on_jobs, (source, scheme, options),
+                       collection, several)
+    return Request(jobs, bool(config), read_token(environ), parts, finalize, collection=collection)
 
 
 def _count_input(environ: Mapping[str, str], name: str) -> int | None:
@@ -314,29 +324,36 @@ def run(environ: Mapping[str, str], stdout: TextIO) -> int:
         request = read_request(environ)
         if request.parts is not None and request.on_jobs is None:  # the plan step of a matrix workflow: no quantization
             return _plan_parts(console, environ, request)
-        for index, job in enumerate(request.jobs, start=1):
-            if len(request.jobs) > 1:
-                console.line(f"Job {index} of {len(request.jobs)}: {job.label}")
-            try:
-                if request.on_jobs is not None:
-                    result = _run_on_jobs(console, request)
-                elif request.finalize is not None:
-                    result = ptq_core.finalize_hub_job(
-                        job, parts=request.finalize, token=request.token, progress=StageLog(console, job.label),
-                        work_dir=_work_dir(environ),
-                    )
+        if request.several and request.finalize is None:
+            failed = _run_many(console, environ, request, results, sections)
+            if failed is not None:
+                job, message = failed
+                return _fail(console, environ, request, job, request.jobs.index(job) + 1, results, sections,
+                             redact(message, token))
+        else:
+            for index, job in enumerate(request.jobs, start=1):
+                if len(request.jobs) > 1:
+                    console.line(f"Job {index} of {len(request.jobs)}: {job.label}")
+                try:
+                    if request.on_jobs is not None:
+                        result = _run_on_jobs(console, request)
+                    elif request.finalize is not None:
+                        result = ptq_core.finalize_hub_job(
+                            job, parts=request.finalize, token=request.token, progress=StageLog(console, job.label),
+                            work_dir=_work_dir(environ),
+                        )
+                    else:
+                        result = ptq_core.quantize_to_hub(
+                            job, token=request.token, progress=StageLog(console, job.label), work_dir=_work_dir(environ)
+                        )
+                finally:
+                    console.end_group()
+                results.append(result)
+                sections.append(result_markdown(job, result))
+                if job.part is not None:
+                    console.line(f"Staged part {job.part[0]}/{job.part[1]} on {result.repo_id} (staging head {result.commit_sha}).")
                 else:
-                    result = ptq_core.quantize_to_hub(
-                        job, token=request.token, progress=StageLog(console, job.label), work_dir=_work_dir(environ)
-                    )
-            finally:
-                console.end_group()
-            results.append(result)
-            sections.append(result_markdown(job, result))
-            if job.part is not None:
-                console.line(f"Staged part {job.part[0]}/{job.part[1]} on {result.repo_id} (staging head {result.commit_sha}).")
-            else:
-                console.line(f"Pushed {result.repo_url} (commit {result.commit_sha}), {result.ratio:.2f}x smaller.")
+                    console.line(f"Pushed {result.repo_url} (commit {result.commit_sha}), {result.ratio:.2f}x smaller.")
     except PtqError as err:
         message = redact(str(err), token)
         hint = _action_hint(err, request)
@@ -351,9 +368,38 @@ def run(environ: Mapping[str, str], stdout: TextIO) -> int:
     finally:
         logging.getLogger().removeHandler(handler)
 
-    _write_outputs(console, environ, output_values(results, as_lists=request.from_recipe))
+    if request.collection and results and request.jobs[0].part is None and not request.several:
+        url = ptq_core.add_to_collection(request.collection, [r.repo_id for r in results], token=request.token)
+        console.line(f"Added to the collection {url}")
+    _write_outputs(console, environ, output_values(results, as_lists=request.from_recipe or request.several))
     _write_summary(console, environ, _summary_header(results, failed=False) + "\n".join(sections))
     return 0
+
+
+def _run_many(
+    console: Console, environ: Mapping[str, str], request: Request, results: list[HubResult], sections: list[str]
+) -> tuple[Job, str] | None:
+    """Several schemes from one read (``quantize_many_to_hub``); the first failed job and what failed, or None."""
+    label = f"{request.jobs[0].source} -> {', '.join(j.scheme_name for j in request.jobs)}"
+    try:
+        many = ptq_core.quantize_many_to_hub(request.jobs, token=request.token, progress=StageLog(console, label),
+                                             work_dir=_work_dir(environ), collection=request.collection)
+    finally:
+        console.end_group()
+    for job in request.jobs:
+        result = many.results.get(job.scheme_name)
+        if result is not None:
+            results.append(result)
+            sections.append(result_markdown(job, result))
+            console.line(f"Staged part {job.part[0]}/{job.part[1]} on {result.repo_id}." if job.part is not None
+                         else f"Pushed {result.repo_url} (commit {result.commit_sha}), {result.ratio:.2f}x smaller.")
+    console.line(f"Source downloaded once for {len(request.jobs)} schemes: {format_bytes(many.downloaded)}.")
+    if many.collection:
+        console.line(f"Added to the collection {many.collection}")
+    if many.ok:
+        return None
+    failed = [job for job in request.jobs if job.scheme_name in many.errors]
+    return failed[0], "\n".join(f"{job.scheme_name}: {many.errors[job.scheme_name]}" for job in failed)
 
 
 def _run_on_jobs(console: Console, request: Request):
@@ -392,7 +438,7 @@ def _fail(
     if request is not None and job is not None and len(request.jobs) > 1:
         message = f"Job {index} of {len(request.jobs)} ({job.label}): {message}"
     if results and request is not None:  # what did get pushed stays visible to later steps
-        _write_outputs(console, environ, output_values(results, as_lists=request.from_recipe))
+        _write_outputs(console, environ, output_values(results, as_lists=request.from_recipe or request.several))
     label = job.label if job is not None else "inputs"
     sections.append(failure_markdown(label, message))
     _write_summary(console, environ, _summary_header(results, failed=True) + "\n".join(sections))

@@ -19,10 +19,16 @@ imports excluded):
   with ``--peer-quantizer ours`` or when the venv cannot be made) + ``upload_folder``
   (target: streamed >= 1.8x faster).
 
+``--mode schemes`` measures several schemes from one read instead (issue 21): each
+scheme of ``--schemes`` streamed alone (the three separate runs, the baseline), then
+``quantize_many_to_hub`` of all of them from one read; targets: its wall <= 1.25x the
+slowest single-scheme run, and the source bytes it downloads = one copy of the source.
+
 Prints a Markdown table (stdout); ``--json FILE`` keeps the raw numbers. Example::
 
     .venv/bin/python bench/bench_stream.py                       # ~1.1 GB, 11 shards, 100 MB/s
     .venv/bin/python bench/bench_stream.py --params 150M --bandwidth 50e6 --skip-peer   # smoke run
+    .venv/bin/python bench/bench_stream.py --mode schemes --schemes FP8_BLOCK,NVFP4A16,W4A16
 """
 
 from __future__ import annotations
@@ -92,6 +98,19 @@ result = ptq_core.quantize_to_hub(job, progress=progress)
 print(json.dumps({"seconds": time.perf_counter() - t, "cpu": cpu() - c, "hwm": hwm(), "timings": result.timings,
                   "peak_disk": result.peak_disk, "footprint": result.footprint.as_dict(),
                   "size_after": result.size_after, "marks": {k: v - t for k, v in state.items()}}))
+"""
+MANY = _HWM + """
+import json, sys, time
+import compressed_tensors  # as in STREAM: imports are outside the clock
+from ptq_core import make_jobs, quantize_many_to_hub
+jobs = make_jobs(sys.argv[1], sys.argv[2], workers=int(sys.argv[3]))
+t, c = time.perf_counter(), cpu()
+result = quantize_many_to_hub(jobs)
+assert result.ok, result.errors
+print(json.dumps({"seconds": time.perf_counter() - t, "cpu": cpu() - c, "hwm": hwm(), "read": result.downloaded,
+                  "size_after": sum(r.size_after for r in result.results.values()),
+                  "peak_disk": sum(r.peak_disk for r in result.results.values()),
+                  "timings": {name: r.timings for name, r in result.results.items()}}))
 """
 PEER = _HWM + """
 import json, sys, time
@@ -208,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shard-mb", type=float, default=100.0, help="largest input shard, MB")
     p.add_argument("--bandwidth", type=float, default=100e6, help="bytes/s, each way, all connections together")
     p.add_argument("--scheme", default="FP8_BLOCK")
+    p.add_argument("--mode", choices=("stream", "schemes"), default="stream",
+                   help="stream: one scheme against a download, a resume and the peer flow; "
+                        "schemes: --schemes from one read against each scheme streamed alone")
+    p.add_argument("--schemes", default="FP8_BLOCK,NVFP4A16,W4A16", help="--mode schemes: the schemes of one read")
     p.add_argument("--workers", type=int, default=max(1, min(4, os.cpu_count() or 1)))
     p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "ptq-hub" / "bench")
     p.add_argument("--peer-quantizer", choices=("peer", "ours"), default="peer",
@@ -246,6 +269,12 @@ def main(argv: list[str] | None = None) -> int:
                 return result
 
             step("download", ours, DOWNLOAD, [SOURCE, str(root / "download" / "files")])
+            if args.mode == "schemes":
+                for scheme in args.schemes.split(","):
+                    step(f"single-{scheme}", ours, STREAM,
+                         [SOURCE, f"alice/single-{scheme}", "0", scheme, str(args.workers), "default"])
+                step("many", ours, MANY, [SOURCE, args.schemes, str(args.workers)])
+                return _finish(results, model_bytes, len(shards), args)
             job = [args.scheme, str(args.workers)]
             step("streamed", ours, STREAM, [SOURCE, "alice/streamed", "0", *job, "default"])
             # Killed once half the output is uploaded, then rerun: with the default staging interval
@@ -273,10 +302,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
+    return _finish(results, model_bytes, len(shards), args)
 
-    print(_table(results, model_bytes, len(shards), args))
+
+def _finish(results: dict[str, dict], model_bytes: int, shards: int, args: argparse.Namespace) -> int:
+    table = _schemes_table if args.mode == "schemes" else _table
+    print(table(results, model_bytes, shards, args))
     if args.json:
-        args.json.write_text(json.dumps({"model_bytes": model_bytes, "shards": len(shards), **results}, indent=2))
+        args.json.write_text(json.dumps({"model_bytes": model_bytes, "shards": shards, **results}, indent=2))
     return 0
 
 
@@ -290,6 +323,38 @@ def _waits(stream: dict, down: dict) -> str:
     return (f"{first:.1f} s before the first byte; bytes {last - first:.1f} s ({(last - first) / down['seconds']:.2f}x the "
             f"plain download); after the last byte {commit - last:.1f} s (the last shard quantized, written and "
             f"uploaded; side files and card), then {stream['seconds'] - commit:.1f} s of final commit")
+
+
+def _schemes_table(r: dict[str, dict], model_bytes: int, shards: int, args: argparse.Namespace) -> str:
+    """Several schemes from one read against each scheme streamed alone, measured in this run."""
+    schemes = args.schemes.split(",")
+    singles = [r[f"single-{s}"] for s in schemes]
+    many, down = r["many"], r["download"]
+    slowest = max(one["seconds"] for one in singles)
+    separate = sum(one["seconds"] for one in singles)
+    rows = [
+        ("model", f"{_gb(model_bytes)} bf16 in {shards} shards, {args.workers} worker(s), "
+                  f"{os.cpu_count()} cores (shared with other work)"),
+        ("link (test Hub server, own process)", f"{args.bandwidth / MB:.0f} MB/s each way"),
+        ("plain download of the same files", f"{down['seconds']:.1f} s"),
+        *((f"single-scheme streamed run: {s}", f"{one['seconds']:.1f} s, downloaded {_gb(one['downloaded'])}, "
+           f"CPU {one['cpu']:.1f} s client, {one['server_cpu']:.1f} s server") for s, one in zip(schemes, singles)),
+        (f"{len(schemes)} separate runs (the baseline)", f"{separate:.1f} s, downloaded "
+                                                         f"{_gb(sum(one['downloaded'] for one in singles))}"),
+        (f"{len(schemes)} schemes from one read (quantize_many_to_hub)",
+         f"{many['seconds']:.1f} s = **{many['seconds'] / slowest:.2f}x** the slowest single run (target <= 1.25x), "
+         f"{many['seconds'] / separate:.2f}x the separate runs"),
+        *((f"  stage spans of {name} (overlapping)", ", ".join(f"{k} {v:.1f} s" for k, v in spans.items()))
+          for name, spans in many["timings"].items()),
+        ("  bytes downloaded (server) / model", f"{_gb(many['downloaded'])} / {_gb(model_bytes)} = "
+                                                f"**{many['downloaded'] / model_bytes:.3f}x** (target: one copy)"),
+        ("  source bytes read by the job's reader", _gb(many["read"])),
+        ("  uploaded (LFS) / output of all schemes", f"{_gb(many['lfs_uploaded'])} / {_gb(many['size_after'])}"),
+        ("  peak disk (per-scheme peaks summed) / peak RSS / CPU", f"{_gb(many['peak_disk'])} / {_gb(many['hwm'])} / "
+                                                   f"{many['cpu']:.1f} s client, {many['server_cpu']:.1f} s server"),
+    ]
+    lines = ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
+    return "\n".join(lines) + "\n"
 
 
 def _table(r: dict[str, dict], model_bytes: int, shards: int, args: argparse.Namespace) -> str:

@@ -23,6 +23,7 @@ from ._version import __version__
 _LAZY: dict[str, str] = {
     # one request value, built once by every front end
     "make_job": "job",
+    "make_jobs": "job",
     "Job": "job",
     "is_default_target": "job",
     # the front ends' shared surface (cheap leaves: no torch)
@@ -58,6 +59,10 @@ _LAZY: dict[str, str] = {
     "build_spinquant": "rotation",
     # the one call the front ends make
     "quantize_to_hub": "hubjob",
+    "quantize_many_to_hub": "hubjob",
+    "ManyResult": "hubjob",
+    "plan_hub_models": "hubjob",
+    "plans_to_markdown": "hubjob",
     "plan_hub_model": "hubjob",
     "default_target_repo": "hubjob",
     "prepare_hub_job": "hubjob",
@@ -108,6 +113,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .hubjob import (
         HubResult,
+        ManyResult,
         PartsPlan,
         PreparedJob,
         default_target_repo,
@@ -116,13 +122,16 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         plan_hub_model,
         plan_hub_parts,
         prepare_hub_job,
+        plan_hub_models,
+        plans_to_markdown,
+        quantize_many_to_hub,
         quantize_to_hub,
         run_hub_job,
         search_models,
     )
     from .constants import DEFAULT_SCHEME
     from .ignore_text import parse_ignore_text
-    from .job import Job, is_default_target, make_job
+    from .job import Job, is_default_target, make_job, make_jobs
     from .job_plan import JobPlan, plan_job
     from .stages import Stage
     from .pipeline import QuantizeResult, model_free_ptq, quantize_job

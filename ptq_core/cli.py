@@ -62,6 +62,13 @@ def _job(args: argparse.Namespace, source: str):
     return make_job(source, args.scheme, **_job_options(args))
 
 
+def _jobs(args: argparse.Namespace, source: str):
+    """``--scheme A,B,C``: one request per scheme over one source (see ``job.make_jobs``)."""
+    from .job import make_jobs
+
+    return make_jobs(source, args.scheme, **_job_options(args))
+
+
 def _job_options(args: argparse.Namespace) -> dict:
     """``make_job``'s keyword arguments from the command line (also what ``--on-jobs`` sends to the job)."""
     from .ignore_text import parse_ignore_text
@@ -123,7 +130,18 @@ def _cmd_reindex(args: argparse.Namespace) -> int:
 def _cmd_plan(args: argparse.Namespace) -> int:
     import json
 
-    job = _job(args, args.source)
+    jobs = _jobs(args, args.source)
+    if len(jobs) > 1:
+        from .hubjob import plan_hub_models, plans_to_markdown
+
+        if args.parts is not None:
+            from .errors import InvalidOptionError
+
+            raise InvalidOptionError("--parts plans one scheme; give one --scheme to see its parts.")
+        plans = plan_hub_models(jobs)
+        print(json.dumps({p.job.scheme_name: p.summary() for p in plans}) if args.json else plans_to_markdown(plans))
+        return 0
+    (job,) = jobs
     if args.parts is not None:
         from .hubjob import plan_hub_parts
 
@@ -138,16 +156,31 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .hubjob import finalize_hub_job, quantize_to_hub
+    from .hubjob import finalize_hub_job, quantize_many_to_hub, quantize_to_hub
 
+    jobs = _jobs(args, args.source)
     if uses_jobs(args):
+        if len(jobs) > 1:
+            from .errors import InvalidOptionError
+
+            raise InvalidOptionError("--on-jobs runs one scheme per job; give one --scheme, or run several "
+                                     "schemes from one read here.")
         return run_on_jobs(args, args.source, args.scheme, _job_options(args), _progress_bars())
-    job = _job(args, args.source)
     if args.finalize is not None:
-        result = finalize_hub_job(job, parts=_count(args.finalize, "finalize"), progress=_progress_bars())
+        results = [finalize_hub_job(job, parts=_count(args.finalize, "finalize"), progress=_progress_bars())
+                   for job in jobs]
+    elif len(jobs) > 1:
+        many = quantize_many_to_hub(jobs, progress=_progress_bars(), collection=args.collection)
+        print(many.to_markdown())
+        return 0 if many.ok else 1
     else:
-        result = quantize_to_hub(job, progress=_progress_bars())
-    print(result.to_markdown())
+        results = [quantize_to_hub(jobs[0], progress=_progress_bars())]
+    for result in results:
+        print(result.to_markdown())
+    if args.collection and args.part is None:
+        from .hub_collections import add_to_collection
+
+        print(f"Collection: {add_to_collection(args.collection, [r.repo_id for r in results])}")
     return 0
 
 
@@ -181,9 +214,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_common(p: argparse.ArgumentParser, *, scheme_default: str | None = None) -> None:
+def _add_common(p: argparse.ArgumentParser, *, scheme_default: str | None = None, several: bool = False) -> None:
     p.add_argument("--scheme", "-s", default=scheme_default, required=scheme_default is None,
-                   help="preset name, e.g. FP8_BLOCK, NVFP4A16, MXFP4A16, W4A16 (see `ptq schemes`)")
+                   help="preset name, e.g. FP8_BLOCK, NVFP4A16, MXFP4A16, W4A16 (see `ptq schemes`)"
+                        + ("; several, comma-separated (FP8_BLOCK,NVFP4A16,W4A16): one read of the source, "
+                           "one repo per scheme" if several else ""))
     p.add_argument("--ignore", action="append", default=[], metavar="PATTERN",
                    help="module name or 're:<regex>' to keep unquantized; repeatable or comma-separated (a comma "
                         "inside a regex's (), [] or {} belongs to it); "
@@ -229,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="dry run from safetensors headers: what gets quantized, sizes, peak disk/RAM")
     p.add_argument("source", help="checkpoint folder or Hub repo id")
-    _add_common(p)
+    _add_common(p, several=True)
     p.add_argument("--revision")
     p.add_argument("--disk-budget", metavar="SIZE", help="local disk a streamed run may fill, e.g. 20GB")
     p.add_argument("--parts", metavar="K",
@@ -242,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="source Hub repo id")
     p.add_argument("--to", help="target NAMESPACE/NAME (default: {user}/{name}-{SCHEME})")
     p.add_argument("--private", action="store_true", help="create the target repo private")
-    _add_common(p)
+    p.add_argument("--collection", metavar="TITLE",
+                   help="add the target repo(s) to your Hub collection with this title (created when missing)")
+    _add_common(p, several=True)
     _add_run_options(p)
     p.add_argument("--disk-budget", metavar="SIZE",
                    help="local disk the run may fill with output shards awaiting upload, e.g. 20GB "

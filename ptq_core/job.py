@@ -43,7 +43,9 @@ __all__ = [
     "default_repo_name",
     "is_default_target",
     "make_job",
+    "make_jobs",
     "parse_part",
+    "parse_schemes",
 ]
 
 
@@ -426,3 +428,57 @@ def make_job(
     return Job(source=source, resolved=resolved, revision=revision, target=target, private=bool(private),
                overwrite=bool(overwrite), device=devices, workers=workers, disk_budget=budget, part=part,
                converters=chain, append=bool(append), tp=tp, rotate=rotate)
+
+
+def parse_schemes(schemes: object) -> tuple[object, ...]:
+    """``"FP8_BLOCK,NVFP4A16"`` (commas, lines or spaces), or a list -> the schemes in order.
+
+    Text entries are stripped and empty ones dropped; other entries (a
+    ``QuantizationScheme``) are kept as they are. Duplicates are refused by ``make_jobs``,
+    once the names are canonical.
+
+    Raises:
+        InvalidOptionError: nothing left.
+    """
+    items = [schemes] if isinstance(schemes, str) or not isinstance(schemes, (list, tuple)) else list(schemes)
+    names: list[object] = []
+    for item in items:
+        if isinstance(item, str):
+            names += [name for name in item.replace(",", " ").split() if name]
+        elif item is not None:
+            names.append(item)
+    if not names:
+        with _about("scheme"):
+            raise InvalidOptionError(f"scheme={schemes!r} names no scheme; give e.g. 'FP8_BLOCK' or 'FP8_BLOCK,W4A16'.")
+    return tuple(names)
+
+
+def make_jobs(source: str | os.PathLike[str], schemes: object, **options: Any) -> tuple[Job, ...]:
+    """Several schemes of one source: one ``Job`` per scheme, sharing source, revision and every option.
+
+    The request of one read of the source quantized into several schemes (``hubjob.many``):
+    each ``Job`` stays single-scheme and gets its own default target ``{Model}-{SCHEME}``.
+    One scheme gives a tuple of one ``make_job``.
+
+    Raises:
+        the errors of ``make_job`` (the first scheme that fails), and InvalidOptionError: a
+        scheme given twice, or ``target`` / ``config`` next to several schemes (one target
+        cannot hold several models; a config is one scheme). ``part`` is allowed: part ``i``
+        of each scheme's own cut.
+    """
+    names = parse_schemes(schemes)
+    if len(names) > 1:
+        for option in ("target", "config"):
+            if options.get(option) is not None:
+                with _about(option):
+                    raise InvalidOptionError(
+                        f"{option} cannot be given with several schemes ({len(names)} given): each scheme gets its "
+                        "own target, named {Model}-{SCHEME}. Run one scheme per command to choose its target.")
+    jobs = tuple(make_job(source, name, **options) for name in names)
+    seen: set[str] = set()
+    for job in jobs:
+        if job.scheme_name in seen:
+            with _about("scheme"):
+                raise InvalidOptionError(f"scheme {job.scheme_name} is given twice in {schemes!r}.")
+        seen.add(job.scheme_name)
+    return jobs

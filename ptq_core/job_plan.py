@@ -7,9 +7,8 @@ streamed Hub job, its parts, its finalize step, a preview): open the checkpoint
 :class:`JobPlan` carries all of it, so nothing is planned twice and the footprint
 is never grafted onto a ``Plan`` afterwards.
 
-A later change that quantizes one read of the source into several schemes would
-plan one ``JobPlan`` per scheme over the same ``checkpoint`` and ``config`` (both
-are values here, read once).
+One read of the source into several schemes (``hubjob.many``) plans one
+``JobPlan`` per scheme over the same ``checkpoint`` (passed in) and ``config``.
 """
 
 from __future__ import annotations
@@ -91,7 +90,7 @@ def default_work_root() -> Path:
 
 def plan_job(
     job: Job, source: Path | SourceState, *, http: HubHttp | None = None, work_root: Path | None = None,
-    parts: int | None = None,
+    parts: int | None = None, checkpoint: Checkpoint | None = None,
 ) -> JobPlan:
     """Plan ``job`` on ``source``: a local checkpoint folder, or a Hub source pinned by ``source.inspect_source``.
 
@@ -100,7 +99,8 @@ def plan_job(
     those of ``work_root`` (default: :func:`default_work_root`); nothing is refused here:
     ``footprint.check()`` does that. ``parts``: how many parts the job is cut into
     (default: ``job.part``'s count, else one); the footprint is that of ``job.part``'s
-    shards, or of the first part.
+    shards, or of the first part. ``checkpoint``: this source's, already opened (the
+    schemes of one read share its headers instead of reading them again).
 
     Raises:
         the errors of ``plan.plan_model`` and of reading the checkpoint's headers;
@@ -109,10 +109,10 @@ def plan_job(
     if isinstance(source, SourceState):
         if http is None:
             raise TypeError("plan_job needs http= to read a Hub source's headers")
-        checkpoint = open_remote_checkpoint(http, source)
+        checkpoint = checkpoint or open_remote_checkpoint(http, source)
         config = source.config
     else:
-        checkpoint = open_checkpoint(source)
+        checkpoint = checkpoint or open_checkpoint(source)
         config = read_config(source)
     converters = job.converters
     if job.rotate:  # the chain ends with the rotation; its norm scales are read before planning

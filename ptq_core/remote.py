@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
+from bisect import bisect_left
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -230,13 +231,23 @@ class _Plan:
 
 
 def _coalesce(units: Sequence[Sequence[tuple[str, int, int]]], gap: int, span_max: int) -> _Plan:
-    """Spans in consumption order; a read joins the previous span only if it directly follows it."""
+    """Spans in consumption order; a read joins the previous span only if it directly follows it.
+
+    A gap is bridged only when no other read starts inside it: bytes that a later span
+    reads are never fetched twice (units need not come in file order).
+    """
     plan = _Plan()
+    starts: dict[str, list[int]] = {}
+    for reads in units:
+        for shard, offset, _ in reads:
+            starts.setdefault(shard, []).append(offset)
+    for offsets in starts.values():
+        offsets.sort()
     for reads in units:
         for shard, offset, nbytes in reads:
             last = plan.spans[-1] if plan.spans else None
             if (last is not None and last.shard == shard and 0 <= offset - last.end < gap
-                    and offset + nbytes - last.start <= span_max):
+                    and offset + nbytes - last.start <= span_max and not _starts_in(starts[shard], last.end, offset)):
                 last.end = offset + nbytes
             else:
                 last = _Span(len(plan.spans), shard, offset, offset + nbytes)
@@ -244,6 +255,12 @@ def _coalesce(units: Sequence[Sequence[tuple[str, int, int]]], gap: int, span_ma
             last.readers += 1
             plan.by_read[(shard, offset)] = (last.index, nbytes)
     return plan
+
+
+def _starts_in(offsets: list[int], low: int, high: int) -> bool:
+    """Whether a read starts in ``[low, high)`` (``offsets`` sorted)."""
+    i = bisect_left(offsets, low)
+    return i < len(offsets) and offsets[i] < high
 
 
 class RemoteReader:

@@ -214,11 +214,13 @@ def run_job(
     progress=gr.Progress(),  # noqa: B008 - Gradio's idiom: the default marks the progress argument
     observer: str | None = None,
     rotate: bool = False,
+    also: list[str] | None = None,
 ):
     """Quantize ``model_id`` and push it: one ``quantize_to_hub`` call in a per-job folder.
 
-    ``observer`` and ``rotate`` are the last inputs: Gradio inserts the sign-in and progress arguments at
-    their positions, so an input declared after them still lines up.
+    ``observer``, ``rotate`` and ``also`` are the last inputs: Gradio inserts the sign-in and progress
+    arguments at their positions, so an input declared after them still lines up. ``also``: more
+    schemes from the same read (``quantize_many_to_hub``), one repo each under its default name.
 
     Returns:
         (result Markdown with the link, the new repo's model card, the card accordion)
@@ -233,15 +235,19 @@ def run_job(
     model_id = (model_id or "").strip()
     if not model_id:
         raise gr.Error("Pick a model first: type a Hub id such as org/Model.", print_exception=False)
+    schemes = [scheme, *(s for s in (also or []) if s != scheme)]
+    target = (target or "").strip()
+    if len(schemes) > 1 and target and ptq_core.is_default_target(target, model_id):
+        target = ""  # several schemes: each gets its own default name
     try:
         # hub_only: the typed text must be a Hub repo id; a path is refused before any file is touched.
-        request = ptq_core.make_job(
+        jobs = ptq_core.make_jobs(
             model_id,
-            scheme,
+            schemes,
             ignore=parse_ignore_text(ignore_text),
             default_ignore=False,  # the box holds the whole list, defaults included
             observer=observer or None,
-            target=(target or "").strip() or None,
+            target=target or None,
             private=bool(private),
             overwrite=bool(overwrite),
             rotate=bool(rotate),
@@ -249,6 +255,7 @@ def run_job(
         )
     except PtqError as err:
         raise gr.Error(redact(str(err), token), title=_error_title(err), duration=None, print_exception=False) from None
+    request = jobs[0]
     job = uuid.uuid4().hex[:8]
     work_dir = Path(tempfile.mkdtemp(prefix=f"ptq-space-{job}-", dir=_jobs_root()))
     logger.info(
@@ -256,12 +263,12 @@ def run_job(
         job,
         request.source,
         request.target or "default",
-        request.scheme_name,
+        ",".join(j.scheme_name for j in jobs),
         request.private,
         request.overwrite,
     )
     try:
-        result = _quantize(request, token=token, work_dir=work_dir, progress=progress)
+        result = _quantize(jobs if len(jobs) > 1 else request, token=token, work_dir=work_dir, progress=progress)
     except PtqError as err:
         message = redact(str(err), token)
         logger.warning("job %s failed: %s: %s", job, type(err).__name__, message)
@@ -277,8 +284,16 @@ def run_job(
         ) from None
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
-    logger.info("job %s: pushed %s at %s", job, result.repo_id, result.commit_sha[:10])
-    return _result_markdown(result), _card_markdown(result.card), gr.Accordion(visible=True, open=False)
+    results = list(result.results.values()) if len(jobs) > 1 else [result]
+    for one in results:
+        logger.info("job %s: pushed %s at %s", job, one.repo_id, one.commit_sha[:10])
+    if len(jobs) > 1 and not result.ok:
+        pushed = ", ".join(r.repo_id for r in results) or "none"
+        failed = "; ".join(f"{name}: {redact(str(err), token)}" for name, err in result.errors.items())
+        raise gr.Error(f"Pushed: {pushed}. Failed: {failed}", title="Some schemes failed", duration=None,
+                       print_exception=False)
+    return ("\n\n".join(_result_markdown(r) for r in results), _card_markdown(results[0].card),
+            gr.Accordion(visible=True, open=False))
 
 
 def clear_result():
@@ -293,7 +308,9 @@ def show_failure():
 
 # --- handler helpers ---------------------------------------------------------
 def _quantize(job: Any, *, progress: Any, **kwargs: Any):
-    """The one core call, with progress forwarded to the page."""
+    """The one core call, with progress forwarded to the page: a job, or several schemes from one read."""
+    if isinstance(job, tuple):
+        return ptq_core.quantize_many_to_hub(job, progress=_progress_reporter(progress), **kwargs)
     return ptq_core.quantize_to_hub(job, progress=_progress_reporter(progress), **kwargs)
 
 
@@ -494,6 +511,14 @@ def build_demo() -> gr.Blocks:
                 value="memoryless_minmax",
                 elem_id="observer",
             )
+            also = gr.Dropdown(
+                label="Also quantize into (the same download)",
+                info="More schemes from one read of the model: one repo each, named {model}-{SCHEME}.",
+                choices=scheme_choices(),
+                value=[],
+                multiselect=True,
+                elem_id="also-schemes",
+            )
             rotate = gr.Checkbox(
                 label="Rotate the weights first (SpinQuant R1+R2)",
                 info="Hadamard rotations fused into the weights: the same model with fewer outliers, "
@@ -542,7 +567,7 @@ def build_demo() -> gr.Blocks:
         ignore.submit(preview_plan, [model_id, scheme, ignore], [plan_md, run], api_visibility="private", **previews)
         job = run.click(clear_result, None, [result_md, card_box], queue=False, api_visibility="private").then(
             run_job,
-            [model_id, scheme, ignore, target, private, overwrite, observer, rotate],
+            [model_id, scheme, ignore, target, private, overwrite, observer, rotate, also],
             [result_md, card_md, card_box],
             concurrency_limit=1,
             concurrency_id="quantize",

@@ -696,3 +696,27 @@ def test_multi_part_inputs_are_one_step_each():
         read_request({**base, "INPUT_PARTS": "0"})
     with pytest.raises(InvalidOptionError, match=r"part=\(4, 3\) is not a part: write I/K"):
         read_request({**base, "INPUT_PART": "4/3"})
+
+
+def test_several_schemes_in_one_step_read_the_source_once(hub, source_repo, step_env, tmp_path):
+    inputs = {"model": source_repo, "scheme": "FP8_BLOCK\nW4A16\n", "hf-token": TOKEN, "collection": "tiny quantized"}
+    run = run_action(inputs, workspace=tmp_path / "workspace", env=step_env, only="quantize")
+    assert run.returncode == 0, describe(run)
+    repos = [TARGET, "alice/tiny-llama-W4A16"]
+    assert json.loads(run.outputs["repo-id"]) == repos
+    assert json.loads(run.outputs["commit-sha"]) == [hub.commits(r)[-1]["oid"] for r in repos]
+    assert all(f"[{r}](" in run.summary for r in repos)
+    assert "Source downloaded once for 2 schemes" in run.stdout
+    (collection,) = hub.collections.collections.values()
+    assert [item["id"] for item in collection["items"]] == repos
+    assert_token_masked(run)
+
+
+def test_several_schemes_refuse_inputs_that_take_one(monkeypatch):
+    env = {"INPUT_MODEL": "org/Model", "INPUT_SCHEME": "FP8_BLOCK, W4A16"}
+    assert [j.scheme_name for j in read_request(env).jobs] == ["FP8_BLOCK", "W4A16"]
+    assert read_request(env).several and not read_request({**env, "INPUT_SCHEME": "W4A16"}).several
+    with pytest.raises(InvalidOptionError, match="`on-jobs` takes one scheme"):
+        read_request({**env, "INPUT_ON_JOBS": "cpu-basic"})
+    with pytest.raises(InvalidOptionError, match="target cannot be given with several schemes"):
+        read_request({**env, "INPUT_TARGET_REPO": "alice/x"})

@@ -425,6 +425,23 @@ def test_run_pushes_the_repo_with_progress_and_cleans_up(hub, source, tmp_path, 
     assert ALICE not in result_md + card_md
 
 
+def test_run_with_more_schemes_pushes_one_repo_each_from_one_read(hub, source, tmp_path):
+    progress = FakeProgress()
+    result_md, card_md, _ = app.run_job(SOURCE, "FP8_BLOCK", "lm_head", TARGET, False, False, _token(),
+                                        progress=progress, also=["W4A16", "FP8_BLOCK"])
+    repos = [TARGET, "alice/tiny-llama-W4A16"]  # the default-looking target follows each scheme
+    assert [line for line in result_md.splitlines() if line.startswith("### Done")] == [
+        f"### Done: [{r}]({hub.endpoint}/{r})" for r in repos]
+    assert all("model.safetensors" in hub.list_files(r) for r in repos)
+    assert "FP8_BLOCK" in card_md
+    fractions = [f for f, _ in progress.calls]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+    assert _jobs_left(tmp_path) == []
+    with pytest.raises(gr.Error, match="target cannot be given with several schemes"):
+        app.run_job(SOURCE, "FP8_BLOCK", "lm_head", "alice/mine", False, False, _token(), progress=progress,
+                    also=["W4A16"])
+
+
 def test_run_without_sign_in_is_a_friendly_error(hub, source, tmp_path):
     with pytest.raises(gr.Error) as excinfo:
         app.run_job(SOURCE, "FP8_BLOCK", "lm_head", "", False, False, None, progress=FakeProgress())

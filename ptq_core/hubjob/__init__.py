@@ -16,7 +16,9 @@ only output shards waiting for upload, within a budget. One module per phase::
                   files, model card -> ONE commit on ``main`` that copies the shards
                   from the branch (no re-upload) -> delete the branch
 
-``run.quantize_to_hub(job)`` runs all of it in one process (one part of one). With
+``run.quantize_to_hub(job)`` runs all of it in one process (one part of one).
+``many.quantize_many_to_hub(make_jobs(source, "FP8_BLOCK,W4A16"))`` runs several schemes
+from one read of the source: each scheme its own target, staging branch, card and commit. With
 ``job.part = (i, k)`` it stages part ``i`` only (one runner of a GitHub Actions
 matrix); ``finalize.finalize_hub_job(job, parts=k)`` is the last step. ``recovery``
 decides what a failure leaves; ``preview`` plans without running; ``results`` holds
@@ -41,20 +43,25 @@ from __future__ import annotations
 from ..source import download_checkpoint
 from .finalize import finalize_hub_job
 from .prepare import PreparedJob, prepare_hub_job
-from .preview import default_target_repo, plan_hub_model, plan_hub_parts, search_models
+from .many import ManyResult, quantize_many_to_hub
+from .preview import default_target_repo, plan_hub_model, plan_hub_models, plan_hub_parts, plans_to_markdown, search_models
 from .results import HubResult, PartsPlan
 from .run import quantize_to_hub, run_hub_job
 
 __all__ = [
     "HubResult",
+    "ManyResult",
     "PartsPlan",
     "PreparedJob",
     "default_target_repo",
     "download_checkpoint",
     "finalize_hub_job",
     "plan_hub_model",
+    "plan_hub_models",
     "plan_hub_parts",
+    "plans_to_markdown",
     "prepare_hub_job",
+    "quantize_many_to_hub",
     "quantize_to_hub",
     "run_hub_job",
     "search_models",

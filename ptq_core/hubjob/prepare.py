@@ -86,11 +86,14 @@ def prepare_hub_job(
 
 
 def prepare_parts(
-    job: Job, parts: int, *, token: str | None = None, work_dir: str | os.PathLike[str] | None = None
+    job: Job, parts: int, *, token: str | None = None, work_dir: str | os.PathLike[str] | None = None,
+    pinned: PreparedJob | None = None,
 ) -> PreparedJob:
     """``prepare_hub_job`` of a job cut into ``parts`` parts (the finalize step's, whose job names no part).
 
-    ``job`` passed ``request.hub_job`` (``job_from`` does that).
+    ``job`` passed ``request.hub_job`` (``job_from`` does that). ``pinned``: another scheme
+    of the same source, prepared: its pinned commit, ``config.json`` and headers are reused
+    (one read of the source for several schemes), not asked again.
     """
     t0 = time.monotonic()
     check_repo_id(job.source, "source")
@@ -101,7 +104,9 @@ def prepare_parts(
     target = _target(job, user["name"])
     check_namespace(http, target, user)
     target_state = inspect_target(http, target)
-    source_state = inspect_source(http, job.source, job.revision)
+    source_state = pinned.planned.source if pinned is not None else None
+    if source_state is None:
+        source_state = inspect_source(http, job.source, job.revision)
     identity = job_identity(job, source_state.sha, tool_version())
     fp = fingerprint(identity)
     finished = None
@@ -113,7 +118,8 @@ def prepare_parts(
     root = Path(work_dir) if work_dir is not None else Path(constants.PTQ_HUB_CACHE)
     root.mkdir(parents=True, exist_ok=True)
     sweep_stale_work(root, WORK_PREFIX)
-    planned = plan_job(job, source_state, http=http, work_root=root, parts=parts)
+    planned = plan_job(job, source_state, http=http, work_root=root, parts=parts,
+                       checkpoint=pinned.planned.checkpoint if pinned is not None else None)
     planned.footprint.check()
     return PreparedJob(job, http, target, target_state, planned, root, identity, fp, finished, time.monotonic() - t0)
 

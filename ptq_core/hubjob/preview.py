@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,13 @@ from ..job_plan import JobPlan, plan_job
 from ..parts import fingerprint, job_identity, shard_costs
 from ..publish import whoami
 from ..schemes import canonical_scheme_name
-from ..source import inspect_source
-from .request import hub_job, job_from, target_name
+from ..sizes import format_bytes
+from ..source import SourceState, inspect_source
+from .request import check_jobs, hub_job, job_from, target_name
 from .results import PartsPlan
 
-__all__ = ["default_target_repo", "plan_hub_model", "plan_hub_parts", "search_models"]
+__all__ = ["default_target_repo", "plan_hub_model", "plan_hub_models", "plan_hub_parts", "plans_to_markdown",
+           "search_models"]
 
 
 def default_target_repo(source: str, scheme: str, *, namespace: str | None = None, token: str | None = None) -> str:
@@ -87,6 +90,33 @@ def plan_hub_model(
     if hub_only:
         check_hub_source(job.source)  # a Job made without hub_only
     return _plan(job, token, local=not hub_only)
+
+
+def plan_hub_models(jobs: Sequence[Job], *, token: str | None = None, hub_only: bool = False) -> list[JobPlan]:
+    """``plan_hub_model`` of several schemes of one source (``make_jobs``): headers read once, one plan each.
+
+    Raises:
+        InvalidOptionError: the jobs do not share source and revision (``many.check_jobs``).
+        the errors of ``plan_hub_model``.
+    """
+    jobs = check_jobs(jobs)
+    if hub_only:
+        check_hub_source(jobs[0].source)
+    first = _plan(jobs[0], token, local=not hub_only)
+    source: Path | SourceState = first.source if first.source is not None else Path(jobs[0].source).expanduser()
+    http = HubHttp(resolve_token(token, required=False)) if first.source is not None else None
+    return [first, *(plan_job(job, source, http=http, checkpoint=first.checkpoint) for job in jobs[1:])]
+
+
+def plans_to_markdown(plans: Sequence[JobPlan]) -> str:
+    """One section per scheme (its tables and footprint), then the one read they share."""
+    blocks = [f"## {p.job.scheme_name}\n\n{p.to_markdown()}" for p in plans]
+    read = plans[0].plan.size_before
+    after = sum(p.plan.size_after for p in plans)
+    blocks.append("\n".join([
+        "## One read for every scheme", "", "| source read once | schemes | output, all schemes |", "|---:|---:|---:|",
+        f"| {format_bytes(read)} | {len(plans)} | {format_bytes(after)} |", ""]))
+    return "\n".join(blocks)
 
 
 def plan_hub_parts(source: Job | str, parts: int, *, token: str | None = None) -> PartsPlan:

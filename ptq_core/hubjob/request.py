@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from .._http import check_repo_id
@@ -9,7 +10,7 @@ from ..errors import InvalidOptionError
 from ..job import Job, make_job
 from ..schemes import scheme_repo_suffix
 
-__all__ = ["hub_job", "job_from", "target_name"]
+__all__ = ["check_jobs", "hub_job", "job_from", "target_name"]
 
 # make_job's defaults: passing one of these next to a Job says nothing the Job does not already say
 _JOB_DEFAULTS: dict[str, object] = {
@@ -57,3 +58,25 @@ def target_name(source: str, scheme: str, namespace: str) -> str:
     name = f"{namespace}/{source.split('/')[-1]}-{scheme_repo_suffix(scheme)}"
     check_repo_id(name, "target")
     return name
+
+
+def check_jobs(jobs: Sequence[Job]) -> tuple[Job, ...]:
+    """The jobs of one read: at least one, one source and revision, each scheme once, Hub jobs.
+
+    Raises:
+        InvalidOptionError: none, different sources or revisions, a scheme or target twice.
+    """
+    jobs = tuple(hub_job(job) for job in jobs)
+    if not jobs:
+        raise InvalidOptionError("No job given: pass the jobs of make_jobs(source, schemes).")
+    first = jobs[0]
+    for job in jobs[1:]:
+        if (job.source, job.revision, job.part) != (first.source, first.revision, first.part):
+            raise InvalidOptionError(
+                f"The jobs of one read must share source, revision and part: {job.label} has "
+                f"{(job.source, job.revision, job.part)}, {first.label} {(first.source, first.revision, first.part)}.")
+    for key, what in ((lambda j: j.scheme_name, "scheme"), (lambda j: j.target, "target")):
+        values = [key(job) for job in jobs if key(job) is not None]
+        if len(values) != len(set(values)):
+            raise InvalidOptionError(f"Two jobs of one read have the same {what}; each scheme needs its own.")
+    return jobs

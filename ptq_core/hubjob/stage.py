@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from .prepare import WORK_PREFIX, PreparedJob
 from .recovery import after_failure, refuse_changed, salvage
 from .results import StageClock
 
-__all__ = ["STAGE_COMMIT_INTERVAL", "Staged", "stage_part"]
+__all__ = ["STAGE_COMMIT_INTERVAL", "PartStage", "SourceDownload", "Staged", "stage_part"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,60 +54,104 @@ def stage_part(prepared: PreparedJob, index: int, count: int, clock: StageClock)
     leaves its last uploaded shards uncommitted: its final commit on ``main`` names
     them directly, which saves a commit and reading the manifests back.
     """
-    job = prepared.job
-    mine = prepared.planned.parts[index - 1]
-    staging = Staging(prepared.http, prepared.target, prepared.fingerprint, prepared.identity)
-    created = False
-    work = new_work_folder(prepared.work_root, WORK_PREFIX)
-    stager: ShardStager | None = None
-    reused = 0
-    verified: TargetState | None = None
+    part = PartStage(prepared, index, count, clock)
     try:
-        if not prepared.target_state.exists:
-            created = create_target(prepared.http, prepared.target, private=job.private)
-            verified = _verify_created(prepared)
-        elif job.private:
-            logger.info("Target %s exists; its visibility is left as it is", prepared.target)
-        head = staging.head()
-        manifests = staging.manifests(head) if head is not None else {}
-        done = staging.staged(manifests.values())
-        mine_done = {s: done[s] for s in mine if s in done}
-        reused = len(mine_done)
-        previous = manifests.get(manifest_path(index, count))
-        if previous is not None and previous.complete and previous.fingerprint == prepared.fingerprint:
-            logger.info("Part %d/%d of %s is already staged on %s; nothing to do", index, count, job.source,
-                        staging.branch)
-            clock("stage", len(mine), len(mine))
-            return Staged(str(head), created=created, target_state=verified)
-        if head is None:
-            staging.ensure()
-        todo = [s for s in mine if s not in mine_done]
-        logger.info("Part %d/%d: %d output shard(s) to make, %d already staged on %s", index, count, len(todo),
-                    len(mine_done), staging.branch)
-        manifest = Manifest(prepared.identity, prepared.fingerprint, index, count, mine, mine_done)
-
-        def on_commit(_new: int) -> None:
-            assert stager is not None
-            clock("stage", len(stager.manifest.staged), len(mine))
-
-        # K parts commit to one repo at once: each waits K intervals, so the repo sees one a minute.
-        stager = ShardStager(staging, manifest, commit_interval=STAGE_COMMIT_INTERVAL * count, on_commit=on_commit)
-        peak = _stream(prepared, todo, work.path, stager, clock).peak_disk if todo else 0
-        if not todo:
-            clock("validate", 1, 1)
-        if job.part is not None:
-            stager.commit()
-        return Staged(str(staging.head()), peak, stager, created, verified)
+        if part.begin():
+            return part.finished()
+        assert part.stager is not None
+        peak = _stream(prepared, part.todo, part.work.path, part.stager, clock).peak_disk if part.todo else 0
+        return part.end(peak)
     except BaseException as err:
-        if stager is not None and stager.has_pending:
-            salvage(stager)
-        staged = len(stager.manifest.staged) if stager is not None else reused
-        new = after_failure(err, prepared, staging, created=created, staged=staged, total=len(mine))
+        new = part.fail(err)
         if new is err:
             raise
         raise new from err
     finally:
-        work.remove()
+        part.close()
+
+
+class PartStage:
+    """Staging one part of one job, as steps, so that several schemes can share one stream.
+
+    ``begin`` creates the target and reads its staging branch (the shards left to make:
+    ``todo``), the caller streams them through ``stager``, then ``end`` commits a part's
+    manifest, or ``fail`` keeps what was staged and undoes what holds nothing. ``close``
+    removes the work folder either way.
+    """
+
+    def __init__(self, prepared: PreparedJob, index: int, count: int, clock: StageClock) -> None:
+        self.prepared = prepared
+        self.index, self.count = index, count
+        self.clock = clock
+        self.mine = prepared.planned.parts[index - 1]
+        self.staging = Staging(prepared.http, prepared.target, prepared.fingerprint, prepared.identity)
+        self.work = new_work_folder(prepared.work_root, WORK_PREFIX)
+        self.created = False
+        self.stager: ShardStager | None = None
+        self.reused = 0
+        self.verified: TargetState | None = None
+        self.todo: list[str] = []
+        self._head: str | None = None
+
+    def begin(self) -> bool:
+        """Create the target, read the staging branch; ``True`` when this part is already staged."""
+        prepared, job, index, count = self.prepared, self.prepared.job, self.index, self.count
+        if not prepared.target_state.exists:
+            self.created = create_target(prepared.http, prepared.target, private=job.private)
+            self.verified = _verify_created(prepared)
+        elif job.private:
+            logger.info("Target %s exists; its visibility is left as it is", prepared.target)
+        head = self.staging.head()
+        manifests = self.staging.manifests(head) if head is not None else {}
+        done = self.staging.staged(manifests.values())
+        mine_done = {s: done[s] for s in self.mine if s in done}
+        self.reused = len(mine_done)
+        previous = manifests.get(manifest_path(index, count))
+        if previous is not None and previous.complete and previous.fingerprint == prepared.fingerprint:
+            logger.info("Part %d/%d of %s is already staged on %s; nothing to do", index, count, job.source,
+                        self.staging.branch)
+            self.clock("stage", len(self.mine), len(self.mine))
+            self._head = str(head)
+            return True
+        if head is None:
+            self.staging.ensure()
+        self.todo = [s for s in self.mine if s not in mine_done]
+        logger.info("Part %d/%d: %d output shard(s) to make, %d already staged on %s", index, count,
+                    len(self.todo), len(mine_done), self.staging.branch)
+        manifest = Manifest(prepared.identity, prepared.fingerprint, index, count, self.mine, mine_done)
+
+        def on_commit(_new: int) -> None:
+            assert self.stager is not None
+            self.clock("stage", len(self.stager.manifest.staged), len(self.mine))
+
+        # K parts commit to one repo at once: each waits K intervals, so the repo sees one a minute.
+        self.stager = ShardStager(self.staging, manifest, commit_interval=STAGE_COMMIT_INTERVAL * count,
+                                  on_commit=on_commit)
+        return False
+
+    def finished(self) -> Staged:
+        """What ``begin`` found: the part staged before, nothing done."""
+        return Staged(str(self._head), created=self.created, target_state=self.verified)
+
+    def end(self, peak: int) -> Staged:
+        """After streaming ``todo``: a part's manifest committed; the branch head."""
+        if not self.todo:
+            self.clock("validate", 1, 1)
+        if self.prepared.job.part is not None:
+            assert self.stager is not None
+            self.stager.commit()
+        return Staged(str(self.staging.head()), peak, self.stager, self.created, self.verified)
+
+    def fail(self, err: BaseException) -> BaseException:
+        """After ``err``: shards uploaded so far staged, a created repo that holds nothing undone; the error to raise."""
+        if self.stager is not None and self.stager.has_pending:
+            salvage(self.stager)
+        staged = len(self.stager.manifest.staged) if self.stager is not None else self.reused
+        return after_failure(err, self.prepared, self.staging, created=self.created, staged=staged,
+                             total=len(self.mine))
+
+    def close(self) -> None:
+        self.work.remove()
 
 
 def _verify_created(prepared: PreparedJob) -> TargetState:
@@ -121,34 +166,47 @@ def _verify_created(prepared: PreparedJob) -> TargetState:
     return verified
 
 
+class SourceDownload:
+    """The reader factory of a streamed job: Range reads of the pinned source, reported as ``download``.
+
+    One per read of the source: a several-scheme job opens one for all its targets.
+    """
+
+    def __init__(self, prepared: PreparedJob, clock: Callable[[str, int, int], None]) -> None:
+        self._prepared = prepared
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.downloaded = 0
+        self.total = 0
+
+    def _fetched(self, nbytes: int) -> None:  # called by the range threads
+        with self._lock:
+            self.downloaded += nbytes
+            now = self.downloaded
+        self._clock("download", min(now, self.total), self.total)
+
+    def open(self, reads: list[list[tuple[str, int, int]]]) -> RemoteReader:
+        planned = self._prepared.planned
+        reader = RemoteReader(self._prepared.http, planned.source, planned.checkpoint, reads,
+                              window=planned.budgets.window, threads=_RANGE_THREADS, progress=self._fetched)
+        self.total = reader.total_bytes
+        self._clock("download", 0, self.total)
+        self._clock("validate", 1, 1)  # the plan is checked and its reads are laid out
+        return reader
+
+    def finish(self) -> None:
+        self._clock("download", self.total, self.total)
+
+
 def _stream(prepared: PreparedJob, todo: list[str], job_dir: Path, stager: ShardStager, clock: StageClock
             ) -> StreamReport:
     """Make the output shards ``todo``: the remote reader, the stager and the progress wired to ``stream``."""
-    downloaded = 0
-    total = 0
-    lock = threading.Lock()
     planned = prepared.planned
-
-    def fetched(nbytes: int) -> None:  # called by the range threads
-        nonlocal downloaded
-        with lock:
-            downloaded += nbytes
-            now = downloaded
-        clock("download", min(now, total), total)
-
-    def open_reader(reads: list[list[tuple[str, int, int]]]) -> RemoteReader:
-        nonlocal total
-        reader = RemoteReader(prepared.http, prepared.planned.source, planned.checkpoint, reads,
-                              window=planned.budgets.window, threads=_RANGE_THREADS, progress=fetched)
-        total = reader.total_bytes
-        clock("download", 0, total)
-        clock("validate", 1, 1)  # the plan is checked and its reads are laid out
-        return reader
-
+    download = SourceDownload(prepared, clock)
     report = stream_shards(
-        planned.plan, planned.checkpoint, todo, open_reader, job_dir,
+        planned.plan, planned.checkpoint, todo, download.open, job_dir,
         upload=stager.upload, tick=stager.commit_if_due, disk_budget=planned.budgets.disk,
         devices=resolve_devices(prepared.job.device), workers=planned.budgets.workers, progress=clock,
     )
-    clock("download", total, total)
+    download.finish()
     return report
