@@ -15,11 +15,12 @@ import pytest
 import torch
 from factory import make_checkpoint
 
+from ptq_core import stream
 from ptq_core.job import make_job
 from ptq_core.job_plan import plan_job
 from ptq_core.parts import shard_sizes
 from ptq_core.pipeline import quantize_job
-from ptq_core.stream import DiskGate, Uploader, stream_shards
+from ptq_core.stream import DiskGate, Uploader, stream_reads, stream_shards
 from ptq_core.units import FirstFailure, LocalReader
 
 
@@ -179,3 +180,26 @@ def test_stream_raises_the_first_failure_of_any_stage(llama, tmp_path):
             tmp_path, upload=upload, tick=lambda: None, disk_budget=10**9, devices=[torch.device("cpu")], workers=2,
             progress=lambda *e: None,
         )
+
+
+def test_the_smallest_shard_is_made_and_uploaded_last(llama, tmp_path, monkeypatch):
+    """After the last source byte only the last shard is left to make and upload: the smallest one is that tail."""
+    monkeypatch.setattr(stream, "UPLOAD_THREADS", 1)  # uploads in the order they are taken
+    planned = plan_job(make_job(str(llama), "FP8_BLOCK", workers=2), llama)
+    sizes = shard_sizes(planned.plan)
+    given = sorted(planned.parts[0], key=sizes.get)  # the smallest first
+    assert sizes[given[0]] < sizes[given[-1]]
+    uploaded: list[str] = []
+    seen_reads = []
+
+    def open_reader(reads):
+        seen_reads.append(reads)
+        return _local_reader(planned.checkpoint)
+
+    report = stream_shards(
+        planned.plan, planned.checkpoint, given, open_reader, tmp_path,
+        upload=lambda shard, path: uploaded.append(shard), tick=lambda: None, disk_budget=10**9,
+        devices=[torch.device("cpu")], workers=1, progress=lambda *e: None,
+    )
+    assert uploaded == [*given[1:], given[0]] and report.shards == tuple(given)
+    assert seen_reads == [stream_reads(planned.plan, planned.checkpoint, given)]  # what a prefetch may read early
