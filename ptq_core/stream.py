@@ -251,9 +251,8 @@ def stream_shards(
 ) -> StreamReport:
     """Quantize the output ``shards`` of ``plan`` one after another into ``folder`` and upload each.
 
-    The dispatcher: units in shard order (the smallest shard moved last, see
-    ``_smallest_last``) to the executor, each shard opened when the disk gate admits
-    it, each finished shard handed to the uploader.
+    The dispatcher: units in shard order to the executor, each shard opened when the
+    disk gate admits it, each finished shard handed to the uploader.
 
     Args:
         open_reader: builds the reader for the units' input ranges (see ``ReaderFactory``).
@@ -269,12 +268,11 @@ def stream_shards(
         whatever a stage raised first (the others stop); ``DiskSpaceError`` when the
         disk fills up below the budget (another process took the space).
     """
+    units = _units(plan, checkpoint, shards)
     expected = shard_sizes(plan)
-    order = _smallest_last(shards, expected)
-    units = _units(plan, checkpoint, order)
     failure = FirstFailure()
     gate = DiskGate(disk_budget, LOCAL_SHARDS, failure)
-    uploader = Uploader(order, folder, upload, tick, gate=gate, failure=failure, progress=progress,
+    uploader = Uploader(shards, folder, upload, tick, gate=gate, failure=failure, progress=progress,
                         total=sum(expected[s] for s in shards))
     local = _Shards(plan, folder, units, len(shards), progress)
 
@@ -310,20 +308,7 @@ def stream_shards(
 
 def stream_reads(plan: Plan, checkpoint: Checkpoint, shards: Sequence[str]) -> list[list[tuple[str, int, int]]]:
     """The input ranges ``stream_shards`` gives ``open_reader`` for ``shards``: a caller may read them early."""
-    order = _smallest_last(shards, shard_sizes(plan))
-    return [unit_reads(checkpoint, unit) for _, unit in _units(plan, checkpoint, order)]
-
-
-def _smallest_last(shards: Sequence[str], sizes: dict[str, int]) -> list[str]:
-    """``shards`` in order, but the smallest one last: the last shard's quantize and upload overlap nothing.
-
-    Once the last source byte has arrived, the job still quantizes, writes, hashes and
-    uploads the last output shard; the smaller that shard, the shorter this tail.
-    """
-    order = list(shards)
-    if order:
-        order.append(order.pop(min(range(len(order)), key=lambda i: (sizes[order[i]], -i))))
-    return order
+    return [unit_reads(checkpoint, unit) for _, unit in _units(plan, checkpoint, shards)]
 
 
 def _units(plan: Plan, checkpoint: Checkpoint, shards: Sequence[str]) -> list[tuple[str, list[PlannedWeight]]]:

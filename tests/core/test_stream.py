@@ -15,7 +15,6 @@ import pytest
 import torch
 from factory import make_checkpoint
 
-from ptq_core import stream
 from ptq_core.job import make_job
 from ptq_core.job_plan import plan_job
 from ptq_core.parts import shard_sizes
@@ -182,24 +181,19 @@ def test_stream_raises_the_first_failure_of_any_stage(llama, tmp_path):
         )
 
 
-def test_the_smallest_shard_is_made_and_uploaded_last(llama, tmp_path, monkeypatch):
-    """After the last source byte only the last shard is left to make and upload: the smallest one is that tail."""
-    monkeypatch.setattr(stream, "UPLOAD_THREADS", 1)  # uploads in the order they are taken
+def test_stream_reads_are_the_ranges_the_reader_is_opened_with(llama, tmp_path):
+    """A Hub job starts reading ``stream_reads`` early and hands that reader on only if they are equal."""
     planned = plan_job(make_job(str(llama), "FP8_BLOCK", workers=2), llama)
-    sizes = shard_sizes(planned.plan)
-    given = sorted(planned.parts[0], key=sizes.get)  # the smallest first
-    assert sizes[given[0]] < sizes[given[-1]]
-    uploaded: list[str] = []
+    shards = list(planned.parts[0])
     seen_reads = []
 
     def open_reader(reads):
         seen_reads.append(reads)
         return _local_reader(planned.checkpoint)
 
-    report = stream_shards(
-        planned.plan, planned.checkpoint, given, open_reader, tmp_path,
-        upload=lambda shard, path: uploaded.append(shard), tick=lambda: None, disk_budget=10**9,
-        devices=[torch.device("cpu")], workers=1, progress=lambda *e: None,
+    stream_shards(
+        planned.plan, planned.checkpoint, shards, open_reader, tmp_path, upload=lambda shard, path: None,
+        tick=lambda: None, disk_budget=10**9, devices=[torch.device("cpu")], workers=2, progress=lambda *e: None,
     )
-    assert uploaded == [*given[1:], given[0]] and report.shards == tuple(given)
-    assert seen_reads == [stream_reads(planned.plan, planned.checkpoint, given)]  # what a prefetch may read early
+    assert seen_reads == [stream_reads(planned.plan, planned.checkpoint, shards)]
+    assert stream_reads(planned.plan, planned.checkpoint, shards[1:]) != seen_reads[0]
