@@ -90,6 +90,8 @@ def progress(stage, done, total):
         state.setdefault("first byte", time.perf_counter())
         if done >= total:
             state.setdefault("last byte", time.perf_counter())
+    if stage in ("quantize", "write", "upload") and total and done >= total:  # the tail after the last byte
+        state.setdefault(stage + " done", time.perf_counter())
     if kill_at and stage == "upload" and total and done >= kill_at * total:
         os.kill(os.getpid(), signal.SIGKILL)
 job = ptq_core.make_job(sys.argv[1], sys.argv[4], target=sys.argv[2], workers=int(sys.argv[5]))
@@ -320,9 +322,13 @@ def _waits(stream: dict, down: dict) -> str:
     if first is None or last is None:
         return "n/a"
     commit = marks.get("commit", stream["seconds"])
+    tail = ", ".join(f"{what} +{marks[key] - last:.1f} s" for key, what in (
+        ("quantize done", "last unit quantized"), ("write done", "last shard written"),
+        ("upload done", "last shard uploaded")) if key in marks)
     return (f"{first:.1f} s before the first byte; bytes {last - first:.1f} s ({(last - first) / down['seconds']:.2f}x the "
             f"plain download); after the last byte {commit - last:.1f} s (the last shard quantized, written and "
-            f"uploaded; side files and card), then {stream['seconds'] - commit:.1f} s of final commit")
+            f"uploaded; side files and card{': ' + tail if tail else ''}), then {stream['seconds'] - commit:.1f} s "
+            "of final commit")
 
 
 def _schemes_table(r: dict[str, dict], model_bytes: int, shards: int, args: argparse.Namespace) -> str:

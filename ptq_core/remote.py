@@ -352,9 +352,10 @@ class RemoteReader:
             self._release(span)
 
     def start(self) -> None:
-        """Start fetching (``with reader:`` does it)."""
+        """Start fetching (``with reader:`` does it); again, a no-op: a reader started early is then entered."""
         for thread in self._threads:
-            thread.start()
+            if thread.ident is None:
+                thread.start()
 
     def close(self) -> None:
         """Stop fetching and drop every buffer (after success or failure)."""

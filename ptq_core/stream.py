@@ -45,7 +45,7 @@ from .writer import ShardWriter
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DiskGate", "ReaderFactory", "StreamReport", "Uploader", "stream_shards"]
+__all__ = ["DiskGate", "ReaderFactory", "StreamReport", "Uploader", "stream_reads", "stream_shards"]
 
 ReaderFactory = Callable[[list[list[tuple[str, int, int]]]], AbstractContextManager[TensorReader]]
 """Opens a reader for the units' input ranges, in the order the workers will take them."""
@@ -268,7 +268,7 @@ def stream_shards(
         whatever a stage raised first (the others stop); ``DiskSpaceError`` when the
         disk fills up below the budget (another process took the space).
     """
-    units = [(shard, unit) for shard in shards for unit in work_units(plan, checkpoint, shard=shard)]
+    units = _units(plan, checkpoint, shards)
     expected = shard_sizes(plan)
     failure = FirstFailure()
     gate = DiskGate(disk_budget, LOCAL_SHARDS, failure)
@@ -304,6 +304,16 @@ def stream_shards(
             local.abort_open()
     failure.raise_if_set()
     return StreamReport(shards=tuple(shards), peak_disk=gate.peak)
+
+
+def stream_reads(plan: Plan, checkpoint: Checkpoint, shards: Sequence[str]) -> list[list[tuple[str, int, int]]]:
+    """The input ranges ``stream_shards`` gives ``open_reader`` for ``shards``: a caller may read them early."""
+    return [unit_reads(checkpoint, unit) for _, unit in _units(plan, checkpoint, shards)]
+
+
+def _units(plan: Plan, checkpoint: Checkpoint, shards: Sequence[str]) -> list[tuple[str, list[PlannedWeight]]]:
+    """The work units of ``shards``, in the order the dispatcher hands them out."""
+    return [(shard, unit) for shard in shards for unit in work_units(plan, checkpoint, shard=shard)]
 
 
 def _admit(gate: DiskGate, local: _Shards, shard: str, needed: int) -> bool:

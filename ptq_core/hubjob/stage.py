@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from ..pipeline import resolve_devices
 from ..publish import TargetState, create_target, inspect_target, new_content
 from ..remote import RemoteReader
 from ..staging import Manifest, ShardStager, Staging, manifest_path
-from ..stream import StreamReport, stream_shards
+from ..stream import StreamReport, stream_reads, stream_shards
 from ..work_folders import new_work_folder
 from .prepare import WORK_PREFIX, PreparedJob
 from .recovery import after_failure, refuse_changed, salvage
@@ -55,11 +55,15 @@ def stage_part(prepared: PreparedJob, index: int, count: int, clock: StageClock)
     them directly, which saves a commit and reading the manifests back.
     """
     part = PartStage(prepared, index, count, clock)
+    download = SourceDownload(prepared, clock)
     try:
+        if not prepared.target_state.exists:  # nothing staged yet: read ahead while the target is set up
+            download.prefetch(part.mine)
         if part.begin():
             return part.finished()
         assert part.stager is not None
-        peak = _stream(prepared, part.todo, part.work.path, part.stager, clock).peak_disk if part.todo else 0
+        peak = _stream(prepared, part.todo, part.work.path, part.stager, download,
+                       clock).peak_disk if part.todo else 0
         return part.end(peak)
     except BaseException as err:
         new = part.fail(err)
@@ -67,6 +71,7 @@ def stage_part(prepared: PreparedJob, index: int, count: int, clock: StageClock)
             raise
         raise new from err
     finally:
+        download.discard()
         part.close()
 
 
@@ -170,12 +175,15 @@ class SourceDownload:
     """The reader factory of a streamed job: Range reads of the pinned source, reported as ``download``.
 
     One per read of the source: a several-scheme job opens one for all its targets.
+    ``prefetch`` starts the reads before the stream opens the reader, so the link is
+    busy while the target and the staging branch are set up.
     """
 
     def __init__(self, prepared: PreparedJob, clock: Callable[[str, int, int], None]) -> None:
         self._prepared = prepared
         self._clock = clock
         self._lock = threading.Lock()
+        self._early: tuple[list[list[tuple[str, int, int]]], RemoteReader] | None = None
         self.downloaded = 0
         self.total = 0
 
@@ -185,7 +193,30 @@ class SourceDownload:
             now = self.downloaded
         self._clock("download", min(now, self.total), self.total)
 
+    def prefetch(self, shards: Sequence[str]) -> None:
+        """Start reading the input ranges of the output ``shards`` now; ``open`` hands this reader on if it fits."""
+        planned = self._prepared.planned
+        reads = stream_reads(planned.plan, planned.checkpoint, shards)
+        reader = self._new(reads)
+        self._early = (reads, reader)
+        reader.start()
+
+    def discard(self) -> None:
+        """Stop a prefetching reader no stream took (the job failed before, or had other shards to make)."""
+        early, self._early = self._early, None
+        if early is not None:
+            early[1].close()
+            with self._lock:
+                self.downloaded = 0
+
     def open(self, reads: list[list[tuple[str, int, int]]]) -> RemoteReader:
+        if self._early is not None and self._early[0] == reads:
+            reader, self._early = self._early[1], None
+            return reader
+        self.discard()
+        return self._new(reads)
+
+    def _new(self, reads: list[list[tuple[str, int, int]]]) -> RemoteReader:
         planned = self._prepared.planned
         reader = RemoteReader(self._prepared.http, planned.source, planned.checkpoint, reads,
                               window=planned.budgets.window, threads=_RANGE_THREADS, progress=self._fetched)
@@ -198,11 +229,10 @@ class SourceDownload:
         self._clock("download", self.total, self.total)
 
 
-def _stream(prepared: PreparedJob, todo: list[str], job_dir: Path, stager: ShardStager, clock: StageClock
-            ) -> StreamReport:
+def _stream(prepared: PreparedJob, todo: list[str], job_dir: Path, stager: ShardStager, download: SourceDownload,
+            clock: StageClock) -> StreamReport:
     """Make the output shards ``todo``: the remote reader, the stager and the progress wired to ``stream``."""
     planned = prepared.planned
-    download = SourceDownload(prepared, clock)
     report = stream_shards(
         planned.plan, planned.checkpoint, todo, download.open, job_dir,
         upload=stager.upload, tick=stager.commit_if_due, disk_budget=planned.budgets.disk,

@@ -19,7 +19,7 @@ from ptq_core.job import make_job
 from ptq_core.job_plan import plan_job
 from ptq_core.parts import shard_sizes
 from ptq_core.pipeline import quantize_job
-from ptq_core.stream import DiskGate, Uploader, stream_shards
+from ptq_core.stream import DiskGate, Uploader, stream_reads, stream_shards
 from ptq_core.units import FirstFailure, LocalReader
 
 
@@ -179,3 +179,21 @@ def test_stream_raises_the_first_failure_of_any_stage(llama, tmp_path):
             tmp_path, upload=upload, tick=lambda: None, disk_budget=10**9, devices=[torch.device("cpu")], workers=2,
             progress=lambda *e: None,
         )
+
+
+def test_stream_reads_are_the_ranges_the_reader_is_opened_with(llama, tmp_path):
+    """A Hub job starts reading ``stream_reads`` early and hands that reader on only if they are equal."""
+    planned = plan_job(make_job(str(llama), "FP8_BLOCK", workers=2), llama)
+    shards = list(planned.parts[0])
+    seen_reads = []
+
+    def open_reader(reads):
+        seen_reads.append(reads)
+        return _local_reader(planned.checkpoint)
+
+    stream_shards(
+        planned.plan, planned.checkpoint, shards, open_reader, tmp_path, upload=lambda shard, path: None,
+        tick=lambda: None, disk_budget=10**9, devices=[torch.device("cpu")], workers=2, progress=lambda *e: None,
+    )
+    assert seen_reads == [stream_reads(planned.plan, planned.checkpoint, shards)]
+    assert stream_reads(planned.plan, planned.checkpoint, shards[1:]) != seen_reads[0]
