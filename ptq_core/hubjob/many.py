@@ -23,7 +23,7 @@ import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..errors import InvalidOptionError, PtqError
 from ..fanout import FanOutTarget, fan_out_shards
@@ -95,7 +95,34 @@ def prepare_many(
     prepared = [first, *others]
     if len({p.target for p in prepared}) != len(prepared):
         raise InvalidOptionError(f"Two schemes resolve to the same target {[p.target for p in prepared]}.")
+    _check_disk_shares(prepared)
     return prepared
+
+
+def _disk_share(prepared: Sequence[PreparedJob], schemes: int) -> int:
+    """One scheme's share of the run's disk budget: one read feeds every scheme's disk gate at once."""
+    return max(1, prepared[0].planned.budgets.disk // max(1, schemes))
+
+
+def _check_disk_shares(prepared: Sequence[PreparedJob]) -> None:
+    """Refuse up front what the shared read could not hold: each scheme's largest shard against its share.
+
+    Each unfinished scheme streams through its own gate with ``disk_share`` of the budget,
+    and a gate always admits its first shard, so a shard larger than the share would take
+    the run past the budget.
+
+    Raises:
+        DiskSpaceError: a scheme's largest output shard is larger than its share of the budget.
+    """
+    live = [p for p in prepared if p.finished is None]
+    if len(live) < 2:
+        return  # one scheme left: its own footprint check (prepare) already holds
+    share = _disk_share(prepared, len(live))
+    budgets = prepared[0].planned.budgets
+    for p in live:
+        replace(p.planned.footprint, disk_budget=share,
+                disk_from=f"1/{len(live)} of {format_bytes(budgets.disk)} ({budgets.disk_from}): "
+                          f"{len(live)} schemes from one read each hold their shards at once").check()
 
 
 class _Combined:
@@ -234,7 +261,7 @@ def _stream(prepared: list[PreparedJob], live: dict[int, PartStage], clocks: lis
             clocks[k](stage, done_, total)
 
     download = SourceDownload(lead, shared)
-    share = max(1, lead.planned.budgets.disk // len(todo))  # the disk budget is the run's: split it
+    share = _disk_share(prepared, len(todo))  # the disk budget is the run's: split it (checked in prepare_many)
     targets = []
     for k, part in todo.items():
         assert part.stager is not None

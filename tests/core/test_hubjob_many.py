@@ -17,9 +17,9 @@ from factory import make_checkpoint
 from hub_server import LFS_UPLOAD_PATH
 
 from ptq_core import cli
-from ptq_core.errors import HubNetworkError, InvalidOptionError
+from ptq_core.errors import DiskSpaceError, HubNetworkError, InvalidOptionError
 from ptq_core.hubjob import quantize_to_hub
-from ptq_core.hubjob.many import quantize_many_to_hub
+from ptq_core.hubjob.many import prepare_many, quantize_many_to_hub
 from ptq_core.job import make_jobs
 
 ALICE, BOB = "hf_test_alice", "hf_test_bob"
@@ -117,6 +117,22 @@ def test_three_schemes_from_one_read_equal_their_single_runs(hub, moe, tmp_path)
         assert hub.stats.commits.get((one.repo_id, "main"), 0) == 1 and hub.branches(one.repo_id) == {
             "main": one.commit_sha}
     assert list((tmp_path / "work").rglob("*.safetensors")) == []
+
+
+def test_a_budget_the_shared_read_cannot_hold_is_refused_before_any_repo(hub, moe, tmp_path):
+    """Each scheme's gate gets 1/n of the budget; a budget one scheme fits but three do not is refused up front."""
+    _seed(hub, moe)
+    jobs = make_jobs(SOURCE, ",".join(SCHEMES))
+    largest = max(p.planned.footprint.largest_shard_bytes
+                  for p in prepare_many(jobs, token=ALICE, work_dir=tmp_path / "w"))
+    budget = 2 * largest  # every scheme alone fits; a third of it does not hold the largest shard
+    with pytest.raises(DiskSpaceError, match=r"1/3 of .*3 schemes from one read"):
+        quantize_many_to_hub(make_jobs(SOURCE, ",".join(SCHEMES), disk_budget=budget), token=ALICE,
+                             work_dir=tmp_path / "work")
+    assert not any(hub.repo_exists(f"alice/tiny-{s.replace('_', '-')}") for s in SCHEMES)
+    one = quantize_many_to_hub(make_jobs(SOURCE, SCHEMES[0], disk_budget=budget), token=ALICE,
+                               work_dir=tmp_path / "one")
+    assert one.ok  # the same budget holds one scheme
 
 
 def test_one_schemes_upload_failure_keeps_the_others_and_a_rerun_finishes(hub, moe, tmp_path):
