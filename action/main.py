@@ -405,9 +405,8 @@ def _run_many(
 def _run_on_jobs(console: Console, request: Request):
     """``on-jobs``: the job (or ``parts`` part jobs and a finalize job) on the token's Hugging Face Jobs."""
     source, scheme, options = request.job_spec
-    flavor = None if request.on_jobs.lower() == "auto" else request.on_jobs
     return ptq_core.run_on_hf_jobs(
-        source, scheme, parts=request.parts, finalize=request.finalize, flavor=flavor, token=request.token,
+        source, scheme, parts=request.parts, finalize=request.finalize, flavor=request.on_jobs, token=request.token,
         progress=StageLog(console, request.jobs[0].label),
         on_launch=lambda job: console.line(f"Launched Hugging Face Job {job.id} ({job.label}, {job.flavor}): {job.url}"),
         **options,

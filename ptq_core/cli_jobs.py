@@ -21,7 +21,7 @@ def add_on_jobs_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("Hugging Face Jobs (run on the token's own account and credits)")
     g.add_argument("--on-jobs", nargs="?", const="", metavar="FLAVOR",
                    help="run as a Hugging Face Job; FLAVOR e.g. cpu-basic, cpu-upgrade, cpu-xl "
-                        "(default: the one the plan says fits by RAM)")
+                        "(default, or 'auto': the one the plan says fits by RAM)")
     g.add_argument("--parts", type=int, metavar="K",
                    help="with --on-jobs: K part jobs at once, then a finalize job (one commit on main)")
     g.add_argument("--jobs-timeout", metavar="DURATION", help="with --on-jobs: the job's time limit, e.g. 90m or 6h")

@@ -56,7 +56,8 @@ FLAVOR_RAM_GB = {"cpu-basic": 16, "cpu-upgrade": 32, "cpu-xl": 124}
 """RAM of the CPU flavors, for ``suggest_flavor`` (a streamed job needs RAM, not a GPU)."""
 
 DEFAULT_FLAVOR = "cpu-upgrade"
-_TERMINAL = ("COMPLETED", "CANCELED", "ERROR", "DELETED")
+AUTO_FLAVOR = "auto"
+"""The flavor name that asks for the plan's pick (``resolve_flavor``): CLI, Action and Space."""
 _RESUME_HINT = "Its staged shards are kept: run the same command again and it resumes from them."
 
 
@@ -116,6 +117,18 @@ def plan_flavor(source: str, scheme: str | None = None, *, token: str | None = N
     """The flavor the plan says fits this job: ``suggest_flavor`` of its peak RAM (headers only, no weight read)."""
     plan = plan_hub_model(make_job(source, scheme, hub_only=True, **options), token=token)
     return suggest_flavor(plan.footprint.peak_ram if plan.footprint else 0)
+
+
+def resolve_flavor(flavor: str | None, source: str, scheme: str | None = None, *, token: str | None = None,
+                   **options: Any) -> str:
+    """``flavor`` checked; ``None`` or ``"auto"`` (every front end's word for it): the one ``plan_flavor`` picks.
+
+    Raises:
+        UnknownFlavorError: a name the Jobs API does not run.
+    """
+    if flavor is None or (isinstance(flavor, str) and flavor.strip().lower() == AUTO_FLAVOR):
+        return plan_flavor(source, scheme, token=token, **options)
+    return check_flavor(flavor)
 
 
 def _jobs_error(http: HubHttp, namespace: str, flavor: str) -> Callable[[Exception], PtqError | None]:
@@ -326,7 +339,7 @@ def run_on_hf_jobs(
 
     Every job is handed to ``on_launch`` as soon as it exists (print its URL; cancel it on
     Ctrl-C). Part jobs run at once on the Hub; they are followed one after the other.
-    ``flavor=None`` takes the one the plan says fits (``plan_flavor``). ``finalize=K`` runs only
+    ``flavor=None`` or ``"auto"`` takes the one the plan says fits (``resolve_flavor``). ``finalize=K`` runs only
     the finalize step of a K-part job (its parts staged before, by jobs or by other machines).
 
     Raises:
@@ -335,9 +348,8 @@ def run_on_hf_jobs(
     """
     if parts and (finalize or options.get("part")):
         raise InvalidOptionError("--parts K launches every part and the finalize job itself; drop --part / --finalize.")
-    if flavor is None:
-        flavor = plan_flavor(source, scheme, token=token, **options)
-    common = {"flavor": check_flavor(flavor), "token": token, "timeout": timeout}
+    common = {"flavor": resolve_flavor(flavor, source, scheme, token=token, **options), "token": token,
+              "timeout": timeout}
     if not parts:
         launched = launch_hf_job(source, scheme, **common, finalize=finalize, **options)
         if on_launch is not None:

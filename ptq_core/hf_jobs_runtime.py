@@ -27,6 +27,7 @@ from importlib import metadata
 from pathlib import Path
 
 from ._http import HubHttp
+from .errors import HfJobsError
 
 RUNTIME_REPO_NAME = "ptq-hub-runtime"
 """The dataset repo (under the token's user) holding uploaded ptq-hub sources."""
@@ -78,8 +79,16 @@ def build_runtime_zip() -> bytes:
 
 
 def pinned_requirements() -> list[str]:
-    """``name==version`` for each requirement, as installed here (a local tag such as ``+cpu`` dropped)."""
-    return [f"{name}=={metadata.version(name).split('+')[0]}" for name in REQUIREMENTS]
+    """``name==version`` for each requirement, as installed here (a local tag such as ``+cpu`` dropped).
+
+    Raises:
+        HfJobsError: a requirement is not installed here, so the job could not run what runs here.
+    """
+    try:
+        return [f"{name}=={metadata.version(name).split('+')[0]}" for name in REQUIREMENTS]
+    except metadata.PackageNotFoundError as err:
+        raise HfJobsError(f"{err.name} is not installed here; the job pins what runs here. "
+                          f"Install it (pip install {err.name}) and launch again.") from None
 
 
 def upload_runtime(http: HubHttp, namespace: str) -> Runtime:

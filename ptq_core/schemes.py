@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from functools import cached_property
+from functools import cache, cached_property
 from importlib import metadata
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Iterable
@@ -158,7 +158,13 @@ class ResolvedConfig:
     @cached_property
     def config(self) -> QuantizationConfig:
         """The ``QuantizationConfig`` (status ``initialized``), groups in order, with this ignore list."""
-        objects = self.objects if self.objects is not None else _resolve_objects(self.name, None, self.observer)[0]
+        objects = self.objects
+        if objects is None:  # planned from presets.py: the objects must say what the kernels were told
+            objects, _, formats = _resolve_objects(self.name, None, self.observer)
+            if (formats, {g: weight_args(s.weights) for g, s in objects.config_groups.items()}) != (self.formats,
+                                                                                                    self.weights):
+                raise SchemeNotSupportedError(f"ptq_core/presets.py disagrees with the installed compressed-tensors "
+                                              f"about {self.name}: regenerate it (python scripts/gen_presets.py).")
         return objects.model_copy(update={"ignore": list(self.ignore_entries)})
 
     @property
@@ -222,17 +228,18 @@ def preset_table() -> dict[str, dict[str, Any]]:
 
 def _presets() -> dict[str, dict[str, Any]]:
     """``presets.PRESETS`` when it was generated from the installed compressed-tensors, else computed from it."""
-    if _installed_version() == COMPRESSED_TENSORS_VERSION:
-        return PRESETS
-    return preset_table()
+    return _presets_for(_installed_version())
 
 
-def _installed_version() -> str | None:
-    """compressed-tensors' installed version, from its metadata (importing it would cost seconds)."""
-    try:
-        return metadata.version("compressed-tensors")
-    except metadata.PackageNotFoundError:
-        return None
+@cache
+def _presets_for(version: str) -> dict[str, dict[str, Any]]:
+    """The table for one installed version: computing it imports compressed-tensors, so once per process."""
+    return PRESETS if version == COMPRESSED_TENSORS_VERSION else preset_table()
+
+
+def _installed_version() -> str:
+    """compressed-tensors' installed version (a dependency), from its metadata: importing it would cost seconds."""
+    return metadata.version("compressed-tensors")
 
 
 def list_schemes(*, data_free_only: bool = True) -> list[SchemeInfo]:

@@ -25,12 +25,13 @@ from ptq_core.redact import redact
 RECENT_JOBS = 5
 """Jobs the browser remembers."""
 
-AUTO = "auto"
+AUTO = hf_jobs.AUTO_FLAVOR
 WHY_JOBS_SCOPE = (
     "Runs in a container on **your** Hugging Face account and credits ([Jobs](https://huggingface.co/docs/"
     "huggingface_hub/guides/jobs)), not in this Space: no queue, any model size the flavor's RAM allows. "
     "Signing in asks for the `jobs` permission for this; the job gets your token as a secret, to read the "
-    "model and push the new repo."
+    "model and push the new repo. One job quantizes the scheme picked above (\"Also quantize into\" is for runs "
+    "in this Space)."
 )
 TokenFrom = Callable[[Any], "str | None"]
 
@@ -54,8 +55,7 @@ def launch_on_jobs(token: str | None, model_id: str | None, scheme: str, options
     if not model_id:
         raise gr.Error("Pick a model first: type a Hub id such as org/Model.", print_exception=False)
     try:
-        if flavor == AUTO:
-            flavor = hf_jobs.plan_flavor(model_id, scheme, token=token, **options)
+        flavor = hf_jobs.resolve_flavor(flavor, model_id, scheme, token=token, **options)
         job = hf_jobs.launch_hf_job(model_id, scheme, flavor=flavor, token=token, **options)
     except PtqError as err:
         raise gr.Error(redact(str(err), token), title="Job not launched", duration=None, print_exception=False) from None

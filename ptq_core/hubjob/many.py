@@ -193,13 +193,15 @@ def _scheme(prepared: PreparedJob) -> str:
     return prepared.job.scheme_name
 
 
-def _finish_or_error(prepared: PreparedJob, staged: Staged | str, clock: StageClock) -> HubResult | PtqError:
-    """``_finish``, its error returned (the other schemes go on); a finished run by another process is a result."""
+def _finish_or_error(prepared: PreparedJob, staged: Staged | str, clock: StageClock) -> HubResult | Exception:
+    """``_finish``, its error returned (the other schemes' commits stand); a finished run by another process is a result."""
     try:
         return _finish(prepared, staged, clock)
     except PtqError as err:
         landed = landed_meanwhile(prepared, err)
         return err if landed is None else done(prepared, landed, clock, by_other=True)
+    except Exception as err:  # noqa: BLE001 - an unexpected failure is this scheme's too, reported in ManyResult.errors
+        return err
 
 
 def _finish(prepared: PreparedJob, staged: Staged | str, clock: StageClock) -> HubResult:
@@ -227,7 +229,7 @@ def _stage_all(prepared: list[PreparedJob], clocks: list[StageClock]
             try:
                 if part.begin():
                     staged[k] = part.finished()
-            except BaseException as err:  # noqa: BLE001 - this scheme alone stops
+            except Exception as err:  # noqa: BLE001 - this scheme alone stops
                 errors[p.job.scheme_name] = part.fail(err)
         live = {k: part for k, part in parts.items() if k not in staged and _scheme(prepared[k]) not in errors}
         try:
@@ -242,6 +244,11 @@ def _stage_all(prepared: list[PreparedJob], clocks: list[StageClock]
                 staged[k] = part.end(outcome)
             except Exception as err:  # noqa: BLE001 - this scheme alone stops; its staged work is kept
                 errors[_scheme(prepared[k])] = part.fail(err)
+    except BaseException as err:  # Ctrl-C, exit: every open scheme keeps what it uploaded, as a single run does
+        for k, part in parts.items():
+            if k not in staged and _scheme(prepared[k]) not in errors:
+                part.fail(err)
+        raise
     finally:
         for part in parts.values():
             part.close()

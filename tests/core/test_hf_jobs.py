@@ -99,6 +99,17 @@ def test_refusals_are_typed_and_come_before_anything_runs(seeded):
     assert seeded.jobs.launched == []
 
 
+def test_auto_is_the_plans_flavor_in_every_front_end(seeded):
+    """CLI, Action and Space all say "auto"; the core alone turns it into the plan's pick."""
+    planned = hf_jobs.plan_flavor(SOURCE, "FP8_BLOCK", token=ALICE)
+    assert planned in hf_jobs.FLAVOR_RAM_GB
+    for word in (None, "auto", " AUTO "):
+        assert hf_jobs.resolve_flavor(word, SOURCE, "FP8_BLOCK", token=ALICE) == planned
+    assert hf_jobs.resolve_flavor("cpu-xl", SOURCE, "FP8_BLOCK", token=ALICE) == "cpu-xl"
+    with pytest.raises(UnknownFlavorError):
+        hf_jobs.resolve_flavor("cpu-giant", SOURCE, "FP8_BLOCK", token=ALICE)
+
+
 def test_a_failed_job_says_why(seeded):
     with pytest.raises(JobFailedError, match=r"failed: TargetRepoExistsError: .*alice/tiny-FP8-BLOCK"):
         seeded.seed_repo(TARGET, {"README.md": b"mine"})

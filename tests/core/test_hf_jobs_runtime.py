@@ -10,6 +10,8 @@ from importlib import metadata
 from io import BytesIO
 from pathlib import Path
 
+import pytest
+
 from ptq_core import _http, hf_jobs_runtime
 from ptq_core.hf_jobs_runtime import build_runtime_zip, job_command, pinned_requirements, upload_runtime
 
@@ -55,3 +57,11 @@ def test_the_runtime_is_uploaded_once_and_pinned_to_its_commit(hub):
     assert command[:3] == ["uv", "run", "--no-project"] and command[-5:] == [
         first.repo_id, first.revision, first.filename, first.sha256, '{"source": "bob/tiny"}']
     assert ALICE not in " ".join(command)
+
+
+def test_a_requirement_missing_here_is_a_typed_error_naming_it(monkeypatch):
+    from ptq_core.errors import HfJobsError
+
+    monkeypatch.setattr(hf_jobs_runtime, "REQUIREMENTS", ("torch", "ptq-hub-no-such-package"))
+    with pytest.raises(HfJobsError, match="ptq-hub-no-such-package is not installed"):
+        hf_jobs_runtime.pinned_requirements()

@@ -219,5 +219,7 @@ def test_cli_run_and_plan_take_several_schemes(hub, moe, monkeypatch, capsys):
     assert "target cannot be given with several schemes" in capsys.readouterr().err
     assert cli.main(["run", SOURCE, "--scheme", "FP8_BLOCK,W4A16", "--on-jobs"]) == 2
     assert "--on-jobs runs one scheme per job" in capsys.readouterr().err
+    assert cli.main(["run", SOURCE, "--scheme", "FP8_BLOCK", "--on-jobs", "--collection", "t"]) == 2
+    assert "--collection goes with a run here" in capsys.readouterr().err  # not dropped silently
     assert cli.main(["plan", SOURCE, "--scheme", "FP8_BLOCK,W4A16", "--parts", "2"]) == 2
     assert "--parts plans one scheme" in capsys.readouterr().err

@@ -108,3 +108,16 @@ def test_planning_a_16_bit_checkpoint_leaves_compressed_tensors_unloaded(tmp_pat
     loaded, loaded_after_config, quantized = json.loads(done.stdout.strip().splitlines()[-1])
     assert loaded == [], f"planning {scheme} imported {loaded}"
     assert loaded_after_config and quantized > 0
+
+
+def test_a_table_that_disagrees_with_compressed_tensors_stops_before_config_json_is_written():
+    """The kernels read the table's weights and config.json the objects': a stale table must not split them."""
+    from dataclasses import replace
+
+    from ptq_core.errors import SchemeNotSupportedError
+
+    resolved = resolve_config("W4A16")
+    assert resolved.config.config_groups  # the table and compressed-tensors agree
+    stale = replace(resolved, weights={"W4A16": {**resolved.weights["W4A16"], "group_size": 64}})
+    with pytest.raises(SchemeNotSupportedError, match="regenerate it"):
+        stale.config  # noqa: B018 - the property builds and checks the objects
