@@ -17,6 +17,7 @@ failure stops all (the source is the same for every target).
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,9 +35,35 @@ from .writer import ShardWriter
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FanOutTarget", "JointUnit", "fan_out_shards", "joint_units"]
+__all__ = ["SHARED_STAGES", "FanOutTarget", "JointUnit", "SummedProgress", "fan_out_shards", "joint_units"]
 
 _Read = tuple[str, int, int]
+
+SHARED_STAGES = ("download", "validate")
+"""Stages of the one read: reported once, not summed over the targets."""
+
+
+class SummedProgress:
+    """One progress callback for several targets: the shared read as it is, every other stage summed.
+
+    So a front end shows one bar per stage, as for one scheme (``of(k)`` is target ``k``'s callback).
+    """
+
+    def __init__(self, progress: ProgressCallback | None) -> None:
+        self._progress = progress
+        self._last: dict[tuple[str, int], tuple[int, int]] = {}
+        self._lock = threading.Lock()
+
+    def of(self, target: int) -> ProgressCallback:
+        def report(stage: str, done: int, total: int) -> None:
+            if self._progress is None:
+                return
+            with self._lock:
+                self._last[(stage, 0 if stage in SHARED_STAGES else target)] = (done, total)
+                values = [v for (s, _), v in self._last.items() if s == stage]
+                self._progress(stage, sum(v[0] for v in values), sum(v[1] for v in values))
+
+        return report
 
 
 @dataclass
@@ -45,6 +72,8 @@ class FanOutTarget:
 
     ``upload``, ``tick``, ``progress`` and ``disk_budget`` mean what they mean for
     ``stream.stream_shards``; ``folder`` is this target's own (shard names repeat across targets).
+    ``keep``: the shards are this target's output (a local folder): ``upload`` is told of each,
+    none is deleted (``stream.Uploader``'s ``keep``).
     """
 
     plan: Plan
@@ -54,6 +83,7 @@ class FanOutTarget:
     tick: Callable[[], None]
     disk_budget: int
     progress: ProgressCallback
+    keep: bool = False
 
 
 @dataclass(frozen=True)
@@ -173,7 +203,8 @@ class _TargetRun:
         self.expected = {s: expected[s] for s in self.shards}
         self.gate = DiskGate(target.disk_budget, LOCAL_SHARDS, self.failure)
         self.uploader = Uploader(self.shards, target.folder, target.upload, target.tick, gate=self.gate,
-                                 failure=self.failure, progress=target.progress, total=sum(self.expected.values()))
+                                 failure=self.failure, progress=target.progress, total=sum(self.expected.values()),
+                                 keep=target.keep)
         self.local = _Shards(target.plan, target.folder, [(m.shard, m.unit) for m in members], len(self.shards),
                              target.progress)
         self.undispatched = Counter(m.shard for m in members)
@@ -212,7 +243,7 @@ def fan_out_shards(
 
     Returns, per target in order, its :class:`stream.StreamReport`, or the error that stopped
     it (an upload failure stops one target; a read or quantize failure is every target's).
-    Every target's folder holds no shard afterwards.
+    Every target's folder holds no shard afterwards, but a ``keep`` target's finished shards.
     """
     units = joint_units(checkpoint, targets)
     order = {name: k for k, name in enumerate(checkpoint.shards)}

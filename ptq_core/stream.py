@@ -109,12 +109,15 @@ class Uploader:
 
     Several threads overlap one shard's hashing with another's transfer. ``tick`` is
     called between shards and about every second while a thread waits for its shard.
+    ``keep``: the shards are the output itself (a local folder, ``pipeline_many``), so
+    they stay where they are; the gate still frees their room, as the disk was checked for them.
     """
 
     def __init__(
         self, shards: Sequence[str], folder: Path, upload: Callable[[str, Path], None], tick: Callable[[], None], *,
-        gate: DiskGate, failure: FirstFailure, progress: ProgressCallback, total: int,
+        gate: DiskGate, failure: FirstFailure, progress: ProgressCallback, total: int, keep: bool = False,
     ) -> None:
+        self._keep = keep
         self._shards = list(shards)
         self._folder = folder
         self._upload = upload
@@ -171,7 +174,8 @@ class Uploader:
                 shard, size = taken
                 path = self._folder / shard
                 self._upload(shard, path)
-                path.unlink()
+                if not self._keep:
+                    path.unlink()
                 self._gate.release(size)
                 with self._cond:
                     self._uploaded += 1
