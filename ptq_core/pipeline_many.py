@@ -158,7 +158,7 @@ def quantize_jobs(
         timings["quantize"] = time.perf_counter() - t
         return _publish_all(planned, configs, works, reports, summed, timings, start)
     except BaseException:
-        for work in works:
+        for work in reversed(works):  # the first made the parent folders: removed last, once empty
             if work.path.exists():
                 discard_output(work)
         raise
@@ -200,7 +200,7 @@ def _prepare_all(source: Path, planned: Sequence[JobPlan], folders: Sequence[Pat
             works.append(prepare_output(source, folder, overwrite=plan.job.overwrite))
             copy_extra_files(source, works[-1], plan.checkpoint.extra_files)
     except BaseException:
-        for work in works:
+        for work in reversed(works):
             discard_output(work)
         raise
     return works
