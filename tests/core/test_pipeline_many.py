@@ -157,3 +157,19 @@ def test_cli_writes_a_folder_per_scheme_and_refuses_to_replace_them(tmp_path, ll
     assert {name: _files(out / name) for name in before} == before
     assert cli.main(["quantize", str(llama), str(out), "--scheme", "W4A16,w4a16"]) == 2
     assert "scheme W4A16 is given twice" in capsys.readouterr().err
+
+
+def test_progress_is_one_bar_per_stage_summed_over_the_schemes(tmp_path, llama):
+    """The stages of ``quantize_job`` (no upload): validate once, quantize and write summed, each ending at its total."""
+    events: list[tuple[str, int, int]] = []
+    result = quantize_jobs(make_jobs(str(llama), "FP8_BLOCK,NVFP4A16", workers=2), tmp_path / "out",
+                           progress=lambda *event: events.append(event))
+    assert result.ok
+    assert list(dict.fromkeys(stage for stage, _, _ in events)) == ["validate", "quantize", "write"]
+    last = {stage: (done, total) for stage, done, total in events}
+    shards = sum(len(r.plan.shards) for r in result.results.values())
+    assert last["validate"] == (1, 1) and last["write"] == (shards + 2, shards + 2)  # + each index and config
+    assert last["quantize"][0] == last["quantize"][1] >= len(result.results["FP8_BLOCK"].plan.quantized)
+    for stage in ("quantize", "write"):
+        assert all(done <= total for s, done, total in events if s == stage)
+        assert sum(1 for s, done, total in events if s == stage and done == total) == 1, stage  # closes once
