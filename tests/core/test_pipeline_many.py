@@ -173,3 +173,17 @@ def test_progress_is_one_bar_per_stage_summed_over_the_schemes(tmp_path, llama):
     for stage in ("quantize", "write"):
         assert all(done <= total for s, done, total in events if s == stage)
         assert sum(1 for s, done, total in events if s == stage and done == total) == 1, stage  # closes once
+
+
+def test_a_hub_source_is_downloaded_once_for_every_scheme(hub, tmp_path, llama):
+    hub.seed_repo("bob/tiny", {p.name: p for p in llama.iterdir() if p.is_file()})
+    since = len(hub.requests_log)
+    result = quantize_jobs(make_jobs("bob/tiny", "FP8_BLOCK,W4A16"), tmp_path / "out", token="hf_test_alice")
+    weights = [(path, headers.get("range")) for method, path, headers in hub.requests_log[since:]
+               if method == "GET" and path.split("?")[0].endswith(".safetensors")]
+    # each weight file fetched once, whole (a Hub source is downloaded, then read as a folder)
+    assert sorted((path.rsplit("/", 1)[-1], r) for path, r in weights) == sorted(
+        (p.name, None) for p in llama.glob("*.safetensors"))
+    assert [r.save_directory.name for r in result.results.values()] == ["tiny-FP8-BLOCK", "tiny-W4A16"]
+    single = quantize_job(make_job(str(llama), "W4A16"), tmp_path / "single")
+    assert _files(result.results["W4A16"].save_directory) == _files(single.save_directory)
