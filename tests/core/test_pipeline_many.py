@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from factory import make_checkpoint
 
-from ptq_core import cli
+from ptq_core import cli, constants
 from ptq_core.checkpoint import ShardReader
 from ptq_core.errors import InvalidOptionError, OutputExistsError, OutputLocationError
 from ptq_core.job import make_job, make_jobs
@@ -175,7 +175,8 @@ def test_progress_is_one_bar_per_stage_summed_over_the_schemes(tmp_path, llama):
         assert sum(1 for s, done, total in events if s == stage and done == total) == 1, stage  # closes once
 
 
-def test_a_hub_source_is_downloaded_once_for_every_scheme(hub, tmp_path, llama):
+def test_a_hub_source_is_downloaded_once_for_every_scheme(hub, tmp_path, llama, monkeypatch):
+    monkeypatch.setattr(constants, "PTQ_HUB_CACHE", tmp_path / "cache")  # a fresh download, not a cached one
     hub.seed_repo("bob/tiny", {p.name: p for p in llama.iterdir() if p.is_file()})
     since = len(hub.requests_log)
     result = quantize_jobs(make_jobs("bob/tiny", "FP8_BLOCK,W4A16"), tmp_path / "out", token="hf_test_alice")
