@@ -439,7 +439,8 @@ def _run_recipe(
                     return failed[0], request.jobs.index(failed[0]) + 1, failed[1]
                 continue
             (job,) = group
-            console.line(f"Job {index} of {count}: {job.label}")
+            if count > 1:
+                console.line(f"Job {index} of {count}: {job.label}")
             try:
                 result = ptq_core.quantize_to_hub(job, token=request.token, progress=StageLog(console, job.label),
                                                   work_dir=_work_dir(environ))
