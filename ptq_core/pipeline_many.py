@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import InvalidOptionError, OutputLocationError
+from .errors import InvalidOptionError, OutputExistsError, OutputLocationError
 from .fanout import FanOutTarget, SummedProgress, fan_out_shards
 from .job import Job, default_repo_name
 from .job_plan import JobPlan, plan_job
@@ -77,10 +77,15 @@ def output_folders(jobs: Sequence[Job], save_directory: str | os.PathLike[str] |
 
     Raises:
         InvalidOptionError: a list of folders whose length is not the number of jobs.
+        OutputExistsError: the parent folder is a file.
         OutputLocationError: two jobs' folders are the same, or one is inside another.
     """
     if isinstance(save_directory, (str, os.PathLike)):
-        folders = [Path(save_directory) / default_repo_name(_model_name(job.source), job.scheme_name) for job in jobs]
+        parent = Path(save_directory)
+        if parent.exists() and not parent.is_dir():
+            raise OutputExistsError(f"{parent} is a file; with several schemes it is the parent folder of one "
+                                    "folder per scheme ({Model}-{SCHEME}). Choose a folder.")
+        folders = [parent / default_repo_name(_model_name(job.source), job.scheme_name) for job in jobs]
     else:
         folders = [Path(folder) for folder in save_directory]
         if len(folders) != len(jobs):

@@ -109,6 +109,9 @@ def test_bad_combinations_are_typed_errors(tmp_path, llama):
         quantize_jobs(make_jobs(str(llama), "FP8_BLOCK,W4A16"), [tmp_path / "a", tmp_path / "a" / "b"])
     with pytest.raises(OutputLocationError, match="is the input folder or inside it"):
         quantize_jobs(make_jobs(str(llama), "FP8_BLOCK,W4A16"), [tmp_path / "a", llama / "b"])
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OutputExistsError, match="is a file; with several schemes it is the parent folder"):
+        quantize_jobs(make_jobs(str(llama), "FP8_BLOCK,W4A16"), tmp_path / "file")
     assert not (tmp_path / "out").exists() and not (tmp_path / "a").exists()
     assert output_folders(make_jobs(str(llama), "FP8_BLOCK,W4A16"), "x") == [Path("x/tiny-FP8-BLOCK"),
                                                                            Path("x/tiny-W4A16")]
