@@ -30,7 +30,6 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -40,9 +39,13 @@ from .convert import ST_TO_TORCH, auto_converters
 from .sources.detect import detect_source
 from .sources.formats import DENSE, FP8_BLOCK
 from .errors import ConverterError, InvalidOptionError
+from .rotation_layout import (
+    OFFSET_NORM_MODELS, RotationLayout, check_projector, compiled, matches_any, norm_names_of, refuse_offset_norms,
+    rotation_ignore,
+)
 
 __all__ = [
-    "ROTATIONS", "RotationLayout", "SpinQuant", "build_spinquant", "rotation_chain", "rotation_ignore", "rotation_note",
+    "OFFSET_NORM_MODELS", "ROTATIONS", "RotationLayout", "SpinQuant", "build_spinquant", "rotation_chain", "rotation_ignore", "rotation_note",
 ]
 
 ROTATIONS = ("R1", "R2")
@@ -55,52 +58,6 @@ _QPARAM_NAMES = frozenset({
 })
 _PACKED_DTYPES = frozenset({torch.float8_e4m3fn, torch.float8_e5m2, torch.uint8, torch.int8, torch.int32})
 _LAYER = re.compile(r"^(?P<layer>(.*\.)?layers\.\d+)\.")
-# Vision / audio towers and projectors: outside the rotated text stream (their own widths).
-_TOWERS = re.compile(r"(^|\.)(visual|vision_tower|vision_model|vision_encoder|image_encoder|vpm|audio_tower|"
-                     r"audio_model|audio_encoder|multi_modal_projector|mm_projector|embed_vision|embed_audio)\.")
-
-
-@dataclass(frozen=True)
-class RotationLayout:
-    """Where the rotations are fused, as regexes searched in module names.
-
-    The peer's ``SpinQuantConverterMapping`` defaults (Llama-style names, MoE experts and
-    routers, DeepSeek-V4 mHC mixers as ``residual``), plus two additions for which the peer's
-    defaults give a wrong or no model:
-
-    * MLA's two residual readers (``q_a_proj``, ``kv_a_proj_with_mqa``): without them an MLA
-      model cannot be rotated at all; for every other model they match nothing.
-    * ``projector_out``: the last linear of a multimodal projector, whose outputs replace token
-      embeddings in the residual stream, so they are rotated by R1 like the embedding (rows, and
-      its bias), although the rest of its tower is left alone. The peer leaves the whole tower to
-      ``ignore``, and its rotated model then reads un-rotated image features.
-    """
-
-    embedding: str = r"(^|\.)embed_tokens$"
-    attn_in: tuple[str, ...] = (r"\.self_attn\.(q|k|v)_proj$", r"\.self_attn\.(q_a_proj|kv_a_proj_with_mqa)$")
-    attn_out: tuple[str, ...] = (r"\.self_attn\.o_proj$",)
-    attn_v: str = r"\.self_attn\.v_proj$"
-    attn_o: str = r"\.self_attn\.o_proj$"
-    mlp_in: tuple[str, ...] = (r"\.mlp\.(.+\.)?(gate|up|gate_up)_proj$", r"\.mlp\.gate$", r"\.mlp\.shared_expert_gate$")
-    mlp_out: tuple[str, ...] = (r"\.mlp\.(.+\.)?down_proj$",)
-    lm_head: str = r"(^|\.)lm_head$"
-    residual: tuple[str, ...] = (r"(^|\.)hc_(attn|ffn|head)_fn$",)
-    projector_out: tuple[str, ...] = (
-        r"(^|\.)multi_modal_projector\.linear_2$",                      # LLaVA
-        r"(^|\.)visual\.merger\.mlp\.2$",                              # Qwen2-VL, Qwen2.5-VL
-        r"(^|\.)visual\.(merger|deepstack_merger_list\.\d+)\.linear_fc2$",  # Qwen3-VL
-    )
-    attn_norm: str = "input_layernorm"
-    mlp_norm: str = "post_attention_layernorm"
-    final_norm: str = "norm"
-
-
-def _compiled(patterns: Iterable[str]) -> list[re.Pattern]:
-    return [re.compile(p) for p in patterns]
-
-
-def _any(patterns: Sequence[re.Pattern], name: str) -> bool:
-    return any(p.search(name) for p in patterns)
 
 
 def _split(name: str, tensor: torch.Tensor) -> tuple[str, str]:
@@ -177,13 +134,13 @@ class SpinQuant:
         self._r2_rows = None if heads[1] is None else heads[1] * head_dim  # v_proj's outputs
         self._r2_cols = None if heads[0] is None else heads[0] * head_dim  # o_proj's inputs
         self.layout = layout = layout or RotationLayout()
-        self._ignore = _compiled(ignore)
+        self._ignore = compiled(ignore)
         self._embedding, self._lm_head = re.compile(layout.embedding), re.compile(layout.lm_head)
-        self._reads_attn, self._reads_mlp = _compiled(layout.attn_in), _compiled(layout.mlp_in)
-        self._writes = _compiled(layout.attn_out + layout.mlp_out)
+        self._reads_attn, self._reads_mlp = compiled(layout.attn_in), compiled(layout.mlp_in)
+        self._writes = compiled(layout.attn_out + layout.mlp_out)
         self._v, self._o = re.compile(layout.attn_v), re.compile(layout.attn_o)
-        self._residual = _compiled(layout.residual)
-        self._projector = _compiled(layout.projector_out)
+        self._residual = compiled(layout.residual)
+        self._projector = compiled(layout.projector_out)
 
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike, **options: Any) -> SpinQuant:
@@ -198,10 +155,10 @@ class SpinQuant:
         out: dict[str, torch.Tensor] = {}
         for name, tensor in tensors.items():
             module, param = _split(name, tensor)
-            if param in ("weight", "bias") and _any(self._projector, module):
+            if param in ("weight", "bias") and matches_any(self._projector, module):
                 out[name] = self._projected(module, param, tensor)
                 continue
-            if _any(self._ignore, name):
+            if matches_any(self._ignore, name):
                 out[name] = tensor
                 continue
             if param in _QPARAM_NAMES or (param == "weight" and tensor.dtype in _PACKED_DTYPES):
@@ -244,8 +201,8 @@ class SpinQuant:
             if param == "bias":
                 raise ConverterError(f"{module} has a bias; SpinQuant folds only scale-only norms (RMSNorm).")
             return torch.ones_like(tensor)  # its scale now lives in the next linears
-        reads_attn, reads_mlp = _any(self._reads_attn, module), _any(self._reads_mlp, module)
-        writes = _any(self._writes, module)
+        reads_attn, reads_mlp = matches_any(self._reads_attn, module), matches_any(self._reads_mlp, module)
+        writes = matches_any(self._writes, module)
         is_v = self.r2 is not None and self._v.search(module) is not None
         is_o = self.r2 is not None and self._o.search(module) is not None
         if param == "bias":
@@ -276,7 +233,7 @@ class SpinQuant:
 
     def _other(self, name: str, module: str, tensor: torch.Tensor) -> torch.Tensor:
         """A bare parameter: an mHC mixer (one R1 block per stream), or one the stream must not touch."""
-        if _any(self._residual, name) or _any(self._residual, module):
+        if matches_any(self._residual, name) or matches_any(self._residual, module):
             if self.r1 is None:
                 return tensor
             last = tensor.shape[-1] if tensor.ndim else 0
@@ -354,37 +311,6 @@ def rotation_note(converters: Sequence[Any]) -> str | None:
     return None
 
 
-def rotation_ignore(config: Mapping[str, Any], names: Iterable[str]) -> list[str]:
-    """Regexes for the towers and projectors of a multimodal model: left as they are.
-
-    They have their own widths and never read the text residual stream (only with a
-    ``vision_config`` / ``audio_config`` section, as ``default_ignore`` decides towers).
-    """
-    if not any(isinstance(config.get(k), Mapping) for k in ("vision_config", "audio_config")):
-        return []
-    roots = sorted({m.group(0).lstrip(".") for m in map(_TOWERS.search, names) if m})
-    return [r"(^|\.)" + re.escape(root) for root in roots]
-
-
-def _check_projector(ignore: list[str], names: Sequence[str], layout: RotationLayout) -> None:
-    """A multimodal model's towers are left alone only if its projector's output can be rotated."""
-    projector = _compiled(layout.projector_out)
-    if ignore and not any(_any(projector, n.rpartition(".")[0]) for n in names):
-        raise ConverterError(
-            "This multimodal model's projector is not one SpinQuant knows (LLaVA, Qwen2/2.5/3-VL): its image or "
-            "audio features would enter the rotated residual stream un-rotated. Run without rotate."
-        )
-
-
-def _norm_names(names: Sequence[str], layout: RotationLayout) -> list[str]:
-    """Every per-layer attention / MLP norm, and the final norm beside each embedding."""
-    per_layer = re.compile(rf"(^|\.)layers\.\d+\.({layout.attn_norm}|{layout.mlp_norm})\.weight$")
-    embedding = re.compile(layout.embedding)
-    finals = {".".join(filter(None, (n[: -len(".weight")].rpartition(".")[0], layout.final_norm, "weight")))
-              for n in names if n.endswith(".weight") and embedding.search(n[: -len(".weight")])}
-    return [n for n in names if per_layer.search(n) or n in finals]
-
-
 def build_spinquant(
     config: Mapping[str, Any],
     names: Iterable[str],
@@ -405,23 +331,25 @@ def build_spinquant(
         layout: where the rotations go.
 
     Raises:
-        ConverterError: no norm to fold, or a width that is not a power of two.
+        ConverterError: no norm to fold, a (1 + w) norm (Gemma, Qwen3-Next, ...), or a width that is
+            not a power of two.
     """
     names = list(names)
     layout = layout or RotationLayout()
     text = config.get("text_config", config)
     if not isinstance(text, Mapping) or not isinstance(text.get("hidden_size"), int):
         raise ConverterError("config.json names no hidden_size; SpinQuant rotates the residual stream it sizes.")
+    refuse_offset_norms(config)
     hidden = text["hidden_size"]
     heads = text.get("num_attention_heads")
     head_dim = text.get("head_dim") or (hidden // heads if heads else 0)
     tied = bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", False)))
     if ignore is None:
         ignore = rotation_ignore(config, names)
-        _check_projector(ignore, names, layout)
-    skipped = _compiled(ignore)
-    kept = [n for n in names if not _any(skipped, n)]
-    norm_names = _norm_names(kept, layout)
+        check_projector(ignore, names, layout)
+    skipped = compiled(ignore)
+    kept = [n for n in names if not matches_any(skipped, n)]
+    norm_names = norm_names_of(kept, layout)
     if not norm_names:
         raise ConverterError("No RMSNorm scales (input_layernorm / post_attention_layernorm / norm) to fold: "
                              "SpinQuant needs a pre-norm decoder.")

@@ -29,6 +29,7 @@ from ptq_core.rotation import RotationLayout, SpinQuant, build_spinquant, hadama
 import_tool("transformers", "transformers is not installed (pip install -e '.[test]')")
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden"
 sys.path.insert(0, str(GOLDEN_DIR))
+import zoo  # noqa: E402
 from rotation_cases import GOLDEN_FILE, build_source, cases, rotate_checkpoint, source_digest  # noqa: E402
 
 GOLDEN = json.loads((GOLDEN_DIR / GOLDEN_FILE).read_text())["cases"]
@@ -124,20 +125,18 @@ def test_fusing_in_float32_fails_the_golden(source):
     assert _mismatches(rotate_checkpoint(path, ours.process), GOLDEN["llama"]["tensors"])
 
 
-def test_rotated_llama_computes_the_same_logits(source, tmp_path):
+def _cosine_after_rotation(path: Path, rotation: SpinQuant, out: Path) -> float:
+    """Cosine of the logits (float32, a fixed batch) of ``path`` and of ``path`` rotated by ``rotation``."""
     transformers = import_tool("transformers", "transformers is not installed")
     from safetensors.torch import save_file
 
-    path = source("llama_tied")
-    ours = _ours(path, "llama_tied")
-    out = tmp_path / "rotated"
     out.mkdir()
     tensors = {}
     for shard in sorted(path.glob("*.safetensors")):
         with safe_open(str(shard), "pt") as f:
-            tensors.update(ours.process({n: f.get_tensor(n) for n in f.keys()}))
+            tensors.update(rotation.process({n: f.get_tensor(n) for n in f.keys()}))
     save_file({n: t.contiguous() for n, t in tensors.items()}, str(out / "model.safetensors"))
-    config = ours.update_model_config(json.loads((path / "config.json").read_text()))
+    config = rotation.update_model_config(json.loads((path / "config.json").read_text()))
     (out / "config.json").write_text(json.dumps(config))
     ids = torch.arange(7, 71).reshape(2, 32)
     logits = []
@@ -145,8 +144,63 @@ def test_rotated_llama_computes_the_same_logits(source, tmp_path):
         model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
         with torch.no_grad():
             logits.append(model(ids).logits.flatten())
-    cosine = torch.nn.functional.cosine_similarity(logits[0], logits[1], dim=0).item()
+    return torch.nn.functional.cosine_similarity(logits[0], logits[1], dim=0).item()
+
+
+def test_rotated_llama_computes_the_same_logits(source, tmp_path):
+    path = source("llama_tied")
+    cosine = _cosine_after_rotation(path, _ours(path, "llama_tied"), tmp_path / "rotated")
     assert cosine > 0.999, cosine  # bf16 rounding of the rotated weights only
+
+
+_TEXT_ZOO = sorted(name for name, arch in zoo.ZOO.items() if not arch.vlm)
+
+
+@pytest.mark.parametrize("arch", _TEXT_ZOO)
+def test_every_text_architecture_is_rotated_exactly_or_refused(arch, tmp_path):
+    """Field proof: on each architecture of the zoo (transformers' own classes and initialisation),
+    ``--rotate`` either gives a model that computes the same logits or refuses with a reason.
+    A model that loads and computes something else is the one outcome never allowed."""
+    path = zoo.build(zoo.ZOO[arch], tmp_path / arch)
+    config = json.loads((path / "config.json").read_text())
+    try:
+        rotation = build_spinquant(config, _names(path), _reader(path))
+        cosine = _cosine_after_rotation(path, rotation, tmp_path / "rotated")
+    except ConverterError as refused:
+        assert arch in _REFUSED, f"{arch} is refused: {refused}"
+        assert re.search(_REFUSED[arch], str(refused)), str(refused)
+        return
+    assert arch not in _REFUSED, f"{arch} was expected to be refused ({_REFUSED[arch]}) but rotated"
+    assert cosine > 0.9999, cosine
+
+
+# What the rotation cannot express for each refused architecture, as its error says it.
+_REFUSED = {
+    "deepseek_v3": "kv_a_layernorm",          # zoo widths: its MLA latent (128) is as wide as the stream
+    "deepseek_v3_fused": "kv_a_layernorm",    # (the golden's DeepSeek-V3 has distinct widths and rotates)
+    "gemma2": r"\(1 \+ w\)",
+    "gemma3_text": r"\(1 \+ w\)",
+    "phi3": "qkv_proj",                       # fused q/k/v: R2 cannot reach v's rows
+    "gpt_oss": "router",
+    "glm4": "post_mlp_layernorm",             # a norm on the branch output does not commute with R1
+    "granitemoe": "output_linear",
+    "olmo2": "input_layernorm",               # post-norm decoder: no norm before q/k/v to fold
+    "falcon": "No RMSNorm",                   # LayerNorm with bias
+    "gpt_neox": "embed_in",
+}
+
+
+def test_a_gemma_norm_is_refused_not_folded(tmp_path):
+    """Gemma multiplies by (1 + w): folding w would give a wrong model with no error (Gemma 1 has no
+    sandwich norm that would be refused for another reason, so the check itself is what stops it)."""
+    t = import_tool("transformers", "transformers is not installed")
+    config = t.GemmaConfig(**zoo._TEXT)
+    torch.manual_seed(0)
+    model = t.GemmaForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(tmp_path / "gemma")
+    path = tmp_path / "gemma"
+    with pytest.raises(ConverterError, match=r"gemma scales its RMSNorms by \(1 \+ w\)"):
+        build_spinquant(json.loads((path / "config.json").read_text()), _names(path), _reader(path))
 
 
 def test_hadamard_is_orthogonal():
