@@ -45,10 +45,11 @@ from .rotation_layout import (
 )
 
 __all__ = [
-    "OFFSET_NORM_MODELS", "ROTATIONS", "RotationLayout", "SpinQuant", "build_spinquant", "rotation_chain", "rotation_ignore", "rotation_note",
+    "OFFSET_NORM_MODELS", "ROTATIONS", "RotationLayout", "SpinQuant", "TRANSFORM_TYPES", "build_spinquant", "rotation_chain", "rotation_ignore", "rotation_note",
 ]
 
 ROTATIONS = ("R1", "R2")
+TRANSFORM_TYPES = ("hadamard", "random-hadamard")
 
 # llm-compressor's parameter names of quantized modules (compressed-tensors, GPTQ, AWQ): the
 # rotation reads dense weights only, so a chain must dequantize first.
@@ -68,11 +69,28 @@ def _split(name: str, tensor: torch.Tensor) -> tuple[str, str]:
     return (name, "weight") if tensor.ndim == 3 else (name, param)
 
 
-def hadamard(size: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """compressed-tensors' Sylvester Hadamard matrix over ``sqrt(size)``: orthogonal (R @ R.T = I)."""
-    from compressed_tensors.transform.utils.hadamard import deterministic_hadamard_matrix
+def hadamard(size: int, dtype: torch.dtype = torch.float64, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """compressed-tensors' Hadamard matrix over ``sqrt(size)``: orthogonal (R @ R.T = I).
 
-    return deterministic_hadamard_matrix(size, dtype) / torch.tensor(size, dtype=dtype).sqrt()
+    Without ``generator`` Sylvester's (power-of-two sizes); with it compressed-tensors' random
+    Hadamard (sizes of 2^k times a Hadamard order it knows, e.g. 3584 = 28 x 128, with random
+    signs drawn from ``generator``), which is what makes most real widths rotatable.
+    """
+    from compressed_tensors.transform.utils.hadamard import deterministic_hadamard_matrix, random_hadamard_matrix
+
+    if generator is None:
+        matrix = deterministic_hadamard_matrix(size, dtype)
+    else:
+        try:
+            matrix = random_hadamard_matrix(size, dtype, gen=generator)
+        except ValueError as err:
+            raise ConverterError(f"No Hadamard matrix of size {size} is known (compressed-tensors: {err}); this "
+                                 "width cannot be rotated. Run without rotate.") from None
+    return matrix / torch.tensor(size, dtype=dtype).sqrt()
+
+
+def _power_of_two(size: int) -> bool:
+    return size > 0 and not size & (size - 1)
 
 
 def _cols(tensor: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
@@ -92,8 +110,8 @@ class SpinQuant:
     both read ``config.json`` and the norm scales.
 
     Args:
-        hidden_size: the residual stream's width (a power of two: a Sylvester Hadamard).
-        head_dim: one attention head's width (a power of two, with R2).
+        hidden_size: the residual stream's width.
+        head_dim: one attention head's width (rotated with R2).
         norms: module name -> RMSNorm scale, for every norm folded into a linear.
         rotations: ``("R1", "R2")``, ``("R1",)`` or ``("R2",)``.
         tied: the source ties ``lm_head`` to the embedding; the output is untied.
@@ -102,6 +120,12 @@ class SpinQuant:
         ignore: regexes of tensor names left as they are (towers outside the text stream).
         layout: where the rotations go.
         precision: the dtype scales and rotations are fused in (the peer's float64).
+        transform_type: ``"hadamard"`` (Sylvester: power-of-two widths) or ``"random-hadamard"``
+            (random signs, widths of 2^k times a known Hadamard order), as the peer's.
+        transform_block_size: R1's block: a block-diagonal rotation when smaller than the stream
+            (``None``: the whole stream), as the peer's.
+        seed: the random Hadamard's seed; R1 is drawn first, then R2, from one generator (the
+            peer's order, so the same seed gives the peer's bytes).
     """
 
     def __init__(
@@ -117,20 +141,31 @@ class SpinQuant:
         ignore: Iterable[str] = (),
         layout: RotationLayout | None = None,
         precision: torch.dtype = torch.float64,
+        transform_type: str = "hadamard",
+        transform_block_size: int | None = None,
+        seed: int = 0,
     ):
         self.rotations = tuple(r.upper() for r in rotations)
         self.label = f"SpinQuant {'+'.join(self.rotations)}"
         if not self.rotations or not set(self.rotations) <= set(ROTATIONS):
             raise InvalidOptionError(f"rotations must be R1 and/or R2, got {list(rotations)}.")
-        for what, size in (("hidden_size", hidden_size), ("head_dim", head_dim if "R2" in self.rotations else 1)):
-            if size <= 0 or size & (size - 1):
-                raise ConverterError(f"SpinQuant needs a power-of-two {what} for a Hadamard rotation; this model's is "
-                                     f"{size}. Run without rotate.")
-        self.hidden_size, self.head_dim = hidden_size, head_dim
+        if transform_type not in TRANSFORM_TYPES:
+            raise InvalidOptionError(f"transform_type must be one of {list(TRANSFORM_TYPES)}, got {transform_type!r}.")
+        block = transform_block_size or hidden_size
+        if block <= 0 or hidden_size % block:
+            raise InvalidOptionError(f"transform_block_size {block} must divide hidden_size {hidden_size}.")
+        if transform_type == "hadamard":
+            for what, size in (("R1 block (hidden_size)", block), ("head_dim", head_dim if "R2" in self.rotations else 1)):
+                if not _power_of_two(size):
+                    raise ConverterError(f"A Sylvester Hadamard rotation needs a power-of-two {what}; this model's is "
+                                         f"{size}. Use transform_type='random-hadamard', or run without rotate.")
+        self.hidden_size, self.head_dim, self.transform_type = hidden_size, head_dim, transform_type
         self.norms = dict(norms)
         self.tied, self.emit_lm_head, self.precision = tied, emit_lm_head, precision
-        self.r1 = hadamard(hidden_size, precision) if "R1" in self.rotations else None
-        self.r2 = hadamard(head_dim, precision) if "R2" in self.rotations else None
+        generator = torch.Generator().manual_seed(seed) if transform_type == "random-hadamard" else None
+        r1 = hadamard(block, precision, generator=generator)  # drawn even for R2 alone: the peer's generator order
+        self.r1 = r1 if "R1" in self.rotations else None
+        self.r2 = hadamard(head_dim, precision, generator=generator) if "R2" in self.rotations else None
         self._r2_rows = None if heads[1] is None else heads[1] * head_dim  # v_proj's outputs
         self._r2_cols = None if heads[0] is None else heads[0] * head_dim  # o_proj's inputs
         self.layout = layout = layout or RotationLayout()
@@ -306,7 +341,8 @@ def rotation_note(converters: Sequence[Any]) -> str | None:
     for converter in converters:
         rotations = getattr(converter, "rotations", None)
         if rotations and "SpinQuant" in type(converter).__name__:
-            return (f"SpinQuant {'+'.join(rotations)} (Hadamard rotations, norm scales folded into the linears) "
+            kind = "random Hadamard" if getattr(converter, "transform_type", None) == "random-hadamard" else "Hadamard"
+            return (f"SpinQuant {'+'.join(rotations)} ({kind} rotations, norm scales folded into the linears) "
                     "fused into the weights before quantizing: the same function, fewer outliers")
     return None
 
@@ -319,6 +355,9 @@ def build_spinquant(
     rotations: Iterable[str] | None = None,
     ignore: Iterable[str] | None = None,
     layout: RotationLayout | None = None,
+    transform_type: str | None = None,
+    transform_block_size: int | None = None,
+    seed: int = 0,
 ) -> SpinQuant:
     """The rotation for one checkpoint, as the peer's ``SpinQuantConverter.from_pretrained`` builds it.
 
@@ -329,6 +368,10 @@ def build_spinquant(
         rotations: ``None``: R1+R2, or R1 only for an MLA model (``kv_lora_rank``).
         ignore: tensor-name regexes left as they are; ``None``: the model's towers (``rotation_ignore``).
         layout: where the rotations go.
+        transform_type: ``None``: Sylvester ``"hadamard"`` (the peer's default, its bytes) where
+            every rotated width is a power of two, else ``"random-hadamard"`` (the peer's bytes with
+            that option and ``seed``), so a 3584- or 5120-wide model rotates instead of failing.
+        transform_block_size, seed: as :class:`SpinQuant`.
 
     Raises:
         ConverterError: no norm to fold, a (1 + w) norm (Gemma, Qwen3-Next, ...), or a width that is
@@ -357,10 +400,15 @@ def build_spinquant(
     has_head = any(head.search(n[: -len(".weight")]) for n in kept if n.endswith(".weight"))
     if rotations is None:
         rotations = ("R1",) if "kv_lora_rank" in text else ROTATIONS
+    if transform_type is None:
+        rotations = tuple(r.upper() for r in rotations)
+        widths = [transform_block_size or hidden] + ([head_dim] if "R2" in rotations else [])
+        transform_type = "hadamard" if all(map(_power_of_two, widths)) else "random-hadamard"
     norms = {n[: -len(".weight")]: t for n, t in read(norm_names).items()}
     return SpinQuant(
         hidden, head_dim, norms, rotations=rotations, tied=tied, emit_lm_head=tied and not has_head,
-        heads=(heads, text.get("num_key_value_heads")), ignore=ignore, layout=layout,
+        heads=(heads, text.get("num_key_value_heads")), ignore=ignore, layout=layout, transform_type=transform_type,
+        transform_block_size=transform_block_size, seed=seed,
     )
 
 

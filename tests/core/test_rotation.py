@@ -3,7 +3,8 @@
 The goldens (``tests/golden/rotation.json``, made by ``tests/golden/make_rotation_golden.py``
 from the peer's published source) hold the sha256 of every tensor the peer's converter makes
 from seeded zoo checkpoints: Llama, Qwen3, Qwen3-MoE (per-expert and fused 3-D experts),
-a tied Llama, DeepSeek-V3 (MLA: R1 only) and two VLMs whose towers are left alone. Here the
+a tied Llama, DeepSeek-V3 (MLA: R1 only), two VLMs whose towers are left alone, a 192-wide
+Qwen2 (random Hadamard) and a block-diagonal seeded R1. Here the
 same checkpoints are rebuilt, rotated by ``build_spinquant`` (its defaults: the layout,
 rotations, tower ignore list and tied head are chosen as the peer chooses them) and compared
 tensor by tensor. A rotation changed in one column, or fused in float32, must fail. The one
@@ -67,7 +68,8 @@ def source(tmp_path_factory):
 
 def _ours(path: Path, case_id: str) -> SpinQuant:
     config = json.loads((path / "config.json").read_text())
-    return build_spinquant(config, _names(path), _reader(path))
+    options = CASES[case_id].options if case_id in CASES else {}
+    return build_spinquant(config, _names(path), _reader(path), **options)
 
 
 def _projector_outputs(names) -> list[str]:
@@ -209,8 +211,15 @@ def test_hadamard_is_orthogonal():
 
 
 def test_refusals():
-    with pytest.raises(ConverterError, match="power-of-two hidden_size"):
+    with pytest.raises(ConverterError, match=r"power-of-two R1 block \(hidden_size\); this model's is 96\. Use "
+                                             "transform_type='random-hadamard'"):
         SpinQuant(96, 32, {})
+    with pytest.raises(ConverterError, match="No Hadamard matrix of size 14 is known"):
+        SpinQuant(14, 32, {}, transform_type="random-hadamard")  # 14 = 7 x 2: no Hadamard order 7 or 14
+    with pytest.raises(InvalidOptionError, match="transform_block_size 48 must divide hidden_size 128"):
+        SpinQuant(128, 32, {}, transform_block_size=48)
+    with pytest.raises(InvalidOptionError, match="transform_type must be one of"):
+        SpinQuant(128, 32, {}, transform_type="walsh")
     with pytest.raises(InvalidOptionError, match="R1 and/or R2"):
         SpinQuant(128, 32, {}, rotations=("R3",))
     rotation = SpinQuant(128, 32, {"model.layers.0.input_layernorm": torch.ones(128)})
@@ -291,6 +300,22 @@ def test_the_card_names_the_rotations(source, tmp_path):
     card = render_model_card("org/DeepSeek-tiny", "me/DeepSeek-tiny-FP8", "FP8_DYNAMIC", size_before=1, size_after=1,
                              plan=result.plan)
     assert "| rotation | SpinQuant R1 (Hadamard" in card
+
+
+def test_a_width_that_is_no_power_of_two_rotates_with_a_random_hadamard(source, tmp_path):
+    """hidden 192 (real models: 3584, 5120...): the Sylvester matrix does not exist, so ``--rotate``
+    takes the random Hadamard by itself; the model computes the same logits and the card says so."""
+    from ptq_core.card import render_model_card
+    from ptq_core.job import make_job
+    from ptq_core.pipeline import quantize_job
+
+    path = source("qwen2_wide")
+    rotation = _ours(path, "qwen2_wide")
+    assert rotation.transform_type == "random-hadamard"
+    assert _cosine_after_rotation(path, rotation, tmp_path / "rotated") > 0.9999
+    result = quantize_job(make_job(str(path), "W4A16", rotate=True), tmp_path / "out")
+    card = render_model_card("org/Wide", "me/Wide-W4A16", "W4A16", size_before=1, size_after=1, plan=result.plan)
+    assert "| rotation | SpinQuant R1+R2 (random Hadamard rotations" in card
 
 
 def test_update_model_config_is_honoured_for_any_converter(source, tmp_path):
