@@ -278,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="Hub repo -> quantized Hub repo with a model card, streamed (needs HF_TOKEN)")
     p.add_argument("source", help="source Hub repo id")
-    p.add_argument("--to", help="target NAMESPACE/NAME (default: {user}/{name}-{SCHEME})")
+    p.add_argument("--to", help="target NAMESPACE/NAME (default: {user}/{name}-{SCHEME}); NAMESPACE/ puts "
+                                "every scheme under NAMESPACE with its default name")
     p.add_argument("--private", action="store_true", help="create the target repo private")
     p.add_argument("--collection", metavar="TITLE",
                    help="add the target repo(s) to your Hub collection with this title (created when missing)")
