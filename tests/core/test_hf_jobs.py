@@ -174,7 +174,17 @@ def test_parts_on_jobs_and_a_killed_part_resumes(seeded, local_fp8):
     sent_before = dict(seeded.stats.lfs_bytes)
 
     seeded.configure(upload_bandwidth=None)
-    result = hf_jobs.run_on_hf_jobs(SOURCE, "FP8_BLOCK", parts=2, flavor="cpu-basic", token=ALICE)
+    start, launches = len(seeded.requests_log), []
+    result = hf_jobs.run_on_hf_jobs(SOURCE, "FP8_BLOCK", parts=2, flavor="auto", token=ALICE,
+                                    on_launch=lambda job: launches.append(len(seeded.requests_log)))
+    # One launcher for the 3 jobs: the runtime repo checked once (with it one whoami, one set of pins; the jobs
+    # fetch the zip by its pinned commit, never this API). Before the first launch, one plan both sized the
+    # flavor and cut the parts: config.json read once (was twice).
+    asked = [p.split("?")[0] for m, p, _ in seeded.requests_log[start:] if m == "GET"]
+    assert asked.count("/api/datasets/alice/ptq-hub-runtime") == 1
+    before_launch = [p.split("?")[0] for m, p, _ in seeded.requests_log[start:launches[0]] if m == "GET"]
+    assert sum(path.endswith("/config.json") for path in before_launch) == 1
+    assert [j.spec["flavor"] for j in seeded.jobs.launched[-3:]] == ["cpu-basic"] * 3
 
     _assert_equals_local(seeded, TARGET, local_fp8)
     assert seeded.stats.commits.get((TARGET, "main")) == 1 and seeded.branches(TARGET) == {"main": result.commit_sha}
