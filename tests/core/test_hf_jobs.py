@@ -130,9 +130,12 @@ def test_cli_on_jobs_prints_what_a_local_run_prints_and_jobs_status_reattaches(s
     from ptq_core import cli
 
     monkeypatch.setenv("HF_TOKEN", ALICE)
-    assert cli.main(["run", SOURCE, "--scheme", "FP8_BLOCK", "--on-jobs", "cpu-basic"]) == 0
+    assert cli.main(["run", SOURCE, "--scheme", "FP8_BLOCK", "--on-jobs", "cpu-basic", "--collection", "tiny"]) == 0
     out, err = capsys.readouterr()
     (record,) = seeded.jobs.launched
+    (collection,) = seeded.collections.collections.values()  # added by the job, with the user's token
+    assert [i["id"] for i in collection["items"]] == [TARGET]
+    assert out.endswith(f"\nCollection: {seeded.endpoint}/collections/{collection['slug']}\n")  # as a local run
     assert f"Launched Hugging Face Job {record.id} (bob/tiny -> FP8_BLOCK, cpu-basic): " in err
     _assert_equals_local(seeded, TARGET, local_fp8)
     head = seeded.commits(TARGET)[-1]["oid"]
