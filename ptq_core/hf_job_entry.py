@@ -1,4 +1,4 @@
-"""What runs inside a Hugging Face Job: one streamed Hub job, reported as event lines.
+"""What runs inside a Hugging Face Job: one streamed Hub job (or one read for several schemes), as event lines.
 
 ``hf_jobs`` launches ``python -c BOOTSTRAP ... SPEC`` in the container; the bootstrap
 puts the uploaded ptq-hub source on ``sys.path`` and calls :func:`main` with the job

@@ -418,12 +418,11 @@ def run_on_hf_jobs(
             "--finalize take one scheme: each scheme cuts its own output shards into parts, so a part job of "
             "several schemes would read more than its share of the source. Drop --parts to run every scheme in one "
             "job, or give one --scheme to split it into parts.")
+    flavor = None if _is_auto(flavor) else check_flavor(flavor)  # a bad name: refused before any request
     split = plan_hub_parts(jobs[0], parts, token=token) if parts else None
-    if not _is_auto(flavor):
-        flavor = check_flavor(flavor)
-    elif split is not None and split.footprint is not None:  # the parts' one plan sizes the flavor too
+    if flavor is None and split is not None and split.footprint is not None:  # the parts' one plan sizes it too
         flavor = suggest_flavor(split.footprint.peak_ram, split.footprint.largest_shard_bytes)
-    else:
+    elif flavor is None:
         flavor = suggest_flavor(*fan_out_need(plan_hub_models(jobs, token=token, hub_only=True)))
     launcher = _Launcher.open(token)
 

@@ -19,6 +19,7 @@ import gradio as gr
 
 from ptq_core import hf_jobs, is_default_target
 from ptq_core.errors import PtqError
+from ptq_core.hubjob import ManyResult
 from ptq_core.ignore_text import parse_ignore_text
 from ptq_core.redact import redact
 
@@ -107,8 +108,11 @@ def follow_latest_job(token: str | None, my_jobs: list[dict] | None) -> Iterator
         stages[event[0]] = (event[1], event[2])
         if events.empty():  # a burst of events is one refresh
             yield _status(entry, "RUNNING", stages)
-    if "result" in outcome:
-        yield _status(entry, "COMPLETED", stages) + "\n\n" + outcome["result"].to_markdown()
+    result = outcome.get("result")
+    if result is not None:  # several schemes with one failed: the job ended in ERROR, the table says which
+        stage = "ERROR (a scheme failed; run it again to finish it)" if isinstance(result, ManyResult) and not result.ok \
+            else "COMPLETED"
+        yield _status(entry, stage, stages) + "\n\n" + result.to_markdown()
     else:
         yield _status(entry, "ENDED", stages) + f"\n\n**The job did not finish.** {outcome.get('error', '')}"
 
