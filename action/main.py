@@ -403,7 +403,7 @@ def _run_many(
 
 
 def _run_on_jobs(console: Console, request: Request):
-    """``on-jobs``: ONE job on the token's Hugging Face Jobs (all schemes, one read), or part jobs and a finalize job."""
+    """``on-jobs``: ONE job on the token's Hugging Face Jobs (every scheme, one read), or parts and a finalize."""
     source, scheme, options = request.job_spec
     label = f"{source} -> {', '.join(job.scheme_name for job in request.jobs)}"
     result = ptq_core.run_on_hf_jobs(

@@ -48,8 +48,8 @@ from .job_events import parse_event
 from .job_plan import JobPlan
 from .source import ProgressCallback
 
-__all__ = ["HfJob", "HfJobResult", "cancel_hf_job", "follow_hf_job", "hf_job_logs", "hf_job_stage", "launch_hf_job",
-           "plan_flavor", "resolve_flavor", "run_on_hf_jobs", "suggest_flavor"]
+__all__ = ["HfJob", "HfJobResult", "cancel_hf_job", "follow_hf_job", "hf_job_logs", "launch_hf_job",
+           "fan_out_need", "plan_flavor", "resolve_flavor", "run_on_hf_jobs", "suggest_flavor"]
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +176,13 @@ def _namespace(http: HubHttp, namespace: str | None) -> str:
     return http.call("read the token's user", lambda: http.api.whoami(), role="target", repo_id="whoami")["name"]
 
 
+def _one_scheme_for_parts(schemes: int) -> str:
+    return (f"{schemes} schemes run as ONE job that reads the source once for all of them; --parts, --part and "
+            "--finalize take one scheme: each scheme cuts its own output shards into parts, so a part job of "
+            "several schemes would read more than its share of the source. Drop --parts to run every scheme in one "
+            "job, or give one --scheme to split it into parts.")
+
+
 def _request(source: str, scheme: object, options: dict[str, Any], finalize: int | None,
              collection: str | None) -> tuple[tuple[Job, ...], str, str]:
     """The request's jobs (every local check, before anything is sent), the job's spec (JSON) and its label.
@@ -184,6 +191,8 @@ def _request(source: str, scheme: object, options: dict[str, Any], finalize: int
         InvalidOptionError (and every ``make_jobs`` error): a bad option, or options that are not plain values.
     """
     jobs = make_jobs(source, scheme, hub_only=True, **options)
+    if len(jobs) > 1 and (finalize or jobs[0].part):
+        raise InvalidOptionError(_one_scheme_for_parts(len(jobs)))
     try:
         spec = json.dumps({"source": source, "scheme": scheme, "options": options, "finalize": finalize,
                            "collection": collection})
@@ -355,14 +364,6 @@ def _outcome(job: HfJob, info: Any, result: dict[str, Any] | None,
                          f"Its log: ptq jobs logs {job.id}")
 
 
-def hf_job_stage(job: HfJob | str, *, token: str | None = None, namespace: str | None = None) -> tuple[HfJob, str, str]:
-    """``(job, stage, message)`` of a job now (``SCHEDULING``, ``RUNNING``, ``COMPLETED``, ``ERROR``...)."""
-    http = _http(token)
-    job = _job_ref(job, http, namespace)
-    info = _inspect(http, job)
-    return job, str(info.status.stage), info.status.message or ""
-
-
 def hf_job_logs(job: HfJob | str, *, follow: bool = False, token: str | None = None,
                 namespace: str | None = None) -> Iterator[str]:
     """The job's log lines as the container printed them (``follow``: until it ends)."""
@@ -412,12 +413,8 @@ def run_on_hf_jobs(
     if parts and (finalize or options.get("part")):
         raise InvalidOptionError("--parts K launches every part and the finalize job itself; drop --part / --finalize.")
     jobs, spec, label = _request(source, scheme, options, finalize, None if parts else collection)
-    if len(jobs) > 1 and (parts or finalize or options.get("part")):
-        raise InvalidOptionError(
-            f"{len(jobs)} schemes run as ONE job that reads the source once for all of them; --parts, --part and "
-            "--finalize take one scheme: each scheme cuts its own output shards into parts, so a part job of "
-            "several schemes would read more than its share of the source. Drop --parts to run every scheme in one "
-            "job, or give one --scheme to split it into parts.")
+    if len(jobs) > 1 and parts:
+        raise InvalidOptionError(_one_scheme_for_parts(len(jobs)))
     flavor = None if _is_auto(flavor) else check_flavor(flavor)  # a bad name: refused before any request
     split = plan_hub_parts(jobs[0], parts, token=token) if parts else None
     if flavor is None and split is not None and split.footprint is not None:  # the parts' one plan sizes it too

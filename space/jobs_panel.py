@@ -38,7 +38,8 @@ TokenFrom = Callable[[Any], "str | None"]
 
 
 def form_request(model_id: str, scheme: str, also: list[str] | None, ignore_text: str, target: str | None,
-                 private: bool, overwrite: bool, observer: str | None, rotate: bool) -> tuple[list[str], dict[str, Any]]:
+                 private: bool, overwrite: bool, observer: str | None,
+                 rotate: bool) -> tuple[list[str], dict[str, Any]]:
     """The form as ``make_jobs``' schemes and options: the one reading of it, here and in ``app.run_job``.
 
     ``also``: more schemes from the same read; with several, a default-looking target is
@@ -110,8 +111,8 @@ def follow_latest_job(token: str | None, my_jobs: list[dict] | None) -> Iterator
             yield _status(entry, "RUNNING", stages)
     result = outcome.get("result")
     if result is not None:  # several schemes with one failed: the job ended in ERROR, the table says which
-        stage = "ERROR (a scheme failed; run it again to finish it)" if isinstance(result, ManyResult) and not result.ok \
-            else "COMPLETED"
+        failed = isinstance(result, ManyResult) and not result.ok
+        stage = "ERROR (a scheme failed; run it again to finish it)" if failed else "COMPLETED"
         yield _status(entry, stage, stages) + "\n\n" + result.to_markdown()
     else:
         yield _status(entry, "ENDED", stages) + f"\n\n**The job did not finish.** {outcome.get('error', '')}"

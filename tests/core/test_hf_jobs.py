@@ -366,6 +366,9 @@ def test_a_scheme_that_fails_in_the_job_is_reported_failed_and_a_rerun_finishes_
 def test_parts_with_several_schemes_are_refused_before_anything_is_launched(seeded, monkeypatch, capsys):
     with pytest.raises(InvalidOptionError, match="2 schemes run as ONE job .*each scheme cuts its own output shards"):
         hf_jobs.run_on_hf_jobs(SOURCE, ",".join(SCHEMES), parts=2, token=ALICE)
+    for step in ({"finalize": 2}, {"part": "1/2"}):  # never a whole several-scheme run in place of the step asked
+        with pytest.raises(InvalidOptionError, match="take one scheme"):
+            hf_jobs.launch_hf_job(SOURCE, list(SCHEMES), flavor="cpu-basic", token=ALICE, **step)
     monkeypatch.setenv("HF_TOKEN", ALICE)
     assert cli.main(["run", SOURCE, "--scheme", ",".join(SCHEMES), "--on-jobs", "--parts", "2"]) == 2
     assert "--parts, --part and --finalize take one scheme" in capsys.readouterr().err
