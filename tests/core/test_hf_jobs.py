@@ -61,6 +61,14 @@ def seeded(hub, llama):
     return hub
 
 
+def _jobs_panel():
+    """The Space's jobs panel module, loaded by path as the Space loads it (its handlers, no page)."""
+    spec = importlib.util.spec_from_file_location("ptq_space_jobs_panel", Path(__file__).parents[2] / "space" / "jobs_panel.py")
+    panel = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(panel)
+    return panel
+
+
 def _assert_equals_local(hub, target: str, local: Path) -> None:
     expected = {p.name for p in local.iterdir()}
     assert set(hub.list_files(target)) == expected | {".gitattributes", "README.md"}
@@ -234,11 +242,7 @@ def test_an_unknown_job_id_is_named(seeded, monkeypatch, capsys):
 
 
 def test_the_space_launches_on_the_users_account_and_follows_the_job(seeded, local_fp8, monkeypatch):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ptq_space_jobs_panel", Path(__file__).parents[2] / "space" / "jobs_panel.py")
-    panel = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(panel)
+    panel = _jobs_panel()
     options = {"ignore": [], "default_ignore": True, "observer": None, "target": None, "private": False,
                "overwrite": False}
     with pytest.raises(panel.gr.Error, match="Sign in first"):
@@ -353,6 +357,9 @@ def test_a_scheme_that_fails_in_the_job_is_reported_failed_and_a_rerun_finishes_
     followed = hf_jobs.follow_hf_job(record.id, token=ALICE)
     assert isinstance(followed, ManyResult) and list(followed.results) == ["FP8_BLOCK"]
     assert isinstance(followed.errors["W4A16"], HubNetworkError)  # its own class, read back from the job
+    entry = {"id": record.id, "namespace": "alice", "url": "u", "label": "x", "flavor": "cpu-basic"}
+    shown = list(_jobs_panel().follow_latest_job(ALICE, [entry]))[-1]  # the Space says so too
+    assert "ERROR (a scheme failed" in shown and "### W4A16: failed" in shown and "| repo | [alice/tiny-FP8" in shown
 
     with seeded._lock:  # the outage is over: the same command finishes what is missing
         seeded._failures.clear()
@@ -395,10 +402,7 @@ def test_the_action_runs_every_scheme_in_one_job(seeded, local_many, tmp_path):
 
 
 def test_the_space_launches_one_job_for_the_scheme_and_also_quantize_into(seeded, local_many):
-    spec = importlib.util.spec_from_file_location("ptq_space_jobs_panel_many",
-                                                  Path(__file__).parents[2] / "space" / "jobs_panel.py")
-    panel = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(panel)
+    panel = _jobs_panel()
     prefilled = "\n".join(ptq_core.suggest_ignore(ptq_core.plan_hub_model(SOURCE, "FP8_BLOCK", token=ALICE).plan))
     schemes, options = panel.form_request(SOURCE, "FP8_BLOCK", ["W4A16", "FP8_BLOCK"], prefilled,
                                           "alice/tiny-FP8-BLOCK", False, False, None, False)
