@@ -159,15 +159,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .hubjob import finalize_hub_job, quantize_many_to_hub, quantize_to_hub
 
     jobs = _jobs(args, args.source)
-    if uses_jobs(args):
-        from .errors import InvalidOptionError
-
-        if len(jobs) > 1:
-            raise InvalidOptionError("--on-jobs runs one scheme per job; give one --scheme, or run several "
-                                     "schemes from one read here.")
-        if args.collection:
-            raise InvalidOptionError("--collection goes with a run here; with --on-jobs add the repo to a "
-                                     "collection once the job has finished.")
+    if uses_jobs(args):  # one job for every scheme; --collection honoured in the job
         return run_on_jobs(args, args.source, args.scheme, _job_options(args), _progress_bars())
     if args.finalize is not None:
         results = [finalize_hub_job(job, parts=_count(args.finalize, "finalize"), progress=_progress_bars())

@@ -41,7 +41,7 @@ LAYERS: dict[str, int] = {
     "hubjob.stage": 18,
     "hubjob.finalize": 19,
     "hubjob.run": 20, "hubjob.many": 20,
-    "hubjob": 21,
+    "hubjob": 21, "hf_job_results": 21,
     "recipe": 22, "demo": 22, "hf_jobs": 22, "hf_job_entry": 22,
     "cli_jobs": 23,
     "cli": 24,
