@@ -42,13 +42,15 @@ def form_request(model_id: str, scheme: str, also: list[str] | None, ignore_text
                  rotate: bool) -> tuple[list[str], dict[str, Any]]:
     """The form as ``make_jobs``' schemes and options: the one reading of it, here and in ``app.run_job``.
 
-    ``also``: more schemes from the same read; with several, a default-looking target is
-    cleared, so each scheme gets its own default name.
+    ``also``: more schemes from the same read; with several, a default-looking target keeps only
+    its namespace (``my-org/Model-FP8-BLOCK`` -> ``my-org/``), so each scheme gets its own
+    default name where the user pointed the first one.
     """
     schemes = [scheme, *(s for s in (also or []) if s != scheme)]
     target = (target or "").strip()
     if len(schemes) > 1 and target and is_default_target(target, model_id):
-        target = ""
+        namespace, _, _ = target.rpartition("/")
+        target = f"{namespace}/" if namespace else ""
     return schemes, {"ignore": parse_ignore_text(ignore_text), "default_ignore": False,  # the box holds the whole list
                      "observer": observer or None, "target": target or None, "private": bool(private),
                      "overwrite": bool(overwrite), "rotate": bool(rotate)}

@@ -723,3 +723,5 @@ def test_several_schemes_refuse_inputs_that_take_one(monkeypatch):
             read_request({**env, "INPUT_ON_JOBS": "cpu-basic", f"INPUT_{name}": value})
     with pytest.raises(InvalidOptionError, match="target cannot be given with several schemes"):
         read_request({**env, "INPUT_TARGET_REPO": "alice/x"})
+    org = read_request({**env, "INPUT_TARGET_REPO": "my-org/"}).jobs  # a namespace: each scheme's default name
+    assert [j.target for j in org] == ["my-org/Model-FP8-BLOCK", "my-org/Model-W4A16"]

@@ -406,7 +406,7 @@ def test_the_space_launches_one_job_for_the_scheme_and_also_quantize_into(seeded
     prefilled = "\n".join(ptq_core.suggest_ignore(ptq_core.plan_hub_model(SOURCE, "FP8_BLOCK", token=ALICE).plan))
     schemes, options = panel.form_request(SOURCE, "FP8_BLOCK", ["W4A16", "FP8_BLOCK"], prefilled,
                                           "alice/tiny-FP8-BLOCK", False, False, None, False)
-    assert schemes == list(SCHEMES) and options["target"] is None  # several: each its own default name
+    assert schemes == list(SCHEMES) and options["target"] == "alice/"  # several: each its default name there
 
     recent, status = panel.launch_on_jobs(ALICE, SOURCE, schemes, options, panel.AUTO, [])
     (record,) = seeded.jobs.launched
