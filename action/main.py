@@ -8,10 +8,9 @@ This module:
 2. parses and checks every input (booleans are exactly ``true``/``false``, a recipe is
    loaded and validated whole); ``quantize_to_hub`` checks the scheme, the ignore list
    and the repo ids before its first request, so bad input fails before any network call;
-3. calls ``ptq_core.quantize_to_hub`` once per job, one after another, folding the log
-   into ``::group::`` sections driven by the progress callback's stages; several schemes
-   of one model (``scheme`` lines, or a recipe's jobs that differ only in scheme and
-   target) are one ``quantize_many_to_hub`` call: one read of the source;
+3. calls ``ptq_core.quantize_to_hub`` once per job (several schemes: one read, or with
+   ``on-jobs`` one Hugging Face Job; a recipe's jobs that differ only in scheme and target:
+   one read), folding the log into ``::group::`` sections;
 4. writes the outputs to ``$GITHUB_OUTPUT`` (JSON lists when the jobs come from a
    recipe) and a Markdown job summary to ``$GITHUB_STEP_SUMMARY``;
 5. on failure writes the summary so far, one ``::error::`` annotation with the core's
@@ -43,7 +42,6 @@ from ptq_core.redact import install_redaction, redact, secret_forms
 from ptq_core.sizes import format_bytes
 from ptq_core.stages import Stage
 from ptq_core.errors import DiskSpaceError, InvalidOptionError, PtqError, RecipeError, TargetRepoExistsError, TokenError
-
 from ptq_core.workers import parse_count
 
 from ._workflow import Console, append_file, format_outputs
@@ -190,10 +188,10 @@ def read_request(environ: Mapping[str, str]) -> Request:
         with _named_input():
             jobs = ptq_core.make_jobs(source, scheme, **options)
         several = len(jobs) > 1
-        if several and (on_jobs or parts):
+        if several and (parts or (on_jobs and (finalize or part))):
             raise InvalidOptionError(
-                f"Input `{'on-jobs' if on_jobs else 'parts'}` takes one scheme; `scheme` lists {len(jobs)}. "
-                "Give one scheme, or drop it to quantize them all from one read on this runner.")
+                f"Inputs `parts`, `part` and `finalize` take one scheme; `scheme` lists {len(jobs)}. Give one scheme, "
+                "or drop them to quantize every scheme from one read (with `on-jobs`: in one job).")
         return Request(jobs, False, read_token(environ), parts, finalize, on_jobs, (source, scheme, options),
                        collection, several)
     return Request(jobs, bool(config), read_token(environ), parts, finalize, collection=collection)
@@ -376,7 +374,7 @@ def run(environ: Mapping[str, str], stdout: TextIO) -> int:
     finally:
         logging.getLogger().removeHandler(handler)
 
-    if request.collection and results and request.jobs[0].part is None and not request.several:
+    if request.collection and results and request.jobs[0].part is None and not (request.several or request.on_jobs):
         url = ptq_core.add_to_collection(request.collection, [r.repo_id for r in results], token=request.token)
         console.line(f"Added to the collection {url}")
     _write_outputs(console, environ, output_values(results, as_lists=request.from_recipe or request.several))
@@ -390,8 +388,9 @@ def _run_many(
     """Several schemes from one read (``quantize_many_to_hub``); the first failed job and what failed, or None."""
     label = f"{request.jobs[0].source} -> {', '.join(j.scheme_name for j in request.jobs)}"
     try:
-        many = ptq_core.quantize_many_to_hub(request.jobs, token=request.token, progress=StageLog(console, label),
-                                             work_dir=_work_dir(environ), collection=request.collection)
+        many = _run_on_jobs(console, request) if request.on_jobs is not None else ptq_core.quantize_many_to_hub(
+            request.jobs, token=request.token, progress=StageLog(console, label), work_dir=_work_dir(environ),
+            collection=request.collection)
     finally:
         console.end_group()
     for job in request.jobs:
@@ -456,14 +455,16 @@ def _run_recipe(
 
 
 def _run_on_jobs(console: Console, request: Request):
-    """``on-jobs``: the job (or ``parts`` part jobs and a finalize job) on the token's Hugging Face Jobs."""
+    """``on-jobs``: ONE job on the token's Hugging Face Jobs (every scheme, one read), or parts and a finalize."""
     source, scheme, options = request.job_spec
-    return ptq_core.run_on_hf_jobs(
+    label = f"{source} -> {', '.join(job.scheme_name for job in request.jobs)}"
+    result = ptq_core.run_on_hf_jobs(
         source, scheme, parts=request.parts, finalize=request.finalize, flavor=request.on_jobs, token=request.token,
-        progress=StageLog(console, request.jobs[0].label),
-        on_launch=lambda job: console.line(f"Launched Hugging Face Job {job.id} ({job.label}, {job.flavor}): {job.url}"),
-        **options,
-    )
+        collection=request.collection, progress=StageLog(console, label),
+        on_launch=lambda job: console.line(job.launched_line()), **options)
+    if not request.several and result.collection:  # in the job, with the token
+        console.line(f"Added to the collection {result.collection}")
+    return result
 
 
 def _plan_parts(console: Console, environ: Mapping[str, str], request: Request) -> int:

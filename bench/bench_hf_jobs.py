@@ -15,6 +15,11 @@ Overhead beyond the job's own start = (job start -> first line) - (local start -
 + follower lag: what ``--on-jobs`` adds once the job runs (target: < 5 s). Example::
 
     .venv/bin/python bench/bench_hf_jobs.py --repeats 3
+
+``--schemes FP8_BLOCK,NVFP4A16,W4A16`` measures instead ONE job for every scheme (one read of
+the source) against one job per scheme, one after another (the baseline, in the same run, on
+fresh copies of the source each time): wall seconds from launch to result, and the source's
+weight bytes the Hub served, in copies of the source.
 """
 
 from __future__ import annotations
@@ -72,9 +77,39 @@ def _one(server, index: int, work: Path) -> dict[str, float]:
     }
 
 
+def _served(server, since: int, source: str) -> int:
+    """Weight bytes of ``source`` served by Range GETs after request ``since`` (header reads, from byte 0, left out)."""
+    total = 0
+    for method, path, headers in server.requests_log[since:]:
+        rng = headers.get("range", "")
+        if method == "GET" and f"/{source}/" in path and path.split("?")[0].endswith(".safetensors") and rng:
+            first, last = (int(x) for x in rng.removeprefix("bytes=").split("-"))
+            total += (last - first + 1) if first > 0 else 0
+    return total
+
+
+def _many(server, checkpoint: Path, schemes: list[str], index: int) -> dict[str, float]:
+    """One job for every scheme, then one job per scheme (on another copy of the source): wall and bytes read."""
+    from ptq_core import hf_jobs
+
+    size = sum(p.stat().st_size for p in checkpoint.glob("*.safetensors"))
+    row: dict[str, float] = {}
+    for mode in ("one job", "a job per scheme"):
+        source = f"bob/tiny-{index}-{'one' if mode == 'one job' else 'each'}"
+        server.seed_repo(source, {p.name: p for p in checkpoint.iterdir() if p.is_file()})
+        start, t0 = len(server.requests_log), time.time()
+        for request in ([",".join(schemes)] if mode == "one job" else schemes):
+            hf_jobs.run_on_hf_jobs(source, request, flavor="cpu-basic", token=TOKEN)
+        row[f"{mode}: wall s"] = time.time() - t0
+        row[f"{mode}: source copies read"] = _served(server, start, source) / size
+    row["one job / a job per scheme (wall)"] = row["one job: wall s"] / row["a job per scheme: wall s"]
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--schemes", help="several schemes, comma-separated: one job for all against one job each")
     args = parser.parse_args(argv)
     import huggingface_hub.constants as hf_constants
     from factory import make_checkpoint
@@ -91,10 +126,14 @@ def main(argv: list[str] | None = None) -> int:
         hf_constants.HF_HUB_DISABLE_XET = True
         try:
             server.seed_repo(SOURCE, {p.name: p for p in checkpoint.iterdir() if p.is_file()})
-            rows = [_one(server, i, work) for i in range(args.repeats)]
+            if args.schemes:
+                rows = [_many(server, checkpoint, args.schemes.split(","), i) for i in range(args.repeats)]
+            else:
+                rows = [_one(server, i, work) for i in range(args.repeats)]
         finally:
             server.stop()
-    print(f"| seconds (median of {args.repeats}) | value | runs |\n|---|---:|---|")
+    unit = "" if args.schemes else "seconds "
+    print(f"| {unit}(median of {args.repeats}) | value | runs |\n|---|---:|---|")
     for key in rows[0]:
         values = [r[key] for r in rows]
         print(f"| {key} | {statistics.median(values):.3f} | {', '.join(f'{v:.3f}' for v in values)} |")

@@ -181,7 +181,8 @@ def _child(python: str, code: str, args: list[str], env: dict[str, str], folders
     done = subprocess.run([python, "-c", code, *args], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
     peak = sampler.stop()
-    result: dict = {"returncode": done.returncode, "wall_with_imports": wall, "peak_disk": peak}
+    # "sampled_disk": every file under the folders, polled; a child's own "peak_disk" is its count of output shards
+    result: dict = {"returncode": done.returncode, "wall_with_imports": wall, "sampled_disk": peak}
     lines = done.stdout.strip().splitlines()
     if done.returncode == 0 and lines:
         result.update(json.loads(lines[-1]))
@@ -356,8 +357,9 @@ def _schemes_table(r: dict[str, dict], model_bytes: int, shards: int, args: argp
                                                 f"**{many['downloaded'] / model_bytes:.3f}x** (target: one copy)"),
         ("  source bytes read by the job's reader", _gb(many["read"])),
         ("  uploaded (LFS) / output of all schemes", f"{_gb(many['lfs_uploaded'])} / {_gb(many['size_after'])}"),
-        ("  peak disk (per-scheme peaks summed) / peak RSS / CPU", f"{_gb(many['peak_disk'])} / {_gb(many['hwm'])} / "
-                                                   f"{many['cpu']:.1f} s client, {many['server_cpu']:.1f} s server"),
+        ("  peak disk (sampled) / output shards' peaks summed (the job's count)",
+         f"{_gb(many['sampled_disk'])} / {_gb(many['peak_disk'])}"),
+        ("  peak RSS / CPU", f"{_gb(many['hwm'])} / {many['cpu']:.1f} s client, {many['server_cpu']:.1f} s server"),
     ]
     lines = ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
     return "\n".join(lines) + "\n"
@@ -375,8 +377,10 @@ def _table(r: dict[str, dict], model_bytes: int, shards: int, args: argparse.Nam
          f"{stream['seconds']:.1f} s = **{ratio:.2f}x** the download (target <= 1.3x)"),
         ("  stage spans (overlapping)", ", ".join(f"{k} {v:.1f} s" for k, v in stream["timings"].items())),
         ("  where the link waits", _waits(stream, down)),
-        ("  peak disk (sampled)", f"{_gb(stream['peak_disk'])} = **{100 * stream['peak_disk'] / model_bytes:.0f}%** "
-                                  "of the model (target < 60%)"),
+        ("  peak disk (sampled: every file under the work folder, HF_HOME, TMPDIR)",
+         f"{_gb(stream['sampled_disk'])} = **{100 * stream['sampled_disk'] / model_bytes:.0f}%** of the model "
+         "(target < 60%)"),
+        ("  peak of output shards on disk (the job's own count)", _gb(stream["peak_disk"])),
         ("  planned peak disk / budget", f"{_gb(stream['footprint']['peak_disk'])} / "
                                          f"{_gb(stream['footprint']['disk_budget'])}"),
         ("  peak RSS", _gb(stream["hwm"])),
@@ -402,7 +406,7 @@ def _table(r: dict[str, dict], model_bytes: int, shards: int, args: argparse.Nam
              f"{peer['seconds']:.1f} s (download {peer['download']:.1f} + quantize {peer['quantize']:.1f} + "
              f"upload {peer['upload']:.1f}) = **{peer['seconds'] / stream['seconds']:.2f}x** the streamed job "
              "(target >= 1.8x)"),
-            ("  peer peak disk / peak RSS / CPU", f"{_gb(peer['peak_disk'])} / {_gb(peer['hwm'])} / "
+            ("  peer peak disk (sampled) / peak RSS / CPU", f"{_gb(peer['sampled_disk'])} / {_gb(peer['hwm'])} / "
                                                   f"{peer['cpu']:.1f} s client, {peer['server_cpu']:.1f} s server"),
         ]
     lines = ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]

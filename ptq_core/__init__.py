@@ -91,8 +91,8 @@ _LAZY: dict[str, str] = {
     "launch_hf_job": "hf_jobs",
     "follow_hf_job": "hf_jobs",
     "cancel_hf_job": "hf_jobs",
-    "HfJob": "hf_jobs",
-    "HfJobResult": "hf_jobs",
+    "HfJob": "hf_job_results",
+    "HfJobResult": "hf_job_results",
     # a release's variants side by side
     "add_to_collection": "hub_collections",
 }

@@ -172,15 +172,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .hubjob import finalize_hub_job, quantize_many_to_hub, quantize_to_hub
 
     jobs = _jobs(args, args.source)
-    if uses_jobs(args):
-        from .errors import InvalidOptionError
-
-        if len(jobs) > 1:
-            raise InvalidOptionError("--on-jobs runs one scheme per job; give one --scheme, or run several "
-                                     "schemes from one read here.")
-        if args.collection:
-            raise InvalidOptionError("--collection goes with a run here; with --on-jobs add the repo to a "
-                                     "collection once the job has finished.")
+    if uses_jobs(args):  # one job for every scheme; --collection honoured in the job
         return run_on_jobs(args, args.source, args.scheme, _job_options(args), _progress_bars())
     if args.finalize is not None:
         results = [finalize_hub_job(job, parts=_count(args.finalize, "finalize"), progress=_progress_bars())
@@ -292,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="Hub repo -> quantized Hub repo with a model card, streamed (needs HF_TOKEN)")
     p.add_argument("source", help="source Hub repo id")
-    p.add_argument("--to", help="target NAMESPACE/NAME (default: {user}/{name}-{SCHEME})")
+    p.add_argument("--to", help="target NAMESPACE/NAME (default: {user}/{name}-{SCHEME}); NAMESPACE/ puts "
+                                "every scheme under NAMESPACE with its default name")
     p.add_argument("--private", action="store_true", help="create the target repo private")
     p.add_argument("--collection", metavar="TITLE",
                    help="add the target repo(s) to your Hub collection with this title (created when missing)")

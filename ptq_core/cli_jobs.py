@@ -20,10 +20,10 @@ def add_on_jobs_options(p: argparse.ArgumentParser) -> None:
     """``ptq run``'s options for running on Hugging Face Jobs."""
     g = p.add_argument_group("Hugging Face Jobs (run on the token's own account and credits)")
     g.add_argument("--on-jobs", nargs="?", const="", metavar="FLAVOR",
-                   help="run as a Hugging Face Job; FLAVOR e.g. cpu-basic, cpu-upgrade, cpu-xl "
-                        "(default, or 'auto': the one the plan says fits by RAM)")
+                   help="run as a Hugging Face Job (several schemes: one job, one read of the source); FLAVOR "
+                        "e.g. cpu-basic, cpu-upgrade, cpu-xl (default, or 'auto': the one the plan says fits)")
     g.add_argument("--parts", type=int, metavar="K",
-                   help="with --on-jobs: K part jobs at once, then a finalize job (one commit on main)")
+                   help="with --on-jobs and one scheme: K part jobs at once, then a finalize job (one commit on main)")
     g.add_argument("--jobs-timeout", metavar="DURATION", help="with --on-jobs: the job's time limit, e.g. 90m or 6h")
     g.add_argument("--cancel", action="store_true",
                    help="with --on-jobs: Ctrl-C cancels the job(s) (default: Ctrl-C detaches, the job goes on)")
@@ -52,8 +52,24 @@ def _note(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def _print_result(result: Any) -> int:
+    """Print a job's result as a local ``ptq run`` prints it; the exit status (1: a scheme failed, as locally)."""
+    from .hubjob import ManyResult
+
+    print(result.to_markdown())
+    if isinstance(result, ManyResult):
+        return 0 if result.ok else 1
+    if result.collection:  # one scheme: the line a local run adds
+        print(f"Collection: {result.collection}")
+    return 0
+
+
 def run_on_jobs(args: argparse.Namespace, source: str, scheme: str, options: dict[str, Any], progress: Progress) -> int:
-    """``ptq run --on-jobs``: launch, follow, print the result as a local run does; Ctrl-C detaches or cancels."""
+    """``ptq run --on-jobs``: launch, follow, print the result as a local run does; Ctrl-C detaches or cancels.
+
+    Several schemes (``--scheme A,B,C``) are one job that reads the source once; ``--collection``
+    is honoured inside the job, with the job's token (yours).
+    """
     from .hf_jobs import cancel_hf_job, run_on_hf_jobs
 
     if args.on_jobs is None:
@@ -63,10 +79,11 @@ def run_on_jobs(args: argparse.Namespace, source: str, scheme: str, options: dic
 
     def on_launch(job) -> None:
         launched.append(job)
-        _note(f"Launched Hugging Face Job {job.id} ({job.label}, {job.flavor}): {job.url}")
+        _note(job.launched_line())
 
     try:
-        result = run_on_hf_jobs(source, scheme, parts=args.parts, finalize=args.finalize, flavor=args.on_jobs or None, timeout=args.jobs_timeout,
+        result = run_on_hf_jobs(source, scheme, parts=args.parts, finalize=args.finalize, flavor=args.on_jobs or None,
+                                timeout=args.jobs_timeout, collection=getattr(args, "collection", None),
                                 progress=progress, on_launch=on_launch, **options)
     except KeyboardInterrupt:
         if args.cancel:
@@ -77,13 +94,12 @@ def run_on_jobs(args: argparse.Namespace, source: str, scheme: str, options: dic
             ids = " ".join(j.id for j in launched)
             _note(f"Detached; the job(s) go on: ptq jobs status ID, ptq jobs logs ID, ptq jobs cancel ID ({ids}).")
         return 130
-    print(result.to_markdown())
-    return 0
+    return _print_result(result)
 
 
 def cmd_jobs(args: argparse.Namespace, progress: Progress) -> int:
     """``ptq jobs ACTION ID``."""
-    from .hf_jobs import cancel_hf_job, follow_hf_job, hf_job_logs, hf_job_stage
+    from .hf_jobs import cancel_hf_job, follow_hf_job, hf_job_logs
 
     if args.jobs_command == "logs":
         for line in hf_job_logs(args.job_id, follow=args.follow):
@@ -93,12 +109,13 @@ def cmd_jobs(args: argparse.Namespace, progress: Progress) -> int:
         job = cancel_hf_job(args.job_id)
         _note(f"Cancelled {job.id} ({job.url}); what it staged stays: rerun the same command to resume.")
         return 0
-    job, stage, message = hf_job_stage(args.job_id)
-    _note(f"Hugging Face Job {job.id}: {stage}{f' ({message})' if message else ''}, {job.url}")
+
+    def on_status(job, stage: str, message: str) -> None:
+        _note(f"Hugging Face Job {job.id}: {stage}{f' ({message})' if message else ''}, {job.url}")
+
     try:
-        result = follow_hf_job(job, progress=progress)
+        result = follow_hf_job(args.job_id, progress=progress, on_status=on_status)
     except KeyboardInterrupt:
         _note("Detached; the job goes on.")
         return 130
-    print(result.to_markdown())
-    return 0
+    return _print_result(result)

@@ -1,4 +1,4 @@
-"""What runs inside a Hugging Face Job: one streamed Hub job, reported as event lines.
+"""What runs inside a Hugging Face Job: one streamed Hub job (or one read for several schemes), as event lines.
 
 ``hf_jobs`` launches ``python -c BOOTSTRAP ... SPEC`` in the container; the bootstrap
 puts the uploaded ptq-hub source on ``sys.path`` and calls :func:`main` with the job
@@ -6,7 +6,8 @@ spec (JSON). The spec holds ``make_job``'s keyword arguments, never the token: t
 token reaches the container only as the job's ``HF_TOKEN`` secret, which
 ``huggingface_hub`` (and ``_http.resolve_token``) read from the environment.
 
-Output: ``job_events`` lines on stdout (progress, then one ``result`` or ``error``);
+Output: ``job_events`` lines on stdout (progress, then one ``result`` or ``error``; the
+``result`` fields are ``hf_job_results.result_event``'s);
 INFO logs on stderr, tokens redacted, as a local ``ptq run -v`` would show them.
 """
 
@@ -19,43 +20,42 @@ from typing import Any, Sequence, TextIO
 
 from .constants import hf_token_from_env
 from .errors import PtqError
-from .hubjob import HubResult, finalize_hub_job, quantize_to_hub
-from .job import make_job
+from .hf_job_results import result_event
+from .hub_collections import add_to_collection
+from .hubjob import finalize_hub_job, quantize_many_to_hub, quantize_to_hub
+from .job import make_jobs
 from .job_events import ProgressLines
 from .redact import install_redaction
 
 logger = logging.getLogger(__name__)
 
 
-def result_fields(result: HubResult) -> dict[str, Any]:
-    """The ``result`` event of a finished job: what the follower prints and returns."""
-    return {
-        "repo_id": result.repo_id,
-        "repo_url": result.repo_url,
-        "commit_sha": result.commit_sha,
-        "scheme": result.scheme,
-        "size_before": result.size_before,
-        "size_after": result.size_after,
-        "ratio": result.ratio,
-        "part": list(result.part) if result.part else None,
-        "branch": result.branch,
-        "markdown": result.to_markdown(),
-    }
-
-
 def run_spec(spec: dict[str, Any], out: TextIO) -> int:
-    """Run one job spec (``{"source", "scheme", "options", "finalize"}``); 0 on success, 1 on a ``PtqError``."""
+    """Run one job spec; 0 on success, 1 on a ``PtqError`` or a scheme that failed.
+
+    The spec: ``{"source", "scheme", "options", "finalize", "collection"}``. ``scheme`` may
+    name several (``"FP8_BLOCK,W4A16"`` or a list): one read of the source, every scheme
+    (``quantize_many_to_hub``), as a local ``ptq run --scheme A,B`` does; its ``result`` event
+    then lists each scheme's result or error. ``collection``: the finished repos are added
+    to it here, with the job's token (the user's).
+    """
     lines = ProgressLines(out)
+    collection = spec.get("collection")
     try:
-        job = make_job(spec["source"], spec.get("scheme"), hub_only=True, **spec.get("options", {}))
+        jobs = make_jobs(spec["source"], spec.get("scheme"), hub_only=True, **spec.get("options", {}))
+        if len(jobs) > 1:
+            many = quantize_many_to_hub(jobs, progress=lines, collection=collection)
+            lines.emit("result", **result_event(many))
+            return 0 if many.ok else 1
         if spec.get("finalize"):
-            result = finalize_hub_job(job, parts=int(spec["finalize"]), progress=lines)
+            result = finalize_hub_job(jobs[0], parts=int(spec["finalize"]), progress=lines)
         else:
-            result = quantize_to_hub(job, progress=lines)
+            result = quantize_to_hub(jobs[0], progress=lines)
+        url = add_to_collection(collection, [result.repo_id]) if collection and result.part is None else None
     except PtqError as err:
         lines.emit("error", type=type(err).__name__, message=str(err))
         return 1
-    lines.emit("result", **result_fields(result))
+    lines.emit("result", **result_event(result, collection=url))
     return 0
 
 

@@ -3,8 +3,12 @@
 The job is the same ``quantize_to_hub`` a local ``ptq run`` makes, executed in a container
 on the Hub's hardware (``hf_jobs_runtime``: the running ptq-hub source, pinned
 requirements). This module launches it, follows its log (``job_events`` lines become
-progress callbacks again, the ``result`` line becomes an ``HfJobResult`` that prints what
-a local run prints), and turns the Jobs API's failures into typed errors.
+progress callbacks again, the ``result`` line becomes the values a local run returns:
+``hf_job_results``), and turns the Jobs API's failures into typed errors.
+
+Several schemes (``scheme="FP8_BLOCK,NVFP4A16,W4A16"``) are ONE job: it reads the source
+once and writes every scheme (``quantize_many_to_hub`` in the container), and the follower
+returns its ``ManyResult``, a failed scheme as its error, the others as done.
 
 The token travels as the job's ``HF_TOKEN`` *secret*: never in the command, the
 environment values or a label, which the job's page and ``inspect_job`` show.
@@ -12,7 +16,8 @@ environment values or a label, which the job's page and ``inspect_job`` show.
 Parts map onto jobs: ``run_on_hf_jobs(..., parts=K)`` pins the source revision, launches K
 part jobs (each stages its shards on the target's staging branch), then one finalize job
 that makes the one commit on ``main``. A failed or cancelled job keeps what it staged;
-running the same request again resumes.
+running the same request again resumes. Parts take one scheme: each scheme cuts its own
+output shards into parts, so a part job of several schemes would read more than its share.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from . import constants
 from ._http import HubHttp, resolve_token
@@ -34,12 +39,17 @@ from .errors import (
     PtqError,
     UnknownFlavorError,
 )
-from .hf_jobs_runtime import UV_IMAGE, job_command, upload_runtime
+from .hf_job_results import HfJob, HfJobResult, read_result
+from .hf_jobs_runtime import UV_IMAGE, Runtime, job_command, upload_runtime
 from .http_errors import short, status_of
-from .hubjob import plan_hub_model, plan_hub_parts
-from .job import make_job
+from .hubjob import ManyResult, plan_hub_models, plan_hub_parts
+from .job import Job, make_jobs
 from .job_events import parse_event
+from .job_plan import JobPlan
 from .source import ProgressCallback
+
+__all__ = ["HfJob", "HfJobResult", "cancel_hf_job", "follow_hf_job", "hf_job_logs", "launch_hf_job",
+           "fan_out_need", "plan_flavor", "resolve_flavor", "run_on_hf_jobs", "suggest_flavor"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,40 +65,15 @@ FLAVORS: dict[str, str] = {
 FLAVOR_RAM_GB = {"cpu-basic": 16, "cpu-upgrade": 32, "cpu-xl": 124}
 """RAM of the CPU flavors, for ``suggest_flavor`` (a streamed job needs RAM, not a GPU)."""
 
+FLAVOR_DISK_GB = {"cpu-basic": 20}
+"""Ephemeral storage where the Hub documents it (``huggingface_hub.JobHardwareInfo``'s example: cpu-basic
+20 GB); a flavor not listed is taken to hold what a job needs, and a job that does not fit is refused
+by its own disk check (``DiskSpaceError``) before anything is written."""
+
 DEFAULT_FLAVOR = "cpu-upgrade"
 AUTO_FLAVOR = "auto"
 """The flavor name that asks for the plan's pick (``resolve_flavor``): CLI, Action and Space."""
 _RESUME_HINT = "Its staged shards are kept: run the same command again and it resumes from them."
-
-
-@dataclass(frozen=True)
-class HfJob:
-    """A launched Hugging Face Job: its id, namespace and page."""
-
-    id: str
-    namespace: str
-    url: str
-    flavor: str
-    label: str
-
-
-@dataclass(frozen=True)
-class HfJobResult:
-    """What a finished job reported in its ``result`` line (see ``hf_job_entry.result_fields``)."""
-
-    job: HfJob
-    repo_id: str
-    repo_url: str
-    commit_sha: str
-    scheme: str
-    size_before: int
-    size_after: int
-    ratio: float
-    markdown: str
-
-    def to_markdown(self) -> str:
-        """Exactly what ``HubResult.to_markdown`` printed in the job: a local run's table."""
-        return self.markdown
 
 
 def check_flavor(flavor: str) -> str:
@@ -107,26 +92,55 @@ def check_flavor(flavor: str) -> str:
     return flavor.strip()
 
 
-def suggest_flavor(peak_ram: int) -> str:
-    """The smallest CPU flavor whose RAM holds a job's peak (``Plan.footprint.peak_ram``) with room for Python."""
+def suggest_flavor(peak_ram: int, disk: int = 0) -> str:
+    """The smallest CPU flavor whose RAM holds a job's peak with room for Python, and whose disk holds ``disk``.
+
+    ``peak_ram``: ``Plan.footprint.peak_ram`` (or ``fan_out_need``'s); ``disk``: the local
+    disk the job cannot do without (its largest output shard; one per scheme in a fan-out).
+    """
     need_gb = peak_ram / 1e9 * 1.25 + 4  # the interpreter, torch and the client take ~4 GB before any tensor
-    return next((name for name, ram in FLAVOR_RAM_GB.items() if ram >= need_gb), "cpu-xl")
+    disk_gb = disk / 1e9 / 0.9  # the job's disk budget is 90% of the free space
+    return next((name for name, ram in FLAVOR_RAM_GB.items()
+                 if ram >= need_gb and FLAVOR_DISK_GB.get(name, disk_gb) >= disk_gb), "cpu-xl")
 
 
-def plan_flavor(source: str, scheme: str | None = None, *, token: str | None = None, **options: Any) -> str:
-    """The flavor the plan says fits this job: ``suggest_flavor`` of its peak RAM (headers only, no weight read)."""
-    plan = plan_hub_model(make_job(source, scheme, hub_only=True, **options), token=token)
-    return suggest_flavor(plan.footprint.peak_ram if plan.footprint else 0)
+def fan_out_need(plans: Sequence[JobPlan]) -> tuple[int, int]:
+    """``(peak RAM, disk)`` of ONE job that reads the source once for every plan's scheme.
+
+    One scheme: its footprint's peak RAM and its largest output shard. Several (``fanout``):
+    one shared read-ahead window and worker pool, where each worker holds a joint unit's
+    bytes (at most the largest unit of any scheme) while it quantizes each scheme's member
+    of it, so the peak is the largest scheme's plus one largest unit per worker. Disk: each
+    scheme's gate gets an equal share of the budget and admits whole shards, so the budget
+    must hold the largest shard once per scheme.
+    """
+    footprints = [p.footprint for p in plans]
+    largest_shard = max(f.largest_shard_bytes for f in footprints)
+    if len(plans) == 1:
+        return footprints[0].peak_ram, largest_shard
+    workers = max(p.budgets.workers for p in plans)
+    ram = max(f.peak_ram for f in footprints) + workers * max(f.largest_unit_bytes for f in footprints)
+    return ram, len(plans) * largest_shard
 
 
-def resolve_flavor(flavor: str | None, source: str, scheme: str | None = None, *, token: str | None = None,
+def plan_flavor(source: str, scheme: object = None, *, token: str | None = None, **options: Any) -> str:
+    """The flavor the plan says fits this job (one scheme or several from one read): headers only, no weight read."""
+    plans = plan_hub_models(make_jobs(source, scheme, hub_only=True, **options), token=token, hub_only=True)
+    return suggest_flavor(*fan_out_need(plans))
+
+
+def _is_auto(flavor: str | None) -> bool:
+    return flavor is None or (isinstance(flavor, str) and flavor.strip().lower() == AUTO_FLAVOR)
+
+
+def resolve_flavor(flavor: str | None, source: str, scheme: object = None, *, token: str | None = None,
                    **options: Any) -> str:
     """``flavor`` checked; ``None`` or ``"auto"`` (every front end's word for it): the one ``plan_flavor`` picks.
 
     Raises:
         UnknownFlavorError: a name the Jobs API does not run.
     """
-    if flavor is None or (isinstance(flavor, str) and flavor.strip().lower() == AUTO_FLAVOR):
+    if _is_auto(flavor):
         return plan_flavor(source, scheme, token=token, **options)
     return check_flavor(flavor)
 
@@ -162,24 +176,88 @@ def _namespace(http: HubHttp, namespace: str | None) -> str:
     return http.call("read the token's user", lambda: http.api.whoami(), role="target", repo_id="whoami")["name"]
 
 
+def _one_scheme_for_parts(schemes: int) -> str:
+    return (f"{schemes} schemes run as ONE job that reads the source once for all of them; --parts, --part and "
+            "--finalize take one scheme: each scheme cuts its own output shards into parts, so a part job of "
+            "several schemes would read more than its share of the source. Drop --parts to run every scheme in one "
+            "job, or give one --scheme to split it into parts.")
+
+
+def _request(source: str, scheme: object, options: dict[str, Any], finalize: int | None,
+             collection: str | None) -> tuple[tuple[Job, ...], str, str]:
+    """The request's jobs (every local check, before anything is sent), the job's spec (JSON) and its label.
+
+    Raises:
+        InvalidOptionError (and every ``make_jobs`` error): a bad option, or options that are not plain values.
+    """
+    jobs = make_jobs(source, scheme, hub_only=True, **options)
+    if len(jobs) > 1 and (finalize or jobs[0].part):
+        raise InvalidOptionError(_one_scheme_for_parts(len(jobs)))
+    try:
+        spec = json.dumps({"source": source, "scheme": scheme, "options": options, "finalize": finalize,
+                           "collection": collection})
+    except TypeError as err:
+        raise InvalidOptionError(f"A job on Hugging Face Jobs takes plain option values (text, numbers, lists): {err}.") from err
+    if len(jobs) > 1:
+        return jobs, spec, f"{jobs[0].source} -> {', '.join(j.scheme_name for j in jobs)}"
+    job = jobs[0]
+    suffix = f" (finalize {finalize} parts)" if finalize else f" (part {job.part[0]}/{job.part[1]})" if job.part else ""
+    return jobs, spec, job.label + suffix
+
+
+@dataclass(frozen=True)
+class _Launcher:
+    """What every job of one request shares: one client, one ``whoami``, one runtime check, one set of pins.
+
+    ``run_on_hf_jobs(parts=K)`` launches K+1 jobs through one launcher.
+    """
+
+    http: HubHttp
+    namespace: str
+    runtime: Runtime
+
+    @classmethod
+    def open(cls, token: str | None) -> _Launcher:
+        http = _http(token)
+        namespace = _namespace(http, None)
+        return cls(http, namespace, upload_runtime(http, namespace))
+
+    def launch(self, spec: str, label: str, flavor: str, timeout: str | int | None) -> HfJob:
+        # Unbuffered: the log is the job's only channel back. The endpoint: the Hub the caller uses.
+        env = {"PYTHONUNBUFFERED": "1", "PTQ_DISABLE_PROGRESS": "1", "HF_ENDPOINT": constants.HF_ENDPOINT}
+        http, namespace = self.http, self.namespace
+        info = http.call(
+            "launch a Hugging Face Job",
+            lambda: http.api.run_job(image=UV_IMAGE, command=job_command(self.runtime, spec), env=env,
+                                     secrets={"HF_TOKEN": http.token}, flavor=flavor, timeout=timeout,
+                                     namespace=namespace, labels={"ptq-hub": "run"}),
+            role="target", repo_id=namespace, translate=_jobs_error(http, namespace, flavor), retry=False,
+        )
+        logger.info("Launched %s as Hugging Face Job %s (%s)", label, info.id, info.url)
+        return HfJob(info.id, namespace, info.url, flavor, label)
+
+
 def launch_hf_job(
     source: str,
-    scheme: str | None = None,
+    scheme: object = None,
     *,
     flavor: str = DEFAULT_FLAVOR,
     token: str | None = None,
     timeout: str | int | None = None,
     finalize: int | None = None,
+    collection: str | None = None,
     **options: Any,
 ) -> HfJob:
     """Launch ``quantize_to_hub(make_job(source, scheme, **options))`` (or its finalize step) as a Job.
 
     Args:
-        source, scheme, options: ``make_job``'s arguments (JSON values only: they travel in the command).
+        source, scheme, options: ``make_jobs``' arguments (JSON values only: they travel in the command).
+            Several schemes (``"FP8_BLOCK,W4A16"`` or a list): one job, one read, every scheme.
         flavor: the hardware (``FLAVORS``; any ``huggingface_hub.JobHardware`` value).
         token: the caller's token (else ``HF_TOKEN`` / the login); it becomes the job's secret.
         timeout: the job's limit (``300``, ``"90m"``, ``"6h"``); the Hub's default when ``None``.
         finalize: ``K``: the job runs ``finalize_hub_job(job, parts=K)`` instead.
+        collection: a collection title: the job adds its finished repo(s) to it (created when missing).
 
     Returns:
         The launched job (its page: ``.url``).
@@ -190,27 +268,8 @@ def launch_hf_job(
         TokenError, HubNetworkError...: as any Hub call.
     """
     flavor = check_flavor(flavor)
-    job = make_job(source, scheme, hub_only=True, **options)  # every local check first
-    try:
-        spec = json.dumps({"source": source, "scheme": scheme, "options": options, "finalize": finalize})
-    except TypeError as err:
-        raise InvalidOptionError(f"A job on Hugging Face Jobs takes plain option values (text, numbers, lists): {err}.") from err
-    http = _http(token)
-    namespace = _namespace(http, None)
-    runtime = upload_runtime(http, namespace)
-    # Unbuffered: the log is the job's only channel back. The endpoint: the Hub the caller uses.
-    env = {"PYTHONUNBUFFERED": "1", "PTQ_DISABLE_PROGRESS": "1", "HF_ENDPOINT": constants.HF_ENDPOINT}
-    label = job.label + (f" (finalize {finalize} parts)" if finalize else f" (part {job.part[0]}/{job.part[1]})" if job.part else "")
-    info = http.call(
-        "launch a Hugging Face Job",
-        lambda: http.api.run_job(image=UV_IMAGE, command=job_command(runtime, spec), env=env,
-                                 secrets={"HF_TOKEN": http.token}, flavor=flavor, timeout=timeout,
-                                 namespace=namespace, labels={"ptq-hub": "run"}),
-        role="target", repo_id=namespace, translate=_jobs_error(http, namespace, flavor), retry=False,
-    )
-    launched = HfJob(info.id, namespace, info.url, flavor, label)
-    logger.info("Launched %s as Hugging Face Job %s (%s)", label, info.id, info.url)
-    return launched
+    _, spec, label = _request(source, scheme, options, finalize, collection)
+    return _Launcher.open(token).launch(spec, label, flavor, timeout)
 
 
 def _job_ref(job: HfJob | str, http: HubHttp, namespace: str | None) -> HfJob:
@@ -245,13 +304,19 @@ def follow_hf_job(
     *,
     progress: ProgressCallback | None = None,
     on_log: Callable[[str], None] | None = None,
+    on_status: Callable[[HfJob, str, str], None] | None = None,
     token: str | None = None,
     namespace: str | None = None,
-) -> HfJobResult:
+) -> HfJobResult | ManyResult:
     """Follow a job's log until it ends: progress events to ``progress``, other lines to ``on_log``.
 
+    ``on_status(job, stage, message)``: the job's stage when following starts (``ptq jobs
+    status`` prints it), from the one inspection that also checks the id.
+
     Returns:
-        The job's result, printed by ``to_markdown()`` as a local run prints it.
+        The job's result as a local run returns it (``to_markdown()`` prints what it prints):
+        an :class:`HfJobResult`, or for several schemes a ``ManyResult`` (a failed scheme is in
+        its ``errors``, the others in its ``results``).
 
     Raises:
         JobTimedOutError: the job ran past its timeout.
@@ -259,9 +324,12 @@ def follow_hf_job(
     """
     http = _http(token)
     job = _job_ref(job, http, namespace)
+    info = _inspect(http, job)  # a clear error for a wrong id before the log stream is opened
+    if on_status is not None:
+        on_status(job, str(info.status.stage), info.status.message or "")
     result: dict[str, Any] | None = None
     failure: dict[str, Any] | None = None
-    for line in _events(http, job, follow=True):
+    for line in http.api.fetch_job_logs(job_id=job.id, namespace=job.namespace, follow=True):
         event = parse_event(line)
         if event is None:
             if on_log is not None:
@@ -278,12 +346,12 @@ def follow_hf_job(
     return _outcome(job, info, result, failure)
 
 
-def _outcome(job: HfJob, info: Any, result: dict[str, Any] | None, failure: dict[str, Any] | None) -> HfJobResult:
+def _outcome(job: HfJob, info: Any, result: dict[str, Any] | None,
+             failure: dict[str, Any] | None) -> HfJobResult | ManyResult:
     stage, message = str(info.status.stage), info.status.message or ""
-    if stage == "COMPLETED" and result is not None:
-        fields = {k: result[k] for k in ("repo_id", "repo_url", "commit_sha", "scheme", "size_before", "size_after",
-                                         "ratio", "markdown")}
-        return HfJobResult(job=job, **fields)
+    # A several-scheme job with a failed scheme ends in ERROR after its result line: the others are done.
+    if result is not None and (stage == "COMPLETED" or (stage == "ERROR" and result.get("errors"))):
+        return read_result(result, job)
     where = f"Hugging Face Job {job.id} ({job.label}, {job.url})"
     if "timeout" in message.lower() or "timed out" in message.lower():
         raise JobTimedOutError(f"{where} ran past its timeout and was stopped ({message}). {_RESUME_HINT} "
@@ -294,14 +362,6 @@ def _outcome(job: HfJob, info: Any, result: dict[str, Any] | None, failure: dict
         raise JobFailedError(f"{where} ended without a result line; read its log: ptq jobs logs {job.id}")
     raise JobFailedError(f"{where} ended {stage}{f' ({message})' if message else ''}. {_RESUME_HINT} "
                          f"Its log: ptq jobs logs {job.id}")
-
-
-def hf_job_stage(job: HfJob | str, *, token: str | None = None, namespace: str | None = None) -> tuple[HfJob, str, str]:
-    """``(job, stage, message)`` of a job now (``SCHEDULING``, ``RUNNING``, ``COMPLETED``, ``ERROR``...)."""
-    http = _http(token)
-    job = _job_ref(job, http, namespace)
-    info = _inspect(http, job)
-    return job, str(info.status.stage), info.status.message or ""
 
 
 def hf_job_logs(job: HfJob | str, *, follow: bool = False, token: str | None = None,
@@ -323,48 +383,61 @@ def cancel_hf_job(job: HfJob | str, *, token: str | None = None, namespace: str 
 
 def run_on_hf_jobs(
     source: str,
-    scheme: str | None = None,
+    scheme: object = None,
     *,
     parts: int | None = None,
     finalize: int | None = None,
     flavor: str | None = None,
     token: str | None = None,
     timeout: str | int | None = None,
+    collection: str | None = None,
     progress: ProgressCallback | None = None,
     on_launch: Callable[[HfJob], None] | None = None,
     on_log: Callable[[str], None] | None = None,
     **options: Any,
-) -> HfJobResult:
+) -> HfJobResult | ManyResult:
     """Launch the job (or ``parts`` part jobs, then a finalize job) and follow it to its result.
 
     Every job is handed to ``on_launch`` as soon as it exists (print its URL; cancel it on
     Ctrl-C). Part jobs run at once on the Hub; they are followed one after the other.
     ``flavor=None`` or ``"auto"`` takes the one the plan says fits (``resolve_flavor``). ``finalize=K`` runs only
     the finalize step of a K-part job (its parts staged before, by jobs or by other machines).
+    Several schemes: one job, one read of the source, every scheme; a ``ManyResult`` comes back.
+    ``collection``: the job adds the finished repo(s) to it (the finalize job, with ``parts``).
 
     Raises:
-        InvalidOptionError: ``parts`` together with ``finalize`` or a ``part``.
+        InvalidOptionError: ``parts`` together with ``finalize`` or a ``part``; several schemes with
+            ``parts``, ``part`` or ``finalize`` (before anything is sent).
         the errors of ``launch_hf_job`` and ``follow_hf_job``; ``plan_hub_parts``' for ``parts``.
     """
     if parts and (finalize or options.get("part")):
         raise InvalidOptionError("--parts K launches every part and the finalize job itself; drop --part / --finalize.")
-    common = {"flavor": resolve_flavor(flavor, source, scheme, token=token, **options), "token": token,
-              "timeout": timeout}
-    if not parts:
-        launched = launch_hf_job(source, scheme, **common, finalize=finalize, **options)
+    jobs, spec, label = _request(source, scheme, options, finalize, None if parts else collection)
+    if len(jobs) > 1 and parts:
+        raise InvalidOptionError(_one_scheme_for_parts(len(jobs)))
+    flavor = None if _is_auto(flavor) else check_flavor(flavor)  # a bad name: refused before any request
+    split = plan_hub_parts(jobs[0], parts, token=token) if parts else None
+    if flavor is None and split is not None and split.footprint is not None:  # the parts' one plan sizes it too
+        flavor = suggest_flavor(split.footprint.peak_ram, split.footprint.largest_shard_bytes)
+    elif flavor is None:
+        flavor = suggest_flavor(*fan_out_need(plan_hub_models(jobs, token=token, hub_only=True)))
+    launcher = _Launcher.open(token)
+
+    def start(job_spec: str, job_label: str) -> HfJob:
+        launched = launcher.launch(job_spec, job_label, flavor, timeout)
         if on_launch is not None:
             on_launch(launched)
+        return launched
+
+    def follow(launched: HfJob) -> HfJobResult | ManyResult:
         return follow_hf_job(launched, progress=progress, on_log=on_log, token=token)
-    split = plan_hub_parts(make_job(source, scheme, hub_only=True, **options), parts, token=token)
+
+    if split is None:
+        return follow(start(spec, label))
     pinned = {**options, "revision": split.revision}
-    part_jobs = []
-    for index in range(1, len(split.parts) + 1):
-        part_jobs.append(launch_hf_job(source, scheme, **common, **pinned, part=f"{index}/{len(split.parts)}"))
-        if on_launch is not None:
-            on_launch(part_jobs[-1])
+    count = len(split.parts)
+    part_jobs = [start(*_request(source, scheme, {**pinned, "part": f"{i}/{count}"}, None, None)[1:])
+                 for i in range(1, count + 1)]
     for part_job in part_jobs:
-        follow_hf_job(part_job, progress=progress, on_log=on_log, token=token)
-    final = launch_hf_job(source, scheme, **common, **pinned, finalize=len(split.parts))
-    if on_launch is not None:
-        on_launch(final)
-    return follow_hf_job(final, progress=progress, on_log=on_log, token=token)
+        follow(part_job)
+    return follow(start(*_request(source, scheme, pinned, count, collection)[1:]))

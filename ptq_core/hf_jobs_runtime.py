@@ -58,12 +58,16 @@ _ZIP_TIME = (2020, 1, 1, 0, 0, 0)
 
 @dataclass(frozen=True)
 class Runtime:
-    """Where the job finds its ptq-hub code: a file of a dataset repo at one commit, and its sha256."""
+    """What a job runs: its ptq-hub code (a file of a dataset repo at one commit, and its sha256) and its pins.
+
+    Made once per launching run (``upload_runtime``), then shared by every job it launches.
+    """
 
     repo_id: str
     revision: str
     filename: str
     sha256: str
+    pins: tuple[str, ...] = ()
 
 
 def build_runtime_zip() -> bytes:
@@ -95,8 +99,10 @@ def upload_runtime(http: HubHttp, namespace: str) -> Runtime:
     """Upload the running ptq-hub source to ``{namespace}/ptq-hub-runtime`` unless it is there already.
 
     Raises:
+        HfJobsError: a requirement is not installed here (before anything is written).
         HubPermissionError, HubNetworkError...: as any write to the Hub (``HubHttp.translate``).
     """
+    pins = tuple(pinned_requirements())
     data = build_runtime_zip()
     digest = hashlib.sha256(data).hexdigest()
     filename = f"ptq_core-{digest[:16]}.zip"
@@ -106,15 +112,15 @@ def upload_runtime(http: HubHttp, namespace: str) -> Runtime:
                                                                  exist_ok=True), role="target", repo_id=repo_id)
     info = http.call("read the runtime repo", lambda: api.dataset_info(repo_id), role="target", repo_id=repo_id)
     if filename in {s.rfilename for s in info.siblings or ()}:
-        return Runtime(repo_id, str(info.sha), filename, digest)
+        return Runtime(repo_id, str(info.sha), filename, digest, pins)
     commit = http.call("upload the ptq-hub runtime", lambda: api.upload_file(
         path_or_fileobj=data, path_in_repo=filename, repo_id=repo_id, repo_type="dataset",
         commit_message=f"ptq-hub runtime {filename}"), role="target", repo_id=repo_id)
-    return Runtime(repo_id, commit.oid, filename, digest)
+    return Runtime(repo_id, commit.oid, filename, digest, pins)
 
 
 def job_command(runtime: Runtime, spec_json: str) -> list[str]:
     """The container's command: pinned requirements from PyPI, the bootstrap, the runtime, the spec."""
-    pins = [arg for pin in pinned_requirements() for arg in ("--with", pin)]
+    pins = [arg for pin in runtime.pins for arg in ("--with", pin)]
     return ["uv", "run", "--no-project", *pins, "python", "-c", BOOTSTRAP,
             runtime.repo_id, runtime.revision, runtime.filename, runtime.sha256, spec_json]

@@ -460,21 +460,28 @@ def make_jobs(source: str | os.PathLike[str], schemes: object, **options: Any) -
     each ``Job`` stays single-scheme and gets its own default target ``{Model}-{SCHEME}``.
     One scheme gives a tuple of one ``make_job``.
 
+    A ``target`` ending in ``/`` (``"my-org/"``) is a namespace: each scheme's default name
+    under it (``my-org/{Model}-{SCHEME}``), how a publisher puts every variant in its org.
+
     Raises:
         the errors of ``make_job`` (the first scheme that fails), and InvalidOptionError: a
-        scheme given twice, or ``target`` / ``config`` next to several schemes (one target
-        cannot hold several models; a config is one scheme). ``part`` is allowed: part ``i``
-        of each scheme's own cut.
+        scheme given twice, or a repo ``target`` / ``config`` next to several schemes (one
+        target cannot hold several models; a config is one scheme). ``part`` is allowed: part
+        ``i`` of each scheme's own cut.
     """
     names = parse_schemes(schemes)
+    target = options.pop("target", None)
+    namespace = target.strip()[:-1] if isinstance(target, str) and target.strip().endswith("/") else None
     if len(names) > 1:
-        for option in ("target", "config"):
-            if options.get(option) is not None:
+        for option, value in (("target", None if namespace is not None else target), ("config", options.get("config"))):
+            if value is not None:
                 with _about(option):
                     raise InvalidOptionError(
                         f"{option} cannot be given with several schemes ({len(names)} given): each scheme gets its "
-                        "own target, named {Model}-{SCHEME}. Run one scheme per command to choose its target.")
-    jobs = tuple(make_job(source, name, **options) for name in names)
+                        "own target, named {Model}-{SCHEME}; a target ending in '/' ('my-org/') puts them all "
+                        "under that namespace. Run one scheme per command to choose its target.")
+    jobs = tuple(make_job(source, name, target=target if namespace is None else
+                          f"{namespace}/{default_repo_name(str(source), name)}", **options) for name in names)
     seen: set[str] = set()
     for job in jobs:
         if job.scheme_name in seen:

@@ -6,7 +6,7 @@ line, ``@@ptq `` followed by a JSON object, so the follower can tell events from
 noise without guessing, and a human reading the raw log still sees what happened.
 
 Events: ``progress`` (``stage``, ``done``, ``total``: the core's progress callback),
-``result`` (what ``HubResult`` says, with the Markdown a local run prints) and
+``result`` (the values the run returned, one scheme or several: ``hf_job_results``) and
 ``error`` (the error's class name and message).
 """
 

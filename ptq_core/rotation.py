@@ -30,7 +30,6 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -40,12 +39,17 @@ from .convert import ST_TO_TORCH, auto_converters
 from .sources.detect import detect_source
 from .sources.formats import DENSE, FP8_BLOCK
 from .errors import ConverterError, InvalidOptionError
+from .rotation_layout import (
+    OFFSET_NORM_MODELS, RotationLayout, check_projector, compiled, matches_any, norm_names_of, refuse_offset_norms,
+    rotation_ignore,
+)
 
 __all__ = [
-    "ROTATIONS", "RotationLayout", "SpinQuant", "build_spinquant", "rotation_chain", "rotation_ignore", "rotation_note",
+    "OFFSET_NORM_MODELS", "ROTATIONS", "RotationLayout", "SpinQuant", "TRANSFORM_TYPES", "build_spinquant", "rotation_chain", "rotation_ignore", "rotation_note",
 ]
 
 ROTATIONS = ("R1", "R2")
+TRANSFORM_TYPES = ("hadamard", "random-hadamard")
 
 # llm-compressor's parameter names of quantized modules (compressed-tensors, GPTQ, AWQ): the
 # rotation reads dense weights only, so a chain must dequantize first.
@@ -55,52 +59,6 @@ _QPARAM_NAMES = frozenset({
 })
 _PACKED_DTYPES = frozenset({torch.float8_e4m3fn, torch.float8_e5m2, torch.uint8, torch.int8, torch.int32})
 _LAYER = re.compile(r"^(?P<layer>(.*\.)?layers\.\d+)\.")
-# Vision / audio towers and projectors: outside the rotated text stream (their own widths).
-_TOWERS = re.compile(r"(^|\.)(visual|vision_tower|vision_model|vision_encoder|image_encoder|vpm|audio_tower|"
-                     r"audio_model|audio_encoder|multi_modal_projector|mm_projector|embed_vision|embed_audio)\.")
-
-
-@dataclass(frozen=True)
-class RotationLayout:
-    """Where the rotations are fused, as regexes searched in module names.
-
-    The peer's ``SpinQuantConverterMapping`` defaults (Llama-style names, MoE experts and
-    routers, DeepSeek-V4 mHC mixers as ``residual``), plus two additions for which the peer's
-    defaults give a wrong or no model:
-
-    * MLA's two residual readers (``q_a_proj``, ``kv_a_proj_with_mqa``): without them an MLA
-      model cannot be rotated at all; for every other model they match nothing.
-    * ``projector_out``: the last linear of a multimodal projector, whose outputs replace token
-      embeddings in the residual stream, so they are rotated by R1 like the embedding (rows, and
-      its bias), although the rest of its tower is left alone. The peer leaves the whole tower to
-      ``ignore``, and its rotated model then reads un-rotated image features.
-    """
-
-    embedding: str = r"(^|\.)embed_tokens$"
-    attn_in: tuple[str, ...] = (r"\.self_attn\.(q|k|v)_proj$", r"\.self_attn\.(q_a_proj|kv_a_proj_with_mqa)$")
-    attn_out: tuple[str, ...] = (r"\.self_attn\.o_proj$",)
-    attn_v: str = r"\.self_attn\.v_proj$"
-    attn_o: str = r"\.self_attn\.o_proj$"
-    mlp_in: tuple[str, ...] = (r"\.mlp\.(.+\.)?(gate|up|gate_up)_proj$", r"\.mlp\.gate$", r"\.mlp\.shared_expert_gate$")
-    mlp_out: tuple[str, ...] = (r"\.mlp\.(.+\.)?down_proj$",)
-    lm_head: str = r"(^|\.)lm_head$"
-    residual: tuple[str, ...] = (r"(^|\.)hc_(attn|ffn|head)_fn$",)
-    projector_out: tuple[str, ...] = (
-        r"(^|\.)multi_modal_projector\.linear_2$",                      # LLaVA
-        r"(^|\.)visual\.merger\.mlp\.2$",                              # Qwen2-VL, Qwen2.5-VL
-        r"(^|\.)visual\.(merger|deepstack_merger_list\.\d+)\.linear_fc2$",  # Qwen3-VL
-    )
-    attn_norm: str = "input_layernorm"
-    mlp_norm: str = "post_attention_layernorm"
-    final_norm: str = "norm"
-
-
-def _compiled(patterns: Iterable[str]) -> list[re.Pattern]:
-    return [re.compile(p) for p in patterns]
-
-
-def _any(patterns: Sequence[re.Pattern], name: str) -> bool:
-    return any(p.search(name) for p in patterns)
 
 
 def _split(name: str, tensor: torch.Tensor) -> tuple[str, str]:
@@ -111,11 +69,28 @@ def _split(name: str, tensor: torch.Tensor) -> tuple[str, str]:
     return (name, "weight") if tensor.ndim == 3 else (name, param)
 
 
-def hadamard(size: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """compressed-tensors' Sylvester Hadamard matrix over ``sqrt(size)``: orthogonal (R @ R.T = I)."""
-    from compressed_tensors.transform.utils.hadamard import deterministic_hadamard_matrix
+def hadamard(size: int, dtype: torch.dtype = torch.float64, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """compressed-tensors' Hadamard matrix over ``sqrt(size)``: orthogonal (R @ R.T = I).
 
-    return deterministic_hadamard_matrix(size, dtype) / torch.tensor(size, dtype=dtype).sqrt()
+    Without ``generator`` Sylvester's (power-of-two sizes); with it compressed-tensors' random
+    Hadamard (sizes of 2^k times a Hadamard order it knows, e.g. 3584 = 28 x 128, with random
+    signs drawn from ``generator``), which is what makes most real widths rotatable.
+    """
+    from compressed_tensors.transform.utils.hadamard import deterministic_hadamard_matrix, random_hadamard_matrix
+
+    if generator is None:
+        matrix = deterministic_hadamard_matrix(size, dtype)
+    else:
+        try:
+            matrix = random_hadamard_matrix(size, dtype, gen=generator)
+        except ValueError as err:
+            raise ConverterError(f"No Hadamard matrix of size {size} is known (compressed-tensors: {err}); this "
+                                 "width cannot be rotated. Run without rotate.") from None
+    return matrix / torch.tensor(size, dtype=dtype).sqrt()
+
+
+def _power_of_two(size: int) -> bool:
+    return size > 0 and not size & (size - 1)
 
 
 def _cols(tensor: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
@@ -135,8 +110,8 @@ class SpinQuant:
     both read ``config.json`` and the norm scales.
 
     Args:
-        hidden_size: the residual stream's width (a power of two: a Sylvester Hadamard).
-        head_dim: one attention head's width (a power of two, with R2).
+        hidden_size: the residual stream's width.
+        head_dim: one attention head's width (rotated with R2).
         norms: module name -> RMSNorm scale, for every norm folded into a linear.
         rotations: ``("R1", "R2")``, ``("R1",)`` or ``("R2",)``.
         tied: the source ties ``lm_head`` to the embedding; the output is untied.
@@ -145,6 +120,12 @@ class SpinQuant:
         ignore: regexes of tensor names left as they are (towers outside the text stream).
         layout: where the rotations go.
         precision: the dtype scales and rotations are fused in (the peer's float64).
+        transform_type: ``"hadamard"`` (Sylvester: power-of-two widths) or ``"random-hadamard"``
+            (random signs, widths of 2^k times a known Hadamard order), as the peer's.
+        transform_block_size: R1's block: a block-diagonal rotation when smaller than the stream
+            (``None``: the whole stream), as the peer's.
+        seed: the random Hadamard's seed; R1 is drawn first, then R2, from one generator (the
+            peer's order, so the same seed gives the peer's bytes).
     """
 
     def __init__(
@@ -160,30 +141,41 @@ class SpinQuant:
         ignore: Iterable[str] = (),
         layout: RotationLayout | None = None,
         precision: torch.dtype = torch.float64,
+        transform_type: str = "hadamard",
+        transform_block_size: int | None = None,
+        seed: int = 0,
     ):
         self.rotations = tuple(r.upper() for r in rotations)
         self.label = f"SpinQuant {'+'.join(self.rotations)}"
         if not self.rotations or not set(self.rotations) <= set(ROTATIONS):
             raise InvalidOptionError(f"rotations must be R1 and/or R2, got {list(rotations)}.")
-        for what, size in (("hidden_size", hidden_size), ("head_dim", head_dim if "R2" in self.rotations else 1)):
-            if size <= 0 or size & (size - 1):
-                raise ConverterError(f"SpinQuant needs a power-of-two {what} for a Hadamard rotation; this model's is "
-                                     f"{size}. Run without rotate.")
-        self.hidden_size, self.head_dim = hidden_size, head_dim
+        if transform_type not in TRANSFORM_TYPES:
+            raise InvalidOptionError(f"transform_type must be one of {list(TRANSFORM_TYPES)}, got {transform_type!r}.")
+        block = transform_block_size or hidden_size
+        if block <= 0 or hidden_size % block:
+            raise InvalidOptionError(f"transform_block_size {block} must divide hidden_size {hidden_size}.")
+        if transform_type == "hadamard":
+            for what, size in (("R1 block (hidden_size)", block), ("head_dim", head_dim if "R2" in self.rotations else 1)):
+                if not _power_of_two(size):
+                    raise ConverterError(f"A Sylvester Hadamard rotation needs a power-of-two {what}; this model's is "
+                                         f"{size}. Use transform_type='random-hadamard', or run without rotate.")
+        self.hidden_size, self.head_dim, self.transform_type = hidden_size, head_dim, transform_type
         self.norms = dict(norms)
         self.tied, self.emit_lm_head, self.precision = tied, emit_lm_head, precision
-        self.r1 = hadamard(hidden_size, precision) if "R1" in self.rotations else None
-        self.r2 = hadamard(head_dim, precision) if "R2" in self.rotations else None
+        generator = torch.Generator().manual_seed(seed) if transform_type == "random-hadamard" else None
+        r1 = hadamard(block, precision, generator=generator)  # drawn even for R2 alone: the peer's generator order
+        self.r1 = r1 if "R1" in self.rotations else None
+        self.r2 = hadamard(head_dim, precision, generator=generator) if "R2" in self.rotations else None
         self._r2_rows = None if heads[1] is None else heads[1] * head_dim  # v_proj's outputs
         self._r2_cols = None if heads[0] is None else heads[0] * head_dim  # o_proj's inputs
         self.layout = layout = layout or RotationLayout()
-        self._ignore = _compiled(ignore)
+        self._ignore = compiled(ignore)
         self._embedding, self._lm_head = re.compile(layout.embedding), re.compile(layout.lm_head)
-        self._reads_attn, self._reads_mlp = _compiled(layout.attn_in), _compiled(layout.mlp_in)
-        self._writes = _compiled(layout.attn_out + layout.mlp_out)
+        self._reads_attn, self._reads_mlp = compiled(layout.attn_in), compiled(layout.mlp_in)
+        self._writes = compiled(layout.attn_out + layout.mlp_out)
         self._v, self._o = re.compile(layout.attn_v), re.compile(layout.attn_o)
-        self._residual = _compiled(layout.residual)
-        self._projector = _compiled(layout.projector_out)
+        self._residual = compiled(layout.residual)
+        self._projector = compiled(layout.projector_out)
 
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike, **options: Any) -> SpinQuant:
@@ -198,10 +190,10 @@ class SpinQuant:
         out: dict[str, torch.Tensor] = {}
         for name, tensor in tensors.items():
             module, param = _split(name, tensor)
-            if param in ("weight", "bias") and _any(self._projector, module):
+            if param in ("weight", "bias") and matches_any(self._projector, module):
                 out[name] = self._projected(module, param, tensor)
                 continue
-            if _any(self._ignore, name):
+            if matches_any(self._ignore, name):
                 out[name] = tensor
                 continue
             if param in _QPARAM_NAMES or (param == "weight" and tensor.dtype in _PACKED_DTYPES):
@@ -244,8 +236,8 @@ class SpinQuant:
             if param == "bias":
                 raise ConverterError(f"{module} has a bias; SpinQuant folds only scale-only norms (RMSNorm).")
             return torch.ones_like(tensor)  # its scale now lives in the next linears
-        reads_attn, reads_mlp = _any(self._reads_attn, module), _any(self._reads_mlp, module)
-        writes = _any(self._writes, module)
+        reads_attn, reads_mlp = matches_any(self._reads_attn, module), matches_any(self._reads_mlp, module)
+        writes = matches_any(self._writes, module)
         is_v = self.r2 is not None and self._v.search(module) is not None
         is_o = self.r2 is not None and self._o.search(module) is not None
         if param == "bias":
@@ -276,7 +268,7 @@ class SpinQuant:
 
     def _other(self, name: str, module: str, tensor: torch.Tensor) -> torch.Tensor:
         """A bare parameter: an mHC mixer (one R1 block per stream), or one the stream must not touch."""
-        if _any(self._residual, name) or _any(self._residual, module):
+        if matches_any(self._residual, name) or matches_any(self._residual, module):
             if self.r1 is None:
                 return tensor
             last = tensor.shape[-1] if tensor.ndim else 0
@@ -349,40 +341,10 @@ def rotation_note(converters: Sequence[Any]) -> str | None:
     for converter in converters:
         rotations = getattr(converter, "rotations", None)
         if rotations and "SpinQuant" in type(converter).__name__:
-            return (f"SpinQuant {'+'.join(rotations)} (Hadamard rotations, norm scales folded into the linears) "
+            kind = "random Hadamard" if getattr(converter, "transform_type", None) == "random-hadamard" else "Hadamard"
+            return (f"SpinQuant {'+'.join(rotations)} ({kind} rotations, norm scales folded into the linears) "
                     "fused into the weights before quantizing: the same function, fewer outliers")
     return None
-
-
-def rotation_ignore(config: Mapping[str, Any], names: Iterable[str]) -> list[str]:
-    """Regexes for the towers and projectors of a multimodal model: left as they are.
-
-    They have their own widths and never read the text residual stream (only with a
-    ``vision_config`` / ``audio_config`` section, as ``default_ignore`` decides towers).
-    """
-    if not any(isinstance(config.get(k), Mapping) for k in ("vision_config", "audio_config")):
-        return []
-    roots = sorted({m.group(0).lstrip(".") for m in map(_TOWERS.search, names) if m})
-    return [r"(^|\.)" + re.escape(root) for root in roots]
-
-
-def _check_projector(ignore: list[str], names: Sequence[str], layout: RotationLayout) -> None:
-    """A multimodal model's towers are left alone only if its projector's output can be rotated."""
-    projector = _compiled(layout.projector_out)
-    if ignore and not any(_any(projector, n.rpartition(".")[0]) for n in names):
-        raise ConverterError(
-            "This multimodal model's projector is not one SpinQuant knows (LLaVA, Qwen2/2.5/3-VL): its image or "
-            "audio features would enter the rotated residual stream un-rotated. Run without rotate."
-        )
-
-
-def _norm_names(names: Sequence[str], layout: RotationLayout) -> list[str]:
-    """Every per-layer attention / MLP norm, and the final norm beside each embedding."""
-    per_layer = re.compile(rf"(^|\.)layers\.\d+\.({layout.attn_norm}|{layout.mlp_norm})\.weight$")
-    embedding = re.compile(layout.embedding)
-    finals = {".".join(filter(None, (n[: -len(".weight")].rpartition(".")[0], layout.final_norm, "weight")))
-              for n in names if n.endswith(".weight") and embedding.search(n[: -len(".weight")])}
-    return [n for n in names if per_layer.search(n) or n in finals]
 
 
 def build_spinquant(
@@ -393,6 +355,9 @@ def build_spinquant(
     rotations: Iterable[str] | None = None,
     ignore: Iterable[str] | None = None,
     layout: RotationLayout | None = None,
+    transform_type: str | None = None,
+    transform_block_size: int | None = None,
+    seed: int = 0,
 ) -> SpinQuant:
     """The rotation for one checkpoint, as the peer's ``SpinQuantConverter.from_pretrained`` builds it.
 
@@ -403,25 +368,31 @@ def build_spinquant(
         rotations: ``None``: R1+R2, or R1 only for an MLA model (``kv_lora_rank``).
         ignore: tensor-name regexes left as they are; ``None``: the model's towers (``rotation_ignore``).
         layout: where the rotations go.
+        transform_type: ``None``: Sylvester ``"hadamard"`` (the peer's default, its bytes) where
+            every rotated width is a power of two, else ``"random-hadamard"`` (the peer's bytes with
+            that option and ``seed``), so a 3584- or 5120-wide model rotates instead of failing.
+        transform_block_size, seed: as :class:`SpinQuant`.
 
     Raises:
-        ConverterError: no norm to fold, or a width that is not a power of two.
+        ConverterError: no norm to fold, a (1 + w) norm (Gemma, Qwen3-Next, ...), or a width that is
+            not a power of two.
     """
     names = list(names)
     layout = layout or RotationLayout()
     text = config.get("text_config", config)
     if not isinstance(text, Mapping) or not isinstance(text.get("hidden_size"), int):
         raise ConverterError("config.json names no hidden_size; SpinQuant rotates the residual stream it sizes.")
+    refuse_offset_norms(config)
     hidden = text["hidden_size"]
     heads = text.get("num_attention_heads")
     head_dim = text.get("head_dim") or (hidden // heads if heads else 0)
     tied = bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", False)))
     if ignore is None:
         ignore = rotation_ignore(config, names)
-        _check_projector(ignore, names, layout)
-    skipped = _compiled(ignore)
-    kept = [n for n in names if not _any(skipped, n)]
-    norm_names = _norm_names(kept, layout)
+        check_projector(ignore, names, layout)
+    skipped = compiled(ignore)
+    kept = [n for n in names if not matches_any(skipped, n)]
+    norm_names = norm_names_of(kept, layout)
     if not norm_names:
         raise ConverterError("No RMSNorm scales (input_layernorm / post_attention_layernorm / norm) to fold: "
                              "SpinQuant needs a pre-norm decoder.")
@@ -429,10 +400,15 @@ def build_spinquant(
     has_head = any(head.search(n[: -len(".weight")]) for n in kept if n.endswith(".weight"))
     if rotations is None:
         rotations = ("R1",) if "kv_lora_rank" in text else ROTATIONS
+    if transform_type is None:
+        rotations = tuple(r.upper() for r in rotations)
+        widths = [transform_block_size or hidden] + ([head_dim] if "R2" in rotations else [])
+        transform_type = "hadamard" if all(map(_power_of_two, widths)) else "random-hadamard"
     norms = {n[: -len(".weight")]: t for n, t in read(norm_names).items()}
     return SpinQuant(
         hidden, head_dim, norms, rotations=rotations, tied=tied, emit_lm_head=tied and not has_head,
-        heads=(heads, text.get("num_key_value_heads")), ignore=ignore, layout=layout,
+        heads=(heads, text.get("num_key_value_heads")), ignore=ignore, layout=layout, transform_type=transform_type,
+        transform_block_size=transform_block_size, seed=seed,
     )
 
 

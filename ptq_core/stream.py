@@ -4,7 +4,7 @@ Three stages run at once, joined by bounded hand-offs:
 
 * **read**: the reader (``remote.RemoteReader``) fetches the byte ranges of the
   work units ahead of the workers, within its byte window;
-* **quantize**: the dispatcher (:func:`stream_shards`) hands the units, in order, to
+* **quantize**: the dispatcher (:func:`stream_units`) hands the units, in order, to
   the one executor of work units (``units.UnitExecutor``: ``workers`` threads, at
   most two units per worker queued), each writing into its output shard
   (``writer.ShardWriter``); it opens an output shard only when the
@@ -15,6 +15,8 @@ Three stages run at once, joined by bounded hand-offs:
   the Hub), delete each local file, and release its room at the gate.
 
 The first failure of any of them (``units.FirstFailure``) stops all three.
+:func:`stream_shards` streams one scheme; ``fanout.fan_out_shards`` several from one
+read, through the same dispatcher (each scheme its own gate and uploader).
 
 So on a bandwidth-limited link the wall time approaches the slowest stage, and
 the local disk never holds more than the budget, whatever the model's size.
@@ -29,12 +31,12 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, TensorInfo
 from .errors import DiskSpaceError
 from .parts import LOCAL_SHARDS, shard_sizes
 from .plan import Plan, PlannedWeight
@@ -45,9 +47,14 @@ from .writer import ShardWriter
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DiskGate", "ReaderFactory", "StreamReport", "Uploader", "stream_reads", "stream_shards"]
+__all__ = [
+    "DiskGate", "FanOutTarget", "JointUnit", "Member", "Read", "ReaderFactory", "StreamReport", "Uploader",
+    "stream_reads", "stream_shards", "stream_units",
+]
 
-ReaderFactory = Callable[[list[list[tuple[str, int, int]]]], AbstractContextManager[TensorReader]]
+Read = tuple[str, int, int]
+"""An input range: (input shard, absolute offset, nbytes)."""
+ReaderFactory = Callable[[list[list[Read]]], AbstractContextManager[TensorReader]]
 """Opens a reader for the units' input ranges, in the order the workers will take them."""
 
 _TICK_SECONDS = 1.0  # how often a waiting uploader calls ``tick`` (commits that fell due)
@@ -187,56 +194,229 @@ class Uploader:
             self._failure.set(err)
 
 
-class _Shards:
-    """The output shards being written: their writers, units left, and progress of ``quantize`` and ``write``."""
+@dataclass
+class FanOutTarget:
+    """One target of a stream: its plan, the output shards to make (uploaded in this order), where they go.
 
-    def __init__(self, plan: Plan, folder: Path, units: list[tuple[str, list[PlannedWeight]]], shards: int,
-                 progress: ProgressCallback) -> None:
-        self._plan = plan
-        self._folder = folder
-        self._left = Counter(shard for shard, _ in units)
-        self._units = len(units)
-        self._shards = shards
-        self._progress = progress
-        self._lock = threading.Lock()
-        self._done_units = 0
+    ``upload``, ``tick``, ``progress`` and ``disk_budget`` mean what they mean for
+    :func:`stream_shards`; ``folder`` is this target's own (shard names repeat across targets).
+    A single-scheme stream has one target; ``fanout.fan_out_shards`` several, from one read.
+    ``keep``: the shards are this target's output (a local folder, ``pipeline_many``):
+    ``upload`` is told of each, none is deleted (:class:`Uploader`'s ``keep``).
+    """
+
+    plan: Plan
+    shards: Sequence[str]
+    folder: Path
+    upload: Callable[[str, Path], None]
+    tick: Callable[[], None]
+    disk_budget: int
+    progress: ProgressCallback
+    keep: bool = False
+
+
+@dataclass(frozen=True)
+class Member:
+    """One target's work unit inside a :class:`JointUnit`, with the input ranges it reads."""
+
+    target: int
+    shard: str
+    unit: list[PlannedWeight]
+    reads: tuple[Read, ...]
+
+
+@dataclass
+class JointUnit:
+    """The units of every target that read a common input range, and their reads, each range once."""
+
+    reads: list[Read]
+    members: list[Member] = field(default_factory=list)
+
+
+class _UnitBytes:
+    """A joint unit's input bytes, copied out of the shared reader once, served to each member."""
+
+    def __init__(self, reader: TensorReader, reads: Sequence[Read]) -> None:
+        self.checkpoint = reader.checkpoint
+        self._data: dict[tuple[str, int], torch.Tensor] = {}
+        for shard, offset, nbytes in reads:
+            buffer = torch.empty(nbytes, dtype=torch.uint8)
+            reader.read_into(TensorInfo("", shard, "U8", (nbytes,), offset, nbytes), buffer)
+            self._data[(shard, offset)] = buffer
+
+    def view(self, member: Member) -> _MemberReader:
+        return _MemberReader(self, {(s, o): n for s, o, n in member.reads})
+
+
+class _MemberReader:
+    """The ``units.TensorReader`` one member's ``process_unit`` reads from: its own ranges' lengths."""
+
+    def __init__(self, data: _UnitBytes, lengths: dict[tuple[str, int], int]) -> None:
+        self.checkpoint = data.checkpoint
+        self._data = data._data
+        self._lengths = lengths
+
+    def read_into(self, info: TensorInfo, out: torch.Tensor, start: int = 0) -> None:
+        out.copy_(self._data[(info.shard, info.offset + start)][: out.numel()])
+
+    def copy_to(self, writer: ShardWriter, name: str, info: TensorInfo, start: int) -> None:
+        key = (info.shard, info.offset + start)
+        writer.write(name, self._data[key][: self._lengths[key]])
+
+
+class _AllTargets(FirstFailure):
+    """The stream's failure (a read or a quantize step): recorded in every target too, so all of them stop."""
+
+    def __init__(self, targets: Sequence[FirstFailure]) -> None:
+        super().__init__()
+        self._targets = list(targets)
+
+    def set(self, err: BaseException) -> None:
+        super().set(err)
+        for failure in self._targets:
+            failure.set(err)
+
+
+class _TargetRun:
+    """One target during a stream: its gate, uploader, output shards being written, and progress."""
+
+    def __init__(self, target: FanOutTarget, members: list[Member]) -> None:
+        self.target = target
+        self.shards = list(target.shards)
+        self.failure = FirstFailure()
+        expected = shard_sizes(target.plan)
+        self.expected = {s: expected[s] for s in self.shards}
+        self.gate = DiskGate(target.disk_budget, LOCAL_SHARDS, self.failure)
+        self.uploader = Uploader(self.shards, target.folder, target.upload, target.tick, gate=self.gate,
+                                 failure=self.failure, progress=target.progress, total=sum(self.expected.values()),
+                                 keep=target.keep)
+        self.undispatched = Counter(m.shard for m in members)
+        self.position = {s: i for i, s in enumerate(self.shards)}
+        self.units = len(members)
         self.writers: dict[str, ShardWriter] = {}
-        self.closed: list[str] = []
+        self._left = Counter(m.shard for m in members)  # units not yet written, per shard
+        self._done_units = 0
+        self._closed: list[str] = []
+        self._lock = threading.Lock()
 
-    def open(self, shard: str) -> ShardWriter:
+    def open(self, shard: str) -> bool:
+        """Open ``shard`` when the gate has room; ``False`` once this target failed.
+
+        The gate is waited on only when that cannot deadlock: the shards opened so far are
+        exactly those before ``shard`` in upload order, each with all its units dispatched, so
+        they finish and upload, in order, without this dispatcher. Otherwise (a joint unit that
+        wrote into a later shard of this target first) the shard is held at once: the room
+        the gate waits for would only free after ``shard`` itself is made.
+        """
+        if self.failure.error is not None:
+            return False
+        before = self.shards[: self.position[shard]]
+        safe = len(self.writers) == len(before) and all(s in self.writers and not self.undispatched[s] for s in before)
+        if safe and not self.gate.admit(self.expected[shard]):
+            return False
         try:
-            writer = ShardWriter(self._folder / shard, self._plan.shard_outputs(shard))
+            writer = self.writers[shard] = ShardWriter(self.target.folder / shard, self.target.plan.shard_outputs(shard))
         except OSError as err:
-            raise _disk_error(err, self._folder, shard) from err
-        self.writers[shard] = writer
-        return writer
+            raise _disk_error(err, self.target.folder, shard) from err
+        self.gate.hold(writer.size)
+        logger.debug("Writing %s (%s; %s of output shards on disk)", shard, format_bytes(writer.size),
+                     format_bytes(self.gate.bytes))
+        return True
 
-    def unit_done(self, shard: str) -> bool:
-        """Count one finished unit of ``shard``; ``True`` when it was the shard's last."""
+    def unit_done(self, shard: str) -> None:
+        """One unit of ``shard`` is written; after its last, the shard is closed and handed to the uploader."""
         with self._lock:
             self._done_units += 1
             self._left[shard] -= 1
             done, last = self._done_units, self._left[shard] == 0
-        self._progress("quantize", done, self._units)
-        return last
-
-    def close(self, shard: str) -> int:
-        """Finish ``shard``'s file; its size on disk."""
-        writer = self.writers[shard]
+        self.target.progress("quantize", done, self.units)
+        if not last:
+            return
         try:
-            writer.close()
+            self.writers[shard].close()
         except OSError as err:
-            raise _disk_error(err, self._folder, shard) from err
+            raise _disk_error(err, self.target.folder, shard) from err
         with self._lock:
-            self.closed.append(shard)
-            closed = len(self.closed)
-        self._progress("write", closed, self._shards)
-        return writer.size
+            self._closed.append(shard)
+            closed = len(self._closed)
+        self.target.progress("write", closed, len(self.shards))
+        self.uploader.ready(shard, self.writers[shard].size)
 
     def abort_open(self) -> None:
         for shard, writer in self.writers.items():
-            if shard not in self.closed:
+            if shard not in self._closed:
                 writer.abort()
+
+
+def stream_units(
+    checkpoint: Checkpoint,
+    targets: Sequence[FanOutTarget],
+    units: Sequence[JointUnit],
+    open_reader: ReaderFactory,
+    *,
+    devices: Sequence[torch.device],
+    workers: int,
+) -> list[StreamReport | BaseException]:
+    """The one dispatcher: ``units`` in order to the executor, into every target's shards; one result per target.
+
+    The reader is opened with each unit's ``reads``. A unit of one member reads from it
+    directly (no copy more than a single-scheme run makes); a joint unit's bytes are copied
+    out once and served to each member. Each
+    target's shard is opened when its gate admits it (``_TargetRun.open``) and handed to
+    its uploader when its last unit is written.
+
+    Returns, per target in order, its :class:`StreamReport`, or the error that stopped it
+    (an upload failure stops one target; a read or quantize failure is every target's).
+    Every target's folder holds no shard afterwards, but a ``keep`` target's finished shards.
+    """
+    runs = [_TargetRun(t, [m for u in units for m in u.members if m.target == k]) for k, t in enumerate(targets)]
+    failure = _AllTargets([r.failure for r in runs])
+
+    with open_reader([u.reads for u in units]) as reader:
+        for run in runs:
+            run.target.progress("quantize", 0, run.units)
+            run.target.progress("write", 0, len(run.shards))
+
+        def work(unit: JointUnit, device: torch.device) -> None:
+            alone = len(unit.members) == 1 and list(unit.members[0].reads) == unit.reads  # read as planned
+            shared = None if alone else _UnitBytes(reader, unit.reads)
+            for member in unit.members:
+                run = runs[member.target]
+                if run.failure.error is not None:
+                    continue
+                source = reader if shared is None else shared.view(member)
+                try:
+                    process_unit(run.target.plan, member.unit, source, run.writers, device)
+                except OSError as err:
+                    raise _disk_error(err, run.target.folder, member.shard) from err
+                run.unit_done(member.shard)
+
+        for run in runs:
+            run.uploader.start()
+        try:
+            with torch_threads(workers), UnitExecutor(work, workers=workers, devices=devices, failure=failure) as pool:
+                for unit in units:
+                    if not _dispatch(unit, runs, pool):
+                        break
+        except BaseException as err:
+            failure.set(err)
+        finally:
+            for run in runs:
+                run.uploader.join()
+                run.abort_open()
+    return [run.failure.error or StreamReport(tuple(run.shards), run.gate.peak) for run in runs]
+
+
+def _dispatch(unit: JointUnit, runs: list[_TargetRun], pool: UnitExecutor[JointUnit]) -> bool:
+    """Open the shards ``unit`` writes into, then queue it; ``False`` once no target is left running."""
+    for member in unit.members:
+        run = runs[member.target]
+        if member.shard not in run.writers and run.failure.error is None:
+            run.open(member.shard)
+        run.undispatched[member.shard] -= 1
+    if all(run.failure.error is not None for run in runs):
+        return False
+    return pool.submit(unit)
 
 
 def stream_shards(
@@ -255,8 +435,8 @@ def stream_shards(
 ) -> StreamReport:
     """Quantize the output ``shards`` of ``plan`` one after another into ``folder`` and upload each.
 
-    The dispatcher: units in shard order to the executor, each shard opened when the
-    disk gate admits it, each finished shard handed to the uploader.
+    :func:`stream_units` with one target: its units in ``shards`` order (a part's: biggest
+    first), each shard opened when the disk gate admits it, each finished shard uploaded.
 
     Args:
         open_reader: builds the reader for the units' input ranges (see ``ReaderFactory``).
@@ -272,62 +452,27 @@ def stream_shards(
         whatever a stage raised first (the others stop); ``DiskSpaceError`` when the
         disk fills up below the budget (another process took the space).
     """
-    units = _units(plan, checkpoint, shards)
-    expected = shard_sizes(plan)
-    failure = FirstFailure()
-    gate = DiskGate(disk_budget, LOCAL_SHARDS, failure)
-    uploader = Uploader(shards, folder, upload, tick, gate=gate, failure=failure, progress=progress,
-                        total=sum(expected[s] for s in shards))
-    local = _Shards(plan, folder, units, len(shards), progress)
-
-    with open_reader([unit_reads(checkpoint, unit) for _, unit in units]) as reader:
-        progress("quantize", 0, len(units))
-        progress("write", 0, len(shards))
-
-        def run(work: tuple[str, list[PlannedWeight]], device: torch.device) -> None:
-            shard, unit = work
-            try:
-                process_unit(plan, unit, reader, local.writers, device)
-            except OSError as err:
-                raise _disk_error(err, folder, shard) from err
-            if local.unit_done(shard):
-                uploader.ready(shard, local.close(shard))
-
-        uploader.start()
-        try:
-            with torch_threads(workers), UnitExecutor(run, workers=workers, devices=devices, failure=failure) as pool:
-                for shard, unit in units:
-                    if shard not in local.writers and not _admit(gate, local, shard, expected[shard]):
-                        break
-                    if not pool.submit((shard, unit)):
-                        break
-        except BaseException as err:
-            failure.set(err)
-        finally:
-            uploader.join()
-            local.abort_open()
-    failure.raise_if_set()
-    return StreamReport(shards=tuple(shards), peak_disk=gate.peak)
+    target = FanOutTarget(plan, shards, folder, upload, tick, disk_budget, progress)
+    (result,) = stream_units(checkpoint, [target], _own_units(plan, checkpoint, shards), open_reader,
+                             devices=devices, workers=workers)
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
-def stream_reads(plan: Plan, checkpoint: Checkpoint, shards: Sequence[str]) -> list[list[tuple[str, int, int]]]:
+def stream_reads(plan: Plan, checkpoint: Checkpoint, shards: Sequence[str]) -> list[list[Read]]:
     """The input ranges ``stream_shards`` gives ``open_reader`` for ``shards``: a caller may read them early."""
-    return [unit_reads(checkpoint, unit) for _, unit in _units(plan, checkpoint, shards)]
+    return [u.reads for u in _own_units(plan, checkpoint, shards)]
 
 
-def _units(plan: Plan, checkpoint: Checkpoint, shards: Sequence[str]) -> list[tuple[str, list[PlannedWeight]]]:
-    """The work units of ``shards``, in the order the dispatcher hands them out."""
-    return [(shard, unit) for shard in shards for unit in work_units(plan, checkpoint, shard=shard)]
-
-
-def _admit(gate: DiskGate, local: _Shards, shard: str, needed: int) -> bool:
-    """Open ``shard`` once the gate has room for it; ``False`` when the job failed meanwhile."""
-    if not gate.admit(needed):
-        return False
-    gate.hold(local.open(shard).size)
-    logger.debug("Writing %s (%s; %s of output shards on disk)", shard, format_bytes(local.writers[shard].size),
-                 format_bytes(gate.bytes))
-    return True
+def _own_units(plan: Plan, checkpoint: Checkpoint, shards: Sequence[str]) -> list[JointUnit]:
+    """One target's work units, one member each, in ``shards`` order, within a shard by first input byte."""
+    units = []
+    for shard in shards:
+        for unit in work_units(plan, checkpoint, shard=shard):
+            reads = tuple(unit_reads(checkpoint, unit))
+            units.append(JointUnit(list(reads), [Member(0, shard, unit, reads)]))
+    return units
 
 
 def _disk_error(err: OSError, folder: Path, shard: str) -> OSError:

@@ -41,7 +41,7 @@ except ImportError:  # `python space/app.py` in a checkout; on the Space, ptq_co
 from ptq_core import constants
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # jobs_panel.py sits next to app.py (tests load app by path)
-from jobs_panel import add_jobs_panel  # noqa: E402
+from jobs_panel import add_jobs_panel, form_request  # noqa: E402
 
 
 # --- the Space's own settings, read once (the core's are in ptq_core.constants) ---
@@ -235,24 +235,10 @@ def run_job(
     model_id = (model_id or "").strip()
     if not model_id:
         raise gr.Error("Pick a model first: type a Hub id such as org/Model.", print_exception=False)
-    schemes = [scheme, *(s for s in (also or []) if s != scheme)]
-    target = (target or "").strip()
-    if len(schemes) > 1 and target and ptq_core.is_default_target(target, model_id):
-        target = ""  # several schemes: each gets its own default name
+    schemes, options = form_request(model_id, scheme, also, ignore_text, target, private, overwrite, observer, rotate)
     try:
         # hub_only: the typed text must be a Hub repo id; a path is refused before any file is touched.
-        jobs = ptq_core.make_jobs(
-            model_id,
-            schemes,
-            ignore=parse_ignore_text(ignore_text),
-            default_ignore=False,  # the box holds the whole list, defaults included
-            observer=observer or None,
-            target=target or None,
-            private=bool(private),
-            overwrite=bool(overwrite),
-            rotate=bool(rotate),
-            hub_only=True,
-        )
+        jobs = ptq_core.make_jobs(model_id, schemes, hub_only=True, **options)
     except PtqError as err:
         raise gr.Error(redact(str(err), token), title=_error_title(err), duration=None, print_exception=False) from None
     request = jobs[0]
@@ -575,8 +561,8 @@ def build_demo() -> gr.Blocks:
             api_name="quantize",
         )
         job.failure(show_failure, None, result_md, queue=False, api_visibility="private")
-        form = {"model_id": model_id, "scheme": scheme, "ignore": ignore, "target": target, "private": private,
-                "overwrite": overwrite, "observer": observer, "rotate": rotate}
+        form = {"model_id": model_id, "scheme": scheme, "also": also, "ignore": ignore, "target": target,
+                "private": private, "overwrite": overwrite, "observer": observer, "rotate": rotate}
         add_jobs_panel(demo, form, _token_from)
     # One job at a time (a Space has one disk and one GPU); a bounded line behind it.
     demo.queue(default_concurrency_limit=1, max_size=QUEUE_MAX_SIZE)

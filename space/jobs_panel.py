@@ -17,8 +17,9 @@ from typing import Any
 
 import gradio as gr
 
-from ptq_core import hf_jobs
+from ptq_core import hf_jobs, is_default_target
 from ptq_core.errors import PtqError
+from ptq_core.hubjob import ManyResult
 from ptq_core.ignore_text import parse_ignore_text
 from ptq_core.redact import redact
 
@@ -30,10 +31,29 @@ WHY_JOBS_SCOPE = (
     "Runs in a container on **your** Hugging Face account and credits ([Jobs](https://huggingface.co/docs/"
     "huggingface_hub/guides/jobs)), not in this Space: no queue, any model size the flavor's RAM allows. "
     "Signing in asks for the `jobs` permission for this; the job gets your token as a secret, to read the "
-    "model and push the new repo. One job quantizes the scheme picked above (\"Also quantize into\" is for runs "
-    "in this Space)."
+    "model and push the new repos. One job reads the model once and quantizes every scheme picked above "
+    "(\"Also quantize into\" included), one repo each."
 )
 TokenFrom = Callable[[Any], "str | None"]
+
+
+def form_request(model_id: str, scheme: str, also: list[str] | None, ignore_text: str, target: str | None,
+                 private: bool, overwrite: bool, observer: str | None,
+                 rotate: bool) -> tuple[list[str], dict[str, Any]]:
+    """The form as ``make_jobs``' schemes and options: the one reading of it, here and in ``app.run_job``.
+
+    ``also``: more schemes from the same read; with several, a default-looking target keeps only
+    its namespace (``my-org/Model-FP8-BLOCK`` -> ``my-org/``), so each scheme gets its own
+    default name where the user pointed the first one.
+    """
+    schemes = [scheme, *(s for s in (also or []) if s != scheme)]
+    target = (target or "").strip()
+    if len(schemes) > 1 and target and is_default_target(target, model_id):
+        namespace, _, _ = target.rpartition("/")
+        target = f"{namespace}/" if namespace else ""
+    return schemes, {"ignore": parse_ignore_text(ignore_text), "default_ignore": False,  # the box holds the whole list
+                     "observer": observer or None, "target": target or None, "private": bool(private),
+                     "overwrite": bool(overwrite), "rotate": bool(rotate)}
 
 
 def flavor_choices() -> list[tuple[str, str]]:
@@ -42,9 +62,11 @@ def flavor_choices() -> list[tuple[str, str]]:
             *((f"{name}: {text}", name) for name, text in hf_jobs.FLAVORS.items())]
 
 
-def launch_on_jobs(token: str | None, model_id: str | None, scheme: str, options: dict[str, Any], flavor: str,
-                   my_jobs: list[dict] | None) -> tuple[list[dict], str]:
+def launch_on_jobs(token: str | None, model_id: str | None, scheme: str | list[str], options: dict[str, Any],
+                   flavor: str, my_jobs: list[dict] | None) -> tuple[list[dict], str]:
     """Launch the form's job on the user's account; returns (recent jobs, status Markdown).
+
+    Several schemes are one job: one read of the model, one repo each.
 
     Raises:
         gr.Error: not signed in, no model, or the core's refusal (no jobs permission, no credits...).
@@ -89,8 +111,11 @@ def follow_latest_job(token: str | None, my_jobs: list[dict] | None) -> Iterator
         stages[event[0]] = (event[1], event[2])
         if events.empty():  # a burst of events is one refresh
             yield _status(entry, "RUNNING", stages)
-    if "result" in outcome:
-        yield _status(entry, "COMPLETED", stages) + "\n\n" + outcome["result"].to_markdown()
+    result = outcome.get("result")
+    if result is not None:  # several schemes with one failed: the job ended in ERROR, the table says which
+        failed = isinstance(result, ManyResult) and not result.ok
+        stage = "ERROR (a scheme failed; run it again to finish it)" if failed else "COMPLETED"
+        yield _status(entry, stage, stages) + "\n\n" + result.to_markdown()
     else:
         yield _status(entry, "ENDED", stages) + f"\n\n**The job did not finish.** {outcome.get('error', '')}"
 
@@ -104,8 +129,8 @@ def _status(entry: dict, stage: str, stages: dict[str, tuple[int, int]]) -> str:
 def add_jobs_panel(demo: gr.Blocks, form: dict[str, Any], token_from: TokenFrom) -> None:
     """The panel's components and events, inside ``demo`` (the caller's open ``gr.Blocks``).
 
-    ``form``: the main form's components (``model_id``, ``scheme``, ``ignore``, ``target``, ``private``,
-    ``overwrite``, ``observer``, ``rotate``); ``token_from``: the app's OAuth token -> Hub token rule.
+    ``form``: the main form's components (``model_id``, ``scheme``, ``also``, ``ignore``, ``target``,
+    ``private``, ``overwrite``, ``observer``, ``rotate``); ``token_from``: the app's OAuth token -> Hub token rule.
     """
     with gr.Accordion("Run on my account (Hugging Face Jobs)", open=False):
         gr.Markdown(WHY_JOBS_SCOPE)
@@ -114,17 +139,16 @@ def add_jobs_panel(demo: gr.Blocks, form: dict[str, Any], token_from: TokenFrom)
     status = gr.Markdown(elem_id="jobs-status")  # outside the accordion: a reopened tab shows it at once
     my_jobs = gr.BrowserState([], storage_key="ptq-hub-my-jobs")
 
-    def on_launch(model_id, scheme, ignore, target, private, overwrite, observer, rotate, flavor_name, recent,
+    def on_launch(model_id, scheme, also, ignore, target, private, overwrite, observer, rotate, flavor_name, recent,
                   oauth_token: gr.OAuthToken | None):
-        options = {"ignore": parse_ignore_text(ignore), "default_ignore": False, "observer": observer or None,
-                   "target": (target or "").strip() or None, "private": bool(private), "overwrite": bool(overwrite),
-                   "rotate": bool(rotate)}
-        return launch_on_jobs(token_from(oauth_token), model_id, scheme, options, flavor_name, recent)
+        model_id = (model_id or "").strip()
+        schemes, options = form_request(model_id, scheme, also, ignore, target, private, overwrite, observer, rotate)
+        return launch_on_jobs(token_from(oauth_token), model_id, schemes, options, flavor_name, recent)
 
     def on_follow(recent, oauth_token: gr.OAuthToken | None):
         yield from follow_latest_job(token_from(oauth_token), recent)
 
-    names = ("model_id", "scheme", "ignore", "target", "private", "overwrite", "observer", "rotate")
+    names = ("model_id", "scheme", "also", "ignore", "target", "private", "overwrite", "observer", "rotate")
     launched = launch.click(on_launch, [*(form[n] for n in names), flavor, my_jobs], [my_jobs, status],
                             concurrency_id="jobs-launch", concurrency_limit=4, api_name="launch_on_jobs")
     follow = {"concurrency_id": "jobs-follow", "concurrency_limit": None, "show_progress": "hidden"}

@@ -741,7 +741,12 @@ def test_several_schemes_refuse_inputs_that_take_one(monkeypatch):
     env = {"INPUT_MODEL": "org/Model", "INPUT_SCHEME": "FP8_BLOCK, W4A16"}
     assert [j.scheme_name for j in read_request(env).jobs] == ["FP8_BLOCK", "W4A16"]
     assert read_request(env).several and not read_request({**env, "INPUT_SCHEME": "W4A16"}).several
-    with pytest.raises(InvalidOptionError, match="`on-jobs` takes one scheme"):
-        read_request({**env, "INPUT_ON_JOBS": "cpu-basic"})
+    assert read_request({**env, "INPUT_ON_JOBS": "cpu-basic"}).several  # one job for every scheme
+    for name in ("PARTS", "PART", "FINALIZE"):
+        value = "1/2" if name == "PART" else "2"
+        with pytest.raises(InvalidOptionError, match="`parts`, `part` and `finalize` take one scheme"):
+            read_request({**env, "INPUT_ON_JOBS": "cpu-basic", f"INPUT_{name}": value})
     with pytest.raises(InvalidOptionError, match="target cannot be given with several schemes"):
         read_request({**env, "INPUT_TARGET_REPO": "alice/x"})
+    org = read_request({**env, "INPUT_TARGET_REPO": "my-org/"}).jobs  # a namespace: each scheme's default name
+    assert [j.target for j in org] == ["my-org/Model-FP8-BLOCK", "my-org/Model-W4A16"]

@@ -155,6 +155,31 @@ def test_put_with_wrong_content_stores_nothing(hub, api):
     assert hub.lfs_objects(REPO)[_sha256(data)] == THRESHOLD
 
 
+def test_multipart_completion_must_list_the_etag_each_part_answered(hub, api):
+    """The ETags are opaque (S3's MD5 is the storage's business), but the completion is checked against them."""
+    hub.configure(lfs_part_size=5000)
+    data = os.urandom(12_345)
+    actions, _, transfer = post_lfs_batch_info(
+        [UploadInfo.from_bytes(data)], token=ALICE, repo_type="model", repo_id=REPO, endpoint=hub.endpoint,
+        transfers=["basic", "multipart"],
+    )
+    upload = actions[0]["actions"]["upload"]
+    assert transfer == "multipart"
+    etags = [get_session().put(upload["header"][str(n)], content=data[(n - 1) * 5000 : n * 5000]).headers["etag"]
+             for n in (1, 2, 3)]
+    assert len(set(etags)) == 3
+
+    def complete(listed: list[str]):
+        parts = [{"partNumber": n, "etag": etag} for n, etag in enumerate(listed, 1)]
+        return get_session().post(upload["href"], json={"oid": _sha256(data), "parts": parts})
+
+    swapped = complete([etags[1], etags[0], etags[2]])
+    assert swapped.status_code == 400 and "Part 1" in swapped.headers["x-error-message"]
+    assert _sha256(data) not in hub.lfs_objects(REPO)
+    assert complete(etags).status_code == 200
+    assert hub.lfs_objects(REPO)[_sha256(data)] == len(data)
+
+
 def _commit_lines(*operations: dict) -> bytes:
     lines = [{"key": "header", "value": {"summary": "raw commit"}}, *operations]
     return b"".join(json.dumps(line).encode() + b"\n" for line in lines)

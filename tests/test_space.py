@@ -139,6 +139,25 @@ def test_a_default_looking_target_follows_the_scheme_and_a_chosen_one_stays():
     assert not ptq_core.is_default_target("alice/other-FP8-BLOCK", "bob/tiny-llama")
 
 
+@pytest.mark.parametrize(("target", "kept"), [
+    ("my-org/tiny-llama-FP8-BLOCK", "my-org/"),  # an org's default name: every scheme goes to that org
+    ("tiny-llama-FP8-BLOCK", None),               # no namespace: the user's own
+    ("", None),
+])
+def test_several_schemes_keep_the_namespace_of_a_default_target(target, kept):
+    schemes, options = app.form_request(SOURCE, "FP8_BLOCK", ["W4A16"], "", target, False, False, None, False)
+    assert schemes == ["FP8_BLOCK", "W4A16"] and options["target"] == kept
+    jobs = ptq_core.make_jobs(SOURCE, schemes, **options)
+    if kept:
+        assert [j.target for j in jobs] == ["my-org/tiny-llama-FP8-BLOCK", "my-org/tiny-llama-W4A16"]
+
+
+def test_a_chosen_target_with_several_schemes_is_refused_not_dropped():
+    _, options = app.form_request(SOURCE, "FP8_BLOCK", ["W4A16"], "", "my-org/mine", False, False, None, False)
+    with pytest.raises(ptq_core.errors.InvalidOptionError, match="ending in '/'"):
+        ptq_core.make_jobs(SOURCE, ["FP8_BLOCK", "W4A16"], **options)
+
+
 def test_local_mock_token_becomes_hf_token(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", ALICE)
     assert app._token_from(_token("mock-oauth-token-for-local-dev")) == ALICE

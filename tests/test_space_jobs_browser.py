@@ -2,8 +2,9 @@
 
 Signed in through Gradio's local mock, the page launches the job on the test Hub's Jobs API
 (a real subprocess against the same server), shows its live status from the job's log and
-its result table, and a reloaded page finds the job again in the browser's state. The repo
-is compared with a local run of the same request.
+its result table, and a reloaded page finds the job again in the browser's state. The
+scheme and an "Also quantize into" scheme are one job; the first repo is compared with a
+local run of the same request.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from test_space_browser import _enter_model, browser, space_url  # noqa: F401 - 
 import ptq_core
 
 pytestmark = pytest.mark.browser
+W4A16_TARGET = TARGET.replace("FP8-BLOCK", "W4A16")
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +41,11 @@ def test_launch_on_jobs_from_the_page_and_find_it_again_after_a_reload(browser, 
     _enter_model(page, SOURCE)
     expect(page.locator("#plan")).to_contain_text("Plan: FP8_BLOCK", timeout=60_000)
 
+    # "Also quantize into" goes with the job too: one job, one read, a repo per scheme.
+    page.locator("#also-schemes input").click()
+    page.get_by_role("option", name=re.compile(r"^W4A16 — ")).click()
+    page.keyboard.press("Escape")
+
     page.get_by_text("Run on my account (Hugging Face Jobs)").click()
     expect(page.get_by_text("`jobs` permission").or_(page.get_by_text("jobs permission"))).to_be_visible()
     page.locator("#jobs-launch").click()
@@ -47,7 +54,8 @@ def test_launch_on_jobs_from_the_page_and_find_it_again_after_a_reload(browser, 
     (record,) = hub.jobs.launched
     expect(status.get_by_role("link", name=f"Job {record.id}")).to_have_attribute(
         "href", f"{hub.endpoint}/jobs/alice/{record.id}")
-    expect(status.get_by_role("link", name=TARGET)).to_have_attribute("href", f"{hub.endpoint}/{TARGET}")
+    for repo in (TARGET, W4A16_TARGET):
+        expect(status.get_by_role("link", name=repo)).to_have_attribute("href", f"{hub.endpoint}/{repo}")
 
     # The same request run locally: the page sends its ignore box whole and its observer explicitly.
     local = tmp_path / "local"

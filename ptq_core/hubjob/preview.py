@@ -132,9 +132,9 @@ def plan_hub_parts(source: Job | str, parts: int, *, token: str | None = None) -
     planned = _plan(job, token, local=True, parts=parts)
     costs = shard_costs(planned.plan)
     if planned.source is None:
-        return PartsPlan(planned.plan, planned.parts, costs)
+        return PartsPlan(planned.plan, planned.parts, costs, footprint=planned.footprint)
     identity = job_identity(job, planned.source.sha, tool_version())
-    return PartsPlan(planned.plan, planned.parts, costs, planned.source.sha, fingerprint(identity))
+    return PartsPlan(planned.plan, planned.parts, costs, planned.source.sha, fingerprint(identity), planned.footprint)
 
 
 def search_models(query: str, *, limit: int = 20, token: str | None = None) -> list[str]:

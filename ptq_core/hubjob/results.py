@@ -83,6 +83,7 @@ class PartsPlan:
         revision: the pinned source commit (``None`` for a local folder): pass it to every
             part (``--revision``) so they all quantize the same commit.
         fingerprint: the job's fingerprint (names the staging branch); ``None`` for a folder.
+        footprint: the planned peaks of a streamed run of it (what the ``auto`` Jobs flavor is sized by).
     """
 
     plan: Plan
@@ -90,6 +91,7 @@ class PartsPlan:
     costs: dict[str, int]
     revision: str | None = None
     fingerprint: str | None = None
+    footprint: Footprint | None = None
 
     def matrix(self) -> dict[str, list[dict[str, Any]]]:
         """A GitHub Actions matrix: ``{"include": [{"part": "1/3", "revision": ..., ...}, ...]}``."""

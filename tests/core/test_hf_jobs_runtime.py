@@ -57,6 +57,8 @@ def test_the_runtime_is_uploaded_once_and_pinned_to_its_commit(hub):
     assert command[:3] == ["uv", "run", "--no-project"] and command[-5:] == [
         first.repo_id, first.revision, first.filename, first.sha256, '{"source": "bob/tiny"}']
     assert ALICE not in " ".join(command)
+    # The pins are read once, with the runtime, and every job of the launch gets them.
+    assert first.pins == tuple(pinned_requirements()) and command[3:5] == ["--with", first.pins[0]]
 
 
 def test_a_requirement_missing_here_is_a_typed_error_naming_it(monkeypatch):

@@ -205,9 +205,8 @@ def test_cli_run_and_plan_take_several_schemes(hub, moe, monkeypatch, capsys):
 
     assert cli.main(["run", SOURCE, "--scheme", "FP8_BLOCK,W4A16", "--to", "alice/x"]) == 2
     assert "target cannot be given with several schemes" in capsys.readouterr().err
-    assert cli.main(["run", SOURCE, "--scheme", "FP8_BLOCK,W4A16", "--on-jobs"]) == 2
-    assert "--on-jobs runs one scheme per job" in capsys.readouterr().err
-    assert cli.main(["run", SOURCE, "--scheme", "FP8_BLOCK", "--on-jobs", "--collection", "t"]) == 2
-    assert "--collection goes with a run here" in capsys.readouterr().err  # not dropped silently
+    # --on-jobs runs every scheme in one job (tests/core/test_hf_jobs_many.py); parts there take one scheme.
+    assert cli.main(["run", SOURCE, "--scheme", "FP8_BLOCK,W4A16", "--on-jobs", "--parts", "2"]) == 2
+    assert "--parts, --part and --finalize take one scheme" in capsys.readouterr().err
     assert cli.main(["plan", SOURCE, "--scheme", "FP8_BLOCK,W4A16", "--parts", "2"]) == 2
     assert "--parts plans one scheme" in capsys.readouterr().err

@@ -18,7 +18,7 @@ from ptq_core.errors import (
     PtqError,
     SchemeNotSupportedError,
 )
-from ptq_core.job import default_repo_name, is_default_target
+from ptq_core.job import default_repo_name, is_default_target, make_jobs
 
 
 def test_scheme_spelling_is_canonical_everywhere():
@@ -278,3 +278,23 @@ def test_default_repo_names_follow_the_canonical_scheme():
     assert default_repo_name("meta-llama/Llama-3.2-1B", "fp8_block") == "Llama-3.2-1B-FP8-BLOCK"
     assert is_default_target("me/Llama-3.2-1B-NVFP4A16", "meta-llama/Llama-3.2-1B")
     assert not is_default_target("me/Llama-3.2-1B-mine", "meta-llama/Llama-3.2-1B")
+
+
+def test_several_schemes_under_one_namespace():
+    """``target="my-org/"``: every scheme's default name under that namespace (one scheme too)."""
+    jobs = make_jobs("org/Model", "FP8_BLOCK,W4A16", target=" my-org/ ")
+    assert [j.target for j in jobs] == ["my-org/Model-FP8-BLOCK", "my-org/Model-W4A16"]
+    assert [j.target for j in make_jobs("org/Model", "NVFP4A16", target="my-org/")] == ["my-org/Model-NVFP4A16"]
+    assert [j.target for j in make_jobs("org/Model", "W4A16", target="me/Mine")] == ["me/Mine"]
+
+
+@pytest.mark.parametrize("target", ["me/Mine", "Mine"])
+def test_a_repo_target_with_several_schemes_is_refused(target):
+    with pytest.raises(InvalidOptionError, match="ending in '/'") as err:
+        make_jobs("org/Model", "FP8_BLOCK,W4A16", target=target)
+    assert err.value.option == "target"
+
+
+def test_a_bad_namespace_is_refused_as_a_target():
+    with pytest.raises(InvalidOptionError, match="not a valid repo id"):
+        make_jobs("org/Model", "FP8_BLOCK,W4A16", target="bad name/")

@@ -3,7 +3,8 @@
 The goldens (``tests/golden/rotation.json``, made by ``tests/golden/make_rotation_golden.py``
 from the peer's published source) hold the sha256 of every tensor the peer's converter makes
 from seeded zoo checkpoints: Llama, Qwen3, Qwen3-MoE (per-expert and fused 3-D experts),
-a tied Llama, DeepSeek-V3 (MLA: R1 only) and two VLMs whose towers are left alone. Here the
+a tied Llama, DeepSeek-V3 (MLA: R1 only), two VLMs whose towers are left alone, a 192-wide
+Qwen2 (random Hadamard) and a block-diagonal seeded R1. Here the
 same checkpoints are rebuilt, rotated by ``build_spinquant`` (its defaults: the layout,
 rotations, tower ignore list and tied head are chosen as the peer chooses them) and compared
 tensor by tensor. A rotation changed in one column, or fused in float32, must fail. The one
@@ -29,6 +30,7 @@ from ptq_core.rotation import RotationLayout, SpinQuant, build_spinquant, hadama
 import_tool("transformers", "transformers is not installed (pip install -e '.[test]')")
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden"
 sys.path.insert(0, str(GOLDEN_DIR))
+import zoo  # noqa: E402
 from rotation_cases import GOLDEN_FILE, build_source, cases, rotate_checkpoint, source_digest  # noqa: E402
 
 GOLDEN = json.loads((GOLDEN_DIR / GOLDEN_FILE).read_text())["cases"]
@@ -66,7 +68,8 @@ def source(tmp_path_factory):
 
 def _ours(path: Path, case_id: str) -> SpinQuant:
     config = json.loads((path / "config.json").read_text())
-    return build_spinquant(config, _names(path), _reader(path))
+    options = CASES[case_id].options if case_id in CASES else {}
+    return build_spinquant(config, _names(path), _reader(path), **options)
 
 
 def _projector_outputs(names) -> list[str]:
@@ -124,20 +127,18 @@ def test_fusing_in_float32_fails_the_golden(source):
     assert _mismatches(rotate_checkpoint(path, ours.process), GOLDEN["llama"]["tensors"])
 
 
-def test_rotated_llama_computes_the_same_logits(source, tmp_path):
+def _cosine_after_rotation(path: Path, rotation: SpinQuant, out: Path) -> float:
+    """Cosine of the logits (float32, a fixed batch) of ``path`` and of ``path`` rotated by ``rotation``."""
     transformers = import_tool("transformers", "transformers is not installed")
     from safetensors.torch import save_file
 
-    path = source("llama_tied")
-    ours = _ours(path, "llama_tied")
-    out = tmp_path / "rotated"
     out.mkdir()
     tensors = {}
     for shard in sorted(path.glob("*.safetensors")):
         with safe_open(str(shard), "pt") as f:
-            tensors.update(ours.process({n: f.get_tensor(n) for n in f.keys()}))
+            tensors.update(rotation.process({n: f.get_tensor(n) for n in f.keys()}))
     save_file({n: t.contiguous() for n, t in tensors.items()}, str(out / "model.safetensors"))
-    config = ours.update_model_config(json.loads((path / "config.json").read_text()))
+    config = rotation.update_model_config(json.loads((path / "config.json").read_text()))
     (out / "config.json").write_text(json.dumps(config))
     ids = torch.arange(7, 71).reshape(2, 32)
     logits = []
@@ -145,8 +146,63 @@ def test_rotated_llama_computes_the_same_logits(source, tmp_path):
         model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
         with torch.no_grad():
             logits.append(model(ids).logits.flatten())
-    cosine = torch.nn.functional.cosine_similarity(logits[0], logits[1], dim=0).item()
+    return torch.nn.functional.cosine_similarity(logits[0], logits[1], dim=0).item()
+
+
+def test_rotated_llama_computes_the_same_logits(source, tmp_path):
+    path = source("llama_tied")
+    cosine = _cosine_after_rotation(path, _ours(path, "llama_tied"), tmp_path / "rotated")
     assert cosine > 0.999, cosine  # bf16 rounding of the rotated weights only
+
+
+_TEXT_ZOO = sorted(name for name, arch in zoo.ZOO.items() if not arch.vlm)
+
+
+@pytest.mark.parametrize("arch", _TEXT_ZOO)
+def test_every_text_architecture_is_rotated_exactly_or_refused(arch, tmp_path):
+    """Field proof: on each architecture of the zoo (transformers' own classes and initialisation),
+    ``--rotate`` either gives a model that computes the same logits or refuses with a reason.
+    A model that loads and computes something else is the one outcome never allowed."""
+    path = zoo.build(zoo.ZOO[arch], tmp_path / arch)
+    config = json.loads((path / "config.json").read_text())
+    try:
+        rotation = build_spinquant(config, _names(path), _reader(path))
+        cosine = _cosine_after_rotation(path, rotation, tmp_path / "rotated")
+    except ConverterError as refused:
+        assert arch in _REFUSED, f"{arch} is refused: {refused}"
+        assert re.search(_REFUSED[arch], str(refused)), str(refused)
+        return
+    assert arch not in _REFUSED, f"{arch} was expected to be refused ({_REFUSED[arch]}) but rotated"
+    assert cosine > 0.9999, cosine
+
+
+# What the rotation cannot express for each refused architecture, as its error says it.
+_REFUSED = {
+    "deepseek_v3": "kv_a_layernorm",          # zoo widths: its MLA latent (128) is as wide as the stream
+    "deepseek_v3_fused": "kv_a_layernorm",    # (the golden's DeepSeek-V3 has distinct widths and rotates)
+    "gemma2": r"\(1 \+ w\)",
+    "gemma3_text": r"\(1 \+ w\)",
+    "phi3": "qkv_proj",                       # fused q/k/v: R2 cannot reach v's rows
+    "gpt_oss": "router",
+    "glm4": "post_mlp_layernorm",             # a norm on the branch output does not commute with R1
+    "granitemoe": "output_linear",
+    "olmo2": "input_layernorm",               # post-norm decoder: no norm before q/k/v to fold
+    "falcon": "No RMSNorm",                   # LayerNorm with bias
+    "gpt_neox": "embed_in",
+}
+
+
+def test_a_gemma_norm_is_refused_not_folded(tmp_path):
+    """Gemma multiplies by (1 + w): folding w would give a wrong model with no error (Gemma 1 has no
+    sandwich norm that would be refused for another reason, so the check itself is what stops it)."""
+    t = import_tool("transformers", "transformers is not installed")
+    config = t.GemmaConfig(**zoo._TEXT)
+    torch.manual_seed(0)
+    model = t.GemmaForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(tmp_path / "gemma")
+    path = tmp_path / "gemma"
+    with pytest.raises(ConverterError, match=r"gemma scales its RMSNorms by \(1 \+ w\)"):
+        build_spinquant(json.loads((path / "config.json").read_text()), _names(path), _reader(path))
 
 
 def test_hadamard_is_orthogonal():
@@ -155,8 +211,15 @@ def test_hadamard_is_orthogonal():
 
 
 def test_refusals():
-    with pytest.raises(ConverterError, match="power-of-two hidden_size"):
+    with pytest.raises(ConverterError, match=r"power-of-two R1 block \(hidden_size\); this model's is 96\. Use "
+                                             "transform_type='random-hadamard'"):
         SpinQuant(96, 32, {})
+    with pytest.raises(ConverterError, match="No Hadamard matrix of size 14 is known"):
+        SpinQuant(14, 32, {}, transform_type="random-hadamard")  # 14 = 7 x 2: no Hadamard order 7 or 14
+    with pytest.raises(InvalidOptionError, match="transform_block_size 48 must divide hidden_size 128"):
+        SpinQuant(128, 32, {}, transform_block_size=48)
+    with pytest.raises(InvalidOptionError, match="transform_type must be one of"):
+        SpinQuant(128, 32, {}, transform_type="walsh")
     with pytest.raises(InvalidOptionError, match="R1 and/or R2"):
         SpinQuant(128, 32, {}, rotations=("R3",))
     rotation = SpinQuant(128, 32, {"model.layers.0.input_layernorm": torch.ones(128)})
@@ -237,6 +300,22 @@ def test_the_card_names_the_rotations(source, tmp_path):
     card = render_model_card("org/DeepSeek-tiny", "me/DeepSeek-tiny-FP8", "FP8_DYNAMIC", size_before=1, size_after=1,
                              plan=result.plan)
     assert "| rotation | SpinQuant R1 (Hadamard" in card
+
+
+def test_a_width_that_is_no_power_of_two_rotates_with_a_random_hadamard(source, tmp_path):
+    """hidden 192 (real models: 3584, 5120...): the Sylvester matrix does not exist, so ``--rotate``
+    takes the random Hadamard by itself; the model computes the same logits and the card says so."""
+    from ptq_core.card import render_model_card
+    from ptq_core.job import make_job
+    from ptq_core.pipeline import quantize_job
+
+    path = source("qwen2_wide")
+    rotation = _ours(path, "qwen2_wide")
+    assert rotation.transform_type == "random-hadamard"
+    assert _cosine_after_rotation(path, rotation, tmp_path / "rotated") > 0.9999
+    result = quantize_job(make_job(str(path), "W4A16", rotate=True), tmp_path / "out")
+    card = render_model_card("org/Wide", "me/Wide-W4A16", "W4A16", size_before=1, size_after=1, plan=result.plan)
+    assert "| rotation | SpinQuant R1+R2 (random Hadamard rotations" in card
 
 
 def test_update_model_config_is_honoured_for_any_converter(source, tmp_path):

@@ -54,7 +54,7 @@ def main() -> None:
     for case in cases():
         with tempfile.TemporaryDirectory() as tmp:
             path = build_source(case, Path(tmp))
-            kwargs = {"ignore": list(case.ignore)}
+            kwargs = {"ignore": list(case.ignore), **case.peer_options}
             if case.attn_in is not None:
                 kwargs["mapping"] = peer.SpinQuantConverterMapping(attn_in=list(case.attn_in))
             converter = peer.SpinQuantConverter.from_pretrained(str(path), **kwargs)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -49,9 +49,18 @@ def _deepseek_v3_mla():
     return t.DeepseekV3ForCausalLM, config
 
 
+def _wide_qwen2():
+    # hidden 192 = 12 x 16: no Sylvester Hadamard, a random one (order 12) exists; heads of 32.
+    t = zoo._t()
+    return t.Qwen2ForCausalLM, t.Qwen2Config(**{**zoo._TEXT, "hidden_size": 192, "num_attention_heads": 6,
+                                                "num_key_value_heads": 2, "head_dim": 32})
+
+
 @dataclass(frozen=True)
 class RotationCase:
-    """One checkpoint and what the peer is given: ``ignore`` regexes and an MLA ``attn_in``."""
+    """One checkpoint and what the peer is given: ``ignore`` regexes, an MLA ``attn_in`` and
+    ``peer_options`` (its constructor's keywords); ``options`` are what ptq-hub is given (none:
+    its own choices, which must land on the peer's bytes)."""
 
     id: str
     arch: zoo.ZooArch
@@ -59,6 +68,8 @@ class RotationCase:
     attn_in: tuple[str, ...] | None = None
     expect_rotations: tuple[str, ...] = ("R1", "R2")
     notes: str = ""
+    peer_options: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
 
 
 def cases() -> list[RotationCase]:
@@ -74,6 +85,11 @@ def cases() -> list[RotationCase]:
                      notes="vision tower left alone; q/k/v biases"),
         RotationCase("llava", zoo.ZOO["llava"], ignore=(r"(^|\.)multi_modal_projector\.", r"(^|\.)vision_tower\."),
                      notes="CLIP tower with Llama-like layer names, left alone"),
+        RotationCase("qwen2_wide", zoo.ZooArch(_wide_qwen2), peer_options={"transform_type": "random-hadamard"},
+                     notes="hidden 192: ptq-hub picks the random Hadamard by itself (seed 0, as the peer's)"),
+        RotationCase("llama_blocks", zoo.ZOO["llama"], notes="block-diagonal R1 (64 of 128), random, seed 3",
+                     peer_options=(blocks := {"transform_type": "random-hadamard", "transform_block_size": 64,
+                                              "seed": 3}), options=blocks),
     ]
 
 
