@@ -9,7 +9,8 @@ This module:
    loaded and validated whole); ``quantize_to_hub`` checks the scheme, the ignore list
    and the repo ids before its first request, so bad input fails before any network call;
 3. calls ``ptq_core.quantize_to_hub`` once per job (several schemes: one read, or with
-   ``on-jobs`` one Hugging Face Job), folding the log into ``::group::`` sections;
+   ``on-jobs`` one Hugging Face Job; a recipe's jobs that differ only in scheme and target:
+   one read), folding the log into ``::group::`` sections;
 4. writes the outputs to ``$GITHUB_OUTPUT`` (JSON lists when the jobs come from a
    recipe) and a Markdown job summary to ``$GITHUB_STEP_SUMMARY``;
 5. on failure writes the summary so far, one ``::error::`` annotation with the core's
@@ -27,7 +28,7 @@ import sys
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -36,6 +37,7 @@ from ptq_core.constants import DEFAULT_SCHEME, parse_bool
 from ptq_core.ignore_text import parse_ignore_text
 from ptq_core._http import resolve_token
 from ptq_core.job import Job
+from ptq_core.one_read import group_by_read
 from ptq_core.redact import install_redaction, redact, secret_forms
 from ptq_core.sizes import format_bytes
 from ptq_core.stages import Stage
@@ -329,6 +331,11 @@ def run(environ: Mapping[str, str], stdout: TextIO) -> int:
                 job, message = failed
                 return _fail(console, environ, request, job, request.jobs.index(job) + 1, results, sections,
                              redact(message, token))
+        elif request.from_recipe:
+            recipe_failed = _run_recipe(console, environ, request, results, sections)
+            if recipe_failed is not None:
+                job, index, message = recipe_failed
+                return _fail(console, environ, request, job, index, results, sections, redact(message, token))
         else:
             for index, job in enumerate(request.jobs, start=1):
                 if len(request.jobs) > 1:
@@ -400,6 +407,51 @@ def _run_many(
         return None
     failed = [job for job in request.jobs if job.scheme_name in many.errors]
     return failed[0], "\n".join(f"{job.scheme_name}: {many.errors[job.scheme_name]}" for job in failed)
+
+
+@dataclass(frozen=True)
+class _OneRead:
+    """The jobs of one read, named in a failure that the read's preparation raised for the group as a whole."""
+
+    label: str
+
+
+def _run_recipe(
+    console: Console, environ: Mapping[str, str], request: Request, results: list[HubResult], sections: list[str]
+) -> tuple[Job | _OneRead, int, str] | None:
+    """A recipe's jobs, one read of the source per group (``one_read.group_by_read``: jobs that differ only in
+    scheme and target), groups in the order of their first job; a group of one runs as a single job.
+
+    Returns the first failure: what failed (a job, or the group when its preparation refused it
+    before any repo was made), its job number and the message; ``None`` when every job finished.
+    """
+    count = len(request.jobs)
+    for group in group_by_read(request.jobs):
+        index = request.jobs.index(group[0]) + 1
+        label = f"{group[0].source} -> {', '.join(job.scheme_name for job in group)}"
+        try:
+            if len(group) > 1:
+                numbers = ", ".join(str(request.jobs.index(job) + 1) for job in group)
+                console.line(f"Jobs {numbers} of {count} from one read: {label}")
+                failed = _run_many(console, environ, replace(request, jobs=group, collection=None), results, sections)
+                if failed is not None:
+                    return failed[0], request.jobs.index(failed[0]) + 1, failed[1]
+                continue
+            (job,) = group
+            if count > 1:
+                console.line(f"Job {index} of {count}: {job.label}")
+            try:
+                result = ptq_core.quantize_to_hub(job, token=request.token, progress=StageLog(console, job.label),
+                                                  work_dir=_work_dir(environ))
+            finally:
+                console.end_group()
+        except PtqError as err:
+            hint = _action_hint(err, request)
+            return group[0] if len(group) == 1 else _OneRead(label), index, str(err) + (f"\n{hint}" if hint else "")
+        results.append(result)
+        sections.append(result_markdown(job, result))
+        console.line(f"Pushed {result.repo_url} (commit {result.commit_sha}), {result.ratio:.2f}x smaller.")
+    return None
 
 
 def _run_on_jobs(console: Console, request: Request):

@@ -34,6 +34,9 @@ _LAZY: dict[str, str] = {
     "model_free_ptq": "pipeline",
     "quantize_job": "pipeline",
     "QuantizeResult": "pipeline",
+    # several schemes from one read, a local folder each
+    "quantize_jobs": "pipeline_many",
+    "QuantizeJobsResult": "pipeline_many",
     "ProgressCallback": "source",
     # the one planning of a job (local or Hub), with its budgets and footprint
     "plan_job": "job_plan",
@@ -135,6 +138,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .job_plan import JobPlan, plan_job
     from .stages import Stage
     from .pipeline import QuantizeResult, model_free_ptq, quantize_job
+    from .pipeline_many import QuantizeJobsResult, quantize_jobs
     from .plan import Plan
     from .planner import build_plan, plan_checkpoint, plan_model, source_plan, suggest_ignore
     from .recipe import RecipeJob, load_recipe

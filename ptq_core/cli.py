@@ -1,6 +1,7 @@
 """``ptq``: the console script.
 
-Subcommands: ``quantize``, ``reindex``, ``plan`` (dry run from headers only;
+Subcommands: ``quantize`` (``--scheme A,B``: one read, a folder per scheme),
+``reindex``, ``plan`` (dry run from headers only;
 ``--parts K --json`` prints a GitHub Actions matrix), ``run`` (Hub to Hub,
 streamed; ``--part I/K`` stages one part, ``--finalize K`` makes the commit),
 ``schemes`` and ``demo`` (the embedded default job).
@@ -107,14 +108,26 @@ _READ_ONLY: set[Callable[[argparse.Namespace], int]] = set()
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
+    """One scheme: OUTPUT is the quantized folder. Several: OUTPUT is their parent (``pipeline_many``)."""
     from .pipeline import quantize_job
     from .sizes import format_bytes
 
-    result = quantize_job(_job(args, args.source), args.output, progress=_progress_bars())
-    print(result.plan.to_markdown())
-    print(f"Wrote {result.save_directory}: {format_bytes(result.size_before)} -> {format_bytes(result.size_after)} "
-          f"({result.ratio:.2f}x smaller) in {result.seconds:.1f} s")
-    return 0
+    jobs = _jobs(args, args.source)
+    if len(jobs) == 1:
+        results = {jobs[0].scheme_name: quantize_job(jobs[0], args.output, progress=_progress_bars())}
+        errors = {}
+    else:
+        from .pipeline_many import quantize_jobs
+
+        many = quantize_jobs(jobs, args.output, progress=_progress_bars())
+        results, errors = many.results, many.errors
+    for result in results.values():
+        print(result.plan.to_markdown())
+        print(f"Wrote {result.save_directory}: {format_bytes(result.size_before)} -> "
+              f"{format_bytes(result.size_after)} ({result.ratio:.2f}x smaller) in {result.seconds:.1f} s")
+    for scheme, err in errors.items():
+        print(f"error: {scheme}: {err}", file=sys.stderr)
+    return 1 if errors else 0
 
 
 def _cmd_reindex(args: argparse.Namespace) -> int:
@@ -209,11 +222,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_common(p: argparse.ArgumentParser, *, scheme_default: str | None = None, several: bool = False) -> None:
+def _add_common(p: argparse.ArgumentParser, *, scheme_default: str | None = None, several: str = "") -> None:
+    """The request's options; ``several``: what several comma-separated schemes make, if the command takes them."""
     p.add_argument("--scheme", "-s", default=scheme_default, required=scheme_default is None,
                    help="preset name, e.g. FP8_BLOCK, NVFP4A16, MXFP4A16, W4A16 (see `ptq schemes`)"
-                        + ("; several, comma-separated (FP8_BLOCK,NVFP4A16,W4A16): one read of the source, "
-                           "one repo per scheme" if several else ""))
+                        + (f"; several, comma-separated (FP8_BLOCK,NVFP4A16,W4A16): one read of the source, "
+                           f"{several}" if several else ""))
     p.add_argument("--ignore", action="append", default=[], metavar="PATTERN",
                    help="module name or 're:<regex>' to keep unquantized; repeatable or comma-separated (a comma "
                         "inside a regex's (), [] or {} belongs to it); "
@@ -243,10 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="-v for INFO logs, -vv for DEBUG")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("quantize", help="quantize a local folder or Hub repo into a local folder")
+    p = sub.add_parser("quantize", help="quantize a local folder or Hub repo into a local folder (one per scheme)")
     p.add_argument("source", help="checkpoint folder or Hub repo id")
-    p.add_argument("output", help="output folder")
-    _add_common(p)
+    p.add_argument("output", help="output folder; with several schemes, their parent: OUTPUT/{Model}-{SCHEME} each")
+    _add_common(p, several="one folder per scheme, OUTPUT/{Model}-{SCHEME}")
     _add_run_options(p)
     p.set_defaults(func=_cmd_quantize)
 
@@ -259,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="dry run from safetensors headers: what gets quantized, sizes, peak disk/RAM")
     p.add_argument("source", help="checkpoint folder or Hub repo id")
-    _add_common(p, several=True)
+    _add_common(p, several="one plan per scheme")
     p.add_argument("--revision")
     p.add_argument("--disk-budget", metavar="SIZE", help="local disk a streamed run may fill, e.g. 20GB")
     p.add_argument("--parts", metavar="K",
@@ -275,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true", help="create the target repo private")
     p.add_argument("--collection", metavar="TITLE",
                    help="add the target repo(s) to your Hub collection with this title (created when missing)")
-    _add_common(p, several=True)
+    _add_common(p, several="one repo per scheme")
     _add_run_options(p)
     p.add_argument("--disk-budget", metavar="SIZE",
                    help="local disk the run may fill with output shards awaiting upload, e.g. 20GB "

@@ -17,16 +17,44 @@ failure stops all (the source is the same for every target).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import replace
 
 import torch
 
 from .checkpoint import Checkpoint
+from .source import ProgressCallback
 from .stream import FanOutTarget, JointUnit, Member, ReaderFactory, StreamReport, stream_units
 from .units import unit_reads, work_units
 
-__all__ = ["FanOutTarget", "JointUnit", "fan_out_shards", "joint_units"]
+__all__ = ["SHARED_STAGES", "FanOutTarget", "JointUnit", "SummedProgress", "fan_out_shards", "joint_units"]
+
+SHARED_STAGES = ("download", "validate")
+"""Stages of the one read: reported once, not summed over the targets."""
+
+
+class SummedProgress:
+    """One progress callback for several targets: the shared read as it is, every other stage summed.
+
+    So a front end shows one bar per stage, as for one scheme (``of(k)`` is target ``k``'s callback).
+    """
+
+    def __init__(self, progress: ProgressCallback | None) -> None:
+        self._progress = progress
+        self._last: dict[tuple[str, int], tuple[int, int]] = {}
+        self._lock = threading.Lock()
+
+    def of(self, target: int) -> ProgressCallback:
+        def report(stage: str, done: int, total: int) -> None:
+            if self._progress is None:
+                return
+            with self._lock:
+                self._last[(stage, 0 if stage in SHARED_STAGES else target)] = (done, total)
+                values = [v for (s, _), v in self._last.items() if s == stage]
+                self._progress(stage, sum(v[0] for v in values), sum(v[1] for v in values))
+
+        return report
 
 
 def joint_units(checkpoint: Checkpoint, targets: Sequence[FanOutTarget]) -> list[JointUnit]:
@@ -87,7 +115,7 @@ def fan_out_shards(
 
     Returns, per target in order, its :class:`stream.StreamReport`, or the error that stopped
     it (an upload failure stops one target; a read or quantize failure is every target's).
-    Every target's folder holds no shard afterwards. Each target's shards are uploaded in
+    Every target's folder holds no shard afterwards (but a ``keep`` target's). Each target's shards are uploaded in
     input-shard order, the order the joint units fill them.
     """
     order = _input_order(checkpoint)

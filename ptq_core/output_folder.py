@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "OutputWork",
     "check_free_space",
+    "check_output",
     "discard_output",
     "prepare_output",
     "publish_output",
@@ -64,17 +65,8 @@ def prepare_output(source: Path, save_directory: Path, *, overwrite: bool) -> Ou
         OutputNotWritableError: the target's parent cannot be created or written.
         DiskSpaceError: the disk is full.
     """
-    src = source.resolve()
+    check_output(save_directory, overwrite=overwrite, source=source)
     dst = save_directory.resolve()
-    if dst == src or src in dst.parents:
-        raise OutputLocationError(f"Output folder {save_directory} is the input folder or inside it; choose another.")
-    if dst in src.parents:
-        raise OutputLocationError(f"Output folder {save_directory} contains the input folder; choose another.")
-    if dst.exists():
-        if not dst.is_dir():
-            raise OutputExistsError(f"{save_directory} exists and is not a folder.")
-        if any(dst.iterdir()) and not overwrite:
-            raise OutputExistsError(f"{save_directory} is not empty; pass overwrite=True (--overwrite) to replace it.")
     created = _make_parents(dst.parent)
     try:
         prefix = f".{dst.name}.ptq-tmp-"
@@ -84,6 +76,27 @@ def prepare_output(source: Path, save_directory: Path, *, overwrite: bool) -> Ou
         _remove_created(created)
         raise
     return OutputWork(path, lock_fd, dst, overwrite, created)
+
+
+def check_output(save_directory: Path, *, overwrite: bool, source: Path | None = None) -> None:
+    """``prepare_output``'s checks of the target, nothing created (several outputs are checked before any is).
+
+    Raises:
+        OutputLocationError: the target is ``source``, inside it, or contains it.
+        OutputExistsError: the target is a file, or holds files and ``overwrite`` is False.
+    """
+    dst = Path(save_directory).resolve()
+    if source is not None:
+        src = source.resolve()
+        if dst == src or src in dst.parents:
+            raise OutputLocationError(f"Output folder {save_directory} is the input folder or inside it; choose another.")
+        if dst in src.parents:
+            raise OutputLocationError(f"Output folder {save_directory} contains the input folder; choose another.")
+    if dst.exists():
+        if not dst.is_dir():
+            raise OutputExistsError(f"{save_directory} exists and is not a folder.")
+        if any(dst.iterdir()) and not overwrite:
+            raise OutputExistsError(f"{save_directory} is not empty; pass overwrite=True (--overwrite) to replace it.")
 
 
 def _make_parents(folder: Path) -> tuple[Path, ...]:

@@ -23,13 +23,14 @@ import torch
 from .convert import model_config_update
 from .errors import InvalidOptionError
 from .job import Job, make_job
-from .job_plan import plan_job
+from .checkpoint import Checkpoint
+from .job_plan import JobPlan, plan_job
 from .output_config import check_merged_config, output_quantization_config
 from .plan import Plan
 from .source import ProgressCallback, resolve_source
 from .sizes import compression_ratio
 from .units import LocalReader, TensorReader, UnitExecutor, process_unit, torch_threads, work_units
-from .output_folder import check_free_space, discard_output, prepare_output, publish_output
+from .output_folder import OutputWork, check_free_space, discard_output, prepare_output, publish_output
 from .writer import ShardWriter, copy_extra_files, write_config, write_index
 
 logger = logging.getLogger(__name__)
@@ -171,15 +172,10 @@ def quantize_job(
     t = time.perf_counter()
     notify("validate", 0, 1)
     planned = plan_job(job, source)
-    checkpoint, config, plan = planned.checkpoint, planned.config, planned.plan
-    merged = output_quantization_config(config, plan.source, plan.resolved, {i.module: i.group for i in plan.quantized},
-                                        {i.module for i in plan.items if i.name.endswith((".weight", ".weight_packed"))})
-    if merged.earlier_groups:
-        check_merged_config(plan, merged.block, merged.earlier_groups)
-    quantization_config = merged.block
-    for name in checkpoint.skipped_weight_files:
-        logger.warning("Not copying %s: it duplicates the safetensors weights in another format.", name)
-    check_free_space(Path(save_directory), plan.size_after + sum((source / f).stat().st_size for f in checkpoint.extra_files))
+    checkpoint, plan = planned.checkpoint, planned.plan
+    quantization_config = output_config(planned)
+    warn_skipped_files(checkpoint)
+    check_free_space(Path(save_directory), output_bytes(source, planned))
     work = prepare_output(source, Path(save_directory), overwrite=job.overwrite)
     notify("validate", 1, 1)
     timings["validate"] = time.perf_counter() - t
@@ -201,12 +197,7 @@ def quantize_job(
 
         t = time.perf_counter()
         notify("write", 0, 1)
-        write_index(work, plan.weight_map(), plan.size_after)
-        if not plan.quantized:  # without a quantization_config loaders do not expect packed weights
-            logger.warning("Nothing to quantize with %s and this ignore list; the output %s.", job.scheme_name,
-                           "keeps the source's converted config" if quantization_config else "has no quantization_config")
-        write_config(work, quantization_config, model_config_update(plan.source.converters))
-        publish_output(work)
+        finish_output(work, plan, quantization_config)
         notify("write", 1, 1)
         timings["write"] = time.perf_counter() - t
     except BaseException:
@@ -217,6 +208,37 @@ def quantize_job(
     seconds = time.perf_counter() - start
     logger.info("Wrote %s in %.1f s (%.2fx smaller)", save_directory, seconds, plan.ratio)
     return QuantizeResult(Path(save_directory), plan, plan.size_before, plan.size_after, seconds, timings)
+
+
+def output_config(planned: JobPlan) -> dict | None:
+    """The output's ``quantization_config``: the request's, or the source's merged with it and checked."""
+    plan = planned.plan
+    merged = output_quantization_config(planned.config, plan.source, plan.resolved,
+                                        {i.module: i.group for i in plan.quantized},
+                                        {i.module for i in plan.items if i.name.endswith((".weight", ".weight_packed"))})
+    if merged.earlier_groups:
+        check_merged_config(plan, merged.block, merged.earlier_groups)
+    return merged.block
+
+
+def warn_skipped_files(checkpoint: Checkpoint) -> None:
+    for name in checkpoint.skipped_weight_files:
+        logger.warning("Not copying %s: it duplicates the safetensors weights in another format.", name)
+
+
+def output_bytes(source: Path, planned: JobPlan) -> int:
+    """The output folder's exact size: the plan's shards and the side files copied."""
+    return planned.plan.size_after + sum((source / f).stat().st_size for f in planned.checkpoint.extra_files)
+
+
+def finish_output(work: OutputWork, plan: Plan, quantization_config: dict | None) -> None:
+    """After the shards: the index and config.json, then the work folder renamed into place (``publish_output``)."""
+    write_index(work, plan.weight_map(), plan.size_after)
+    if not plan.quantized:  # without a quantization_config loaders do not expect packed weights
+        logger.warning("Nothing to quantize with %s and this ignore list; the output %s.", plan.resolved.name,
+                       "keeps the source's converted config" if quantization_config else "has no quantization_config")
+    write_config(work, quantization_config, model_config_update(plan.source.converters))
+    publish_output(work)
 
 
 def _run_units(

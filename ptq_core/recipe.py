@@ -1,7 +1,8 @@
 """YAML recipes: one or more quantization jobs in a file.
 
-A recipe lists jobs for ``quantize_to_hub``; the GitHub Action and ``ptq`` read
-it and make one call per job. The whole file is validated before any job runs:
+A recipe lists jobs for ``quantize_to_hub``; the GitHub Action reads it and makes one
+call per job, except that jobs that differ only in scheme and target (a ``scheme`` list)
+share one read of the source (``one_read.group_by_read``, ``quantize_many_to_hub``). The whole file is validated before any job runs:
 an unknown key or a wrong YAML type is caught here, and every entry goes through
 ``make_job`` (the one validator of repo ids, schemes, observers, ignore lists and
 revisions), whose error names the argument it is about (``PtqError.option``); either

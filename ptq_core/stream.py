@@ -116,12 +116,15 @@ class Uploader:
 
     Several threads overlap one shard's hashing with another's transfer. ``tick`` is
     called between shards and about every second while a thread waits for its shard.
+    ``keep``: the shards are the output itself (a local folder, ``pipeline_many``), so
+    they stay where they are; the gate still frees their room, as the disk was checked for them.
     """
 
     def __init__(
         self, shards: Sequence[str], folder: Path, upload: Callable[[str, Path], None], tick: Callable[[], None], *,
-        gate: DiskGate, failure: FirstFailure, progress: ProgressCallback, total: int,
+        gate: DiskGate, failure: FirstFailure, progress: ProgressCallback, total: int, keep: bool = False,
     ) -> None:
+        self._keep = keep
         self._shards = list(shards)
         self._folder = folder
         self._upload = upload
@@ -178,7 +181,8 @@ class Uploader:
                 shard, size = taken
                 path = self._folder / shard
                 self._upload(shard, path)
-                path.unlink()
+                if not self._keep:
+                    path.unlink()
                 self._gate.release(size)
                 with self._cond:
                     self._uploaded += 1
@@ -197,6 +201,8 @@ class FanOutTarget:
     ``upload``, ``tick``, ``progress`` and ``disk_budget`` mean what they mean for
     :func:`stream_shards`; ``folder`` is this target's own (shard names repeat across targets).
     A single-scheme stream has one target; ``fanout.fan_out_shards`` several, from one read.
+    ``keep``: the shards are this target's output (a local folder, ``pipeline_many``):
+    ``upload`` is told of each, none is deleted (:class:`Uploader`'s ``keep``).
     """
 
     plan: Plan
@@ -206,6 +212,7 @@ class FanOutTarget:
     tick: Callable[[], None]
     disk_budget: int
     progress: ProgressCallback
+    keep: bool = False
 
 
 @dataclass(frozen=True)
@@ -281,7 +288,8 @@ class _TargetRun:
         self.expected = {s: expected[s] for s in self.shards}
         self.gate = DiskGate(target.disk_budget, LOCAL_SHARDS, self.failure)
         self.uploader = Uploader(self.shards, target.folder, target.upload, target.tick, gate=self.gate,
-                                 failure=self.failure, progress=target.progress, total=sum(self.expected.values()))
+                                 failure=self.failure, progress=target.progress, total=sum(self.expected.values()),
+                                 keep=target.keep)
         self.undispatched = Counter(m.shard for m in members)
         self.position = {s: i for i, s in enumerate(self.shards)}
         self.units = len(members)
@@ -359,7 +367,7 @@ def stream_units(
 
     Returns, per target in order, its :class:`StreamReport`, or the error that stopped it
     (an upload failure stops one target; a read or quantize failure is every target's).
-    Every target's folder holds no shard afterwards.
+    Every target's folder holds no shard afterwards, but a ``keep`` target's finished shards.
     """
     runs = [_TargetRun(t, [m for u in units for m in u.members if m.target == k]) for k, t in enumerate(targets)]
     failure = _AllTargets([r.failure for r in runs])

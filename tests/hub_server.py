@@ -751,6 +751,21 @@ class HubServer(_NetChaosServer):
 
     # ------------------------------------------------------------- test helpers
 
+    def weight_ranges(self, repo_id: str, since: int = 0) -> list[tuple[str, int, int]]:
+        """``(file, first, last)`` of the Range GETs of ``repo_id``'s weight files after request ``since``.
+
+        Header reads (from byte 0: planning) are left out; tensor bytes never start there. A
+        weight file read without a Range header fails the test (a streamed job reads ranges only).
+        """
+        ranges = []
+        for method, path, headers in self.requests_log[since:]:
+            if method == "GET" and f"/{repo_id}/" in path and path.split("?")[0].endswith(".safetensors"):
+                match = re.fullmatch(r"bytes=(\d+)-(\d+)", headers.get("range", ""))
+                assert match, f"a weight file was read without a Range header: {path}"
+                if int(match[1]) > 0:
+                    ranges.append((path.split("?")[0].rsplit("/", 1)[-1], int(match[1]), int(match[2])))
+        return ranges
+
     def reset(self) -> None:
         """Drop every repo, pending upload, the request log, server errors, injected
         failures and stats, and restore the constructor's settings."""

@@ -585,6 +585,7 @@ def test_action_runs_every_job_of_a_recipe(hub, source_repo, step_env, tmp_path)
     (workspace / "recipe.yml").write_text(
         f"jobs:\n  - model: {source_repo}\n    scheme: [FP8_BLOCK, W4A16]\n    target: ptq-org/tiny-{{scheme}}\n"
     )
+    since = len(hub.requests_log)
     run = run_action({"config": "recipe.yml", "hf-token": TOKEN}, workspace=workspace, env=step_env)
     assert run.returncode == 0, describe(run)
     repos = ["ptq-org/tiny-FP8-BLOCK", "ptq-org/tiny-W4A16"]
@@ -593,15 +594,39 @@ def test_action_runs_every_job_of_a_recipe(hub, source_repo, step_env, tmp_path)
     assert len(json.loads(run.outputs["compression-ratio"])) == 2
     assert all(hub.repo_exists(r) for r in repos)
     assert all(f"[{r}](" in run.summary for r in repos)
-    assert "Job 2 of 2: bob/tiny-llama -> W4A16" in run.stdout
+    assert "Jobs 1, 2 of 2 from one read: bob/tiny-llama -> FP8_BLOCK, W4A16" in run.stdout
+    # one read for both schemes: every tensor byte of the source served once, none twice
+    ranges = hub.weight_ranges(source_repo, since)
+    served = [(name, byte) for name, first, last in ranges for byte in range(first, last + 1)]
+    shard = hub.read_file(source_repo, "model.safetensors")
+    assert len(served) == len(set(served)) == len(shard) - 8 - int.from_bytes(shard[:8], "little")
     assert_token_masked(run)
+
+
+def test_a_recipe_group_refused_up_front_makes_no_repo(hub, source_repo, step_env, tmp_path):
+    """The schemes of one read are prepared together: a taken target refuses the group before any repo exists."""
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    (workspace / "recipe.yml").write_text(
+        f"model: {source_repo}\nscheme: [FP8_BLOCK, W4A16]\ntarget: ptq-org/tiny-{{scheme}}\n"
+    )
+    hub.seed_repo("ptq-org/tiny-W4A16", {"README.md": "taken"})
+    run = run_action({"config": "recipe.yml", "hf-token": TOKEN}, workspace=workspace, env=step_env, only="quantize")
+    assert run.returncode == 1
+    (error,) = run.error_lines()
+    assert error.startswith("::error::Job 1 of 2 (bob/tiny-llama -> FP8_BLOCK, W4A16): Target repo "
+                            "ptq-org/tiny-W4A16 already holds"), error
+    assert "%0AIn the action: set `overwrite: true`" in error
+    assert not hub.repo_exists("ptq-org/tiny-FP8-BLOCK") and hub.list_files("ptq-org/tiny-W4A16") == ["README.md"]
+    assert "## ptq-hub: 0 quantized repos pushed, then a failure" in run.summary
 
 
 def test_a_failing_recipe_job_keeps_the_outputs_of_the_jobs_before_it(hub, source_repo, step_env, tmp_path):
     workspace = tmp_path / "workspace"
     workspace.mkdir()
-    (workspace / "recipe.yml").write_text(
-        f"model: {source_repo}\nscheme: [FP8_BLOCK, W4A16]\ntarget: ptq-org/tiny-{{scheme}}\n"
+    (workspace / "recipe.yml").write_text(  # the second job is private: another read, run after the first
+        f"jobs:\n  - model: {source_repo}\n    scheme: FP8_BLOCK\n    target: ptq-org/tiny-{{scheme}}\n"
+        f"  - model: {source_repo}\n    scheme: W4A16\n    target: ptq-org/tiny-{{scheme}}\n    private: true\n"
     )
     hub.seed_repo("ptq-org/tiny-W4A16", {"README.md": "taken"})
     run = run_action({"config": "recipe.yml", "hf-token": TOKEN}, workspace=workspace, env=step_env, only="quantize")

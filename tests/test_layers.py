@@ -27,7 +27,7 @@ LAYERS: dict[str, int] = {
     "numerics.spec": 2, "numerics.scales": 3, "numerics.mse_search": 4, "numerics": 5, "output_folder": 3,
     "schemes": 6, "fused_groups": 6,
     "job": 7, "checkpoint": 7,
-    "convert": 8, "default_ignore": 8, "tensor_parallel": 6,
+    "convert": 8, "default_ignore": 8, "one_read": 8, "tensor_parallel": 6,
     "plan": 9, "rotation": 9,
     "_http": 10, "parts": 10, "planner": 10, "output_config": 10,
     "source": 11, "writer": 11, "hf_jobs_runtime": 11, "hub_collections": 11,
@@ -35,7 +35,7 @@ LAYERS: dict[str, int] = {
     "job_plan": 13, "card": 13, "stream": 13,
     "pipeline": 14, "publish": 14, "staging": 14, "fanout": 14,
     # the Hub job: a package, one module per phase (a dotted name is a module of a subpackage)
-    "hubjob.results": 15, "hubjob.request": 15,
+    "hubjob.results": 15, "hubjob.request": 15, "pipeline_many": 15,
     "hubjob.prepare": 16, "hubjob.preview": 16,
     "hubjob.recovery": 17,
     "hubjob.stage": 18,

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from ..errors import InvalidOptionError, PtqError
-from ..fanout import FanOutTarget, fan_out_shards
+from ..fanout import FanOutTarget, SummedProgress, fan_out_shards
 from ..hub_collections import add_to_collection
 from ..job import Job
 from ..sizes import format_bytes
@@ -42,9 +41,6 @@ from .stage import PartStage, SourceDownload, Staged
 __all__ = ["ManyResult", "prepare_many", "quantize_many_to_hub"]
 
 logger = logging.getLogger(__name__)
-
-SHARED_STAGES = ("download", "validate")
-"""Stages of the one read: reported once, not summed over the schemes."""
 
 
 @dataclass(frozen=True)
@@ -125,26 +121,6 @@ def _check_disk_shares(prepared: Sequence[PreparedJob]) -> None:
                           f"{len(live)} schemes from one read each hold their shards at once").check()
 
 
-class _Combined:
-    """One progress callback for several schemes: the shared read as it is, every other stage summed."""
-
-    def __init__(self, progress: ProgressCallback | None) -> None:
-        self._progress = progress
-        self._last: dict[tuple[str, int], tuple[int, int]] = {}
-        self._lock = threading.Lock()
-
-    def of(self, target: int) -> ProgressCallback:
-        def report(stage: str, done_: int, total: int) -> None:
-            if self._progress is None:
-                return
-            with self._lock:
-                self._last[(stage, 0 if stage in SHARED_STAGES else target)] = (done_, total)
-                values = [v for (s, _), v in self._last.items() if s == stage]
-                self._progress(stage, sum(v[0] for v in values), sum(v[1] for v in values))
-
-        return report
-
-
 def quantize_many_to_hub(
     jobs: Sequence[Job],
     *,
@@ -169,7 +145,7 @@ def quantize_many_to_hub(
         errors are the result's: a read or quantize error is every scheme's (what was staged is kept).
     """
     prepared = prepare_many(jobs, token=token, work_dir=work_dir)
-    combined = _Combined(progress)
+    combined = SummedProgress(progress)
     clocks = [StageClock(combined.of(k)) for k in range(len(prepared))]
     staged, errors, downloaded = _stage_all(prepared, clocks)
     live = [k for k, p in enumerate(prepared) if _scheme(p) not in errors]

@@ -8,6 +8,7 @@ from typing import Any
 from .._http import check_repo_id
 from ..errors import InvalidOptionError
 from ..job import Job, make_job
+from ..one_read import check_one_read
 from ..schemes import scheme_repo_suffix
 
 __all__ = ["check_jobs", "hub_job", "job_from", "target_name"]
@@ -61,22 +62,9 @@ def target_name(source: str, scheme: str, namespace: str) -> str:
 
 
 def check_jobs(jobs: Sequence[Job]) -> tuple[Job, ...]:
-    """The jobs of one read: at least one, one source and revision, each scheme once, Hub jobs.
+    """The Hub jobs of one read (``one_read.check_one_read``), each a Hub job (``hub_job``).
 
     Raises:
-        InvalidOptionError: none, different sources or revisions, a scheme or target twice.
+        InvalidOptionError: none, different sources or revisions, a scheme or target twice, a converter.
     """
-    jobs = tuple(hub_job(job) for job in jobs)
-    if not jobs:
-        raise InvalidOptionError("No job given: pass the jobs of make_jobs(source, schemes).")
-    first = jobs[0]
-    for job in jobs[1:]:
-        if (job.source, job.revision, job.part) != (first.source, first.revision, first.part):
-            raise InvalidOptionError(
-                f"The jobs of one read must share source, revision and part: {job.label} has "
-                f"{(job.source, job.revision, job.part)}, {first.label} {(first.source, first.revision, first.part)}.")
-    for key, what in ((lambda j: j.scheme_name, "scheme"), (lambda j: j.target, "target")):
-        values = [key(job) for job in jobs if key(job) is not None]
-        if len(values) != len(set(values)):
-            raise InvalidOptionError(f"Two jobs of one read have the same {what}; each scheme needs its own.")
-    return jobs
+    return check_one_read(tuple(hub_job(job) for job in jobs))

@@ -9,7 +9,6 @@ the source's weight files), so "downloaded once" is what the server saw.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,6 @@ ALICE, BOB = "hf_test_alice", "hf_test_bob"
 SOURCE = "bob/tiny"
 SCHEMES = ("FP8_BLOCK", "NVFP4A16", "W4A16")
 THRESHOLD = 64 * 1024
-_RANGE = re.compile(r"bytes=(\d+)-(\d+)")
 
 pytestmark = pytest.mark.usefixtures("fast_retries")
 
@@ -43,18 +41,8 @@ def _seed(hub, checkpoint: Path) -> None:
 
 
 def _weight_ranges(hub, since: int) -> list[tuple[str, int, int]]:
-    """``(file, first, last)`` of the Range GETs of the source's weight files after request ``since``.
-
-    Header reads (from byte 0: planning) are left out; tensor bytes never start there.
-    """
-    ranges = []
-    for method, path, headers in hub.requests_log[since:]:
-        if method == "GET" and "/bob/tiny/" in path and path.split("?")[0].endswith(".safetensors"):
-            match = _RANGE.fullmatch(headers.get("range", ""))
-            assert match, f"a weight file was read without a Range header: {path}"
-            if int(match[1]) > 0:
-                ranges.append((path.split("?")[0].rsplit("/", 1)[-1], int(match[1]), int(match[2])))
-    return ranges
+    """``(file, first, last)`` of the Range GETs of the source's weight files after request ``since``."""
+    return hub.weight_ranges(SOURCE, since)
 
 
 def _weight_bytes_served(hub, since: int) -> int:
