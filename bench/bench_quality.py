@@ -14,12 +14,15 @@ model on a fixed token batch:
   the quantizer was given (the rotated one for a rotated run);
 * logits cosine (per token, averaged) and top-1 agreement against the bf16 model's logits.
 
-**Cost.** The plain and the rotated W4A16 job on the benchmark checkpoint of
-``bench_model_free_ptq.py`` (``bench/checkpoint.py``), in the same process, one after the other:
-seconds and seconds per GB of input, and the rotation's share.
+**Cost.** The plain W4A16 job, the rotated one with the peer's dgemm only, and the rotated one as
+shipped (``ptq_core/rotation_fast.py`` where its certificate holds) on the benchmark checkpoint of
+``bench_model_free_ptq.py`` (``bench/checkpoint.py``; ``--cost-hidden`` picks its width), in the
+same process, one after the other: seconds, seconds per GB of input, the rotation's share, and
+how many rotated elements took each path.
 
     .venv/bin/python bench/bench_quality.py                      # quality + cost on a 1 GB checkpoint
     .venv/bin/python bench/bench_quality.py --cost-params 200M   # a faster cost run
+    .venv/bin/python bench/bench_quality.py --no-quality --cost-params 400M --cost-hidden 4096
     .venv/bin/python bench/bench_quality.py --no-cost            # quality only (~1 min)
 """
 
@@ -140,32 +143,61 @@ def quality_rows(schemes: list[str], work: Path) -> list[dict]:
     return rows
 
 
-def cost_rows(params: int, workers: int, cache: Path, work: Path) -> list[dict]:
-    source = ensure_checkpoint(cache, params, 512 << 20)
+def cost_rows(params: int, workers: int, cache: Path, work: Path, hidden: int | None = None) -> list[dict]:
+    """The plain job, the rotated job with the peer's dgemm only, and the rotated job as shipped
+    (``rotation_fast`` where certified), in this order and process, on one checkpoint."""
+    import ptq_core.rotation as rotation_module
+    from ptq_core.rotation_fast import FastHadamard
+
+    source = ensure_checkpoint(cache, params, 512 << 20, hidden_size=hidden)
     size = sum(p.stat().st_size for p in source.glob("*.safetensors"))
+    made: list = []
+    build = rotation_module.build_spinquant
+
+    def capture(*args, **kwargs):  # keep the job's SpinQuant, for its path counts
+        made.append(build(*args, **kwargs))
+        return made[-1]
+
     rows = []
-    for rotate in (False, True):
-        start = time.perf_counter()
-        quantize_job(make_job(str(source), "W4A16", rotate=rotate, workers=workers), work / f"cost-{rotate}")
-        seconds = time.perf_counter() - start
-        rows.append({"rotate": rotate, "seconds": seconds, "gb": size / 1e9, "s_per_gb": seconds / (size / 1e9)})
-        print(f"  cost rotate={rotate}: {seconds:.1f} s", file=sys.stderr, flush=True)
+    for mode in ("plain", "dgemm", "fast"):
+        made.clear()
+        of = FastHadamard.of
+        rotation_module.build_spinquant = capture
+        if mode == "dgemm":
+            FastHadamard.of = classmethod(lambda cls, rotation: None)
+        try:
+            start = time.perf_counter()
+            quantize_job(make_job(str(source), "W4A16", rotate=mode != "plain", workers=workers), work / f"cost-{mode}")
+            seconds = time.perf_counter() - start
+        finally:
+            FastHadamard.of, rotation_module.build_spinquant = of, build
+        stats = dict(made[0].stats) if made else {}
+        rows.append({"mode": mode, "seconds": seconds, "gb": size / 1e9, "s_per_gb": seconds / (size / 1e9),
+                     "hidden": json.loads((source / "config.json").read_text())["hidden_size"], "paths": stats})
+        print(f"  cost {mode}: {seconds:.1f} s {stats}", file=sys.stderr, flush=True)
     return rows
 
 
 def markdown(quality: list[dict], cost: list[dict]) -> str:
     lines = ["| scheme | rotate | weight error | logits cosine | top-1 agreement |", "|---|---|---:|---:|---:|"]
+    lines = lines if quality else []
     for r in quality:
         lines.append(f"| {r['scheme']} | {'R1+R2' if r['rotate'] else 'no'} | {r['weight_error']:.4f} | "
                      f"{r['cosine']:.4f} | {100 * r['top1']:.1f}% |")
     if cost:
-        lines += ["", "| W4A16 job | seconds | input GB | s / GB |", "|---|---:|---:|---:|"]
+        lines += ["", f"hidden {cost[0]['hidden']}:", "",
+                  "| W4A16 job | seconds | input GB | s / GB | rotated elements: certified / dgemm after a failed certificate / dgemm only |",
+                  "|---|---:|---:|---:|---|"]
         for r in cost:
-            lines.append(f"| {'rotated' if r['rotate'] else 'plain'} | {r['seconds']:.1f} | {r['gb']:.2f} | "
-                         f"{r['s_per_gb']:.1f} |")
-        plain, rotated = cost
-        lines.append(f"\nrotation: +{rotated['s_per_gb'] - plain['s_per_gb']:.1f} s/GB "
-                     f"({rotated['seconds'] / plain['seconds']:.2f}x the plain job)")
+            paths = r["paths"]
+            total = sum(paths.get(k, 0) for k in ("fast", "fallback", "dense")) or 1
+            share = " / ".join(f"{100 * paths.get(k, 0) / total:.2f}%" for k in ("fast", "fallback", "dense"))
+            lines.append(f"| {r['mode']} | {r['seconds']:.1f} | {r['gb']:.2f} | {r['s_per_gb']:.1f} | "
+                         f"{share if paths else ''} |")
+        plain = cost[0]
+        for r in cost[1:]:
+            lines.append(f"\n{r['mode']} rotation: +{r['s_per_gb'] - plain['s_per_gb']:.1f} s/GB "
+                         f"({r['seconds'] / plain['seconds']:.2f}x the plain job)")
     return "\n".join(lines)
 
 
@@ -178,15 +210,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--schemes", nargs="+", default=list(SCHEMES))
     parser.add_argument("--no-cost", action="store_true", help="skip the timing of the rotation")
+    parser.add_argument("--no-quality", action="store_true", help="skip the quality table (cost only)")
     parser.add_argument("--cost-params", type=_params, default=_params("1B"), help="benchmark checkpoint size")
+    parser.add_argument("--cost-hidden", type=int, help="the cost checkpoint's hidden size (default: its own, "
+                        "2048 from 400M parameters): 4096 = 4^6 rotates exactly, 2048 and 8192 through the certificate")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache/ptq-hub/bench")
     parser.add_argument("--json", type=Path, help="also write the raw rows here")
     args = parser.parse_args()
     torch.manual_seed(SEED)
     with tempfile.TemporaryDirectory(prefix="ptq-bench-quality-") as tmp:
-        quality = quality_rows(args.schemes, Path(tmp))
-        cost = [] if args.no_cost else cost_rows(args.cost_params, args.workers, args.cache, Path(tmp))
+        quality = [] if args.no_quality else quality_rows(args.schemes, Path(tmp))
+        cost = [] if args.no_cost else cost_rows(args.cost_params, args.workers, args.cache, Path(tmp), args.cost_hidden)
     print(markdown(quality, cost))
     if args.json:
         args.json.write_text(json.dumps({"quality": quality, "cost": cost}, indent=1))

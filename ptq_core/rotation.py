@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import os
 import re
+import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
@@ -39,6 +41,7 @@ from .convert import ST_TO_TORCH, auto_converters
 from .sources.detect import detect_source
 from .sources.formats import DENSE, FP8_BLOCK
 from .errors import ConverterError, InvalidOptionError
+from .rotation_fast import FAST_DTYPES, FastHadamard
 from .rotation_layout import (
     OFFSET_NORM_MODELS, RotationLayout, check_projector, compiled, matches_any, norm_names_of, refuse_offset_norms,
     rotation_ignore,
@@ -176,6 +179,11 @@ class SpinQuant:
         self._v, self._o = re.compile(layout.attn_v), re.compile(layout.attn_o)
         self._residual = compiled(layout.residual)
         self._projector = compiled(layout.projector_out)
+        self._fast_forms: dict[int, tuple[torch.Tensor, FastHadamard | None]] = {}
+        self._lock = threading.Lock()
+        # elements per path: "fast" (certified), "fallback" (dgemm after a failed certificate; of them
+        # "uncertified" failed it), "dense" (no fast form: float32 weights, another precision)
+        self.stats: Counter[str] = Counter()
 
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike, **options: Any) -> SpinQuant:
@@ -302,11 +310,39 @@ class SpinQuant:
 
     def _fused(self, tensor: torch.Tensor, *, cols: torch.Tensor | None = None,
                rows: torch.Tensor | None = None) -> torch.Tensor:
-        """One rotation of the last (``cols``) or second-to-last (``rows``) dimension, rounded back."""
+        """One rotation of the last (``cols``) or second-to-last (``rows``) dimension, rounded back.
+
+        The peer's dgemm (``step``), or its bytes from ``rotation_fast`` where they are certified.
+        """
         rotation, step = (cols, _cols) if rows is None else (rows, _rows)
         if rotation is None:
             return tensor
+        fast = self._fast_form(rotation) if tensor.dtype in FAST_DTYPES and tensor.device.type == "cpu" else None
+        if fast is not None:
+            done = fast.cols(tensor) if rows is None else fast.rows(tensor)
+            self._count(fast="fast" if done.tensor is not None else "fallback", elements=done.elements,
+                        uncertified=done.uncertified)
+            if done.tensor is not None:
+                return done.tensor
+        else:
+            self._count(fast="dense", elements=tensor.numel(), uncertified=0)
         return step(tensor.to(self.precision), rotation.to(device=tensor.device)).to(tensor.dtype)
+
+    def _fast_form(self, rotation: torch.Tensor) -> FastHadamard | None:
+        """The rotation's fast form, found once per matrix (``None``: the dgemm only)."""
+        if self.precision != torch.float64:
+            return None
+        known = self._fast_forms.get(id(rotation))
+        if known is None or known[0] is not rotation:
+            known = (rotation, FastHadamard.of(rotation))
+            with self._lock:
+                self._fast_forms[id(rotation)] = known
+        return known[1]
+
+    def _count(self, *, fast: str, elements: int, uncertified: int) -> None:
+        with self._lock:
+            self.stats[fast] += elements
+            self.stats["uncertified"] += uncertified
 
     def _norm_of(self, module: str, norm: str) -> torch.Tensor:
         layer = _LAYER.match(module)
