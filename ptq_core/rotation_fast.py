@@ -1,50 +1,56 @@
-"""The peer's float64 Hadamard products, byte for byte, at a fast Walsh-Hadamard transform's cost.
+"""The peer's float64 Hadamard products, byte for byte, without its dense dgemm.
 
 llm-compressor's ``SpinQuantConverter`` rotates a 16-bit weight as ``(w.double() @ R).to(dtype)``:
 a dense dgemm, ``2n`` flops per element for an ``n``-wide rotation. Every Hadamard matrix
 compressed-tensors builds (Sylvester's, or its random one) is ``R = c * diag(Q) * T^T`` with
-``c = 1 / fl(sqrt(n))`` the float64 entry size, ``Q`` signs, and ``T = A (x) H_m``: a small
-+-1 matrix ``A`` (K x K; Sylvester: K = 1) Kronecker Sylvester's ``H_m``, ``m = n / K`` a power
-of two. So ``w @ R = c * S`` with the integer-signed sums ``S = T (w * Q)``, which butterflies
-give in ``log2 m`` vectorised add/sub passes (plus one small K x K product). :meth:`of` finds
-``A`` and ``Q`` from the peer's own matrix and checks ``R == c * diag(Q) * T^T`` entry by entry,
-so the structure is proven for each matrix, not assumed.
+``c = 1 / fl(sqrt(n))`` the float64 entry size, ``Q`` signs, and ``T = A (x) H_m``: a small +-1
+matrix ``A`` (K x K, K <= 256; Sylvester: none) Kronecker Sylvester's ``H_m``, ``m = n / K`` a
+power of two. So ``w @ R = c * S`` with the signed sums ``S = T (w * Q)``, and ``T`` is a chain
+of small dense +-1 products (``H_2048 = H_32 (x) H_64``: 192 flops per element, not 4096).
+:meth:`of` finds ``A`` and ``Q`` in the peer's own matrix and checks ``R == c * diag(Q) * T^T``
+entry by entry through the very code that rotates (both memory layouts), so the structure is
+proven for each matrix, not assumed.
 
-Why the bytes are the peer's (per output element, ``b`` the vector's entries, ``A_v = sum |w|``):
+Why the bytes are the peer's (per vector: its ``n`` entries ``w``, ``A_v = sum |w|``,
+``u = 2^-53``, ``gamma_k = k u / (1 - k u)``):
 
-1. **Exact sums.** A 16-bit float with ``p`` mantissa bits is an integer multiple of
-   ``q = 2^(e - 1 - p)`` where ``2^(e - 1) <= min |w| (nonzero)``; every partial sum of the
-   transform is a signed sum of distinct entries, so an integer multiple of ``q`` bounded by
-   ``A_v``. If ``A_v <= 2^52 q`` all of them are float64 numbers: ``S`` is exact (whatever the
-   order). Otherwise the transform's error is at most ``gamma_L * A_v`` with ``L`` the depth of
-   its sum tree (``b_inner + K + log2 n``, ``gamma_k = k u / (1 - k u)``, ``u = 2^-53``).
-2. **Where the peer's dgemm lands.** Any float64 evaluation of ``sum_k w_k * R_kj`` (any order,
-   blocking, FMA or not, even wider accumulators rounded once at the end) lies within
-   ``gamma_{n+1} * sum_k |w_k R_kj| = gamma_{n+1} * c * A_v`` of the exact ``V = c * S``
-   (Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed., section 3.1: the
-   ``gamma_n`` dot-product bound, plus one rounding ``u |V| <= u c A_v``).
-3. **4^k widths.** ``c`` is a power of two, so every product ``w_k * c`` and, with exact sums,
-   every partial sum of the peer's dgemm is exact: the peer computes ``c * S`` exactly, which is
-   ``fl(c * S)`` here. Nothing to certify.
-4. **Other widths (2^odd, random Hadamard).** ``m^ = fl(c * S^)`` is within
-   ``u |m^| + c * gamma_L * A_v`` (0 when exact) of ``V``, so the peer's value lies in
-   ``[m^ - M, m^ + M]`` with ``M = c A_v (gamma_{n+1} + gamma_L) + u |m^|``. Here ``M`` is
-   computed with a factor 2 (it covers ``A_v``'s own float64 rounding and the few roundings of
-   ``M``) and both ends are stepped one float64 outward (``nextafter``), so the interval holds
-   the peer's value rigorously. Rounding to the output dtype (torch's ``.to``, the peer's own op)
-   is monotone: if both ends round to the same nonzero 16-bit value, so does the peer's.
+1. **Exact sums.** A 16-bit float with exponent field ``E`` and ``p`` mantissa bits is an
+   integer multiple of ``2^(max(E, 1) - bias - p)``; so every entry of the vector is a multiple
+   of ``q``, the power of two given by its smallest nonzero entry's ``E``. Every partial sum of
+   ``T``'s products is a signed sum of distinct entries: a multiple of ``q`` no larger than
+   ``A_v``. If ``A_v <= 2^52 q`` (computed ``A_v``; the slack bit covers its rounding) all of them
+   are float64 numbers and ``S`` is exact, in whatever order BLAS adds. Otherwise ``S^``'s error
+   is at most ``gamma_L A_v``, ``L`` the sum of the factors' sizes (the depth of its sum tree).
+2. **Where the peer's dgemm lands.** Any float64 evaluation of ``sum_k w_k R_kj`` (any order or
+   blocking, FMA or not, wider accumulators rounded once at the end) is within
+   ``gamma_{n+1} sum_k |w_k R_kj| = gamma_{n+1} c A_v`` of the exact ``V = c S`` (Higham,
+   *Accuracy and Stability of Numerical Algorithms*, 2nd ed., section 3.1: ``gamma_n`` for a
+   length-n dot product; the extra ``u`` covers a final rounding of a wider accumulator).
+3. **4^k widths.** ``c`` is a power of two, so with exact sums every product ``w_k c`` and every
+   partial sum of the peer's dgemm is exact too: the peer's value is ``c S``, which is ``fl(c S)``
+   here, in every order. Nothing to bound; midpoints round as the peer's because they are its value.
+4. **Other widths (2^odd, random Hadamard).** ``m^ = fl(c S^)`` is within ``u |m^| + c gamma_L A_v``
+   (``gamma_L`` only for inexact sums) of ``V``, so the peer's value is within
+   ``c A_v (gamma_{n+1} + gamma_L) + u |m^|`` of ``m^``. :meth:`FastHadamard._interval` widens
+   this to ``M = c A_v (3 gamma_{n+1} + 3 gamma_L + 5u)`` (``|m^| <= c A_v (1 + gamma_L)(1 + u)``),
+   at least twice the bound plus every rounding of ``M`` and of ``m^ -+ M``: the computed ends
+   hold every value the peer's dgemm can produce. Rounding to the output dtype is torch's
+   ``.to`` (the peer's own op; float64 -> bf16 rounds through float32, twice), a composition of
+   round-to-nearest steps and so monotone: if both ends round to the same nonzero 16-bit value,
+   the peer's value rounds to it too.
 5. **Zeros and non-finite values.** An exact zero sum is ``+0`` in round-to-nearest unless every
    summand is ``-0``: a vector with a nonzero entry gives ``+0`` (made so here by ``+ 0.0``); an
    all-zero vector gives ``+0`` only without ``-0`` entries and when every column of ``R`` has a
-   positive entry (checked in :meth:`of`). A zero candidate of case 4 is never certified, nor is
-   a vector with ``inf`` / ``nan``.
+   positive entry (checked in :meth:`of`). A zero candidate of case 4 is never certified (an
+   exact zero sum there is the commonest failure: the peer's rounded products leave a tiny value
+   of either sign), nor is a vector with ``inf`` / ``nan``.
 
-Elements not certified are left to the caller, who recomputes the **whole tensor** with the
-peer's dgemm: MKL's bytes for a row of a dgemm change with the number of rows in the call and
-with the thread count (measured), so a row recomputed on its own would not be the peer's.
-Certified elements, on the other hand, are the peer's value under *any* BLAS, thread count or
-summation order. Float32 weights (24-bit mantissas) would rarely certify: the caller keeps the
-dgemm for them. Torch only.
+Elements not certified are left to the caller, who redoes the **whole tensor** with the peer's
+dgemm: MKL's bytes for one row of a dgemm change with the number of rows in the call and with
+the thread count (measured), so a row redone on its own would not be the peer's. Certified
+elements, on the other hand, are the peer's value under *any* BLAS, thread count or summation
+order. Float32 weights (24-bit mantissas) would seldom certify: the caller keeps the dgemm for
+them (``FAST_DTYPES``). Torch only.
 """
 
 from __future__ import annotations
@@ -119,38 +125,37 @@ class FastHadamard:
         if rotation.dtype != torch.float64 or rotation.ndim != 2 or rotation.shape[1] != n or n < 2:
             return None
         c = abs(rotation[0, 0].item())
-        if c == 0 or not bool((rotation.abs() == c).all()):
-            return None
-        pm = torch.sign(rotation)  # the +-1 pattern: R == c * pm exactly
-        columns_positive = bool((pm > 0).any(0).all())
         m = n & -n  # the largest power of two dividing n; smaller ones move work into the dense outer
-        while m >= 1 and n // m <= _MAX_OUTER:
-            fast = cls._try(pm, c, m, columns_positive)
+        while c > 0 and m >= 1 and n // m <= _MAX_OUTER:
+            fast = cls._try(rotation, c, m)
             if fast is not None:
                 return fast
             m //= 2
         return None
 
     @classmethod
-    def _try(cls, pm: torch.Tensor, c: float, m: int, columns_positive: bool) -> FastHadamard | None:
-        """``pm == diag(Q) (A (x) H_m)^T`` with ``A = pm[::m, ::m]^T``, checked for every entry."""
-        n = pm.shape[0]
-        outer = [pm[::m, ::m].T.contiguous()] if m < n else []
-        plain = cls(n, c, None, tuple(outer + _sylvester_factors(m)), columns_positive)
+    def _try(cls, rotation: torch.Tensor, c: float, m: int) -> FastHadamard | None:
+        """``R == c diag(Q) (A (x) H_m)^T`` with ``A = sign(R[::m, ::m])^T``, checked for every entry,
+        a chunk of rows at a time (no n x n temporary beside the peer's own matrix)."""
+        n = rotation.shape[0]
+        outer = [torch.sign(rotation[::m, ::m]).T.contiguous()] if m < n else []
+        plain = cls(n, c, None, tuple(outer + _sylvester_factors(m)), True)
         signs = torch.empty(n, dtype=torch.float64)
+        positive = torch.zeros(n, dtype=torch.bool)
         step = max(1, _CHUNK // n)
-        for first in range(0, n, step):  # rows T(e_i) of T^T, a chunk at a time (n x n at most once)
+        for first in range(0, n, step):  # rows T(e_i) of T^T
             last = min(n, first + step)
             basis = torch.zeros(last - first, n, 1, dtype=torch.float64)
             basis[torch.arange(last - first), torch.arange(first, last), 0] = 1.0
             rows = plain._transform(basis)[:, :, 0]  # the contiguous path (cols) ...
             lanes = plain._transform(basis.expand(-1, -1, 2).contiguous())  # ... and the strided one (rows)
-            sign = pm[first:last, 0] * rows[:, 0]
-            want = sign[:, None] * rows
-            if not bool((pm[first:last] == want).all() and (lanes == rows[:, :, None]).all()):
+            sign = torch.sign(rotation[first:last, 0]) * rows[:, 0]
+            want = sign[:, None] * rows  # +-1: c * want is exact
+            if not bool((rotation[first:last] == c * want).all() and (lanes == rows[:, :, None]).all()):
                 return None
             signs[first:last] = sign
-        return cls(n, c, None if bool((signs == 1).all()) else signs, plain.factors, columns_positive)
+            positive |= (want > 0).any(0)
+        return cls(n, c, None if bool((signs == 1).all()) else signs, plain.factors, bool(positive.all()))
 
     # ------------------------------------------------------------------ the transform
     def _transform(self, x: torch.Tensor) -> torch.Tensor:

@@ -167,15 +167,17 @@ def test_non_finite_weights_are_left_to_the_dgemm():
         assert _fast(weight, rotation).tensor is None
 
 
-def test_spinquant_takes_the_fast_path_for_16_bit_weights_only():
+@pytest.mark.parametrize("options", [{}, {"transform_type": "random-hadamard", "transform_block_size": 64, "seed": 3}])
+def test_spinquant_takes_the_fast_path_for_16_bit_weights_only(options):
+    """R1 (whole, or block-diagonal random blocks of 64) on v_proj's columns, R2 on its rows."""
     torch.manual_seed(0)
     norms = {"model.layers.0.input_layernorm": torch.rand(256) + 0.5}
-    rotation = SpinQuant(256, 64, norms)
-    name = "model.layers.0.self_attn.v_proj.weight"  # R1 on its columns, R2 on its rows
+    rotation = SpinQuant(256, 64, norms, **options)
+    name = "model.layers.0.self_attn.v_proj.weight"
     weight = (torch.randn(256, 256) * 0.02).to(torch.bfloat16)
     fast = rotation.process({name: weight})[name]
     assert rotation.stats["fast"] == 2 * weight.numel() and rotation.stats["dense"] == 0
-    dense = SpinQuant(256, 64, norms)
+    dense = SpinQuant(256, 64, norms, **options)
     dense._fast_form = lambda matrix: None  # the peer's arithmetic only
     assert _same(fast, dense.process({name: weight})[name])
     rotation.process({name: weight.float()})
