@@ -327,7 +327,7 @@ class SpinQuant:
                         uncertified=done.uncertified)
             if done.tensor is not None:
                 return done.tensor
-        else:
+        elif tensor.device.type != "meta":  # (planning runs the chain on meta tensors: no arithmetic)
             self._count(fast="dense", elements=tensor.numel(), uncertified=0)
         return step(tensor.to(self.precision), rotation.to(device=tensor.device)).to(tensor.dtype)
 
