@@ -178,7 +178,41 @@ def cost_rows(params: int, workers: int, cache: Path, work: Path, hidden: int | 
     return rows
 
 
-def markdown(quality: list[dict], cost: list[dict]) -> str:
+def rotation_rows(params: int, cache: Path, hidden: int | None = None) -> list[dict]:
+    """The rotation alone, tensor by tensor on one thread: the peer's dgemm and the shipped path
+    alternate on each tensor (same load for both), and their outputs are compared byte for byte."""
+    from safetensors import safe_open
+
+    from ptq_core.rotation import SpinQuant
+
+    source = ensure_checkpoint(cache, params, 512 << 20, hidden_size=hidden)
+    fast, dgemm = SpinQuant.from_pretrained(source), SpinQuant.from_pretrained(source)
+    dgemm._fast_form = lambda matrix: None
+    seconds = {"dgemm": 0.0, "fast": 0.0}
+    size = differ = 0
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for shard in sorted(source.glob("*.safetensors")):
+            with safe_open(str(shard), "pt") as f:
+                for name in f.keys():
+                    tensor = f.get_tensor(name)
+                    size += tensor.numel() * tensor.element_size()
+                    out = {}
+                    for mode, rotation in (("dgemm", dgemm), ("fast", fast)):
+                        start = time.perf_counter()
+                        out[mode] = rotation.process({name: tensor})[name]
+                        seconds[mode] += time.perf_counter() - start
+                    differ += not torch.equal(out["dgemm"].view(torch.uint8), out["fast"].view(torch.uint8))
+    finally:
+        torch.set_num_threads(before)
+    hidden_size = json.loads((source / "config.json").read_text())["hidden_size"]
+    return [{"mode": mode, "seconds": seconds[mode], "gb": size / 1e9, "s_per_gb": seconds[mode] / (size / 1e9),
+             "hidden": hidden_size, "paths": dict(fast.stats) if mode == "fast" else {}, "tensors_differing": differ}
+            for mode in ("dgemm", "fast")]
+
+
+def markdown(quality: list[dict], cost: list[dict], alone: list[dict] = ()) -> str:
     lines = ["| scheme | rotate | weight error | logits cosine | top-1 agreement |", "|---|---|---:|---:|---:|"]
     lines = lines if quality else []
     for r in quality:
@@ -198,6 +232,16 @@ def markdown(quality: list[dict], cost: list[dict]) -> str:
         for r in cost[1:]:
             lines.append(f"\n{r['mode']} rotation: +{r['s_per_gb'] - plain['s_per_gb']:.1f} s/GB "
                          f"({r['seconds'] / plain['seconds']:.2f}x the plain job)")
+    if alone:
+        dgemm, fast = alone
+        paths = fast["paths"]
+        total = sum(paths.get(k, 0) for k in ("fast", "fallback", "dense")) or 1
+        lines += ["", f"rotation alone, one thread, hidden {dgemm['hidden']} ({dgemm['gb']:.2f} GB): dgemm "
+                  f"{dgemm['s_per_gb']:.1f} s/GB, shipped {fast['s_per_gb']:.1f} s/GB "
+                  f"({dgemm['seconds'] / fast['seconds']:.1f}x faster); elements certified "
+                  f"{100 * paths.get('fast', 0) / total:.2f}%, redone by the dgemm "
+                  f"{100 * paths.get('fallback', 0) / total:.2f}% ({paths.get('uncertified', 0)} not certified); "
+                  f"tensors differing from the dgemm: {fast['tensors_differing']}"]
     return "\n".join(lines)
 
 
@@ -210,6 +254,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--schemes", nargs="+", default=list(SCHEMES))
     parser.add_argument("--no-cost", action="store_true", help="skip the timing of the rotation")
+    parser.add_argument("--rotation-only", action="store_true",
+                        help="cost: time the rotation alone (dgemm and shipped, alternating per tensor), no jobs")
     parser.add_argument("--no-quality", action="store_true", help="skip the quality table (cost only)")
     parser.add_argument("--cost-params", type=_params, default=_params("1B"), help="benchmark checkpoint size")
     parser.add_argument("--cost-hidden", type=int, help="the cost checkpoint's hidden size (default: its own, "
@@ -221,10 +267,12 @@ def main() -> None:
     torch.manual_seed(SEED)
     with tempfile.TemporaryDirectory(prefix="ptq-bench-quality-") as tmp:
         quality = [] if args.no_quality else quality_rows(args.schemes, Path(tmp))
-        cost = [] if args.no_cost else cost_rows(args.cost_params, args.workers, args.cache, Path(tmp), args.cost_hidden)
-    print(markdown(quality, cost))
+        run_jobs = not (args.no_cost or args.rotation_only)
+        cost = cost_rows(args.cost_params, args.workers, args.cache, Path(tmp), args.cost_hidden) if run_jobs else []
+        alone = rotation_rows(args.cost_params, args.cache, args.cost_hidden) if args.rotation_only else []
+    print(markdown(quality, cost, alone))
     if args.json:
-        args.json.write_text(json.dumps({"quality": quality, "cost": cost}, indent=1))
+        args.json.write_text(json.dumps({"quality": quality, "cost": cost, "rotation_alone": alone}, indent=1))
 
 
 if __name__ == "__main__":

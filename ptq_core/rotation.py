@@ -65,6 +65,9 @@ _QPARAM_NAMES = frozenset({
 })
 _PACKED_DTYPES = frozenset({torch.float8_e4m3fn, torch.float8_e5m2, torch.uint8, torch.int8, torch.int32})
 _LAYER = re.compile(r"^(?P<layer>(.*\.)?layers\.\d+)\.")
+# Below this width the peer's dgemm (2n flops per element) costs no more than the fast path's
+# passes over memory, and exact zero sums (which never certify at 2^odd widths) are common.
+FAST_MIN_WIDTH = 512
 
 
 def _split(name: str, tensor: torch.Tensor) -> tuple[str, str]:
@@ -187,6 +190,7 @@ class SpinQuant:
         # elements per path: "fast" (certified), "fallback" (dgemm after a failed certificate; of them
         # "uncertified" failed it), "dense" (no fast form: float32 weights, another precision)
         self.stats: Counter[str] = Counter()
+        self.fast_min_width = FAST_MIN_WIDTH
 
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike, **options: Any) -> SpinQuant:
@@ -333,7 +337,7 @@ class SpinQuant:
 
     def _fast_form(self, rotation: torch.Tensor) -> FastHadamard | None:
         """The rotation's fast form, found once per matrix (``None``: the dgemm only)."""
-        if self.precision != torch.float64:
+        if self.precision != torch.float64 or rotation.shape[0] < self.fast_min_width:
             return None
         known = self._fast_forms.get(id(rotation))
         if known is None or known[0] is not rotation:
