@@ -147,31 +147,28 @@ def cost_rows(params: int, workers: int, cache: Path, work: Path, hidden: int | 
     """The plain job, the rotated job with the peer's dgemm only, and the rotated job as shipped
     (``rotation_fast`` where certified), in this order and process, on one checkpoint."""
     import ptq_core.rotation as rotation_module
-    from ptq_core.rotation_fast import FastHadamard
 
     source = ensure_checkpoint(cache, params, 512 << 20, hidden_size=hidden)
     size = sum(p.stat().st_size for p in source.glob("*.safetensors"))
     made: list = []
     build = rotation_module.build_spinquant
-
-    def capture(*args, **kwargs):  # keep the job's SpinQuant, for its path counts
-        made.append(build(*args, **kwargs))
-        return made[-1]
-
     rows = []
     for mode in ("plain", "dgemm", "fast"):
+        def capture(*args, **kwargs):  # keep the job's SpinQuant: its path counts (and dgemm only)
+            made.append(build(*args, **kwargs))
+            if mode == "dgemm":
+                made[-1].fast.min_width = sys.maxsize
+            return made[-1]
+
         made.clear()
-        of = FastHadamard.of
         rotation_module.build_spinquant = capture
-        if mode == "dgemm":
-            FastHadamard.of = classmethod(lambda cls, rotation: None)
         try:
             start = time.perf_counter()
             quantize_job(make_job(str(source), "W4A16", rotate=mode != "plain", workers=workers), work / f"cost-{mode}")
             seconds = time.perf_counter() - start
         finally:
-            FastHadamard.of, rotation_module.build_spinquant = of, build
-        stats = dict(made[0].stats) if made else {}
+            rotation_module.build_spinquant = build
+        stats = dict(made[0].fast.stats) if made else {}
         rows.append({"mode": mode, "seconds": seconds, "gb": size / 1e9, "s_per_gb": seconds / (size / 1e9),
                      "hidden": json.loads((source / "config.json").read_text())["hidden_size"], "paths": stats})
         print(f"  cost {mode}: {seconds:.1f} s {stats}", file=sys.stderr, flush=True)
@@ -187,7 +184,7 @@ def rotation_rows(params: int, cache: Path, hidden: int | None = None) -> list[d
 
     source = ensure_checkpoint(cache, params, 512 << 20, hidden_size=hidden)
     fast, dgemm = SpinQuant.from_pretrained(source), SpinQuant.from_pretrained(source)
-    dgemm._fast_form = lambda matrix: None
+    dgemm.fast.min_width = sys.maxsize  # the peer's dgemm only
     seconds = {"dgemm": 0.0, "fast": 0.0}
     size = differ = 0
     before = torch.get_num_threads()
@@ -208,7 +205,7 @@ def rotation_rows(params: int, cache: Path, hidden: int | None = None) -> list[d
         torch.set_num_threads(before)
     hidden_size = json.loads((source / "config.json").read_text())["hidden_size"]
     return [{"mode": mode, "seconds": seconds[mode], "gb": size / 1e9, "s_per_gb": seconds[mode] / (size / 1e9),
-             "hidden": hidden_size, "paths": dict(fast.stats) if mode == "fast" else {}, "tensors_differing": differ}
+             "hidden": hidden_size, "paths": dict(fast.fast.stats) if mode == "fast" else {}, "tensors_differing": differ}
             for mode in ("dgemm", "fast")]
 
 
@@ -230,7 +227,7 @@ def markdown(quality: list[dict], cost: list[dict], alone: list[dict] = ()) -> s
                          f"{share if paths else ''} |")
         plain = cost[0]
         for r in cost[1:]:
-            lines.append(f"\n{r['mode']} rotation: +{r['s_per_gb'] - plain['s_per_gb']:.1f} s/GB "
+            lines.append(f"\n{r['mode']} rotation: {r['s_per_gb'] - plain['s_per_gb']:+.1f} s/GB "
                          f"({r['seconds'] / plain['seconds']:.2f}x the plain job)")
     if alone:
         dgemm, fast = alone

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import os
 import re
-import threading
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
@@ -44,7 +42,7 @@ from .convert import ST_TO_TORCH, auto_converters
 from .sources.detect import detect_source
 from .sources.formats import DENSE, FP8_BLOCK
 from .errors import ConverterError, InvalidOptionError
-from .rotation_fast import FAST_DTYPES, FastHadamard
+from .rotation_fast import FastRotations
 from .rotation_layout import (
     OFFSET_NORM_MODELS, RotationLayout, check_projector, compiled, matches_any, norm_names_of, refuse_offset_norms,
     rotation_ignore,
@@ -65,9 +63,6 @@ _QPARAM_NAMES = frozenset({
 })
 _PACKED_DTYPES = frozenset({torch.float8_e4m3fn, torch.float8_e5m2, torch.uint8, torch.int8, torch.int32})
 _LAYER = re.compile(r"^(?P<layer>(.*\.)?layers\.\d+)\.")
-# Below this width the peer's dgemm (2n flops per element) costs no more than the fast path's
-# passes over memory, and exact zero sums (which never certify at 2^odd widths) are common.
-FAST_MIN_WIDTH = 512
 
 
 def _split(name: str, tensor: torch.Tensor) -> tuple[str, str]:
@@ -185,12 +180,7 @@ class SpinQuant:
         self._v, self._o = re.compile(layout.attn_v), re.compile(layout.attn_o)
         self._residual = compiled(layout.residual)
         self._projector = compiled(layout.projector_out)
-        self._fast_forms: dict[int, tuple[torch.Tensor, FastHadamard | None]] = {}
-        self._lock = threading.Lock()
-        # elements per path: "fast" (certified), "fallback" (dgemm after a failed certificate; of them
-        # "uncertified" failed it), "dense" (no fast form: float32 weights, another precision)
-        self.stats: Counter[str] = Counter()
-        self.fast_min_width = FAST_MIN_WIDTH
+        self.fast = FastRotations()  # the dgemm's bytes without the dgemm, where certified
 
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike, **options: Any) -> SpinQuant:
@@ -317,39 +307,16 @@ class SpinQuant:
 
     def _fused(self, tensor: torch.Tensor, *, cols: torch.Tensor | None = None,
                rows: torch.Tensor | None = None) -> torch.Tensor:
-        """One rotation of the last (``cols``) or second-to-last (``rows``) dimension, rounded back.
-
-        The peer's dgemm (``step``), or its bytes from ``rotation_fast`` where they are certified.
-        """
+        """One rotation of the last (``cols``) or second-to-last (``rows``) dimension, rounded back:
+        ``rotation_fast``'s certified bytes of the peer's dgemm, or the dgemm itself."""
         rotation, step = (cols, _cols) if rows is None else (rows, _rows)
         if rotation is None:
             return tensor
-        fast = self._fast_form(rotation) if tensor.dtype in FAST_DTYPES and tensor.device.type == "cpu" else None
-        if fast is not None:
-            done = fast.cols(tensor) if rows is None else fast.rows(tensor)
-            self._count(fast="fast" if done.tensor is not None else "fallback", elements=done.elements,
-                        uncertified=done.uncertified)
-            if done.tensor is not None:
-                return done.tensor
-        elif tensor.device.type != "meta":  # (planning runs the chain on meta tensors: no arithmetic)
-            self._count(fast="dense", elements=tensor.numel(), uncertified=0)
+        if self.precision == torch.float64:
+            done = self.fast.rotate(tensor, rotation, rows=rows is not None)
+            if done is not None:
+                return done
         return step(tensor.to(self.precision), rotation.to(device=tensor.device)).to(tensor.dtype)
-
-    def _fast_form(self, rotation: torch.Tensor) -> FastHadamard | None:
-        """The rotation's fast form, found once per matrix (``None``: the dgemm only)."""
-        if self.precision != torch.float64 or rotation.shape[0] < self.fast_min_width:
-            return None
-        known = self._fast_forms.get(id(rotation))
-        if known is None or known[0] is not rotation:
-            known = (rotation, FastHadamard.of(rotation))
-            with self._lock:
-                self._fast_forms[id(rotation)] = known
-        return known[1]
-
-    def _count(self, *, fast: str, elements: int, uncertified: int) -> None:
-        with self._lock:
-            self.stats[fast] += elements
-            self.stats["uncertified"] += uncertified
 
     def _norm_of(self, module: str, norm: str) -> torch.Tensor:
         layer = _LAYER.match(module)

@@ -56,13 +56,17 @@ them (``FAST_DTYPES``). Torch only.
 from __future__ import annotations
 
 import math
+import threading
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["FAST_DTYPES", "FastHadamard", "Rotated"]
+__all__ = ["FAST_DTYPES", "FAST_MIN_WIDTH", "FastHadamard", "FastRotations", "Rotated"]
 
 FAST_DTYPES = {torch.bfloat16: 7, torch.float16: 10}  # dtype -> explicit mantissa bits
+FAST_MIN_WIDTH = 512  # below it the dgemm (2n flops per element) is as cheap, and exact zero sums,
+# which never certify at 2^odd widths, are common
 _U = 2.0 ** -53
 _CHUNK = 1 << 17  # float64 elements per working chunk: the transform's passes stay in cache
 _FACTOR_BITS = 6  # Sylvester factors of at most 2^6: H_2048 = H_32 (x) H_64, two small products
@@ -250,3 +254,43 @@ class FastHadamard:
         margin = (total * self.c) * coefficient
         low, high = (value - margin).to(dtype), (value + margin).to(dtype)
         return (low.view(torch.int16) == high.view(torch.int16)) & (low != 0)
+
+
+class FastRotations:
+    """A converter's fast forms (one per rotation matrix, found at first use) and path counts.
+
+    ``stats``: rotated elements per path: ``fast`` (certified), ``fallback`` (redone by the dgemm
+    after a failed certificate; ``uncertified`` of them failed it), ``dense`` (no fast form: not
+    16-bit, narrower than ``min_width``, or a matrix with none). Thread-safe: workers share it.
+    """
+
+    def __init__(self, min_width: int = FAST_MIN_WIDTH):
+        self.min_width = min_width
+        self.stats: Counter[str] = Counter()
+        self._forms: dict[int, tuple[torch.Tensor, FastHadamard | None]] = {}
+        self._lock = threading.Lock()
+
+    def rotate(self, tensor: torch.Tensor, rotation: torch.Tensor, *, rows: bool) -> torch.Tensor | None:
+        """``_rows`` / ``_cols`` of ``tensor`` by ``rotation`` with the dgemm's bytes; ``None``: run the dgemm."""
+        usable = tensor.dtype in FAST_DTYPES and tensor.device.type == "cpu" and rotation.shape[0] >= self.min_width
+        fast = self._form(rotation) if usable else None
+        if fast is None:
+            if tensor.device.type != "meta":  # (planning runs the chain on meta tensors: no arithmetic)
+                self._count("dense", tensor.numel(), 0)
+            return None
+        done = fast.rows(tensor) if rows else fast.cols(tensor)
+        self._count("fast" if done.tensor is not None else "fallback", done.elements, done.uncertified)
+        return done.tensor
+
+    def _form(self, rotation: torch.Tensor) -> FastHadamard | None:
+        known = self._forms.get(id(rotation))
+        if known is None or known[0] is not rotation:  # (an id can be reused once a matrix is freed)
+            known = (rotation, FastHadamard.of(rotation))
+            with self._lock:
+                self._forms[id(rotation)] = known
+        return known[1]
+
+    def _count(self, path: str, elements: int, uncertified: int) -> None:
+        with self._lock:
+            self.stats[path] += elements
+            self.stats["uncertified"] += uncertified

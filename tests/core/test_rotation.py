@@ -96,10 +96,10 @@ def test_rotation_matches_the_peer_byte_for_byte(source, case_id, fast):
     assert source_digest(path) == golden["source_digest"], "the zoo checkpoint differs from the one the golden used"
     ours = _ours(path, case_id)
     if fast:
-        ours.fast_min_width = 0
+        ours.fast.min_width = 0
     assert list(ours.rotations) == golden["rotations"]
     bad = _mismatches(rotate_checkpoint(path, ours.process), golden["tensors"])
-    assert (ours.stats["fast"] > ours.stats["fallback"]) if fast else not ours.stats["fast"]
+    assert (ours.fast.stats["fast"] > ours.fast.stats["fallback"]) if fast else not ours.fast.stats["fast"]
     projector = _projector_outputs(golden["tensors"])
     assert set(bad) <= set(projector)  # every other tensor is the peer's, byte for byte
     assert [n for n in projector if n.endswith(".weight")] == [n for n in bad if n.endswith(".weight")]

@@ -173,12 +173,12 @@ def test_spinquant_takes_the_fast_path_for_16_bit_weights_only(options):
     torch.manual_seed(0)
     norms = {"model.layers.0.input_layernorm": torch.rand(256) + 0.5}
     rotation = SpinQuant(256, 64, norms, **options)
-    rotation.fast_min_width = 0  # (256 is below the default: there the dgemm is as cheap)
+    rotation.fast.min_width = 0  # (256 is below the default: there the dgemm is as cheap)
     name = "model.layers.0.self_attn.v_proj.weight"
     weight = (torch.randn(256, 256) * 0.02).to(torch.bfloat16)
     fast = rotation.process({name: weight})[name]
-    assert rotation.stats["fast"] == 2 * weight.numel() and rotation.stats["dense"] == 0
+    assert rotation.fast.stats["fast"] == 2 * weight.numel() and rotation.fast.stats["dense"] == 0
     dense = SpinQuant(256, 64, norms, **options)  # the default minimum width: the peer's dgemm only
-    assert _same(fast, dense.process({name: weight})[name]) and dense.stats["fast"] == 0
+    assert _same(fast, dense.process({name: weight})[name]) and dense.fast.stats["fast"] == 0
     rotation.process({name: weight.float()})
-    assert rotation.stats["dense"] == 2 * weight.numel()  # float32: the dgemm
+    assert rotation.fast.stats["dense"] == 2 * weight.numel()  # float32: the dgemm
