@@ -182,3 +182,35 @@ def test_spinquant_takes_the_fast_path_for_16_bit_weights_only(options):
     assert _same(fast, dense.process({name: weight})[name]) and dense.fast.stats["fast"] == 0
     rotation.process({name: weight.float()})
     assert rotation.fast.stats["dense"] == 2 * weight.numel()  # float32: the dgemm
+
+
+def test_exact_sums_at_a_2_odd_width_still_need_the_interval(monkeypatch):
+    """n = 128: c = 1 / fl(sqrt 128) is no power of two, so even exact sums are not the peer's value:
+    its rounded products move it across a rounding point. Vectors with exact sums (51 bits of span)
+    that land within ~2^-52 of such a point must not be certified, and treating c as a power of two
+    (the 4^k shortcut) certifies wrong bytes."""
+    n = 128
+    rotation = hadamard(n)
+    c = rotation[0, 0].item()
+    generator = torch.Generator().manual_seed(11)
+    weight = torch.zeros(512, n, dtype=torch.float64)
+    for i in range(512):
+        midpoint = 1 + (2 * torch.randint(0, 128, (), generator=generator).item() + 1) * 2.0 ** -8
+        target = residual = (midpoint + (-1) ** i * 2.0 ** -24) / c
+        for k in range(7):
+            part = torch.tensor(residual, dtype=torch.float64).to(torch.bfloat16).double().item()
+            if abs(part) < abs(target) * 2.0 ** -44:
+                break
+            weight[i, 1 + k], residual = part, residual - part
+    weight = weight.to(torch.bfloat16)
+    dense = _dense(weight, rotation)
+    fast = FastHadamard.of(rotation)
+    vectors = weight.view(-1, n, 1)
+    assert bool((vectors.double().abs().sum(1, keepdim=True) <= fast._quantum(vectors) * 2.0 ** 52).all())  # exact
+    rounded, ok = fast._certified(vectors)
+    assert ok is not None
+    ok = ok.view(weight.shape)
+    assert torch.equal(rounded.view(weight.shape)[ok].view(torch.int16), dense[ok].view(torch.int16))
+    monkeypatch.setattr(FastHadamard, "exact_scale", property(lambda self: True))
+    broken = fast.cols(weight)
+    assert broken.tensor is not None and not _same(broken.tensor, dense)
