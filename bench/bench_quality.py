@@ -205,7 +205,8 @@ def rotation_rows(params: int, cache: Path, hidden: int | None = None) -> list[d
         torch.set_num_threads(before)
     hidden_size = json.loads((source / "config.json").read_text())["hidden_size"]
     return [{"mode": mode, "seconds": seconds[mode], "gb": size / 1e9, "s_per_gb": seconds[mode] / (size / 1e9),
-             "hidden": hidden_size, "paths": dict(fast.fast.stats) if mode == "fast" else {}, "tensors_differing": differ}
+             "hidden": hidden_size, "paths": dict(fast.fast.stats) if mode == "fast" else {},
+             "tensors_differing": differ}
             for mode in ("dgemm", "fast")]
 
 
@@ -217,7 +218,8 @@ def markdown(quality: list[dict], cost: list[dict], alone: list[dict] = ()) -> s
                      f"{r['cosine']:.4f} | {100 * r['top1']:.1f}% |")
     if cost:
         lines += ["", f"hidden {cost[0]['hidden']}:", "",
-                  "| W4A16 job | seconds | input GB | s / GB | rotated elements: certified / dgemm after a failed certificate / dgemm only |",
+                  "| W4A16 job | seconds | input GB | s / GB | rotated elements: certified / "
+                  "dgemm after a failed certificate / dgemm only |",
                   "|---|---:|---:|---:|---|"]
         for r in cost:
             paths = r["paths"]

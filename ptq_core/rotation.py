@@ -16,7 +16,7 @@ the norm scales it needs are read up front (they are small), and the output is b
 to llm-compressor 0.15's ``SpinQuantConverter`` with its defaults (``tests/golden/rotation.json``
 proves it per tensor). The arithmetic is the peer's: scales and rotations are fused in
 float64, each step rounded back to the weight's dtype, with compressed-tensors' own Sylvester
-Hadamard matrix scaled by ``1/sqrt(n)``. For 16-bit weights a rotation step is computed by
+Hadamard matrix scaled by ``1/sqrt(n)``. For 16-bit weights at least 512 wide a step is computed by
 ``rotation_fast`` (a few small exact products instead of a dense dgemm), whose bytes are
 certified to be the dgemm's, element by element; a tensor where one element is not certified
 is redone by the dgemm itself.
