@@ -14,12 +14,15 @@ model on a fixed token batch:
   the quantizer was given (the rotated one for a rotated run);
 * logits cosine (per token, averaged) and top-1 agreement against the bf16 model's logits.
 
-**Cost.** The plain and the rotated W4A16 job on the benchmark checkpoint of
-``bench_model_free_ptq.py`` (``bench/checkpoint.py``), in the same process, one after the other:
-seconds and seconds per GB of input, and the rotation's share.
+**Cost.** The plain W4A16 job, the rotated one with the peer's dgemm only, and the rotated one as
+shipped (``ptq_core/rotation_fast.py`` where its certificate holds) on the benchmark checkpoint of
+``bench_model_free_ptq.py`` (``bench/checkpoint.py``; ``--cost-hidden`` picks its width), in the
+same process, one after the other: seconds, seconds per GB of input, the rotation's share, and
+how many rotated elements took each path.
 
     .venv/bin/python bench/bench_quality.py                      # quality + cost on a 1 GB checkpoint
     .venv/bin/python bench/bench_quality.py --cost-params 200M   # a faster cost run
+    .venv/bin/python bench/bench_quality.py --no-quality --cost-params 400M --cost-hidden 4096
     .venv/bin/python bench/bench_quality.py --no-cost            # quality only (~1 min)
 """
 
@@ -140,32 +143,104 @@ def quality_rows(schemes: list[str], work: Path) -> list[dict]:
     return rows
 
 
-def cost_rows(params: int, workers: int, cache: Path, work: Path) -> list[dict]:
-    source = ensure_checkpoint(cache, params, 512 << 20)
+def cost_rows(params: int, workers: int, cache: Path, work: Path, hidden: int | None = None) -> list[dict]:
+    """The plain job, the rotated job with the peer's dgemm only, and the rotated job as shipped
+    (``rotation_fast`` where certified), in this order and process, on one checkpoint."""
+    import ptq_core.rotation as rotation_module
+
+    source = ensure_checkpoint(cache, params, 512 << 20, hidden_size=hidden)
     size = sum(p.stat().st_size for p in source.glob("*.safetensors"))
+    made: list = []
+    build = rotation_module.build_spinquant
     rows = []
-    for rotate in (False, True):
-        start = time.perf_counter()
-        quantize_job(make_job(str(source), "W4A16", rotate=rotate, workers=workers), work / f"cost-{rotate}")
-        seconds = time.perf_counter() - start
-        rows.append({"rotate": rotate, "seconds": seconds, "gb": size / 1e9, "s_per_gb": seconds / (size / 1e9)})
-        print(f"  cost rotate={rotate}: {seconds:.1f} s", file=sys.stderr, flush=True)
+    for mode in ("plain", "dgemm", "fast"):
+        def capture(*args, **kwargs):  # keep the job's SpinQuant: its path counts (and dgemm only)
+            made.append(build(*args, **kwargs))
+            if mode == "dgemm":
+                made[-1].fast.min_width = sys.maxsize
+            return made[-1]
+
+        made.clear()
+        rotation_module.build_spinquant = capture
+        try:
+            start = time.perf_counter()
+            quantize_job(make_job(str(source), "W4A16", rotate=mode != "plain", workers=workers), work / f"cost-{mode}")
+            seconds = time.perf_counter() - start
+        finally:
+            rotation_module.build_spinquant = build
+        stats = dict(made[0].fast.stats) if made else {}
+        rows.append({"mode": mode, "seconds": seconds, "gb": size / 1e9, "s_per_gb": seconds / (size / 1e9),
+                     "hidden": json.loads((source / "config.json").read_text())["hidden_size"], "paths": stats})
+        print(f"  cost {mode}: {seconds:.1f} s {stats}", file=sys.stderr, flush=True)
     return rows
 
 
-def markdown(quality: list[dict], cost: list[dict]) -> str:
+def rotation_rows(params: int, cache: Path, hidden: int | None = None) -> list[dict]:
+    """The rotation alone, tensor by tensor on one thread: the peer's dgemm and the shipped path
+    alternate on each tensor (same load for both), and their outputs are compared byte for byte."""
+    from safetensors import safe_open
+
+    from ptq_core.rotation import SpinQuant
+
+    source = ensure_checkpoint(cache, params, 512 << 20, hidden_size=hidden)
+    fast, dgemm = SpinQuant.from_pretrained(source), SpinQuant.from_pretrained(source)
+    dgemm.fast.min_width = sys.maxsize  # the peer's dgemm only
+    seconds = {"dgemm": 0.0, "fast": 0.0}
+    size = differ = 0
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for shard in sorted(source.glob("*.safetensors")):
+            with safe_open(str(shard), "pt") as f:
+                for name in f.keys():
+                    tensor = f.get_tensor(name)
+                    size += tensor.numel() * tensor.element_size()
+                    out = {}
+                    for mode, rotation in (("dgemm", dgemm), ("fast", fast)):
+                        start = time.perf_counter()
+                        out[mode] = rotation.process({name: tensor})[name]
+                        seconds[mode] += time.perf_counter() - start
+                    differ += not torch.equal(out["dgemm"].view(torch.uint8), out["fast"].view(torch.uint8))
+    finally:
+        torch.set_num_threads(before)
+    hidden_size = json.loads((source / "config.json").read_text())["hidden_size"]
+    return [{"mode": mode, "seconds": seconds[mode], "gb": size / 1e9, "s_per_gb": seconds[mode] / (size / 1e9),
+             "hidden": hidden_size, "paths": dict(fast.fast.stats) if mode == "fast" else {},
+             "tensors_differing": differ}
+            for mode in ("dgemm", "fast")]
+
+
+def markdown(quality: list[dict], cost: list[dict], alone: list[dict] = ()) -> str:
     lines = ["| scheme | rotate | weight error | logits cosine | top-1 agreement |", "|---|---|---:|---:|---:|"]
+    lines = lines if quality else []
     for r in quality:
         lines.append(f"| {r['scheme']} | {'R1+R2' if r['rotate'] else 'no'} | {r['weight_error']:.4f} | "
                      f"{r['cosine']:.4f} | {100 * r['top1']:.1f}% |")
     if cost:
-        lines += ["", "| W4A16 job | seconds | input GB | s / GB |", "|---|---:|---:|---:|"]
+        lines += ["", f"hidden {cost[0]['hidden']}:", "",
+                  "| W4A16 job | seconds | input GB | s / GB | rotated elements: certified / "
+                  "dgemm after a failed certificate / dgemm only |",
+                  "|---|---:|---:|---:|---|"]
         for r in cost:
-            lines.append(f"| {'rotated' if r['rotate'] else 'plain'} | {r['seconds']:.1f} | {r['gb']:.2f} | "
-                         f"{r['s_per_gb']:.1f} |")
-        plain, rotated = cost
-        lines.append(f"\nrotation: +{rotated['s_per_gb'] - plain['s_per_gb']:.1f} s/GB "
-                     f"({rotated['seconds'] / plain['seconds']:.2f}x the plain job)")
+            paths = r["paths"]
+            total = sum(paths.get(k, 0) for k in ("fast", "fallback", "dense")) or 1
+            share = " / ".join(f"{100 * paths.get(k, 0) / total:.2f}%" for k in ("fast", "fallback", "dense"))
+            lines.append(f"| {r['mode']} | {r['seconds']:.1f} | {r['gb']:.2f} | {r['s_per_gb']:.1f} | "
+                         f"{share if paths else ''} |")
+        plain = cost[0]
+        for r in cost[1:]:
+            lines.append(f"\n{r['mode']} rotation: {r['s_per_gb'] - plain['s_per_gb']:+.1f} s/GB "
+                         f"({r['seconds'] / plain['seconds']:.2f}x the plain job)")
+    if alone:
+        dgemm, fast = alone
+        paths = fast["paths"]
+        total = sum(paths.get(k, 0) for k in ("fast", "fallback", "dense")) or 1
+        lines += ["", f"rotation alone, one thread, hidden {dgemm['hidden']} ({dgemm['gb']:.2f} GB): dgemm "
+                  f"{dgemm['s_per_gb']:.1f} s/GB, shipped {fast['s_per_gb']:.1f} s/GB "
+                  f"({dgemm['seconds'] / fast['seconds']:.1f}x faster); elements certified "
+                  f"{100 * paths.get('fast', 0) / total:.2f}%, redone by the dgemm "
+                  f"{100 * paths.get('fallback', 0) / total:.2f}% ({paths.get('uncertified', 0)} not certified); "
+                  f"tensors differing from the dgemm: {fast['tensors_differing']}"]
     return "\n".join(lines)
 
 
@@ -178,18 +253,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--schemes", nargs="+", default=list(SCHEMES))
     parser.add_argument("--no-cost", action="store_true", help="skip the timing of the rotation")
+    parser.add_argument("--rotation-only", action="store_true",
+                        help="cost: time the rotation alone (dgemm and shipped, alternating per tensor), no jobs")
+    parser.add_argument("--no-quality", action="store_true", help="skip the quality table (cost only)")
     parser.add_argument("--cost-params", type=_params, default=_params("1B"), help="benchmark checkpoint size")
+    parser.add_argument("--cost-hidden", type=int, help="the cost checkpoint's hidden size (default: its own, "
+                        "2048 from 400M parameters): 4096 = 4^6 rotates exactly, 2048 and 8192 through the certificate")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache/ptq-hub/bench")
     parser.add_argument("--json", type=Path, help="also write the raw rows here")
     args = parser.parse_args()
     torch.manual_seed(SEED)
     with tempfile.TemporaryDirectory(prefix="ptq-bench-quality-") as tmp:
-        quality = quality_rows(args.schemes, Path(tmp))
-        cost = [] if args.no_cost else cost_rows(args.cost_params, args.workers, args.cache, Path(tmp))
-    print(markdown(quality, cost))
+        quality = [] if args.no_quality else quality_rows(args.schemes, Path(tmp))
+        run_jobs = not (args.no_cost or args.rotation_only)
+        cost = cost_rows(args.cost_params, args.workers, args.cache, Path(tmp), args.cost_hidden) if run_jobs else []
+        alone = rotation_rows(args.cost_params, args.cache, args.cost_hidden) if args.rotation_only else []
+    print(markdown(quality, cost, alone))
     if args.json:
-        args.json.write_text(json.dumps({"quality": quality, "cost": cost}, indent=1))
+        args.json.write_text(json.dumps({"quality": quality, "cost": cost, "rotation_alone": alone}, indent=1))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,10 @@ the norm scales it needs are read up front (they are small), and the output is b
 to llm-compressor 0.15's ``SpinQuantConverter`` with its defaults (``tests/golden/rotation.json``
 proves it per tensor). The arithmetic is the peer's: scales and rotations are fused in
 float64, each step rounded back to the weight's dtype, with compressed-tensors' own Sylvester
-Hadamard matrix scaled by ``1/sqrt(n)``.
+Hadamard matrix scaled by ``1/sqrt(n)``. For 16-bit weights at least 512 wide a step is computed by
+``rotation_fast`` (a few small exact products instead of a dense dgemm), whose bytes are
+certified to be the dgemm's, element by element; a tensor where one element is not certified
+is redone by the dgemm itself.
 
 Models with MLA (DeepSeek-V3: ``kv_lora_rank`` in the config) get R1 only, as the peer's
 default: their values pass through a compressed latent, so R2 has no per-head path to rotate.
@@ -39,6 +42,7 @@ from .convert import ST_TO_TORCH, auto_converters
 from .sources.detect import detect_source
 from .sources.formats import DENSE, FP8_BLOCK
 from .errors import ConverterError, InvalidOptionError
+from .rotation_fast import FastRotations
 from .rotation_layout import (
     OFFSET_NORM_MODELS, RotationLayout, check_projector, compiled, matches_any, norm_names_of, refuse_offset_norms,
     rotation_ignore,
@@ -176,6 +180,7 @@ class SpinQuant:
         self._v, self._o = re.compile(layout.attn_v), re.compile(layout.attn_o)
         self._residual = compiled(layout.residual)
         self._projector = compiled(layout.projector_out)
+        self.fast = FastRotations()  # the dgemm's bytes without the dgemm, where certified
 
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike, **options: Any) -> SpinQuant:
@@ -302,10 +307,15 @@ class SpinQuant:
 
     def _fused(self, tensor: torch.Tensor, *, cols: torch.Tensor | None = None,
                rows: torch.Tensor | None = None) -> torch.Tensor:
-        """One rotation of the last (``cols``) or second-to-last (``rows``) dimension, rounded back."""
+        """One rotation of the last (``cols``) or second-to-last (``rows``) dimension, rounded back:
+        ``rotation_fast``'s certified bytes of the peer's dgemm, or the dgemm itself."""
         rotation, step = (cols, _cols) if rows is None else (rows, _rows)
         if rotation is None:
             return tensor
+        if self.precision == torch.float64:
+            done = self.fast.rotate(tensor, rotation, rows=rows is not None)
+            if done is not None:
+                return done
         return step(tensor.to(self.precision), rotation.to(device=tensor.device)).to(tensor.dtype)
 
     def _norm_of(self, module: str, norm: str) -> torch.Tensor:

@@ -19,7 +19,7 @@ LAYERS: dict[str, int] = {
     "errors": 0, "job_events": 1, "sources": 0, "_version": 0,
     "constants": 1, "sizes": 1, "redact": 1, "repo_files": 1, "matching": 1, "experts": 1,
     "stages": 1, "ignore_text": 1, "workers": 1, "output_errors": 1, "http_errors": 1, "presets": 1,
-    "preset_notes": 1, "rotation_layout": 1,
+    "preset_notes": 1, "rotation_layout": 1, "rotation_fast": 1,
     "sources.safetensors_header": 1, "sources.formats": 1,
     "observers": 1, "sources.shards": 2, "sources.detect": 2, "sources.decode_checks": 2,
     "work_folders": 2, "http_deadlines": 2,

@@ -86,14 +86,20 @@ def test_every_golden_case_is_built():
     assert set(GOLDEN) == set(CASES)
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "default"])
 @pytest.mark.parametrize("case_id", sorted(CASES))
-def test_rotation_matches_the_peer_byte_for_byte(source, case_id):
+def test_rotation_matches_the_peer_byte_for_byte(source, case_id, fast):
+    """``fast``: rotation_fast at every width (these models are narrower than its default minimum),
+    each tensor from its certified bytes or, where one element is not certified, from the dgemm."""
     path = source(case_id)
     golden = GOLDEN[case_id]
     assert source_digest(path) == golden["source_digest"], "the zoo checkpoint differs from the one the golden used"
     ours = _ours(path, case_id)
+    if fast:
+        ours.fast.min_width = 0
     assert list(ours.rotations) == golden["rotations"]
     bad = _mismatches(rotate_checkpoint(path, ours.process), golden["tensors"])
+    assert (ours.fast.stats["fast"] > ours.fast.stats["fallback"]) if fast else not ours.fast.stats["fast"]
     projector = _projector_outputs(golden["tensors"])
     assert set(bad) <= set(projector)  # every other tensor is the peer's, byte for byte
     assert [n for n in projector if n.endswith(".weight")] == [n for n in bad if n.endswith(".weight")]
