@@ -86,6 +86,31 @@ def _absmax(cells: torch.Tensor, dims: tuple[int, ...], keepdim: bool, scratch: 
     return bits.amax(dim=dims, keepdim=keepdim).view(cells.dtype)
 
 
+def _minmax16(cells: torch.Tensor, dims: tuple[int, ...], keepdim: bool, scratch: Scratch):
+    """(min, max) over ``dims`` of a 16-bit float tensor from integer reductions of its bits.
+
+    As int16, non-negative floats (sign bit clear) are ``[0, 0x7FFF]`` ordered like their
+    values and negative ones are ``[-0x8000, -1]`` ordered by magnitude; with the sign bit
+    flipped the roles swap. So the max is the largest int16 when it is non-negative (some
+    value is), else the smallest (all negative: the one nearest zero); the min is the
+    largest flipped pattern when that is non-negative (some value is negative: the one of
+    largest magnitude), else the smallest int16 (none is: the smallest value). NaN and
+    Inf sort beyond every finite value of their sign, so a cell holding one has a
+    non-finite min or max. A zero extreme may come out as -0.0 where torch's float
+    reduction gives 0.0 or the reverse: the qparams take ``min(lo, 0)`` and ``max(hi, 0)``,
+    equal for both zeros. Three integer passes and one write, against two float
+    reductions that cost several times more.
+    """
+    bits = cells.view(torch.int16)
+    flipped = scratch.get("absbits", tuple(cells.shape), torch.int16, cells.device)
+    torch.bitwise_xor(bits, -0x8000, out=flipped)
+    top, bottom = bits.amax(dim=dims, keepdim=keepdim), bits.amin(dim=dims, keepdim=keepdim)
+    neg = flipped.amax(dim=dims, keepdim=keepdim)
+    hi = torch.where(top >= 0, top, bottom)
+    lo = torch.where(neg >= 0, neg ^ -0x8000, bottom)
+    return lo.view(cells.dtype), hi.view(cells.dtype)
+
+
 def global_scale_from_absmax(absmax: torch.Tensor) -> torch.Tensor:
     """NVFP4 global scale, exactly as ``generate_gparam`` computes it (float32 ``[1]``).
 
@@ -137,6 +162,8 @@ def _stats(chunk: torch.Tensor, spec: WeightSpec, scratch: Scratch) -> tuple[tor
     keep = spec.strategy == "channel"
     if spec.symmetric:
         lo, hi = _absmax(cells, dims, keep, scratch), None
+    elif cells.dtype in (torch.bfloat16, torch.float16):
+        lo, hi = _minmax16(cells, dims, keep, scratch)
     else:
         lo, hi = cells.amin(dim=dims, keepdim=keep), cells.amax(dim=dims, keepdim=keep)
     if spec.strategy == "tensor":
