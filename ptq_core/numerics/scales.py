@@ -203,6 +203,8 @@ def _qparams(
     zero_points = None
     if spec.symmetric:
         max_val_pos = lo  # already max(|min(min,0)|, |max(max,0)|)
+        if spec.is_mx and lo.dtype == torch.bfloat16 and global_scale is None and spec.scale_dtype == torch.uint8:
+            return _mx_scales_bf16(lo, spec), None
         if spec.is_mx:
             p2 = _round_to_power_2(max_val_pos, _MX_ELEM_MANTISSA[spec.num_bits])
             scales = 127 + torch.floor(torch.log2(p2)) - _MX_ELEM_OFFSET[spec.num_bits]
@@ -237,6 +239,24 @@ def _qparams(
             info = torch.iinfo(spec.zp_dtype)
             zero_points = torch.round(torch.clamp(zero_points, info.min, info.max)).to(spec.zp_dtype)
     return scales, zero_points
+
+
+def _mx_scales_bf16(absmax: torch.Tensor, spec: WeightSpec) -> torch.Tensor:
+    """The MX branch of :func:`_qparams` for bf16 statistics, from the exponent bits.
+
+    The reference rounds max |w| to a power of two ``p2`` by bit masking, takes
+    ``127 + floor(log2(p2)) - offset``, clamps it to a uint8 exponent ``e`` and builds
+    ``2**(e - 127)``. With ``E`` the biased exponent of ``p2``: ``log2(p2) = E - 127``
+    exactly for a normal ``p2``, ``E = 0`` (``p2 = 0``: ``-inf``) clamps to 0 as
+    ``E - offset < 0`` does, and ``E = 255`` (``p2 = inf``) gives 255. The scale's bits
+    are then ``e << 7`` (``e = 255``: inf) or, for ``e = 0``, the subnormal ``2**-127``;
+    none is zero, so no epsilon replaces one. A dozen passes over small tensors become four.
+    """
+    add = 1 << (7 - _MX_ELEM_MANTISSA[spec.num_bits] - 1)
+    biased = (absmax.view(torch.int16).to(torch.int32) + add).bitwise_right_shift_(7).bitwise_and_(0xFF)
+    e = torch.where(biased == 255, 255, (biased - _MX_ELEM_OFFSET[spec.num_bits]).clamp_(min=0))
+    bits = torch.where(e == 0, 0x40, e << 7)
+    return bits.to(torch.int16).view(torch.bfloat16)
 
 
 # --------------------------------------------------------------------------- elementwise

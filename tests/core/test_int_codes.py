@@ -1,5 +1,6 @@
-"""The integer-code shortcuts for 16-bit weights (``numerics.int_codes``) and the bit-pattern
-min/max (``scales._minmax16``), against the reference's float ops on every 16-bit pattern
+"""The integer-code shortcuts for 16-bit weights (``numerics.int_codes``), the bit-pattern
+min/max (``scales._minmax16``) and the bf16 MX scales from exponent bits
+(``scales._mx_scales_bf16``), against the reference's float ops on every 16-bit pattern
 they are claimed for. The whole-weight bytes against compressed-tensors are
 ``test_numerics.py``'s; these pin the claims the shortcuts rest on, value by value."""
 
@@ -123,3 +124,19 @@ def test_bit_pattern_min_max_equals_torchs(dname):
     blocks = w.view(2, 128, 3, 128)
     lo, hi = scales._minmax16(blocks, (1, 3), False, Scratch())
     assert torch.equal(lo, blocks.amin(dim=(1, 3))) and torch.equal(hi, blocks.amax(dim=(1, 3)))
+
+
+@pytest.mark.parametrize("name", ["MXFP4A16", "MXFP8A16"])
+def test_mx_scales_from_exponent_bits_equal_calculate_qparams_for_every_bf16(name):
+    """The bf16 MX scales from exponent bits equal compressed-tensors' ``calculate_qparams``
+    for every non-negative finite bf16 max |w| (zero, subnormals, and the largest values,
+    whose power of two rounds up to inf)."""
+    from compressed_tensors.quantization import preset_name_to_scheme
+    from compressed_tensors.quantization.utils.helpers import calculate_qparams
+
+    absmax = torch.arange(0, 0x7F80, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).view(-1, 1)
+    args = preset_name_to_scheme(name, ["Linear"]).weights
+    ref, _ = calculate_qparams(min_vals=-absmax, max_vals=absmax, quantization_args=args)
+    ours, _ = scales._qparams(absmax, None, spec_for(name), None)
+    assert ours.dtype == ref.dtype == torch.bfloat16
+    assert torch.equal(ours.view(torch.int16), ref.view(torch.int16))
