@@ -8,8 +8,8 @@ values' bit patterns, which cost a fraction of a 16-bit float pass:
 * **rounding by a magic addend** (4 bits): adding ``M = 1.5 * 2**m + 2**(bits - 1)`` (``m``
   the dtype's mantissa bits) puts every ``|t| < 2**(m - 1) - 8`` in the binade whose
   step is 1, so the sum's correctly rounded value is ``round_half_even(t) + M``: the
-  float32 sum torch forms is exact for ``|t| >= 2**-9`` and below that the result is ``M``
-  either way. The sum's low mantissa bits are then the code plus the offset, and the
+  float32 sum torch forms is exact for ``|t| >= 2**-9`` (fp16: ``2**-3``), and below that
+  the result is ``M`` either way. The sum's low mantissa bits are then the code plus the offset, and the
   clamp is an integer clamp of the bit patterns (monotone inside one binade);
 * **an integer clamp** (8 bits, where bf16 holds no binade of step 1 wide enough): after
   ``round_`` the rounded values lie in ``[q_min, q_max + 1]``; the bit patterns of
@@ -20,7 +20,7 @@ Both need a bound on ``|t|``, which holds for min/max ranges whose scales are no
 numbers: a scale is the cell's ``range / levels`` rounded to the dtype (relative error at
 most 2**-8), so ``|x / scale| <= levels / (1 - 2**-8)**2`` and a zero point adds at most
 ``2**(bits - 1)``. :func:`applies` checks both; the caller keeps the reference's ops otherwise.
-``tests/core/test_numerics.py`` checks the addend on every 16-bit pattern. Torch only.
+``tests/core/test_int_codes.py`` checks both on every 16-bit pattern. Torch only.
 """
 
 from __future__ import annotations
@@ -44,7 +44,9 @@ def applies(spec: WeightSpec, encoding: str, t: torch.Tensor, scale: torch.Tenso
     from the min/max observer: an MSE search's shrunk ranges leave ``|x / scale|`` bounded
     only by its smallest factor.
     """
-    if spec.observer != observers.MINMAX or spec.kind != "int" or t.dtype not in _MANTISSA or global_scale is not None or scale.dtype != t.dtype:
+    if spec.observer != observers.MINMAX or spec.kind != "int" or global_scale is not None:
+        return False
+    if t.dtype not in _MANTISSA or scale.dtype != t.dtype:
         return False
     if not t.is_contiguous() or (t.shape[1] * spec.num_bits) % 32:
         return False
