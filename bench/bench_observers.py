@@ -28,6 +28,7 @@ It reports and never asserts a timing::
     .venv/bin/python bench/bench_observers.py
     .venv/bin/python bench/bench_observers.py --rows 1024 --cols 2048 --repeats 1 --skip-errors
     .venv/bin/python bench/bench_observers.py --all --rows 512 --rounds 1 --repeats 2 --skip-errors
+    .venv/bin/python bench/bench_observers.py --all --observer memoryless_minmax --rounds 3 --repeats 7 --skip-errors
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ TIMED_ALL = tuple((name, observer) for name in ERROR_SCHEMES for observer in OBS
 
 
 def timed(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
-    return TIMED_ALL if args.all else TIMED
+    pairs = TIMED_ALL if args.all else TIMED
+    return tuple(p for p in pairs if not args.observer or p[1] in args.observer)
 
 
 def bench_weight(rows: int, cols: int, seed: int, heavy: bool = False) -> torch.Tensor:
@@ -116,6 +118,7 @@ def run_peer(args: argparse.Namespace, python: Path, out: Path) -> list[dict]:
     cmd = [str(python), __file__, "--as-peer", "--peer-out", str(out), "--rows", str(args.rows), "--cols",
            str(args.cols), "--seed", str(args.seed), "--repeats", str(args.repeats), "--threads", str(args.threads)]
     cmd += ["--all"] if args.all else []
+    cmd += [f"--observer={o}" for o in args.observer or ()]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing of ours in the peer
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
@@ -198,6 +201,8 @@ def main() -> int:
     parser.add_argument("--skip-errors", action="store_true", help="only the timing table")
     parser.add_argument("--all", action="store_true", help="time every scheme x observer of the error table")
     parser.add_argument("--skip-timing", action="store_true", help="only the error table")
+    parser.add_argument("--observer", action="append", choices=OBSERVERS,
+                        help="time only this observer's pairs (repeatable): min/max calls are short, so more repeats are cheap")
     parser.add_argument("--as-peer", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--peer-out", help=argparse.SUPPRESS)
     args = parser.parse_args()

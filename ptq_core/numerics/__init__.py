@@ -34,6 +34,7 @@ import torch
 
 from .. import observers
 from ..errors import CheckpointError, NonFiniteScaleError, NonFiniteWeightError, TensorShapeError
+from . import int_codes
 from .mse_search import _mse_stats
 from .scales import (
     Scratch,
@@ -83,12 +84,13 @@ __all__ = [
 
 
 def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, spec: WeightSpec,
-                   global_scale: torch.Tensor | None, scratch: Scratch) -> torch.Tensor:
+                   global_scale: torch.Tensor | None, scratch: Scratch, dest: torch.Tensor | None = None) -> torch.Tensor:
     """Quantize a row chunk with its scales; returns the chunk of the main stored tensor.
 
     Same elementwise operations as the reference's ``_quantize``: divide (in the
     weight's dtype, or float32 once a global scale is involved), add the zero
-    point, clamp, round to the target grid.
+    point, clamp, round to the target grid. ``dest``: the output's rows, where an
+    FP8 cast writes directly (saving a copy of the chunk); other encodings ignore it.
     """
     rows, cols = x.shape
     cells, _ = _cells(x, spec, scratch)
@@ -101,9 +103,19 @@ def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None
     if global_scale is not None:
         scale = scale / global_scale  # bf16 / f32 -> f32, as the reference
     work_dtype = torch.promote_types(x.dtype, scale.dtype)
-    tmp = torch.div(cells, scale, out=scratch.get("tmp", tuple(cells.shape), work_dtype, x.device))
+    tmp = scratch.get("tmp", tuple(cells.shape), work_dtype, x.device)
+    recip = _exact_reciprocal(scale) if spec.is_mx and global_scale is None else None
+    if recip is not None:  # torch broadcasts a product over 32-element groups faster than a quotient
+        torch.mul(cells, recip, out=tmp)
+    elif cells.dtype != work_dtype:  # widen first: torch's mixed-dtype broadcast is several times slower
+        tmp.copy_(cells).div_(scale)
+    else:
+        torch.div(cells, scale, out=tmp)
     if zp is not None:
         tmp += zp.to(x.dtype)
+    encoding = _main_tensor(spec).encoding
+    if spec.strategy != "block" and int_codes.applies(spec, encoding, tmp.view(rows, cols), scale, global_scale):
+        return int_codes.int_codes(tmp.view(rows, cols), spec, encoding, scratch)
     if not _clamp_is_identity(spec, scale, global_scale, zp, tmp):
         q_min, q_max = spec.q_range
         tmp.clamp_(q_min, q_max)
@@ -111,7 +123,6 @@ def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None
         tmp = tmp.view(tmp.shape[0] * tmp.shape[1], -1)[:rows, :cols]
     else:
         tmp = tmp.view(rows, cols)
-    encoding = _main_tensor(spec).encoding
     if encoding == "fp4_nibbles":
         codes = _float_codes(tmp, scratch.get("codes", (rows, cols), torch.uint8, x.device), scratch, 4)
         return _pack_nibbles(codes, scratch.get("packed", (rows, cols // 2), torch.uint8, x.device))
@@ -122,7 +133,20 @@ def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None
         tmp.round_()
         q = scratch.get("q", (rows, cols), torch.int8, x.device).copy_(tmp)
         return _pack_int32(q, spec.num_bits, scratch) if encoding == "int32_bits" else q
-    return _cast_to_fp8(tmp, scratch.get("q", (rows, cols), _FP8, x.device))
+    return _cast_to_fp8(tmp, dest if dest is not None else scratch.get("q", (rows, cols), _FP8, x.device))
+
+
+def _exact_reciprocal(scale: torch.Tensor) -> torch.Tensor | None:
+    """``1 / scale`` where multiplying by it gives the reference's ``w / scale`` exactly, else None.
+
+    MX scales are powers of two; where the dtype also holds each one's reciprocal
+    (bf16 and float32 always; fp16 not below 2**-15), ``w * (1 / s)`` is the exact
+    ``w / s`` rounded once, as the quotient is. For a power of two, ``r * s == 1`` holds
+    exactly when ``r`` is its exact reciprocal (an overflowed or flushed one gives inf,
+    NaN or 0), so that one check proves it.
+    """
+    recip = torch.reciprocal(scale)
+    return recip if bool((recip * scale == 1).all()) else None
 
 
 def _clamp_is_identity(spec: WeightSpec, scale: torch.Tensor, global_scale, zp, scaled: torch.Tensor) -> bool:
@@ -362,11 +386,12 @@ def quantize_weight(
             zp_parts.append(zps)
         else:
             scales, zps = whole[0].to(pdt), whole[1]
-        out = _quantize_rows(x, scales, zps, spec, global_scale, scratch)
-        if sink is None:
-            full[a:b] = out
-        else:
+        dest = full[a:b] if full is not None and full.dtype == _FP8 else None
+        out = _quantize_rows(x, scales, zps, spec, global_scale, scratch, dest)
+        if sink is not None:
             sink(main, a, out)
+        elif out is not dest:
+            full[a:b] = out
     if whole is None:
         param_scale = torch.cat(scale_parts)
         zero_points = torch.cat(zp_parts) if zp_parts[0] is not None else None

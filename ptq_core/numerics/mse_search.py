@@ -322,8 +322,8 @@ def _table_errors(table: _PairTable, spec: WeightSpec, norm: float, factors: tor
        distinct value with :func:`_pointwise_errors`: the peer's elementwise numbers.
     2. Each cell's sum runs over its elements' table rows in float32 (``embedding_bag``),
        in another order than torch's reduction. Both float32 sums of the same
-       non-negative numbers lie within ``width * 2**-24`` (relative) of the exact sum,
-       so where that whole interval rounds to one value of the weight's dtype, that
+       non-negative numbers lie within ``gamma(width - 1)`` (relative) of the exact sum
+       (:func:`_sum_margin`), so where that whole interval rounds to one value of the weight's dtype, that
        value is the peer's. The rest (under 1% on the benchmark's weights, and any non-finite sum) are summed
        again on the peer's layout with torch's reduction.
     """
@@ -358,11 +358,35 @@ def _table_errors(table: _PairTable, spec: WeightSpec, norm: float, factors: tor
     return _certified(torch.cat(sums), table, scales, zps, spec, norm, scratch).t().contiguous()
 
 
+_U = 2.0**-24  # float32's unit roundoff
+
+
+def _gamma(n: int) -> float:
+    """Higham's ``gamma(n) = n u / (1 - n u)``: the relative error bound of ``n`` float32 roundings."""
+    if n * _U >= 1:
+        raise AssertionError(f"gamma({n}) is undefined in float32")
+    return n * _U / (1 - n * _U)
+
+
 def _sum_margin(width: int) -> float:
-    """Relative distance within which torch's float32 sum of ``width`` non-negative numbers
-    lies from any other float32 sum of them: ``2 (width - 1) 2**-24`` (each is within
-    ``(width - 1) 2**-24`` of the exact sum), plus slack for the two products that apply it."""
-    return (2 * width + 4) * 2.0**-24
+    """Relative half-width of the interval that holds torch's float32 sum of ``width``
+    non-negative numbers, given any other float32 sum ``a`` of them.
+
+    Any summation order (recursive, pairwise, torch's cascade) lies within
+    ``gamma(width - 1)`` of the exact sum ``S``, so torch's sum lies in
+    ``[a (1 - 2 (width - 1) u), a (1 + gamma(2 (width - 1)))]``; ``gamma(2 width)``
+    bounds both sides. ``4 u`` more covers rounding ``1 -+ margin`` to float32 and the
+    product that applies it (each at most ``u``), so the computed ends still enclose the
+    interval. ``tests/core/test_observers.py`` checks this in exact arithmetic.
+    """
+    if width > _TABLE_MAX_WIDTH:
+        raise AssertionError(f"cells of {width} elements are wider than the certified {_TABLE_MAX_WIDTH}")
+    return _gamma(2 * width) + 4 * _U
+
+
+# the widest table cell must leave a margin under half a bf16 step (2**-9 relative), or
+# every sum would be recomputed and the tables would cost more than they save
+assert _sum_margin(_TABLE_MAX_WIDTH) < 2.0**-9, "raise _TABLE_MAX_WIDTH only with a margin that still certifies"
 
 
 def _certified(approx, table: _PairTable, scales, zps, spec: WeightSpec, norm: float, scratch: Scratch) -> torch.Tensor:

@@ -366,3 +366,24 @@ def test_table_splits_its_factors_to_bound_memory(monkeypatch):
     monkeypatch.setattr(mse_search, "_TABLE_ENTRIES", 4096)
     assert_same(run_case(case), golden(case), f"{case.id} with small tables")
     assert len(calls) > 3, "the factor block was not split"
+
+
+def test_sum_margin_encloses_any_float32_order_in_exact_arithmetic():
+    """The certificate's computed ends ``fl(a * fl(1 -+ margin))`` enclose every float32 sum
+    of the cell's non-negative numbers, given another float32 sum ``a``: any order lies within
+    gamma(w - 1) of the exact sum, so torch's lies in [a (1 - 2 (w - 1) u), a (1 + gamma(2 (w - 1)))],
+    and each float32 rounding that applies the margin moves it by at most u. Checked with
+    fractions at every width up to the widest table cell (the old (2w + 4) u margin fails at 4096)."""
+    from fractions import Fraction
+
+    u = Fraction(1, 2**24)
+
+    def gamma(n: int) -> Fraction:
+        return n * u / (1 - n * u)
+
+    for width in (1, 2, 16, 32, 128, 1000, 2048, mse_search._TABLE_MAX_WIDTH):
+        m = Fraction(mse_search._sum_margin(width))
+        assert (1 - m) * (1 + u) ** 2 <= 1 - 2 * (width - 1) * u, width
+        assert (1 + m) * (1 - u) ** 2 >= 1 + gamma(2 * (width - 1)), width
+    with pytest.raises(AssertionError, match="wider than the certified"):
+        mse_search._sum_margin(mse_search._TABLE_MAX_WIDTH + 1)

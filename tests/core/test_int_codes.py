@@ -1,0 +1,142 @@
+"""The integer-code shortcuts for 16-bit weights (``numerics.int_codes``), the bit-pattern
+min/max (``scales._minmax16``) and the bf16 MX scales from exponent bits
+(``scales._mx_scales_bf16``), against the reference's float ops on every 16-bit pattern
+they are claimed for. The whole-weight bytes against compressed-tensors are
+``test_numerics.py``'s; these pin the claims the shortcuts rest on, value by value."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ptq_core.numerics import Scratch, int_codes, quantize_weight, scales
+from ptq_core.schemes import resolve_config, weight_spec
+
+DTYPES = {"bf16": torch.bfloat16, "f16": torch.float16}
+
+
+def spec_for(name: str, observer: str | None = None):
+    from compressed_tensors.quantization import preset_name_to_scheme
+
+    scheme = preset_name_to_scheme(name, ["Linear"])
+    scheme.weights.observer = observer or "memoryless_minmax"
+    resolved = resolve_config(scheme)
+    (group, s), = resolved.groups
+    return weight_spec(s, resolved.formats[group])
+
+
+def every_pattern(dtype: torch.dtype, bound: float) -> torch.Tensor:
+    """Every finite value of ``dtype`` with ``|t| <= bound``, padded with zeros to rows of 32."""
+    t = torch.arange(65536, dtype=torch.int32).to(torch.int16).view(dtype)
+    t = t[torch.isfinite(t) & (t.float().abs() <= bound)]
+    return torch.cat([t, torch.zeros((-t.numel()) % 32, dtype=dtype)]).view(-1, 32)
+
+
+def reference_codes(t: torch.Tensor, q_min: float, q_max: float) -> torch.Tensor:
+    return torch.round(torch.clamp(t, q_min, q_max)).to(torch.int8)  # the reference's ops, in t's dtype
+
+
+@pytest.mark.parametrize("dname", DTYPES)
+def test_magic_addend_gives_the_reference_4bit_codes_for_every_pattern(dname):
+    """Every value the 4-bit path may see (|t| < 2**(m-1) - 8, ties and -0.0 included) packs
+    to ``pack_to_int32(round(clamp(t)))``'s words."""
+    dtype = DTYPES[dname]
+    t = every_pattern(dtype, 55.0 if dtype == torch.bfloat16 else 503.0)
+    spec = spec_for("W4A16")
+    ours = int_codes.int_codes(t.clone(), spec, "int32_bits", Scratch())
+    ref = scales._pack_int32(reference_codes(t, *spec.q_range), 4)
+    assert torch.equal(ours, ref), f"{(ours != ref).sum()} words differ"
+
+
+@pytest.mark.parametrize("dname", DTYPES)
+@pytest.mark.parametrize("encoding", ["int32_bits", "plain"])
+def test_integer_clamp_gives_the_reference_8bit_codes(dname, encoding):
+    """Symmetric 8-bit values lie in [-128, 128] (min/max scales): round, then the int16 clamp
+    of the bit patterns, equal the reference's clamp and round."""
+    dtype = DTYPES[dname]
+    t = every_pattern(dtype, 128.0)
+    t = t[(t.float() >= -128).all(dim=1)]
+    spec = spec_for("W8A16")
+    ours = int_codes.int_codes(t.clone(), spec, encoding, Scratch())
+    q = reference_codes(t, *spec.q_range)
+    ref = q if encoding == "plain" else scales._pack_int32(q, 8)
+    assert torch.equal(ours, ref)
+
+
+def test_shortcut_applies_only_where_its_bound_is_proven():
+    x = torch.ones(4, 32, dtype=torch.bfloat16)
+    scale = torch.full((4, 1), 0.1, dtype=torch.bfloat16)
+    assert int_codes.applies(spec_for("W4A16"), "int32_bits", x, scale, None)
+    assert int_codes.applies(spec_for("W8A16"), "int32_bits", x, scale, None)
+    assert not int_codes.applies(spec_for("W4A16", "memoryless_mse"), "int32_bits", x, scale, None)  # shrunk ranges
+    assert not int_codes.applies(spec_for("W4A16"), "int32_bits", x, torch.full((4, 1), 1e-39, dtype=torch.bfloat16), None)
+    assert not int_codes.applies(spec_for("W4A16"), "int32_bits", x.float(), scale.float(), None)
+    assert not int_codes.applies(spec_for("W4A16"), "int32_bits", x[:, :12], scale, None)  # not whole words
+    assert not int_codes.applies(spec_for("FP8_DYNAMIC"), "plain", x, scale, None)
+    asym8 = spec_for("W8A8")
+    from dataclasses import replace
+
+    assert not int_codes.applies(replace(asym8, symmetric=False), "plain", x, scale, None)
+
+
+@pytest.mark.parametrize("name", ["W4A16", "W4A16_ASYM", "W8A16"])
+def test_quantize_weight_takes_the_shortcut(monkeypatch, name):
+    """The byte tests in test_numerics.py must exercise the shortcut, not only its fallback."""
+    calls, real = [], int_codes.int_codes
+    monkeypatch.setattr(int_codes, "int_codes", lambda *a, **k: calls.append(1) or real(*a, **k))
+    w = (torch.randn(64, 256, generator=torch.Generator().manual_seed(0)) * 0.02).to(torch.bfloat16)
+    quantize_weight(w, spec_for(name))
+    assert calls
+
+
+def _stat_cells(dtype: torch.dtype) -> torch.Tensor:
+    """Cells of 8: mixed signs, all negative, all positive, zeros of both signs, infinities, NaN."""
+    inf, nan = float("inf"), float("nan")
+    rows = [
+        [0.5, -0.25, 3.0, -7.0, 0.0, 1e-3, -1e-3, 2.0],
+        [-0.5, -0.25, -3.0, -7.0, -1e-3, -2.0, -1.0, -0.125],
+        [0.5, 0.25, 3.0, 7.0, 1e-3, 2.0, 1.0, 0.125],
+        [0.0, -0.0, 0.0, -0.0, 0.0, 0.0, -0.0, 0.0],
+        [-0.0, -0.0, -0.0, -0.0, -0.0, -0.0, -0.0, -0.0],
+        [-0.0, 1.0, -0.0, 2.0, -0.0, 0.5, -0.0, 3.0],
+        [0.0, -1.0, 0.0, -2.0, 0.0, -0.5, 0.0, -3.0],
+        [inf, 1.0, -2.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        [-inf, 1.0, -2.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        [nan, 1.0, -2.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+        [1.0, -nan, -2.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+    ]
+    return torch.tensor(rows, dtype=torch.float64).to(dtype)
+
+
+@pytest.mark.parametrize("dname", DTYPES)
+def test_bit_pattern_min_max_equals_torchs(dname):
+    """Min and max from integer reductions equal torch's float amin / amax as values (a zero
+    may differ in sign: the qparams clamp it with 0), and a cell with NaN or Inf has a
+    non-finite extreme; random cells too, over group and block layouts."""
+    dtype = DTYPES[dname]
+    cells = _stat_cells(dtype)
+    lo, hi = scales._minmax16(cells, (-1,), False, Scratch())
+    finite = torch.isfinite(cells).all(-1)
+    assert torch.equal(lo[finite].float(), cells[finite].amin(-1).float())
+    assert torch.equal(hi[finite].float(), cells[finite].amax(-1).float())
+    assert not (torch.isfinite(lo) & torch.isfinite(hi))[~finite].any()
+    w = (torch.randn(256, 384, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 0.02).to(dtype)
+    blocks = w.view(2, 128, 3, 128)
+    lo, hi = scales._minmax16(blocks, (1, 3), False, Scratch())
+    assert torch.equal(lo, blocks.amin(dim=(1, 3))) and torch.equal(hi, blocks.amax(dim=(1, 3)))
+
+
+@pytest.mark.parametrize("name", ["MXFP4A16", "MXFP8A16"])
+def test_mx_scales_from_exponent_bits_equal_calculate_qparams_for_every_bf16(name):
+    """The bf16 MX scales from exponent bits equal compressed-tensors' ``calculate_qparams``
+    for every non-negative finite bf16 max |w| (zero, subnormals, and the largest values,
+    whose power of two rounds up to inf)."""
+    from compressed_tensors.quantization import preset_name_to_scheme
+    from compressed_tensors.quantization.utils.helpers import calculate_qparams
+
+    absmax = torch.arange(0, 0x7F80, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).view(-1, 1)
+    args = preset_name_to_scheme(name, ["Linear"]).weights
+    ref, _ = calculate_qparams(min_vals=-absmax, max_vals=absmax, quantization_args=args)
+    ours, _ = scales._qparams(absmax, None, spec_for(name), None)
+    assert ours.dtype == ref.dtype == torch.bfloat16
+    assert torch.equal(ours.view(torch.int16), ref.view(torch.int16))
