@@ -17,6 +17,9 @@ This module:
    message, and exits 1.
 
 Run outside a runner it prints the outputs and the summary instead of writing files.
+
+The inputs are parsed in ``inputs.py`` (step 2), the outputs and summary written by
+``summary.py`` (steps 4 and 5); this module runs the jobs and folds their log.
 """
 
 from __future__ import annotations
@@ -26,39 +29,28 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 import ptq_core
-from ptq_core.constants import DEFAULT_SCHEME, parse_bool
-from ptq_core.ignore_text import parse_ignore_text
-from ptq_core._http import resolve_token
 from ptq_core.job import Job
 from ptq_core.one_read import group_by_read
 from ptq_core.redact import install_redaction, redact, secret_forms
 from ptq_core.sizes import format_bytes
 from ptq_core.stages import Stage
-from ptq_core.errors import DiskSpaceError, InvalidOptionError, PtqError, RecipeError, TargetRepoExistsError, TokenError
-from ptq_core.workers import parse_count
+from ptq_core.errors import DiskSpaceError, PtqError, TargetRepoExistsError, TokenError
 
-from ._workflow import Console, append_file, format_outputs
+from ._workflow import Console
+from .inputs import Request, parse_bool_input, read_input, read_request, read_token
+from .summary import failure_markdown, output_values, result_markdown, summary_header, write_outputs, write_summary
 
 if TYPE_CHECKING:  # pragma: no cover
     from ptq_core.hubjob import HubResult
 
-# Inputs a recipe replaces: giving one next to `config` is refused rather than ignored.
-_RECIPE_INPUTS = ("model", "ignore", "default-ignore", "observer", "target-repo", "private", "revision", "rotate")
-# action.yml's defaults arrive as values: equal to these, an input counts as not given.
-_INPUT_DEFAULTS = {"scheme": DEFAULT_SCHEME, "default-ignore": "true"}
-# make_job names the argument an error is about (PtqError.option); the step names its input.
-_OPTION_INPUTS = {
-    "source": "model", "scheme": "scheme", "ignore": "ignore", "observer": "observer", "target": "target-repo",
-    "revision": "revision", "device": "device", "workers": "max-workers", "disk_budget": "disk-budget",
-    "part": "part", "tp": "tp", "rotate": "rotate",
-}
+# Re-exported: tests and callers import the step's input parsing from here (``action.main``).
+__all__ = ["Request", "StageLog", "main", "output_values", "parse_bool_input", "read_input", "read_request", "run"]
 
 # The progress callback's stages, folded into four log groups. Groups only move forward:
 # a late callback for an earlier stage logs its line in the group that is open.
@@ -73,153 +65,6 @@ _STAGE_GROUPS: dict[Stage, str] = {
     Stage.COMMIT: "Push",
 }
 _GROUP_ORDER = ("Download", "Plan", "Quantize", "Push")
-
-
-@dataclass(frozen=True)
-class Request:
-    """Everything the step was asked to do, checked."""
-
-    jobs: tuple[Job, ...]
-    from_recipe: bool
-    token: str | None
-    parts: int | None = None  # plan a multi-part job: write the matrix, quantize nothing
-    finalize: int | None = None  # the last step of a multi-part job: make the one commit
-    on_jobs: str | None = None  # run on Hugging Face Jobs: a flavor, or "auto" (the plan's pick)
-    job_spec: tuple[str, str, dict] | None = None  # (model, scheme, make_job options): what a Job is sent
-    collection: str | None = None  # a collection title: the pushed repos are added to it
-    several: bool = False  # several schemes of one model: one read, one repo each (outputs as lists)
-
-
-# --- inputs ------------------------------------------------------------------
-def read_input(environ: Mapping[str, str], name: str) -> str:
-    """The input ``name`` (kebab-case) as ``action.yml`` passed it: ``INPUT_<NAME>``, stripped."""
-    return environ.get("INPUT_" + name.upper().replace("-", "_"), "").strip()
-
-
-def parse_bool_input(name: str, text: str, *, default: bool = False) -> bool:
-    """A boolean input: exactly ``true`` or ``false`` (any case); empty means ``default``.
-
-    Raises:
-        InvalidOptionError: any other text; a typo such as ``ture`` must not mean false.
-    """
-    return parse_bool(text, name=f"Input `{name}`", default=default, strict=True)
-
-
-def read_token(environ: Mapping[str, str]) -> str | None:
-    """The token the core will use: the ``hf-token`` input, else ``HF_TOKEN``, else a cached login.
-
-    Resolving it here, exactly as the core does, lets the step mask every token it
-    might print, a cached ``hf auth login`` one included.
-    """
-    return resolve_token(read_input(environ, "hf-token") or None, required=False)
-
-
-def read_request(environ: Mapping[str, str]) -> Request:
-    """Parse and check the inputs; nothing here touches the network.
-
-    The scheme, the ignore list and the repo ids of single-model inputs are checked by
-    ``quantize_to_hub`` itself, before its first request.
-
-    Raises:
-        InvalidOptionError: a bad boolean or ``max-workers``, no ``model`` and no ``config``,
-            or an input that a recipe replaces given next to ``config``.
-        RecipeError: the recipe file is missing or invalid (the message names line and key).
-    """
-    overwrite = parse_bool_input("overwrite", read_input(environ, "overwrite"))
-    private = parse_bool_input("private", read_input(environ, "private"))
-    default_ignore = parse_bool_input("default-ignore", read_input(environ, "default-ignore"), default=True)
-    rotate = parse_bool_input("rotate", read_input(environ, "rotate"))
-    workers = read_input(environ, "max-workers") or "1"  # a number or `auto`: make_job checks and resolves it
-    device = read_input(environ, "device") or None
-    parts = _count_input(environ, "parts")
-    finalize = _count_input(environ, "finalize")
-    tp = read_input(environ, "tp") or None
-    part = read_input(environ, "part") or None
-    if sum(x is not None for x in (parts, finalize, part)) > 1:
-        raise InvalidOptionError(
-            "Inputs `parts`, `part` and `finalize` are the three steps of a multi-part job; give one per step."
-        )
-    config = read_input(environ, "config")
-    scheme = read_input(environ, "scheme") or DEFAULT_SCHEME
-    on_jobs = read_input(environ, "on-jobs") or None
-    collection = read_input(environ, "collection") or None
-    if on_jobs and config:
-        raise InvalidOptionError("Input `on-jobs` runs one model (`model`), not a recipe; drop one of them.")
-
-    if config:
-        if parts or finalize or part:
-            raise InvalidOptionError("A recipe runs whole jobs; split one model with `model` and `part` instead.")
-        given = [
-            name for name in (*_RECIPE_INPUTS, "scheme")
-            if read_input(environ, name).lower() not in ("", _INPUT_DEFAULTS.get(name, "").lower())
-        ]
-        if given:
-            raise InvalidOptionError(
-                f"Inputs {', '.join(given)} are given next to `config`; a recipe sets them per job. "
-                "Move them into the recipe, or drop `config`."
-            )
-        with _named_input():
-            jobs = tuple(
-                entry.to_job(overwrite=overwrite, device=device, workers=workers, tp=tp)
-                for entry in ptq_core.load_recipe(Path(config))
-            )
-    else:
-        source = read_input(environ, "model")
-        if not source:
-            raise InvalidOptionError(
-                "Input `model` is empty; give a Hub repo id (e.g. meta-llama/Llama-3.2-1B), "
-                "or a recipe file in `config`."
-            )
-        options = dict(
-            ignore=parse_ignore_text(read_input(environ, "ignore")),
-            default_ignore=default_ignore,
-            observer=read_input(environ, "observer") or None,
-            target=read_input(environ, "target-repo") or None,
-            private=private,
-            revision=read_input(environ, "revision") or None,
-            overwrite=overwrite,
-            device=device,
-            workers=workers,
-            disk_budget=read_input(environ, "disk-budget") or None,
-            part=part,
-            tp=tp,
-            rotate=rotate,
-        )
-        with _named_input():
-            jobs = ptq_core.make_jobs(source, scheme, **options)
-        several = len(jobs) > 1
-        if several and (parts or (on_jobs and (finalize or part))):
-            raise InvalidOptionError(
-                f"Inputs `parts`, `part` and `finalize` take one scheme; `scheme` lists {len(jobs)}. Give one scheme, "
-                "or drop them to quantize every scheme from one read (with `on-jobs`: in one job).")
-        return Request(jobs, False, read_token(environ), parts, finalize, on_jobs, (source, scheme, options),
-                       collection, several)
-    return Request(jobs, bool(config), read_token(environ), parts, finalize, collection=collection)
-
-
-def _count_input(environ: Mapping[str, str], name: str) -> int | None:
-    """A count input (``parts``, ``finalize``) checked by the core's one rule, or None when empty."""
-    text = read_input(environ, name)
-    if not text:
-        return None
-    try:
-        return parse_count(text, name=name)
-    except InvalidOptionError as err:
-        raise InvalidOptionError(f"Input `{name}`: {err}") from None
-
-
-@contextmanager
-def _named_input() -> Iterator[None]:
-    """Name the step input a ``make_job`` error is about: ``Input `max-workers`: max_workers='x' must...``."""
-    try:
-        yield
-    except PtqError as err:
-        name = _OPTION_INPUTS.get(err.option or "")
-        if name is None or isinstance(err, RecipeError):  # a recipe error already names its file and line
-            raise
-        named = type(err)(f"Input `{name}`: {err}")
-        named.option = err.option
-        raise named from None
 
 
 # --- progress and log --------------------------------------------------------
@@ -265,43 +110,6 @@ class _LogHandler(logging.Handler):
         except Exception:  # pragma: no cover - logging must never break the run
             self.handleError(record)
 
-
-# --- reporting ---------------------------------------------------------------
-def output_values(results: Sequence[HubResult], *, as_lists: bool) -> dict[str, str]:
-    """The step outputs: plain strings for one job, JSON lists for a recipe."""
-    columns: dict[str, list[str | int | float]] = {
-        "repo-id": [r.repo_id for r in results],
-        "repo-url": [r.repo_url for r in results],
-        "commit-sha": [r.commit_sha for r in results],
-        "size-before": [int(r.size_before) for r in results],
-        "size-after": [int(r.size_after) for r in results],
-        "compression-ratio": [round(float(r.ratio), 2) for r in results],
-    }
-    if as_lists:
-        return {name: json.dumps(values) for name, values in columns.items()}
-    if not results:
-        return {}
-    return {
-        name: f"{values[0]:.2f}" if name == "compression-ratio" else str(values[0])
-        for name, values in columns.items()
-    }
-
-
-def _code(text: str) -> str:
-    return "`" + text.replace("`", "'") + "`"
-
-
-def result_markdown(job: Job, result: HubResult) -> str:
-    """The summary section of one pushed repo: link, sizes, ratio, time per stage, then the plan."""
-    heading = f"### {_code(job.source)} -> {_code(job.scheme_name)}"
-    if getattr(result, "plan", None) is None:  # an HfJobResult: the plan stayed in the job's log
-        return f"{heading}\n\n{result.to_markdown()}\nRan as Hugging Face Job [{result.job.id}]({result.job.url}).\n"
-    return f"{heading}\n\n{result.to_markdown()}\n{result.plan.to_markdown()}\n"
-
-
-def failure_markdown(label: str, message: str) -> str:
-    fence = "````" if "```" in message else "```"
-    return f"### Failed: {_code(label)}\n\n{fence}text\n{message}\n{fence}\n"
 
 
 # --- the step ----------------------------------------------------------------
@@ -377,8 +185,8 @@ def run(environ: Mapping[str, str], stdout: TextIO) -> int:
     if request.collection and results and request.jobs[0].part is None and not (request.several or request.on_jobs):
         url = ptq_core.add_to_collection(request.collection, [r.repo_id for r in results], token=request.token)
         console.line(f"Added to the collection {url}")
-    _write_outputs(console, environ, output_values(results, as_lists=request.from_recipe or request.several))
-    _write_summary(console, environ, _summary_header(results, failed=False) + "\n".join(sections))
+    write_outputs(console, environ, output_values(results, as_lists=request.from_recipe or request.several))
+    write_summary(console, environ, summary_header(results, failed=False) + "\n".join(sections))
     return 0
 
 
@@ -473,8 +281,8 @@ def _plan_parts(console: Console, environ: Mapping[str, str], request: Request) 
     planned = ptq_core.plan_hub_parts(job, request.parts, token=request.token)
     matrix = json.dumps(planned.matrix())
     console.line(f"Planned {request.parts} part(s) of {job.label}: {matrix}")
-    _write_outputs(console, environ, {"matrix": matrix, "revision": planned.revision or ""})
-    _write_summary(console, environ, planned.plan.to_markdown() + "\n" + planned.to_markdown())
+    write_outputs(console, environ, {"matrix": matrix, "revision": planned.revision or ""})
+    write_summary(console, environ, planned.plan.to_markdown() + "\n" + planned.to_markdown())
     return 0
 
 
@@ -491,10 +299,10 @@ def _fail(
     if request is not None and job is not None and len(request.jobs) > 1:
         message = f"Job {index} of {len(request.jobs)} ({job.label}): {message}"
     if results and request is not None:  # what did get pushed stays visible to later steps
-        _write_outputs(console, environ, output_values(results, as_lists=request.from_recipe or request.several))
+        write_outputs(console, environ, output_values(results, as_lists=request.from_recipe or request.several))
     label = job.label if job is not None else "inputs"
     sections.append(failure_markdown(label, message))
-    _write_summary(console, environ, _summary_header(results, failed=True) + "\n".join(sections))
+    write_summary(console, environ, summary_header(results, failed=True) + "\n".join(sections))
     console.error(message)
     return 1
 
@@ -510,20 +318,6 @@ def _action_hint(err: PtqError, request: Request | None) -> str | None:
     return None
 
 
-def _summary_header(results: Sequence[HubResult], *, failed: bool) -> str:
-    pushed = f"{len(results)} quantized repo{'s' if len(results) != 1 else ''} pushed"
-    return f"## ptq-hub: {pushed}{', then a failure' if failed else ''}\n\n"
-
-
-def _write_outputs(console: Console, environ: Mapping[str, str], outputs: Mapping[str, str]) -> None:
-    if outputs and not append_file("GITHUB_OUTPUT", format_outputs(outputs), environ):
-        for name, value in outputs.items():
-            console.line(f"output {name}: {value}")
-
-
-def _write_summary(console: Console, environ: Mapping[str, str], markdown: str) -> None:
-    if not append_file("GITHUB_STEP_SUMMARY", markdown, environ):
-        console.line(markdown)
 
 
 def _work_dir(environ: Mapping[str, str]) -> Path | None:

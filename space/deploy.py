@@ -7,7 +7,8 @@ Usage (from the repository root)::
 What it does:
 
 * creates the Space repo if needed (``sdk: gradio``; hardware and visibility as asked);
-* stages ``space/app.py``, ``space/README.md`` (the Space front matter),
+* stages ``space/app.py`` and the modules it imports (``SPACE_FILES``), ``space/README.md``
+  (the Space front matter),
   ``space/requirements.txt`` at the Space root and the ``ptq_core`` package beside
   them, so ``import ptq_core`` works on the Space without a PyPI release;
 * pushes them in **one** commit that also deletes files the Space holds but the
@@ -29,7 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SPACE_DIR = ROOT / "space"
 CORE_DIR = ROOT / "ptq_core"
 
-SPACE_FILES = ("app.py", "jobs_panel.py", "README.md", "requirements.txt")
+SPACE_FILES = (
+    "app.py", "jobs_panel.py", "page_text.py", "preview.py", "signin.py", "README.md", "requirements.txt",
+)
 """Files of ``space/`` that go to the Space root (``deploy.py`` itself stays here)."""
 
 logger = logging.getLogger("ptq_space.deploy")

@@ -160,13 +160,13 @@ def test_a_chosen_target_with_several_schemes_is_refused_not_dropped():
 
 def test_local_mock_token_becomes_hf_token(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", ALICE)
-    assert app._token_from(_token("mock-oauth-token-for-local-dev")) == ALICE
-    assert app._token_from(_token(BOB)) == BOB
-    assert app._token_from(None) is None
+    assert app.token_from(_token("mock-oauth-token-for-local-dev")) == ALICE
+    assert app.token_from(_token(BOB)) == BOB
+    assert app.token_from(None) is None
     # On a Space the OAuth token is used as it is.
     monkeypatch.setenv("SYSTEM", "spaces")
     monkeypatch.setenv("SPACE_ID", "alice/ptq-hub")
-    assert app._token_from(_token("mock-oauth-token-for-local-dev")) == "mock-oauth-token-for-local-dev"
+    assert app.token_from(_token("mock-oauth-token-for-local-dev")) == "mock-oauth-token-for-local-dev"
 
 
 # =============================================================================
@@ -585,7 +585,8 @@ def test_deploy_pushes_space_and_core_in_one_commit(hub, monkeypatch):
 
     files = set(hub.list_files("alice/ptq-hub", repo_type="space"))
     core = {f"ptq_core/{p.relative_to(ROOT / 'ptq_core').as_posix()}" for p in (ROOT / "ptq_core").rglob("*.py")}
-    assert files == {"app.py", "jobs_panel.py", "README.md", "requirements.txt", *core}
+    assert files == {"app.py", "jobs_panel.py", "page_text.py", "preview.py", "signin.py", "README.md",
+                     "requirements.txt", *core}
     assert hub.read_file("alice/ptq-hub", "app.py", repo_type="space") == APP_FILE.read_bytes()
     last = hub.commits("alice/ptq-hub", repo_type="space")[-1]
     assert last["deleted"] == ["old_helper.py"] and "ptq_core/hubjob/run.py" in last["files"]
