@@ -339,6 +339,8 @@ def _schemes_table(r: dict[str, dict], model_bytes: int, shards: int, args: argp
     many, down = r["many"], r["download"]
     slowest = max(one["seconds"] for one in singles)
     separate = sum(one["seconds"] for one in singles)
+    # No implementation beats the link: the source must come down and every output must go up.
+    floor = max(down["seconds"], many["size_after"] / args.bandwidth)
     rows = [
         ("model", f"{_gb(model_bytes)} bf16 in {shards} shards, {args.workers} worker(s), "
                   f"{os.cpu_count()} cores (shared with other work)"),
@@ -351,6 +353,9 @@ def _schemes_table(r: dict[str, dict], model_bytes: int, shards: int, args: argp
         (f"{len(schemes)} schemes from one read (quantize_many_to_hub)",
          f"{many['seconds']:.1f} s = **{many['seconds'] / slowest:.2f}x** the slowest single run (target <= 1.25x), "
          f"{many['seconds'] / separate:.2f}x the separate runs"),
+        ("  the link's floor: max(plain download, every scheme's output at the upload rate)",
+         f"{floor:.1f} s = {floor / slowest:.2f}x the slowest single run; measured {many['seconds'] / floor:.2f}x "
+         "the floor"),
         *((f"  stage spans of {name} (overlapping)", ", ".join(f"{k} {v:.1f} s" for k, v in spans.items()))
           for name, spans in many["timings"].items()),
         ("  bytes downloaded (server) / model", f"{_gb(many['downloaded'])} / {_gb(model_bytes)} = "

@@ -91,6 +91,7 @@ import re
 import secrets
 import signal
 import struct
+import sys
 import threading
 import time
 import traceback
@@ -628,6 +629,15 @@ class _Unset:
 _UNSET = _Unset()
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """A client that hangs up (a killed job, a cancelled read) is the Hub's daily life, not a
+    server error: no traceback for it; anything else is still printed."""
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
+
+
 class HubServer(_NetChaosServer):
     """In-memory Hub for tests, served over HTTP on ``127.0.0.1`` (a free port).
 
@@ -721,7 +731,7 @@ class HubServer(_NetChaosServer):
     def start(self, port: int = 0) -> HubServer:
         """Bind ``port`` (0: a free one) on 127.0.0.1 and serve in a daemon thread; returns self."""
         handler = type("_BoundHandler", (_Handler,), {"hub": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self._httpd = _QuietServer(("127.0.0.1", port), handler)
         self._httpd.daemon_threads = True
         port = self._httpd.server_address[1]
         self.endpoint = f"http://127.0.0.1:{port}"
