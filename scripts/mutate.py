@@ -67,7 +67,34 @@ NUMERICS_SPEC, NUMERICS_SCALES, NUMERICS_MSE, FUSED, PLANNER, WRITER, HTTP, HTTP
 STREAM, UNITS, PARTS, FINALIZE = (
     "ptq_core/stream.py", "ptq_core/units.py", "ptq_core/parts.py", "ptq_core/hubjob/finalize.py",
 )
+ROTATION, ROTATION_LAYOUT, ROTATION_FAST = (
+    "ptq_core/rotation.py", "ptq_core/rotation_layout.py", "ptq_core/rotation_fast.py",
+)
 MUTATIONS: tuple[Mutation, ...] = (
+    Mutation(
+        "offset-norm-guard", ROTATION_LAYOUT,
+        "offset = types & OFFSET_NORM_MODELS",
+        "offset = set()",
+        ("tests/core/test_rotation.py", "-k", "test_a_gemma_norm_is_refused_not_folded"),
+    ),
+    Mutation(
+        "mixtral-expert-writer", ROTATION_LAYOUT,
+        r'r"\.block_sparse_moe\.experts\.\d+\.w2$"',
+        r'r"\.block_sparse_moe\.experts\.\d+\.w9$"',
+        ("tests/core/test_rotation.py", "-k", "test_every_text_architecture_is_rotated_exactly_or_refused and mixtral"),
+    ),
+    Mutation(
+        "random-hadamard-choice", ROTATION,
+        'transform_type = "hadamard" if all(map(_power_of_two, widths)) else "random-hadamard"',
+        'transform_type = "hadamard"',
+        ("tests/core/test_rotation.py", "-k", "test_a_width_that_is_no_power_of_two"),
+    ),
+    Mutation(
+        "fast-rotation-margin", ROTATION_FAST,
+        "margin = (total * self.c) * coefficient",
+        "margin = (total * self.c) * coefficient * 0",
+        ("tests/core/test_rotation_fast.py",),
+    ),
     Mutation(
         "scale-formula", NUMERICS_SCALES,
         "scales = max_val_pos / (bit_range.to(max_val_pos.dtype) / 2)",
@@ -100,7 +127,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "table-sum-margin", NUMERICS_MSE,
-        "return (2 * width + 4) * 2.0**-24",
+        "return _gamma(2 * width) + 4 * _U",
         "return 0.0",
         ("tests/core/test_observers.py", "-k", "test_table_errors_equal_the_direct_errors"),
     ),
