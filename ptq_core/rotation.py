@@ -167,7 +167,8 @@ class SpinQuant:
         self.norms = dict(norms)
         self.tied, self.emit_lm_head, self.precision = tied, emit_lm_head, precision
         generator = torch.Generator().manual_seed(seed) if transform_type == "random-hadamard" else None
-        r1 = hadamard(block, precision, generator=generator)  # drawn even for R2 alone: the peer's generator order
+        # R1 is drawn even for R2 alone when random (the peer's generator order); Sylvester's is not needed then
+        r1 = hadamard(block, precision, generator=generator) if generator is not None or "R1" in self.rotations else None
         self.r1 = r1 if "R1" in self.rotations else None
         self.r2 = hadamard(head_dim, precision, generator=generator) if "R2" in self.rotations else None
         self._r2_rows = None if heads[1] is None else heads[1] * head_dim  # v_proj's outputs

@@ -216,6 +216,21 @@ def test_hadamard_is_orthogonal():
     assert torch.allclose(r @ r.T, torch.eye(64, dtype=torch.float64))
 
 
+def test_r2_alone_builds_no_sylvester_r1(monkeypatch):
+    """Sylvester's R1 is deterministic and unused with R2 alone: not built (hidden x hidden float64);
+    the random one is still drawn first, to keep the peer's generator order for R2."""
+    import ptq_core.rotation as rotation_module
+
+    sizes = []
+    real = rotation_module.hadamard
+    monkeypatch.setattr(rotation_module, "hadamard", lambda size, *a, **k: sizes.append(size) or real(size, *a, **k))
+    r2_only = SpinQuant(128, 32, {}, rotations=("R2",))
+    assert sizes == [32] and r2_only.r1 is None and r2_only.r2 is not None
+    sizes.clear()
+    SpinQuant(128, 32, {}, rotations=("R2",), transform_type="random-hadamard")
+    assert sizes == [128, 32]
+
+
 def test_refusals():
     with pytest.raises(ConverterError, match=r"power-of-two R1 block \(hidden_size\); this model's is 96\. Use "
                                              "transform_type='random-hadamard'"):
