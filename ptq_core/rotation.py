@@ -15,8 +15,9 @@ the converter chain (``convert.py``), after any dequantizer: each tensor is rota
 the norm scales it needs are read up front (they are small), and the output is byte-identical
 to llm-compressor 0.15's ``SpinQuantConverter`` with its defaults (``tests/golden/rotation.json``
 proves it per tensor). The arithmetic is the peer's: scales and rotations are fused in
-float64, each step rounded back to the weight's dtype, with compressed-tensors' own Sylvester
-Hadamard matrix scaled by ``1/sqrt(n)``. For 16-bit weights at least 512 wide a step is computed by
+float64, each step rounded back to the weight's dtype, with compressed-tensors' own Hadamard
+matrix scaled by ``1/sqrt(n)``: Sylvester's where every rotated width is a power of two, else
+its random Hadamard (the peer's ``transform_type="random-hadamard"``, seed 0). For 16-bit weights at least 512 wide a step is computed by
 ``rotation_fast`` (a few small exact products instead of a dense dgemm), whose bytes are
 certified to be the dgemm's, element by element; a tensor where one element is not certified
 is redone by the dgemm itself.
@@ -49,7 +50,8 @@ from .rotation_layout import (
 )
 
 __all__ = [
-    "OFFSET_NORM_MODELS", "ROTATIONS", "RotationLayout", "SpinQuant", "TRANSFORM_TYPES", "build_spinquant", "rotation_chain", "rotation_ignore", "rotation_note",
+    "OFFSET_NORM_MODELS", "ROTATIONS", "RotationLayout", "SpinQuant", "TRANSFORM_TYPES", "build_spinquant",
+    "rotation_chain", "rotation_ignore", "rotation_note",
 ]
 
 ROTATIONS = ("R1", "R2")

@@ -284,7 +284,7 @@ class FastRotations:
 
     def _form(self, rotation: torch.Tensor) -> FastHadamard | None:
         known = self._forms.get(id(rotation))
-        if known is None or known[0] is not rotation:  # (an id can be reused once a matrix is freed)
+        if known is None:  # the entry holds its matrix, so its id is not reused while stored
             known = (rotation, FastHadamard.of(rotation))
             with self._lock:
                 self._forms[id(rotation)] = known
