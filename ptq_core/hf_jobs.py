@@ -125,8 +125,12 @@ def fan_out_need(plans: Sequence[JobPlan]) -> tuple[int, int]:
 
 def plan_flavor(source: str, scheme: object = None, *, token: str | None = None, **options: Any) -> str:
     """The flavor the plan says fits this job (one scheme or several from one read): headers only, no weight read."""
-    plans = plan_hub_models(make_jobs(source, scheme, hub_only=True, **options), token=token, hub_only=True)
-    return suggest_flavor(*fan_out_need(plans))
+    return _fitting_flavor(make_jobs(source, scheme, hub_only=True, **options), token)
+
+
+def _fitting_flavor(jobs: Sequence[Job], token: str | None) -> str:
+    """``suggest_flavor`` of the plans of ``jobs`` (one read for all of them): headers only."""
+    return suggest_flavor(*fan_out_need(plan_hub_models(jobs, token=token, hub_only=True)))
 
 
 def _is_auto(flavor: str | None) -> bool:
@@ -400,7 +404,8 @@ def run_on_hf_jobs(
 
     Every job is handed to ``on_launch`` as soon as it exists (print its URL; cancel it on
     Ctrl-C). Part jobs run at once on the Hub; they are followed one after the other.
-    ``flavor=None`` or ``"auto"`` takes the one the plan says fits (``resolve_flavor``). ``finalize=K`` runs only
+    ``flavor=None`` or ``"auto"`` takes the one the plan says fits (``plan_flavor``'s pick; with
+    ``parts``, sized by the parts' own plan). ``finalize=K`` runs only
     the finalize step of a K-part job (its parts staged before, by jobs or by other machines).
     Several schemes: one job, one read of the source, every scheme; a ``ManyResult`` comes back.
     ``collection``: the job adds the finished repo(s) to it (the finalize job, with ``parts``).
@@ -420,7 +425,7 @@ def run_on_hf_jobs(
     if flavor is None and split is not None and split.footprint is not None:  # the parts' one plan sizes it too
         flavor = suggest_flavor(split.footprint.peak_ram, split.footprint.largest_shard_bytes)
     elif flavor is None:
-        flavor = suggest_flavor(*fan_out_need(plan_hub_models(jobs, token=token, hub_only=True)))
+        flavor = _fitting_flavor(jobs, token)
     launcher = _Launcher.open(token)
 
     def start(job_spec: str, job_label: str) -> HfJob:

@@ -33,6 +33,7 @@ __all__ = [
     "check_free_space",
     "check_output",
     "discard_output",
+    "existing_ancestor",
     "prepare_output",
     "publish_output",
 ]
@@ -267,6 +268,14 @@ def _rename_noreplace(src: Path, dst: Path) -> None:
         raise
 
 
+def existing_ancestor(folder: Path) -> Path:
+    """``folder`` resolved, or its nearest existing ancestor: where an output not yet made will be."""
+    probe = Path(folder).resolve()
+    while not probe.exists():
+        probe = probe.parent
+    return probe
+
+
 def check_free_space(folder: Path, needed_bytes: int) -> None:
     """Refuse a run whose output cannot fit, before a byte of it is written.
 
@@ -280,9 +289,7 @@ def check_free_space(folder: Path, needed_bytes: int) -> None:
     Example:
         >>> check_free_space(Path("out"), plan.size_after)  # doctest: +SKIP
     """
-    probe = Path(folder).resolve()
-    while not probe.exists():
-        probe = probe.parent
+    probe = existing_ancestor(folder)
     usage = os.statvfs(probe)
     free = usage.f_bavail * usage.f_frsize
     if needed_bytes > free:

@@ -41,7 +41,9 @@ from .fanout import FanOutTarget, SummedProgress, fan_out_shards
 from .job import Job, default_repo_name
 from .job_plan import JobPlan, plan_job
 from .one_read import check_one_read
-from .output_folder import OutputWork, check_free_space, check_output, discard_output, prepare_output
+from .output_folder import (
+    OutputWork, check_free_space, check_output, discard_output, existing_ancestor, prepare_output,
+)
 from .pipeline import (
     QuantizeResult, finish_output, output_bytes, output_config, resolve_devices, warn_skipped_files,
 )
@@ -181,20 +183,12 @@ def _plan_all(jobs: Sequence[Job], source: Path, folders: Sequence[Path]) -> tup
     needed: dict[int, tuple[Path, int]] = {}
     for job, plan, folder in zip(jobs, planned, folders):
         check_output(folder, overwrite=job.overwrite, source=source)
-        device = _device_of(folder)
+        device = existing_ancestor(folder).stat().st_dev  # the file system the folder will be on
         where, total = needed.get(device, (folder, 0))
         needed[device] = (where, total + output_bytes(source, plan))
     for folder, total in needed.values():  # outputs on one disk share its free space
         check_free_space(folder, total)
     return planned, configs
-
-
-def _device_of(folder: Path) -> int:
-    """The file system ``folder`` will be on: its nearest existing ancestor's."""
-    probe = folder.resolve()
-    while not probe.exists():
-        probe = probe.parent
-    return probe.stat().st_dev
 
 
 def _prepare_all(source: Path, planned: Sequence[JobPlan], folders: Sequence[Path]) -> list[OutputWork]:
