@@ -12,7 +12,7 @@ This module:
    ``on-jobs`` one Hugging Face Job; a recipe's jobs that differ only in scheme and target:
    one read), folding the log into ``::group::`` sections;
 4. writes the outputs to ``$GITHUB_OUTPUT`` (JSON lists when the jobs come from a
-   recipe) and a Markdown job summary to ``$GITHUB_STEP_SUMMARY``;
+   recipe or ``scheme`` lists several) and a Markdown job summary to ``$GITHUB_STEP_SUMMARY``;
 5. on failure writes the summary so far, one ``::error::`` annotation with the core's
    message, and exits 1.
 
