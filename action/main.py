@@ -12,7 +12,7 @@ This module:
    ``on-jobs`` one Hugging Face Job; a recipe's jobs that differ only in scheme and target:
    one read), folding the log into ``::group::`` sections;
 4. writes the outputs to ``$GITHUB_OUTPUT`` (JSON lists when the jobs come from a
-   recipe) and a Markdown job summary to ``$GITHUB_STEP_SUMMARY``;
+   recipe or ``scheme`` lists several) and a Markdown job summary to ``$GITHUB_STEP_SUMMARY``;
 5. on failure writes the summary so far, one ``::error::`` annotation with the core's
    message, and exits 1.
 
@@ -167,7 +167,7 @@ def run(environ: Mapping[str, str], stdout: TextIO) -> int:
                 if job.part is not None:
                     console.line(f"Staged part {job.part[0]}/{job.part[1]} on {result.repo_id} (staging head {result.commit_sha}).")
                 else:
-                    console.line(f"Pushed {result.repo_url} (commit {result.commit_sha}), {result.ratio:.2f}x smaller.")
+                    console.line(_pushed_line(result))
     except PtqError as err:
         message = redact(str(err), token)
         hint = _action_hint(err, request)
@@ -194,7 +194,7 @@ def _run_many(
     console: Console, environ: Mapping[str, str], request: Request, results: list[HubResult], sections: list[str]
 ) -> tuple[Job, str] | None:
     """Several schemes from one read (``quantize_many_to_hub``); the first failed job and what failed, or None."""
-    label = f"{request.jobs[0].source} -> {', '.join(j.scheme_name for j in request.jobs)}"
+    label = _read_label(request.jobs)
     try:
         many = _run_on_jobs(console, request) if request.on_jobs is not None else ptq_core.quantize_many_to_hub(
             request.jobs, token=request.token, progress=StageLog(console, label), work_dir=_work_dir(environ),
@@ -207,7 +207,7 @@ def _run_many(
             results.append(result)
             sections.append(result_markdown(job, result))
             console.line(f"Staged part {job.part[0]}/{job.part[1]} on {result.repo_id}." if job.part is not None
-                         else f"Pushed {result.repo_url} (commit {result.commit_sha}), {result.ratio:.2f}x smaller.")
+                         else _pushed_line(result))
     console.line(f"Source downloaded once for {len(request.jobs)} schemes: {format_bytes(many.downloaded)}.")
     if many.collection:
         console.line(f"Added to the collection {many.collection}")
@@ -236,7 +236,7 @@ def _run_recipe(
     count = len(request.jobs)
     for group in group_by_read(request.jobs):
         index = request.jobs.index(group[0]) + 1
-        label = f"{group[0].source} -> {', '.join(job.scheme_name for job in group)}"
+        label = _read_label(group)
         try:
             if len(group) > 1:
                 numbers = ", ".join(str(request.jobs.index(job) + 1) for job in group)
@@ -258,14 +258,14 @@ def _run_recipe(
             return group[0] if len(group) == 1 else _OneRead(label), index, str(err) + (f"\n{hint}" if hint else "")
         results.append(result)
         sections.append(result_markdown(job, result))
-        console.line(f"Pushed {result.repo_url} (commit {result.commit_sha}), {result.ratio:.2f}x smaller.")
+        console.line(_pushed_line(result))
     return None
 
 
 def _run_on_jobs(console: Console, request: Request):
     """``on-jobs``: ONE job on the token's Hugging Face Jobs (every scheme, one read), or parts and a finalize."""
     source, scheme, options = request.job_spec
-    label = f"{source} -> {', '.join(job.scheme_name for job in request.jobs)}"
+    label = _read_label(request.jobs)
     result = ptq_core.run_on_hf_jobs(
         source, scheme, parts=request.parts, finalize=request.finalize, flavor=request.on_jobs, token=request.token,
         collection=request.collection, progress=StageLog(console, label),
@@ -318,6 +318,15 @@ def _action_hint(err: PtqError, request: Request | None) -> str | None:
     return None
 
 
+
+
+def _pushed_line(result: HubResult) -> str:
+    return f"Pushed {result.repo_url} (commit {result.commit_sha}), {result.ratio:.2f}x smaller."
+
+
+def _read_label(jobs: Sequence[Job]) -> str:
+    """The log label of jobs that share one read: ``org/Model -> FP8_BLOCK, W4A16``."""
+    return f"{jobs[0].source} -> {', '.join(job.scheme_name for job in jobs)}"
 
 
 def _work_dir(environ: Mapping[str, str]) -> Path | None:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def output_values(results: Sequence[HubResult], *, as_lists: bool) -> dict[str, str]:
-    """The step outputs: plain strings for one job, JSON lists for a recipe."""
+    """The step outputs: plain strings for one job, JSON lists for a recipe or several schemes (``as_lists``)."""
     columns: dict[str, list[str | int | float]] = {
         "repo-id": [r.repo_id for r in results],
         "repo-url": [r.repo_url for r in results],

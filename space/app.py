@@ -128,11 +128,12 @@ def run_job(
     rotate: bool = False,
     also: list[str] | None = None,
 ):
-    """Quantize ``model_id`` and push it: one ``quantize_to_hub`` call in a per-job folder.
+    """Quantize ``model_id`` and push it: one ``quantize_to_hub`` (with ``also``: many) call in a per-job folder.
 
     ``observer``, ``rotate`` and ``also`` are the last inputs: Gradio inserts the sign-in and progress
     arguments at their positions, so an input declared after them still lines up. ``also``: more
-    schemes from the same read (``quantize_many_to_hub``), one repo each under its default name.
+    schemes from the same read (``quantize_many_to_hub``), one repo each under its default name
+    in the target's namespace (``jobs_panel.form_request``).
 
     Returns:
         (result Markdown with the link, the new repo's model card, the card accordion)
@@ -190,7 +191,8 @@ def run_job(
         failed = "; ".join(f"{name}: {redact(str(err), token)}" for name, err in result.errors.items())
         raise gr.Error(f"Pushed: {pushed}. Failed: {failed}", title="Some schemes failed", duration=None,
                        print_exception=False)
-    return ("\n\n".join(result_markdown(r) for r in results), card_markdown(results[0].card),
+    sections = [result_markdown(r, card_below=r is results[0]) for r in results]  # the card shown: the first's
+    return ("\n\n".join(sections), card_markdown(results[0].card),
             gr.Accordion(visible=True, open=False))
 
 
@@ -299,7 +301,8 @@ def _options_form() -> tuple[Any, ...]:
         )
         also = gr.Dropdown(
             label="Also quantize into (the same download)",
-            info="More schemes from one read of the model: one repo each, named {model}-{SCHEME}.",
+            info="More schemes from one read of the model: one repo each, named {model}-{SCHEME} in the "
+                 "target's namespace (a target name of your own takes one scheme).",
             choices=scheme_choices(),
             value=[],
             multiselect=True,

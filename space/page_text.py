@@ -57,10 +57,12 @@ def pick_a_model() -> str:
     return "*Type a model id (e.g. `org/Model`) and press Enter, or pick a suggestion, to see the plan.*"
 
 
-def result_markdown(result: Any) -> str:
+def result_markdown(result: Any, *, card_below: bool = True) -> str:
+    """One pushed repo; ``card_below``: the card shown under the results is this repo's (the first of several)."""
+    note = " The model card is below." if card_below else ""
     return (
         f"### Done: [{result.repo_id}]({result.repo_url})\n\n"
-        f"{result.ratio:.2f}x smaller. The model card is below.\n\n{result.to_markdown()}"
+        f"{result.ratio:.2f}x smaller.{note}\n\n{result.to_markdown()}"
     )
 
 

@@ -453,6 +453,8 @@ def test_run_with_more_schemes_pushes_one_repo_each_from_one_read(hub, source, t
         f"### Done: [{r}]({hub.endpoint}/{r})" for r in repos]
     assert all("model.safetensors" in hub.list_files(r) for r in repos)
     assert "FP8_BLOCK" in card_md
+    assert result_md.count("The model card is below.") == 1  # one card shown: the first scheme's section says so
+    assert result_md.index("The model card is below.") < result_md.index("### Done: [alice/tiny-llama-W4A16]")
     fractions = [f for f, _ in progress.calls]
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
     assert _jobs_left(tmp_path) == []
