@@ -254,6 +254,27 @@ def advance(improved_any: torch.Tensor, stale: int, patience: int) -> tuple[int,
     return improved_any.numel(), stale, False
 
 
+def block_size(step: int, steps: int, stale: int, patience: int, previous: int, cheap_calls: bool) -> int:
+    """How many factors to evaluate next, from ``step`` on, given the peer's stop so far.
+
+    Never fewer than could make the peer stop (``patience - stale``). Where a call is
+    cheap per factor but costly in itself (``cheap_calls``: the pair tables), the
+    first block also holds one improvement's worth (``patience + 1``), a block that
+    ended on an improvement doubles, and a block that would leave fewer than
+    ``patience`` factors takes them too. Otherwise (the direct search) blocks are as
+    short as the stop allows, so no factor the peer skips is evaluated.
+    """
+    size = max(1, patience - stale)
+    if cheap_calls:
+        if step == 0:
+            size = patience + 1
+        elif stale == 0:
+            size = max(size, 2 * previous)
+        if steps - step - size < patience:
+            size = steps - step
+    return min(size, steps - step)
+
+
 def keep_best(found: Improvements, taken: int, first_step: int, best_err: torch.Tensor, best_step: torch.Tensor):
     """Running best error and step per cell after the block's first ``taken`` factors.
 

@@ -67,10 +67,10 @@ def _mse_stats(weight: torch.Tensor, spec: WeightSpec, scratch: Scratch) -> Weig
     shrink = observers.shrink_tensor(params, weight.dtype, weight.device)
     chunks = _search_chunks(weight, spec, search, params, scratch)
     cells = sum(c.lo.numel() for c in chunks)
-    patience = steps if all(c.table is not None for c in chunks) else params.patience
-    step, stale = 0, 0
+    tables = all(c.table is not None for c in chunks)
+    step, stale, size = 0, 0, 0
     while step < steps:
-        size = min(steps - step, max(1, patience - stale), max(1, _SEARCH_CELLS // cells))
+        size = min(observers.block_size(step, steps, stale, params.patience, size, tables), max(1, _SEARCH_CELLS // cells))
         factors = shrink[step : step + size]
         results = []
         improved_any = torch.zeros(size, dtype=torch.bool, device=weight.device)
@@ -258,6 +258,7 @@ class _PairTable:
     order: torch.Tensor  # [cells] int64: the cells sorted by group
     ids: torch.Tensor  # [cells, width] int32: value ids, cells in ``order``
     bounds: tuple[int, ...]  # group g's cells are ``order[bounds[g]:bounds[g + 1]]``
+    counts: torch.Tensor  # [groups] int64: cells per group
     lo: torch.Tensor  # [groups] each group's (expanded) statistic
     hi: torch.Tensor | None
     values: torch.Tensor  # [distinct values] in the weight's dtype
@@ -273,29 +274,41 @@ def _tables_apply(weight: torch.Tensor, spec: WeightSpec) -> bool:
 
 
 def _pair_table(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor | None, spec: WeightSpec, scratch: Scratch):
-    """The chunk's :class:`_PairTable`, or ``None`` where the table would not pay."""
+    """The chunk's :class:`_PairTable`, or ``None`` where the table would not pay.
+
+    Bit patterns are counted rather than sorted (``bincount`` over the 65536 patterns),
+    and the per-element passes write into scratch buffers (a fresh 16 MB buffer costs
+    a page fault per 4 kB)."""
     if not _tables_apply(x, spec):
         return None
     cells = _search_cells(x, spec, scratch)
     n, width = cells.shape
-    stat = _bits16(lo)
-    if hi is not None:
-        stat = (stat << 16) | _bits16(hi)
-    uniq, group = torch.unique(stat, return_inverse=True)
+    if hi is None:  # one 16-bit statistic per cell
+        stat = _bits16(lo).to(torch.int32)
+        uniq, id_of = _patterns(stat)
+        group = torch.index_select(id_of, 0, stat).long()
+    else:
+        uniq, group = torch.unique((_bits16(lo) << 16) | _bits16(hi), return_inverse=True)
     groups = uniq.numel()
-    order = torch.argsort(group, stable=True)
-    sorted_cells = cells.index_select(0, order)
-    bits = sorted_cells.reshape(-1).view(torch.int16).to(torch.int32).bitwise_and_(0xFFFF)
-    present = torch.bincount(bits, minlength=65536) > 0
-    distinct = int(present.sum())
-    if distinct * groups > cells.numel() // _TABLE_GAIN:
+    order = torch.argsort(group.to(torch.int16 if groups < 2**15 else torch.int32), stable=True)
+    sorted_cells = torch.index_select(cells, 0, order, out=scratch.get("pair_cells", (n, width), x.dtype, x.device))
+    bits = scratch.get("pair_bits", (n * width,), torch.int32, x.device).copy_(sorted_cells.view(-1).view(torch.uint16))
+    values, id_of = _patterns(bits)
+    if values.numel() * groups > cells.numel() // _TABLE_GAIN:
         return None
-    ids = torch.index_select(torch.cumsum(present, 0, dtype=torch.int32).sub_(1), 0, bits).view(n, width)
-    values = torch.nonzero(present).view(-1).to(torch.int16).view(x.dtype)
-    bounds = (0, *torch.cumsum(torch.bincount(group, minlength=groups), 0).tolist())
+    ids = torch.index_select(id_of, 0, bits).view(n, width)
+    counts = torch.bincount(group, minlength=groups)
+    bounds = (0, *torch.cumsum(counts, 0).tolist())
     lo_g, hi_g = (uniq >> 16, uniq & 0xFFFF) if hi is not None else (uniq, None)
     as_dtype = lambda b: b.to(torch.int16).view(x.dtype) if b is not None else None  # noqa: E731
-    return _PairTable(cells, group, order, ids, bounds, as_dtype(lo_g), as_dtype(hi_g), values)
+    return _PairTable(cells, group, order, ids, bounds, counts, as_dtype(lo_g), as_dtype(hi_g), as_dtype(values))
+
+
+def _patterns(bits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct 16-bit patterns among ``bits`` (int32 in [0, 65536)), ascending, and
+    the map from a pattern to its rank among them (int32, 65536 entries): counted, not sorted."""
+    present = torch.bincount(bits, minlength=65536) > 0
+    return torch.nonzero(present).view(-1), torch.cumsum(present, 0, dtype=torch.int32).sub_(1)
 
 
 _TABLE_GAIN = 1  # the table path needs at least this many elements per table row
@@ -336,26 +349,39 @@ def _table_errors(table: _PairTable, spec: WeightSpec, norm: float, factors: tor
         return torch.cat([_table_errors(table, spec, norm, factors[:half], scratch),
                           _table_errors(table, spec, norm, factors[half:], scratch)])
     first = torch.zeros(uniq.numel(), dtype=torch.int64).scatter_(0, which, torch.arange(which.numel()))
-    s = scales.reshape(-1)[first].view(-1, 1)
-    z = zps.reshape(-1)[first].view(-1, 1) if zps is not None else None
+    s = scales.reshape(-1)[first].view(1, -1)
+    z = zps.reshape(-1)[first].view(1, -1) if zps is not None else None
     # [values, qparams]: the elementwise errors of every distinct value under every distinct qparams
-    per_value = _pointwise_errors(table.values.view(-1, 1), s.view(1, -1), z.view(1, -1) if z is not None else None,
-                                  spec, norm, scratch).float()
+    per_value = _pointwise_errors(table.values.view(-1, 1), s, z, spec, norm, scratch).float()
     which = which.view(k, groups)
-    sums = []
-    # group g's qparams ids lie in [first, last] (ids sort by scale): a column slice of the
-    # table is a fast copy, and summing a few extra columns costs less than gathering k
-    spans = zip(which.amin(dim=0).tolist(), which.amax(dim=0).tolist())
-    for g, (first, last) in enumerate(spans):
-        a, b = table.bounds[g], table.bounds[g + 1]
-        if last - first < 2 * k:
-            rows = per_value[:, first : last + 1].contiguous()
-            found = torch.nn.functional.embedding_bag(table.ids[a:b], rows, mode="sum")
-            sums.append(found.index_select(1, which[:, g] - first))
-        else:
-            rows = per_value.index_select(1, which[:, g])  # [values, k]: group g's candidates
-            sums.append(torch.nn.functional.embedding_bag(table.ids[a:b], rows, mode="sum"))
-    return _certified(torch.cat(sums), table, scales, zps, spec, norm, scratch).t().contiguous()
+    sums = torch.empty(table.ids.shape[0], k, dtype=torch.float32)
+    for g0, g1, c0, c1 in _batches(table.bounds, which):
+        # the batch's qparams ids lie in [c0, c1): a column slice of the table (a fast copy);
+        # summing a few columns no cell of the batch needs costs less than another call
+        a, b = table.bounds[g0], table.bounds[g1]
+        found = torch.nn.functional.embedding_bag(table.ids[a:b], per_value[:, c0:c1].contiguous(), mode="sum")
+        pick = (which[:, g0:g1] - c0).t().repeat_interleave(table.counts[g0:g1], dim=0)  # [cells, k]
+        torch.gather(found, 1, pick, out=sums[a:b])
+    return _certified(sums, table, scales, zps, spec, norm, scratch).t().contiguous()
+
+
+_BATCH_SLACK = 8  # columns a batch of groups may sum beyond its widest group's span, to save a call
+
+
+def _batches(bounds: tuple[int, ...], which: torch.Tensor):
+    """Runs of consecutive groups ``(g0, g1, c0, c1)`` summed by one ``embedding_bag`` over columns ``[c0, c1)``.
+
+    Groups are sorted by statistic, so neighbours' candidates share or neighbour columns;
+    a run grows while its columns stay within ``_BATCH_SLACK`` of its widest group's."""
+    firsts, lasts = which.amin(dim=0).tolist(), which.amax(dim=0).tolist()
+    g0, c0, c1, widest = 0, firsts[0], lasts[0] + 1, 0
+    for g, (f, l) in enumerate(zip(firsts, lasts)):
+        lo, hi, w = min(c0, f), max(c1, l + 1), max(widest, l + 1 - f)
+        if g > g0 and hi - lo > w + _BATCH_SLACK:
+            yield g0, g, c0, c1
+            g0, lo, hi, w = g, f, l + 1, l + 1 - f
+        c0, c1, widest = lo, hi, w
+    yield g0, len(firsts), c0, c1
 
 
 _U = 2.0**-24  # float32's unit roundoff
