@@ -254,20 +254,20 @@ def advance(improved_any: torch.Tensor, stale: int, patience: int) -> tuple[int,
     return improved_any.numel(), stale, False
 
 
-def block_size(step: int, steps: int, stale: int, patience: int, previous: int, cheap_calls: bool) -> int:
+def block_size(step: int, steps: int, stale: int, patience: int, previous: int, first: int) -> int:
     """How many factors to evaluate next, from ``step`` on, given the peer's stop so far.
 
-    Never fewer than could make the peer stop (``patience - stale``). Where a call is
-    cheap per factor but costly in itself (``cheap_calls``: the pair tables), the
-    first block also holds one improvement's worth (``patience + 1``), a block that
-    ended on an improvement doubles, and a block that would leave fewer than
-    ``patience`` factors takes them too. Otherwise (the direct search) blocks are as
-    short as the stop allows, so no factor the peer skips is evaluated.
+    Never fewer than could make the peer stop (``patience - stale``): with ``first=1``
+    (the direct search, costly per factor) blocks are that short, so no factor the peer
+    skips is evaluated. Where a call is cheap per factor but costly in itself (the pair
+    tables), the first block holds ``first`` factors, a block that ended on an
+    improvement doubles, and a block that would leave fewer than ``patience`` factors
+    takes them too.
     """
     size = max(1, patience - stale)
-    if cheap_calls:
+    if first > 1:
         if step == 0:
-            size = patience + 1
+            size = max(size, first)
         elif stale == 0:
             size = max(size, 2 * previous)
         if steps - step - size < patience:

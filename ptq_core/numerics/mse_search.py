@@ -65,18 +65,18 @@ def _mse_stats(weight: torch.Tensor, spec: WeightSpec, scratch: Scratch) -> Weig
     search = replace(spec, scale_dtype=None) if spec.strategy == "tensor_group" else spec
     steps = len(params.shrink)
     shrink = observers.shrink_tensor(params, weight.dtype, weight.device)
-    chunks = _search_chunks(weight, spec, search, params, scratch)
+    chunks = _search_chunks(weight, spec, search, params, shrink, scratch)
     cells = sum(c.lo.numel() for c in chunks)
-    tables = all(c.table is not None for c in chunks)
+    first = _first_block(chunks, params.patience)
     step, stale, size = 0, 0, 0
     while step < steps:
-        size = min(observers.block_size(step, steps, stale, params.patience, size, tables), max(1, _SEARCH_CELLS // cells))
+        size = min(observers.block_size(step, steps, stale, params.patience, size, first), max(1, _SEARCH_CELLS // cells))
         factors = shrink[step : step + size]
         results = []
         improved_any = torch.zeros(size, dtype=torch.bool, device=weight.device)
         for c in chunks:
             if c.table is not None:  # [factors, cells] with the cells in the table's order
-                err = _table_errors(c.table, search, params.norm, factors, scratch)
+                err = _table_errors(c.table, slice(step, step + size), search, params.norm, scratch)
             else:
                 err = _errors(weight[c.first : c.end], c.lo, c.hi, search, params.norm, factors, scratch)
             found = observers.improvements(err, c.best_err)
@@ -94,7 +94,25 @@ def _mse_stats(weight: torch.Tensor, spec: WeightSpec, scratch: Scratch) -> Weig
     return WeightStats(torch.cat([lo for lo, _ in picked]), torch.cat([hi for _, hi in picked]) if picked[0][1] is not None else None)
 
 
-def _search_chunks(weight: torch.Tensor, spec: WeightSpec, search: WeightSpec, params, scratch: Scratch) -> list[_SearchChunk]:
+def _first_block(chunks: list[_SearchChunk], patience: int) -> int:
+    """The first block of factors: 1 (as short as the peer's stop allows) on the direct path.
+
+    A pair table's call costs a pass over its elements plus a little per factor and
+    cell: the first block takes the ``patience + 1`` factors a search that improves
+    only at the first factor evaluates, and twice that where cells are wide (many
+    elements per cell: another call costs more than the extra factors).
+    """
+    if any(c.table is None for c in chunks):
+        return 1
+    wide = all(c.table.cells.shape[1] >= _WIDE_CELL for c in chunks)
+    return (patience + 1) * (2 if wide else 1)
+
+
+_WIDE_CELL = 64  # elements per cell from which a table's first block is doubled
+
+
+def _search_chunks(weight: torch.Tensor, spec: WeightSpec, search: WeightSpec, params, shrink: torch.Tensor,
+                   scratch: Scratch) -> list[_SearchChunk]:
     """The weight's row chunks with their expanded statistics and starting state.
 
     The table path wants big chunks (more repeated values), the direct one cache-sized
@@ -111,7 +129,7 @@ def _search_chunks(weight: torch.Tensor, spec: WeightSpec, search: WeightSpec, p
     for a, b in spans:
         lo, hi = _finite(*_stats(weight[a:b], spec, scratch))
         lo, hi = _expanded(lo, params.expand), (_expanded(hi, params.expand) if hi is not None else None)
-        table = _pair_table(weight[a:b], lo, hi, search, scratch) if params.shrink else None
+        table = _pair_table(weight[a:b], lo, hi, search, params.norm, shrink, scratch) if params.shrink else None
         best_err, best_step = observers.initial_best(lo if table is None else lo.reshape(-1))
         chunks.append(_SearchChunk(a, b, lo, hi, best_err, best_step, table))
     return chunks
@@ -245,12 +263,13 @@ _TABLE_MAX_WIDTH = 4096  # widest cell (a channel) for tables: the certificate's
 
 @dataclass(frozen=True)
 class _PairTable:
-    """A row chunk's cells grouped by statistics, as ids of the chunk's distinct values.
+    """A row chunk's cells grouped by statistics, as ids of the chunk's distinct values,
+    with every distinct value's error under every factor's candidate qparams.
 
     Cells with the same statistics (bit for bit) get the same candidate scales, and a
     chunk holds few distinct values, so every element's error is one of
-    ``distinct qparams x distinct values`` numbers: :func:`_table_errors` computes those
-    once with the peer's elementwise ops and sums each cell's entries.
+    ``distinct qparams x distinct values`` numbers (``per_value``, computed once with
+    the peer's elementwise ops); :func:`_table_errors` sums each cell's entries.
     """
 
     cells: torch.Tensor  # [cells, width], the chunk in the peer's order
@@ -258,10 +277,13 @@ class _PairTable:
     order: torch.Tensor  # [cells] int64: the cells sorted by group
     ids: torch.Tensor  # [cells, width] int32: value ids, cells in ``order``
     bounds: tuple[int, ...]  # group g's cells are ``order[bounds[g]:bounds[g + 1]]``
-    counts: torch.Tensor  # [groups] int64: cells per group
-    lo: torch.Tensor  # [groups] each group's (expanded) statistic
-    hi: torch.Tensor | None
+    sorted_group: torch.Tensor  # [cells] int64: ``group[order]``
+    scales: torch.Tensor  # [factors, groups]: each group's candidate qparams
+    zps: torch.Tensor | None
+    cols: torch.Tensor  # [factors, groups] int64: their column (id among the distinct qparams, by scale)
     values: torch.Tensor  # [distinct values] in the weight's dtype
+    qparams: tuple[torch.Tensor, torch.Tensor | None]  # [1, columns]: each column's scale and zero point
+    per_value: torch.Tensor | None  # [values, columns] float32 elementwise errors; None: over _TABLE_ENTRIES
 
 
 def _tables_apply(weight: torch.Tensor, spec: WeightSpec) -> bool:
@@ -273,7 +295,8 @@ def _tables_apply(weight: torch.Tensor, spec: WeightSpec) -> bool:
     return width <= _TABLE_MAX_WIDTH
 
 
-def _pair_table(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor | None, spec: WeightSpec, scratch: Scratch):
+def _pair_table(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor | None, spec: WeightSpec, norm: float,
+                factors: torch.Tensor, scratch: Scratch) -> _PairTable | None:
     """The chunk's :class:`_PairTable`, or ``None`` where the table would not pay.
 
     Bit patterns are counted rather than sorted (``bincount`` over the 65536 patterns),
@@ -299,9 +322,24 @@ def _pair_table(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor | None, spec
     ids = torch.index_select(id_of, 0, bits).view(n, width)
     counts = torch.bincount(group, minlength=groups)
     bounds = (0, *torch.cumsum(counts, 0).tolist())
-    lo_g, hi_g = (uniq >> 16, uniq & 0xFFFF) if hi is not None else (uniq, None)
-    as_dtype = lambda b: b.to(torch.int16).view(x.dtype) if b is not None else None  # noqa: E731
-    return _PairTable(cells, group, order, ids, bounds, counts, as_dtype(lo_g), as_dtype(hi_g), as_dtype(values))
+    as_dtype = lambda b: b.to(torch.int16).view(x.dtype)  # noqa: E731
+    lo_g, hi_g = (as_dtype(uniq >> 16), as_dtype(uniq & 0xFFFF)) if hi is not None else (as_dtype(uniq), None)
+    cand_hi = observers.candidates(hi_g, factors) if hi_g is not None else None
+    scales, zps = _qparams(observers.candidates(lo_g, factors), cand_hi, spec, None)  # [factors, groups]
+    keys, cols = torch.unique(_qparams_key(scales, zps), return_inverse=True)
+    first = torch.zeros(keys.numel(), dtype=torch.int64).scatter_(0, cols, torch.arange(cols.numel()))
+    qparams = scales.reshape(-1)[first].view(1, -1), (zps.reshape(-1)[first].view(1, -1) if zps is not None else None)
+    table = _PairTable(cells, group, order, ids, bounds, group[order], scales, zps, cols.view(scales.shape),
+                       as_dtype(values), qparams, None)
+    if keys.numel() * values.numel() > _TABLE_ENTRIES:  # errors per factor block (:func:`_table_errors`)
+        return table
+    return replace(table, per_value=_per_value(table, slice(None), spec, norm, scratch))
+
+
+def _per_value(table: _PairTable, cols, spec: WeightSpec, norm: float, scratch: Scratch) -> torch.Tensor:
+    """``[values, columns]``: every distinct value's error under the qparams of columns ``cols``."""
+    s, z = table.qparams
+    return _pointwise_errors(table.values.view(-1, 1), s[:, cols], z[:, cols] if z is not None else None, spec, norm, scratch).float()
 
 
 def _patterns(bits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -312,7 +350,7 @@ def _patterns(bits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 _TABLE_GAIN = 1  # the table path needs at least this many elements per table row
-_TABLE_ENTRIES = 1 << 22  # (distinct qparams x distinct values) errors held at once (~50 MB of buffers)
+_TABLE_ENTRIES = 1 << 23  # (distinct qparams x distinct values) errors of a table (32 MB); more: no table
 
 
 def _bits16(t: torch.Tensor) -> torch.Tensor:
@@ -328,47 +366,47 @@ def _qparams_key(scales: torch.Tensor, zps: torch.Tensor | None) -> torch.Tensor
     return (key << 8) | zps.reshape(-1).view(torch.uint8).to(torch.int64)
 
 
-def _table_errors(table: _PairTable, spec: WeightSpec, norm: float, factors: torch.Tensor, scratch: Scratch) -> torch.Tensor:
-    """``[factors, cells]`` errors (cells in ``table.order``), equal to :func:`_mse_errors`' without a pass per element.
+def _table_errors(table: _PairTable, steps: slice, spec: WeightSpec, norm: float, scratch: Scratch) -> torch.Tensor:
+    """``[factors, cells]`` errors of the factors ``steps`` (cells in ``table.order``), equal to
+    :func:`_mse_errors`' without a pass per element.
 
-    1. Each distinct (scale, zero point) among the groups' candidates is applied to each
-       distinct value with :func:`_pointwise_errors`: the peer's elementwise numbers.
-    2. Each cell's sum runs over its elements' table rows in float32 (``embedding_bag``),
-       in another order than torch's reduction. Both float32 sums of the same
-       non-negative numbers lie within ``gamma(width - 1)`` (relative) of the exact sum
-       (:func:`_sum_margin`), so where that whole interval rounds to one value of the weight's dtype, that
-       value is the peer's. The rest (under 1% on the benchmark's weights, and any non-finite sum) are summed
-       again on the peer's layout with torch's reduction.
+    Each cell's sum runs over its elements' ``per_value`` rows in float32 (``embedding_bag``),
+    in another order than torch's reduction. Both float32 sums of the same non-negative
+    numbers lie within ``gamma(width - 1)`` (relative) of the exact sum (:func:`_sum_margin`),
+    so where that whole interval rounds to one value of the weight's dtype, that value is
+    the peer's. The rest (under 1% on the benchmark's weights, and any non-finite sum) are
+    summed again on the peer's layout with torch's reduction (:func:`_certified`).
     """
-    k, groups = factors.shape[0], table.lo.numel()
-    cand_hi = observers.candidates(table.hi, factors) if table.hi is not None else None
-    scales, zps = _qparams(observers.candidates(table.lo, factors), cand_hi, spec, None)  # [k, groups]
-    uniq, which = torch.unique(_qparams_key(scales, zps), return_inverse=True)
-    if k > 1 and uniq.numel() * table.values.numel() > _TABLE_ENTRIES:  # bound the table: fewer factors at once
-        half = k // 2
-        return torch.cat([_table_errors(table, spec, norm, factors[:half], scratch),
-                          _table_errors(table, spec, norm, factors[half:], scratch)])
-    first = torch.zeros(uniq.numel(), dtype=torch.int64).scatter_(0, which, torch.arange(which.numel()))
-    s = scales.reshape(-1)[first].view(1, -1)
-    z = zps.reshape(-1)[first].view(1, -1) if zps is not None else None
-    # [values, qparams]: the elementwise errors of every distinct value under every distinct qparams
-    per_value = _pointwise_errors(table.values.view(-1, 1), s, z, spec, norm, scratch).float()
-    which = which.view(k, groups)
+    which, per_value = table.cols[steps], table.per_value
+    k = which.shape[0]
+    if per_value is None:  # a table too big for all factors: this block's columns only, or half the block
+        used, which = torch.unique(which, return_inverse=True)
+        if k > 1 and used.numel() * table.values.numel() > _TABLE_ENTRIES:
+            first, stop = steps.indices(table.cols.shape[0])[:2]
+            half = first + k // 2
+            return torch.cat([_table_errors(table, slice(first, half), spec, norm, scratch),
+                              _table_errors(table, slice(half, stop), spec, norm, scratch)])
+        per_value = _per_value(table, used, spec, norm, scratch)
     sums = torch.empty(table.ids.shape[0], k, dtype=torch.float32)
-    for g0, g1, c0, c1 in _batches(table.bounds, which):
-        # the batch's qparams ids lie in [c0, c1): a column slice of the table (a fast copy);
-        # summing a few columns no cell of the batch needs costs less than another call
+    runs = list(_batches(which))
+    start = torch.empty(which.shape[1], dtype=torch.int64)
+    for g0, g1, c0, _ in runs:
+        start[g0:g1] = c0
+    pick = torch.index_select((which - start).t(), 0, table.sorted_group)  # [cells, k]: each sum's column in its run
+    for g0, g1, c0, c1 in runs:
+        # the run's qparams lie in columns [c0, c1): a column slice of the table (a fast copy);
+        # summing a few columns no cell of the run needs costs less than another call
         a, b = table.bounds[g0], table.bounds[g1]
         found = torch.nn.functional.embedding_bag(table.ids[a:b], per_value[:, c0:c1].contiguous(), mode="sum")
-        pick = (which[:, g0:g1] - c0).t().repeat_interleave(table.counts[g0:g1], dim=0)  # [cells, k]
-        torch.gather(found, 1, pick, out=sums[a:b])
-    return _certified(sums, table, scales, zps, spec, norm, scratch).t().contiguous()
+        torch.gather(found, 1, pick[a:b], out=sums[a:b])
+    zps = table.zps[steps] if table.zps is not None else None
+    return _certified(sums, table, table.scales[steps], zps, spec, norm, scratch).t().contiguous()
 
 
 _BATCH_SLACK = 8  # columns a batch of groups may sum beyond its widest group's span, to save a call
 
 
-def _batches(bounds: tuple[int, ...], which: torch.Tensor):
+def _batches(which: torch.Tensor):
     """Runs of consecutive groups ``(g0, g1, c0, c1)`` summed by one ``embedding_bag`` over columns ``[c0, c1)``.
 
     Groups are sorted by statistic, so neighbours' candidates share or neighbour columns;
@@ -385,6 +423,7 @@ def _batches(bounds: tuple[int, ...], which: torch.Tensor):
 
 
 _U = 2.0**-24  # float32's unit roundoff
+_F32_MAX = torch.finfo(torch.float32).max
 
 
 def _gamma(n: int) -> float:
@@ -419,11 +458,14 @@ def _certified(approx, table: _PairTable, scales, zps, spec: WeightSpec, norm: f
     """The sums in the weight's dtype: ``approx`` rounded where the rounding is certain, else recomputed.
 
     ``approx``: ``[cells, factors]`` float32 sums, cells in the table's order."""
-    width, dtype, groups = table.cells.shape[1], table.cells.dtype, table.lo.numel()
+    width, dtype, groups = table.cells.shape[1], table.cells.dtype, len(table.bounds) - 1
     margin = _sum_margin(width)
-    low = (approx * (1 - margin)).to(dtype)
-    high = (approx * (1 + margin)).to(dtype)
-    unsure = (low.view(torch.int16) != high.view(torch.int16)) | ~torch.isfinite(approx)
+    shape = tuple(approx.shape)
+    wide = scratch.get("cert_wide", shape, torch.float32, approx.device)
+    low = torch.mul(approx, 1 - margin, out=wide).to(dtype)
+    high = scratch.get("cert_high", shape, dtype, approx.device).copy_(torch.mul(approx, 1 + margin, out=wide))
+    unsure = torch.ne(low.view(torch.int16), high.view(torch.int16), out=scratch.get("cert_unsure", shape, torch.uint8, approx.device).view(torch.bool))
+    unsure |= torch.le(approx, _F32_MAX, out=scratch.get("cert_finite", shape, torch.uint8, approx.device).view(torch.bool)).logical_not_()  # inf, NaN
     row, col = torch.nonzero(unsure, as_tuple=True)
     step = max(1, _SEARCH_ELEMS // width)  # bounded buffers, however many sums are unsure
     for a in range(0, row.numel(), step):

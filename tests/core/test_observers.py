@@ -332,10 +332,10 @@ def test_table_errors_equal_the_direct_errors(monkeypatch, scheme, cols, dtype, 
     lo, hi = scales._stats(w, spec, Scratch())
     factors = observers.shrink_tensor(params, w.dtype, w.device)
     direct = mse_search._errors(w, lo, hi, spec, params.norm, factors, Scratch())
-    table = mse_search._pair_table(w, lo, hi, spec, Scratch())
+    table = mse_search._pair_table(w, lo, hi, spec, params.norm, factors, Scratch())
     fallbacks, real = [], mse_search._pointwise_errors
     monkeypatch.setattr(mse_search, "_pointwise_errors", lambda *a, **k: fallbacks.append(a[0].shape) or real(*a, **k))
-    in_order = mse_search._table_errors(table, spec, params.norm, factors, Scratch())
+    in_order = mse_search._table_errors(table, slice(None), spec, params.norm, Scratch())
     tabled = torch.empty_like(in_order).index_copy_(1, table.order, in_order).reshape(direct.shape)
     assert torch.isinf(direct).any() and (direct == 0).any()
     assert torch.equal(raw(tabled), raw(direct)), f"{(raw(tabled) != raw(direct)).sum()} bytes differ"
@@ -358,14 +358,16 @@ def test_table_gain_rule_keeps_small_weights_direct(monkeypatch):
     assert calls
 
 
-def test_table_splits_its_factors_to_bound_memory(monkeypatch):
-    """A table over too many (qparams x values) entries evaluates half the factors at a time:
-    the same bytes."""
+def test_table_over_its_bound_works_per_block(monkeypatch):
+    """A table over more (qparams x values) entries than ``_TABLE_ENTRIES`` computes its
+    elementwise errors per factor block, halving blocks until they fit: the same bytes."""
     case = next(c for c in CASES if c.scheme == "NVFP4A16" and c.observer == "nvfp4_expanded_mse" and c.kind == "edge")
     calls = _table_calls(monkeypatch)
     monkeypatch.setattr(mse_search, "_TABLE_ENTRIES", 4096)
+    blocks, real = [], mse_search._per_value
+    monkeypatch.setattr(mse_search, "_per_value", lambda table, cols, *a: blocks.append(cols) or real(table, cols, *a))
     assert_same(run_case(case), golden(case), f"{case.id} with small tables")
-    assert len(calls) > 3, "the factor block was not split"
+    assert len(calls) > 3 and blocks and all(isinstance(c, torch.Tensor) for c in blocks), "the factor block was not split"
 
 
 def test_sum_margin_encloses_any_float32_order_in_exact_arithmetic():
