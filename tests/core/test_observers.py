@@ -389,3 +389,71 @@ def test_sum_margin_encloses_any_float32_order_in_exact_arithmetic():
         assert (1 + m) * (1 - u) ** 2 >= 1 + gamma(2 * (width - 1)), width
     with pytest.raises(AssertionError, match="wider than the certified"):
         mse_search._sum_margin(mse_search._TABLE_MAX_WIDTH + 1)
+
+
+# --------------------------------------------------------------------------- factor blocks
+
+
+def _one_at_a_time(improved: list[bool], patience: int) -> tuple[int, int]:
+    """The peer's loop: (factors evaluated, stale count at the end)."""
+    stale = 0
+    for i, found in enumerate(improved):
+        stale = 0 if found else stale + 1
+        if stale >= patience:
+            return i + 1, stale
+    return len(improved), stale
+
+
+@pytest.mark.parametrize("first", [1, 2, 6, 12, 30])
+def test_blocks_replay_the_peers_stop(first):
+    """Blocks of any policy, replayed by ``advance``, evaluate the factors the peer evaluates
+    and stop where it stops, on every improvement pattern of a short search and random long ones;
+    each block is at least what could make the peer stop, never past the last factor, and
+    leaves either nothing or at least ``patience`` factors after it."""
+    gen = torch.Generator().manual_seed(first)
+    patterns = [[bool(b >> i & 1) for i in range(8)] for b in range(256)]
+    patterns += [(torch.rand(111, generator=gen) < p).tolist() for p in (0.02, 0.2, 0.6, 0.95) for _ in range(25)]
+    for improved in patterns:
+        for patience in (1, 2, 5, 1000):
+            steps, step, stale, size, taken_all = len(improved), 0, 0, 0, 0
+            while step < steps:
+                size = observers.block_size(step, steps, stale, patience, size, first)
+                assert min(steps - step, max(1, patience - stale)) <= size <= steps - step
+                if first == 1:
+                    assert size == min(steps - step, max(1, patience - stale))
+                else:
+                    assert step + size == steps or steps - step - size >= patience
+                taken, stale, stopped = observers.advance(torch.tensor(improved[step : step + size]), stale, patience)
+                step += taken
+                taken_all += taken
+                if stopped:
+                    break
+            assert (taken_all, stale) == _one_at_a_time(improved, patience), (improved, patience)
+
+
+def _early_stop_weight() -> torch.Tensor:
+    return (torch.randn(256, 1024, generator=torch.Generator().manual_seed(7)) * 0.02).to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("scheme", ["W8A16", "MXFP8A16", "W4A16"])
+@pytest.mark.parametrize("blocks", ["default", "one factor", "one block"])
+def test_table_blocks_give_the_oracles_bytes(monkeypatch, scheme, blocks):
+    """Pair tables with blocks of one factor, one block of every factor, and the default
+    policy: the oracle's bytes on a weight where the peer stops early (W8A16, MXFP8A16) and
+    one where it runs every factor (W4A16). A block that stopped in the wrong place, or kept
+    a factor the peer never reached, changes the chosen scales."""
+    from reference import reference_quantize
+
+    calls = _table_calls(monkeypatch)
+    real, stops = observers.advance, []
+    monkeypatch.setattr(observers, "advance", lambda *a: stops.append(real(*a)) or stops[-1])
+    if blocks != "default":
+        size = (lambda step, steps, *_: 1) if blocks == "one factor" else (lambda step, steps, *_: steps - step)
+        monkeypatch.setattr(observers, "block_size", size)
+    s = preset_name_to_scheme(scheme, ["Linear"])
+    s.weights.observer = "memoryless_mse"
+    w = _early_stop_weight()
+    assert_same(quantize_weight(w, spec_of(s)), reference_quantize(w, s), f"{scheme} blocks: {blocks}")
+    assert calls
+    evaluated = sum(taken for taken, _, _ in stops)
+    assert (evaluated < 20) == (scheme != "W4A16"), f"{scheme}: the peer evaluates {evaluated} factors"
