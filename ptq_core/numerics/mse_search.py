@@ -98,18 +98,18 @@ def _mse_stats(weight: torch.Tensor, spec: WeightSpec, scratch: Scratch) -> Weig
 def _first_block(chunks: list[_SearchChunk], patience: int) -> int:
     """The first block of factors: 1 (as short as the peer's stop allows) on the direct path.
 
-    A pair table's call costs a pass over its elements plus a little per factor and
-    cell: the first block takes the ``patience + 1`` factors a search that improves
-    only at the first factor evaluates, and twice that where cells are wide (many
-    elements per cell: another call costs more than the extra factors).
+    A pair table's call costs a pass over its elements, each factor in it a few passes
+    over its cells: the first block takes the ``patience + 1`` factors a search that
+    improves only at its first factor evaluates, plus ``_FIRST_EXTRA`` (searches that stop
+    early mostly last improve within the first few factors: at factor 0 to 2 for MXFP8A16
+    and W8A16 on the benchmark's weight, so one call suffices there).
     """
     if any(c.table is None for c in chunks):
         return 1
-    wide = all(c.table.cells.shape[1] >= _WIDE_CELL for c in chunks)
-    return (patience + 1) * (2 if wide else 1)
+    return patience + 1 + _FIRST_EXTRA
 
 
-_WIDE_CELL = 64  # elements per cell from which a table's first block is doubled
+_FIRST_EXTRA = 2
 
 
 def _search_chunks(weight: torch.Tensor, spec: WeightSpec, search: WeightSpec, params, shrink: torch.Tensor,
@@ -125,12 +125,14 @@ def _search_chunks(weight: torch.Tensor, spec: WeightSpec, search: WeightSpec, p
     else:
         multiple = spec.block[0] if spec.strategy == "block" else 1
         elems = _scales._CHUNK_ELEMS if _tables_apply(weight, spec) else _scales._CHUNK_ELEMS // 16
-        spans = _row_chunks(rows, cols, multiple, elems)
+        spans = list(_row_chunks(rows, cols, multiple, elems))
     chunks = []
     for a, b in spans:
         lo, hi = _finite(*_stats(weight[a:b], spec, scratch))
         lo, hi = _expanded(lo, params.expand), (_expanded(hi, params.expand) if hi is not None else None)
-        table = _pair_table(weight[a:b], lo, hi, search, params.norm, shrink, scratch) if params.shrink else None
+        # a weight of one chunk (most) keeps its table's ids in scratch: no page faults on reuse
+        ids_buffer = scratch if len(spans) == 1 else None
+        table = _pair_table(weight[a:b], lo, hi, search, params.norm, shrink, scratch, ids_buffer) if params.shrink else None
         best_err, best_step = observers.initial_best(lo if table is None else lo.reshape(-1))
         chunks.append(_SearchChunk(a, b, lo, hi, best_err, best_step, table))
     return chunks
@@ -294,12 +296,13 @@ def _tables_apply(weight: torch.Tensor, spec: WeightSpec) -> bool:
 
 
 def _pair_table(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor | None, spec: WeightSpec, norm: float,
-                factors: torch.Tensor, scratch: Scratch) -> _PairTable | None:
+                factors: torch.Tensor, scratch: Scratch, ids_buffer: Scratch | None = None) -> _PairTable | None:
     """The chunk's :class:`_PairTable`, or ``None`` where the table would not pay.
 
     Bit patterns are counted rather than sorted (``bincount`` over the 65536 patterns),
     and the per-element passes write into scratch buffers (a fresh 16 MB buffer costs
-    a page fault per 4 kB)."""
+    a page fault per 4 kB); so do the ids where ``ids_buffer`` is given (only one table
+    is alive at a time)."""
     if not _tables_apply(x, spec):
         return None
     cells = _search_cells(x, spec, scratch)
@@ -317,7 +320,8 @@ def _pair_table(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor | None, spec
     values, id_of = _patterns(bits)
     if values.numel() * groups > cells.numel() // _TABLE_GAIN:
         return None
-    ids = torch.index_select(id_of, 0, bits).view(n, width)
+    out = ids_buffer.get("pair_ids", (n * width,), torch.int32, x.device) if ids_buffer is not None else None
+    ids = torch.index_select(id_of, 0, bits, out=out).view(n, width)
     counts = torch.bincount(group, minlength=groups)
     bounds = (0, *torch.cumsum(counts, 0).tolist())
     as_dtype = lambda b: b.to(torch.int16).view(x.dtype)  # noqa: E731
@@ -370,7 +374,7 @@ def _table_errors(table: _PairTable, steps: slice, spec: WeightSpec, norm: float
     start = torch.empty(which.shape[1], dtype=torch.int64)
     for g0, g1, c0, _ in runs:
         start[g0:g1] = c0
-    pick = torch.index_select((which - start).t(), 0, table.sorted_group)  # [cells, k]: each sum's column in its run
+    pick = torch.index_select((which - start).t().contiguous(), 0, table.sorted_group)  # [cells, k]: each sum's column in its run
     for g0, g1, c0, c1 in runs:
         # the run's qparams lie in columns [c0, c1): a column slice of the table (a fast copy);
         # summing a few columns no cell of the run needs costs less than another call
