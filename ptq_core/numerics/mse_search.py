@@ -10,8 +10,10 @@ its errors here, both equal to the peer's bit for bit:
   that stay in cache;
 * pair tables (:func:`_table_errors`, 16-bit weights): cells with the same statistics
   share their candidates and a chunk holds few distinct values, so the elementwise
-  errors are computed once per (distinct qparams, distinct value); each cell's sum is
-  a float32 sum of table entries whose rounding to the weight's dtype is certified
+  errors are computed once per (distinct qparams, distinct value), for every factor
+  when the table is built; each cell's sum is a float32 sum of table entries
+  (``embedding_bag`` over runs of statistics groups whose candidates share a column
+  slice, :mod:`.table_sums`) whose rounding to the weight's dtype is certified
   against any float32 summation order (torch's included), and re-summed with torch's
   own reduction where it is not.
 
@@ -59,7 +61,9 @@ def _mse_stats(weight: torch.Tensor, spec: WeightSpec, scratch: Scratch) -> Weig
     evaluated in blocks over every row chunk and :func:`observers.advance` replays the
     peer's stop, so the choices are the peer's. The direct path never evaluates a
     factor the peer skips (a block is never longer than the factors that could still
-    pass before it stops); pair tables cost little per factor and take all at once.
+    pass before it stops); a pair table's call costs more in itself than per factor,
+    so its blocks are longer (:func:`_first_block`, :func:`observers.block_size`) and
+    may evaluate a few factors past the stop, which :func:`observers.keep_best` drops.
     """
     params = observers.mse_params(spec.observer_kwargs)
     # NVFP4's search takes scales unrounded and without the global scale (the peer drops scale_dtype)
@@ -341,7 +345,8 @@ def _pair_table(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor | None, spec
 def _per_value(table: _PairTable, cols, spec: WeightSpec, norm: float, scratch: Scratch) -> torch.Tensor:
     """``[values, columns]``: every distinct value's error under the qparams of columns ``cols``."""
     s, z = table.qparams
-    return _pointwise_errors(table.values.view(-1, 1), s[:, cols], z[:, cols] if z is not None else None, spec, norm, scratch).float()
+    z = z[:, cols] if z is not None else None
+    return _pointwise_errors(table.values.view(-1, 1), s[:, cols], z, spec, norm, scratch).float()
 
 
 _TABLE_GAIN = 1  # the table path needs at least this many elements per table row
@@ -356,8 +361,9 @@ def _table_errors(table: _PairTable, steps: slice, spec: WeightSpec, norm: float
     in another order than torch's reduction. Both float32 sums of the same non-negative
     numbers lie within ``gamma(width - 1)`` (relative) of the exact sum (:func:`_sum_margin`),
     so where that whole interval rounds to one value of the weight's dtype, that value is
-    the peer's. The rest (under 1% on the benchmark's weights, and any non-finite sum) are
-    summed again on the peer's layout with torch's reduction (:func:`_certified`).
+    the peer's. The rest (on the benchmark's weight: 0.5% of the sums of 128-wide groups,
+    8% of 2048-wide channels; and any non-finite sum) are summed again on the peer's layout
+    with torch's reduction (:func:`_certified`).
     """
     which, per_value = table.cols[steps], table.per_value
     k = which.shape[0]
@@ -374,7 +380,8 @@ def _table_errors(table: _PairTable, steps: slice, spec: WeightSpec, norm: float
     start = torch.empty(which.shape[1], dtype=torch.int64)
     for g0, g1, c0, _ in runs:
         start[g0:g1] = c0
-    pick = torch.index_select((which - start).t().contiguous(), 0, table.sorted_group)  # [cells, k]: each sum's column in its run
+    # [cells, k]: each sum's column in its run's slice (gathered from a contiguous [groups, k])
+    pick = torch.index_select((which - start).t().contiguous(), 0, table.sorted_group)
     for g0, g1, c0, c1 in runs:
         # the run's qparams lie in columns [c0, c1): a column slice of the table (a fast copy);
         # summing a few columns no cell of the run needs costs less than another call
@@ -395,8 +402,9 @@ def _certified(approx, table: _PairTable, scales, zps, spec: WeightSpec, norm: f
     wide = scratch.get("cert_wide", shape, torch.float32, approx.device)
     low = torch.mul(approx, 1 - margin, out=wide).to(dtype)
     high = scratch.get("cert_high", shape, dtype, approx.device).copy_(torch.mul(approx, 1 + margin, out=wide))
-    unsure = torch.ne(low.view(torch.int16), high.view(torch.int16), out=scratch.get("cert_unsure", shape, torch.uint8, approx.device).view(torch.bool))
-    unsure |= torch.le(approx, _F32_MAX, out=scratch.get("cert_finite", shape, torch.uint8, approx.device).view(torch.bool)).logical_not_()  # inf, NaN
+    flags = scratch.get("cert_flags", (2, *shape), torch.uint8, approx.device).view(torch.bool)
+    unsure = torch.ne(low.view(torch.int16), high.view(torch.int16), out=flags[0])
+    unsure |= torch.le(approx, _F32_MAX, out=flags[1]).logical_not_()  # inf and NaN sums
     row, col = torch.nonzero(unsure, as_tuple=True)
     step = max(1, _SEARCH_ELEMS // width)  # bounded buffers, however many sums are unsure
     for a in range(0, row.numel(), step):
