@@ -264,7 +264,7 @@ def block_size(step: int, steps: int, stale: int, patience: int, previous: int, 
     improvement doubles, and a block that would leave fewer than ``patience`` factors
     takes them too.
     """
-    size = max(1, patience - stale)
+    size = max(1, math.ceil(patience - stale))  # the peer's patience may be a float (``stale >= patience``)
     if first > 1:
         if step == 0:
             size = max(size, first)

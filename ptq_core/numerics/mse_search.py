@@ -110,7 +110,7 @@ def _first_block(chunks: list[_SearchChunk], patience: int) -> int:
     """
     if any(c.table is None for c in chunks):
         return 1
-    return patience + 1 + _FIRST_EXTRA
+    return math.ceil(patience) + 1 + _FIRST_EXTRA
 
 
 _FIRST_EXTRA = 2

@@ -457,3 +457,23 @@ def test_table_blocks_give_the_oracles_bytes(monkeypatch, scheme, blocks):
     assert calls
     evaluated = sum(taken for taken, _, _ in stops)
     assert (evaluated < 20) == (scheme != "W4A16"), f"{scheme}: the peer evaluates {evaluated} factors"
+
+
+@pytest.mark.parametrize("patience", [2.5, 0])
+def test_fractional_and_zero_patience_stop_as_the_peer(monkeypatch, patience):
+    """The peer compares ``no_improve >= patience``, so a float patience works there (it
+    stops after ``ceil(patience)`` stale factors) and patience 0 stops at the first one;
+    both paths give its bytes (a float once made a block size a float slice bound)."""
+    from reference import reference_quantize
+
+    s = preset_name_to_scheme("W8A16", ["Linear"])
+    s.weights.observer = "memoryless_mse"
+    s.weights.observer_kwargs = {"patience": patience}
+    w = _early_stop_weight()
+    expected = reference_quantize(w, s)
+    with monkeypatch.context() as direct:
+        direct.setattr(mse_search, "_tables_apply", lambda *a: False)
+        assert_same(quantize_weight(w, spec_of(s)), expected, f"patience {patience}, direct")
+    calls = _table_calls(monkeypatch)
+    assert_same(quantize_weight(w, spec_of(s)), expected, f"patience {patience}, tables")
+    assert calls
