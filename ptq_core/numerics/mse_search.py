@@ -32,7 +32,7 @@ from ..errors import NonFiniteScaleError
 from . import scales as _scales
 from .scales import _FLOAT_CODES, _FP6_MAGNITUDES, Scratch, WeightStats, _finite, _padded, _qparams, _row_chunks, _stats
 from .spec import _FP8, WeightSpec
-from .table_sums import _F32_MAX, _TABLE_MAX_WIDTH, _batches, _bits16, _patterns, _qparams_key, _sum_margin
+from .table_sums import _F32_MAX, _TABLE_MAX_WIDTH, _bits16, _patterns, _qparams_key, _runs, _sum_margin
 
 _SEARCH_ELEMS = 1 << 20  # elements of one (candidates x cells x group) error evaluation
 
@@ -350,7 +350,7 @@ def _per_value(table: _PairTable, cols, spec: WeightSpec, norm: float, scratch: 
 
 
 _TABLE_GAIN = 1  # the table path needs at least this many elements per table row
-_TABLE_ENTRIES = 1 << 23  # (distinct qparams x distinct values) errors of a table (32 MB); more: no table
+_TABLE_ENTRIES = 1 << 23  # (distinct qparams x distinct values) errors a table holds (32 MB); more: per factor block
 
 
 def _table_errors(table: _PairTable, steps: slice, spec: WeightSpec, norm: float, scratch: Scratch) -> torch.Tensor:
@@ -376,7 +376,7 @@ def _table_errors(table: _PairTable, steps: slice, spec: WeightSpec, norm: float
                               _table_errors(table, slice(half, stop), spec, norm, scratch)])
         per_value = _per_value(table, used, spec, norm, scratch)
     sums = torch.empty(table.ids.shape[0], k, dtype=torch.float32)
-    runs = list(_batches(which))
+    runs = list(_runs(which))
     start = torch.empty(which.shape[1], dtype=torch.int64)
     for g0, g1, c0, _ in runs:
         start[g0:g1] = c0

@@ -32,19 +32,19 @@ def _qparams_key(scales: torch.Tensor, zps: torch.Tensor | None) -> torch.Tensor
     return (key << 8) | zps.reshape(-1).view(torch.uint8).to(torch.int64)
 
 
-_BATCH_SLACK = 8  # columns a batch of groups may sum beyond its widest group's span, to save a call
+_RUN_SLACK = 8  # columns a run of groups may sum beyond its widest group's span, to save a call
 
 
-def _batches(which: torch.Tensor):
+def _runs(which: torch.Tensor):
     """Runs of consecutive groups ``(g0, g1, c0, c1)`` summed by one ``embedding_bag`` over columns ``[c0, c1)``.
 
     Groups are sorted by statistic, so neighbours' candidates share or neighbour columns;
-    a run grows while its columns stay within ``_BATCH_SLACK`` of its widest group's."""
+    a run grows while its columns stay within ``_RUN_SLACK`` of its widest group's."""
     firsts, lasts = which.amin(dim=0).tolist(), which.amax(dim=0).tolist()
     g0, c0, c1, widest = 0, firsts[0], lasts[0] + 1, 0
     for g, (first, last) in enumerate(zip(firsts, lasts)):
         lo, hi, w = min(c0, first), max(c1, last + 1), max(widest, last + 1 - first)
-        if g > g0 and hi - lo > w + _BATCH_SLACK:
+        if g > g0 and hi - lo > w + _RUN_SLACK:
             yield g0, g, c0, c1
             g0, lo, hi, w = g, first, last + 1, last + 1 - first
         c0, c1, widest = lo, hi, w

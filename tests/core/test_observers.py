@@ -477,3 +477,23 @@ def test_fractional_and_zero_patience_stop_as_the_peer(monkeypatch, patience):
     calls = _table_calls(monkeypatch)
     assert_same(quantize_weight(w, spec_of(s)), expected, f"patience {patience}, tables")
     assert calls
+
+
+def test_runs_cover_every_group_once_within_their_columns():
+    """``table_sums._runs``: consecutive runs that cover every group once, each run's column
+    slice holding all its groups' columns and no wider than its widest group plus the slack
+    (a group outside its run's slice would be summed from the wrong columns)."""
+    from ptq_core.numerics import table_sums
+
+    gen = torch.Generator().manual_seed(3)
+    for groups, k in ((1, 1), (5, 3), (176, 8), (300, 20)):
+        base = torch.sort(torch.randint(0, 4 * groups, (groups,), generator=gen)).values
+        which = base + torch.randint(0, 3 * k, (k, groups), generator=gen)
+        runs = list(table_sums._runs(which))
+        assert runs[0][0] == 0 and runs[-1][1] == groups
+        assert all(a[1] == b[0] for a, b in zip(runs, runs[1:]))
+        for g0, g1, c0, c1 in runs:
+            cols = which[:, g0:g1]
+            assert g0 < g1 and c0 == int(cols.min()) and c1 == int(cols.max()) + 1
+            widest = int((cols.amax(dim=0) - cols.amin(dim=0)).max()) + 1
+            assert c1 - c0 <= widest + table_sums._RUN_SLACK or g1 - g0 == 1
