@@ -132,12 +132,6 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/core/test_observers.py", "-k", "test_table_errors_equal_the_direct_errors"),
     ),
     Mutation(
-        "table-block-tail", "ptq_core/observers.py",
-        "        if steps - step - size < patience:\n            size = steps - step",
-        "        if steps - step - size < 0:\n            size = steps - step",
-        ("tests/core/test_observers.py", "-k", "test_blocks_replay_the_peers_stop"),
-    ),
-    Mutation(
         "global-scale-sharing", FUSED,
         'specs[u.group].strategy == "tensor_group"',
         'specs[u.group].strategy == "group"',
