@@ -254,6 +254,27 @@ def advance(improved_any: torch.Tensor, stale: int, patience: int) -> tuple[int,
     return improved_any.numel(), stale, False
 
 
+def block_size(step: int, steps: int, stale: int, patience: int, previous: int, first: int) -> int:
+    """How many factors to evaluate next, from ``step`` on, given the peer's stop so far.
+
+    Never fewer than could make the peer stop (``patience - stale``): with ``first=1``
+    (the direct search, costly per factor) blocks are that short, so no factor the peer
+    skips is evaluated. Where a call is cheap per factor but costly in itself (the pair
+    tables), the first block holds ``first`` factors, a block that ended on an
+    improvement doubles, and a block that would leave fewer than ``patience`` factors
+    takes them too.
+    """
+    size = max(1, math.ceil(patience - stale))  # the peer's patience may be a float (``stale >= patience``)
+    if first > 1:
+        if step == 0:
+            size = max(size, first)
+        elif stale == 0:
+            size = max(size, 2 * previous)
+        if steps - step - size < patience:
+            size = steps - step
+    return min(size, steps - step)
+
+
 def keep_best(found: Improvements, taken: int, first_step: int, best_err: torch.Tensor, best_step: torch.Tensor):
     """Running best error and step per cell after the block's first ``taken`` factors.
 

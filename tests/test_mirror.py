@@ -22,6 +22,7 @@ WITHOUT_OWN_TEST: dict[str, str] = {
     "numerics.spec": "tests/core/test_numerics.py (output layouts of every format)",
     "numerics.scales": "tests/core/test_numerics.py (statistics, qparams, codes, packing vs the reference)",
     "numerics.mse_search": "tests/core/test_observers.py (golden bytes; pair tables vs the direct search)",
+    "numerics.table_sums": "tests/core/test_observers.py (the certificate's margin in exact arithmetic; runs of groups)",
 }
 
 

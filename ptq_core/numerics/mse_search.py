@@ -10,8 +10,10 @@ its errors here, both equal to the peer's bit for bit:
   that stay in cache;
 * pair tables (:func:`_table_errors`, 16-bit weights): cells with the same statistics
   share their candidates and a chunk holds few distinct values, so the elementwise
-  errors are computed once per (distinct qparams, distinct value); each cell's sum is
-  a float32 sum of table entries whose rounding to the weight's dtype is certified
+  errors are computed once per (distinct qparams, distinct value), for every factor
+  when the table is built; each cell's sum is a float32 sum of table entries
+  (``embedding_bag`` over runs of statistics groups whose candidates share a column
+  slice, :mod:`.table_sums`) whose rounding to the weight's dtype is certified
   against any float32 summation order (torch's included), and re-summed with torch's
   own reduction where it is not.
 
@@ -30,6 +32,7 @@ from ..errors import NonFiniteScaleError
 from . import scales as _scales
 from .scales import _FLOAT_CODES, _FP6_MAGNITUDES, Scratch, WeightStats, _finite, _padded, _qparams, _row_chunks, _stats
 from .spec import _FP8, WeightSpec
+from .table_sums import _F32_MAX, _TABLE_MAX_WIDTH, _bits16, _patterns, _qparams_key, _runs, _sum_margin
 
 _SEARCH_ELEMS = 1 << 20  # elements of one (candidates x cells x group) error evaluation
 
@@ -58,25 +61,27 @@ def _mse_stats(weight: torch.Tensor, spec: WeightSpec, scratch: Scratch) -> Weig
     evaluated in blocks over every row chunk and :func:`observers.advance` replays the
     peer's stop, so the choices are the peer's. The direct path never evaluates a
     factor the peer skips (a block is never longer than the factors that could still
-    pass before it stops); pair tables cost little per factor and take all at once.
+    pass before it stops); a pair table's call costs more in itself than per factor,
+    so its blocks are longer (:func:`_first_block`, :func:`observers.block_size`) and
+    may evaluate a few factors past the stop, which :func:`observers.keep_best` drops.
     """
     params = observers.mse_params(spec.observer_kwargs)
     # NVFP4's search takes scales unrounded and without the global scale (the peer drops scale_dtype)
     search = replace(spec, scale_dtype=None) if spec.strategy == "tensor_group" else spec
     steps = len(params.shrink)
     shrink = observers.shrink_tensor(params, weight.dtype, weight.device)
-    chunks = _search_chunks(weight, spec, search, params, scratch)
+    chunks = _search_chunks(weight, spec, search, params, shrink, scratch)
     cells = sum(c.lo.numel() for c in chunks)
-    patience = steps if all(c.table is not None for c in chunks) else params.patience
-    step, stale = 0, 0
+    first = _first_block(chunks, params.patience)
+    step, stale, size = 0, 0, 0
     while step < steps:
-        size = min(steps - step, max(1, patience - stale), max(1, _SEARCH_CELLS // cells))
+        size = min(observers.block_size(step, steps, stale, params.patience, size, first), max(1, _SEARCH_CELLS // cells))
         factors = shrink[step : step + size]
         results = []
         improved_any = torch.zeros(size, dtype=torch.bool, device=weight.device)
         for c in chunks:
             if c.table is not None:  # [factors, cells] with the cells in the table's order
-                err = _table_errors(c.table, search, params.norm, factors, scratch)
+                err = _table_errors(c.table, slice(step, step + size), search, params.norm, scratch)
             else:
                 err = _errors(weight[c.first : c.end], c.lo, c.hi, search, params.norm, factors, scratch)
             found = observers.improvements(err, c.best_err)
@@ -94,7 +99,25 @@ def _mse_stats(weight: torch.Tensor, spec: WeightSpec, scratch: Scratch) -> Weig
     return WeightStats(torch.cat([lo for lo, _ in picked]), torch.cat([hi for _, hi in picked]) if picked[0][1] is not None else None)
 
 
-def _search_chunks(weight: torch.Tensor, spec: WeightSpec, search: WeightSpec, params, scratch: Scratch) -> list[_SearchChunk]:
+def _first_block(chunks: list[_SearchChunk], patience: int) -> int:
+    """The first block of factors: 1 (as short as the peer's stop allows) on the direct path.
+
+    A pair table's call costs a pass over its elements, each factor in it a few passes
+    over its cells: the first block takes the ``patience + 1`` factors a search that
+    improves only at its first factor evaluates, plus ``_FIRST_EXTRA`` (searches that stop
+    early mostly last improve within the first few factors: at factor 0 to 2 for MXFP8A16
+    and W8A16 on the benchmark's weight, so one call suffices there).
+    """
+    if any(c.table is None for c in chunks):
+        return 1
+    return math.ceil(patience) + 1 + _FIRST_EXTRA
+
+
+_FIRST_EXTRA = 2
+
+
+def _search_chunks(weight: torch.Tensor, spec: WeightSpec, search: WeightSpec, params, shrink: torch.Tensor,
+                   scratch: Scratch) -> list[_SearchChunk]:
     """The weight's row chunks with their expanded statistics and starting state.
 
     The table path wants big chunks (more repeated values), the direct one cache-sized
@@ -106,12 +129,14 @@ def _search_chunks(weight: torch.Tensor, spec: WeightSpec, search: WeightSpec, p
     else:
         multiple = spec.block[0] if spec.strategy == "block" else 1
         elems = _scales._CHUNK_ELEMS if _tables_apply(weight, spec) else _scales._CHUNK_ELEMS // 16
-        spans = _row_chunks(rows, cols, multiple, elems)
+        spans = list(_row_chunks(rows, cols, multiple, elems))
     chunks = []
     for a, b in spans:
         lo, hi = _finite(*_stats(weight[a:b], spec, scratch))
         lo, hi = _expanded(lo, params.expand), (_expanded(hi, params.expand) if hi is not None else None)
-        table = _pair_table(weight[a:b], lo, hi, search, scratch) if params.shrink else None
+        # a weight of one chunk (most) keeps its table's ids in scratch: no page faults on reuse
+        ids_buffer = scratch if len(spans) == 1 else None
+        table = _pair_table(weight[a:b], lo, hi, search, params.norm, shrink, scratch, ids_buffer) if params.shrink else None
         best_err, best_step = observers.initial_best(lo if table is None else lo.reshape(-1))
         chunks.append(_SearchChunk(a, b, lo, hi, best_err, best_step, table))
     return chunks
@@ -240,17 +265,15 @@ def _pointwise_errors(src, s, z, spec: WeightSpec, norm: float, scratch: Scratch
 
 
 # --------------------------------------------------------------------------- pair tables
-_TABLE_MAX_WIDTH = 4096  # widest cell (a channel) for tables: the certificate's margin grows with it
-
-
 @dataclass(frozen=True)
 class _PairTable:
-    """A row chunk's cells grouped by statistics, as ids of the chunk's distinct values.
+    """A row chunk's cells grouped by statistics, as ids of the chunk's distinct values,
+    with every distinct value's error under every factor's candidate qparams.
 
     Cells with the same statistics (bit for bit) get the same candidate scales, and a
     chunk holds few distinct values, so every element's error is one of
-    ``distinct qparams x distinct values`` numbers: :func:`_table_errors` computes those
-    once with the peer's elementwise ops and sums each cell's entries.
+    ``distinct qparams x distinct values`` numbers (``per_value``, computed once with
+    the peer's elementwise ops); :func:`_table_errors` sums each cell's entries.
     """
 
     cells: torch.Tensor  # [cells, width], the chunk in the peer's order
@@ -258,9 +281,13 @@ class _PairTable:
     order: torch.Tensor  # [cells] int64: the cells sorted by group
     ids: torch.Tensor  # [cells, width] int32: value ids, cells in ``order``
     bounds: tuple[int, ...]  # group g's cells are ``order[bounds[g]:bounds[g + 1]]``
-    lo: torch.Tensor  # [groups] each group's (expanded) statistic
-    hi: torch.Tensor | None
+    sorted_group: torch.Tensor  # [cells] int64: ``group[order]``
+    scales: torch.Tensor  # [factors, groups]: each group's candidate qparams
+    zps: torch.Tensor | None
+    cols: torch.Tensor  # [factors, groups] int64: their column (id among the distinct qparams, by scale)
     values: torch.Tensor  # [distinct values] in the weight's dtype
+    qparams: tuple[torch.Tensor, torch.Tensor | None]  # [1, columns]: each column's scale and zero point
+    per_value: torch.Tensor | None  # [values, columns] float32 elementwise errors; None: over _TABLE_ENTRIES
 
 
 def _tables_apply(weight: torch.Tensor, spec: WeightSpec) -> bool:
@@ -272,132 +299,112 @@ def _tables_apply(weight: torch.Tensor, spec: WeightSpec) -> bool:
     return width <= _TABLE_MAX_WIDTH
 
 
-def _pair_table(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor | None, spec: WeightSpec, scratch: Scratch):
-    """The chunk's :class:`_PairTable`, or ``None`` where the table would not pay."""
+def _pair_table(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor | None, spec: WeightSpec, norm: float,
+                factors: torch.Tensor, scratch: Scratch, ids_buffer: Scratch | None = None) -> _PairTable | None:
+    """The chunk's :class:`_PairTable`, or ``None`` where the table would not pay.
+
+    Bit patterns are counted rather than sorted (``bincount`` over the 65536 patterns),
+    and the per-element passes write into scratch buffers (a fresh 16 MB buffer costs
+    a page fault per 4 kB); so do the ids where ``ids_buffer`` is given (only one table
+    is alive at a time)."""
     if not _tables_apply(x, spec):
         return None
     cells = _search_cells(x, spec, scratch)
     n, width = cells.shape
-    stat = _bits16(lo)
-    if hi is not None:
-        stat = (stat << 16) | _bits16(hi)
-    uniq, group = torch.unique(stat, return_inverse=True)
+    if hi is None:  # one 16-bit statistic per cell
+        stat = _bits16(lo).to(torch.int32)
+        uniq, id_of = _patterns(stat)
+        group = torch.index_select(id_of, 0, stat).long()
+    else:
+        uniq, group = torch.unique((_bits16(lo) << 16) | _bits16(hi), return_inverse=True)
     groups = uniq.numel()
-    order = torch.argsort(group, stable=True)
-    sorted_cells = cells.index_select(0, order)
-    bits = sorted_cells.reshape(-1).view(torch.int16).to(torch.int32).bitwise_and_(0xFFFF)
-    present = torch.bincount(bits, minlength=65536) > 0
-    distinct = int(present.sum())
-    if distinct * groups > cells.numel() // _TABLE_GAIN:
+    order = torch.argsort(group.to(torch.int16 if groups < 2**15 else torch.int32), stable=True)
+    sorted_cells = torch.index_select(cells, 0, order, out=scratch.get("pair_cells", (n, width), x.dtype, x.device))
+    bits = scratch.get("pair_bits", (n * width,), torch.int32, x.device).copy_(sorted_cells.view(-1).view(torch.uint16))
+    values, id_of = _patterns(bits)
+    if values.numel() * groups > cells.numel() // _TABLE_GAIN:
         return None
-    ids = torch.index_select(torch.cumsum(present, 0, dtype=torch.int32).sub_(1), 0, bits).view(n, width)
-    values = torch.nonzero(present).view(-1).to(torch.int16).view(x.dtype)
-    bounds = (0, *torch.cumsum(torch.bincount(group, minlength=groups), 0).tolist())
-    lo_g, hi_g = (uniq >> 16, uniq & 0xFFFF) if hi is not None else (uniq, None)
-    as_dtype = lambda b: b.to(torch.int16).view(x.dtype) if b is not None else None  # noqa: E731
-    return _PairTable(cells, group, order, ids, bounds, as_dtype(lo_g), as_dtype(hi_g), values)
+    out = ids_buffer.get("pair_ids", (n * width,), torch.int32, x.device) if ids_buffer is not None else None
+    ids = torch.index_select(id_of, 0, bits, out=out).view(n, width)
+    counts = torch.bincount(group, minlength=groups)
+    bounds = (0, *torch.cumsum(counts, 0).tolist())
+    as_dtype = lambda b: b.to(torch.int16).view(x.dtype)  # noqa: E731
+    lo_g, hi_g = (as_dtype(uniq >> 16), as_dtype(uniq & 0xFFFF)) if hi is not None else (as_dtype(uniq), None)
+    cand_hi = observers.candidates(hi_g, factors) if hi_g is not None else None
+    scales, zps = _qparams(observers.candidates(lo_g, factors), cand_hi, spec, None)  # [factors, groups]
+    keys, cols = torch.unique(_qparams_key(scales, zps), return_inverse=True)
+    first = torch.zeros(keys.numel(), dtype=torch.int64).scatter_(0, cols, torch.arange(cols.numel()))
+    qparams = scales.reshape(-1)[first].view(1, -1), (zps.reshape(-1)[first].view(1, -1) if zps is not None else None)
+    table = _PairTable(cells, group, order, ids, bounds, group[order], scales, zps, cols.view(scales.shape),
+                       as_dtype(values), qparams, None)
+    if keys.numel() * values.numel() > _TABLE_ENTRIES:  # errors per factor block (:func:`_table_errors`)
+        return table
+    return replace(table, per_value=_per_value(table, slice(None), spec, norm, scratch))
+
+
+def _per_value(table: _PairTable, cols, spec: WeightSpec, norm: float, scratch: Scratch) -> torch.Tensor:
+    """``[values, columns]``: every distinct value's error under the qparams of columns ``cols``."""
+    s, z = table.qparams
+    z = z[:, cols] if z is not None else None
+    return _pointwise_errors(table.values.view(-1, 1), s[:, cols], z, spec, norm, scratch).float()
 
 
 _TABLE_GAIN = 1  # the table path needs at least this many elements per table row
-_TABLE_ENTRIES = 1 << 22  # (distinct qparams x distinct values) errors held at once (~50 MB of buffers)
+_TABLE_ENTRIES = 1 << 23  # (distinct qparams x distinct values) errors a table holds (32 MB); more: per factor block
 
 
-def _bits16(t: torch.Tensor) -> torch.Tensor:
-    """A 16-bit float tensor's bit patterns, flattened, as non-negative int64."""
-    return t.reshape(-1).view(torch.int16).to(torch.int64).bitwise_and_(0xFFFF)
+def _table_errors(table: _PairTable, steps: slice, spec: WeightSpec, norm: float, scratch: Scratch) -> torch.Tensor:
+    """``[factors, cells]`` errors of the factors ``steps`` (cells in ``table.order``), equal to
+    :func:`_mse_errors`' without a pass per element.
 
-
-def _qparams_key(scales: torch.Tensor, zps: torch.Tensor | None) -> torch.Tensor:
-    """One int64 per (scale, zero point): equal exactly when both are equal bit for bit."""
-    key = scales.reshape(-1).to(torch.float32).view(torch.int32).to(torch.int64).bitwise_and_(0xFFFFFFFF)
-    if zps is None:
-        return key
-    return (key << 8) | zps.reshape(-1).view(torch.uint8).to(torch.int64)
-
-
-def _table_errors(table: _PairTable, spec: WeightSpec, norm: float, factors: torch.Tensor, scratch: Scratch) -> torch.Tensor:
-    """``[factors, cells]`` errors (cells in ``table.order``), equal to :func:`_mse_errors`' without a pass per element.
-
-    1. Each distinct (scale, zero point) among the groups' candidates is applied to each
-       distinct value with :func:`_pointwise_errors`: the peer's elementwise numbers.
-    2. Each cell's sum runs over its elements' table rows in float32 (``embedding_bag``),
-       in another order than torch's reduction. Both float32 sums of the same
-       non-negative numbers lie within ``gamma(width - 1)`` (relative) of the exact sum
-       (:func:`_sum_margin`), so where that whole interval rounds to one value of the weight's dtype, that
-       value is the peer's. The rest (under 1% on the benchmark's weights, and any non-finite sum) are summed
-       again on the peer's layout with torch's reduction.
+    Each cell's sum runs over its elements' ``per_value`` rows in float32 (``embedding_bag``),
+    in another order than torch's reduction. Both float32 sums of the same non-negative
+    numbers lie within ``gamma(width - 1)`` (relative) of the exact sum (:func:`_sum_margin`),
+    so where that whole interval rounds to one value of the weight's dtype, that value is
+    the peer's. The rest (on the benchmark's weight: 0.5% of the sums of 128-wide groups,
+    8% of 2048-wide channels; and any non-finite sum) are summed again on the peer's layout
+    with torch's reduction (:func:`_certified`).
     """
-    k, groups = factors.shape[0], table.lo.numel()
-    cand_hi = observers.candidates(table.hi, factors) if table.hi is not None else None
-    scales, zps = _qparams(observers.candidates(table.lo, factors), cand_hi, spec, None)  # [k, groups]
-    uniq, which = torch.unique(_qparams_key(scales, zps), return_inverse=True)
-    if k > 1 and uniq.numel() * table.values.numel() > _TABLE_ENTRIES:  # bound the table: fewer factors at once
-        half = k // 2
-        return torch.cat([_table_errors(table, spec, norm, factors[:half], scratch),
-                          _table_errors(table, spec, norm, factors[half:], scratch)])
-    first = torch.zeros(uniq.numel(), dtype=torch.int64).scatter_(0, which, torch.arange(which.numel()))
-    s = scales.reshape(-1)[first].view(-1, 1)
-    z = zps.reshape(-1)[first].view(-1, 1) if zps is not None else None
-    # [values, qparams]: the elementwise errors of every distinct value under every distinct qparams
-    per_value = _pointwise_errors(table.values.view(-1, 1), s.view(1, -1), z.view(1, -1) if z is not None else None,
-                                  spec, norm, scratch).float()
-    which = which.view(k, groups)
-    sums = []
-    # group g's qparams ids lie in [first, last] (ids sort by scale): a column slice of the
-    # table is a fast copy, and summing a few extra columns costs less than gathering k
-    spans = zip(which.amin(dim=0).tolist(), which.amax(dim=0).tolist())
-    for g, (first, last) in enumerate(spans):
-        a, b = table.bounds[g], table.bounds[g + 1]
-        if last - first < 2 * k:
-            rows = per_value[:, first : last + 1].contiguous()
-            found = torch.nn.functional.embedding_bag(table.ids[a:b], rows, mode="sum")
-            sums.append(found.index_select(1, which[:, g] - first))
-        else:
-            rows = per_value.index_select(1, which[:, g])  # [values, k]: group g's candidates
-            sums.append(torch.nn.functional.embedding_bag(table.ids[a:b], rows, mode="sum"))
-    return _certified(torch.cat(sums), table, scales, zps, spec, norm, scratch).t().contiguous()
-
-
-_U = 2.0**-24  # float32's unit roundoff
-
-
-def _gamma(n: int) -> float:
-    """Higham's ``gamma(n) = n u / (1 - n u)``: the relative error bound of ``n`` float32 roundings."""
-    if n * _U >= 1:
-        raise AssertionError(f"gamma({n}) is undefined in float32")
-    return n * _U / (1 - n * _U)
-
-
-def _sum_margin(width: int) -> float:
-    """Relative half-width of the interval that holds torch's float32 sum of ``width``
-    non-negative numbers, given any other float32 sum ``a`` of them.
-
-    Any summation order (recursive, pairwise, torch's cascade) lies within
-    ``gamma(width - 1)`` of the exact sum ``S``, so torch's sum lies in
-    ``[a (1 - 2 (width - 1) u), a (1 + gamma(2 (width - 1)))]``; ``gamma(2 width)``
-    bounds both sides. ``4 u`` more covers rounding ``1 -+ margin`` to float32 and the
-    product that applies it (each at most ``u``), so the computed ends still enclose the
-    interval. ``tests/core/test_observers.py`` checks this in exact arithmetic.
-    """
-    if width > _TABLE_MAX_WIDTH:
-        raise AssertionError(f"cells of {width} elements are wider than the certified {_TABLE_MAX_WIDTH}")
-    return _gamma(2 * width) + 4 * _U
-
-
-# the widest table cell must leave a margin under half a bf16 step (2**-9 relative), or
-# every sum would be recomputed and the tables would cost more than they save
-assert _sum_margin(_TABLE_MAX_WIDTH) < 2.0**-9, "raise _TABLE_MAX_WIDTH only with a margin that still certifies"
+    which, per_value = table.cols[steps], table.per_value
+    k = which.shape[0]
+    if per_value is None:  # a table too big for all factors: this block's columns only, or half the block
+        used, which = torch.unique(which, return_inverse=True)
+        if k > 1 and used.numel() * table.values.numel() > _TABLE_ENTRIES:
+            first, stop = steps.indices(table.cols.shape[0])[:2]
+            half = first + k // 2
+            return torch.cat([_table_errors(table, slice(first, half), spec, norm, scratch),
+                              _table_errors(table, slice(half, stop), spec, norm, scratch)])
+        per_value = _per_value(table, used, spec, norm, scratch)
+    sums = torch.empty(table.ids.shape[0], k, dtype=torch.float32)
+    runs = list(_runs(which))
+    start = torch.empty(which.shape[1], dtype=torch.int64)
+    for g0, g1, c0, _ in runs:
+        start[g0:g1] = c0
+    # [cells, k]: each sum's column in its run's slice (gathered from a contiguous [groups, k])
+    pick = torch.index_select((which - start).t().contiguous(), 0, table.sorted_group)
+    for g0, g1, c0, c1 in runs:
+        # the run's qparams lie in columns [c0, c1): a column slice of the table (a fast copy);
+        # summing a few columns no cell of the run needs costs less than another call
+        a, b = table.bounds[g0], table.bounds[g1]
+        found = torch.nn.functional.embedding_bag(table.ids[a:b], per_value[:, c0:c1].contiguous(), mode="sum")
+        torch.gather(found, 1, pick[a:b], out=sums[a:b])
+    zps = table.zps[steps] if table.zps is not None else None
+    return _certified(sums, table, table.scales[steps], zps, spec, norm, scratch).t().contiguous()
 
 
 def _certified(approx, table: _PairTable, scales, zps, spec: WeightSpec, norm: float, scratch: Scratch) -> torch.Tensor:
     """The sums in the weight's dtype: ``approx`` rounded where the rounding is certain, else recomputed.
 
     ``approx``: ``[cells, factors]`` float32 sums, cells in the table's order."""
-    width, dtype, groups = table.cells.shape[1], table.cells.dtype, table.lo.numel()
+    width, dtype, groups = table.cells.shape[1], table.cells.dtype, len(table.bounds) - 1
     margin = _sum_margin(width)
-    low = (approx * (1 - margin)).to(dtype)
-    high = (approx * (1 + margin)).to(dtype)
-    unsure = (low.view(torch.int16) != high.view(torch.int16)) | ~torch.isfinite(approx)
+    shape = tuple(approx.shape)
+    wide = scratch.get("cert_wide", shape, torch.float32, approx.device)
+    low = torch.mul(approx, 1 - margin, out=wide).to(dtype)
+    high = scratch.get("cert_high", shape, dtype, approx.device).copy_(torch.mul(approx, 1 + margin, out=wide))
+    flags = scratch.get("cert_flags", (2, *shape), torch.uint8, approx.device).view(torch.bool)
+    unsure = torch.ne(low.view(torch.int16), high.view(torch.int16), out=flags[0])
+    unsure |= torch.le(approx, _F32_MAX, out=flags[1]).logical_not_()  # inf and NaN sums
     row, col = torch.nonzero(unsure, as_tuple=True)
     step = max(1, _SEARCH_ELEMS // width)  # bounded buffers, however many sums are unsure
     for a in range(0, row.numel(), step):

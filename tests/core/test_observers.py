@@ -332,10 +332,10 @@ def test_table_errors_equal_the_direct_errors(monkeypatch, scheme, cols, dtype, 
     lo, hi = scales._stats(w, spec, Scratch())
     factors = observers.shrink_tensor(params, w.dtype, w.device)
     direct = mse_search._errors(w, lo, hi, spec, params.norm, factors, Scratch())
-    table = mse_search._pair_table(w, lo, hi, spec, Scratch())
+    table = mse_search._pair_table(w, lo, hi, spec, params.norm, factors, Scratch())
     fallbacks, real = [], mse_search._pointwise_errors
     monkeypatch.setattr(mse_search, "_pointwise_errors", lambda *a, **k: fallbacks.append(a[0].shape) or real(*a, **k))
-    in_order = mse_search._table_errors(table, spec, params.norm, factors, Scratch())
+    in_order = mse_search._table_errors(table, slice(None), spec, params.norm, Scratch())
     tabled = torch.empty_like(in_order).index_copy_(1, table.order, in_order).reshape(direct.shape)
     assert torch.isinf(direct).any() and (direct == 0).any()
     assert torch.equal(raw(tabled), raw(direct)), f"{(raw(tabled) != raw(direct)).sum()} bytes differ"
@@ -358,14 +358,16 @@ def test_table_gain_rule_keeps_small_weights_direct(monkeypatch):
     assert calls
 
 
-def test_table_splits_its_factors_to_bound_memory(monkeypatch):
-    """A table over too many (qparams x values) entries evaluates half the factors at a time:
-    the same bytes."""
+def test_table_over_its_bound_works_per_block(monkeypatch):
+    """A table over more (qparams x values) entries than ``_TABLE_ENTRIES`` computes its
+    elementwise errors per factor block, halving blocks until they fit: the same bytes."""
     case = next(c for c in CASES if c.scheme == "NVFP4A16" and c.observer == "nvfp4_expanded_mse" and c.kind == "edge")
     calls = _table_calls(monkeypatch)
     monkeypatch.setattr(mse_search, "_TABLE_ENTRIES", 4096)
+    blocks, real = [], mse_search._per_value
+    monkeypatch.setattr(mse_search, "_per_value", lambda table, cols, *a: blocks.append(cols) or real(table, cols, *a))
     assert_same(run_case(case), golden(case), f"{case.id} with small tables")
-    assert len(calls) > 3, "the factor block was not split"
+    assert len(calls) > 3 and blocks and all(isinstance(c, torch.Tensor) for c in blocks), "the factor block was not split"
 
 
 def test_sum_margin_encloses_any_float32_order_in_exact_arithmetic():
@@ -387,3 +389,111 @@ def test_sum_margin_encloses_any_float32_order_in_exact_arithmetic():
         assert (1 + m) * (1 - u) ** 2 >= 1 + gamma(2 * (width - 1)), width
     with pytest.raises(AssertionError, match="wider than the certified"):
         mse_search._sum_margin(mse_search._TABLE_MAX_WIDTH + 1)
+
+
+# --------------------------------------------------------------------------- factor blocks
+
+
+def _one_at_a_time(improved: list[bool], patience: int) -> tuple[int, int]:
+    """The peer's loop: (factors evaluated, stale count at the end)."""
+    stale = 0
+    for i, found in enumerate(improved):
+        stale = 0 if found else stale + 1
+        if stale >= patience:
+            return i + 1, stale
+    return len(improved), stale
+
+
+@pytest.mark.parametrize("first", [1, 2, 6, 12, 30])
+def test_blocks_replay_the_peers_stop(first):
+    """Blocks of any policy, replayed by ``advance``, evaluate the factors the peer evaluates
+    and stop where it stops, on every improvement pattern of a short search and random long ones;
+    each block is at least what could make the peer stop, never past the last factor, and
+    leaves either nothing or at least ``patience`` factors after it."""
+    gen = torch.Generator().manual_seed(first)
+    patterns = [[bool(b >> i & 1) for i in range(8)] for b in range(256)]
+    patterns += [(torch.rand(111, generator=gen) < p).tolist() for p in (0.02, 0.2, 0.6, 0.95) for _ in range(25)]
+    for improved in patterns:
+        for patience in (1, 2, 5, 1000):
+            steps, step, stale, size, taken_all = len(improved), 0, 0, 0, 0
+            while step < steps:
+                size = observers.block_size(step, steps, stale, patience, size, first)
+                assert min(steps - step, max(1, patience - stale)) <= size <= steps - step
+                if first == 1:
+                    assert size == min(steps - step, max(1, patience - stale))
+                else:
+                    assert step + size == steps or steps - step - size >= patience
+                taken, stale, stopped = observers.advance(torch.tensor(improved[step : step + size]), stale, patience)
+                step += taken
+                taken_all += taken
+                if stopped:
+                    break
+            assert (taken_all, stale) == _one_at_a_time(improved, patience), (improved, patience)
+
+
+def _early_stop_weight() -> torch.Tensor:
+    return (torch.randn(256, 1024, generator=torch.Generator().manual_seed(7)) * 0.02).to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("scheme", ["W8A16", "MXFP8A16", "W4A16"])
+@pytest.mark.parametrize("blocks", ["default", "one factor", "one block"])
+def test_table_blocks_give_the_oracles_bytes(monkeypatch, scheme, blocks):
+    """Pair tables with blocks of one factor, one block of every factor, and the default
+    policy: the oracle's bytes on a weight where the peer stops early (W8A16, MXFP8A16) and
+    one where it runs every factor (W4A16). A block that stopped in the wrong place, or kept
+    a factor the peer never reached, changes the chosen scales."""
+    from reference import reference_quantize
+
+    calls = _table_calls(monkeypatch)
+    real, stops = observers.advance, []
+    monkeypatch.setattr(observers, "advance", lambda *a: stops.append(real(*a)) or stops[-1])
+    if blocks != "default":
+        size = (lambda step, steps, *_: 1) if blocks == "one factor" else (lambda step, steps, *_: steps - step)
+        monkeypatch.setattr(observers, "block_size", size)
+    s = preset_name_to_scheme(scheme, ["Linear"])
+    s.weights.observer = "memoryless_mse"
+    w = _early_stop_weight()
+    assert_same(quantize_weight(w, spec_of(s)), reference_quantize(w, s), f"{scheme} blocks: {blocks}")
+    assert calls
+    evaluated = sum(taken for taken, _, _ in stops)
+    assert (evaluated < 20) == (scheme != "W4A16"), f"{scheme}: the peer evaluates {evaluated} factors"
+
+
+@pytest.mark.parametrize("patience", [2.5, 0])
+def test_fractional_and_zero_patience_stop_as_the_peer(monkeypatch, patience):
+    """The peer compares ``no_improve >= patience``, so a float patience works there (it
+    stops after ``ceil(patience)`` stale factors) and patience 0 stops at the first one;
+    both paths give its bytes (a float once made a block size a float slice bound)."""
+    from reference import reference_quantize
+
+    s = preset_name_to_scheme("W8A16", ["Linear"])
+    s.weights.observer = "memoryless_mse"
+    s.weights.observer_kwargs = {"patience": patience}
+    w = _early_stop_weight()
+    expected = reference_quantize(w, s)
+    with monkeypatch.context() as direct:
+        direct.setattr(mse_search, "_tables_apply", lambda *a: False)
+        assert_same(quantize_weight(w, spec_of(s)), expected, f"patience {patience}, direct")
+    calls = _table_calls(monkeypatch)
+    assert_same(quantize_weight(w, spec_of(s)), expected, f"patience {patience}, tables")
+    assert calls
+
+
+def test_runs_cover_every_group_once_within_their_columns():
+    """``table_sums._runs``: consecutive runs that cover every group once, each run's column
+    slice holding all its groups' columns and no wider than its widest group plus the slack
+    (a group outside its run's slice would be summed from the wrong columns)."""
+    from ptq_core.numerics import table_sums
+
+    gen = torch.Generator().manual_seed(3)
+    for groups, k in ((1, 1), (5, 3), (176, 8), (300, 20)):
+        base = torch.sort(torch.randint(0, 4 * groups, (groups,), generator=gen)).values
+        which = base + torch.randint(0, 3 * k, (k, groups), generator=gen)
+        runs = list(table_sums._runs(which))
+        assert runs[0][0] == 0 and runs[-1][1] == groups
+        assert all(a[1] == b[0] for a, b in zip(runs, runs[1:]))
+        for g0, g1, c0, c1 in runs:
+            cols = which[:, g0:g1]
+            assert g0 < g1 and c0 == int(cols.min()) and c1 == int(cols.max()) + 1
+            widest = int((cols.amax(dim=0) - cols.amin(dim=0)).max()) + 1
+            assert c1 - c0 <= widest + table_sums._RUN_SLACK or g1 - g0 == 1
