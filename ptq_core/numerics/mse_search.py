@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 
 from .. import observers
 from ..errors import NonFiniteScaleError
 from . import scales as _scales
+from .gathered_errors import GatheredCells, gathered_cells, gathered_errors
 from .scales import _FLOAT_CODES, _FP6_MAGNITUDES, Scratch, WeightStats, _finite, _padded, _qparams, _row_chunks, _stats
 from .spec import _FP8, WeightSpec
 
@@ -48,6 +50,7 @@ class _SearchChunk:
     best_err: torch.Tensor
     best_step: torch.Tensor
     table: _PairTable | None = None
+    gathered: GatheredCells | None = None
 
 
 def _mse_stats(weight: torch.Tensor, spec: WeightSpec, scratch: Scratch) -> WeightStats:
@@ -78,7 +81,7 @@ def _mse_stats(weight: torch.Tensor, spec: WeightSpec, scratch: Scratch) -> Weig
             if c.table is not None:  # [factors, cells] with the cells in the table's order
                 err = _table_errors(c.table, search, params.norm, factors, scratch)
             else:
-                err = _errors(weight[c.first : c.end], c.lo, c.hi, search, params.norm, factors, scratch)
+                err = _errors(weight[c.first : c.end], c.lo, c.hi, search, params.norm, factors, scratch, c.gathered)
             found = observers.improvements(err, c.best_err)
             improved_any |= found.improved.flatten(1).any(dim=1)
             results.append(found)
@@ -105,15 +108,16 @@ def _search_chunks(weight: torch.Tensor, spec: WeightSpec, search: WeightSpec, p
         spans = [(0, rows)]
     else:
         multiple = spec.block[0] if spec.strategy == "block" else 1
-        elems = _scales._CHUNK_ELEMS if _tables_apply(weight, spec) else _scales._CHUNK_ELEMS // 16
+        elems = _scales._CHUNK_ELEMS if _tables_apply(weight, spec) or _gathers(weight, spec) else _scales._CHUNK_ELEMS // 16
         spans = _row_chunks(rows, cols, multiple, elems)
     chunks = []
     for a, b in spans:
         lo, hi = _finite(*_stats(weight[a:b], spec, scratch))
         lo, hi = _expanded(lo, params.expand), (_expanded(hi, params.expand) if hi is not None else None)
         table = _pair_table(weight[a:b], lo, hi, search, scratch) if params.shrink else None
+        gathered = gathered_cells(_search_cells(weight[a:b], spec, scratch), lo, hi) if params.shrink and _gathers(weight, spec) else None
         best_err, best_step = observers.initial_best(lo if table is None else lo.reshape(-1))
-        chunks.append(_SearchChunk(a, b, lo, hi, best_err, best_step, table))
+        chunks.append(_SearchChunk(a, b, lo, hi, best_err, best_step, table, gathered))
     return chunks
 
 
@@ -140,17 +144,22 @@ def _expanded(stat: torch.Tensor, expand: float) -> torch.Tensor:
     return out
 
 
-def _errors(x, lo, hi, spec: WeightSpec, norm: float, factors: torch.Tensor, scratch: Scratch) -> torch.Tensor:
+def _errors(x, lo, hi, spec: WeightSpec, norm: float, factors: torch.Tensor, scratch: Scratch,
+            gathered: GatheredCells | None = None) -> torch.Tensor:
     """``[factors, *cells]``: each shrunk range's error, as the peer's ``_calculate_error``.
 
     Candidate statistics and scales are computed for the whole row chunk; the
-    errors on row blocks small enough that a block of candidates stays in cache.
+    errors gathered from a table (``gathered``: :mod:`.gathered_errors`), else on row
+    blocks small enough that a block of candidates stays in cache.
     """
     rows, cols = x.shape
     k = factors.shape[0]
     cand_lo = observers.candidates(lo, factors)
     cand_hi = observers.candidates(hi, factors) if hi is not None else None
     scales, zps = _qparams(cand_lo, cand_hi, spec, None)
+    if gathered is not None:
+        pointwise = partial(_pointwise_errors, spec=spec, norm=norm, scratch=scratch)
+        return gathered_errors(gathered, scales, zps, pointwise, scratch).view(k, *lo.shape)
     if spec.strategy == "tensor":  # the peer sums the whole tensor at once: keep that reduction
         return torch.cat([_mse_errors(x, scales[i : i + 1], zps[i : i + 1] if zps is not None else None, spec, norm, scratch) for i in range(k)])
     multiple = spec.block[0] if spec.strategy == "block" else 1
@@ -161,6 +170,11 @@ def _errors(x, lo, hi, spec: WeightSpec, norm: float, factors: torch.Tensor, scr
         zp_rows = zps[:, c0:c1] if zps is not None else None
         pieces.append(_mse_errors(x[a:b], scales[:, c0:c1], zp_rows, spec, norm, scratch))
     return torch.cat(pieces, dim=1)
+
+
+def _gathers(weight: torch.Tensor, spec: WeightSpec) -> bool:
+    """Whether the search may gather its errors from tables: 16-bit cells too wide for pair tables."""
+    return weight.dtype in _HALF_BITS and spec.strategy in ("block", "tensor")
 
 
 def _search_cells(x: torch.Tensor, spec: WeightSpec, scratch: Scratch) -> torch.Tensor:
