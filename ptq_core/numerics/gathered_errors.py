@@ -26,7 +26,7 @@ import torch
 
 _HALF = (torch.bfloat16, torch.float16)
 _GAIN = 2  # a table pays when it holds at most 1/_GAIN as many entries as the chunk has elements
-_TABLE_ELEMS = 1 << 20  # (factors x groups x values) errors computed at once
+_TABLE_ELEMS = 1 << 22  # (distinct qparams x values) errors computed at once
 
 
 class Buffers(Protocol):
@@ -35,7 +35,7 @@ class Buffers(Protocol):
     def get(self, key: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor: ...
 
 
-# (values [1, 1, V], scales [k, groups, 1], zero points or None) -> errors [k, groups, V] in the weight's dtype
+# (values [1, V], scales [U, 1], zero points [U, 1] or None) -> errors [U, V] in the weight's dtype
 Pointwise = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
 
@@ -43,61 +43,71 @@ Pointwise = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.
 class GatheredCells:
     """A row chunk's cells as table entries: cell groups (equal statistics) x distinct values."""
 
-    index: torch.Tensor  # [cells * width] int32: each element's entry, ``group * len(values) + value id``
+    ids: torch.Tensor  # [cells, width] int16: each element's value id (read as unsigned), cells in the peer's order
+    offset: torch.Tensor  # [cells, 1] int32: the first entry of the cell's group's table row, ``group * len(values)``
     first: torch.Tensor  # [groups] int64: the lowest cell of each group (its candidates are the group's)
     values: torch.Tensor  # [V] the chunk's distinct values, in the weight's dtype
-    cells: int
-    width: int
 
 
-def gathered_cells(cells: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor | None) -> GatheredCells | None:
+def gathered_cells(cells: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor | None, scratch: Buffers) -> GatheredCells | None:
     """The chunk's :class:`GatheredCells`, or ``None`` where a table would not pay.
 
     ``cells``: ``[cells, width]`` in the peer's order (zero padding included: it is summed
-    too); ``lo`` / ``hi``: each cell's statistics, whose bits decide its candidates.
+    too); ``lo`` / ``hi``: each cell's statistics, whose bits decide its candidates. The
+    ids take 16 bits an element (the chunk's own size) for as long as the search runs.
     """
     if cells.dtype not in _HALF:
         return None
     n, width = cells.shape
     key = _bits(lo) if hi is None else (_bits(lo) << 32) | _bits(hi)
     uniq, group = torch.unique(key, return_inverse=True)
-    bits = cells.reshape(-1).view(torch.int16).to(torch.int32).bitwise_and_(0xFFFF)
+    bits = scratch.get("gathered_index", (n * width,), torch.int32, cells.device).copy_(cells.reshape(-1).view(torch.uint16))
     present = torch.bincount(bits, minlength=65536) > 0
     distinct = int(present.sum())
     if uniq.numel() * distinct * _GAIN > cells.numel():
         return None
-    ids = torch.cumsum(present, 0, dtype=torch.int32).sub_(1)
-    index = torch.index_select(ids, 0, bits).view(n, width).add_(group.to(torch.int32).mul_(distinct).view(n, 1))
+    ids = torch.cumsum(present, 0, dtype=torch.int32).sub_(1).to(torch.int16)  # 65,536 ids at most: they wrap to negative
     first = torch.full((uniq.numel(),), n, dtype=torch.int64).scatter_reduce_(0, group, torch.arange(n), "amin")
     values = torch.nonzero(present).view(-1).to(torch.int16).view(cells.dtype)
-    return GatheredCells(index.view(-1), first, values, n, width)
+    offset = group.to(torch.int32).mul_(distinct).view(n, 1)
+    return GatheredCells(torch.index_select(ids, 0, bits).view(n, width), offset, first, values)
 
 
-def _bits(stat: torch.Tensor) -> torch.Tensor:
-    """Each statistic's bit pattern as a non-negative int64 (16- or 32-bit floats)."""
-    signed = {2: torch.int16, 4: torch.int32}[stat.element_size()]
-    return stat.reshape(-1).view(signed).to(torch.int64).bitwise_and_((1 << 8 * stat.element_size()) - 1)
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """Each element's bit pattern as a non-negative int64 (8, 16 or 32 bits: equal exactly when the bits are)."""
+    signed = {1: torch.int8, 2: torch.int16, 4: torch.int32}[t.element_size()]
+    return t.reshape(-1).view(signed).to(torch.int64).bitwise_and_((1 << 8 * t.element_size()) - 1)
 
 
 def gathered_errors(g: GatheredCells, scales: torch.Tensor, zps: torch.Tensor | None, pointwise: Pointwise,
                     scratch: Buffers) -> torch.Tensor:
     """``[factors, cells]``: each cell's summed error under each factor's qparams, as the direct path's.
 
-    ``scales`` / ``zps``: ``[factors, *cells]``, the candidates' qparams. Per block of
-    factors, ``pointwise`` gives the ``[factors, groups, values]`` table; per factor, one
+    ``scales`` / ``zps``: ``[factors, *cells]``, the candidates' qparams. Candidates
+    repeat across groups and factors (a 16-bit statistic times a factor has few
+    values), so ``pointwise`` runs once per distinct (scale, zero point) and value. Per
+    factor, its groups' rows are copied out as a ``[groups, values]`` table and one
     gather lays the elementwise errors out as the peer's ``[cells, width]`` (copied as
-    int16: the same bytes) and torch sums each cell.
+    int16: the same bytes), which torch sums cell by cell.
     """
     k, groups, v = scales.shape[0], g.first.numel(), g.values.numel()
-    s = scales.reshape(k, -1).index_select(1, g.first).unsqueeze(-1)
-    z = zps.reshape(k, -1).index_select(1, g.first).unsqueeze(-1) if zps is not None else None
-    dtype, device = g.values.dtype, g.values.device
-    out = torch.empty(k, g.cells, dtype=dtype, device=device)
-    laid = scratch.get("gathered", (g.cells * g.width,), torch.int16, device)
-    step = max(1, _TABLE_ELEMS // (groups * v))
-    for a in range(0, k, step):
-        table = pointwise(g.values.view(1, 1, v), s[a : a + step], z[a : a + step] if z is not None else None)
-        for i in range(table.shape[0]):
-            torch.index_select(table[i].reshape(-1).view(torch.int16), 0, g.index, out=laid)
-            out[a + i] = laid.view(dtype).view(g.cells, g.width).sum(dim=-1)
+    s = scales.reshape(k, -1).index_select(1, g.first).reshape(-1)  # [factors * groups]
+    z = zps.reshape(k, -1).index_select(1, g.first).reshape(-1) if zps is not None else None
+    uniq, which = torch.unique(_bits(s) if z is None else (_bits(s) << 32) | _bits(z), return_inverse=True)
+    if k > 1 and uniq.numel() * v > _TABLE_ELEMS:  # bound the table: fewer factors at once
+        half = k // 2
+        return torch.cat([gathered_errors(g, scales[:half], zps[:half] if zps is not None else None, pointwise, scratch),
+                          gathered_errors(g, scales[half:], zps[half:] if zps is not None else None, pointwise, scratch)])
+    first = torch.full((uniq.numel(),), which.numel(), dtype=torch.int64).scatter_reduce_(0, which, torch.arange(which.numel()), "amin")
+    table = pointwise(g.values.view(1, v), s[first].view(-1, 1), z[first].view(-1, 1) if z is not None else None)
+    (n, width), dtype, device = g.ids.shape, g.values.dtype, g.values.device
+    index = scratch.get("gathered_index", (n, width), torch.int32, device)
+    index.copy_(g.ids.view(torch.uint16)).add_(g.offset)
+    rows = scratch.get("gathered_rows", (groups, v), dtype, device)
+    laid = scratch.get("gathered", (n, width), dtype, device)
+    out = torch.empty(k, n, dtype=dtype, device=device)
+    for f in range(k):
+        torch.index_select(table, 0, which[f * groups : (f + 1) * groups], out=rows)
+        torch.index_select(rows.view(-1).view(torch.int16), 0, index.view(-1), out=laid.view(-1).view(torch.int16))
+        out[f] = laid.sum(dim=-1)
     return out

@@ -115,7 +115,7 @@ def _search_chunks(weight: torch.Tensor, spec: WeightSpec, search: WeightSpec, p
         lo, hi = _finite(*_stats(weight[a:b], spec, scratch))
         lo, hi = _expanded(lo, params.expand), (_expanded(hi, params.expand) if hi is not None else None)
         table = _pair_table(weight[a:b], lo, hi, search, scratch) if params.shrink else None
-        gathered = gathered_cells(_search_cells(weight[a:b], spec, scratch), lo, hi) if params.shrink and _gathers(weight, spec) else None
+        gathered = gathered_cells(_search_cells(weight[a:b], spec, scratch), lo, hi, scratch) if params.shrink and _gathers(weight, spec) else None
         best_err, best_step = observers.initial_best(lo if table is None else lo.reshape(-1))
         chunks.append(_SearchChunk(a, b, lo, hi, best_err, best_step, table, gathered))
     return chunks
