@@ -3,8 +3,8 @@
 The peer evaluates one shrink factor at a time: it fake-quantizes the whole weight
 with every cell's shrunk range, sums ``|q - w| ** norm`` per cell in the weight's
 dtype, keeps strict improvements, and stops after ``patience`` factors that improve
-no cell anywhere (:mod:`ptq_core.observers` holds that bookkeeping). Two ways to get
-its errors here, both equal to the peer's bit for bit:
+no cell anywhere (:mod:`ptq_core.observers` holds that bookkeeping). Three ways to get
+its errors here, all equal to the peer's bit for bit:
 
 * direct (:func:`_errors`): the peer's ops for many factors at once, in row blocks
   that stay in cache;
@@ -13,7 +13,10 @@ its errors here, both equal to the peer's bit for bit:
   errors are computed once per (distinct qparams, distinct value); each cell's sum is
   a float32 sum of table entries whose rounding to the weight's dtype is certified
   against any float32 summation order (torch's included), and re-summed with torch's
-  own reduction where it is not.
+  own reduction where it is not;
+* gathered (:mod:`.gathered_errors`, 16-bit blocks or whole tensors, too wide to
+  certify): the same per (distinct qparams, distinct value) errors, laid out per factor
+  by one gather and summed by torch's own reduction.
 
 The search runs on the CPU: its choices hang on the CPU's summation order. Torch only.
 """
@@ -100,8 +103,8 @@ def _mse_stats(weight: torch.Tensor, spec: WeightSpec, scratch: Scratch) -> Weig
 def _search_chunks(weight: torch.Tensor, spec: WeightSpec, search: WeightSpec, params, scratch: Scratch) -> list[_SearchChunk]:
     """The weight's row chunks with their expanded statistics and starting state.
 
-    The table path wants big chunks (more repeated values), the direct one cache-sized
-    ones. A chunk with a table keeps its running best in the table's cell order.
+    The table and gathered paths want big chunks (more repeated values), the direct
+    one cache-sized ones. A chunk with a table keeps its running best in the table's cell order.
     """
     rows, cols = weight.shape
     if spec.strategy == "tensor":  # one cell: the peer's single whole-tensor sum, one factor at a time
