@@ -24,6 +24,8 @@ from typing import Protocol
 
 import torch
 
+from .spec import WeightSpec
+
 _HALF = (torch.bfloat16, torch.float16)
 _GAIN = 2  # a table pays when it holds at most 1/_GAIN as many entries as the chunk has elements
 _TABLE_ELEMS = 1 << 22  # (distinct qparams x values) errors computed at once
@@ -47,6 +49,11 @@ class GatheredCells:
     offset: torch.Tensor  # [cells, 1] int32: the first entry of the cell's group's table row, ``group * len(values)``
     first: torch.Tensor  # [groups] int64: the lowest cell of each group (its candidates are the group's)
     values: torch.Tensor  # [V] the chunk's distinct values, in the weight's dtype
+
+
+def may_gather(weight: torch.Tensor, spec: WeightSpec) -> bool:
+    """Whether the search may gather its errors: 16-bit cells too wide for pair tables (blocks, whole tensors)."""
+    return weight.dtype in _HALF and spec.strategy in ("block", "tensor")
 
 
 def gathered_cells(cells: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor | None, scratch: Buffers) -> GatheredCells | None:

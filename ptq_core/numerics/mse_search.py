@@ -32,7 +32,7 @@ import torch
 from .. import observers
 from ..errors import NonFiniteScaleError
 from . import scales as _scales
-from .gathered_errors import GatheredCells, gathered_cells, gathered_errors
+from .gathered_errors import GatheredCells, gathered_cells, gathered_errors, may_gather
 from .scales import _FLOAT_CODES, _FP6_MAGNITUDES, Scratch, WeightStats, _finite, _padded, _qparams, _row_chunks, _stats
 from .spec import _FP8, WeightSpec
 
@@ -111,14 +111,15 @@ def _search_chunks(weight: torch.Tensor, spec: WeightSpec, search: WeightSpec, p
         spans = [(0, rows)]
     else:
         multiple = spec.block[0] if spec.strategy == "block" else 1
-        elems = _scales._CHUNK_ELEMS if _tables_apply(weight, spec) or _gathers(weight, spec) else _scales._CHUNK_ELEMS // 16
+        elems = _scales._CHUNK_ELEMS if _tables_apply(weight, spec) or may_gather(weight, spec) else _scales._CHUNK_ELEMS // 16
         spans = _row_chunks(rows, cols, multiple, elems)
     chunks = []
     for a, b in spans:
         lo, hi = _finite(*_stats(weight[a:b], spec, scratch))
         lo, hi = _expanded(lo, params.expand), (_expanded(hi, params.expand) if hi is not None else None)
         table = _pair_table(weight[a:b], lo, hi, search, scratch) if params.shrink else None
-        gathered = gathered_cells(_search_cells(weight[a:b], spec, scratch), lo, hi, scratch) if params.shrink and _gathers(weight, spec) else None
+        wide = params.shrink and may_gather(weight, spec)
+        gathered = gathered_cells(_search_cells(weight[a:b], spec, scratch), lo, hi, scratch) if wide else None
         best_err, best_step = observers.initial_best(lo if table is None else lo.reshape(-1))
         chunks.append(_SearchChunk(a, b, lo, hi, best_err, best_step, table, gathered))
     return chunks
@@ -173,11 +174,6 @@ def _errors(x, lo, hi, spec: WeightSpec, norm: float, factors: torch.Tensor, scr
         zp_rows = zps[:, c0:c1] if zps is not None else None
         pieces.append(_mse_errors(x[a:b], scales[:, c0:c1], zp_rows, spec, norm, scratch))
     return torch.cat(pieces, dim=1)
-
-
-def _gathers(weight: torch.Tensor, spec: WeightSpec) -> bool:
-    """Whether the search may gather its errors from tables: 16-bit cells too wide for pair tables."""
-    return weight.dtype in _HALF_BITS and spec.strategy in ("block", "tensor")
 
 
 def _search_cells(x: torch.Tensor, spec: WeightSpec, scratch: Scratch) -> torch.Tensor:
