@@ -74,7 +74,7 @@ def gathered_cells(cells: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor | Non
     if uniq.numel() * distinct * _GAIN > cells.numel():
         return None
     ids = torch.cumsum(present, 0, dtype=torch.int32).sub_(1).to(torch.int16)  # 65,536 ids at most: they wrap to negative
-    first = torch.full((uniq.numel(),), n, dtype=torch.int64).scatter_reduce_(0, group, torch.arange(n), "amin")
+    first = _lowest(group, uniq.numel())
     values = torch.nonzero(present).view(-1).to(torch.int16).view(cells.dtype)
     offset = group.to(torch.int32).mul_(distinct).view(n, 1)
     return GatheredCells(torch.index_select(ids, 0, bits).view(n, width), offset, first, values)
@@ -84,6 +84,12 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     """Each element's bit pattern as a non-negative int64 (8, 16 or 32 bits: equal exactly when the bits are)."""
     signed = {1: torch.int8, 2: torch.int16, 4: torch.int32}[t.element_size()]
     return t.reshape(-1).view(signed).to(torch.int64).bitwise_and_((1 << 8 * t.element_size()) - 1)
+
+
+def _lowest(group: torch.Tensor, groups: int) -> torch.Tensor:
+    """``[groups]``: the lowest position holding each group id (every id in ``range(groups)`` occurs)."""
+    n = group.numel()
+    return torch.full((groups,), n, dtype=torch.int64).scatter_reduce_(0, group, torch.arange(n), "amin")
 
 
 def gathered_errors(g: GatheredCells, scales: torch.Tensor, zps: torch.Tensor | None, pointwise: Pointwise,
@@ -105,7 +111,7 @@ def gathered_errors(g: GatheredCells, scales: torch.Tensor, zps: torch.Tensor | 
         half = k // 2
         return torch.cat([gathered_errors(g, scales[:half], zps[:half] if zps is not None else None, pointwise, scratch),
                           gathered_errors(g, scales[half:], zps[half:] if zps is not None else None, pointwise, scratch)])
-    first = torch.full((uniq.numel(),), which.numel(), dtype=torch.int64).scatter_reduce_(0, which, torch.arange(which.numel()), "amin")
+    first = _lowest(which, uniq.numel())
     table = pointwise(g.values.view(1, v), s[first].view(-1, 1), z[first].view(-1, 1) if z is not None else None)
     (n, width), dtype, device = g.ids.shape, g.values.dtype, g.values.device
     index = scratch.get("gathered_index", (n, width), torch.int32, device)
