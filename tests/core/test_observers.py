@@ -493,3 +493,19 @@ def test_gathered_gain_rule():
     distinct = torch.arange(256 * 256, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).view(256, 256)
     distinct = torch.nan_to_num(distinct, nan=0.0, posinf=1.0, neginf=-1.0)
     assert cells_of(distinct) is None
+
+
+@pytest.mark.parametrize("scheme", ["FP8_BLOCK", "INT8_BLOCK_ASYM"])
+def test_gathered_errors_over_several_row_chunks_match_the_oracle(monkeypatch, scheme):
+    """Three row chunks (each its own values and groups), ragged blocks, the gathered path forced:
+    the oracle's bytes for both observers."""
+    from reference import reference_quantize
+
+    calls = _gathered_calls(monkeypatch)
+    monkeypatch.setattr(scales, "_CHUNK_ELEMS", 128 * 520)
+    w = (torch.randn(300, 520, generator=torch.Generator().manual_seed(5)) * 0.02).to(torch.bfloat16)
+    w[130, 7] = 0.5
+    for observer in ("memoryless_mse", "nvfp4_expanded_mse"):
+        s = QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(**_WIDE[scheme], observer=observer))
+        assert_same(quantize_weight(w, spec_of(s)), reference_quantize(w, s), f"{scheme} {observer} in row chunks")
+    assert len(calls) >= 6, "every chunk of both searches gathers"
