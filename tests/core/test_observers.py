@@ -440,12 +440,16 @@ def _both_errors(w: torch.Tensor, spec) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("observer", ["memoryless_mse", "nvfp4_expanded_mse"])
 def test_gathered_errors_equal_the_direct_errors(monkeypatch, scheme, shape, dtype, observer):
     """Error by error, bit for bit: ragged blocks (zero padding summed too), zero points, ties,
-    overflow to inf, both observers."""
+    overflow to inf, all-zero blocks, both observers."""
     monkeypatch.setattr(gathered_errors, "_GAIN", 1e-9)
     w = _hard_weight(*shape, DTYPES[dtype], sum(shape))
     spec = _wide_spec(scheme, observer)
     if spec.strategy == "tensor":  # one cell: without the overflowing row, so that its sums are finite
         w[6] = w[7]
+    elif shape == (256, 256):  # an all-zero block (scale 0) and a block of negative zeros and one value
+        w[128:, :128] = 0.0
+        w[128:, 128:] = -0.0
+        w[200, 200] = 1e-3
     direct, gathered = _both_errors(w, spec)
     assert torch.isfinite(direct).any() and (spec.strategy == "tensor" or torch.isinf(direct).any())
     assert torch.equal(raw(gathered), raw(direct)), f"{(raw(gathered) != raw(direct)).sum()} bytes differ"
