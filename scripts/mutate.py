@@ -132,6 +132,12 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/core/test_observers.py", "-k", "test_table_errors_equal_the_direct_errors"),
     ),
     Mutation(
+        "gathered-sum-order", "ptq_core/numerics/gathered_errors.py",
+        "out[f] = laid.sum(dim=-1)",
+        "out[f] = laid.double().sum(dim=-1).to(dtype)",
+        ("tests/core/test_gathered_errors.py", "-k", "test_gathered_errors_equal_the_direct_errors"),
+    ),
+    Mutation(
         "global-scale-sharing", FUSED,
         'specs[u.group].strategy == "tensor_group"',
         'specs[u.group].strategy == "group"',

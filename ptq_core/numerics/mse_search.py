@@ -3,8 +3,8 @@
 The peer evaluates one shrink factor at a time: it fake-quantizes the whole weight
 with every cell's shrunk range, sums ``|q - w| ** norm`` per cell in the weight's
 dtype, keeps strict improvements, and stops after ``patience`` factors that improve
-no cell anywhere (:mod:`ptq_core.observers` holds that bookkeeping). Two ways to get
-its errors here, both equal to the peer's bit for bit:
+no cell anywhere (:mod:`ptq_core.observers` holds that bookkeeping). Three ways to get
+its errors here, all equal to the peer's bit for bit:
 
 * direct (:func:`_errors`): the peer's ops for many factors at once, in row blocks
   that stay in cache;
@@ -15,7 +15,10 @@ its errors here, both equal to the peer's bit for bit:
   (``embedding_bag`` over runs of statistics groups whose candidates share a column
   slice, :mod:`.table_sums`) whose rounding to the weight's dtype is certified
   against any float32 summation order (torch's included), and re-summed with torch's
-  own reduction where it is not.
+  own reduction where it is not;
+* gathered (:mod:`.gathered_errors`, 16-bit blocks or whole tensors, too wide to
+  certify): the same per (distinct qparams, distinct value) errors, laid out per factor
+  by one gather and summed by torch's own reduction.
 
 The search runs on the CPU: its choices hang on the CPU's summation order. Torch only.
 """
@@ -24,12 +27,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 
 from .. import observers
 from ..errors import NonFiniteScaleError
 from . import scales as _scales
+from .gathered_errors import GatheredCells, gathered_cells, gathered_errors, may_gather
 from .scales import _FLOAT_CODES, _FP6_MAGNITUDES, Scratch, WeightStats, _finite, _padded, _qparams, _row_chunks, _stats
 from .spec import _FP8, WeightSpec
 from .table_sums import _F32_MAX, _TABLE_MAX_WIDTH, _bits16, _patterns, _qparams_key, _runs, _sum_margin
@@ -51,6 +56,7 @@ class _SearchChunk:
     best_err: torch.Tensor
     best_step: torch.Tensor
     table: _PairTable | None = None
+    gathered: GatheredCells | None = None
 
 
 def _mse_stats(weight: torch.Tensor, spec: WeightSpec, scratch: Scratch) -> WeightStats:
@@ -83,7 +89,7 @@ def _mse_stats(weight: torch.Tensor, spec: WeightSpec, scratch: Scratch) -> Weig
             if c.table is not None:  # [factors, cells] with the cells in the table's order
                 err = _table_errors(c.table, slice(step, step + size), search, params.norm, scratch)
             else:
-                err = _errors(weight[c.first : c.end], c.lo, c.hi, search, params.norm, factors, scratch)
+                err = _errors(weight[c.first : c.end], c.lo, c.hi, search, params.norm, factors, scratch, c.gathered)
             found = observers.improvements(err, c.best_err)
             improved_any |= found.improved.flatten(1).any(dim=1)
             results.append(found)
@@ -120,15 +126,15 @@ def _search_chunks(weight: torch.Tensor, spec: WeightSpec, search: WeightSpec, p
                    scratch: Scratch) -> list[_SearchChunk]:
     """The weight's row chunks with their expanded statistics and starting state.
 
-    The table path wants big chunks (more repeated values), the direct one cache-sized
-    ones. A chunk with a table keeps its running best in the table's cell order.
+    The table and gathered paths want big chunks (more repeated values), the direct
+    one cache-sized ones. A chunk with a table keeps its running best in the table's cell order.
     """
     rows, cols = weight.shape
     if spec.strategy == "tensor":  # one cell: the peer's single whole-tensor sum, one factor at a time
         spans = [(0, rows)]
     else:
         multiple = spec.block[0] if spec.strategy == "block" else 1
-        elems = _scales._CHUNK_ELEMS if _tables_apply(weight, spec) else _scales._CHUNK_ELEMS // 16
+        elems = _scales._CHUNK_ELEMS if _tables_apply(weight, spec) or may_gather(weight, spec) else _scales._CHUNK_ELEMS // 16
         spans = list(_row_chunks(rows, cols, multiple, elems))
     chunks = []
     for a, b in spans:
@@ -137,8 +143,10 @@ def _search_chunks(weight: torch.Tensor, spec: WeightSpec, search: WeightSpec, p
         # a weight of one chunk (most) keeps its table's ids in scratch: no page faults on reuse
         ids_buffer = scratch if len(spans) == 1 else None
         table = _pair_table(weight[a:b], lo, hi, search, params.norm, shrink, scratch, ids_buffer) if params.shrink else None
+        wide = params.shrink and may_gather(weight, spec)
+        gathered = gathered_cells(_search_cells(weight[a:b], spec, scratch), lo, hi, scratch) if wide else None
         best_err, best_step = observers.initial_best(lo if table is None else lo.reshape(-1))
-        chunks.append(_SearchChunk(a, b, lo, hi, best_err, best_step, table))
+        chunks.append(_SearchChunk(a, b, lo, hi, best_err, best_step, table, gathered))
     return chunks
 
 
@@ -165,17 +173,22 @@ def _expanded(stat: torch.Tensor, expand: float) -> torch.Tensor:
     return out
 
 
-def _errors(x, lo, hi, spec: WeightSpec, norm: float, factors: torch.Tensor, scratch: Scratch) -> torch.Tensor:
+def _errors(x, lo, hi, spec: WeightSpec, norm: float, factors: torch.Tensor, scratch: Scratch,
+            gathered: GatheredCells | None = None) -> torch.Tensor:
     """``[factors, *cells]``: each shrunk range's error, as the peer's ``_calculate_error``.
 
     Candidate statistics and scales are computed for the whole row chunk; the
-    errors on row blocks small enough that a block of candidates stays in cache.
+    errors gathered from a table (``gathered``: :mod:`.gathered_errors`), else on row
+    blocks small enough that a block of candidates stays in cache.
     """
     rows, cols = x.shape
     k = factors.shape[0]
     cand_lo = observers.candidates(lo, factors)
     cand_hi = observers.candidates(hi, factors) if hi is not None else None
     scales, zps = _qparams(cand_lo, cand_hi, spec, None)
+    if gathered is not None:
+        pointwise = partial(_pointwise_errors, spec=spec, norm=norm, scratch=scratch)
+        return gathered_errors(gathered, scales, zps, pointwise, scratch).view(k, *lo.shape)
     if spec.strategy == "tensor":  # the peer sums the whole tensor at once: keep that reduction
         return torch.cat([_mse_errors(x, scales[i : i + 1], zps[i : i + 1] if zps is not None else None, spec, norm, scratch) for i in range(k)])
     multiple = spec.block[0] if spec.strategy == "block" else 1
