@@ -90,7 +90,8 @@ def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None
     Same elementwise operations as the reference's ``_quantize``: divide (in the
     weight's dtype, or float32 once a global scale is involved), add the zero
     point, clamp, round to the target grid. ``dest``: the output's rows, where an
-    FP8 cast writes directly (saving a copy of the chunk); other encodings ignore it.
+    FP8 cast and the integer codes write directly (saving a copy of the chunk); other
+    encodings ignore it.
     """
     rows, cols = x.shape
     cells, _ = _cells(x, spec, scratch)
@@ -100,6 +101,9 @@ def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None
     elif spec.strategy in ("group", "tensor_group"):
         scale = scale[..., None]
         zp = zp[..., None] if zp is not None else None
+    encoding = _main_tensor(spec).encoding
+    if int_codes.applies(spec, encoding, x, scale, global_scale):
+        return int_codes.int_codes(x, scale, zp, spec, encoding, scratch, dest)
     if global_scale is not None:
         scale = scale / global_scale  # bf16 / f32 -> f32, as the reference
     work_dtype = torch.promote_types(x.dtype, scale.dtype)
@@ -113,9 +117,6 @@ def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None
         torch.div(cells, scale, out=tmp)
     if zp is not None:
         tmp += zp.to(x.dtype)
-    encoding = _main_tensor(spec).encoding
-    if spec.strategy != "block" and int_codes.applies(spec, encoding, tmp.view(rows, cols), scale, global_scale):
-        return int_codes.int_codes(tmp.view(rows, cols), spec, encoding, scratch)
     if not _clamp_is_identity(spec, scale, global_scale, zp, tmp):
         q_min, q_max = spec.q_range
         tmp.clamp_(q_min, q_max)
@@ -386,7 +387,7 @@ def quantize_weight(
             zp_parts.append(zps)
         else:
             scales, zps = whole[0].to(pdt), whole[1]
-        dest = full[a:b] if full is not None and full.dtype == _FP8 else None
+        dest = full[a:b] if full is not None else None
         out = _quantize_rows(x, scales, zps, spec, global_scale, scratch, dest)
         if sink is not None:
             sink(main, a, out)

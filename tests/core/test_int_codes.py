@@ -6,6 +6,8 @@ they are claimed for. The whole-weight bytes against compressed-tensors are
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -37,27 +39,29 @@ def reference_codes(t: torch.Tensor, q_min: float, q_max: float) -> torch.Tensor
 
 
 @pytest.mark.parametrize("dname", DTYPES)
-def test_magic_addend_gives_the_reference_4bit_codes_for_every_pattern(dname):
+def test_magic_addend_gives_the_reference_4bit_codes_for_every_pattern(monkeypatch, dname):
     """Every value the 4-bit path may see (|t| < 2**(m-1) - 8, ties and -0.0 included) packs
-    to ``pack_to_int32(round(clamp(t)))``'s words."""
+    to ``pack_to_int32(round(clamp(t)))``'s words (in slices of 100 rows and a ragged one)."""
+    monkeypatch.setattr(scales, "_SLICE_ELEMS", 100 * 32)
     dtype = DTYPES[dname]
     t = every_pattern(dtype, 55.0 if dtype == torch.bfloat16 else 503.0)
-    spec = spec_for("W4A16")
-    ours = int_codes.int_codes(t.clone(), spec, "int32_bits", Scratch())
+    spec = replace(spec_for("W4A16"), group_size=32)
+    ours = int_codes.int_codes(t, torch.ones(len(t), 1, 1, dtype=dtype), None, spec, "int32_bits", Scratch())
     ref = scales._pack_int32(reference_codes(t, *spec.q_range), 4)
     assert torch.equal(ours, ref), f"{(ours != ref).sum()} words differ"
 
 
 @pytest.mark.parametrize("dname", DTYPES)
 @pytest.mark.parametrize("encoding", ["int32_bits", "plain"])
-def test_integer_clamp_gives_the_reference_8bit_codes(dname, encoding):
+def test_integer_clamp_gives_the_reference_8bit_codes(monkeypatch, dname, encoding):
     """Symmetric 8-bit values lie in [-128, 128] (min/max scales): round, then the int16 clamp
-    of the bit patterns, equal the reference's clamp and round."""
+    of the bit patterns, equal the reference's clamp and round (in slices of 100 rows)."""
+    monkeypatch.setattr(scales, "_SLICE_ELEMS", 100 * 32)
     dtype = DTYPES[dname]
     t = every_pattern(dtype, 128.0)
     t = t[(t.float() >= -128).all(dim=1)]
-    spec = spec_for("W8A16")
-    ours = int_codes.int_codes(t.clone(), spec, encoding, Scratch())
+    spec = replace(spec_for("W8A16"), group_size=32)
+    ours = int_codes.int_codes(t, torch.ones(len(t), 1, 1, dtype=dtype), None, spec, encoding, Scratch())
     q = reference_codes(t, *spec.q_range)
     ref = q if encoding == "plain" else scales._pack_int32(q, 8)
     assert torch.equal(ours, ref)
@@ -74,8 +78,6 @@ def test_shortcut_applies_only_where_its_bound_is_proven():
     assert not int_codes.applies(spec_for("W4A16"), "int32_bits", x[:, :12], scale, None)  # not whole words
     assert not int_codes.applies(spec_for("FP8_DYNAMIC"), "plain", x, scale, None)
     asym8 = spec_for("W8A8")
-    from dataclasses import replace
-
     assert not int_codes.applies(replace(asym8, symmetric=False), "plain", x, scale, None)
 
 
