@@ -33,12 +33,13 @@ from typing import Callable, Sequence
 import torch
 
 from .. import observers
-from ..errors import CheckpointError, NonFiniteScaleError, NonFiniteWeightError, TensorShapeError
+from ..errors import CheckpointError, NonFiniteScaleError, TensorShapeError
 from . import int_codes
 from .mse_search import _mse_stats
 from .scales import (
     Scratch,
     WeightStats,
+    _all_finite,
     _cells,
     _finite,
     _float_codes,
@@ -408,10 +409,9 @@ def _checked_qparams(
     lo: torch.Tensor, hi: torch.Tensor | None, spec: WeightSpec, global_scale: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``_qparams`` between the two checks that keep non-finite numbers out of the output."""
-    if not bool(torch.isfinite(lo).all()) or (hi is not None and not bool(torch.isfinite(hi).all())):
-        raise NonFiniteWeightError("the weight holds NaN or Inf values")
+    _finite(lo, hi)
     scales, zero_points = _qparams(lo, hi, spec, global_scale)
-    if not bool(torch.isfinite(scales).all()):
+    if not _all_finite(scales):
         raise NonFiniteScaleError(_scale_overflow_message(lo, hi, spec))
     if zero_points is not None and zero_points.dtype == _FP8 and bool(torch.isnan(zero_points.float()).any()):
         # calculate_qparams divides by the scale before replacing a zero scale with eps

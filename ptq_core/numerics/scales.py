@@ -123,20 +123,22 @@ def _minmax16(cells: torch.Tensor, dims: tuple[int, ...], keepdim: bool, scratch
     Inf sort beyond every finite value of their sign, so a cell holding one has a
     non-finite min or max. A zero extreme may come out as -0.0 where torch's float
     reduction gives 0.0 or the reverse: the qparams take ``min(lo, 0)`` and ``max(hi, 0)``,
-    equal for both zeros. Three integer passes and one write, against two float
-    reductions that cost several times more.
+    equal for both zeros. One integer pass and two reductions (a third, the smallest
+    int16, only where some cell holds values of one sign), against two float reductions
+    that cost several times more.
     """
-    top, bottom, neg = (_reduced(cells, dims, keepdim, torch.int16) for _ in range(3))
+    top, neg = (_reduced(cells, dims, keepdim, torch.int16) for _ in range(2))
     for a, b in _slices(cells, dims):  # slice by slice, as _absmax
         bits = cells[a:b].view(torch.int16)
         flipped = scratch.get("absbits", tuple(bits.shape), torch.int16, cells.device)
         torch.bitwise_xor(bits, -0x8000, out=flipped)
-        parts = (top[a:b], bottom[a:b], neg[a:b]) if top.dim() else (top, bottom, neg)
-        torch.amax(bits, dim=dims, keepdim=keepdim, out=parts[0])
-        torch.amin(bits, dim=dims, keepdim=keepdim, out=parts[1])
-        torch.amax(flipped, dim=dims, keepdim=keepdim, out=parts[2])
-    hi = torch.where(top >= 0, top, bottom)
-    lo = torch.where(neg >= 0, neg ^ -0x8000, bottom)
+        torch.amax(bits, dim=dims, keepdim=keepdim, out=top[a:b] if top.dim() else top)
+        torch.amax(flipped, dim=dims, keepdim=keepdim, out=neg[a:b] if neg.dim() else neg)
+    lo, hi = neg ^ -0x8000, top
+    if bool(torch.minimum(top, neg).lt(0).any()):  # a cell of one sign: its other extreme is the smallest int16
+        bottom = cells.view(torch.int16).amin(dim=dims, keepdim=keepdim)
+        hi = torch.where(top >= 0, top, bottom)
+        lo = torch.where(neg >= 0, lo, bottom)
     return lo.view(cells.dtype), hi.view(cells.dtype)
 
 
@@ -244,7 +246,7 @@ def _qparams(
         max_vals = torch.max(hi, torch.zeros_like(hi))
         scales = (max_vals - min_vals) / bit_range.to(max_vals.dtype)
         zero_points = q_min - (min_vals / scales)
-        zero_points = torch.clamp(zero_points, q_min, q_max)
+        zero_points = torch.clamp(zero_points, *spec.q_range)  # the same exact bounds; tensor bounds take a slow mixed-dtype loop
     if global_scale is not None:
         scales = global_scale * scales
     if spec.scale_dtype is not None:
@@ -470,7 +472,19 @@ class WeightStats:
         return self.lo[first:end], (self.hi[first:end] if self.hi is not None else None)
 
 
+_INF_BITS = {torch.bfloat16: 0x7F80, torch.float16: 0x7C00}
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    """Whether every value of ``t`` is finite; for 16-bit floats from the bit patterns
+    (the exponent field below all ones), as torch's ``isfinite`` is several times slower there."""
+    inf = _INF_BITS.get(t.dtype)
+    if inf is None or t.numel() == 0:
+        return bool(torch.isfinite(t).all())
+    return bool((t.view(torch.int16) & 0x7FFF).amax() < inf)
+
+
 def _finite(lo: torch.Tensor, hi: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if not bool(torch.isfinite(lo).all()) or (hi is not None and not bool(torch.isfinite(hi).all())):
+    if not _all_finite(lo) or (hi is not None and not _all_finite(hi)):
         raise NonFiniteWeightError("the weight holds NaN or Inf values")
     return lo, hi
