@@ -92,7 +92,7 @@ def int_codes(
     cells, _ = _cells(x, spec, scratch)
     zp = zp.to(x.dtype) if zp is not None else None
     dest = out.view(torch.uint8)
-    step = max(1, _scales._SLICE_ELEMS // cols)
+    step = max(1, _scales._SLICE_ELEMS // cols) if x.device.type == "cpu" else rows  # see scales._slices
     runs = {}  # slice height -> its pass chain over views made once (the last slice may be shorter)
     for a in range(0, rows, step):
         b = min(rows, a + step)

@@ -20,9 +20,9 @@ from .spec import _FP4_MAX, _FP6_MAX, _FP8, _FP8_MAX, _MX_ELEM_MANTISSA, _MX_ELE
 __all__ = ["Scratch", "WeightStats", "global_scale_from_absmax", "tensor_absmax"]
 
 _CHUNK_ELEMS = 1 << 22  # ~4M elements per elementwise step
-# Elements per slice of a chunk for chains of cheap passes (statistics, integer codes): 512 KiB
-# of 16-bit values, so a slice and its temporaries stay in a core's 2 MiB L2 cache, where each
-# pass costs about half of what it costs streaming a multi-megabyte chunk through L3.
+# Elements per slice of a chunk for chains of cheap passes on a CPU (statistics, integer codes):
+# 512 KiB of 16-bit values, so a slice and its temporaries stay in a core's 2 MiB L2 cache, where
+# an integer pass costs about half of what it costs streaming a multi-megabyte chunk through L3.
 _SLICE_ELEMS = 1 << 18
 
 
@@ -77,9 +77,10 @@ _SIGNLESS = {
 
 
 def _slices(cells: torch.Tensor, dims: tuple[int, ...]):
-    """Spans of ``cells``' first dimension of about ``_SLICE_ELEMS`` elements (one span when ``dims`` reduce it)."""
+    """Spans of ``cells``' first dimension of about ``_SLICE_ELEMS`` elements on a CPU (one span
+    when ``dims`` reduce it, or on a GPU, where slicing only adds kernel launches)."""
     n = cells.shape[0]
-    if 0 in [d % cells.dim() for d in dims] or n == 0:
+    if 0 in [d % cells.dim() for d in dims] or n == 0 or cells.device.type != "cpu":
         return [(0, n)]
     step = max(1, _SLICE_ELEMS // max(cells.numel() // n, 1))
     return [(a, min(n, a + step)) for a in range(0, n, step)]

@@ -126,6 +126,30 @@ def test_bit_pattern_min_max_equals_torchs(dname):
     blocks = w.view(2, 128, 3, 128)
     lo, hi = scales._minmax16(blocks, (1, 3), False, Scratch())
     assert torch.equal(lo, blocks.amin(dim=(1, 3))) and torch.equal(hi, blocks.amax(dim=(1, 3)))
+    groups = w.view(256, 3, 128)  # every cell of both signs: two reductions, no third
+    lo, hi = scales._minmax16(groups, (-1,), False, Scratch())
+    assert torch.equal(lo, groups.amin(-1)) and torch.equal(hi, groups.amax(-1))
+
+
+@pytest.mark.parametrize("dname", DTYPES)
+def test_statistics_in_slices_equal_whole_reductions(monkeypatch, dname):
+    """Slice by slice (several, a ragged last one), min/max and max |w| equal torch's reductions."""
+    monkeypatch.setattr(scales, "_SLICE_ELEMS", 7 * 384)
+    dtype = DTYPES[dname]
+    w = (torch.randn(100, 384, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 0.02).to(dtype)
+    for cells, dims in ((w.view(100, 3, 128), (-1,)), (w, (1,))):
+        lo, hi = scales._minmax16(cells, dims, False, Scratch())
+        assert torch.equal(lo, cells.amin(dim=dims)) and torch.equal(hi, cells.amax(dim=dims))
+        assert torch.equal(scales._absmax(cells, dims, False, Scratch()), cells.abs().amax(dim=dims))
+    assert torch.equal(scales._absmax(w, (0, 1), False, Scratch()), w.abs().amax())
+
+
+@pytest.mark.parametrize("dname", DTYPES)
+def test_finiteness_from_bit_patterns_equals_isfinite_for_every_pattern(dname):
+    every = torch.arange(65536, dtype=torch.int32).to(torch.int16).view(DTYPES[dname])
+    finite = torch.isfinite(every)
+    assert scales._all_finite(every[finite])
+    assert not any(scales._all_finite(torch.cat([every[:3], v.view(1)])) for v in every[~finite])
 
 
 @pytest.mark.parametrize("name", ["MXFP4A16", "MXFP8A16"])
