@@ -53,7 +53,7 @@ def applies(spec: WeightSpec, encoding: str, x: torch.Tensor, scale: torch.Tenso
     """
     if spec.observer != observers.MINMAX or spec.kind != "int" or global_scale is not None:
         return False
-    if spec.strategy not in ("channel", "group") or x.dtype not in _MANTISSA or scale.dtype != x.dtype:
+    if spec.strategy == "block" or x.dtype not in _MANTISSA or scale.dtype != x.dtype:
         return False
     if not x.is_contiguous() or (x.shape[1] * spec.num_bits) % 32:
         return False
@@ -79,8 +79,8 @@ def int_codes(
 ) -> torch.Tensor:
     """The main stored tensor's rows for weight rows ``x`` (where :func:`applies`).
 
-    ``scale`` / ``zp``: per cell, shaped to broadcast over ``_cells(x)`` (``[rows, 1]`` per
-    channel, ``[rows, groups, 1]`` per group). Each slice is divided and offset with the
+    ``scale`` / ``zp``: per cell, shaped to broadcast over ``_cells(x)`` (``[1]`` per tensor,
+    ``[rows, 1]`` per channel, ``[rows, groups, 1]`` per group). Each slice is divided and offset with the
     reference's ops (``x / scale``, then ``+ zp`` in the weight's dtype). Returns the int32
     words of compressed-tensors' ``pack_to_int32`` (``encoding == "int32_bits"``) or the
     int8 codes (``"plain"``), in ``out`` when given, else valid until the scratch's next use.
@@ -98,7 +98,8 @@ def int_codes(
         b = min(rows, a + step)
         if b - a not in runs:
             runs[b - a] = _slice_codes(spec, encoding, (b - a, *cells.shape[1:]), x, scratch)
-        runs[b - a](cells[a:b], scale[a:b], zp[a:b] if zp is not None else None, dest[a:b])
+        per_row = scale.dim() == cells.dim()  # else one scale for the tensor
+        runs[b - a](cells[a:b], scale[a:b] if per_row else scale, (zp[a:b] if per_row else zp) if zp is not None else None, dest[a:b])
     return out
 
 

@@ -91,6 +91,23 @@ def test_quantize_weight_takes_the_shortcut(monkeypatch, name):
     assert calls
 
 
+@pytest.mark.parametrize("name", ["W4A16", "W4A16_ASYM", "W8A16"])
+@pytest.mark.parametrize("strategy", ["group", "channel", "tensor"])
+def test_shortcut_in_slices_equals_the_reference_ops(monkeypatch, name, strategy):
+    """quantize_weight's bytes with the shortcut, in several row slices and a ragged last one,
+    equal its bytes with the reference's ops (the shortcut refused), for every cell layout."""
+    spec = replace(spec_for(name), strategy=strategy, group_size=128 if strategy == "group" else None)
+    w = (torch.randn(37, 256, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 0.02).to(torch.bfloat16)
+    monkeypatch.setattr(scales, "_SLICE_ELEMS", 5 * 256)
+    calls, real = [], int_codes.int_codes
+    monkeypatch.setattr(int_codes, "int_codes", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ours = quantize_weight(w, spec)
+    assert calls
+    monkeypatch.setattr(int_codes, "applies", lambda *a: False)
+    ref = quantize_weight(w, spec)
+    assert ours.keys() == ref.keys() and all(torch.equal(ours[k], ref[k]) for k in ref)
+
+
 def _stat_cells(dtype: torch.dtype) -> torch.Tensor:
     """Cells of 8: mixed signs, all negative, all positive, zeros of both signs, infinities, NaN."""
     inf, nan = float("inf"), float("nan")
