@@ -41,6 +41,7 @@ from .spec import WeightSpec
 __all__ = ["applies", "int_codes"]
 
 _MANTISSA = {torch.bfloat16: 7, torch.float16: 10}
+_PAIR = (1 << 24) + (1 << 12)  # gathers two nibbles 16 bits apart into one byte (see _slice_codes)
 
 
 def applies(spec: WeightSpec, encoding: str, x: torch.Tensor, scale: torch.Tensor, global_scale) -> bool:
@@ -57,7 +58,7 @@ def applies(spec: WeightSpec, encoding: str, x: torch.Tensor, scale: torch.Tenso
         return False
     if not x.is_contiguous() or (x.shape[1] * spec.num_bits) % 32:
         return False
-    if not ((spec.num_bits == 4 and encoding == "int32_bits")
+    if not ((spec.num_bits == 4 and encoding == "int32_bits" and _int32_wraps(x.device.type))
             or (spec.num_bits == 8 and spec.symmetric and encoding in ("int32_bits", "plain"))):
         return False
     bits = scale.view(torch.int16)  # scale >= tiny, from the bit patterns (a bf16 comparison costs more)
@@ -66,6 +67,26 @@ def applies(spec: WeightSpec, encoding: str, x: torch.Tensor, scale: torch.Tenso
 
 def _magic(dtype: torch.dtype, bits: int) -> float:
     return 1.5 * 2.0 ** _MANTISSA[dtype] + 2 ** (bits - 1)
+
+
+def _int32(value: int) -> int:
+    """``value`` modulo 2**32 as a signed int32."""
+    value %= 1 << 32
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+@functools.cache
+def _int32_wraps(device_type: str) -> bool:
+    """Whether torch's int32 ``add`` with ``alpha`` wraps modulo 2**32 on this device type.
+
+    The nibble packing's products overflow by design, and C++ leaves signed overflow
+    undefined, so it is measured once (a length that leaves a scalar tail after the
+    vector loop) and :func:`applies` keeps the reference's ops where it does not wrap.
+    """
+    w = torch.arange(-37, 38, dtype=torch.int64) * 0x1F2F3F
+    got = torch.add(torch.tensor(-0x12345678, dtype=torch.int32, device=device_type), w.to(torch.int32).to(device_type), alpha=_PAIR)
+    want = [_int32(v * _PAIR - 0x12345678) for v in w.tolist()]
+    return got.cpu().tolist() == want
 
 
 @functools.cache
@@ -108,11 +129,11 @@ def _slice_codes(spec: WeightSpec, encoding: str, shape: tuple[int, ...], x: tor
 
     8 bits: ``round_``, the integer clamp, the cast to int8, and for packing ``q + 128``
     (mod 256, four to an int32 word). 4 bits: the magic addend, the integer clamp, then
-    two codes to a byte: each clamped bit pattern is ``base + c`` with ``c < 16`` and
-    ``base``'s low nibble zero, so for two consecutive ones as an int32 ``w = e0 | e1 << 16``,
-    ``w ^ (w >> 12)`` has ``(c0 | c1 << 4) ^ K`` in its low byte, ``K = (base & 0xF0) ^
-    (base >> 12)`` (``e0 >> 12 < 16`` carries nothing into ``c1 << 4``), which the cast
-    to uint8 keeps.
+    two codes to a byte: each clamped bit pattern is ``base + c`` with ``c < 16``, so two
+    consecutive ones as an int32 ``w = e0 + e1 * 2**16`` give ``c0 + c1 * 2**16`` after
+    subtracting ``base * (1 + 2**16)``; times ``_PAIR = 2**24 + 2**12`` (modulo 2**32) that is
+    ``c0 * 2**24 + c1 * 2**28`` plus ``c0 * 2**12`` (below bit 16, so no carry) and ``c1 * 2**40``
+    (gone): bits 24-31 hold ``c0 | c1 << 4``, which a shift and the cast to uint8 keep.
     """
     t = scratch.get("int_t", shape, x.dtype, x.device)
     bits = t.view(torch.int16)
@@ -131,18 +152,16 @@ def _slice_codes(spec: WeightSpec, encoding: str, shape: tuple[int, ...], x: tor
         return run
     magic = _magic(x.dtype, 4)
     base, top = _bits_of(magic + q_min, x.dtype), _bits_of(magic + q_max, x.dtype)
-    key = (base & 0xF0) ^ (base >> 12)
     words = t.view(shape[0], -1).view(torch.int32)
-    mixed = scratch.get("int_mix", tuple(words.shape), torch.int32, x.device)
+    offset = torch.tensor(_int32(-base * (1 + (1 << 16)) * _PAIR), dtype=torch.int32, device=x.device)
 
     def run(cells: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, dest: torch.Tensor) -> None:
         _scaled(cells, scale, zp, t)
         t.add_(magic)  # round_half_even(t) + magic, exactly
         bits.clamp_(base, top)
-        torch.bitwise_right_shift(words, 12, out=mixed)
-        mixed.bitwise_xor_(words)
-        dest.copy_(mixed)  # int32 -> uint8 keeps the low byte
-        dest.bitwise_xor_(key)
+        torch.add(offset, words, alpha=_PAIR, out=words)  # (w - base * (1 + 2**16)) * _PAIR, modulo 2**32
+        words.bitwise_right_shift_(24)
+        dest.copy_(words)  # int32 -> uint8 keeps the low byte
 
     return run
 

@@ -67,7 +67,7 @@ def test_integer_clamp_gives_the_reference_8bit_codes(monkeypatch, dname, encodi
     assert torch.equal(ours, ref)
 
 
-def test_shortcut_applies_only_where_its_bound_is_proven():
+def test_shortcut_applies_only_where_its_bound_is_proven(monkeypatch):
     x = torch.ones(4, 32, dtype=torch.bfloat16)
     scale = torch.full((4, 1), 0.1, dtype=torch.bfloat16)
     assert int_codes.applies(spec_for("W4A16"), "int32_bits", x, scale, None)
@@ -77,6 +77,9 @@ def test_shortcut_applies_only_where_its_bound_is_proven():
     assert not int_codes.applies(spec_for("W4A16"), "int32_bits", x.float(), scale.float(), None)
     assert not int_codes.applies(spec_for("W4A16"), "int32_bits", x[:, :12], scale, None)  # not whole words
     assert not int_codes.applies(spec_for("FP8_DYNAMIC"), "plain", x, scale, None)
+    monkeypatch.setattr(int_codes, "_int32_wraps", lambda device_type: False)  # the 4-bit packing needs wrapping int32
+    assert not int_codes.applies(spec_for("W4A16"), "int32_bits", x, scale, None)
+    assert int_codes.applies(spec_for("W8A16"), "int32_bits", x, scale, None)
     asym8 = spec_for("W8A8")
     assert not int_codes.applies(replace(asym8, symmetric=False), "plain", x, scale, None)
 
