@@ -138,8 +138,10 @@ def _slice_codes(spec: WeightSpec, encoding: str, shape: tuple[int, ...], x: tor
     t = scratch.get("int_t", shape, x.dtype, x.device)
     bits = t.view(torch.int16)
     q_min, q_max = spec.q_range
+    # constants as tensors: a Python number is wrapped into a new tensor at every call
     if spec.num_bits == 8:
         top, q, packed = _bits_of(q_max, x.dtype), t.view(shape[0], -1), encoding == "int32_bits"
+        flip = torch.tensor(0x80, dtype=torch.uint8, device=x.device)
 
         def run(cells: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, dest: torch.Tensor) -> None:
             _scaled(cells, scale, zp, t)
@@ -147,20 +149,22 @@ def _slice_codes(spec: WeightSpec, encoding: str, shape: tuple[int, ...], x: tor
             bits.clamp_(max=top)  # the rounded values lie in [q_min, q_max + 1]
             dest.view(torch.int8).copy_(q)
             if packed:
-                dest.bitwise_xor_(0x80)
+                dest.bitwise_xor_(flip)
 
         return run
     magic = _magic(x.dtype, 4)
     base, top = _bits_of(magic + q_min, x.dtype), _bits_of(magic + q_max, x.dtype)
     words = t.view(shape[0], -1).view(torch.int32)
+    addend = torch.tensor(magic, dtype=x.dtype, device=x.device)  # exact: an integer below 2**(m + 1)
     offset = torch.tensor(_int32(-base * (1 + (1 << 16)) * _PAIR), dtype=torch.int32, device=x.device)
+    byte3 = torch.tensor(24, dtype=torch.int32, device=x.device)
 
     def run(cells: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, dest: torch.Tensor) -> None:
         _scaled(cells, scale, zp, t)
-        t.add_(magic)  # round_half_even(t) + magic, exactly
+        t.add_(addend)  # round_half_even(t) + magic, exactly
         bits.clamp_(base, top)
         torch.add(offset, words, alpha=_PAIR, out=words)  # (w - base * (1 + 2**16)) * _PAIR, modulo 2**32
-        words.bitwise_right_shift_(24)
+        words.bitwise_right_shift_(byte3)
         dest.copy_(words)  # int32 -> uint8 keeps the low byte
 
     return run
