@@ -70,6 +70,7 @@ STREAM, UNITS, PARTS, FINALIZE = (
 ROTATION, ROTATION_LAYOUT, ROTATION_FAST = (
     "ptq_core/rotation.py", "ptq_core/rotation_layout.py", "ptq_core/rotation_fast.py",
 )
+NUMERICS_INT = "ptq_core/numerics/int_codes.py"
 MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "offset-norm-guard", ROTATION_LAYOUT,
@@ -118,6 +119,18 @@ MUTATIONS: tuple[Mutation, ...] = (
         "offset = 1 << (num_bits - 1)",
         "offset = (1 << (num_bits - 1)) - 1",
         ("tests/core/test_numerics.py", "-k", "test_quantize_weight_matches_reference or test_channel_int_schemes"),
+    ),
+    Mutation(
+        "int4-pair-multiplier", NUMERICS_INT,
+        "_PAIR = (1 << 24) + (1 << 12)",
+        "_PAIR = (1 << 24) + (1 << 11)",
+        ("tests/core/test_int_codes.py", "-k", "every_pattern"),
+    ),
+    Mutation(
+        "minmax-one-sign-cells", NUMERICS_SCALES,
+        "if bool(torch.minimum(top, neg).lt(0).any()):",
+        "if False:",
+        ("tests/core/test_int_codes.py", "-k", "min_max"),
     ),
     Mutation(
         "mx-exponent-offset", NUMERICS_SPEC,

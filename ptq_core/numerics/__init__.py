@@ -33,12 +33,13 @@ from typing import Callable, Sequence
 import torch
 
 from .. import observers
-from ..errors import CheckpointError, NonFiniteScaleError, NonFiniteWeightError, TensorShapeError
+from ..errors import CheckpointError, NonFiniteScaleError, TensorShapeError
 from . import int_codes
 from .mse_search import _mse_stats
 from .scales import (
     Scratch,
     WeightStats,
+    _all_finite,
     _cells,
     _finite,
     _float_codes,
@@ -90,7 +91,8 @@ def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None
     Same elementwise operations as the reference's ``_quantize``: divide (in the
     weight's dtype, or float32 once a global scale is involved), add the zero
     point, clamp, round to the target grid. ``dest``: the output's rows, where an
-    FP8 cast writes directly (saving a copy of the chunk); other encodings ignore it.
+    FP8 cast and the integer codes write directly (saving a copy of the chunk); other
+    encodings ignore it.
     """
     rows, cols = x.shape
     cells, _ = _cells(x, spec, scratch)
@@ -100,6 +102,9 @@ def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None
     elif spec.strategy in ("group", "tensor_group"):
         scale = scale[..., None]
         zp = zp[..., None] if zp is not None else None
+    encoding = _main_tensor(spec).encoding
+    if int_codes.applies(spec, encoding, x, scale, global_scale):
+        return int_codes.int_codes(x, scale, zp, spec, encoding, scratch, dest)
     if global_scale is not None:
         scale = scale / global_scale  # bf16 / f32 -> f32, as the reference
     work_dtype = torch.promote_types(x.dtype, scale.dtype)
@@ -113,9 +118,6 @@ def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None
         torch.div(cells, scale, out=tmp)
     if zp is not None:
         tmp += zp.to(x.dtype)
-    encoding = _main_tensor(spec).encoding
-    if spec.strategy != "block" and int_codes.applies(spec, encoding, tmp.view(rows, cols), scale, global_scale):
-        return int_codes.int_codes(tmp.view(rows, cols), spec, encoding, scratch)
     if not _clamp_is_identity(spec, scale, global_scale, zp, tmp):
         q_min, q_max = spec.q_range
         tmp.clamp_(q_min, q_max)
@@ -386,7 +388,7 @@ def quantize_weight(
             zp_parts.append(zps)
         else:
             scales, zps = whole[0].to(pdt), whole[1]
-        dest = full[a:b] if full is not None and full.dtype == _FP8 else None
+        dest = full[a:b] if full is not None else None
         out = _quantize_rows(x, scales, zps, spec, global_scale, scratch, dest)
         if sink is not None:
             sink(main, a, out)
@@ -407,10 +409,9 @@ def _checked_qparams(
     lo: torch.Tensor, hi: torch.Tensor | None, spec: WeightSpec, global_scale: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``_qparams`` between the two checks that keep non-finite numbers out of the output."""
-    if not bool(torch.isfinite(lo).all()) or (hi is not None and not bool(torch.isfinite(hi).all())):
-        raise NonFiniteWeightError("the weight holds NaN or Inf values")
+    _finite(lo, hi)
     scales, zero_points = _qparams(lo, hi, spec, global_scale)
-    if not bool(torch.isfinite(scales).all()):
+    if not _all_finite(scales):
         raise NonFiniteScaleError(_scale_overflow_message(lo, hi, spec))
     if zero_points is not None and zero_points.dtype == _FP8 and bool(torch.isnan(zero_points.float()).any()):
         # calculate_qparams divides by the scale before replacing a zero scale with eps

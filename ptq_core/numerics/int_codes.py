@@ -20,24 +20,32 @@ Both need a bound on ``|t|``, which holds for min/max ranges whose scales are no
 numbers: a scale is the cell's ``range / levels`` rounded to the dtype (relative error at
 most 2**-8), so ``|x / scale| <= levels / (1 - 2**-8)**2`` and a zero point adds at most
 ``2**(bits - 1)``. :func:`applies` checks both; the caller keeps the reference's ops otherwise.
-``tests/core/test_int_codes.py`` checks both on every 16-bit pattern. Torch only.
+``tests/core/test_int_codes.py`` checks both on every 16-bit pattern.
+
+The whole chain (divide, add the zero point, round, clamp, pack) runs on row slices of
+``scales._SLICE_ELEMS`` elements, whose temporaries stay in the core's L2 cache. Torch only.
 """
 
 from __future__ import annotations
 
+import functools
+import math
+
 import torch
 
 from .. import observers
-from .scales import Scratch
+from . import scales as _scales
+from .scales import Scratch, _cells, _row_chunks
 from .spec import WeightSpec
 
 __all__ = ["applies", "int_codes"]
 
 _MANTISSA = {torch.bfloat16: 7, torch.float16: 10}
+_PAIR = (1 << 24) + (1 << 12)  # gathers two nibbles 16 bits apart into one byte (see _slice_codes)
 
 
-def applies(spec: WeightSpec, encoding: str, t: torch.Tensor, scale: torch.Tensor, global_scale) -> bool:
-    """Whether :func:`int_codes` gives the reference's codes for this chunk of scaled values ``t``.
+def applies(spec: WeightSpec, encoding: str, x: torch.Tensor, scale: torch.Tensor, global_scale) -> bool:
+    """Whether :func:`int_codes` gives the reference's codes for the weight rows ``x``.
 
     4 bits: packed into int32 words (whole words per row); 8 bits: symmetric (the integer
     clamp bounds only the top), packed or plain int8. Every scale must be normal, and come
@@ -46,60 +54,124 @@ def applies(spec: WeightSpec, encoding: str, t: torch.Tensor, scale: torch.Tenso
     """
     if spec.observer != observers.MINMAX or spec.kind != "int" or global_scale is not None:
         return False
-    if t.dtype not in _MANTISSA or scale.dtype != t.dtype:
+    if spec.strategy == "block" or x.dtype not in _MANTISSA or scale.dtype != x.dtype:
         return False
-    if not t.is_contiguous() or (t.shape[1] * spec.num_bits) % 32:
+    if not x.is_contiguous() or (x.shape[1] * spec.num_bits) % 32:
         return False
-    if not ((spec.num_bits == 4 and encoding == "int32_bits")
+    if not ((spec.num_bits == 4 and encoding == "int32_bits" and _int32_wraps(x.device.type))
             or (spec.num_bits == 8 and spec.symmetric and encoding in ("int32_bits", "plain"))):
         return False
-    return bool((scale >= torch.finfo(t.dtype).tiny).all())
+    bits = scale.view(torch.int16)  # scale >= tiny, from the bit patterns (a bf16 comparison costs more)
+    return int(bits.amin()) >= _bits_of(torch.finfo(x.dtype).tiny, x.dtype) and int(bits.amax()) <= _bits_of(math.inf, x.dtype)
 
 
 def _magic(dtype: torch.dtype, bits: int) -> float:
     return 1.5 * 2.0 ** _MANTISSA[dtype] + 2 ** (bits - 1)
 
 
+def _int32(value: int) -> int:
+    """``value`` modulo 2**32 as a signed int32."""
+    value %= 1 << 32
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+@functools.cache
+def _int32_wraps(device_type: str) -> bool:
+    """Whether torch's int32 ``add`` with ``alpha`` wraps modulo 2**32 on this device type.
+
+    The nibble packing's products overflow by design, and C++ leaves signed overflow
+    undefined, so it is measured once (a length that leaves a scalar tail after the
+    vector loop) and :func:`applies` keeps the reference's ops where it does not wrap.
+    """
+    w = torch.arange(-37, 38, dtype=torch.int64) * 0x1F2F3F
+    got = torch.add(torch.tensor(-0x12345678, dtype=torch.int32, device=device_type), w.to(torch.int32).to(device_type), alpha=_PAIR)
+    want = [_int32(v * _PAIR - 0x12345678) for v in w.tolist()]
+    return got.cpu().tolist() == want
+
+
+@functools.cache
 def _bits_of(value: float, dtype: torch.dtype) -> int:
     return int(torch.tensor(value, dtype=dtype).view(torch.int16))
 
 
-def int_codes(t: torch.Tensor, spec: WeightSpec, encoding: str, scratch: Scratch) -> torch.Tensor:
-    """The main stored tensor's chunk for scaled values ``t`` (zero point added, not yet clamped).
+def int_codes(
+    x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, spec: WeightSpec, encoding: str,
+    scratch: Scratch, out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The main stored tensor's rows for weight rows ``x`` (where :func:`applies`).
 
-    ``t``: contiguous ``[rows, cols]`` in bf16 / fp16, overwritten. Returns the int32 words
-    of compressed-tensors' ``pack_to_int32`` (``encoding == "int32_bits"``), or the int8
-    codes (``"plain"``), valid until the scratch's next use.
+    ``scale`` / ``zp``: per cell, shaped to broadcast over ``_cells(x)`` (``[1]`` per tensor,
+    ``[rows, 1]`` per channel, ``[rows, groups, 1]`` per group). Each slice is divided and offset with the
+    reference's ops (``x / scale``, then ``+ zp`` in the weight's dtype). Returns the int32
+    words of compressed-tensors' ``pack_to_int32`` (``encoding == "int32_bits"``) or the
+    int8 codes (``"plain"``), in ``out`` when given, else valid until the scratch's next use.
     """
-    rows, cols = t.shape
+    rows, cols = x.shape
+    if out is None:
+        shape, dtype = ((rows, cols * spec.num_bits // 32), torch.int32) if encoding == "int32_bits" else ((rows, cols), torch.int8)
+        out = scratch.get("int_codes", shape, dtype, x.device)
+    cells, _ = _cells(x, spec, scratch)
+    zp = zp.to(x.dtype) if zp is not None else None
+    dest = out.view(torch.uint8)
+    step = max(1, _scales._SLICE_ELEMS // cols) if x.device.type == "cpu" else rows  # see scales._slices
+    runs = {}  # slice height -> its pass chain over views made once (the last slice may be shorter)
+    for a in range(0, rows, step):
+        b = min(rows, a + step)
+        if b - a not in runs:
+            runs[b - a] = _slice_codes(spec, encoding, (b - a, *cells.shape[1:]), x, scratch)
+        per_row = scale.dim() == cells.dim()  # else one scale for the tensor
+        runs[b - a](cells[a:b], scale[a:b] if per_row else scale, (zp[a:b] if per_row else zp) if zp is not None else None, dest[a:b])
+    return out
+
+
+def _slice_codes(spec: WeightSpec, encoding: str, shape: tuple[int, ...], x: torch.Tensor, scratch: Scratch):
+    """``run(cells, scale, zp, dest)``: the codes of one slice of ``x``'s cells (``shape``) into its bytes ``dest``.
+
+    8 bits: ``round_``, the integer clamp, the cast to int8, and for packing ``q + 128``
+    (mod 256, four to an int32 word). 4 bits: the magic addend, the integer clamp, then
+    two codes to a byte: each clamped bit pattern is ``base + c`` with ``c < 16``, so two
+    consecutive ones as an int32 ``w = e0 + e1 * 2**16`` give ``c0 + c1 * 2**16`` after
+    subtracting ``base * (1 + 2**16)``; times ``_PAIR = 2**24 + 2**12`` (modulo 2**32) that is
+    ``c0 * 2**24 + c1 * 2**28`` plus ``c0 * 2**12`` (below bit 16, so no carry) and ``c1 * 2**40``
+    (gone): bits 24-31 hold ``c0 | c1 << 4``, which a shift and the cast to uint8 keep.
+    """
+    t = scratch.get("int_t", shape, x.dtype, x.device)
+    bits = t.view(torch.int16)
     q_min, q_max = spec.q_range
-    bits16 = t.view(torch.int16)
+    # constants as tensors: a Python number is wrapped into a new tensor at every call
     if spec.num_bits == 8:
-        t.round_()
-        bits16.clamp_(max=_bits_of(q_max, t.dtype))  # the rounded values lie in [q_min, q_max + 1]
-        q = scratch.get("q", (rows, cols), torch.int8, t.device).copy_(t)
-        if encoding == "plain":
-            return q
-        return q.view(torch.uint8).bitwise_xor_(0x80).view(torch.int32)  # q + 128 (mod 256), 4 per word
-    magic = _magic(t.dtype, 4)
-    t.add_(magic)  # round_half_even(t) + magic, exactly
-    base = _bits_of(magic + q_min, t.dtype)
-    bits16.clamp_(base, _bits_of(magic + q_max, t.dtype))
-    return _nibble_pairs(bits16, base, scratch).view(torch.int32)
+        top, q, packed = _bits_of(q_max, x.dtype), t.view(shape[0], -1), encoding == "int32_bits"
+        flip = torch.tensor(0x80, dtype=torch.uint8, device=x.device)
+
+        def run(cells: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, dest: torch.Tensor) -> None:
+            _scaled(cells, scale, zp, t)
+            t.round_()
+            bits.clamp_(max=top)  # the rounded values lie in [q_min, q_max + 1]
+            dest.view(torch.int8).copy_(q)
+            if packed:
+                dest.bitwise_xor_(flip)
+
+        return run
+    magic = _magic(x.dtype, 4)
+    base, top = _bits_of(magic + q_min, x.dtype), _bits_of(magic + q_max, x.dtype)
+    words = t.view(shape[0], -1).view(torch.int32)
+    addend = torch.tensor(magic, dtype=x.dtype, device=x.device)  # exact: an integer below 2**(m + 1)
+    offset = torch.tensor(_int32(-base * (1 + (1 << 16)) * _PAIR), dtype=torch.int32, device=x.device)
+    byte3 = torch.tensor(24, dtype=torch.int32, device=x.device)
+
+    def run(cells: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, dest: torch.Tensor) -> None:
+        _scaled(cells, scale, zp, t)
+        t.add_(addend)  # round_half_even(t) + magic, exactly
+        bits.clamp_(base, top)
+        torch.add(offset, words, alpha=_PAIR, out=words)  # (w - base * (1 + 2**16)) * _PAIR, modulo 2**32
+        words.bitwise_right_shift_(byte3)
+        dest.copy_(words)  # int32 -> uint8 keeps the low byte
+
+    return run
 
 
-def _nibble_pairs(bits16: torch.Tensor, base: int, scratch: Scratch) -> torch.Tensor:
-    """Bytes ``a | c << 4`` from consecutive bit patterns ``base + a``, ``base + c`` (``a, c < 16``).
-
-    As one int32 ``w = e0 | e1 << 16``, ``w ^ (w >> 12)`` has ``(a | c << 4) ^ K`` in its low
-    byte with ``K = (base & 0xF0) ^ (base >> 12)`` (``base``'s low nibble is zero, and
-    ``e0 >> 12 < 16`` carries nothing into ``c << 4``).
-    """
-    rows, cols = bits16.shape
-    words = bits16.view(torch.int32)
-    mixed = scratch.get("nib_mix", tuple(words.shape), torch.int32, words.device)
-    torch.bitwise_right_shift(words, 12, out=mixed)
-    mixed.bitwise_xor_(words)
-    out = scratch.get("pack_nib", (rows, cols // 2), torch.uint8, words.device)
-    out.copy_(mixed.view(torch.uint8).view(rows, cols // 2, 4)[..., 0])
-    return out.bitwise_xor_((base & 0xF0) ^ (base >> 12))
+def _scaled(cells: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, t: torch.Tensor) -> None:
+    """The reference's scaled values into ``t``: ``cells / scale (+ zp)``, in the weight's dtype."""
+    torch.div(cells, scale, out=t)
+    if zp is not None:
+        t += zp

@@ -20,6 +20,10 @@ from .spec import _FP4_MAX, _FP6_MAX, _FP8, _FP8_MAX, _MX_ELEM_MANTISSA, _MX_ELE
 __all__ = ["Scratch", "WeightStats", "global_scale_from_absmax", "tensor_absmax"]
 
 _CHUNK_ELEMS = 1 << 22  # ~4M elements per elementwise step
+# Elements per slice of a chunk for chains of cheap passes on a CPU (statistics, integer codes):
+# 512 KiB of 16-bit values, so a slice and its temporaries stay in a core's 2 MiB L2 cache, where
+# an integer pass costs about half of what it costs streaming a multi-megabyte chunk through L3.
+_SLICE_ELEMS = 1 << 18
 
 
 # --------------------------------------------------------------------------- buffers
@@ -72,18 +76,40 @@ _SIGNLESS = {
 }
 
 
+def _slices(cells: torch.Tensor, dims: tuple[int, ...]):
+    """Spans of ``cells``' first dimension of about ``_SLICE_ELEMS`` elements on a CPU (one span
+    when ``dims`` reduce it, or on a GPU, where slicing only adds kernel launches)."""
+    n = cells.shape[0]
+    if 0 in [d % cells.dim() for d in dims] or n == 0 or cells.device.type != "cpu":
+        return [(0, n)]
+    step = max(1, _SLICE_ELEMS // max(cells.numel() // n, 1))
+    return [(a, min(n, a + step)) for a in range(0, n, step)]
+
+
+def _reduced(cells: torch.Tensor, dims: tuple[int, ...], keepdim: bool, dtype: torch.dtype) -> torch.Tensor:
+    """An empty tensor shaped like a reduction of ``cells`` over ``dims``."""
+    dims = {d % cells.dim() for d in dims}
+    shape = [1 if i in dims else n for i, n in enumerate(cells.shape) if keepdim or i not in dims]
+    return torch.empty(shape, dtype=dtype, device=cells.device)
+
+
 def _absmax(cells: torch.Tensor, dims: tuple[int, ...], keepdim: bool, scratch: Scratch) -> torch.Tensor:
     """max |x| over ``dims``, exactly, via integer maxima of the sign-cleared bit patterns.
 
     For non-negative IEEE floats the bit patterns order like the values, so
     clearing the sign bit and taking an integer max gives the float max |x|
     (NaN and Inf included: they sort above every finite value). torch's integer
-    reductions are several times faster than its bf16/f16 ones.
+    reductions are several times faster than its bf16/f16 ones. Slice by slice of
+    the first dimension where ``dims`` leave it, so the cleared bits stay in cache.
     """
     int_dtype, mask = _SIGNLESS[cells.dtype]
-    bits = scratch.get("absbits", tuple(cells.shape), int_dtype, cells.device)
-    torch.bitwise_and(cells.view(int_dtype), mask, out=bits)
-    return bits.amax(dim=dims, keepdim=keepdim).view(cells.dtype)
+    out = _reduced(cells, dims, keepdim, int_dtype)
+    for a, b in _slices(cells, dims):
+        part = cells[a:b]
+        bits = scratch.get("absbits", tuple(part.shape), int_dtype, cells.device)
+        torch.bitwise_and(part.view(int_dtype), mask, out=bits)
+        torch.amax(bits, dim=dims, keepdim=keepdim, out=out[a:b] if out.dim() else out)
+    return out.view(cells.dtype)
 
 
 def _minmax16(cells: torch.Tensor, dims: tuple[int, ...], keepdim: bool, scratch: Scratch):
@@ -98,16 +124,22 @@ def _minmax16(cells: torch.Tensor, dims: tuple[int, ...], keepdim: bool, scratch
     Inf sort beyond every finite value of their sign, so a cell holding one has a
     non-finite min or max. A zero extreme may come out as -0.0 where torch's float
     reduction gives 0.0 or the reverse: the qparams take ``min(lo, 0)`` and ``max(hi, 0)``,
-    equal for both zeros. Three integer passes and one write, against two float
-    reductions that cost several times more.
+    equal for both zeros. One integer pass and two reductions (a third, the smallest
+    int16, only where some cell holds values of one sign), against two float reductions
+    that cost several times more.
     """
-    bits = cells.view(torch.int16)
-    flipped = scratch.get("absbits", tuple(cells.shape), torch.int16, cells.device)
-    torch.bitwise_xor(bits, -0x8000, out=flipped)
-    top, bottom = bits.amax(dim=dims, keepdim=keepdim), bits.amin(dim=dims, keepdim=keepdim)
-    neg = flipped.amax(dim=dims, keepdim=keepdim)
-    hi = torch.where(top >= 0, top, bottom)
-    lo = torch.where(neg >= 0, neg ^ -0x8000, bottom)
+    top, neg = (_reduced(cells, dims, keepdim, torch.int16) for _ in range(2))
+    for a, b in _slices(cells, dims):  # slice by slice, as _absmax
+        bits = cells[a:b].view(torch.int16)
+        flipped = scratch.get("absbits", tuple(bits.shape), torch.int16, cells.device)
+        torch.bitwise_xor(bits, -0x8000, out=flipped)
+        torch.amax(bits, dim=dims, keepdim=keepdim, out=top[a:b] if top.dim() else top)
+        torch.amax(flipped, dim=dims, keepdim=keepdim, out=neg[a:b] if neg.dim() else neg)
+    lo, hi = neg ^ -0x8000, top
+    if bool(torch.minimum(top, neg).lt(0).any()):  # a cell of one sign: its other extreme is the smallest int16
+        bottom = cells.view(torch.int16).amin(dim=dims, keepdim=keepdim)
+        hi = torch.where(top >= 0, top, bottom)
+        lo = torch.where(neg >= 0, lo, bottom)
     return lo.view(cells.dtype), hi.view(cells.dtype)
 
 
@@ -215,7 +247,7 @@ def _qparams(
         max_vals = torch.max(hi, torch.zeros_like(hi))
         scales = (max_vals - min_vals) / bit_range.to(max_vals.dtype)
         zero_points = q_min - (min_vals / scales)
-        zero_points = torch.clamp(zero_points, q_min, q_max)
+        zero_points = torch.clamp(zero_points, *spec.q_range)  # the same exact bounds; tensor bounds take a slow mixed-dtype loop
     if global_scale is not None:
         scales = global_scale * scales
     if spec.scale_dtype is not None:
@@ -441,7 +473,19 @@ class WeightStats:
         return self.lo[first:end], (self.hi[first:end] if self.hi is not None else None)
 
 
+_INF_BITS = {torch.bfloat16: 0x7F80, torch.float16: 0x7C00}
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    """Whether every value of ``t`` is finite; for 16-bit floats from the bit patterns
+    (the exponent field below all ones), as torch's ``isfinite`` is several times slower there."""
+    inf = _INF_BITS.get(t.dtype)
+    if inf is None or t.numel() == 0:
+        return bool(torch.isfinite(t).all())
+    return bool((t.view(torch.int16) & 0x7FFF).amax() < inf)
+
+
 def _finite(lo: torch.Tensor, hi: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if not bool(torch.isfinite(lo).all()) or (hi is not None and not bool(torch.isfinite(hi).all())):
+    if not _all_finite(lo) or (hi is not None and not _all_finite(hi)):
         raise NonFiniteWeightError("the weight holds NaN or Inf values")
     return lo, hi

@@ -6,6 +6,8 @@ they are claimed for. The whole-weight bytes against compressed-tensors are
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -37,33 +39,35 @@ def reference_codes(t: torch.Tensor, q_min: float, q_max: float) -> torch.Tensor
 
 
 @pytest.mark.parametrize("dname", DTYPES)
-def test_magic_addend_gives_the_reference_4bit_codes_for_every_pattern(dname):
+def test_magic_addend_gives_the_reference_4bit_codes_for_every_pattern(monkeypatch, dname):
     """Every value the 4-bit path may see (|t| < 2**(m-1) - 8, ties and -0.0 included) packs
-    to ``pack_to_int32(round(clamp(t)))``'s words."""
+    to ``pack_to_int32(round(clamp(t)))``'s words (in slices of 100 rows and a ragged one)."""
+    monkeypatch.setattr(scales, "_SLICE_ELEMS", 100 * 32)
     dtype = DTYPES[dname]
     t = every_pattern(dtype, 55.0 if dtype == torch.bfloat16 else 503.0)
-    spec = spec_for("W4A16")
-    ours = int_codes.int_codes(t.clone(), spec, "int32_bits", Scratch())
+    spec = replace(spec_for("W4A16"), group_size=32)
+    ours = int_codes.int_codes(t, torch.ones(len(t), 1, 1, dtype=dtype), None, spec, "int32_bits", Scratch())
     ref = scales._pack_int32(reference_codes(t, *spec.q_range), 4)
     assert torch.equal(ours, ref), f"{(ours != ref).sum()} words differ"
 
 
 @pytest.mark.parametrize("dname", DTYPES)
 @pytest.mark.parametrize("encoding", ["int32_bits", "plain"])
-def test_integer_clamp_gives_the_reference_8bit_codes(dname, encoding):
+def test_integer_clamp_gives_the_reference_8bit_codes(monkeypatch, dname, encoding):
     """Symmetric 8-bit values lie in [-128, 128] (min/max scales): round, then the int16 clamp
-    of the bit patterns, equal the reference's clamp and round."""
+    of the bit patterns, equal the reference's clamp and round (in slices of 100 rows)."""
+    monkeypatch.setattr(scales, "_SLICE_ELEMS", 100 * 32)
     dtype = DTYPES[dname]
     t = every_pattern(dtype, 128.0)
     t = t[(t.float() >= -128).all(dim=1)]
-    spec = spec_for("W8A16")
-    ours = int_codes.int_codes(t.clone(), spec, encoding, Scratch())
+    spec = replace(spec_for("W8A16"), group_size=32)
+    ours = int_codes.int_codes(t, torch.ones(len(t), 1, 1, dtype=dtype), None, spec, encoding, Scratch())
     q = reference_codes(t, *spec.q_range)
     ref = q if encoding == "plain" else scales._pack_int32(q, 8)
     assert torch.equal(ours, ref)
 
 
-def test_shortcut_applies_only_where_its_bound_is_proven():
+def test_shortcut_applies_only_where_its_bound_is_proven(monkeypatch):
     x = torch.ones(4, 32, dtype=torch.bfloat16)
     scale = torch.full((4, 1), 0.1, dtype=torch.bfloat16)
     assert int_codes.applies(spec_for("W4A16"), "int32_bits", x, scale, None)
@@ -73,9 +77,10 @@ def test_shortcut_applies_only_where_its_bound_is_proven():
     assert not int_codes.applies(spec_for("W4A16"), "int32_bits", x.float(), scale.float(), None)
     assert not int_codes.applies(spec_for("W4A16"), "int32_bits", x[:, :12], scale, None)  # not whole words
     assert not int_codes.applies(spec_for("FP8_DYNAMIC"), "plain", x, scale, None)
+    monkeypatch.setattr(int_codes, "_int32_wraps", lambda device_type: False)  # the 4-bit packing needs wrapping int32
+    assert not int_codes.applies(spec_for("W4A16"), "int32_bits", x, scale, None)
+    assert int_codes.applies(spec_for("W8A16"), "int32_bits", x, scale, None)
     asym8 = spec_for("W8A8")
-    from dataclasses import replace
-
     assert not int_codes.applies(replace(asym8, symmetric=False), "plain", x, scale, None)
 
 
@@ -87,6 +92,23 @@ def test_quantize_weight_takes_the_shortcut(monkeypatch, name):
     w = (torch.randn(64, 256, generator=torch.Generator().manual_seed(0)) * 0.02).to(torch.bfloat16)
     quantize_weight(w, spec_for(name))
     assert calls
+
+
+@pytest.mark.parametrize("name", ["W4A16", "W4A16_ASYM", "W8A16"])
+@pytest.mark.parametrize("strategy", ["group", "channel", "tensor"])
+def test_shortcut_in_slices_equals_the_reference_ops(monkeypatch, name, strategy):
+    """quantize_weight's bytes with the shortcut, in several row slices and a ragged last one,
+    equal its bytes with the reference's ops (the shortcut refused), for every cell layout."""
+    spec = replace(spec_for(name), strategy=strategy, group_size=128 if strategy == "group" else None)
+    w = (torch.randn(37, 256, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 0.02).to(torch.bfloat16)
+    monkeypatch.setattr(scales, "_SLICE_ELEMS", 5 * 256)
+    calls, real = [], int_codes.int_codes
+    monkeypatch.setattr(int_codes, "int_codes", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ours = quantize_weight(w, spec)
+    assert calls
+    monkeypatch.setattr(int_codes, "applies", lambda *a: False)
+    ref = quantize_weight(w, spec)
+    assert ours.keys() == ref.keys() and all(torch.equal(ours[k], ref[k]) for k in ref)
 
 
 def _stat_cells(dtype: torch.dtype) -> torch.Tensor:
@@ -124,6 +146,30 @@ def test_bit_pattern_min_max_equals_torchs(dname):
     blocks = w.view(2, 128, 3, 128)
     lo, hi = scales._minmax16(blocks, (1, 3), False, Scratch())
     assert torch.equal(lo, blocks.amin(dim=(1, 3))) and torch.equal(hi, blocks.amax(dim=(1, 3)))
+    groups = w.view(256, 3, 128)  # every cell of both signs: two reductions, no third
+    lo, hi = scales._minmax16(groups, (-1,), False, Scratch())
+    assert torch.equal(lo, groups.amin(-1)) and torch.equal(hi, groups.amax(-1))
+
+
+@pytest.mark.parametrize("dname", DTYPES)
+def test_statistics_in_slices_equal_whole_reductions(monkeypatch, dname):
+    """Slice by slice (several, a ragged last one), min/max and max |w| equal torch's reductions."""
+    monkeypatch.setattr(scales, "_SLICE_ELEMS", 7 * 384)
+    dtype = DTYPES[dname]
+    w = (torch.randn(100, 384, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 0.02).to(dtype)
+    for cells, dims in ((w.view(100, 3, 128), (-1,)), (w, (1,))):
+        lo, hi = scales._minmax16(cells, dims, False, Scratch())
+        assert torch.equal(lo, cells.amin(dim=dims)) and torch.equal(hi, cells.amax(dim=dims))
+        assert torch.equal(scales._absmax(cells, dims, False, Scratch()), cells.abs().amax(dim=dims))
+    assert torch.equal(scales._absmax(w, (0, 1), False, Scratch()), w.abs().amax())
+
+
+@pytest.mark.parametrize("dname", DTYPES)
+def test_finiteness_from_bit_patterns_equals_isfinite_for_every_pattern(dname):
+    every = torch.arange(65536, dtype=torch.int32).to(torch.int16).view(DTYPES[dname])
+    finite = torch.isfinite(every)
+    assert scales._all_finite(every[finite])
+    assert not any(scales._all_finite(torch.cat([every[:3], v.view(1)])) for v in every[~finite])
 
 
 @pytest.mark.parametrize("name", ["MXFP4A16", "MXFP8A16"])
