@@ -34,7 +34,7 @@ import torch
 
 from .. import observers
 from ..errors import CheckpointError, NonFiniteScaleError, TensorShapeError
-from . import int_codes
+from . import fp8_codes, int_codes
 from .mse_search import _mse_stats
 from .scales import (
     Scratch,
@@ -90,9 +90,9 @@ def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None
 
     Same elementwise operations as the reference's ``_quantize``: divide (in the
     weight's dtype, or float32 once a global scale is involved), add the zero
-    point, clamp, round to the target grid. ``dest``: the output's rows, where an
-    FP8 cast and the integer codes write directly (saving a copy of the chunk); other
-    encodings ignore it.
+    point, clamp, round to the target grid (FP8: in L2-sized slices, :mod:`.fp8_codes`).
+    ``dest``: the output's rows, where an FP8 cast and the integer codes write directly
+    (saving a copy of the chunk); other encodings ignore it.
     """
     rows, cols = x.shape
     cells, _ = _cells(x, spec, scratch)
@@ -108,6 +108,11 @@ def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None
     if global_scale is not None:
         scale = scale / global_scale  # bf16 / f32 -> f32, as the reference
     work_dtype = torch.promote_types(x.dtype, scale.dtype)
+    if encoding == "plain" and spec.kind == "float":  # FP8
+        recip = _exact_reciprocal(scale) if spec.is_mx and global_scale is None else None
+        clamp = not _clamp_is_identity(spec, scale, global_scale, zp, work_dtype, x.device)
+        out = dest if dest is not None else scratch.get("q", (rows, cols), _FP8, x.device)
+        return fp8_codes.fp8_codes(cells, scale, recip, zp, clamp, spec, out, scratch, _cast_to_fp8)
     tmp = scratch.get("tmp", tuple(cells.shape), work_dtype, x.device)
     recip = _exact_reciprocal(scale) if spec.is_mx and global_scale is None else None
     if recip is not None:  # torch broadcasts a product over 32-element groups faster than a quotient
@@ -118,9 +123,8 @@ def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None
         torch.div(cells, scale, out=tmp)
     if zp is not None:
         tmp += zp.to(x.dtype)
-    if not _clamp_is_identity(spec, scale, global_scale, zp, tmp):
-        q_min, q_max = spec.q_range
-        tmp.clamp_(q_min, q_max)
+    q_min, q_max = spec.q_range
+    tmp.clamp_(q_min, q_max)
     if spec.strategy == "block":  # back to rows x cols, dropping the padding
         tmp = tmp.view(tmp.shape[0] * tmp.shape[1], -1)[:rows, :cols]
     else:
@@ -135,7 +139,7 @@ def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None
         tmp.round_()
         q = scratch.get("q", (rows, cols), torch.int8, x.device).copy_(tmp)
         return _pack_int32(q, spec.num_bits, scratch) if encoding == "int32_bits" else q
-    return _cast_to_fp8(tmp, dest if dest is not None else scratch.get("q", (rows, cols), _FP8, x.device))
+    raise AssertionError(f"no kernel writes the {encoding!r} encoding of {spec.kind} weights")
 
 
 def _exact_reciprocal(scale: torch.Tensor) -> torch.Tensor | None:
@@ -151,7 +155,7 @@ def _exact_reciprocal(scale: torch.Tensor) -> torch.Tensor | None:
     return recip if bool((recip * scale == 1).all()) else None
 
 
-def _clamp_is_identity(spec: WeightSpec, scale: torch.Tensor, global_scale, zp, scaled: torch.Tensor) -> bool:
+def _clamp_is_identity(spec: WeightSpec, scale: torch.Tensor, global_scale, zp, dtype: torch.dtype, device: torch.device) -> bool:
     """True when clamping to +-448 before the FP8 cast provably changes no output byte.
 
     For symmetric FP8 with ``scale = round(amax / 448)`` in a float dtype whose
@@ -169,7 +173,7 @@ def _clamp_is_identity(spec: WeightSpec, scale: torch.Tensor, global_scale, zp, 
         return False
     if not bool((scale >= torch.finfo(scale.dtype).tiny).all()):
         return False
-    return _fp8_cast_saturates(scaled.dtype, scaled.device)
+    return _fp8_cast_saturates(dtype, device)
 
 
 def _cast_to_fp8(src: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
