@@ -109,10 +109,14 @@ def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None
         scale = scale / global_scale  # bf16 / f32 -> f32, as the reference
     work_dtype = torch.promote_types(x.dtype, scale.dtype)
     if encoding == "plain" and spec.kind == "float":  # FP8
-        recip = _exact_reciprocal(scale) if spec.is_mx and global_scale is None else None
-        clamp = not _clamp_is_identity(spec, scale, global_scale, zp, work_dtype, x.device)
+        mx = spec.is_mx and global_scale is None
+        steps = fp8_codes.exponent_steps(x, scale) if mx else None
+        recip = _exact_reciprocal(scale) if mx and steps is None else None
+        # steps: the scales are normal powers of two, so _clamp_is_identity comes down to the probe
+        clamp = not (_fp8_cast_saturates(work_dtype, x.device) if steps is not None
+                     else _clamp_is_identity(spec, scale, global_scale, zp, work_dtype, x.device))
         out = dest if dest is not None else scratch.get("q", (rows, cols), _FP8, x.device)
-        return fp8_codes.fp8_codes(cells, scale, recip, zp, clamp, spec, out, scratch, _cast_to_fp8)
+        return fp8_codes.fp8_codes(cells, scale, zp, clamp, spec, out, scratch, _cast_to_fp8, recip=recip, steps=steps)
     tmp = scratch.get("tmp", tuple(cells.shape), work_dtype, x.device)
     recip = _exact_reciprocal(scale) if spec.is_mx and global_scale is None else None
     if recip is not None:  # torch broadcasts a product over 32-element groups faster than a quotient

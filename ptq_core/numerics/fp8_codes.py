@@ -10,8 +10,8 @@ FP8_DYNAMIC or FP8_BLOCK weight on one thread). Slicing the whole chunk instead 
 repeat the per-chunk qparams ops.
 
 MX scales are powers of two, and for bf16 weights the product by ``2**k`` (``k >= 0``) is
-an integer add of ``k << 7`` to the bit patterns (:func:`_exponent_steps`), a quarter of
-a bf16 multiply's cost. It gives the product's bits for every normal ``x``: the product
+an integer add of ``k << 7`` to the bit patterns (:func:`exponent_steps`), a quarter of
+a bf16 multiply's cost, with no reciprocal to compute and check. It gives the product's bits for every normal ``x``: the product
 stays normal (``k >= 0``) and below the group's ``amax / scale < 2**9`` (no exponent
 overflow). For ``x = +-0`` or a subnormal ``x`` it gives another value, but one below
 ``2**(k - 126)``: with ``k <= 116`` that is at most ``2**-10``, half the smallest FP8
@@ -29,22 +29,23 @@ import torch
 from . import scales as _scales
 from .spec import WeightSpec
 
-__all__ = ["fp8_codes"]
+__all__ = ["exponent_steps", "fp8_codes"]
 
 _ONE_BF16 = 0x3F80  # bits of 1.0 in bf16: the exponent field of 2**k is 127 + k
 _MAX_STEP = 116  # the largest k whose zero / subnormal products still cast to a signed zero
 
 
 def fp8_codes(
-    cells: torch.Tensor, scale: torch.Tensor, recip: torch.Tensor | None, zp: torch.Tensor | None,
-    clamp: bool, spec: WeightSpec, out: torch.Tensor, scratch: _scales.Scratch,
-    cast: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    cells: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, clamp: bool, spec: WeightSpec,
+    out: torch.Tensor, scratch: _scales.Scratch, cast: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *, recip: torch.Tensor | None = None, steps: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Quantize a row chunk's ``cells`` (``scales._cells``) into the FP8 rows ``out``.
 
     ``scale`` / ``zp``: per cell, shaped to broadcast over ``cells`` (block: ``[.., 1, .., 1]``,
-    group: ``[.., .., 1]``, one for the tensor: ``[1]``); ``recip``: MX's exact reciprocal of
-    ``scale``, multiplied instead of dividing, or None; ``clamp``: whether the clamp to the
+    group: ``[.., .., 1]``, one for the tensor: ``[1]``); MX: ``steps``, the scales'
+    :func:`exponent_steps`, added to the bits, or else ``recip``, their exact reciprocals,
+    multiplied instead of dividing; ``clamp``: whether the clamp to the
     spec's range may change a byte (``numerics._clamp_is_identity``); ``cast``: the FP8 cast
     that the clamp probe checked. The quotient's dtype is the reference's
     (``promote_types(weight, scale)``). Returns ``out``.
@@ -52,7 +53,6 @@ def fp8_codes(
     rows, cols = out.shape
     n = cells.shape[0]
     work_dtype = torch.promote_types(cells.dtype, scale.dtype)
-    steps = _exponent_steps(cells, recip) if zp is None else None
     per_row = scale.dim() == cells.dim()  # else one scale for the tensor
     height = spec.block[0] if spec.strategy == "block" else 1  # weight rows per first-dim index
     step = max(1, _scales._SLICE_ELEMS // (cells.numel() // n)) if cells.device.type == "cpu" else n
@@ -80,15 +80,18 @@ def fp8_codes(
     return out
 
 
-def _exponent_steps(cells: torch.Tensor, recip: torch.Tensor | None) -> torch.Tensor | None:
-    """``k << 7`` per cell where every MX reciprocal is ``2**k`` with ``0 <= k <= 116`` (bf16), else None.
+def exponent_steps(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor | None:
+    """``k << 7`` per cell where every MX scale is ``2**-k`` with ``0 <= k <= 116`` (bf16), else None.
 
-    ``recip`` is a power of two (``numerics._exact_reciprocal`` proved it), so its bits
-    minus those of 1.0 are ``k << 7``; two small integer reductions check the range.
+    A bf16 ``2**-k`` has the bits ``(127 - k) << 7`` (no mantissa bits), so ``k << 7`` is
+    the bits of 1.0 minus the scale's; small integer reductions check the mantissa and
+    the range. Such a scale is a normal number, and ``x * 2**k`` is the reference's
+    ``x / scale`` exactly where it is normal (see the module's docstring).
     """
-    if recip is None or cells.dtype != torch.bfloat16 or recip.dtype != torch.bfloat16:
+    if x.dtype != torch.bfloat16 or scale.dtype != torch.bfloat16:
         return None
-    steps = recip.view(torch.int16) - _ONE_BF16
-    if int(steps.amin()) < 0 or int(steps.amax()) > _MAX_STEP << 7:
+    bits = scale.view(torch.int16)
+    steps = _ONE_BF16 - bits
+    if int(steps.amin()) < 0 or int(steps.amax()) > _MAX_STEP << 7 or bool(bits.bitwise_and(0x7F).any()):
         return None
     return steps

@@ -56,32 +56,33 @@ def test_exponent_add_bound_is_tight():
     assert not torch.equal(fp8_bytes(added), fp8_bytes(x * 2.0**k))
 
 
-def test_exponent_steps_only_for_bf16_steps_in_range():
-    cells = torch.zeros(2, 4, 32, dtype=torch.bfloat16)
-    recip = torch.tensor([[1.0, 2.0, 2.0**116, 8.0], [4.0, 1.0, 1.0, 1.0]], dtype=torch.bfloat16)[..., None]
-    assert fp8_codes._exponent_steps(cells, recip).flatten().tolist() == [0, 128, 116 << 7, 3 << 7, 256, 0, 0, 0]
-    for bad in (2.0**117, 0.5):
-        out_of_range = recip.clone()
-        out_of_range[1, 3] = bad
-        assert fp8_codes._exponent_steps(cells, out_of_range) is None
-    assert fp8_codes._exponent_steps(cells.half(), recip.half()) is None
-    assert fp8_codes._exponent_steps(cells, None) is None
+def test_exponent_steps_only_for_bf16_powers_of_two_in_range():
+    """``k << 7`` for bf16 scales ``2**-k``, 0 <= k <= 116; None for any other scale in the chunk."""
+    x = torch.zeros(2, 4, 32, dtype=torch.bfloat16)
+    scale = torch.tensor([[1.0, 0.5, 2.0**-116, 0.125], [0.25, 1.0, 1.0, 1.0]], dtype=torch.bfloat16)[..., None]
+    assert fp8_codes.exponent_steps(x, scale).flatten().tolist() == [0, 128, 116 << 7, 3 << 7, 256, 0, 0, 0]
+    for bad in (2.0**-117, 2.0, 0.75, -0.5, 2.0**-127, float("inf")):
+        other = scale.clone()
+        other[1, 3] = bad
+        assert fp8_codes.exponent_steps(x, other) is None, bad
+    assert fp8_codes.exponent_steps(x.half(), scale.half()) is None
+    assert fp8_codes.exponent_steps(x.float(), scale) is None
 
 
 @pytest.mark.parametrize("k", [0, 5, 60, 116])
 def test_mx_slices_equal_the_reference_quotient_for_every_pattern(monkeypatch, k):
     """Every bf16 x with |x * 2**k| <= 448 as 32-element groups of scale 2**-k, through the kernel in
-    slices of 100 groups (exponent add forced by the range of k): the bytes of the reference's
+    slices of 100 groups (the exponent add): the bytes of the reference's
     ``(x / scale).to(float8_e4m3fn)``."""
     monkeypatch.setattr(scales, "_SLICE_ELEMS", 100 * 32)
     x = finite_bf16()
     x = x[x.float().abs() * 2.0**k <= 448]
     x = torch.cat([x, torch.zeros((-x.numel()) % 32, dtype=torch.bfloat16)]).view(-1, 1, 32)
     scale = torch.full((len(x), 1, 1), 2.0**-k, dtype=torch.bfloat16)
-    recip = torch.full_like(scale, 2.0**k)
-    assert fp8_codes._exponent_steps(x, recip) is not None
+    steps = fp8_codes.exponent_steps(x, scale)
+    assert steps is not None
     out = torch.empty(len(x), 32, dtype=_FP8)
-    fp8_codes.fp8_codes(x, scale, recip, None, False, spec_for("MXFP8A16"), out, Scratch(), lambda s, o: o.copy_(s))
+    fp8_codes.fp8_codes(x, scale, None, False, spec_for("MXFP8A16"), out, Scratch(), lambda s, o: o.copy_(s), steps=steps)
     assert torch.equal(out.view(torch.uint8), fp8_bytes((x / scale).view(-1, 32)))
 
 
@@ -101,8 +102,8 @@ def test_whole_weights_in_slices_equal_the_reference(monkeypatch, name, dtype, s
     """Several slices per chunk and a ragged last one (block rows and columns padded for
     FP8_BLOCK): compressed-tensors' bytes; the exponent add runs for bf16 MX."""
     monkeypatch.setattr(scales, "_SLICE_ELEMS", 7 * 256)
-    steps, real = [], fp8_codes._exponent_steps
-    monkeypatch.setattr(fp8_codes, "_exponent_steps", lambda c, r: steps.append(real(c, r)) or steps[-1])
+    steps, real = [], fp8_codes.exponent_steps
+    monkeypatch.setattr(fp8_codes, "exponent_steps", lambda x, s: steps.append(real(x, s)) or steps[-1])
     weight = _weight(*shape, dtype)
     ours = quantize_weight(weight, spec_for(name))
     ref = reference_quantize(weight, preset(name))
