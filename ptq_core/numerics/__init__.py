@@ -90,9 +90,9 @@ def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None
 
     Same elementwise operations as the reference's ``_quantize``: divide (in the
     weight's dtype, or float32 once a global scale is involved), add the zero
-    point, clamp, round to the target grid (FP8: in L2-sized slices, :mod:`.fp8_codes`).
-    ``dest``: the output's rows, where an FP8 cast and the integer codes write directly
-    (saving a copy of the chunk); other encodings ignore it.
+    point, clamp, round to the target grid (float codes: in L2-sized slices, :mod:`.fp8_codes`).
+    ``dest``: the output's rows, where the FP8 / FP4 / FP6 and the integer codes write
+    directly (saving a copy of the chunk); the reference's fallback ignores it.
     """
     rows, cols = x.shape
     cells, _ = _cells(x, spec, scratch)
@@ -116,12 +116,21 @@ def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None
         clamp = not (_fp8_cast_saturates(work_dtype, x.device) if steps is not None
                      else _clamp_is_identity(spec, scale, global_scale, zp, work_dtype, x.device))
         out = dest if dest is not None else scratch.get("q", (rows, cols), _FP8, x.device)
-        return fp8_codes.fp8_codes(cells, scale, zp, clamp, spec, out, scratch, _cast_to_fp8, recip=recip, steps=steps)
+        fp8_codes.slice_codes(cells, scale, zp, clamp, spec, rows, cols, scratch,
+                              lambda v, a, b: _cast_to_fp8(v, out[a:b]), recip=recip, steps=steps)
+        return out
+    if encoding in ("fp4_nibbles", "fp6_bytes"):
+        bits, pack = (4, _pack_nibbles) if encoding == "fp4_nibbles" else (6, _pack_fp6)
+        recip = _exact_reciprocal(scale) if spec.is_mx and global_scale is None else None
+        packed = dest if dest is not None else scratch.get("packed", (rows, cols * bits // 8), torch.uint8, x.device)
+
+        def encode(v: torch.Tensor, first: int, end: int) -> None:
+            pack(_float_codes(v, scratch.get("codes", tuple(v.shape), torch.uint8, x.device), scratch, bits), packed[first:end])
+
+        fp8_codes.slice_codes(cells, scale, zp, True, spec, rows, cols, scratch, encode, recip=recip)
+        return packed
     tmp = scratch.get("tmp", tuple(cells.shape), work_dtype, x.device)
-    recip = _exact_reciprocal(scale) if spec.is_mx and global_scale is None else None
-    if recip is not None:  # torch broadcasts a product over 32-element groups faster than a quotient
-        torch.mul(cells, recip, out=tmp)
-    elif cells.dtype != work_dtype:  # widen first: torch's mixed-dtype broadcast is several times slower
+    if cells.dtype != work_dtype:  # widen first: torch's mixed-dtype broadcast is several times slower
         tmp.copy_(cells).div_(scale)
     else:
         torch.div(cells, scale, out=tmp)
@@ -133,12 +142,6 @@ def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None
         tmp = tmp.view(tmp.shape[0] * tmp.shape[1], -1)[:rows, :cols]
     else:
         tmp = tmp.view(rows, cols)
-    if encoding == "fp4_nibbles":
-        codes = _float_codes(tmp, scratch.get("codes", (rows, cols), torch.uint8, x.device), scratch, 4)
-        return _pack_nibbles(codes, scratch.get("packed", (rows, cols // 2), torch.uint8, x.device))
-    if encoding == "fp6_bytes":
-        codes = _float_codes(tmp, scratch.get("codes", (rows, cols), torch.uint8, x.device), scratch, 6)
-        return _pack_fp6(codes, scratch.get("packed", (rows, cols * 3 // 4), torch.uint8, x.device))
     if spec.kind == "int":
         tmp.round_()
         q = scratch.get("q", (rows, cols), torch.int8, x.device).copy_(tmp)

@@ -29,33 +29,34 @@ import torch
 from . import scales as _scales
 from .spec import WeightSpec
 
-__all__ = ["exponent_steps", "fp8_codes"]
+__all__ = ["exponent_steps", "slice_codes"]
 
 _ONE_BF16 = 0x3F80  # bits of 1.0 in bf16: the exponent field of 2**k is 127 + k
 _MAX_STEP = 116  # the largest k whose zero / subnormal products still cast to a signed zero
 
 
-def fp8_codes(
+def slice_codes(
     cells: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, clamp: bool, spec: WeightSpec,
-    out: torch.Tensor, scratch: _scales.Scratch, cast: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    rows: int, cols: int, scratch: _scales.Scratch, encode: Callable[[torch.Tensor, int, int], object],
     *, recip: torch.Tensor | None = None, steps: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Quantize a row chunk's ``cells`` (``scales._cells``) into the FP8 rows ``out``.
+) -> None:
+    """Quantize a ``rows x cols`` chunk's ``cells`` (``scales._cells``) slice by slice.
 
     ``scale`` / ``zp``: per cell, shaped to broadcast over ``cells`` (block: ``[.., 1, .., 1]``,
     group: ``[.., .., 1]``, one for the tensor: ``[1]``); MX: ``steps``, the scales'
-    :func:`exponent_steps`, added to the bits, or else ``recip``, their exact reciprocals,
-    multiplied instead of dividing; ``clamp``: whether the clamp to the
-    spec's range may change a byte (``numerics._clamp_is_identity``); ``cast``: the FP8 cast
-    that the clamp probe checked. The quotient's dtype is the reference's
-    (``promote_types(weight, scale)``). Returns ``out``.
+    :func:`exponent_steps` (FP8 only), added to the bits, or else ``recip``, their exact
+    reciprocals, multiplied instead of dividing; ``clamp``: whether the clamp to the
+    spec's range may change a byte (``numerics._clamp_is_identity``). The scaled values,
+    in the reference's dtype (``promote_types(weight, scale)``), go to
+    ``encode(values, first, end)`` as weight rows ``first:end`` (valid during the call),
+    which writes their codes (FP8: the cast the clamp probe checked).
     """
-    rows, cols = out.shape
     n = cells.shape[0]
     work_dtype = torch.promote_types(cells.dtype, scale.dtype)
+    elems = _scales._SLICE_ELEMS * 2 // work_dtype.itemsize  # the same bytes for float32 values
     per_row = scale.dim() == cells.dim()  # else one scale for the tensor
     height = spec.block[0] if spec.strategy == "block" else 1  # weight rows per first-dim index
-    step = max(1, _scales._SLICE_ELEMS // (cells.numel() // n)) if cells.device.type == "cpu" else n
+    step = max(1, elems // (cells.numel() // n)) if cells.device.type == "cpu" else n
     for a in range(0, n, step):
         b = min(n, a + step)
         part = cells[a:b]
@@ -76,8 +77,7 @@ def fp8_codes(
         first, end = a * height, min(rows, b * height)
         # back to rows x cols (blocks: dropping the padding)
         flat = tmp.view(tmp.shape[0] * tmp.shape[1], -1) if spec.strategy == "block" else tmp.view(end - first, -1)
-        cast(flat[: end - first, :cols], out[first:end])
-    return out
+        encode(flat[: end - first, :cols], first, end)
 
 
 def exponent_steps(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor | None:
