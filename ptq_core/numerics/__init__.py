@@ -34,7 +34,7 @@ import torch
 
 from .. import observers
 from ..errors import CheckpointError, NonFiniteScaleError, TensorShapeError
-from . import fp8_codes, int_codes
+from . import float_codes, int_codes
 from .mse_search import _mse_stats
 from .scales import (
     Scratch,
@@ -90,7 +90,7 @@ def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None
 
     Same elementwise operations as the reference's ``_quantize``: divide (in the
     weight's dtype, or float32 once a global scale is involved), add the zero
-    point, clamp, round to the target grid (float codes: in L2-sized slices, :mod:`.fp8_codes`).
+    point, clamp, round to the target grid (float codes: in L2-sized slices, :mod:`.float_codes`).
     ``dest``: the output's rows, where the FP8 / FP4 / FP6 and the integer codes write
     directly (saving a copy of the chunk); the reference's fallback ignores it.
     """
@@ -110,13 +110,13 @@ def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None
     work_dtype = torch.promote_types(x.dtype, scale.dtype)
     if encoding == "plain" and spec.kind == "float":  # FP8
         mx = spec.is_mx and global_scale is None
-        steps = fp8_codes.exponent_steps(x, scale) if mx else None
+        steps = float_codes.exponent_steps(x, scale) if mx else None
         recip = _exact_reciprocal(scale) if mx and steps is None else None
         # steps: the scales are normal powers of two, so _clamp_is_identity comes down to the probe
         clamp = not (_fp8_cast_saturates(work_dtype, x.device) if steps is not None
                      else _clamp_is_identity(spec, scale, global_scale, zp, work_dtype, x.device))
         out = dest if dest is not None else scratch.get("q", (rows, cols), _FP8, x.device)
-        fp8_codes.slice_codes(cells, scale, zp, clamp, spec, rows, cols, scratch,
+        float_codes.slice_codes(cells, scale, zp, clamp, spec, rows, cols, scratch,
                               lambda v, a, b: _cast_to_fp8(v, out[a:b]), recip=recip, steps=steps)
         return out
     if encoding in ("fp4_nibbles", "fp6_bytes"):
@@ -125,9 +125,10 @@ def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None
         packed = dest if dest is not None else scratch.get("packed", (rows, cols * bits // 8), torch.uint8, x.device)
 
         def encode(v: torch.Tensor, first: int, end: int) -> None:
-            pack(_float_codes(v, scratch.get("codes", tuple(v.shape), torch.uint8, x.device), scratch, bits), packed[first:end])
+            codes = scratch.get("codes", tuple(v.shape), torch.uint8, x.device)
+            pack(_float_codes(v, codes, scratch, bits), packed[first:end])
 
-        fp8_codes.slice_codes(cells, scale, zp, True, spec, rows, cols, scratch, encode, recip=recip)
+        float_codes.slice_codes(cells, scale, zp, True, spec, rows, cols, scratch, encode, recip=recip)
         return packed
     tmp = scratch.get("tmp", tuple(cells.shape), work_dtype, x.device)
     if cells.dtype != work_dtype:  # widen first: torch's mixed-dtype broadcast is several times slower
@@ -162,7 +163,9 @@ def _exact_reciprocal(scale: torch.Tensor) -> torch.Tensor | None:
     return recip if bool((recip * scale == 1).all()) else None
 
 
-def _clamp_is_identity(spec: WeightSpec, scale: torch.Tensor, global_scale, zp, dtype: torch.dtype, device: torch.device) -> bool:
+def _clamp_is_identity(
+    spec: WeightSpec, scale: torch.Tensor, global_scale, zp, dtype: torch.dtype, device: torch.device
+) -> bool:
     """True when clamping to +-448 before the FP8 cast provably changes no output byte.
 
     For symmetric FP8 with ``scale = round(amax / 448)`` in a float dtype whose

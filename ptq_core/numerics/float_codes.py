@@ -1,22 +1,25 @@
-"""FP8 codes of a row chunk in L2-sized row slices, byte-identical to the reference's.
+"""Float codes (FP8, FP4, FP6) of a row chunk in L2-sized row slices, byte-identical to the reference's.
 
-The reference quantizes to FP8 with ``x / scale`` (or, for MX, ``x * (1 / scale)`` where
-that is exact: ``numerics._exact_reciprocal``), plus the zero point, a clamp to +-448 and
-torch's cast to ``float8_e4m3fn``. The same ops run here, but the whole chain works on
-row slices of ``scales._SLICE_ELEMS`` elements, so the quotient is written and read back
-in the core's L2 cache instead of streaming a multi-megabyte chunk through L3 twice, and
-the cast writes straight into the destination rows (about 1.6x for a 2048 x 2048 bf16
-FP8_DYNAMIC or FP8_BLOCK weight on one thread). Slicing the whole chunk instead would
-repeat the per-chunk qparams ops.
+The reference quantizes to a float grid with ``x / scale`` (or, for MX, ``x * (1 / scale)``
+where that is exact: ``numerics._exact_reciprocal``; NVFP4 in float32, its scale divided
+by the global scale), plus the zero point and a clamp, then torch's cast to
+``float8_e4m3fn`` (FP8) or the FP4 / FP6 codes and their packing (``scales._float_codes``,
+``_pack_nibbles``, ``_pack_fp6``). The same ops run here, but the whole chain works on row
+slices of ``scales._SLICE_ELEMS`` 16-bit elements (half as many float32 ones), so the
+quotient and the codes are written and read back in the core's L2 cache instead of
+streaming a multi-megabyte chunk through L3 at every pass, and the codes go straight into
+the output rows (about 1.6x for a 2048 x 2048 bf16 FP8 weight on one thread, 1.3x for
+NVFP4 / MXFP4). Slicing the whole chunk instead would repeat the per-chunk qparams ops.
 
 MX scales are powers of two, and for bf16 weights the product by ``2**k`` (``k >= 0``) is
-an integer add of ``k << 7`` to the bit patterns (:func:`exponent_steps`), a quarter of
-a bf16 multiply's cost, with no reciprocal to compute and check. It gives the product's bits for every normal ``x``: the product
-stays normal (``k >= 0``) and below the group's ``amax / scale < 2**9`` (no exponent
-overflow). For ``x = +-0`` or a subnormal ``x`` it gives another value, but one below
-``2**(k - 126)``: with ``k <= 116`` that is at most ``2**-10``, half the smallest FP8
-subnormal, so the cast gives the same signed zero the product gives. Other ``k`` keep the
-multiply. ``tests/core/test_fp8_codes.py`` checks both claims on every bf16 pattern.
+an integer add of ``k << 7`` to the bit patterns (:func:`exponent_steps`), a quarter of a
+bf16 multiply's cost, with no reciprocal to compute and check. It gives the product's bits
+for every normal ``x``: the product stays normal (``k >= 0``) and below the group's
+``amax / scale < 2**9`` (no exponent overflow). For ``x = +-0`` or a subnormal ``x`` it
+gives another value, but one below ``2**(k - 126)``: with ``k <= 116`` that is at most
+``2**-10``, half the smallest FP8 subnormal, so the cast gives the same signed zero the
+product gives. Other ``k``, and FP4 / FP6 (not proven here), keep the multiply.
+``tests/core/test_float_codes.py`` checks both claims on every bf16 pattern.
 Torch only.
 """
 

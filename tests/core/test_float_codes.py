@@ -1,4 +1,4 @@
-"""The FP8 kernel in row slices (``numerics.fp8_codes``): the MX exponent add against the
+"""The float kernels in row slices (``numerics.float_codes``): the MX exponent add against the
 reference's product on every bf16 pattern it is claimed for, and whole weights in several
 slices (ragged ones included) against compressed-tensors' bytes."""
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from reference import preset, reference_quantize
 
-from ptq_core.numerics import Scratch, fp8_codes, quantize_weight, scales
+from ptq_core.numerics import Scratch, float_codes, quantize_weight, scales
 from ptq_core.schemes import resolve_config, weight_spec
 
 _FP8 = torch.float8_e4m3fn
@@ -36,14 +36,14 @@ def test_exponent_add_equals_the_product_for_every_bf16_pattern():
     ``x * 2**k`` where x is normal and the product below 2**9; for zeros and subnormals, the same
     FP8 byte (a signed zero)."""
     x = finite_bf16()
-    k = torch.arange(0, fp8_codes._MAX_STEP + 1)
+    k = torch.arange(0, float_codes._MAX_STEP + 1)
     product = x * torch.exp2(k.double()).to(torch.bfloat16)[:, None]
     added = (x.view(torch.int16) + (k << 7).to(torch.int16)[:, None]).view(torch.bfloat16)
     normal = (x.abs() >= torch.finfo(torch.bfloat16).tiny).expand_as(product)
     claimed = normal & (product.float().abs() < 512)
     assert torch.equal(added[claimed].view(torch.int16), product[claimed].view(torch.int16))
     small = ~normal
-    assert int(small.sum()) == 256 * (fp8_codes._MAX_STEP + 1)  # both zeros and 254 subnormals, every k
+    assert int(small.sum()) == 256 * (float_codes._MAX_STEP + 1)  # both zeros and 254 subnormals, every k
     assert torch.equal(fp8_bytes(added[small]), fp8_bytes(product[small]))
 
 
@@ -51,7 +51,7 @@ def test_exponent_add_bound_is_tight():
     """One step more (k = 117) and some subnormal x casts to another byte than its product."""
     x = finite_bf16()
     x = x[x.abs() < torch.finfo(torch.bfloat16).tiny]
-    k = fp8_codes._MAX_STEP + 1
+    k = float_codes._MAX_STEP + 1
     added = (x.view(torch.int16) + (k << 7)).view(torch.bfloat16)
     assert not torch.equal(fp8_bytes(added), fp8_bytes(x * 2.0**k))
 
@@ -60,13 +60,13 @@ def test_exponent_steps_only_for_bf16_powers_of_two_in_range():
     """``k << 7`` for bf16 scales ``2**-k``, 0 <= k <= 116; None for any other scale in the chunk."""
     x = torch.zeros(2, 4, 32, dtype=torch.bfloat16)
     scale = torch.tensor([[1.0, 0.5, 2.0**-116, 0.125], [0.25, 1.0, 1.0, 1.0]], dtype=torch.bfloat16)[..., None]
-    assert fp8_codes.exponent_steps(x, scale).flatten().tolist() == [0, 128, 116 << 7, 3 << 7, 256, 0, 0, 0]
+    assert float_codes.exponent_steps(x, scale).flatten().tolist() == [0, 128, 116 << 7, 3 << 7, 256, 0, 0, 0]
     for bad in (2.0**-117, 2.0, 0.75, -0.5, 2.0**-127, float("inf")):
         other = scale.clone()
         other[1, 3] = bad
-        assert fp8_codes.exponent_steps(x, other) is None, bad
-    assert fp8_codes.exponent_steps(x.half(), scale.half()) is None
-    assert fp8_codes.exponent_steps(x.float(), scale) is None
+        assert float_codes.exponent_steps(x, other) is None, bad
+    assert float_codes.exponent_steps(x.half(), scale.half()) is None
+    assert float_codes.exponent_steps(x.float(), scale) is None
 
 
 @pytest.mark.parametrize("k", [0, 5, 60, 116])
@@ -79,10 +79,10 @@ def test_mx_slices_equal_the_reference_quotient_for_every_pattern(monkeypatch, k
     x = x[x.float().abs() * 2.0**k <= 448]
     x = torch.cat([x, torch.zeros((-x.numel()) % 32, dtype=torch.bfloat16)]).view(-1, 1, 32)
     scale = torch.full((len(x), 1, 1), 2.0**-k, dtype=torch.bfloat16)
-    steps = fp8_codes.exponent_steps(x, scale)
+    steps = float_codes.exponent_steps(x, scale)
     assert steps is not None
     out = torch.empty(len(x), 32, dtype=_FP8)
-    fp8_codes.slice_codes(x, scale, None, False, spec_for("MXFP8A16"), len(x), 32, Scratch(),
+    float_codes.slice_codes(x, scale, None, False, spec_for("MXFP8A16"), len(x), 32, Scratch(),
                           lambda v, first, end: out[first:end].copy_(v), steps=steps)
     assert torch.equal(out.view(torch.uint8), fp8_bytes((x / scale).view(-1, 32)))
 
@@ -96,20 +96,20 @@ def _weight(rows: int, cols: int, dtype: torch.dtype) -> torch.Tensor:
     return w.to(dtype)
 
 
-@pytest.mark.parametrize("name", ["FP8_DYNAMIC", "FP8_BLOCK", "MXFP8A16"])
+@pytest.mark.parametrize("name", ["FP8_DYNAMIC", "FP8_BLOCK", "MXFP8A16", "NVFP4A16", "MXFP4A16"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("shape", [(300, 384), (130, 320)])
 def test_whole_weights_in_slices_equal_the_reference(monkeypatch, name, dtype, shape):
     """Several slices per chunk and a ragged last one (block rows and columns padded for
     FP8_BLOCK): compressed-tensors' bytes; the exponent add runs for bf16 MX."""
     monkeypatch.setattr(scales, "_SLICE_ELEMS", 7 * 256)
-    steps, real = [], fp8_codes.exponent_steps
-    monkeypatch.setattr(fp8_codes, "exponent_steps", lambda x, s: steps.append(real(x, s)) or steps[-1])
+    steps, real = [], float_codes.exponent_steps
+    monkeypatch.setattr(float_codes, "exponent_steps", lambda x, s: steps.append(real(x, s)) or steps[-1])
     weight = _weight(*shape, dtype)
     ours = quantize_weight(weight, spec_for(name))
     ref = reference_quantize(weight, preset(name))
     assert ours.keys() == ref.keys()
     for key in ref:
         assert ours[key].dtype == ref[key].dtype and ours[key].shape == ref[key].shape, key
-        assert torch.equal(ours[key].contiguous().view(-1).view(torch.uint8), ref[key].contiguous().view(-1).view(torch.uint8)), key
+        assert torch.equal(*(t[key].contiguous().view(-1).view(torch.uint8) for t in (ours, ref))), key
     assert any(s is not None for s in steps) == (name == "MXFP8A16" and dtype == torch.bfloat16)
