@@ -64,7 +64,7 @@ def slice_codes(
         b = min(n, a + step)
         part = cells[a:b]
         s, r, z = ((t[a:b] if per_row and t is not None else t) for t in (scale, recip, zp))  # the slice's
-        tmp = scratch.get("fp8_t", tuple(part.shape), work_dtype, cells.device)
+        tmp = scratch.get("float_t", tuple(part.shape), work_dtype, cells.device)
         if steps is not None:
             torch.add(part.view(torch.int16), steps[a:b], out=tmp.view(torch.int16))
         elif recip is not None:
