@@ -117,7 +117,7 @@ def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None
                      else _clamp_is_identity(spec, scale, global_scale, zp, work_dtype, x.device))
         out = dest if dest is not None else scratch.get("q", (rows, cols), _FP8, x.device)
         float_codes.slice_codes(cells, scale, zp, clamp, spec, rows, cols, scratch,
-                              lambda v, a, b: _cast_to_fp8(v, out[a:b]), recip=recip, steps=steps)
+                                lambda v, a, b: _cast_to_fp8(v, out[a:b]), recip=recip, steps=steps)
         return out
     if encoding in ("fp4_nibbles", "fp6_bytes"):
         bits, pack = (4, _pack_nibbles) if encoding == "fp4_nibbles" else (6, _pack_fp6)
