@@ -134,8 +134,9 @@ def test_shortcut_codes_for_mse_ranges_on_every_pattern(dname, name, observer):
         lo, hi = x.abs().amax(1, keepdim=True), None
     else:
         lo, hi = x.amin(1, keepdim=True), x.amax(1, keepdim=True)
-    for factor in (params.shrink[-1], params.shrink[len(params.shrink) // 2], 1.0):
-        f = torch.tensor([factor], dtype=torch.float64)
+    shrink = observers.shrink_tensor(params, dtype, x.device)  # the search's factors, in its dtype
+    for step in (len(params.shrink) - 1, len(params.shrink) // 2, 0):
+        f = shrink[step : step + 1]
         picked = [observers.candidates(observers.expanded(s, params.expand), f)[0] if s is not None else None for s in (lo, hi)]
         scale, zp = scales._qparams(*picked, spec, None)
         keep = torch.isfinite(scale).view(-1) & (scale.abs() >= torch.finfo(dtype).tiny).view(-1)
@@ -144,7 +145,9 @@ def test_shortcut_codes_for_mse_ranges_on_every_pattern(dname, name, observer):
         ours = int_codes.int_codes(xs, scale, zp, spec, "int32_bits", Scratch())
         t = xs / scale + (zp.to(dtype) if zp is not None else 0)
         ref = scales._pack_int32(reference_codes(t, *spec.q_range), spec.num_bits)
-        assert torch.equal(ours, ref), f"factor {factor}: {(ours != ref).sum()} words differ"
+        assert torch.equal(ours, ref), f"factor {float(f)}: {(ours != ref).sum()} words differ"
+        if step == len(params.shrink) - 1:  # the smallest factor (0.81 of the range) clips values at both ends
+            assert (t < spec.q_range[0] - 0.5).any() and (t > spec.q_range[1] + 0.5).any()
 
 
 def test_bound_follows_the_observers_smallest_factor():
