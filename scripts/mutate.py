@@ -133,6 +133,12 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/core/test_float_codes.py", "-k", "every_bf16_pattern"),
     ),
     Mutation(
+        "int8-mse-one-sided-clamp", NUMERICS_INT,
+        "return spec.observer == observers.MINMAX and spec.symmetric",
+        "return spec.symmetric",
+        ("tests/core/test_int_codes.py", "-k", "mse"),
+    ),
+    Mutation(
         "minmax-one-sign-cells", NUMERICS_SCALES,
         "if bool(torch.minimum(top, neg).lt(0).any()):",
         "if False:",

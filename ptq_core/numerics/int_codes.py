@@ -11,16 +11,23 @@ values' bit patterns, which cost a fraction of a 16-bit float pass:
   float32 sum torch forms is exact for ``|t| >= 2**-9`` (fp16: ``2**-3``), and below that
   the result is ``M`` either way. The sum's low mantissa bits are then the code plus the offset, and the
   clamp is an integer clamp of the bit patterns (monotone inside one binade);
-* **an integer clamp** (8 bits, where bf16 holds no binade of step 1 wide enough): after
-  ``round_`` the rounded values lie in ``[q_min, q_max + 1]``; the bit patterns of
-  non-negative floats order like their values and negative ones are negative int16, so
-  ``min(bits, bits(q_max))`` is the clamp.
+* **an integer clamp** (8 bits, where bf16 holds no binade of step 1 wide enough): clamping
+  to integer bounds commutes with ``round``. For symmetric min/max ranges the rounded values
+  lie in ``[q_min, q_max + 1]``; the bit patterns of non-negative floats order like their
+  values and negative ones are negative int16, so ``min(bits, bits(q_max))`` is the clamp.
+  An MSE search's shrunk ranges leave values below ``q_min`` too, and sign-magnitude bit
+  patterns order no two-sided clamp, so those rounded values are converted to int16 and
+  clamped there (exact while they fit int16, which the bound below gives).
 
-Both need a bound on ``|t|``, which holds for min/max ranges whose scales are normal
-numbers: a scale is the cell's ``range / levels`` rounded to the dtype (relative error at
-most 2**-8), so ``|x / scale| <= levels / (1 - 2**-8)**2`` and a zero point adds at most
-``2**(bits - 1)``. :func:`applies` checks both; the caller keeps the reference's ops otherwise.
-``tests/core/test_int_codes.py`` checks both on every 16-bit pattern.
+Both paths need a bound on ``|t|``, which holds where the scales are normal numbers:
+a range is the cell's statistic times a factor ``f >= f_min`` (1 for min/max; an MSE
+observer's ``expand`` times its smallest shrink factor), formed with at most four roundings
+to the dtype (expand, shrink, an asymmetric difference, ``/ levels``: relative error at most
+2**-8 each, as every intermediate of a normal scale is normal) and a few float32 ones
+(2**-24), so ``|x / scale| <= levels / (f_min * (1 - 2**-8)**6)``; a zero point adds at most ``2**(bits - 1)``
+and the quotient and the sum round once each (:func:`_bound`). :func:`applies` checks the
+bound and the scales; the caller keeps the reference's ops otherwise.
+``tests/core/test_int_codes.py`` checks the paths on every 16-bit pattern.
 
 The whole chain (divide, add the zero point, round, clamp, pack) runs on row slices of
 ``scales._SLICE_ELEMS`` elements, whose temporaries stay in the core's L2 cache. Torch only.
@@ -41,28 +48,49 @@ from .spec import WeightSpec
 __all__ = ["applies", "int_codes"]
 
 _MANTISSA = {torch.bfloat16: 7, torch.float16: 10}
+_OBSERVERS = (observers.MINMAX, observers.MSE, observers.NVFP4_EXPANDED_MSE)  # ranges: a factor times the statistic
 _PAIR = (1 << 24) + (1 << 12)  # gathers two nibbles 16 bits apart into one byte (see _slice_codes)
 
 
 def applies(spec: WeightSpec, encoding: str, x: torch.Tensor, scale: torch.Tensor, global_scale) -> bool:
     """Whether :func:`int_codes` gives the reference's codes for the weight rows ``x``.
 
-    4 bits: packed into int32 words (whole words per row); 8 bits: symmetric (the integer
-    clamp bounds only the top), packed or plain int8. Every scale must be normal, and come
-    from the min/max observer: an MSE search's shrunk ranges leave ``|x / scale|`` bounded
-    only by its smallest factor.
+    4 bits: packed into int32 words (whole words per row), and the observer's ranges bound
+    ``|t|`` inside the magic addend's binade; 8 bits: symmetric, packed or plain int8, the
+    bound inside int16 where the rounded values may fall below ``q_min``. Every scale must be normal.
     """
-    if spec.observer != observers.MINMAX or spec.kind != "int" or global_scale is not None:
+    if spec.kind != "int" or global_scale is not None or spec.observer not in _OBSERVERS:
         return False
     if spec.strategy == "block" or x.dtype not in _MANTISSA or scale.dtype != x.dtype:
         return False
     if not x.is_contiguous() or (x.shape[1] * spec.num_bits) % 32:
         return False
-    if not ((spec.num_bits == 4 and encoding == "int32_bits" and _int32_wraps(x.device.type))
-            or (spec.num_bits == 8 and spec.symmetric and encoding in ("int32_bits", "plain"))):
+    if not ((spec.num_bits == 4 and encoding == "int32_bits" and _int32_wraps(x.device.type)
+             and _bound(spec.observer, spec.observer_kwargs, 4) < 2 ** (_MANTISSA[x.dtype] - 1) - 8)
+            or (spec.num_bits == 8 and spec.symmetric and encoding in ("int32_bits", "plain")
+                and (_one_sided(spec) or _bound(spec.observer, spec.observer_kwargs, 8) < 2 ** 15 - 1))):
         return False
     bits = scale.view(torch.int16)  # scale >= tiny, from the bit patterns (a bf16 comparison costs more)
     return int(bits.amin()) >= _bits_of(torch.finfo(x.dtype).tiny, x.dtype) and int(bits.amax()) <= _bits_of(math.inf, x.dtype)
+
+
+@functools.cache
+def _bound(observer: str, kwargs: tuple[tuple[str, float], ...], bits: int) -> float:
+    """An upper bound on ``|x / scale (+ zp)|`` for normal scales from ``observer``'s ranges
+    (``inf`` where a shrink factor is not positive); see the module docstring."""
+    f_min = 1.0
+    if observer != observers.MINMAX:
+        params = observers.mse_params(kwargs)
+        f_min = params.expand * min((1.0, *params.shrink))
+    if f_min <= 0:
+        return math.inf
+    rel = 2.0 ** -8
+    return ((2 ** bits - 1) / (f_min * (1 - rel) ** 6) + 2 ** (bits - 1)) * (1 + rel) ** 2
+
+
+def _one_sided(spec: WeightSpec) -> bool:
+    """Whether the rounded 8-bit values stay at or above ``q_min`` (symmetric min/max ranges)."""
+    return spec.observer == observers.MINMAX and spec.symmetric
 
 
 def _magic(dtype: torch.dtype, bits: int) -> float:
@@ -127,7 +155,8 @@ def int_codes(
 def _slice_codes(spec: WeightSpec, encoding: str, shape: tuple[int, ...], x: torch.Tensor, scratch: Scratch):
     """``run(cells, scale, zp, dest)``: the codes of one slice of ``x``'s cells (``shape``) into its bytes ``dest``.
 
-    8 bits: ``round_``, the integer clamp, the cast to int8, and for packing ``q + 128``
+    8 bits: ``round_``, the integer clamp (on the bit patterns, or on int16 values where
+    :func:`_one_sided` does not hold), the cast to int8, and for packing ``q + 128``
     (mod 256, four to an int32 word). 4 bits: the magic addend, the integer clamp, then
     two codes to a byte: each clamped bit pattern is ``base + c`` with ``c < 16``, so two
     consecutive ones as an int32 ``w = e0 + e1 * 2**16`` give ``c0 + c1 * 2**16`` after
@@ -142,12 +171,17 @@ def _slice_codes(spec: WeightSpec, encoding: str, shape: tuple[int, ...], x: tor
     if spec.num_bits == 8:
         top, q, packed = _bits_of(q_max, x.dtype), t.view(shape[0], -1), encoding == "int32_bits"
         flip = torch.tensor(0x80, dtype=torch.uint8, device=x.device)
+        wide = None if _one_sided(spec) else scratch.get("int_wide", q.shape, torch.int16, x.device)
 
         def run(cells: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None, dest: torch.Tensor) -> None:
             _scaled(cells, scale, zp, t)
             t.round_()
-            bits.clamp_(max=top)  # the rounded values lie in [q_min, q_max + 1]
-            dest.view(torch.int8).copy_(q)
+            if wide is None:
+                bits.clamp_(max=top)  # the rounded values lie in [q_min, q_max + 1]
+                dest.view(torch.int8).copy_(q)
+            else:  # exact: the bound keeps the rounded values inside int16 (applies)
+                wide.copy_(q).clamp_(int(q_min), int(q_max))
+                dest.view(torch.int8).copy_(wide)
             if packed:
                 dest.bitwise_xor_(flip)
 
