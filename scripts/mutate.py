@@ -70,7 +70,7 @@ STREAM, UNITS, PARTS, FINALIZE = (
 ROTATION, ROTATION_LAYOUT, ROTATION_FAST = (
     "ptq_core/rotation.py", "ptq_core/rotation_layout.py", "ptq_core/rotation_fast.py",
 )
-NUMERICS_INT = "ptq_core/numerics/int_codes.py"
+NUMERICS_INT, NUMERICS_FLOAT = "ptq_core/numerics/int_codes.py", "ptq_core/numerics/float_codes.py"
 MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "offset-norm-guard", ROTATION_LAYOUT,
@@ -125,6 +125,12 @@ MUTATIONS: tuple[Mutation, ...] = (
         "_PAIR = (1 << 24) + (1 << 12)",
         "_PAIR = (1 << 24) + (1 << 11)",
         ("tests/core/test_int_codes.py", "-k", "every_pattern"),
+    ),
+    Mutation(
+        "mx-fp8-exponent-step-bound", NUMERICS_FLOAT,
+        "_MAX_STEP = 116",
+        "_MAX_STEP = 117",
+        ("tests/core/test_float_codes.py", "-k", "every_bf16_pattern"),
     ),
     Mutation(
         "int8-mse-one-sided-clamp", NUMERICS_INT,

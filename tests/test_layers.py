@@ -24,7 +24,7 @@ LAYERS: dict[str, int] = {
     "observers": 1, "sources.shards": 2, "sources.detect": 2, "sources.decode_checks": 2,
     "work_folders": 2, "http_deadlines": 2,
     # the kernels: a package, one module per topic, its __init__ the public API
-    "numerics.spec": 2, "numerics.scales": 3, "numerics.table_sums": 3, "numerics.gathered_errors": 3, "numerics.mse_search": 4, "numerics.int_codes": 4, "numerics": 5, "output_folder": 3,
+    "numerics.spec": 2, "numerics.scales": 3, "numerics.table_sums": 3, "numerics.gathered_errors": 3, "numerics.mse_search": 4, "numerics.int_codes": 4, "numerics.float_codes": 4, "numerics": 5, "output_folder": 3,
     "schemes": 6, "fused_groups": 6,
     "job": 7, "checkpoint": 7,
     "convert": 8, "default_ignore": 8, "one_read": 8, "tensor_parallel": 6,

@@ -34,7 +34,7 @@ import torch
 
 from .. import observers
 from ..errors import CheckpointError, NonFiniteScaleError, TensorShapeError
-from . import int_codes
+from . import float_codes, int_codes
 from .mse_search import _mse_stats
 from .scales import (
     Scratch,
@@ -90,9 +90,9 @@ def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None
 
     Same elementwise operations as the reference's ``_quantize``: divide (in the
     weight's dtype, or float32 once a global scale is involved), add the zero
-    point, clamp, round to the target grid. ``dest``: the output's rows, where an
-    FP8 cast and the integer codes write directly (saving a copy of the chunk); other
-    encodings ignore it.
+    point, clamp, round to the target grid (float codes: in L2-sized slices, :mod:`.float_codes`).
+    ``dest``: the output's rows, where the FP8 / FP4 / FP6 and the integer codes write
+    directly (saving a copy of the chunk); the reference's fallback ignores it.
     """
     rows, cols = x.shape
     cells, _ = _cells(x, spec, scratch)
@@ -108,34 +108,46 @@ def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None
     if global_scale is not None:
         scale = scale / global_scale  # bf16 / f32 -> f32, as the reference
     work_dtype = torch.promote_types(x.dtype, scale.dtype)
+    if encoding == "plain" and spec.kind == "float":  # FP8
+        mx = spec.is_mx and global_scale is None
+        steps = float_codes.exponent_steps(x, scale) if mx else None
+        recip = _exact_reciprocal(scale) if mx and steps is None else None
+        # steps: the scales are normal powers of two, so _clamp_is_identity comes down to the probe
+        clamp = not (_fp8_cast_saturates(work_dtype, x.device) if steps is not None
+                     else _clamp_is_identity(spec, scale, global_scale, zp, work_dtype, x.device))
+        out = dest if dest is not None else scratch.get("q", (rows, cols), _FP8, x.device)
+        float_codes.slice_codes(cells, scale, zp, clamp, spec, rows, cols, scratch,
+                                lambda v, a, b: _cast_to_fp8(v, out[a:b]), recip=recip, steps=steps)
+        return out
+    if encoding in ("fp4_nibbles", "fp6_bytes"):
+        bits, pack = (4, _pack_nibbles) if encoding == "fp4_nibbles" else (6, _pack_fp6)
+        recip = _exact_reciprocal(scale) if spec.is_mx and global_scale is None else None
+        packed = dest if dest is not None else scratch.get("packed", (rows, cols * bits // 8), torch.uint8, x.device)
+
+        def encode(v: torch.Tensor, first: int, end: int) -> None:
+            codes = scratch.get("codes", tuple(v.shape), torch.uint8, x.device)
+            pack(_float_codes(v, codes, scratch, bits), packed[first:end])
+
+        float_codes.slice_codes(cells, scale, zp, True, spec, rows, cols, scratch, encode, recip=recip)
+        return packed
     tmp = scratch.get("tmp", tuple(cells.shape), work_dtype, x.device)
-    recip = _exact_reciprocal(scale) if spec.is_mx and global_scale is None else None
-    if recip is not None:  # torch broadcasts a product over 32-element groups faster than a quotient
-        torch.mul(cells, recip, out=tmp)
-    elif cells.dtype != work_dtype:  # widen first: torch's mixed-dtype broadcast is several times slower
+    if cells.dtype != work_dtype:  # widen first: torch's mixed-dtype broadcast is several times slower
         tmp.copy_(cells).div_(scale)
     else:
         torch.div(cells, scale, out=tmp)
     if zp is not None:
         tmp += zp.to(x.dtype)
-    if not _clamp_is_identity(spec, scale, global_scale, zp, tmp):
-        q_min, q_max = spec.q_range
-        tmp.clamp_(q_min, q_max)
+    q_min, q_max = spec.q_range
+    tmp.clamp_(q_min, q_max)
     if spec.strategy == "block":  # back to rows x cols, dropping the padding
         tmp = tmp.view(tmp.shape[0] * tmp.shape[1], -1)[:rows, :cols]
     else:
         tmp = tmp.view(rows, cols)
-    if encoding == "fp4_nibbles":
-        codes = _float_codes(tmp, scratch.get("codes", (rows, cols), torch.uint8, x.device), scratch, 4)
-        return _pack_nibbles(codes, scratch.get("packed", (rows, cols // 2), torch.uint8, x.device))
-    if encoding == "fp6_bytes":
-        codes = _float_codes(tmp, scratch.get("codes", (rows, cols), torch.uint8, x.device), scratch, 6)
-        return _pack_fp6(codes, scratch.get("packed", (rows, cols * 3 // 4), torch.uint8, x.device))
     if spec.kind == "int":
         tmp.round_()
         q = scratch.get("q", (rows, cols), torch.int8, x.device).copy_(tmp)
         return _pack_int32(q, spec.num_bits, scratch) if encoding == "int32_bits" else q
-    return _cast_to_fp8(tmp, dest if dest is not None else scratch.get("q", (rows, cols), _FP8, x.device))
+    raise AssertionError(f"no kernel writes the {encoding!r} encoding of {spec.kind} weights")
 
 
 def _exact_reciprocal(scale: torch.Tensor) -> torch.Tensor | None:
@@ -151,7 +163,9 @@ def _exact_reciprocal(scale: torch.Tensor) -> torch.Tensor | None:
     return recip if bool((recip * scale == 1).all()) else None
 
 
-def _clamp_is_identity(spec: WeightSpec, scale: torch.Tensor, global_scale, zp, scaled: torch.Tensor) -> bool:
+def _clamp_is_identity(
+    spec: WeightSpec, scale: torch.Tensor, global_scale, zp, dtype: torch.dtype, device: torch.device
+) -> bool:
     """True when clamping to +-448 before the FP8 cast provably changes no output byte.
 
     For symmetric FP8 with ``scale = round(amax / 448)`` in a float dtype whose
@@ -169,7 +183,7 @@ def _clamp_is_identity(spec: WeightSpec, scale: torch.Tensor, global_scale, zp, 
         return False
     if not bool((scale >= torch.finfo(scale.dtype).tiny).all()):
         return False
-    return _fp8_cast_saturates(scaled.dtype, scaled.device)
+    return _fp8_cast_saturates(dtype, device)
 
 
 def _cast_to_fp8(src: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
