@@ -175,9 +175,13 @@ def _clamp_is_identity(
     below 464 to at most 448 then gives exactly what clamp-then-cast gives;
     :func:`_fp8_cast_saturates` checks that this torch's cast does. MX scales
     are powers of two with ``amax / scale <= 448`` by construction. Subnormal
-    scales (weights near 1e-38) lose that bound, so they keep the clamp.
+    scales (weights near 1e-38) lose that bound, so they keep the clamp, and so do
+    ranges an MSE search chose: a cell shrunk by a factor ``f`` puts ``|x / scale|``
+    up to ``448 / f``, beyond the values the probe casts.
     """
     if spec.kind != "float" or spec.num_bits != 8 or global_scale is not None or zp is not None:
+        return False
+    if spec.observer != observers.MINMAX:
         return False
     if not scale.dtype.is_floating_point:
         return False

@@ -14,9 +14,9 @@ from ptq_core.schemes import resolve_config, weight_spec
 _FP8 = torch.float8_e4m3fn
 
 
-def spec_for(name: str):
+def spec_for(name: str, observer: str = "memoryless_minmax"):
     scheme = preset(name)
-    scheme.weights.observer = "memoryless_minmax"
+    scheme.weights.observer = observer
     resolved = resolve_config(scheme)
     (group, s), = resolved.groups
     return weight_spec(s, resolved.formats[group])
@@ -113,3 +113,16 @@ def test_whole_weights_in_slices_equal_the_reference(monkeypatch, name, dtype, s
         assert ours[key].dtype == ref[key].dtype and ours[key].shape == ref[key].shape, key
         assert torch.equal(*(t[key].contiguous().view(-1).view(torch.uint8) for t in (ours, ref))), key
     assert any(s is not None for s in steps) == (name == "MXFP8A16" and dtype == torch.bfloat16)
+
+
+@pytest.mark.parametrize("name", ["FP8_DYNAMIC", "FP8_BLOCK", "MXFP8A16"])
+def test_fp8_clamp_is_skipped_only_for_min_max_ranges(name):
+    """The skip rests on |x / scale| <= 450, which only the cell's own max gives: a range
+    an MSE search shrank by f puts values up to 448 / f, beyond what the cast probe checks."""
+    from ptq_core.numerics import _clamp_is_identity, _fp8_cast_saturates
+
+    scale = torch.full((4, 1), 0.01, dtype=torch.bfloat16)
+    minmax = _clamp_is_identity(spec_for(name), scale, None, None, torch.bfloat16, scale.device)
+    assert minmax == _fp8_cast_saturates(torch.bfloat16, scale.device)
+    for observer in ("memoryless_mse", "nvfp4_expanded_mse"):
+        assert not _clamp_is_identity(spec_for(name, observer), scale, None, None, torch.bfloat16, scale.device)
