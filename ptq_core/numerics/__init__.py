@@ -90,9 +90,10 @@ def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None
 
     Same elementwise operations as the reference's ``_quantize``: divide (in the
     weight's dtype, or float32 once a global scale is involved), add the zero
-    point, clamp, round to the target grid (float codes: in L2-sized slices, :mod:`.float_codes`).
-    ``dest``: the output's rows, where the FP8 / FP4 / FP6 and the integer codes write
-    directly (saving a copy of the chunk); the reference's fallback ignores it.
+    point, clamp, round to the target grid, in L2-sized row slices (:mod:`.int_codes` from
+    bit patterns where its bounds hold, else :func:`.float_codes.slice_codes` with the
+    reference's ops). ``dest``: the output's rows, where the codes are written directly
+    (saving a copy of the chunk).
     """
     rows, cols = x.shape
     cells, _ = _cells(x, spec, scratch)
@@ -130,23 +131,17 @@ def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None
 
         float_codes.slice_codes(cells, scale, zp, True, spec, rows, cols, scratch, encode, recip=recip)
         return packed
-    tmp = scratch.get("tmp", tuple(cells.shape), work_dtype, x.device)
-    if cells.dtype != work_dtype:  # widen first: torch's mixed-dtype broadcast is several times slower
-        tmp.copy_(cells).div_(scale)
-    else:
-        torch.div(cells, scale, out=tmp)
-    if zp is not None:
-        tmp += zp.to(x.dtype)
-    q_min, q_max = spec.q_range
-    tmp.clamp_(q_min, q_max)
-    if spec.strategy == "block":  # back to rows x cols, dropping the padding
-        tmp = tmp.view(tmp.shape[0] * tmp.shape[1], -1)[:rows, :cols]
-    else:
-        tmp = tmp.view(rows, cols)
-    if spec.kind == "int":
-        tmp.round_()
-        q = scratch.get("q", (rows, cols), torch.int8, x.device).copy_(tmp)
-        return _pack_int32(q, spec.num_bits, scratch) if encoding == "int32_bits" else q
+    if spec.kind == "int":  # where int_codes' bounds do not hold: round, cast to int8, pack
+        words = encoding == "int32_bits"
+        shape = (rows, math.ceil(cols * spec.num_bits / 32)) if words else (rows, cols)
+        out = dest if dest is not None else scratch.get("q_out", shape, torch.int32 if words else torch.int8, x.device)
+
+        def encode(v: torch.Tensor, first: int, end: int) -> None:
+            q = scratch.get("q", tuple(v.shape), torch.int8, x.device).copy_(v.round_())
+            out[first:end] = _pack_int32(q, spec.num_bits, scratch) if words else q
+
+        float_codes.slice_codes(cells, scale, zp, True, spec, rows, cols, scratch, encode)
+        return out
     raise AssertionError(f"no kernel writes the {encoding!r} encoding of {spec.kind} weights")
 
 

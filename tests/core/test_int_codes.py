@@ -186,14 +186,7 @@ def test_mse_weights_through_the_shortcut_equal_the_reference_ops(monkeypatch, d
     reference's ops (shortcut refused), on weights whose chosen ranges clip values."""
     spec = replace(spec_for(name, observer), strategy=strategy, group_size=64 if strategy == "group" else None)
     w = _clipping_weight(DTYPES[dname], spec.num_bits)
-    monkeypatch.setattr(scales, "_SLICE_ELEMS", 5 * 256)
-    calls, real = [], int_codes.int_codes
-    monkeypatch.setattr(int_codes, "int_codes", lambda *a, **k: calls.append(1) or real(*a, **k))
-    ours = quantize_weight(w, spec)
-    assert calls
-    monkeypatch.setattr(int_codes, "applies", lambda *a: False)
-    ref = quantize_weight(w, spec)
-    assert ours.keys() == ref.keys() and all(torch.equal(ours[k], ref[k]) for k in ref)
+    ref = _same_bytes_in_slices(monkeypatch, w, spec)
     if spec.symmetric:  # values below q_min: the side the one-sided clamp would miss
         scale = ref["weight_scale"].float().repeat_interleave(w.shape[1] // ref["weight_scale"].shape[1], 1)
         assert (w.float() / scale < spec.q_range[0] - 0.5).any()
@@ -217,6 +210,12 @@ def test_shortcut_in_slices_equals_the_reference_ops(monkeypatch, name, strategy
     equal its bytes with the reference's ops (the shortcut refused), for every cell layout."""
     spec = replace(spec_for(name), strategy=strategy, group_size=128 if strategy == "group" else None)
     w = (torch.randn(37, 256, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 0.02).to(torch.bfloat16)
+    _same_bytes_in_slices(monkeypatch, w, spec)
+
+
+def _same_bytes_in_slices(monkeypatch, w: torch.Tensor, spec) -> dict[str, torch.Tensor]:
+    """quantize_weight in several row slices takes the shortcut and gives the bytes of the
+    reference's ops (shortcut refused); returns the reference's outputs."""
     monkeypatch.setattr(scales, "_SLICE_ELEMS", 5 * 256)
     calls, real = [], int_codes.int_codes
     monkeypatch.setattr(int_codes, "int_codes", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -225,6 +224,7 @@ def test_shortcut_in_slices_equals_the_reference_ops(monkeypatch, name, strategy
     monkeypatch.setattr(int_codes, "applies", lambda *a: False)
     ref = quantize_weight(w, spec)
     assert ours.keys() == ref.keys() and all(torch.equal(ours[k], ref[k]) for k in ref)
+    return ref
 
 
 def _stat_cells(dtype: torch.dtype) -> torch.Tensor:
