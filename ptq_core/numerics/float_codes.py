@@ -1,5 +1,8 @@
 """Float codes (FP8, FP4, FP6) of a row chunk in L2-sized row slices, byte-identical to the reference's.
 
+(:func:`slice_codes` also runs the integer codes where ``int_codes``' bit-pattern bounds
+do not hold: float32 weights, 2-7 bits, subnormal scales.)
+
 The reference quantizes to a float grid with ``x / scale`` (or, for MX, ``x * (1 / scale)``
 where that is exact: ``numerics._exact_reciprocal``; NVFP4 in float32, its scale divided
 by the global scale), plus the zero point and a clamp, then torch's cast to
