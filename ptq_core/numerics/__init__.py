@@ -113,8 +113,9 @@ def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor | None
         mx = spec.is_mx and global_scale is None
         steps = float_codes.exponent_steps(x, scale) if mx else None
         recip = _exact_reciprocal(scale) if mx and steps is None else None
-        # steps: the scales are normal powers of two, so _clamp_is_identity comes down to the probe
-        clamp = not (_fp8_cast_saturates(work_dtype, x.device) if steps is not None
+        # steps: the scales are normal powers of two, so _clamp_is_identity comes down to the
+        # probe, for min/max ranges only (an MSE-shrunk one puts |x / scale| beyond what it casts)
+        clamp = not (_fp8_cast_saturates(work_dtype, x.device) and spec.observer == observers.MINMAX if steps is not None
                      else _clamp_is_identity(spec, scale, global_scale, zp, work_dtype, x.device))
         out = dest if dest is not None else scratch.get("q", (rows, cols), _FP8, x.device)
         float_codes.slice_codes(cells, scale, zp, clamp, spec, rows, cols, scratch,

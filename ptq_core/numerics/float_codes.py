@@ -17,8 +17,9 @@ NVFP4 / MXFP4). Slicing the whole chunk instead would repeat the per-chunk qpara
 MX scales are powers of two, and for bf16 weights the product by ``2**k`` (``k >= 0``) is
 an integer add of ``k << 7`` to the bit patterns (:func:`exponent_steps`), a quarter of a
 bf16 multiply's cost, with no reciprocal to compute and check. It gives the product's bits
-for every normal ``x``: the product stays normal (``k >= 0``) and below the group's
-``amax / scale < 2**9`` (no exponent overflow). For ``x = +-0`` or a subnormal ``x`` it
+for every normal ``x``: the product stays normal (``k >= 0``) and finite (``|x| / scale``
+is below ``2**9`` for min/max ranges, ``2**9 / f`` for a range an MSE search shrank by ``f``:
+far from bf16's overflow; such ranges keep the clamp, ``numerics._clamp_is_identity``). For ``x = +-0`` or a subnormal ``x`` it
 gives another value, but one below ``2**(k - 126)``: with ``k <= 116`` that is at most
 ``2**-10``, half the smallest FP8 subnormal, so the cast gives the same signed zero the
 product gives. Other ``k``, and FP4 / FP6 (not proven here), keep the multiply.

@@ -42,7 +42,7 @@ import torch
 
 from .. import observers
 from . import scales as _scales
-from .scales import Scratch, _cells, _row_chunks
+from .scales import Scratch, _cells
 from .spec import WeightSpec
 
 __all__ = ["applies", "int_codes"]
@@ -70,8 +70,8 @@ def applies(spec: WeightSpec, encoding: str, x: torch.Tensor, scale: torch.Tenso
             or (spec.num_bits == 8 and spec.symmetric and encoding in ("int32_bits", "plain")
                 and (_one_sided(spec) or _bound(spec.observer, spec.observer_kwargs, 8) < 2 ** 15 - 1))):
         return False
-    bits = scale.view(torch.int16)  # scale >= tiny, from the bit patterns (a bf16 comparison costs more)
-    return int(bits.amin()) >= _bits_of(torch.finfo(x.dtype).tiny, x.dtype) and int(bits.amax()) <= _bits_of(math.inf, x.dtype)
+    bits = scale.view(torch.int16)  # tiny <= scale < inf, from the bit patterns (a bf16 comparison costs more)
+    return int(bits.amin()) >= _bits_of(torch.finfo(x.dtype).tiny, x.dtype) and int(bits.amax()) < _bits_of(math.inf, x.dtype)
 
 
 @functools.cache

@@ -126,3 +126,19 @@ def test_fp8_clamp_is_skipped_only_for_min_max_ranges(name):
     assert minmax == _fp8_cast_saturates(torch.bfloat16, scale.device)
     for observer in ("memoryless_mse", "nvfp4_expanded_mse"):
         assert not _clamp_is_identity(spec_for(name, observer), scale, None, None, torch.bfloat16, scale.device)
+
+
+@pytest.mark.parametrize("observer", ["memoryless_minmax", "memoryless_mse"])
+def test_fp8_clamp_skip_with_exponent_steps_is_for_min_max_ranges_only(monkeypatch, observer):
+    """The bf16 MX exponent-add route skips the clamp on the cast probe alone; an MSE-shrunk
+    range puts |x / scale| beyond the 448..464 values the probe casts, so it keeps the clamp."""
+    from ptq_core.numerics import _fp8_cast_saturates
+
+    clamps, real = [], float_codes.slice_codes
+    monkeypatch.setattr(float_codes, "slice_codes", lambda *a, **k: clamps.append(a[3]) or real(*a, **k))
+    weight = _weight(64, 128, torch.bfloat16)
+    spec = spec_for("MXFP8A16", observer)
+    quantize_weight(weight, spec)
+    assert clamps
+    skipped = observer == "memoryless_minmax" and _fp8_cast_saturates(torch.bfloat16, weight.device)
+    assert clamps == [not skipped] * len(clamps)

@@ -6,6 +6,7 @@ they are claimed for. The whole-weight bytes against compressed-tensors are
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -91,6 +92,16 @@ def test_shortcut_applies_only_where_its_bound_is_proven(monkeypatch):
     assert int_codes.applies(spec_for("W8A16"), "int32_bits", x, scale, None)
     asym8 = spec_for("W8A8")
     assert not int_codes.applies(replace(asym8, symmetric=False), "plain", x, scale, None)
+
+
+def test_shortcut_refuses_non_finite_scales():
+    """Every scale must be normal: an inf or NaN scale (kept out upstream by the finiteness
+    checks) is refused here too, as a zero, negative or subnormal one is."""
+    x = torch.ones(4, 32, dtype=torch.bfloat16)
+    for bad in (math.inf, math.nan, 0.0, -0.1):
+        scale = torch.full((4, 1), 0.1, dtype=torch.bfloat16)
+        scale[2] = bad
+        assert not int_codes.applies(spec_for("W4A16"), "int32_bits", x, scale, None), bad
 
 
 @pytest.mark.parametrize("dname", DTYPES)
