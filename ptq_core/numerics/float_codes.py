@@ -58,14 +58,11 @@ def slice_codes(
     ``encode(values, first, end)`` as weight rows ``first:end`` (valid during the call),
     which writes their codes (FP8: the cast the clamp probe checked).
     """
-    n = cells.shape[0]
     work_dtype = torch.promote_types(cells.dtype, scale.dtype)
     elems = _scales._SLICE_ELEMS * 2 // work_dtype.itemsize  # the same bytes for float32 values
     per_row = scale.dim() == cells.dim()  # else one scale for the tensor
     height = spec.block[0] if spec.strategy == "block" else 1  # weight rows per first-dim index
-    step = max(1, elems // (cells.numel() // n)) if cells.device.type == "cpu" else n
-    for a in range(0, n, step):
-        b = min(n, a + step)
+    for a, b in _scales._slices(cells, elems=elems):
         part = cells[a:b]
         s, r, z = ((t[a:b] if per_row and t is not None else t) for t in (scale, recip, zp))  # the slice's
         tmp = scratch.get("float_t", tuple(part.shape), work_dtype, cells.device)

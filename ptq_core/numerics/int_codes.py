@@ -141,10 +141,8 @@ def int_codes(
     cells, _ = _cells(x, spec, scratch)
     zp = zp.to(x.dtype) if zp is not None else None
     dest = out.view(torch.uint8)
-    step = max(1, _scales._SLICE_ELEMS // cols) if x.device.type == "cpu" else rows  # see scales._slices
     runs = {}  # slice height -> its pass chain over views made once (the last slice may be shorter)
-    for a in range(0, rows, step):
-        b = min(rows, a + step)
+    for a, b in _scales._slices(cells):
         if b - a not in runs:
             runs[b - a] = _slice_codes(spec, encoding, (b - a, *cells.shape[1:]), x, scratch)
         per_row = scale.dim() == cells.dim()  # else one scale for the tensor

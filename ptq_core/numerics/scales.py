@@ -76,13 +76,13 @@ _SIGNLESS = {
 }
 
 
-def _slices(cells: torch.Tensor, dims: tuple[int, ...]):
-    """Spans of ``cells``' first dimension of about ``_SLICE_ELEMS`` elements on a CPU (one span
-    when ``dims`` reduce it, or on a GPU, where slicing only adds kernel launches)."""
+def _slices(cells: torch.Tensor, dims: tuple[int, ...] = (), elems: int | None = None):
+    """Spans of ``cells``' first dimension of about ``elems`` (``_SLICE_ELEMS``) elements on a CPU
+    (one span when ``dims`` reduce it, or on a GPU, where slicing only adds kernel launches)."""
     n = cells.shape[0]
     if 0 in [d % cells.dim() for d in dims] or n == 0 or cells.device.type != "cpu":
         return [(0, n)]
-    step = max(1, _SLICE_ELEMS // max(cells.numel() // n, 1))
+    step = max(1, (elems or _SLICE_ELEMS) // max(cells.numel() // n, 1))
     return [(a, min(n, a + step)) for a in range(0, n, step)]
 
 
